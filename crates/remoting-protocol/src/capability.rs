@@ -118,12 +118,23 @@ mod tests {
 
     #[test]
     fn refuses_other_objects_and_trailing_bytes() {
-        assert_eq!(Capability::from_base64("!!"), Err(CapabilityError::NotBase64));
+        assert_eq!(
+            Capability::from_base64("!!"),
+            Err(CapabilityError::NotBase64)
+        );
         let other = base64::engine::general_purpose::STANDARD.encode(b"\xac\xed\x00\x05\x73\x72");
-        assert_eq!(Capability::from_base64(&other), Err(CapabilityError::NotACapability));
-        let mut raw = base64::engine::general_purpose::STANDARD.decode(RECORDED).unwrap();
+        assert_eq!(
+            Capability::from_base64(&other),
+            Err(CapabilityError::NotACapability)
+        );
+        let mut raw = base64::engine::general_purpose::STANDARD
+            .decode(RECORDED)
+            .unwrap();
         raw.push(0);
         let trailing = base64::engine::general_purpose::STANDARD.encode(raw);
-        assert_eq!(Capability::from_base64(&trailing), Err(CapabilityError::NotACapability));
+        assert_eq!(
+            Capability::from_base64(&trailing),
+            Err(CapabilityError::NotACapability)
+        );
     }
 }

@@ -182,9 +182,27 @@ mod tests {
 
     #[test]
     fn header_bits() {
-        assert_eq!(ChunkHeader::parse([0x80, 0x00]), ChunkHeader { len: 0, last: false });
-        assert_eq!(ChunkHeader::parse([0x20, 0x00]), ChunkHeader { len: 8192, last: true });
-        assert_eq!(ChunkHeader::parse([0xff, 0xff]), ChunkHeader { len: 0x7fff, last: false });
+        assert_eq!(
+            ChunkHeader::parse([0x80, 0x00]),
+            ChunkHeader {
+                len: 0,
+                last: false
+            }
+        );
+        assert_eq!(
+            ChunkHeader::parse([0x20, 0x00]),
+            ChunkHeader {
+                len: 8192,
+                last: true
+            }
+        );
+        assert_eq!(
+            ChunkHeader::parse([0xff, 0xff]),
+            ChunkHeader {
+                len: 0x7fff,
+                last: false
+            }
+        );
         for (len, last) in [(0, true), (0x7fff, false), (8192, true)] {
             let h = ChunkHeader { len, last };
             assert_eq!(ChunkHeader::parse(h.to_bytes()), h);
@@ -213,7 +231,10 @@ mod tests {
             ChunkCodec.decode_eof(&mut buf),
             Err(ChunkError::Truncated("chunk"))
         ));
-        assert!(ChunkCodec.decode_eof(&mut BytesMut::new()).unwrap().is_none());
+        assert!(ChunkCodec
+            .decode_eof(&mut BytesMut::new())
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -190,9 +190,21 @@ mod tests {
         let mut codec = CommandCodec::new(10_000);
         let mut buf = BytesMut::new();
         // Only the headers need to arrive for the refusal.
-        buf.extend_from_slice(&ChunkHeader { len: 8192, last: false }.to_bytes());
+        buf.extend_from_slice(
+            &ChunkHeader {
+                len: 8192,
+                last: false,
+            }
+            .to_bytes(),
+        );
         buf.extend_from_slice(&[0; 8192]);
-        buf.extend_from_slice(&ChunkHeader { len: 8192, last: true }.to_bytes());
+        buf.extend_from_slice(
+            &ChunkHeader {
+                len: 8192,
+                last: true,
+            }
+            .to_bytes(),
+        );
         assert!(matches!(
             codec.decode(&mut buf),
             Err(ChunkError::CommandTooLarge { limit: 10_000 })

@@ -259,7 +259,8 @@ impl Parser<'_> {
                         'r' => out.push('\r'),
                         't' => out.push('\t'),
                         'u' => {
-                            let unit = hex4(&mut chars).ok_or(HeadersError::BadEscape(start + j))?;
+                            let unit =
+                                hex4(&mut chars).ok_or(HeadersError::BadEscape(start + j))?;
                             let c = if (0xD800..0xDC00).contains(&unit) {
                                 // A high surrogate must be followed by `\u` + low surrogate.
                                 let low = match (chars.next(), chars.next()) {
@@ -326,7 +327,8 @@ mod tests {
 
     #[test]
     fn decodes_the_controller_grammar() {
-        let h = Headers::decode(" {\u{c}\"a\" : \"x\\/y\\u00e9\\ud83d\\ude00\" ,\"b\":null}\n").unwrap();
+        let h = Headers::decode(" {\u{c}\"a\" : \"x\\/y\\u00e9\\ud83d\\ude00\" ,\"b\":null}\n")
+            .unwrap();
         assert_eq!(h.get("a"), Some("x/yé😀"));
         assert!(h.contains("b"));
         assert_eq!(h.get("b"), None);
@@ -338,8 +340,19 @@ mod tests {
     #[test]
     fn refuses_what_the_controller_refuses() {
         for bad in [
-            "", "[", "{", "{\"a\"", "{\"a\":1}", "{\"a\":\"b\"", "{\"a\":\"b\"}x", "{\"a\":\"\\q\"}",
-            "{\"a\":\"\\u12\"}", "{\"a\":\"\\ud800\"}", "{\"a\":\"\\udc00\"}", "{,}", "{\"a\":nul}",
+            "",
+            "[",
+            "{",
+            "{\"a\"",
+            "{\"a\":1}",
+            "{\"a\":\"b\"",
+            "{\"a\":\"b\"}x",
+            "{\"a\":\"\\q\"}",
+            "{\"a\":\"\\u12\"}",
+            "{\"a\":\"\\ud800\"}",
+            "{\"a\":\"\\udc00\"}",
+            "{,}",
+            "{\"a\":nul}",
         ] {
             assert!(Headers::decode(bad).is_err(), "{bad:?} must be refused");
         }
@@ -347,8 +360,13 @@ mod tests {
 
     #[test]
     fn debug_hides_the_secret() {
-        let h = Headers::new().with(NODE_NAME, "n").with(SECRET_KEY, "s3cr3t");
+        let h = Headers::new()
+            .with(NODE_NAME, "n")
+            .with(SECRET_KEY, "s3cr3t");
         let shown = format!("{h:?}");
-        assert!(!shown.contains("s3cr3t") && shown.contains("***"), "{shown}");
+        assert!(
+            !shown.contains("s3cr3t") && shown.contains("***"),
+            "{shown}"
+        );
     }
 }

@@ -74,7 +74,9 @@ pub(crate) fn fingerprint(der: &[u8]) -> String {
 
 impl fmt::Debug for InstanceIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("InstanceIdentity").field(&self.fingerprint()).finish()
+        f.debug_tuple("InstanceIdentity")
+            .field(&self.fingerprint())
+            .finish()
     }
 }
 

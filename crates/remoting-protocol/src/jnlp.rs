@@ -303,8 +303,9 @@ fn parse_arguments(xml: &[u8]) -> Result<Vec<String>, JnlpError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
 
     let mut reader = Reader::from_str(text);
+    // For faults quick-xml does not see itself: where the reader stands.
     let malformed = |reader: &Reader<&[u8]>, reason: String| JnlpError::Malformed {
-        position: reader.error_position(),
+        position: reader.buffer_position(),
         reason,
     };
 

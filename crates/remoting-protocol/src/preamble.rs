@@ -105,7 +105,8 @@ impl PreambleReader {
                         return Err(CapabilityError::TooLong(self.text.len() + len).into());
                     }
                     // Only base64 characters were taken, so this is ASCII.
-                    self.text.extend(buf.split_to(len).iter().map(|b| char::from(*b)));
+                    self.text
+                        .extend(buf.split_to(len).iter().map(|b| char::from(*b)));
                     if buf.is_empty() {
                         return Ok(None);
                     }
@@ -183,7 +184,8 @@ where
 mod tests {
     use super::*;
 
-    const RECORDED: &[u8] = include_bytes!("../../../protocol-fixtures/jnlp4/engine-stdio-preamble.bin");
+    const RECORDED: &[u8] =
+        include_bytes!("../../../protocol-fixtures/jnlp4/engine-stdio-preamble.bin");
 
     #[test]
     fn our_preamble_is_what_the_engine_writes() {
@@ -207,7 +209,10 @@ mod tests {
         }
         let preamble = result.unwrap();
         assert_eq!(preamble.capability, Capability::CURRENT);
-        assert_eq!(&preamble.noise[..], b"Picked up JAVA_TOOL_OPTIONS: -Xmx1g\n<===[JENK");
+        assert_eq!(
+            &preamble.noise[..],
+            b"Picked up JAVA_TOOL_OPTIONS: -Xmx1g\n<===[JENK"
+        );
         assert!(buf.is_empty());
         let mut rest = BytesMut::from(&b"\x00\x01z"[..]);
         assert!(reader.feed(&mut rest).is_err() || rest.len() == 3);

@@ -43,7 +43,10 @@ pub struct PinnedIdentityVerifier {
 
 impl PinnedIdentityVerifier {
     /// A verifier for `identity`, verifying signatures with `provider`'s algorithms.
-    pub fn new(identity: InstanceIdentity, provider: Arc<CryptoProvider>) -> Result<Self, spki::der::Error> {
+    pub fn new(
+        identity: InstanceIdentity,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, spki::der::Error> {
         let pinned = spki::SubjectPublicKeyInfoOwned::from_der(identity.spki_der())?;
         Ok(Self {
             identity,
@@ -86,7 +89,12 @@ impl ServerCertVerifier for PinnedIdentityVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -95,11 +103,18 @@ impl ServerCertVerifier for PinnedIdentityVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -15,5 +15,6 @@
 
 pub mod fixtures;
 pub mod identity;
+pub mod replay;
 
 pub use identity::TestIdentity;

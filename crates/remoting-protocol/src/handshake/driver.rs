@@ -41,9 +41,11 @@ impl<S> Connected<S> {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut framed = Framed::new(self.stream, codec);
-        *framed.read_buffer_mut() = self.read_buf;
-        framed
+        // Through parts: a Framed built with a non-empty read buffer decodes
+        // it before reading, whereas `read_buffer_mut` would wait for I/O.
+        let mut parts = Framed::new(self.stream, codec).into_parts();
+        parts.read_buf = self.read_buf;
+        Framed::from_parts(parts)
     }
 }
 
@@ -81,7 +83,8 @@ where
     let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
         .or_else(|_| ServerName::try_from(FALLBACK_SERVER_NAME))
         .map_err(|_| HandshakeError::Closed { phase: Phase::Tls })?;
-    let mut stream = match timeout_at(Instant::from_std(hs.deadline()), tls.connect(name, io)).await {
+    let mut stream = match timeout_at(Instant::from_std(hs.deadline()), tls.connect(name, io)).await
+    {
         Err(_) => return Err(timed_out(&mut hs)),
         Ok(Err(err)) => {
             return Err(match identity_mismatch(&err) {
@@ -110,7 +113,11 @@ where
 }
 
 /// Sends what the handshake queued and feeds it input until it has an event.
-async fn pump<IO>(hs: &mut Handshake, io: &mut IO, buf: &mut BytesMut) -> Result<Event, HandshakeError>
+async fn pump<IO>(
+    hs: &mut Handshake,
+    io: &mut IO,
+    buf: &mut BytesMut,
+) -> Result<Event, HandshakeError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {

@@ -105,7 +105,11 @@ fn printable(seen: &[u8]) -> String {
     if seen.is_empty() {
         return "nothing".into();
     }
-    let text: String = seen.iter().flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect();
+    let text: String = seen
+        .iter()
+        .flat_map(|b| std::ascii::escape_default(*b))
+        .map(char::from)
+        .collect();
     format!("\"{text}\"")
 }
 
@@ -157,12 +161,22 @@ impl Refusal {
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let how = if self.fatal { "permanently refused" } else { "refused" };
+        let how = if self.fatal {
+            "permanently refused"
+        } else {
+            "refused"
+        };
         write!(f, "the controller {how} the connection: {}", self.reason)?;
         f.write_str(match self.kind() {
-            RefusalKind::BadSecret => " (the secret does not match this node's; copy it again from the node's page)",
-            RefusalKind::UnknownNode => " (no node of that name exists on the controller; check -name)",
-            RefusalKind::AlreadyConnected => " (another agent is connected as this node; it will be retried)",
+            RefusalKind::BadSecret => {
+                " (the secret does not match this node's; copy it again from the node's page)"
+            }
+            RefusalKind::UnknownNode => {
+                " (no node of that name exists on the controller; check -name)"
+            }
+            RefusalKind::AlreadyConnected => {
+                " (another agent is connected as this node; it will be retried)"
+            }
             RefusalKind::Other => "",
         })
     }

@@ -208,7 +208,8 @@ impl Handshake {
     /// are queued.
     pub fn tls_established(&mut self, now: Instant) -> Result<(), HandshakeError> {
         let mut frame = BytesMut::new();
-        put_utf(&mut frame, &self.config.headers().encode()).map_err(HandshakeError::HeadersTooLong)?;
+        put_utf(&mut frame, &self.config.headers().encode())
+            .map_err(HandshakeError::HeadersTooLong)?;
         self.transmit.push_back(frame.freeze());
         self.enter(Phase::Headers, now);
         Ok(())
@@ -354,7 +355,10 @@ mod tests {
         assert_eq!(hs.phase(), Phase::Tls);
         hs.tls_established(now).unwrap();
         let sent = drain(&mut hs);
-        assert_eq!(&sent[2..], br#"{"Node-Name":"n","Secret-Key":"s","JnlpAgentProtocol.cookie":"c0"}"#);
+        assert_eq!(
+            &sent[2..],
+            br#"{"Node-Name":"n","Secret-Key":"s","JnlpAgentProtocol.cookie":"c0"}"#
+        );
 
         let mut input = BytesMut::new();
         put_utf(&mut input, r#"{"JnlpAgentProtocol.cookie":"c1"}"#).unwrap();
@@ -376,7 +380,11 @@ mod tests {
         put_utf(&mut expected, "OK").unwrap();
         put_utf(&mut expected, &Capability::CURRENT.to_base64()).unwrap();
         assert_eq!(drain(&mut hs), expected);
-        assert_eq!(&buf[..], b"\x00\x01x", "channel bytes are left for the caller");
+        assert_eq!(
+            &buf[..],
+            b"\x00\x01x",
+            "channel bytes are left for the caller"
+        );
     }
 
     #[test]
@@ -401,7 +409,11 @@ mod tests {
     #[test]
     fn refusal_sends_bye() {
         for (text, fatal, kind) in [
-            ("ERROR: Authorization failure", false, RefusalKind::BadSecret),
+            (
+                "ERROR: Authorization failure",
+                false,
+                RefusalKind::BadSecret,
+            ),
             ("FATAL: Node is disabled", true, RefusalKind::Other),
         ] {
             let (mut hs, now) = started();
@@ -425,9 +437,18 @@ mod tests {
         let (mut hs, now) = started();
         assert!(hs.handle_timeout(now).is_ok());
         let err = hs.handle_timeout(hs.deadline()).unwrap_err();
-        assert!(matches!(err, HandshakeError::Timeout { phase: Phase::Ack, .. }));
+        assert!(matches!(
+            err,
+            HandshakeError::Timeout {
+                phase: Phase::Ack,
+                ..
+            }
+        ));
         assert!(err.to_string().contains("acknowledgement"));
-        assert!(matches!(hs.handle_eof(b""), HandshakeError::Closed { phase: Phase::Ack }));
+        assert!(matches!(
+            hs.handle_eof(b""),
+            HandshakeError::Closed { phase: Phase::Ack }
+        ));
     }
 
     #[test]
