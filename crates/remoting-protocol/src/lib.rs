@@ -14,6 +14,8 @@
 //!   `AsyncRead + AsyncWrite` ([`handshake::connect`]), with TLS pinned to the
 //!   identity ([`tls`]).
 //! - [`chunk`], [`command`]: the channel's framing, as tokio-util codecs.
+//! - [`scan`]: following chunk and command boundaries in a stream that
+//!   passes through unchanged.
 //! - [`preamble`]: the stdio engine's capability preamble.
 
 pub mod capability;
@@ -25,6 +27,7 @@ pub mod headers;
 pub mod identity;
 pub mod jnlp;
 pub mod preamble;
+pub mod scan;
 pub mod tls;
 pub mod utf;
 

@@ -11,6 +11,7 @@ use proptest::prelude::*;
 use remoting_protocol::chunk::{put_command, MAX_CHUNK_PAYLOAD};
 use remoting_protocol::handshake::{Handshake, HandshakeConfig};
 use remoting_protocol::preamble::{PreambleReader, MAX_NOISE};
+use remoting_protocol::scan::ChunkScanner;
 use remoting_protocol::{Capability, Chunk, ChunkCodec, CommandCodec, Headers};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -159,5 +160,50 @@ proptest! {
             while hs.poll_transmit().is_some() {}
             let _ = hs.poll_event();
         }
+    }
+
+    #[test]
+    fn scanner_never_panics(pieces in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..20)) {
+        let mut scanner = ChunkScanner::new();
+        let mut total = 0;
+        for p in &pieces {
+            scanner.feed(p, |_| {});
+            total += p.len() as u64;
+        }
+        prop_assert_eq!(scanner.stats().bytes, total);
+    }
+
+    /// On a valid stream cut into arbitrary pieces the scanner sees the same
+    /// commands, with the same class names, as the command decoder.
+    #[test]
+    fn scanner_agrees_with_the_command_decoder(
+        commands in proptest::collection::vec(("[a-zA-Z.$]{0,40}", 0usize..20_000), 0..6),
+        cuts in proptest::collection::vec(1usize..5000, 1..10),
+    ) {
+        let mut wire = BytesMut::new();
+        for (class, len) in &commands {
+            let mut p = b"\xac\xed\x00\x05\x73\x72".to_vec();
+            p.extend_from_slice(&(class.len() as u16).to_be_bytes());
+            p.extend_from_slice(class.as_bytes());
+            p.resize((*len).max(p.len()), 1);
+            put_command(&mut wire, &p);
+        }
+        let mut decoded = Vec::new();
+        let mut buf = wire.clone();
+        for c in decode_all(&mut CommandCodec::default(), &mut buf).unwrap() {
+            decoded.push(c.class_name().map(str::to_owned));
+        }
+        let mut scanner = ChunkScanner::new();
+        let mut seen = Vec::new();
+        let mut rest = &wire[..];
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() { break; }
+            let (now, later) = rest.split_at((*cut).min(rest.len()));
+            scanner.feed(now, |c| seen.push(c.map(str::to_owned)));
+            rest = later;
+        }
+        prop_assert_eq!(seen, decoded);
+        prop_assert!(scanner.at_command_boundary());
+        prop_assert_eq!(scanner.stats().commands, commands.len() as u64);
     }
 }

@@ -1,0 +1,320 @@
+//! The engine: the controller's own `remoting.jar`, run as
+//! `java -jar remoting.jar` with the channel on its stdin/stdout
+//! (PROTOCOL.md section 4). The commands the controller sends are Java
+//! objects and bytecode, so only a JVM can run them; running the jar the
+//! controller serves means each controller gets an engine of its own version.
+//!
+//! Jars are cached by SHA-256 so that a controller serving the same bytes
+//! again costs a download but no write, and two controllers on different
+//! versions keep one jar each.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::settings::JavaSettings;
+
+/// Largest engine jar accepted from a controller (remoting.jar is ~1.5 MB).
+pub const MAX_ENGINE_JAR: usize = 64 * 1024 * 1024;
+
+/// Environment variables the engine (and so every build step) must not
+/// inherit: they carry the node's secret in the container images.
+const SCRUBBED_ENV: &[&str] = &["JENKINS_SECRET"];
+
+/// Why the engine could not be prepared or started.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No java executable was found.
+    #[error(
+        "no Java runtime found: set JENKINS_JAVA_BIN or JAVA_HOME, or put java on PATH \
+         (the controller's remoting engine needs Java 17 or newer)"
+    )]
+    NoJava,
+    /// The jar cache could not be written.
+    #[error("cannot store the engine jar in {dir}: {source}")]
+    Cache {
+        /// The cache directory.
+        dir: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The process could not be started.
+    #[error("cannot start the engine ({program}): {source}")]
+    Spawn {
+        /// The program that failed to start.
+        program: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Finds `java`: `JENKINS_JAVA_BIN`, else `$JAVA_HOME/bin/java`, else `java` on `PATH`.
+pub fn find_java(java: &JavaSettings, path: Option<&std::ffi::OsStr>) -> Result<PathBuf, EngineError> {
+    if let Some(bin) = &java.java_bin {
+        return Ok(bin.clone());
+    }
+    if let Some(home) = &java.java_home {
+        let bin = home.join("bin").join("java");
+        if bin.is_file() {
+            return Ok(bin);
+        }
+    }
+    std::env::split_paths(path.unwrap_or_default())
+        .map(|dir| dir.join("java"))
+        .find(|candidate| candidate.is_file())
+        .ok_or(EngineError::NoJava)
+}
+
+/// Engine jars stored by content hash.
+#[derive(Debug, Clone)]
+pub struct JarCache {
+    dir: PathBuf,
+}
+
+impl JarCache {
+    /// A cache in `dir` (created on first store).
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    /// Stores `bytes` as `remoting-<sha256>.jar` unless already there, and
+    /// returns its path. Written to a temporary file and renamed, so a
+    /// concurrent or interrupted store never leaves a partial jar in place.
+    pub fn store(&self, bytes: &[u8]) -> Result<PathBuf, EngineError> {
+        let cache_err = |source| EngineError::Cache {
+            dir: self.dir.clone(),
+            source,
+        };
+        let name = format!("remoting-{}.jar", hex::encode(Sha256::digest(bytes)));
+        let path = self.dir.join(name);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
+            return Ok(path);
+        }
+        std::fs::create_dir_all(&self.dir).map_err(cache_err)?;
+        let mut tmp = tempfile_in(&self.dir).map_err(cache_err)?;
+        tmp.1.write_all(bytes).map_err(cache_err)?;
+        tmp.1.sync_all().map_err(cache_err)?;
+        std::fs::rename(&tmp.0, &path).map_err(cache_err)?;
+        Ok(path)
+    }
+}
+
+fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let path = dir.join(format!(".remoting-{}-{}.tmp", std::process::id(), rand::random::<u32>()));
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+    Ok((path, file))
+}
+
+/// How to start one engine.
+#[derive(Debug, Clone)]
+pub struct EngineSpec {
+    /// The full command line (`java [opts] -jar remoting.jar [engine options]`,
+    /// or the `--engine-command` override).
+    pub argv: Vec<String>,
+    /// `JNLP_AGENT_CONTROL_SOCKET` for the engine and its build steps.
+    pub control_socket: Option<PathBuf>,
+}
+
+impl EngineSpec {
+    /// `java [java_opts] -jar JAR [-workDir D -internalDir N] -jar-cache C`.
+    pub fn java(
+        java: &Path,
+        java_opts: &[String],
+        jar: &Path,
+        work_dir: Option<(&Path, &str)>,
+        jar_cache: &Path,
+    ) -> Self {
+        let mut argv = vec![java.display().to_string()];
+        argv.extend(java_opts.iter().cloned());
+        argv.extend(["-jar".into(), jar.display().to_string()]);
+        if let Some((dir, internal)) = work_dir {
+            argv.extend([
+                "-workDir".into(),
+                dir.display().to_string(),
+                "-internalDir".into(),
+                internal.to_owned(),
+            ]);
+        }
+        argv.extend(["-jar-cache".into(), jar_cache.display().to_string()]);
+        Self {
+            argv,
+            control_socket: None,
+        }
+    }
+}
+
+/// A running engine, in a process group of its own so that everything it
+/// starts can be ended with it.
+#[derive(Debug)]
+pub struct Engine {
+    child: Child,
+    pid: u32,
+    /// The engine's stdin: the chunk stream toward it.
+    pub stdin: Option<ChildStdin>,
+    /// The engine's stdout: the chunk stream from it.
+    pub stdout: Option<ChildStdout>,
+}
+
+impl Engine {
+    /// Starts the engine; its stderr is forwarded to the log.
+    pub fn spawn(spec: &EngineSpec) -> Result<Self, EngineError> {
+        let (program, args) = spec.argv.split_first().ok_or_else(|| EngineError::Spawn {
+            program: String::new(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty engine command"),
+        })?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        for var in SCRUBBED_ENV {
+            command.env_remove(var);
+        }
+        if let Some(socket) = &spec.control_socket {
+            command.env("JNLP_AGENT_CONTROL_SOCKET", socket);
+        }
+        let mut child = command.spawn().map_err(|source| EngineError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let pid = child.id().unwrap_or_default();
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(forward_stderr(stderr, pid));
+        }
+        tracing::info!(pid, "engine started");
+        Ok(Self {
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            child,
+            pid,
+        })
+    }
+
+    /// The engine's process id (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the engine has exited (reaping it if so).
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the engine to exit.
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// Ends the engine and every process in its group: closes its stdin,
+    /// sends SIGTERM to the group, and SIGKILL after `grace`.
+    pub async fn stop(&mut self, grace: Duration) {
+        drop(self.stdin.take());
+        let group = Pid::from_raw(self.pid as i32);
+        if self.pid != 0 {
+            let _ = killpg(group, Signal::SIGTERM);
+        }
+        let exited = tokio::time::timeout(grace, self.child.wait()).await;
+        if self.pid != 0 {
+            // The engine may be gone while processes it started live on.
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+        if exited.is_err() {
+            let _ = self.child.wait().await;
+        }
+        tracing::info!(pid = self.pid, "engine stopped");
+    }
+}
+
+async fn forward_stderr(stderr: tokio::process::ChildStderr, pid: u32) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(target: "engine", pid, "{line}");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn java_is_found_in_order() {
+        let dir = std::env::temp_dir().join(format!("jnlp-agent-java-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::write(dir.join("bin/java"), b"").unwrap();
+        let explicit = JavaSettings {
+            java_bin: Some("/opt/j/bin/java".into()),
+            java_home: Some(dir.clone()),
+            java_opts: vec![],
+        };
+        assert_eq!(find_java(&explicit, None).unwrap(), PathBuf::from("/opt/j/bin/java"));
+        let home = JavaSettings {
+            java_home: Some(dir.clone()),
+            ..Default::default()
+        };
+        assert_eq!(find_java(&home, None).unwrap(), dir.join("bin/java"));
+        let path = std::env::join_paths([dir.join("bin")]).unwrap();
+        assert_eq!(
+            find_java(&JavaSettings::default(), Some(&path)).unwrap(),
+            dir.join("bin/java")
+        );
+        assert!(matches!(
+            find_java(&JavaSettings::default(), Some(std::ffi::OsStr::new("/nonexistent"))),
+            Err(EngineError::NoJava)
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn jar_cache_names_by_content() {
+        let dir = std::env::temp_dir().join(format!("jnlp-agent-cache-{}", std::process::id()));
+        let cache = JarCache::new(dir.clone());
+        let a = cache.store(b"jar one").unwrap();
+        assert_eq!(cache.store(b"jar one").unwrap(), a);
+        let b = cache.store(b"jar two").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(std::fs::read(&a).unwrap(), b"jar one");
+        let leftovers = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+            .count();
+        assert_eq!(leftovers, 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn java_command_line() {
+        let spec = EngineSpec::java(
+            Path::new("/usr/bin/java"),
+            &["-Xmx512m".into()],
+            Path::new("/w/remoting/engines/remoting-ab.jar"),
+            Some((Path::new("/w"), "remoting")),
+            Path::new("/w/remoting/jarCache"),
+        );
+        assert_eq!(
+            spec.argv,
+            [
+                "/usr/bin/java",
+                "-Xmx512m",
+                "-jar",
+                "/w/remoting/engines/remoting-ab.jar",
+                "-workDir",
+                "/w",
+                "-internalDir",
+                "remoting",
+                "-jar-cache",
+                "/w/remoting/jarCache"
+            ]
+        );
+    }
+}

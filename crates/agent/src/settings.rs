@@ -1,0 +1,153 @@
+//! What the agent was asked to do, after merging the command line and the
+//! environment: the one value the rest of the agent reads.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A secret (node secret, password). Never printed: `Debug` shows `***` and
+/// there is no `Display`; call [`Secret::expose`] where it is really needed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// `user:password` for HTTP basic authentication (`-credentials`,
+/// `-proxyCredentials`, `-jnlpCredentials`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub user: String,
+    /// Password or API token.
+    pub password: Secret,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:***", self.user)
+    }
+}
+
+/// `HOST:PORT`, as given to `-direct`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+/// `-tunnel`: `HOST:PORT`, `HOST:` (keep the advertised port) or `:PORT`
+/// (keep the advertised host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    /// Replaces the advertised host when set.
+    pub host: Option<String>,
+    /// Replaces the advertised port when set.
+    pub port: Option<u16>,
+}
+
+impl Tunnel {
+    /// Where to connect instead of the advertised `host:port`.
+    pub fn apply(&self, host: &str, port: u16) -> HostPort {
+        HostPort {
+            host: self.host.clone().unwrap_or_else(|| host.to_owned()),
+            port: self.port.unwrap_or(port),
+        }
+    }
+}
+
+/// A trusted CA certificate for the controller's web port (`-cert`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPem(pub String);
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// How to find and start the engine JVM.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JavaSettings {
+    /// `JENKINS_JAVA_BIN`: the java executable.
+    pub java_bin: Option<PathBuf>,
+    /// `JAVA_HOME`: `$JAVA_HOME/bin/java` when `java_bin` is unset.
+    pub java_home: Option<PathBuf>,
+    /// `JENKINS_JAVA_OPTS` (else `JAVA_OPTS`), split on whitespace.
+    pub java_opts: Vec<String>,
+}
+
+/// Everything the agent was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Controller URLs to try in order (`-url`, repeatable; `JENKINS_URL`),
+    /// each ending in `/`.
+    pub urls: Vec<String>,
+    /// `-jnlpUrl`: a JNLP file giving the secret, name and options.
+    pub jnlp_url: Option<String>,
+    /// `-jnlpCredentials user:password` for the JNLP file.
+    pub jnlp_credentials: Option<Credentials>,
+    /// Node name (`-name`, `JENKINS_AGENT_NAME`, `JENKINS_NAME`, positional).
+    pub name: Option<String>,
+    /// Node secret (`-secret`, `-secret @file`, `JENKINS_SECRET`, positional).
+    pub secret: Option<Secret>,
+    /// `-workDir`, `JENKINS_AGENT_WORKDIR`.
+    pub work_dir: Option<PathBuf>,
+    /// `-internalDir` (default `remoting`).
+    pub internal_dir: String,
+    /// `-failIfWorkDirIsMissing`.
+    pub fail_if_work_dir_is_missing: bool,
+    /// `-direct HOST:PORT`, `JENKINS_DIRECT_CONNECTION`: skip discovery.
+    pub direct: Option<HostPort>,
+    /// `-instanceIdentity`, `JENKINS_INSTANCE_IDENTITY` (base64 SPKI).
+    pub instance_identity: Option<String>,
+    /// `-protocols`, `JENKINS_PROTOCOLS`.
+    pub protocols: Vec<String>,
+    /// `-tunnel`, `JENKINS_TUNNEL`.
+    pub tunnel: Option<Tunnel>,
+    /// `-credentials user:password` for the controller's web port.
+    pub credentials: Option<Credentials>,
+    /// `-proxyCredentials user:password` for the HTTP proxy.
+    pub proxy_credentials: Option<Credentials>,
+    /// `-cert` (PEM text or `@file`, repeatable).
+    pub certs: Vec<CertPem>,
+    /// `-noCertificateCheck`: accept any web-port certificate (logged loudly).
+    pub no_certificate_check: bool,
+    /// `-noReconnect`.
+    pub no_reconnect: bool,
+    /// `-noReconnectAfter DURATION`.
+    pub no_reconnect_after: Option<Duration>,
+    /// `-noKeepAlive`.
+    pub no_keep_alive: bool,
+    /// `-jar-cache DIR`.
+    pub jar_cache: Option<PathBuf>,
+    /// How to start the engine JVM.
+    pub java: JavaSettings,
+    /// `--engine-jar PATH`: use this remoting.jar instead of the controller's.
+    pub engine_jar: Option<PathBuf>,
+    /// `--engine-command CMD ARG...` (test seam): replaces the java command line.
+    pub engine_command: Option<Vec<String>>,
+    /// `--log-format`.
+    pub log_format: LogFormat,
+}

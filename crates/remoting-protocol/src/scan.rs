@@ -1,0 +1,199 @@
+//! Watching a chunk stream that passes through unchanged: where commands
+//! start and which class starts each, without copying or re-framing the
+//! bytes. The bridge forwards whatever it reads in one piece and lets a
+//! [`ChunkScanner`] look at it on the way.
+
+use crate::chunk::ChunkHeader;
+use crate::command::class_name;
+
+/// Bytes of a command's start kept to read its class name: the stream
+/// header, `TC_OBJECT TC_CLASSDESC`, a 2-byte length and a class name of up
+/// to 248 bytes (remoting's are under 60).
+const PEEK: usize = 256;
+
+/// Follows chunk boundaries across arbitrary read sizes.
+#[derive(Debug, Clone)]
+pub struct ChunkScanner {
+    /// Payload bytes of the current chunk not seen yet.
+    remaining: usize,
+    /// First byte of a header split across two pieces.
+    half_header: Option<u8>,
+    /// Whether the current chunk ends its command.
+    current_last: bool,
+    /// Whether the next chunk header starts a new command.
+    next_starts_command: bool,
+    /// Whether the current chunk is the first of its command.
+    in_first_chunk: bool,
+    /// Start of the current command's first chunk payload.
+    peek: [u8; PEEK],
+    peek_len: usize,
+    /// Whether the current command's start was reported already.
+    reported: bool,
+    /// Totals.
+    stats: ScanStats,
+}
+
+/// Counts over a scanned stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Bytes seen, headers included.
+    pub bytes: u64,
+    /// Chunks started.
+    pub chunks: u64,
+    /// Commands completed.
+    pub commands: u64,
+}
+
+impl Default for ChunkScanner {
+    fn default() -> Self {
+        Self {
+            remaining: 0,
+            half_header: None,
+            current_last: true,
+            next_starts_command: true,
+            in_first_chunk: false,
+            peek: [0; PEEK],
+            peek_len: 0,
+            reported: true,
+            stats: ScanStats::default(),
+        }
+    }
+}
+
+impl ChunkScanner {
+    /// A scanner at the start of a stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Totals so far.
+    pub fn stats(&self) -> ScanStats {
+        self.stats
+    }
+
+    /// Whether the stream is between commands (nothing half-sent).
+    pub fn at_command_boundary(&self) -> bool {
+        self.remaining == 0 && self.half_header.is_none() && self.next_starts_command
+    }
+
+    /// Looks at the next piece of the stream; `on_command` gets the class
+    /// name (if readable) of every command that starts in it, once.
+    pub fn feed(&mut self, mut data: &[u8], mut on_command: impl FnMut(Option<&str>)) {
+        self.stats.bytes += data.len() as u64;
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let take = self.remaining.min(data.len());
+                if self.in_first_chunk && !self.reported {
+                    let room = (PEEK - self.peek_len).min(take);
+                    self.peek[self.peek_len..self.peek_len + room].copy_from_slice(&data[..room]);
+                    self.peek_len += room;
+                }
+                self.remaining -= take;
+                data = &data[take..];
+                if self.remaining == 0 {
+                    self.end_chunk(&mut on_command);
+                } else if self.peek_len == PEEK {
+                    self.report(&mut on_command);
+                }
+                continue;
+            }
+            let header = if let Some(first) = self.half_header.take() {
+                let header = ChunkHeader::parse([first, data[0]]);
+                data = &data[1..];
+                header
+            } else if let [first] = data {
+                self.half_header = Some(*first);
+                return;
+            } else {
+                let header = ChunkHeader::parse([data[0], data[1]]);
+                data = &data[2..];
+                header
+            };
+            self.start_chunk(header, &mut on_command);
+        }
+    }
+
+    fn start_chunk(&mut self, header: ChunkHeader, on_command: &mut impl FnMut(Option<&str>)) {
+        self.stats.chunks += 1;
+        self.in_first_chunk = self.next_starts_command;
+        if self.in_first_chunk {
+            self.peek_len = 0;
+            self.reported = false;
+        }
+        self.current_last = header.last;
+        self.next_starts_command = header.last;
+        self.remaining = header.len;
+        if header.len == 0 {
+            self.end_chunk(on_command);
+        }
+    }
+
+    fn end_chunk(&mut self, on_command: &mut impl FnMut(Option<&str>)) {
+        if self.in_first_chunk {
+            self.report(on_command);
+        }
+        if self.current_last {
+            self.stats.commands += 1;
+        }
+        self.in_first_chunk = false;
+    }
+
+    fn report(&mut self, on_command: &mut impl FnMut(Option<&str>)) {
+        if !self.reported {
+            self.reported = true;
+            on_command(class_name(&self.peek[..self.peek_len]));
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::chunk::put_command;
+    use bytes::BytesMut;
+
+    fn command(class: &str, len: usize) -> Vec<u8> {
+        let mut p = b"\xac\xed\x00\x05\x73\x72".to_vec();
+        p.extend_from_slice(&(class.len() as u16).to_be_bytes());
+        p.extend_from_slice(class.as_bytes());
+        p.resize(len.max(p.len()), 7);
+        p
+    }
+
+    #[test]
+    fn reports_each_command_once_whatever_the_piece_size() {
+        let mut wire = BytesMut::new();
+        put_command(&mut wire, &command("hudson.remoting.UserRequest", 20_000));
+        put_command(&mut wire, &[]);
+        put_command(&mut wire, &command("hudson.remoting.Response", 30));
+        for piece in [1, 2, 3, 7, 100, 8193, wire.len()] {
+            let mut scanner = ChunkScanner::new();
+            let mut seen = Vec::new();
+            for part in wire.chunks(piece) {
+                scanner.feed(part, |c| seen.push(c.map(str::to_owned)));
+            }
+            assert_eq!(
+                seen,
+                [Some("hudson.remoting.UserRequest".to_owned()), None, Some("hudson.remoting.Response".to_owned())],
+                "piece size {piece}"
+            );
+            let stats = scanner.stats();
+            assert_eq!((stats.commands, stats.chunks, stats.bytes), (3, 5, wire.len() as u64));
+            assert!(scanner.at_command_boundary());
+        }
+    }
+
+    #[test]
+    fn knows_when_a_command_is_half_sent() {
+        let mut wire = BytesMut::new();
+        put_command(&mut wire, &command("x.Y", 9000));
+        let mut scanner = ChunkScanner::new();
+        scanner.feed(&wire[..1], |_| {});
+        assert!(!scanner.at_command_boundary());
+        scanner.feed(&wire[1..8194], |_| {});
+        assert!(!scanner.at_command_boundary(), "first chunk done, more follow");
+        scanner.feed(&wire[8194..], |_| {});
+        assert!(scanner.at_command_boundary());
+    }
+}
