@@ -79,7 +79,8 @@ pub fn load(name: &str) -> Vec<Record> {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
-            let raw: RawRecord = serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let raw: RawRecord =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: {e}"));
             Record {
                 seq: raw.seq,
                 dir: raw.dir,

@@ -30,19 +30,28 @@ impl TestIdentity {
     /// Generates a new 2048-bit RSA identity (about a second, unoptimised
     /// builds excepted: the workspace compiles `rsa` optimised).
     pub fn generate() -> Self {
-        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("RSA key generation");
-        let key_pkcs8 = key.to_pkcs8_der().expect("PKCS#8 encoding").as_bytes().to_vec();
+        let key =
+            rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("RSA key generation");
+        let key_pkcs8 = key
+            .to_pkcs8_der()
+            .expect("PKCS#8 encoding")
+            .as_bytes()
+            .to_vec();
         let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
             &PrivatePkcs8KeyDer::from(key_pkcs8.clone()),
             &rcgen::PKCS_RSA_SHA256,
         )
         .expect("rcgen accepts the RSA key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("certificate parameters");
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("certificate parameters");
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "Test Jenkins instance identity");
-        let cert = params.self_signed(&key_pair).expect("self-signed certificate");
-        let identity = InstanceIdentity::from_spki_der(key_pair.public_key_der()).expect("valid SPKI");
+        let cert = params
+            .self_signed(&key_pair)
+            .expect("self-signed certificate");
+        let identity =
+            InstanceIdentity::from_spki_der(key_pair.public_key_der()).expect("valid SPKI");
         Self {
             key_pkcs8,
             cert: cert.der().clone(),
@@ -123,7 +132,12 @@ impl ClientCertVerifier for OptionalClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -132,10 +146,17 @@ impl ClientCertVerifier for OptionalClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -13,8 +13,11 @@
 //! Test code: panics on setup failures are deliberate.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod controller;
+pub mod fake_engine;
 pub mod fixtures;
 pub mod identity;
 pub mod replay;
 
+pub use controller::{Channel, ControllerBuilder, ControllerEvent, Peer, TestController};
 pub use identity::TestIdentity;

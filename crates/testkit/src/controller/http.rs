@@ -1,0 +1,292 @@
+//! The controller's web port: discovery (`tcpSlaveAgentListener/`), JNLP
+//! files (plain and `?encrypt=true`) and the remoting jar. Every response
+//! carries `X-Jenkins` and `X-Instance-Identity`, as Jenkins pages do.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument as _;
+
+use super::{ControllerEvent, Shared, TestIdentity, JENKINS_VERSION, REMOTING_MINIMUM_VERSION};
+
+type Body = Full<Bytes>;
+
+/// Header values fixed at start, validated once (a bad one is a test bug).
+#[derive(Debug)]
+pub(super) struct StaticHeaders {
+    identity: HeaderValue,
+    protocols: HeaderValue,
+    jnlp_host: Option<HeaderValue>,
+}
+
+impl StaticHeaders {
+    pub(super) fn new(identity: &TestIdentity, protocols: &str, jnlp_host: Option<&str>) -> Self {
+        let value = |what: &str, text: &str| {
+            HeaderValue::from_str(text)
+                .unwrap_or_else(|e| panic!("{what} {text:?} is not a header value: {e}"))
+        };
+        Self {
+            identity: value("identity", &identity.identity().to_base64()),
+            protocols: value("protocols", protocols),
+            jnlp_host: jnlp_host.map(|host| value("jnlp_host", host)),
+        }
+    }
+}
+
+/// Accepts web connections until shutdown, one task each.
+pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let span = tracing::debug_span!("controller-http", %peer);
+                shared
+                    .tracker
+                    .spawn(connection(shared.clone(), stream).instrument(span));
+            }
+            Err(err) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(%err, "HTTP accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn connection(shared: Arc<Shared>, stream: TcpStream) {
+    let token = shared.shutdown.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(respond(&shared, &request)) }
+    });
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        () = token.cancelled() => {}
+        result = conn => {
+            if let Err(err) = result {
+                tracing::debug!(%err, "HTTP connection ended with an error");
+            }
+        }
+    }
+}
+
+/// Answers one request and records it.
+fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let mut response = if request.method() == Method::GET || request.method() == Method::HEAD {
+        route(shared, &path, request.uri().query())
+    } else {
+        not_found()
+    };
+    let headers = response.headers_mut();
+    headers.insert("x-jenkins", HeaderValue::from_static(JENKINS_VERSION));
+    headers.insert("x-instance-identity", shared.http_headers.identity.clone());
+    shared.record(ControllerEvent::Http {
+        path,
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+fn route(shared: &Shared, path: &str, query: Option<&str>) -> Response<Body> {
+    if path == "/tcpSlaveAgentListener/" {
+        return discovery(shared);
+    }
+    if path == "/jnlpJars/remoting.jar" || path == "/jnlpJars/agent.jar" {
+        return match &shared.remoting_jar {
+            Some(jar) => with_type(
+                Response::new(Full::new(jar.clone())),
+                "application/java-archive",
+            ),
+            None => not_found(),
+        };
+    }
+    if let Some(rest) = path.strip_prefix("/computer/") {
+        if let Some((name, file)) = rest.split_once('/') {
+            if file == "jenkins-agent.jnlp" || file == "slave-agent.jnlp" {
+                if let Some(name) = percent_decode(name) {
+                    let encrypt =
+                        query.is_some_and(|q| q.split('&').any(|kv| kv == "encrypt=true"));
+                    return jnlp(shared, &name, encrypt);
+                }
+            }
+        }
+    }
+    not_found()
+}
+
+fn discovery(shared: &Shared) -> Response<Body> {
+    if shared.tcp_disabled {
+        return not_found();
+    }
+    let mut response = with_type(
+        Response::new(Full::new(Bytes::from_static(b"Jenkins"))),
+        "text/plain",
+    );
+    let headers = response.headers_mut();
+    headers.insert("x-jenkins-jnlp-port", HeaderValue::from(shared.agent_port));
+    if let Some(host) = &shared.http_headers.jnlp_host {
+        headers.insert("x-jenkins-jnlp-host", host.clone());
+    }
+    headers.insert(
+        "x-jenkins-agent-protocols",
+        shared.http_headers.protocols.clone(),
+    );
+    headers.insert(
+        HeaderName::from_static("x-remoting-minimum-version"),
+        HeaderValue::from_static(REMOTING_MINIMUM_VERSION),
+    );
+    response
+}
+
+fn jnlp(shared: &Shared, name: &str, encrypt: bool) -> Response<Body> {
+    let Some(spec) = shared.nodes.get(name) else {
+        return not_found();
+    };
+    let xml = jnlp_xml(&shared.url, &spec.secret, name, &shared.jnlp_options);
+    if !encrypt {
+        return with_type(
+            Response::new(Full::new(Bytes::from(xml))),
+            "application/x-java-jnlp-file",
+        );
+    }
+    let iv: [u8; remoting_protocol::jnlp::IV_LEN] = rand::random();
+    match remoting_protocol::jnlp::encrypt_jnlp(&spec.secret, iv, xml.as_bytes()) {
+        Ok(body) => with_type(
+            Response::new(Full::new(Bytes::from(body))),
+            "application/octet-stream",
+        ),
+        // Only a test's own non-hex secret gets here; say so instead of panicking.
+        Err(err) => {
+            let mut response =
+                Response::new(Full::new(Bytes::from(format!("cannot encrypt: {err}\n"))));
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            with_type(response, "text/plain")
+        }
+    }
+}
+
+/// The JNLP file in the shape Jenkins serves it.
+fn jnlp_xml(url: &str, secret: &str, name: &str, options: &[String]) -> String {
+    let mut arguments = String::new();
+    for argument in [secret, name, "-url", url]
+        .into_iter()
+        .chain(options.iter().map(String::as_str))
+    {
+        arguments.push_str("    <argument>");
+        arguments.push_str(&xml_escape(argument));
+        arguments.push_str("</argument>\n");
+    }
+    let url = xml_escape(url);
+    let name = xml_escape(name);
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<jnlp spec="1.0+" codebase="{url}">
+  <information>
+    <title>Agent for {name}</title>
+    <vendor>Jenkins project</vendor>
+    <homepage href="https://jenkins.io/"/>
+  </information>
+  <security>
+    <all-permissions/>
+  </security>
+  <resources>
+    <j2se version="1.8+"/>
+    <jar href="{url}jnlpJars/remoting.jar"/>
+  </resources>
+  <application-desc main-class="hudson.remoting.jnlp.Main">
+{arguments}  </application-desc>
+</jnlp>
+"#
+    )
+}
+
+fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `%XX` decoding of a path segment; `None` if malformed or not UTF-8.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            // from_str_radix alone would also take a sign ("%+1").
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn with_type(mut response: Response<Body>, content_type: &'static str) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn not_found() -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(b"Not Found\n")));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    with_type(response, "text/plain")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jnlp_xml_parses_back_with_escaped_arguments() {
+        let options = vec!["-workDir".to_owned(), "/tmp/a&b <c>".to_owned()];
+        let xml = jnlp_xml("http://127.0.0.1:1/", "00ff", "n\"1", &options);
+        let parsed = remoting_protocol::jnlp::parse_jnlp(xml.as_bytes()).unwrap();
+        assert_eq!(parsed.secret, "00ff");
+        assert_eq!(parsed.name, "n\"1");
+        assert_eq!(
+            parsed.options,
+            ["-url", "http://127.0.0.1:1/", "-workDir", "/tmp/a&b <c>"]
+        );
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b").as_deref(), Some("a b"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(percent_decode("%+1"), None);
+    }
+}

@@ -1,0 +1,564 @@
+//! A scripted Jenkins controller for tests: the discovery HTTP endpoints and
+//! the JNLP4-connect server side of the agent port, with a node table,
+//! cookies, and a scripted peer for every accepted channel.
+//!
+//! Everything it answers is modelled on the recorded controller (see
+//! `protocol-fixtures/jnlp4/`): the refusal texts, the order of the
+//! handshake frames, the cookie take-over rule.
+//!
+//! # Layout
+//!
+//! - this file: the public types, the builder, and the shared state (node
+//!   table, live channels, event log).
+//! - `http`: the web port (`tcpSlaveAgentListener/`, JNLP files, jars).
+//! - `agent_port`: the TCP agent port (`Ping`, the HTTP hello, JNLP4-connect)
+//!   and the built-in peers.
+//!
+//! Tasks hang off one [`CancellationToken`] and one [`TaskTracker`], so
+//! [`TestController::shutdown`] ends listeners, handshakes and channels.
+
+mod agent_port;
+mod http;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
+use remoting_protocol::{ChunkCodec, InstanceIdentity};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::identity::TestIdentity;
+
+/// `X-Jenkins` on every HTTP response.
+pub const JENKINS_VERSION: &str = "2.500-test";
+/// `X-Remoting-Minimum-Version` on the discovery response.
+pub const REMOTING_MINIMUM_VERSION: &str = "3107.v665000b_51092";
+/// `X-Jenkins-Agent-Protocols` unless [`ControllerBuilder::protocols`] says otherwise.
+pub const DEFAULT_PROTOCOLS: &str = "JNLP4-connect, Ping";
+
+/// Something the controller did or saw, in the order it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControllerEvent {
+    /// A JNLP4 connection was accepted and its channel handed to the peer.
+    Accepted {
+        /// The node.
+        node: String,
+        /// The cookie handed out with this connection.
+        cookie: String,
+        /// Whether it replaced a live channel (the agent sent its cookie).
+        took_over: bool,
+    },
+    /// A JNLP4 connection was refused after the headers.
+    Refused {
+        /// The node named in the headers (empty if the headers were malformed).
+        node: String,
+        /// The full response sent, e.g. `ERROR: Authorization failure`.
+        response: String,
+    },
+    /// The refused agent confirmed with `BYE`.
+    ByeReceived {
+        /// The node named in the headers.
+        node: String,
+    },
+    /// An accepted channel ended (peer finished, agent closed, or kicked).
+    ChannelClosed {
+        /// The node.
+        node: String,
+    },
+    /// A connection to the agent port failed before a decision (garbage,
+    /// timeout, TLS failure, unknown protocol, ...).
+    HandshakeFailed {
+        /// What went wrong.
+        reason: String,
+    },
+    /// An HTTP request was answered.
+    Http {
+        /// The request path, without the query.
+        path: String,
+        /// The status sent.
+        status: u16,
+    },
+}
+
+/// What the controller does with an accepted channel.
+#[derive(Clone, Default)]
+pub enum Peer {
+    /// Keep the channel, reading and discarding chunks until EOF or kicked.
+    #[default]
+    Hold,
+    /// Send every chunk back unchanged.
+    Echo,
+    /// Run this script with the channel; the channel closes when it returns
+    /// (or, once kicked, after a short grace period).
+    Script(Arc<dyn Fn(Channel) -> BoxFuture<'static, ()> + Send + Sync>),
+}
+
+impl Peer {
+    /// [`Peer::Script`] from an async closure.
+    pub fn script<F, Fut>(script: F) -> Self
+    where
+        F: Fn(Channel) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Peer::Script(Arc::new(move |channel| script(channel).boxed()))
+    }
+}
+
+impl fmt::Debug for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Peer::Hold => "Hold",
+            Peer::Echo => "Echo",
+            Peer::Script(_) => "Script(..)",
+        })
+    }
+}
+
+/// An accepted channel, as handed to a [`Peer`].
+pub struct Channel {
+    /// The node this channel belongs to.
+    pub node: String,
+    /// The chunk stream inside TLS; bytes the agent sent right after its
+    /// capability are already in the read buffer.
+    pub framed: Framed<TlsStream<TcpStream>, ChunkCodec>,
+    /// Cancelled when another connection takes the node over, on
+    /// [`TestController::disconnect`], or on shutdown.
+    pub kicked: CancellationToken,
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("node", &self.node)
+            .field("buffered", &self.framed.read_buffer().len())
+            .field("kicked", &self.kicked.is_cancelled())
+            .finish()
+    }
+}
+
+/// A node the controller knows.
+#[derive(Debug, Clone)]
+struct NodeSpec {
+    secret: String,
+    /// Refuse every connection with `FATAL: {reason}`.
+    fatal: Option<String>,
+}
+
+/// Builds a [`TestController`].
+#[derive(Debug)]
+pub struct ControllerBuilder {
+    nodes: HashMap<String, NodeSpec>,
+    identity: Option<TestIdentity>,
+    http_port: u16,
+    agent_port: u16,
+    tcp_disabled: bool,
+    jnlp_host: Option<String>,
+    protocols: String,
+    remoting_jar: Option<Bytes>,
+    jnlp_options: Vec<String>,
+    peer: Peer,
+}
+
+impl Default for ControllerBuilder {
+    fn default() -> Self {
+        Self {
+            nodes: HashMap::new(),
+            identity: None,
+            http_port: 0,
+            agent_port: 0,
+            tcp_disabled: false,
+            jnlp_host: None,
+            protocols: DEFAULT_PROTOCOLS.to_owned(),
+            remoting_jar: None,
+            jnlp_options: Vec::new(),
+            peer: Peer::Hold,
+        }
+    }
+}
+
+impl ControllerBuilder {
+    /// A node that connects with `secret`.
+    pub fn node(mut self, name: &str, secret: &str) -> Self {
+        let spec = NodeSpec {
+            secret: secret.to_owned(),
+            fatal: None,
+        };
+        self.nodes.insert(name.to_owned(), spec);
+        self
+    }
+
+    /// A node whose connections are refused with `FATAL: {reason}`. Its JNLP
+    /// file carries a random (hex) secret.
+    pub fn fatal_node(mut self, name: &str, reason: &str) -> Self {
+        let spec = NodeSpec {
+            secret: random_hex(32),
+            fatal: Some(reason.to_owned()),
+        };
+        self.nodes.insert(name.to_owned(), spec);
+        self
+    }
+
+    /// The instance identity (default: [`TestIdentity::shared`]).
+    pub fn identity(mut self, id: TestIdentity) -> Self {
+        self.identity = Some(id);
+        self
+    }
+
+    /// The web port (default 0: any free port).
+    pub fn http_port(mut self, port: u16) -> Self {
+        self.http_port = port;
+        self
+    }
+
+    /// The agent port (default 0: any free port).
+    pub fn agent_port(mut self, port: u16) -> Self {
+        self.agent_port = port;
+        self
+    }
+
+    /// `tcpSlaveAgentListener/` answers 404, as when the TCP port is disabled.
+    /// The agent port still listens, so a test can tell who used it.
+    pub fn tcp_agent_port_disabled(mut self) -> Self {
+        self.tcp_disabled = true;
+        self
+    }
+
+    /// Sends `X-Jenkins-JNLP-Host: {host}` with the discovery response.
+    pub fn jnlp_host(mut self, host: &str) -> Self {
+        self.jnlp_host = Some(host.to_owned());
+        self
+    }
+
+    /// `X-Jenkins-Agent-Protocols` (default [`DEFAULT_PROTOCOLS`]); the agent
+    /// port only speaks the protocols in this list.
+    pub fn protocols(mut self, list: &str) -> Self {
+        self.protocols = list.to_owned();
+        self
+    }
+
+    /// Served at `jnlpJars/remoting.jar` and `jnlpJars/agent.jar` (404 without).
+    pub fn remoting_jar(mut self, bytes: Vec<u8>) -> Self {
+        self.remoting_jar = Some(Bytes::from(bytes));
+        self
+    }
+
+    /// Extra `<argument>`s in JNLP files, after secret, name and `-url URL`
+    /// (default none).
+    pub fn jnlp_options(mut self, opts: &[&str]) -> Self {
+        self.jnlp_options = opts.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
+    /// What to do with accepted channels (default [`Peer::Hold`]).
+    pub fn peer(mut self, peer: Peer) -> Self {
+        self.peer = peer;
+        self
+    }
+
+    /// Binds both ports on 127.0.0.1 and starts serving. Panics if a port
+    /// cannot be bound or a configured value is not a valid header value.
+    pub async fn start(self) -> TestController {
+        let http = TcpListener::bind(("127.0.0.1", self.http_port))
+            .await
+            .unwrap_or_else(|e| panic!("bind HTTP port {}: {e}", self.http_port));
+        let agent = TcpListener::bind(("127.0.0.1", self.agent_port))
+            .await
+            .unwrap_or_else(|e| panic!("bind agent port {}: {e}", self.agent_port));
+        let http_addr = http.local_addr().expect("HTTP listener address");
+        let agent_addr = agent.local_addr().expect("agent listener address");
+        let identity = self
+            .identity
+            .unwrap_or_else(|| TestIdentity::shared().clone());
+        let protocols: Vec<String> = self
+            .protocols
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect();
+        let http_headers =
+            http::StaticHeaders::new(&identity, &self.protocols, self.jnlp_host.as_deref());
+        let shared = Arc::new(Shared {
+            url: format!("http://{http_addr}/"),
+            session: random_hex(4),
+            agent_port: agent_addr.port(),
+            tls: identity.server_config(),
+            identity,
+            nodes: self.nodes,
+            tcp_disabled: self.tcp_disabled,
+            protocols,
+            http_headers,
+            remoting_jar: self.remoting_jar,
+            jnlp_options: self.jnlp_options,
+            peer: self.peer,
+            state: Mutex::new(State::default()),
+            changed: watch::Sender::new(0),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            next_connection: AtomicU64::new(1),
+        });
+        shared.tracker.spawn(http::serve(shared.clone(), http));
+        shared
+            .tracker
+            .spawn(agent_port::serve(shared.clone(), agent));
+        tracing::debug!(url = %shared.url, %agent_addr, "test controller started");
+        TestController {
+            shared,
+            http_addr,
+            agent_addr,
+        }
+    }
+}
+
+/// A running scripted controller. Dropping it stops it without waiting;
+/// [`TestController::shutdown`] waits until everything has ended.
+pub struct TestController {
+    shared: Arc<Shared>,
+    http_addr: SocketAddr,
+    agent_addr: SocketAddr,
+}
+
+impl fmt::Debug for TestController {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let online: Vec<String> = self.shared.state().channels.keys().cloned().collect();
+        f.debug_struct("TestController")
+            .field("url", &self.shared.url)
+            .field("agent_addr", &self.agent_addr)
+            .field("online", &online)
+            .finish()
+    }
+}
+
+impl TestController {
+    /// A builder with no nodes and every default.
+    pub fn builder() -> ControllerBuilder {
+        ControllerBuilder::default()
+    }
+
+    /// `http://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        self.shared.url.clone()
+    }
+
+    /// The web port's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The agent port's address.
+    pub fn agent_addr(&self) -> SocketAddr {
+        self.agent_addr
+    }
+
+    /// The identity the agent port's TLS certificate carries.
+    pub fn identity(&self) -> &InstanceIdentity {
+        self.shared.identity.identity()
+    }
+
+    /// Whether `node` has a live channel.
+    pub fn is_online(&self, node: &str) -> bool {
+        self.shared.state().channels.contains_key(node)
+    }
+
+    /// The cookie of `node`'s live channel.
+    pub fn current_cookie(&self, node: &str) -> Option<String> {
+        self.shared
+            .state()
+            .channels
+            .get(node)
+            .map(|c| c.cookie.clone())
+    }
+
+    /// Drops `node`'s live channel (as an administrator's "disconnect"
+    /// would); false if it had none.
+    pub fn disconnect(&self, node: &str) -> bool {
+        match self.shared.state().channels.get(node) {
+            Some(live) => {
+                live.kicked.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Everything that happened so far, in order.
+    pub fn log(&self) -> Vec<ControllerEvent> {
+        self.shared.state().log.clone()
+    }
+
+    /// Waits until `pred` holds for the log and returns the log; panics with
+    /// the log if that takes longer than `timeout`.
+    pub async fn wait_for(
+        &self,
+        pred: impl Fn(&[ControllerEvent]) -> bool,
+        timeout: Duration,
+    ) -> Vec<ControllerEvent> {
+        let mut changes = self.shared.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Mark the version seen before reading the log, so an event
+            // recorded in between still wakes us.
+            changes.borrow_and_update();
+            let log = self.log();
+            if pred(&log) {
+                return log;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                // The sender lives in `shared`, which we hold; treat it as a timeout anyway.
+                Ok(Err(_)) | Err(_) => {
+                    panic!("timed out after {timeout:?} waiting for controller events; log so far:\n{log:#?}")
+                }
+            }
+        }
+    }
+
+    /// Closes both listeners and every connection and channel, and waits
+    /// until all of the controller's tasks have ended.
+    pub async fn shutdown(self) {
+        self.shared.shutdown.cancel();
+        self.shared.tracker.close();
+        self.shared.tracker.wait().await;
+    }
+}
+
+impl Drop for TestController {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+/// A live channel in the node table.
+#[derive(Debug)]
+struct LiveChannel {
+    /// Which connection owns it, so a replaced channel does not unregister its successor.
+    connection: u64,
+    cookie: String,
+    kicked: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    log: Vec<ControllerEvent>,
+    channels: HashMap<String, LiveChannel>,
+}
+
+/// What the listeners' tasks share with the handle.
+struct Shared {
+    url: String,
+    /// `Jenkins-Session` in the agent port's hello: new on every start.
+    session: String,
+    agent_port: u16,
+    identity: TestIdentity,
+    tls: Arc<rustls::ServerConfig>,
+    nodes: HashMap<String, NodeSpec>,
+    tcp_disabled: bool,
+    protocols: Vec<String>,
+    http_headers: http::StaticHeaders,
+    remoting_jar: Option<Bytes>,
+    jnlp_options: Vec<String>,
+    peer: Peer,
+    state: Mutex<State>,
+    /// Bumped on every recorded event, for [`TestController::wait_for`].
+    changed: watch::Sender<u64>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    next_connection: AtomicU64,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panicking test thread must not hide the log from the others.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn record(&self, event: ControllerEvent) {
+        tracing::debug!(?event, "controller event");
+        self.state().log.push(event);
+        self.changed.send_modify(|version| *version += 1);
+    }
+
+    fn connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn speaks(&self, protocol: &str) -> bool {
+        self.protocols.iter().any(|p| p == protocol)
+    }
+
+    /// Decides on a JNLP4 connection's headers, as the controller does.
+    /// On a cookie match the old channel is kicked and unregistered here,
+    /// under the lock, so two reconnections cannot both take it over.
+    fn judge(&self, node: &str, secret: Option<&str>, cookie: Option<&str>) -> Verdict {
+        let Some(spec) = self.nodes.get(node) else {
+            return Verdict::Refuse(format!("ERROR: Unknown client name: {node}"));
+        };
+        if let Some(reason) = &spec.fatal {
+            return Verdict::Refuse(format!("FATAL: {reason}"));
+        }
+        if secret != Some(spec.secret.as_str()) {
+            return Verdict::Refuse("ERROR: Authorization failure".to_owned());
+        }
+        let mut state = self.state();
+        match state.channels.get(node) {
+            None => Verdict::Accept { took_over: false },
+            Some(live) if cookie == Some(live.cookie.as_str()) => {
+                if let Some(old) = state.channels.remove(node) {
+                    old.kicked.cancel();
+                }
+                Verdict::Accept { took_over: true }
+            }
+            Some(_) => Verdict::Refuse(format!(
+                "ERROR: {node} is already connected to this master. Rejecting this connection."
+            )),
+        }
+    }
+
+    /// Marks `node` online with this connection's channel. Replaces (and
+    /// kicks) anything registered since [`Shared::judge`].
+    fn register(&self, node: &str, live: LiveChannel) {
+        if let Some(old) = self.state().channels.insert(node.to_owned(), live) {
+            old.kicked.cancel();
+        }
+    }
+
+    /// Marks `node` offline if `connection` still owns its channel.
+    fn unregister(&self, node: &str, connection: u64) {
+        let mut state = self.state();
+        if state
+            .channels
+            .get(node)
+            .is_some_and(|c| c.connection == connection)
+        {
+            state.channels.remove(node);
+        }
+    }
+}
+
+/// The controller's answer to a JNLP4 connection's headers.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Accept { took_over: bool },
+    Refuse(String),
+}
+
+/// `bytes` random bytes as lowercase hex.
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore as _;
+    let mut raw = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut raw);
+    hex::encode(raw)
+}
