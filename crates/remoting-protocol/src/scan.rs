@@ -175,11 +175,18 @@ mod tests {
             }
             assert_eq!(
                 seen,
-                [Some("hudson.remoting.UserRequest".to_owned()), None, Some("hudson.remoting.Response".to_owned())],
+                [
+                    Some("hudson.remoting.UserRequest".to_owned()),
+                    None,
+                    Some("hudson.remoting.Response".to_owned())
+                ],
                 "piece size {piece}"
             );
             let stats = scanner.stats();
-            assert_eq!((stats.commands, stats.chunks, stats.bytes), (3, 5, wire.len() as u64));
+            assert_eq!(
+                (stats.commands, stats.chunks, stats.bytes),
+                (3, 5, wire.len() as u64)
+            );
             assert!(scanner.at_command_boundary());
         }
     }
@@ -192,7 +199,10 @@ mod tests {
         scanner.feed(&wire[..1], |_| {});
         assert!(!scanner.at_command_boundary());
         scanner.feed(&wire[1..8194], |_| {});
-        assert!(!scanner.at_command_boundary(), "first chunk done, more follow");
+        assert!(
+            !scanner.at_command_boundary(),
+            "first chunk done, more follow"
+        );
         scanner.feed(&wire[8194..], |_| {});
         assert!(scanner.at_command_boundary());
     }

@@ -1,0 +1,102 @@
+//! TLS identity pinning against the test controller over real TCP: the
+//! handshake goes no further than TLS when the controller's key is not the
+//! pinned one, so the secret is never sent to an impostor.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use remoting_protocol::handshake::{connect, HandshakeConfig, HandshakeError};
+use remoting_protocol::tls::identity_mismatch;
+use testkit::{ControllerEvent, TestController, TestIdentity};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn wrong_identity_is_refused_before_any_header_is_sent() {
+    let controller = TestController::builder()
+        .node("agent-1", "s3cret")
+        .start()
+        .await;
+    let impostor_pin = TestIdentity::other().identity();
+    assert_ne!(impostor_pin, controller.identity());
+
+    let tcp = TcpStream::connect(controller.agent_addr()).await.unwrap();
+    let err = connect(
+        tcp,
+        "127.0.0.1",
+        impostor_pin,
+        HandshakeConfig::new("agent-1", "s3cret"),
+    )
+    .await
+    .unwrap_err();
+    let HandshakeError::IdentityMismatch(mismatch) = &err else {
+        panic!("expected an identity mismatch, got {err:?}");
+    };
+    assert_eq!(mismatch.expected, impostor_pin.fingerprint());
+    assert_eq!(mismatch.presented, controller.identity().fingerprint());
+    assert!(!err.is_retryable());
+    let text = err.to_string();
+    assert!(
+        text.starts_with("SECURITY:") && !text.contains("s3cret"),
+        "{text}"
+    );
+
+    // The controller saw a TLS failure and no headers at all.
+    let log = controller
+        .wait_for(
+            |log| {
+                log.iter()
+                    .any(|e| matches!(e, ControllerEvent::HandshakeFailed { .. }))
+            },
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        !log.iter().any(|e| matches!(
+            e,
+            ControllerEvent::Accepted { .. }
+                | ControllerEvent::Refused { .. }
+                | ControllerEvent::ByeReceived { .. }
+        )),
+        "{log:?}"
+    );
+    assert!(!controller.is_online("agent-1"));
+
+    // The right pin on the same controller works.
+    let tcp = TcpStream::connect(controller.agent_addr()).await.unwrap();
+    let connected = connect(
+        tcp,
+        "127.0.0.1",
+        controller.identity(),
+        HandshakeConfig::new("agent-1", "s3cret"),
+    )
+    .await
+    .unwrap();
+    assert!(connected.cookie.is_some());
+    controller.shutdown().await;
+}
+
+#[tokio::test]
+async fn mismatch_is_recognisable_from_a_plain_io_error() {
+    // What the TLS layer hands back is an io::Error; the mismatch survives
+    // in it. A bare TLS acceptor with the shared identity, pinned to another.
+    let config = remoting_protocol::tls::client_config(TestIdentity::other().identity()).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(TestIdentity::shared().server_config());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let _ = acceptor.accept(tcp).await;
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let err = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap_err();
+    let mismatch = identity_mismatch(&err).expect("the mismatch is found in the io::Error");
+    assert_eq!(
+        mismatch.presented,
+        TestIdentity::shared().identity().fingerprint()
+    );
+    server.await.unwrap();
+}
