@@ -56,7 +56,10 @@ pub enum EngineError {
 }
 
 /// Finds `java`: `JENKINS_JAVA_BIN`, else `$JAVA_HOME/bin/java`, else `java` on `PATH`.
-pub fn find_java(java: &JavaSettings, path: Option<&std::ffi::OsStr>) -> Result<PathBuf, EngineError> {
+pub fn find_java(
+    java: &JavaSettings,
+    path: Option<&std::ffi::OsStr>,
+) -> Result<PathBuf, EngineError> {
     if let Some(bin) = &java.java_bin {
         return Ok(bin.clone());
     }
@@ -107,8 +110,15 @@ impl JarCache {
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    let path = dir.join(format!(".remoting-{}-{}.tmp", std::process::id(), rand::random::<u32>()));
-    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+    let path = dir.join(format!(
+        ".remoting-{}-{}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
     Ok((path, file))
 }
 
@@ -156,6 +166,7 @@ impl EngineSpec {
 pub struct Engine {
     child: Child,
     pid: u32,
+    stopped: bool,
     /// The engine's stdin: the chunk stream toward it.
     pub stdin: Option<ChildStdin>,
     /// The engine's stdout: the chunk stream from it.
@@ -197,6 +208,7 @@ impl Engine {
             stdout: child.stdout.take(),
             child,
             pid,
+            stopped: false,
         })
     }
 
@@ -208,11 +220,6 @@ impl Engine {
     /// Whether the engine has exited (reaping it if so).
     pub fn has_exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Waits for the engine to exit.
-    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.child.wait().await
     }
 
     /// Ends the engine and every process in its group: closes its stdin,
@@ -231,7 +238,18 @@ impl Engine {
         if exited.is_err() {
             let _ = self.child.wait().await;
         }
+        self.stopped = true;
         tracing::info!(pid = self.pid, "engine stopped");
+    }
+}
+
+impl Drop for Engine {
+    /// An engine dropped without [`Engine::stop`] (a cancelled session) still
+    /// takes its whole process group with it: nothing it started outlives it.
+    fn drop(&mut self) {
+        if !self.stopped && self.pid != 0 {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
     }
 }
 
@@ -257,7 +275,10 @@ mod tests {
             java_home: Some(dir.clone()),
             java_opts: vec![],
         };
-        assert_eq!(find_java(&explicit, None).unwrap(), PathBuf::from("/opt/j/bin/java"));
+        assert_eq!(
+            find_java(&explicit, None).unwrap(),
+            PathBuf::from("/opt/j/bin/java")
+        );
         let home = JavaSettings {
             java_home: Some(dir.clone()),
             ..Default::default()
@@ -269,7 +290,10 @@ mod tests {
             dir.join("bin/java")
         );
         assert!(matches!(
-            find_java(&JavaSettings::default(), Some(std::ffi::OsStr::new("/nonexistent"))),
+            find_java(
+                &JavaSettings::default(),
+                Some(std::ffi::OsStr::new("/nonexistent"))
+            ),
             Err(EngineError::NoJava)
         ));
         std::fs::remove_dir_all(dir).unwrap();
@@ -286,7 +310,13 @@ mod tests {
         assert_eq!(std::fs::read(&a).unwrap(), b"jar one");
         let leftovers = std::fs::read_dir(&dir)
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tmp")
+            })
             .count();
         assert_eq!(leftovers, 0);
         std::fs::remove_dir_all(dir).unwrap();

@@ -150,4 +150,8 @@ pub struct Settings {
     pub engine_command: Option<Vec<String>>,
     /// `--log-format`.
     pub log_format: LogFormat,
+    /// `--reconnect-delay`: the first wait before reconnecting.
+    pub reconnect_delay: Duration,
+    /// `--reconnect-max-delay`: the longest wait between attempts.
+    pub reconnect_max_delay: Duration,
 }

@@ -62,6 +62,8 @@ enum State {
     Capability,
     Text,
     Mode,
+    /// The preamble was read; what follows belongs to the chunk stream.
+    Done,
 }
 
 /// Reads the engine's preamble from its stdout, incrementally and without I/O.
@@ -89,7 +91,7 @@ impl PreambleReader {
     }
 
     /// Consumes preamble bytes from `buf`; `Some` once complete, leaving the
-    /// chunk stream that follows in `buf`.
+    /// chunk stream that follows in `buf` (then and on any later call).
     pub fn feed(&mut self, buf: &mut BytesMut) -> Result<Option<EnginePreamble>, PreambleError> {
         loop {
             match self.state {
@@ -112,11 +114,13 @@ impl PreambleReader {
                     }
                     self.state = State::Mode;
                 }
+                State::Done => return Ok(None),
                 State::Mode => {
                     if !self.skip_to(buf, BINARY_MODE_PREAMBLE)? {
                         return Ok(None);
                     }
                     let capability = Capability::from_base64(&self.text)?;
+                    self.state = State::Done;
                     return Ok(Some(EnginePreamble {
                         capability,
                         capability_text: std::mem::take(&mut self.text),
@@ -215,7 +219,12 @@ mod tests {
         );
         assert!(buf.is_empty());
         let mut rest = BytesMut::from(&b"\x00\x01z"[..]);
-        assert!(reader.feed(&mut rest).is_err() || rest.len() == 3);
+        assert!(reader.feed(&mut rest).unwrap().is_none());
+        assert_eq!(
+            rest.len(),
+            3,
+            "a finished reader leaves the chunk stream alone"
+        );
     }
 
     #[test]

@@ -1,0 +1,281 @@
+//! Parsers for individual option values: each takes the option (or
+//! environment variable) name for its error, and the raw text.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use super::CliError;
+use crate::settings::{CertPem, Credentials, HostPort, Secret, Tunnel};
+
+/// `@FILE` arguments are small (a secret, a certificate chain); the cap keeps
+/// `-secret @/dev/zero` from eating memory. agent.jar caps certificates at
+/// 64 KiB too.
+const FILE_LIMIT: u64 = 64 * 1024;
+
+/// A controller URL, normalised to end with `/` (agent.jar appends paths
+/// such as `tcpSlaveAgentListener/` to it).
+pub(super) fn controller_url(option: &'static str, value: &str) -> Result<String, CliError> {
+    check_http_url(option, value)?;
+    let mut url = value.to_owned();
+    if !url.ends_with('/') {
+        url.push('/');
+    }
+    Ok(url)
+}
+
+/// An absolute `http://` or `https://` URL with a host.
+pub(super) fn check_http_url(option: &'static str, value: &str) -> Result<(), CliError> {
+    let bad = |reason| CliError::BadUrl { option, reason };
+    let uri: http::Uri = value.parse().map_err(|_| bad("not a valid URL"))?;
+    match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {}
+        Some(_) => return Err(bad("only http and https URLs are supported")),
+        None => return Err(bad("the URL has no scheme")),
+    }
+    match uri.host() {
+        Some(h) if !h.is_empty() => Ok(()),
+        _ => Err(bad("the URL has no host")),
+    }
+}
+
+const HOST_PORT: &str = "HOST:PORT";
+const TUNNEL_FORMS: &str = "HOST:PORT, HOST: or :PORT";
+
+/// `HOST:PORT` or `[IPV6]:PORT`, both parts required.
+pub(super) fn host_port(option: &'static str, value: &str) -> Result<HostPort, CliError> {
+    let bad = |reason| CliError::BadHostPort {
+        option,
+        expected: HOST_PORT,
+        reason,
+    };
+    let (host, port) = split_host_port(value).map_err(bad)?;
+    if host.is_empty() {
+        return Err(bad("the host is empty"));
+    }
+    let port = port_number(port).map_err(bad)?;
+    Ok(HostPort {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// `-tunnel`: `HOST:PORT`, `HOST:` or `:PORT`; the empty side keeps what the
+/// controller advertises.
+pub(super) fn tunnel(option: &'static str, value: &str) -> Result<Tunnel, CliError> {
+    let bad = |reason| CliError::BadHostPort {
+        option,
+        expected: TUNNEL_FORMS,
+        reason,
+    };
+    let (host, port) = split_host_port(value).map_err(bad)?;
+    let host = (!host.is_empty()).then(|| host.to_owned());
+    let port = if port.is_empty() {
+        None
+    } else {
+        Some(port_number(port).map_err(bad)?)
+    };
+    if host.is_none() && port.is_none() {
+        return Err(bad("both the host and the port are empty"));
+    }
+    Ok(Tunnel { host, port })
+}
+
+/// Splits at the port colon; brackets are stripped from an IPv6 host.
+fn split_host_port(value: &str) -> Result<(&str, &str), &'static str> {
+    if let Some(rest) = value.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or("no closing ']'")?;
+        let port = after.strip_prefix(':').ok_or("no ':' after ']'")?;
+        return Ok((host, port));
+    }
+    let (host, port) = value.rsplit_once(':').ok_or("no ':'")?;
+    if host.contains(':') {
+        // `::1:50000` is ambiguous; agent.jar users write `[::1]:50000`.
+        return Err("write an IPv6 address in brackets, e.g. [::1]:50000");
+    }
+    Ok((host, port))
+}
+
+fn port_number(port: &str) -> Result<u16, &'static str> {
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("the port is not a number");
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err("the port is out of range 1-65535"),
+        Ok(p) => Ok(p),
+    }
+}
+
+/// `USER:PASSWORD`; the password may itself contain colons.
+pub(super) fn credentials(option: &'static str, value: &str) -> Result<Credentials, CliError> {
+    let (user, password) = value
+        .split_once(':')
+        .ok_or(CliError::BadCredentials { option })?;
+    Ok(Credentials {
+        user: user.to_owned(),
+        password: Secret::new(password),
+    })
+}
+
+/// agent.jar's `-noReconnectAfter` accepts Spring-style `10m` / `500ms`,
+/// ISO-8601 `PT10M`, and a bare number meaning milliseconds; we accept those
+/// and everything `humantime` reads (`1h30m`, `1h 30m`).
+pub(super) fn duration(option: &'static str, value: &str) -> Result<Duration, CliError> {
+    let bad = |reason| CliError::BadDuration { option, reason };
+    let text = value.trim();
+    let text = text.strip_prefix('+').unwrap_or(text);
+    if text.starts_with('-') {
+        return Err(bad("it is negative"));
+    }
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        // agent.jar's default unit, surprising as it is.
+        let ms = text
+            .parse::<u64>()
+            .map_err(|_| bad("the number is too large"))?;
+        return Ok(Duration::from_millis(ms));
+    }
+    if text.starts_with(['P', 'p']) {
+        return iso8601(&text.to_ascii_uppercase()).ok_or(bad("not a valid ISO-8601 duration"));
+    }
+    // humantime's own messages quote the text; ours must not.
+    humantime::parse_duration(text).map_err(|e| {
+        bad(match e {
+            humantime::DurationError::Empty => "it is empty",
+            humantime::DurationError::UnknownUnit { .. } => "unknown unit",
+            humantime::DurationError::NumberOverflow => "the number is too large",
+            humantime::DurationError::InvalidCharacter(_) => "invalid character",
+            humantime::DurationError::NumberExpected(_) => "a number is missing",
+        })
+    })
+}
+
+/// The subset of ISO-8601 that Java's `Duration.parse` reads: `PnDTnHnMn.nS`.
+fn iso8601(text: &str) -> Option<Duration> {
+    let mut rest = text.strip_prefix('P')?;
+    let mut total = Duration::ZERO;
+    let mut in_time = false;
+    let mut any = false;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('T') {
+            if in_time {
+                return None;
+            }
+            in_time = true;
+            rest = r;
+            continue;
+        }
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, tail) = rest.split_at(end);
+        let mut chars = tail.chars();
+        let unit = chars.next()?;
+        rest = chars.as_str();
+        let part = match (in_time, unit) {
+            (true, 'S') => Duration::try_from_secs_f64(number.parse::<f64>().ok()?).ok()?,
+            (false, 'D') | (true, 'H') | (true, 'M') => {
+                let per = match unit {
+                    'D' => 86_400,
+                    'H' => 3_600,
+                    _ => 60,
+                };
+                Duration::from_secs(number.parse::<u64>().ok()?.checked_mul(per)?)
+            }
+            _ => return None,
+        };
+        total = total.checked_add(part)?;
+        any = true;
+    }
+    any.then_some(total)
+}
+
+/// `-secret S` or `-secret @FILE` (the file holds the secret alone; trailing
+/// newline trimmed). `files` is false for `JENKINS_SECRET`, which the image's
+/// script passes on literally.
+pub(super) fn secret(option: &'static str, value: &str, files: bool) -> Result<Secret, CliError> {
+    let Some(path) = value.strip_prefix('@').filter(|_| files) else {
+        return Ok(Secret::new(value));
+    };
+    let text = read_small_file(option, Path::new(path))?;
+    let secret = text.trim();
+    let invalid = |why: &str| CliError::ReadFile {
+        option,
+        path: PathBuf::from(path),
+        source: io::Error::new(io::ErrorKind::InvalidData, why),
+    };
+    if secret.is_empty() {
+        return Err(invalid("the file is empty"));
+    }
+    if secret.contains(char::is_whitespace) {
+        return Err(invalid("the file must hold the secret alone, on one line"));
+    }
+    Ok(Secret::new(secret))
+}
+
+/// `-cert PEM` or `-cert @FILE`; must contain a PEM certificate block.
+pub(super) fn cert(option: &'static str, value: &str) -> Result<CertPem, CliError> {
+    const MARKER: &str = "-----BEGIN CERTIFICATE-----";
+    let value = value.trim();
+    if let Some(path) = value.strip_prefix('@') {
+        let text = read_small_file(option, Path::new(path))?;
+        if !text.contains(MARKER) {
+            return Err(CliError::BadCert {
+                option,
+                what: format!("file {path}"),
+            });
+        }
+        return Ok(CertPem(text));
+    }
+    if !value.contains(MARKER) {
+        return Err(CliError::BadCert {
+            option,
+            what: "the value".to_owned(),
+        });
+    }
+    Ok(CertPem(value.to_owned()))
+}
+
+/// `-instanceIdentity`: the controller's public key, standard base64.
+pub(super) fn instance_identity(option: &'static str, value: &str) -> Result<String, CliError> {
+    let value = value.trim();
+    match base64::engine::general_purpose::STANDARD.decode(value) {
+        Ok(bytes) if !bytes.is_empty() => Ok(value.to_owned()),
+        _ => Err(CliError::BadInstanceIdentity { option }),
+    }
+}
+
+/// `-protocols A,B` (repeatable) / `JENKINS_PROTOCOLS`: comma-separated.
+pub(super) fn protocols<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    values
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn read_small_file(option: &'static str, path: &Path) -> Result<String, CliError> {
+    let fail = |source| CliError::ReadFile {
+        option,
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(FILE_LIMIT + 1).read_to_end(&mut bytes))
+        .map_err(fail)?;
+    if bytes.len() as u64 > FILE_LIMIT {
+        return Err(fail(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the file is larger than 64 KiB",
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        fail(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the file is not UTF-8 text",
+        ))
+    })
+}

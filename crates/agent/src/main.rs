@@ -1,0 +1,113 @@
+//! `jnlp-agent`: a drop-in for `java -jar agent.jar`.
+//!
+//! # Layout
+//!
+//! - [`cli`]: agent.jar's options and the container images' environment → [`settings::Settings`].
+//! - [`controller_http`]: discovery, JNLP files and the engine jar over the web port.
+//! - [`agent_port`]: dialing the TCP agent port (directly or through a proxy).
+//! - [`engine`]: the controller's remoting.jar, cached, run as a child on stdio.
+//! - [`bridge`]: copies chunks between the connection and the engine.
+//! - [`session`]: one connection from discovery to close.
+//! - [`supervisor`]: reconnects with backoff, keeps the cookie, handles signals.
+//! - [`workdir`]: the work directory and logs.
+
+mod agent_port;
+mod bridge;
+mod cli;
+mod controller_http;
+mod engine;
+mod session;
+mod settings;
+mod supervisor;
+mod workdir;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::session::Agent;
+use crate::supervisor::{Backoff, Stopped};
+use crate::workdir::WorkDir;
+
+fn main() -> ExitCode {
+    let command = match cli::parse(std::env::args_os(), &|name| std::env::var(name).ok()) {
+        Ok(command) => command,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = match command {
+        cli::Command::Help(text) | cli::Command::Version(text) => {
+            println!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        cli::Command::Run(settings) => settings,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Once logging is up, `run` has logged it already.
+            if !workdir::LOGGING.load(std::sync::atomic::Ordering::Relaxed) {
+                eprintln!("error: {}", describe(&err));
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(settings: settings::Settings) -> anyhow::Result<()> {
+    let work = WorkDir::prepare(&settings)?;
+    let _log_guard = workdir::init_logging(settings.log_format, work.logs.as_deref())?;
+    let result = serve(settings, work).await;
+    if let Err(err) = &result {
+        tracing::error!("{}", describe(err));
+    }
+    result
+}
+
+async fn serve(settings: settings::Settings, work: WorkDir) -> anyhow::Result<()> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node = settings.name.as_deref().unwrap_or("(from JNLP file)"),
+        work_dir = ?work.root,
+        "jnlp-agent starting"
+    );
+    let shutdown = supervisor::shutdown_on_signals().context("cannot install signal handlers")?;
+    let mut backoff = Backoff::new(settings.reconnect_delay, settings.reconnect_max_delay);
+    let agent = Agent::new(settings, work)?;
+    match supervisor::run(&agent, &mut backoff, shutdown).await {
+        Stopped::Cleanly => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Stopped::Failed(err) => Err(err),
+    }
+}
+
+/// The error and its causes, each said once: most error types here already
+/// include their cause's text in their own message.
+fn describe(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}

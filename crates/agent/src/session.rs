@@ -1,0 +1,446 @@
+//! One session: find the controller, start an engine, connect, bridge until
+//! either side ends, then stop the engine and everything it started.
+//!
+//! The engine is started before the connection so that the capability the
+//! controller receives is the engine's own; the two capability texts are
+//! then swapped (the controller's goes to the engine as its peer's). An
+//! engine whose connection attempt failed has seen nothing yet and is kept
+//! for the next attempt, so a reconnect loop does not start a JVM per try.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::BytesMut;
+use remoting_protocol::capability::Capability;
+use remoting_protocol::handshake::{self, HandshakeConfig, HandshakeError};
+use remoting_protocol::preamble::{self, PreambleError, PreambleReader};
+use remoting_protocol::InstanceIdentity;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::agent_port::{self, DialError};
+use crate::bridge::{self, BridgeEnd, BridgeError, Traffic};
+use crate::controller_http::{ControllerHttp, HttpError};
+use crate::engine::{find_java, Engine, EngineError, EngineSpec, JarCache, MAX_ENGINE_JAR};
+use crate::settings::{HostPort, Secret, Settings};
+use crate::workdir::WorkDir;
+
+/// How long the engine JVM may take to announce itself.
+const ENGINE_START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the engine may take to exit before its process group is killed.
+const ENGINE_STOP_GRACE: Duration = Duration::from_secs(5);
+/// Timeout for the TCP connection to the agent port.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Talking to the controller's web port failed.
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    /// The agent port could not be reached.
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// The JNLP4-connect handshake failed or was refused.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// The engine could not be started.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The engine did not speak the remoting preamble.
+    #[error("the engine did not start properly: {0}")]
+    Preamble(#[from] PreambleError),
+    /// The engine did not announce itself in time.
+    #[error("the engine did not announce itself within {0:?}; see its output above")]
+    EngineTimeout(Duration),
+    /// The channel failed while running.
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
+    /// The configuration cannot work (found while connecting, e.g. in a JNLP file).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl SessionError {
+    /// Whether trying again cannot help: the agent should stop.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            SessionError::Handshake(HandshakeError::Refused(refusal)) => refusal.fatal,
+            SessionError::Config(_) => true,
+            SessionError::Engine(EngineError::NoJava) => true,
+            _ => false,
+        }
+    }
+}
+
+/// How a session that connected ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The controller closed the channel.
+    ControllerClosed,
+    /// The engine exited.
+    EngineExited,
+    /// The agent was asked to stop.
+    Shutdown,
+}
+
+/// Where one session connects.
+#[derive(Debug, Clone)]
+struct Target {
+    controller_url: Option<String>,
+    agent_port: HostPort,
+    identity: InstanceIdentity,
+    name: String,
+    secret: Secret,
+}
+
+/// An engine that has announced itself and waits for its peer.
+#[derive(Debug)]
+struct ReadyEngine {
+    engine: Engine,
+    jar: PathBuf,
+    capability: Capability,
+    /// Bytes the engine wrote after its preamble (normally none).
+    buffered: BytesMut,
+}
+
+/// What outlives a session: the cookie and a spare engine.
+#[derive(Debug, Default)]
+pub struct Continuity {
+    /// The cookie of the last accepted connection.
+    pub cookie: Option<String>,
+    spare: Option<ReadyEngine>,
+}
+
+impl Continuity {
+    /// Stops the spare engine, if any.
+    pub async fn shutdown(&mut self) {
+        if let Some(mut spare) = self.spare.take() {
+            spare.engine.stop(ENGINE_STOP_GRACE).await;
+        }
+    }
+}
+
+/// The agent's long-lived parts.
+#[derive(Debug)]
+pub struct Agent {
+    /// What it was asked to do.
+    pub settings: Settings,
+    /// Its directories.
+    pub work: WorkDir,
+    http: ControllerHttp,
+    jars: JarCache,
+    /// Counters of the current bridge.
+    pub traffic: Arc<Traffic>,
+    /// Called once per accepted connection (tests and status hooks).
+    pub control_socket: Option<PathBuf>,
+}
+
+impl Agent {
+    /// Prepares the agent; fails on configuration that cannot work.
+    pub fn new(settings: Settings, work: WorkDir) -> anyhow::Result<Self> {
+        let http =
+            ControllerHttp::new(&settings).context("cannot set up HTTP to the controller")?;
+        let jars = JarCache::new(work.engines.clone());
+        Ok(Self {
+            settings,
+            work,
+            http,
+            jars,
+            traffic: Arc::new(Traffic::default()),
+            control_socket: None,
+        })
+    }
+
+    /// Runs one session. `on_online` is called once the controller accepted.
+    /// Cancelling `cancel` stops it at any point: before the connection is
+    /// up by dropping what was set up (an engine dropped takes its process
+    /// group with it), afterwards by closing the channel cleanly.
+    pub async fn run_session(
+        &self,
+        continuity: &mut Continuity,
+        cancel: &CancellationToken,
+        on_online: impl FnOnce(),
+    ) -> Result<SessionEnd, SessionError> {
+        let (connected, ready, target) = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Ok(SessionEnd::Shutdown),
+            setup = self.connect(continuity) => setup?,
+        };
+        info!(
+            node = %target.name,
+            controller = target.controller_url.as_deref().unwrap_or("(direct)"),
+            agent_port = %format!("{}:{}", target.agent_port.host, target.agent_port.port),
+            engine_pid = ready.engine.pid(),
+            "connected"
+        );
+        on_online();
+        let ReadyEngine {
+            mut engine,
+            buffered,
+            ..
+        } = ready;
+        let end = self.bridge(&mut engine, connected, buffered, cancel).await;
+        engine.stop(ENGINE_STOP_GRACE).await;
+        end
+    }
+
+    /// Everything up to an accepted connection with an engine waiting for it.
+    async fn connect(
+        &self,
+        continuity: &mut Continuity,
+    ) -> Result<
+        (
+            handshake::Connected<tokio::net::TcpStream>,
+            ReadyEngine,
+            Target,
+        ),
+        SessionError,
+    > {
+        let target = self.resolve().await?;
+        let jar = self.engine_jar(&target).await?;
+        let ready = match continuity.spare.take() {
+            Some(mut spare) => {
+                if spare.jar == jar && !spare.engine.has_exited() {
+                    spare
+                } else {
+                    // Another controller version, or it died waiting.
+                    spare.engine.stop(ENGINE_STOP_GRACE).await;
+                    self.start_engine(jar).await?
+                }
+            }
+            None => self.start_engine(jar).await?,
+        };
+        let tcp = match agent_port::dial_from_env(
+            &target.agent_port,
+            self.settings.proxy_credentials.as_ref(),
+            DIAL_TIMEOUT,
+            !self.settings.no_keep_alive,
+        )
+        .await
+        {
+            Ok(tcp) => tcp,
+            Err(err) => {
+                continuity.spare = Some(ready);
+                return Err(err.into());
+            }
+        };
+        let mut config = HandshakeConfig::new(target.name.clone(), target.secret.expose());
+        config.cookie = continuity.cookie.clone();
+        config.capability = ready.capability;
+        match handshake::connect(tcp, &target.agent_port.host, &target.identity, config).await {
+            Ok(connected) => {
+                continuity.cookie = connected.cookie.clone();
+                Ok((connected, ready, target))
+            }
+            Err(err) => {
+                continuity.spare = Some(ready);
+                Err(err.into())
+            }
+        }
+    }
+
+    async fn bridge(
+        &self,
+        engine: &mut Engine,
+        connected: handshake::Connected<tokio::net::TcpStream>,
+        engine_buf: BytesMut,
+        cancel: &CancellationToken,
+    ) -> Result<SessionEnd, SessionError> {
+        let (Some(mut engine_in), Some(engine_out)) = (engine.stdin.take(), engine.stdout.take())
+        else {
+            return Err(SessionError::Config("engine stdio missing".into()));
+        };
+        // The engine's peer preamble carries the controller's capability.
+        engine_in
+            .write_all(&preamble::encode(connected.capability))
+            .await
+            .map_err(PreambleError::Io)?;
+        engine_in.flush().await.map_err(PreambleError::Io)?;
+        let handshake::Connected {
+            mut stream,
+            read_buf,
+            ..
+        } = connected;
+        let end = bridge::run(
+            &mut stream,
+            read_buf,
+            engine_out,
+            engine_buf,
+            engine_in,
+            self.traffic.clone(),
+            cancel.child_token(),
+        )
+        .await;
+        // Close the channel cleanly (TLS close_notify) whatever ended it.
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
+        match end? {
+            BridgeEnd::ControllerClosed => Ok(SessionEnd::ControllerClosed),
+            BridgeEnd::EngineClosed => Ok(SessionEnd::EngineExited),
+            BridgeEnd::Cancelled => Ok(SessionEnd::Shutdown),
+        }
+    }
+
+    /// Where to connect: `-direct`, a JNLP file, or discovery over `-url`s.
+    async fn resolve(&self) -> Result<Target, SessionError> {
+        let s = &self.settings;
+        let mut name = s.name.clone();
+        let mut secret = s.secret.clone();
+        let mut urls = s.urls.clone();
+        let mut tunnel = s.tunnel.clone();
+        if let Some(jnlp_url) = &s.jnlp_url {
+            let args = self
+                .http
+                .fetch_jnlp(
+                    jnlp_url,
+                    secret.as_ref().map(Secret::expose),
+                    s.jnlp_credentials.as_ref(),
+                )
+                .await?;
+            let options = args
+                .agent_options()
+                .map_err(|e| SessionError::Config(format!("{jnlp_url}: {e}")))?;
+            if options.web_socket {
+                return Err(SessionError::Config(format!(
+                    "{jnlp_url} asks for -webSocket, which this agent does not support yet; \
+                     enable the TCP agent port on the controller"
+                )));
+            }
+            name.get_or_insert(args.name.clone());
+            secret.get_or_insert_with(|| Secret::new(args.secret.clone()));
+            if urls.is_empty() {
+                urls = options.urls.clone();
+            }
+            if tunnel.is_none() {
+                tunnel = options
+                    .tunnel
+                    .as_deref()
+                    .map(crate::cli::parse_tunnel)
+                    .transpose()
+                    .map_err(|e| SessionError::Config(format!("{jnlp_url}: bad -tunnel: {e}")))?;
+            }
+        }
+        let (Some(name), Some(secret)) = (name, secret) else {
+            return Err(SessionError::Config(
+                "no node name and secret: give -name and -secret (or -jnlpUrl)".into(),
+            ));
+        };
+        if let Some(direct) = &s.direct {
+            let identity = s
+                .instance_identity
+                .as_deref()
+                .map(InstanceIdentity::from_base64)
+                .transpose()
+                .map_err(|e| SessionError::Config(format!("-instanceIdentity: {e}")))?
+                .ok_or_else(|| SessionError::Config("-direct needs -instanceIdentity".into()))?;
+            return Ok(Target {
+                controller_url: urls.first().cloned(),
+                agent_port: direct.clone(),
+                identity,
+                name,
+                secret,
+            });
+        }
+        let (url, endpoint) = self.http.discover_any(&urls).await?;
+        let agent_port = match &tunnel {
+            Some(tunnel) => tunnel.apply(&endpoint.host, endpoint.port),
+            None => HostPort {
+                host: endpoint.host.clone(),
+                port: endpoint.port,
+            },
+        };
+        Ok(Target {
+            controller_url: Some(url),
+            agent_port,
+            identity: endpoint.identity,
+            name,
+            secret,
+        })
+    }
+
+    /// The engine jar for `target`: `--engine-jar`, or the controller's own,
+    /// downloaded and kept by hash.
+    async fn engine_jar(&self, target: &Target) -> Result<PathBuf, SessionError> {
+        if let Some(jar) = &self.settings.engine_jar {
+            return Ok(jar.clone());
+        }
+        if self.settings.engine_command.is_some() && target.controller_url.is_none() {
+            return Ok(PathBuf::new());
+        }
+        let Some(url) = &target.controller_url else {
+            return Err(SessionError::Config(
+                "-direct has no web port to fetch the engine from: give --engine-jar".into(),
+            ));
+        };
+        let bytes = self
+            .http
+            .fetch(&format!("{url}jnlpJars/remoting.jar"), MAX_ENGINE_JAR)
+            .await?;
+        Ok(self.jars.store(&bytes)?)
+    }
+
+    async fn start_engine(&self, jar: PathBuf) -> Result<ReadyEngine, SessionError> {
+        let mut spec = match &self.settings.engine_command {
+            Some(argv) => EngineSpec {
+                argv: argv.clone(),
+                control_socket: None,
+            },
+            None => {
+                let java = find_java(&self.settings.java, std::env::var_os("PATH").as_deref())?;
+                EngineSpec::java(
+                    &java,
+                    &self.settings.java.java_opts,
+                    &jar,
+                    self.work.for_engine(),
+                    &self.work.jar_cache,
+                )
+            }
+        };
+        spec.control_socket = self.control_socket.clone();
+        let mut engine = Engine::spawn(&spec)?;
+        let Some(stdout) = engine.stdout.as_mut() else {
+            return Err(SessionError::Config("engine stdout missing".into()));
+        };
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut reader = PreambleReader::new();
+        let announced = tokio::time::timeout(ENGINE_START_TIMEOUT, async {
+            loop {
+                if let Some(preamble) = reader.feed(&mut buf)? {
+                    return Ok::<_, PreambleError>(preamble);
+                }
+                buf.reserve(4096);
+                if stdout.read_buf(&mut buf).await? == 0 {
+                    return Err(PreambleError::Eof);
+                }
+            }
+        })
+        .await;
+        let preamble = match announced {
+            Ok(Ok(preamble)) => preamble,
+            Ok(Err(err)) => {
+                engine.stop(ENGINE_STOP_GRACE).await;
+                return Err(err.into());
+            }
+            Err(_) => {
+                engine.stop(ENGINE_STOP_GRACE).await;
+                return Err(SessionError::EngineTimeout(ENGINE_START_TIMEOUT));
+            }
+        };
+        if !preamble.noise.is_empty() {
+            warn!(
+                pid = engine.pid(),
+                "engine wrote {} bytes on stdout before its preamble",
+                preamble.noise.len()
+            );
+        }
+        Ok(ReadyEngine {
+            engine,
+            jar,
+            capability: preamble.capability,
+            buffered: buf,
+        })
+    }
+}

@@ -1,0 +1,160 @@
+//! The work directory (`-workDir`, `-internalDir`) and logging.
+//!
+//! With a work directory, `<workDir>/<internalDir>/` holds `logs/` (rotated
+//! daily, a week kept), `engines/` (engine jars by hash) and `jarCache/`
+//! (the engine's class cache), as agent.jar lays it out. Without one, logs go
+//! to stderr only and the caches live under the user's cache directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+use crate::settings::{LogFormat, Settings};
+
+/// Log files kept.
+const KEPT_LOGS: usize = 7;
+
+/// Where the agent keeps its files.
+#[derive(Debug, Clone)]
+pub struct WorkDir {
+    /// `-workDir`, if given (passed on to the engine).
+    pub root: Option<PathBuf>,
+    /// `-internalDir` name.
+    pub internal_name: String,
+    /// Rotated logs, when there is a work directory.
+    pub logs: Option<PathBuf>,
+    /// Engine jars by hash.
+    pub engines: PathBuf,
+    /// The engine's jar cache (`-jar-cache`).
+    pub jar_cache: PathBuf,
+}
+
+impl WorkDir {
+    /// Checks and creates the directories `settings` asks for.
+    pub fn prepare(settings: &Settings) -> anyhow::Result<Self> {
+        let internal_name = settings.internal_dir.clone();
+        let Some(root) = settings.work_dir.clone() else {
+            let cache = user_cache_dir().join("jnlp-agent");
+            let engines = cache.join("engines");
+            let jar_cache = settings
+                .jar_cache
+                .clone()
+                .unwrap_or_else(|| cache.join("jarCache"));
+            for dir in [&engines, &jar_cache] {
+                create_writable(dir)?;
+            }
+            return Ok(Self {
+                root: None,
+                internal_name,
+                logs: None,
+                engines,
+                jar_cache,
+            });
+        };
+        if !root.is_dir() {
+            if settings.fail_if_work_dir_is_missing {
+                bail!(
+                    "the work directory {} does not exist, and -failIfWorkDirIsMissing is set",
+                    root.display()
+                );
+            }
+            std::fs::create_dir_all(&root)
+                .with_context(|| format!("cannot create the work directory {}", root.display()))?;
+        }
+        let internal = root.join(&internal_name);
+        let logs = internal.join("logs");
+        let engines = internal.join("engines");
+        let jar_cache = settings
+            .jar_cache
+            .clone()
+            .unwrap_or_else(|| internal.join("jarCache"));
+        for dir in [&logs, &engines, &jar_cache] {
+            create_writable(dir)?;
+        }
+        Ok(Self {
+            root: Some(root),
+            internal_name,
+            logs: Some(logs),
+            engines,
+            jar_cache,
+        })
+    }
+
+    /// `(workDir, internalDir)` for the engine's command line.
+    pub fn for_engine(&self) -> Option<(&Path, &str)> {
+        self.root
+            .as_deref()
+            .map(|root| (root, self.internal_name.as_str()))
+    }
+}
+
+fn user_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// Creates `dir` and proves it writable, so the problem shows at start-up
+/// with the path in the message rather than later in a confusing place.
+fn create_writable(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let probe = dir.join(format!(".write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("{} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// Whether [`init_logging`] succeeded, so that errors are reported once:
+/// through the log when there is one, on stderr before that.
+pub static LOGGING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Keeps the log file writer alive; drop it last to flush.
+pub type LogGuard = Option<tracing_appender::non_blocking::WorkerGuard>;
+
+/// Logs to stderr (text or JSON) and, with a work directory, to rotated files.
+/// `RUST_LOG` refines the level (default `info`).
+pub fn init_logging(format: LogFormat, logs: Option<&Path>) -> anyhow::Result<LogGuard> {
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let stderr = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+            .boxed(),
+    };
+    let (file, guard) = match logs {
+        Some(dir) => {
+            let appender = tracing_appender::rolling::Builder::new()
+                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .filename_prefix("jnlp-agent")
+                .filename_suffix("log")
+                .max_log_files(KEPT_LOGS)
+                .build(dir)
+                .with_context(|| format!("cannot open a log file in {}", dir.display()))?;
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            let layer = tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(writer)
+                .with_filter(filter())
+                .boxed();
+            (Some(layer), Some(guard))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .try_init()
+        .context("logging was already set up")?;
+    LOGGING.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(guard)
+}

@@ -1,0 +1,598 @@
+//! The built agent against test controllers and the fake engine: the whole
+//! path from discovery to the engine, reconnects, errors and shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use common::{alive, eventually, fake_engine, read_pids, temp_dir, AgentProcess};
+use futures_util::{SinkExt, StreamExt};
+use nix::sys::signal::Signal;
+use remoting_protocol::Chunk;
+use testkit::fixtures::{self, Direction, Layer};
+use testkit::{Channel, ControllerEvent, Peer, TestController, TestIdentity};
+use tokio::sync::oneshot;
+use tokio_util::codec::Decoder;
+
+const SECRET: &str = "5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";
+const LONG: Duration = Duration::from_secs(30);
+
+fn engine(mode: &str) -> String {
+    format!("{} {mode}", fake_engine().display())
+}
+
+fn accepted(log: &[ControllerEvent]) -> usize {
+    log.iter()
+        .filter(|e| matches!(e, ControllerEvent::Accepted { .. }))
+        .count()
+}
+
+/// A script peer whose verdict comes back through a channel.
+fn scripted<F, Fut>(script: F) -> (Peer, oneshot::Receiver<Result<(), String>>)
+where
+    F: Fn(Channel) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let script = Arc::new(script);
+    let peer = Peer::script(move |channel| {
+        let tx = tx.clone();
+        let script = script.clone();
+        async move {
+            let verdict = script(channel).await;
+            if let Some(tx) = tx.lock().unwrap().take() {
+                let _ = tx.send(verdict);
+            }
+        }
+    });
+    (peer, rx)
+}
+
+/// The controller side of the recorded session plays against the agent,
+/// whose fake engine plays the recorded agent side: every chunk must cross
+/// the bridge unchanged, both ways.
+#[tokio::test]
+async fn recorded_session_crosses_the_bridge_byte_exactly() {
+    let (peer, verdict) = scripted(|mut channel: Channel| async move {
+        let records = fixtures::load("session-accepted.jsonl");
+        for record in records.iter().filter(|r| r.layer == Layer::Chunk) {
+            let expected = testkit_chunk(&record.bytes);
+            match record.dir {
+                Direction::ControllerToAgent => channel
+                    .framed
+                    .send(expected)
+                    .await
+                    .map_err(|e| e.to_string())?,
+                Direction::AgentToController => {
+                    let got = channel
+                        .framed
+                        .next()
+                        .await
+                        .ok_or(format!("seq {}: channel ended", record.seq))?
+                        .map_err(|e| e.to_string())?;
+                    if got != expected {
+                        return Err(format!("seq {}: agent sent a different chunk", record.seq));
+                    }
+                }
+            }
+        }
+        Ok(())
+    });
+    let controller = TestController::builder()
+        .node("capture-agent", SECRET)
+        .remoting_jar(b"engine jar bytes".to_vec())
+        .peer(peer)
+        .start()
+        .await;
+    let url = controller.url();
+    let cmd = engine("replay session-accepted.jsonl");
+    let mut agent = AgentProcess::start(
+        &[
+            "-url",
+            &url,
+            "-name",
+            "capture-agent",
+            "-secret",
+            SECRET,
+            "-noReconnect",
+            "--engine-command",
+            &cmd,
+        ],
+        &[],
+    );
+    let verdict = tokio::time::timeout(LONG, verdict)
+        .await
+        .expect("script finished")
+        .unwrap();
+    verdict.unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
+    let status = agent.wait_exit(LONG).await;
+    assert!(status.success(), "{status:?}\n{}", agent.log());
+    // The controller's engine jar was fetched and cached by hash.
+    let engines = agent.work_dir.join("remoting/engines");
+    let cached: Vec<_> = std::fs::read_dir(&engines).unwrap().collect();
+    assert_eq!(cached.len(), 1, "{engines:?}");
+    assert!(!agent.log().contains(SECRET), "the secret reached the log");
+    controller.shutdown().await;
+}
+
+fn testkit_chunk(bytes: &[u8]) -> Chunk {
+    let mut buf = BytesMut::from(bytes);
+    remoting_protocol::ChunkCodec
+        .decode(&mut buf)
+        .unwrap()
+        .unwrap()
+}
+
+/// 1 GiB from the controller through the agent to an echoing engine and back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gigabyte_each_way_arrives_intact() {
+    const TOTAL: usize = 1 << 30;
+    const CHUNK: usize = 8192;
+    let (peer, verdict) = scripted(|channel: Channel| async move {
+        let (mut tx, mut rx) = channel.framed.split();
+        let writer = tokio::spawn(async move {
+            let payloads: Vec<Bytes> = (0..251u8).map(|b| Bytes::from(vec![b; CHUNK])).collect();
+            for i in 0..TOTAL / CHUNK {
+                let chunk = Chunk {
+                    last: true,
+                    payload: payloads[i % 251].clone(),
+                };
+                tx.feed(chunk).await.map_err(|e| e.to_string())?;
+            }
+            tx.flush().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(tx)
+        });
+        let mut received = 0;
+        let mut index = 0;
+        while received < TOTAL {
+            let chunk = rx
+                .next()
+                .await
+                .ok_or("channel ended early")?
+                .map_err(|e| e.to_string())?;
+            let want = (index % 251) as u8;
+            if chunk.payload.len() != CHUNK || chunk.payload.iter().any(|&b| b != want) {
+                return Err(format!("chunk {index} corrupted"));
+            }
+            received += chunk.payload.len();
+            index += 1;
+        }
+        drop(writer.await.map_err(|e| e.to_string())??);
+        Ok(())
+    });
+    let controller = TestController::builder()
+        .node("big", SECRET)
+        .remoting_jar(b"jar".to_vec())
+        .peer(peer)
+        .start()
+        .await;
+    let url = controller.url();
+    let cmd = engine("echo");
+    let _agent = AgentProcess::start(
+        &[
+            "-url",
+            &url,
+            "-name",
+            "big",
+            "-secret",
+            SECRET,
+            "--engine-command",
+            &cmd,
+        ],
+        &[],
+    );
+    let verdict = tokio::time::timeout(Duration::from_secs(300), verdict)
+        .await
+        .expect("1 GiB each way within 5 minutes")
+        .unwrap();
+    verdict.unwrap();
+    controller.shutdown().await;
+}
+
+/// The controller restarts on the same ports; the agent comes back by itself.
+#[tokio::test]
+async fn controller_restart_on_the_same_ports_reconnects() {
+    let first = TestController::builder()
+        .node("n1", SECRET)
+        .remoting_jar(b"jar".to_vec())
+        .start()
+        .await;
+    let (http, agent_port) = (first.http_addr().port(), first.agent_addr().port());
+    let url = first.url();
+    let cmd = engine("echo");
+    let agent = AgentProcess::start(
+        &[
+            "-url",
+            &url,
+            "-name",
+            "n1",
+            "-secret",
+            SECRET,
+            "--engine-command",
+            &cmd,
+        ],
+        &[],
+    );
+    first.wait_for(|log| accepted(log) == 1, LONG).await;
+    first.shutdown().await;
+
+    let second = TestController::builder()
+        .node("n1", SECRET)
+        .remoting_jar(b"jar".to_vec())
+        .http_port(http)
+        .agent_port(agent_port)
+        .start()
+        .await;
+    second.wait_for(|log| accepted(log) == 1, LONG).await;
+    agent.wait_log("\"connected\"", 2, LONG).await;
+    assert!(
+        !second
+            .log()
+            .iter()
+            .any(|e| matches!(e, ControllerEvent::Refused { .. })),
+        "{:?}",
+        second.log()
+    );
+    second.shutdown().await;
+}
+
+/// The agent loses its connection while the controller still holds the
+/// channel (a half-dead network path): it reconnects with the channel's
+/// cookie, and the controller replaces the stale channel instead of
+/// answering "already connected".
+#[tokio::test]
+async fn stale_channel_is_taken_over_with_the_cookie() {
+    let controller = TestController::builder()
+        .node("n2", SECRET)
+        .remoting_jar(b"jar".to_vec())
+        .start()
+        .await;
+    let proxy = CuttableProxy::start(controller.agent_addr()).await;
+    let url = controller.url();
+    let cmd = engine("echo");
+    let tunnel = format!("127.0.0.1:{}", proxy.port);
+    let agent = AgentProcess::start(
+        &[
+            "-url",
+            &url,
+            "-name",
+            "n2",
+            "-secret",
+            SECRET,
+            "-tunnel",
+            &tunnel,
+            "--engine-command",
+            &cmd,
+        ],
+        &[],
+    );
+    controller.wait_for(|log| accepted(log) == 1, LONG).await;
+    let first_cookie = controller.current_cookie("n2").unwrap();
+    proxy.cut_agent_side();
+    let log = controller.wait_for(|log| accepted(log) == 2, LONG).await;
+    assert!(
+        log.iter().any(|e| matches!(
+            e,
+            ControllerEvent::Accepted {
+                took_over: true,
+                ..
+            }
+        )),
+        "{log:?}"
+    );
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e, ControllerEvent::Refused { .. })),
+        "{log:?}"
+    );
+    assert_ne!(controller.current_cookie("n2").unwrap(), first_cookie);
+    agent.wait_log("\"connected\"", 2, LONG).await;
+    controller.shutdown().await;
+}
+
+/// The engine dies: the agent ends the channel, kills what the engine left
+/// running, and reconnects with a fresh engine.
+#[tokio::test]
+async fn killed_engine_is_replaced_and_leaves_no_orphans() {
+    let controller = TestController::builder()
+        .node("n3", SECRET)
+        .remoting_jar(b"jar".to_vec())
+        .start()
+        .await;
+    let dir = temp_dir("pids");
+    let pid_file = dir.join("engine.pid");
+    let cmd = engine(&format!(
+        "--spawn-child --pid-file {} echo",
+        pid_file.display()
+    ));
+    let url = controller.url();
+    let agent = AgentProcess::start(
+        &[
+            "-url",
+            &url,
+            "-name",
+            "n3",
+            "-secret",
+            SECRET,
+            "--engine-command",
+            &cmd,
+        ],
+        &[],
+    );
+    controller.wait_for(|log| accepted(log) == 1, LONG).await;
+    let pids = read_pids(&pid_file, LONG).await;
+    let (engine_pid, child_pid) = (pids[0], pids[1]);
+    assert!(alive(engine_pid) && alive(child_pid));
+    std::fs::remove_file(&pid_file).unwrap();
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(engine_pid as i32),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    controller.wait_for(|log| accepted(log) == 2, LONG).await;
+    eventually("the first engine's child is gone", LONG, || {
+        !alive(child_pid)
+    })
+    .await;
+    let new_pids = read_pids(&pid_file, LONG).await;
+    assert_ne!(new_pids[0], engine_pid, "a fresh engine");
+    assert!(alive(new_pids[0]));
+    drop(agent);
+    controller.shutdown().await;
+}
+
+/// SIGTERM: the channel closes, the engine and its children end, exit 0.
+#[tokio::test]
+async fn sigterm_exits_zero_and_leaves_no_child() {
+    let controller = TestController::builder()
+        .node("n4", SECRET)
+        .remoting_jar(b"jar".to_vec())
+        .start()
+        .await;
+    let dir = temp_dir("pids");
+    let pid_file = dir.join("engine.pid");
+    let cmd = engine(&format!(
+        "--spawn-child --pid-file {} echo",
+        pid_file.display()
+    ));
+    let url = controller.url();
+    // The secret comes from the environment, as in the container images.
+    let mut agent = AgentProcess::start(
+        &["-url", &url, "-name", "n4", "--engine-command", &cmd],
+        &[("JENKINS_SECRET", SECRET)],
+    );
+    controller.wait_for(|log| accepted(log) == 1, LONG).await;
+    let pids = read_pids(&pid_file, LONG).await;
+    let environ = std::fs::read(format!("/proc/{}/environ", pids[0])).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pids[0])).unwrap();
+    for (what, bytes) in [("environment", &environ), ("command line", &cmdline)] {
+        assert!(
+            !String::from_utf8_lossy(bytes).contains(SECRET),
+            "the engine's {what} carries the secret"
+        );
+    }
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(LONG).await;
+    assert!(status.success(), "exit {status:?}; log:\n{}", agent.log());
+    // Signal delivery is asynchronous: give the kernel a moment, no more.
+    eventually("the engine is gone", Duration::from_secs(5), || {
+        !alive(pids[0])
+    })
+    .await;
+    eventually("the engine's child is gone", Duration::from_secs(5), || {
+        !alive(pids[1])
+    })
+    .await;
+    controller
+        .wait_for(
+            |log| {
+                log.iter()
+                    .any(|e| matches!(e, ControllerEvent::ChannelClosed { .. }))
+            },
+            LONG,
+        )
+        .await;
+    assert!(!agent.log().contains(SECRET));
+    controller.shutdown().await;
+}
+
+async fn failing_run(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut agent = AgentProcess::start(args, &[]);
+    let status = agent.wait_exit(LONG).await;
+    (status, agent.log())
+}
+
+#[tokio::test]
+async fn refusals_and_bad_targets_give_clear_errors() {
+    let controller = TestController::builder()
+        .node("n5", SECRET)
+        .fatal_node("gone", "Node is disabled")
+        .remoting_jar(b"jar".to_vec())
+        .start()
+        .await;
+    let url = controller.url();
+    let cmd = engine("echo");
+    let base = |name: &'static str, secret: &'static str| {
+        vec![
+            "-url".to_owned(),
+            url.clone(),
+            "-name".into(),
+            name.into(),
+            "-secret".into(),
+            secret.into(),
+            "--engine-command".into(),
+            cmd.clone(),
+        ]
+    };
+    let run = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        failing_run(&args).await
+    };
+
+    let mut args = base("n5", "0000badsecret");
+    args.push("-noReconnect".into());
+    let (status, log) = run(args).await;
+    assert!(!status.success());
+    assert!(
+        log.contains("Authorization failure") && log.contains("secret does not match"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("0000badsecret"),
+        "the wrong secret is still a secret"
+    );
+
+    let mut args = base("nobody", SECRET);
+    args.push("-noReconnect".into());
+    let (status, log) = run(args).await;
+    assert!(!status.success());
+    assert!(log.contains("Unknown client name: nobody"), "{log}");
+
+    // FATAL stops the agent even without -noReconnect.
+    let (status, log) = run(base("gone", SECRET)).await;
+    assert!(!status.success());
+    assert!(
+        log.contains("permanently refused") && log.contains("Node is disabled"),
+        "{log}"
+    );
+
+    // A pinned identity that is not the controller's.
+    let refused_n5 = |log: &[ControllerEvent]| {
+        log.iter()
+            .filter(|e| matches!(e, ControllerEvent::Refused { node, .. } if node == "n5"))
+            .count()
+    };
+    let refused_before = refused_n5(&controller.log());
+    let other = TestIdentity::other().identity().to_base64();
+    let direct = format!("127.0.0.1:{}", controller.agent_addr().port());
+    let (status, log) = failing_run(&[
+        "-direct",
+        &direct,
+        "-instanceIdentity",
+        &other,
+        "-name",
+        "n5",
+        "-secret",
+        SECRET,
+        "--engine-command",
+        &cmd,
+        "-noReconnect",
+    ])
+    .await;
+    assert!(!status.success());
+    assert!(log.contains("SECURITY"), "{log}");
+    assert_eq!(
+        refused_n5(&controller.log()),
+        refused_before,
+        "no header reached the controller"
+    );
+
+    // Nothing listening at the URL.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://127.0.0.1:{}/", closed.local_addr().unwrap().port());
+    drop(closed);
+    let (status, log) = failing_run(&[
+        "-url",
+        &dead_url,
+        "-name",
+        "n5",
+        "-secret",
+        SECRET,
+        "--engine-command",
+        &cmd,
+        "-noReconnect",
+    ])
+    .await;
+    assert!(!status.success());
+    assert!(
+        log.contains(&dead_url) && log.to_lowercase().contains("reach"),
+        "{log}"
+    );
+    controller.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_jnlp_file_is_a_clear_error() {
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = server.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut tcp, _)) = server.accept().await {
+            let mut request = [0; 4096];
+            let _ = tcp.read(&mut request).await;
+            let body = "<?xml version=\"1.0\"?><!DOCTYPE lolz [<!ENTITY lol \"lol\">]><jnlp><application-desc><argument>&lol;</argument></application-desc></jnlp>";
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/x-java-jnlp-file\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tcp.write_all(response.as_bytes()).await;
+        }
+    });
+    let jnlp = format!("http://127.0.0.1:{port}/computer/x/jenkins-agent.jnlp");
+    let cmd = engine("echo");
+    let (status, log) =
+        failing_run(&["-jnlpUrl", &jnlp, "--engine-command", &cmd, "-noReconnect"]).await;
+    assert!(!status.success());
+    assert!(log.contains("DOCTYPE"), "{log}");
+}
+
+/// A TCP relay whose agent-facing sockets can be dropped while the
+/// controller-facing ones stay open.
+struct CuttableProxy {
+    port: u16,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl CuttableProxy {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let notify = cut.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((agent, _)) = listener.accept().await {
+                let controller = tokio::net::TcpStream::connect(target).await.unwrap();
+                let (mut ar, mut aw) = agent.into_split();
+                let (mut cr, cw) = controller.into_split();
+                let cw = Arc::new(tokio::sync::Mutex::new(cw));
+                let notify = notify.clone();
+                let cw2 = cw.clone();
+                let relay = tokio::spawn(async move {
+                    let up = async {
+                        let mut buf = vec![0; 65536];
+                        loop {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let n = ar.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                break;
+                            }
+                            if cw2.lock().await.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let down = tokio::io::copy(&mut cr, &mut aw);
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                        () = notify.notified() => {}
+                    }
+                    // Only the agent side goes; the controller side stays open.
+                    cr
+                });
+                held.push((relay, cw));
+            }
+        });
+        Self { port, cut }
+    }
+
+    fn cut_agent_side(&self) {
+        self.cut.notify_waiters();
+    }
+}

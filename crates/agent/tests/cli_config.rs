@@ -1,0 +1,128 @@
+//! The built binary's command-line contract: help and version on stdout with
+//! exit 0, refusals as `error: ...` on stderr with exit 2. The parsing itself
+//! is unit-tested in `src/cli/tests.rs` (a binary crate has no lib target to
+//! import here).
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the agent with an empty environment (so a `JENKINS_URL` on the test
+/// machine changes nothing). None of these command lines gets as far as
+/// connecting, but a deadline keeps a regression from hanging the suite.
+fn agent(args: &[&str]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jnlp-agent"))
+        .args(args)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("jnlp-agent {args:?} still running after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The outputs are a few KiB at most: they fit in the pipes' buffers.
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    Run {
+        code: status.code(),
+        stdout,
+        stderr,
+    }
+}
+
+#[test]
+fn help_goes_to_stdout_and_exits_0() {
+    for flag in ["-help", "--help", "-h"] {
+        let run = agent(&[flag]);
+        assert_eq!(run.code, Some(0), "{flag}: {}", run.stderr);
+        assert!(run.stdout.contains("-url"), "{flag}: {}", run.stdout);
+        assert!(run.stdout.contains("-secret"), "{flag}: {}", run.stdout);
+        assert!(run.stdout.contains("JENKINS_URL"), "{flag}: {}", run.stdout);
+        assert!(run.stderr.is_empty(), "{flag}: {}", run.stderr);
+    }
+}
+
+#[test]
+fn version_goes_to_stdout_and_exits_0() {
+    for flag in ["-version", "--version"] {
+        let run = agent(&[flag]);
+        assert_eq!(run.code, Some(0), "{flag}: {}", run.stderr);
+        assert!(
+            run.stdout.contains(env!("CARGO_PKG_VERSION")),
+            "{flag}: {}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn an_unknown_option_is_refused_with_a_hint() {
+    let run = agent(&["-url", "http://c:8080", "-workdir", "/w"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(
+        run.stderr.starts_with("error: unknown option '-workdir'"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("'-workDir'"), "{}", run.stderr);
+}
+
+#[test]
+fn websocket_is_refused_as_not_supported_yet() {
+    let run = agent(&[
+        "-url",
+        "http://c:8080",
+        "-secret",
+        SECRET,
+        "-name",
+        "n",
+        "-webSocket",
+    ]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
+    assert!(run.stderr.contains("-webSocket"), "{}", run.stderr);
+    assert!(run.stderr.contains("not supported yet"), "{}", run.stderr);
+    assert!(!run.stderr.contains(SECRET), "{}", run.stderr);
+}
+
+#[test]
+fn a_missing_controller_is_refused_without_showing_the_secret() {
+    let run = agent(&["-secret", SECRET, "-name", "n"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("-url"), "{}", run.stderr);
+    assert!(!run.stderr.contains(SECRET), "{}", run.stderr);
+}
