@@ -64,6 +64,9 @@
 //! | `--engine-jar PATH` | `engine_jar`: a local remoting.jar instead of the controller's. |
 //! | `--engine-command CMD` | `engine_command`: one string split on whitespace (test seam). |
 //! | `--log-format text\|json` | `log_format` |
+//! | `--control-socket PATH`, `--control-group GROUP` | the control socket (issue: borrowing); default `<workDir>/<internalDir>/control.sock`, mode 0600, or 0660 with the group. |
+//! | `--borrow-give-up DURATION` | return home after a borrower was unreachable or refusing this long (default 5m). |
+//! | `--state-file PATH` | where the current target survives restarts (default `<workDir>/<internalDir>/state.json`). |
 //! | `--reconnect-delay DURATION` | first wait before reconnecting, doubling (with jitter) up to `--reconnect-max-delay` (defaults 1s and 30s); agent.jar waits a fixed 10 s. |
 //!
 //! Anything else starting with `-` is refused with the closest known
@@ -296,9 +299,15 @@ const SPECS: &[Spec] = &[
     ours("engine-command", Value),
     ours("log-format", Value),
     ours("reconnect-delay", Value),
+    ours("control-socket", Value),
+    ours("control-group", Value),
+    ours("borrow-give-up", Value),
+    ours("state-file", Value),
     ours("reconnect-max-delay", Value),
 ];
 
+/// How long a borrower may be unreachable before the agent goes home.
+const DEFAULT_BORROW_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(300);
 /// First wait before reconnecting.
 const DEFAULT_RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Longest wait between attempts.
@@ -621,6 +630,34 @@ struct Args {
     )]
     engine_command: Option<String>,
 
+    /// Control socket path [default: WORKDIR/INTERNALDIR/control.sock].
+    #[arg(
+        long = "control-socket",
+        value_name = "PATH",
+        allow_hyphen_values = true
+    )]
+    control_socket: Option<PathBuf>,
+
+    /// Open the control socket to this group (mode 0660) instead of only its owner.
+    #[arg(
+        long = "control-group",
+        value_name = "GROUP",
+        allow_hyphen_values = true
+    )]
+    control_group: Option<String>,
+
+    /// Return home when a borrower was unreachable or refusing this long [default: 5m].
+    #[arg(
+        long = "borrow-give-up",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    borrow_give_up: Option<String>,
+
+    /// Where the current target (home or borrowed) survives restarts [default: WORKDIR/INTERNALDIR/state.json].
+    #[arg(long = "state-file", value_name = "PATH", allow_hyphen_values = true)]
+    state_file: Option<PathBuf>,
+
     /// First wait before reconnecting (doubles up to --reconnect-max-delay) [default: 1s].
     #[arg(
         long = "reconnect-delay",
@@ -878,6 +915,11 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         .no_reconnect_after
         .map(|d| values::duration("-noReconnectAfter", &d))
         .transpose()?;
+    let borrow_give_up = args
+        .borrow_give_up
+        .map(|d| values::duration("--borrow-give-up", &d))
+        .transpose()?
+        .unwrap_or(DEFAULT_BORROW_GIVE_UP);
     let reconnect_delay = args
         .reconnect_delay
         .map(|d| values::duration("--reconnect-delay", &d))
@@ -944,6 +986,10 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         engine_command,
         reconnect_delay,
         reconnect_max_delay,
+        control_socket: args.control_socket,
+        control_group: args.control_group,
+        borrow_give_up,
+        state_file: args.state_file,
         log_format,
     })
 }

@@ -28,6 +28,13 @@ use crate::engine::{find_java, Engine, EngineError, EngineSpec, JarCache, MAX_EN
 use crate::settings::{HostPort, Secret, Settings};
 use crate::workdir::WorkDir;
 
+/// The agent port's TCP stream, read through a large buffer: rustls pulls
+/// TLS records in small reads, and without it each became a system call.
+type AgentPort = tokio::io::BufReader<tokio::net::TcpStream>;
+
+/// Read buffer under TLS on the agent port.
+const AGENT_PORT_READ_BUFFER: usize = 256 * 1024;
+
 /// How long the engine JVM may take to announce itself.
 const ENGINE_START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the engine may take to exit before its process group is killed.
@@ -192,14 +199,7 @@ impl Agent {
     async fn connect(
         &self,
         continuity: &mut Continuity,
-    ) -> Result<
-        (
-            handshake::Connected<tokio::net::TcpStream>,
-            ReadyEngine,
-            Target,
-        ),
-        SessionError,
-    > {
+    ) -> Result<(handshake::Connected<AgentPort>, ReadyEngine, Target), SessionError> {
         let target = self.resolve().await?;
         let jar = self.engine_jar(&target).await?;
         let ready = match continuity.spare.take() {
@@ -231,6 +231,7 @@ impl Agent {
         let mut config = HandshakeConfig::new(target.name.clone(), target.secret.expose());
         config.cookie = continuity.cookie.clone();
         config.capability = ready.capability;
+        let tcp = tokio::io::BufReader::with_capacity(AGENT_PORT_READ_BUFFER, tcp);
         match handshake::connect(tcp, &target.agent_port.host, &target.identity, config).await {
             Ok(connected) => {
                 continuity.cookie = connected.cookie.clone();
@@ -246,7 +247,7 @@ impl Agent {
     async fn bridge(
         &self,
         engine: &mut Engine,
-        connected: handshake::Connected<tokio::net::TcpStream>,
+        connected: handshake::Connected<AgentPort>,
         engine_buf: BytesMut,
         cancel: &CancellationToken,
     ) -> Result<SessionEnd, SessionError> {

@@ -150,6 +150,15 @@ pub struct Settings {
     pub engine_command: Option<Vec<String>>,
     /// `--log-format`.
     pub log_format: LogFormat,
+    /// `--control-socket PATH` (default `<workDir>/<internalDir>/control.sock`).
+    pub control_socket: Option<PathBuf>,
+    /// `--control-group GROUP`: open the control socket to this group.
+    pub control_group: Option<String>,
+    /// `--borrow-give-up DURATION`: return home when a borrower has been
+    /// unreachable or refusing for this long.
+    pub borrow_give_up: Duration,
+    /// `--state-file PATH` (default `<workDir>/<internalDir>/state.json`).
+    pub state_file: Option<PathBuf>,
     /// `--reconnect-delay`: the first wait before reconnecting.
     pub reconnect_delay: Duration,
     /// `--reconnect-max-delay`: the longest wait between attempts.

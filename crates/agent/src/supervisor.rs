@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument as _};
 
 use crate::session::{Agent, Continuity, SessionEnd, SessionError};
 use remoting_protocol::handshake::HandshakeError;
@@ -62,11 +62,20 @@ pub async fn run(agent: &Agent, backoff: &mut Backoff, shutdown: CancellationTok
     let mut continuity = Continuity::default();
     let mut last_online = Instant::now();
     let mut last_problem: Option<String> = None;
+    let mut attempt: u64 = 0;
     let stopped = loop {
         let started = Instant::now();
         let mut online = false;
+        attempt += 1;
+        // One span per connection: every line it logs says which attempt.
+        let span = tracing::info_span!(
+            "session",
+            attempt,
+            node = agent.settings.name.as_deref().unwrap_or("")
+        );
         let result = agent
             .run_session(&mut continuity, &shutdown, || online = true)
+            .instrument(span)
             .await;
         if online {
             last_online = Instant::now();

@@ -1,0 +1,214 @@
+//! End-to-end figures for the README, through the real binary, the test
+//! controller and the fake engine on loopback:
+//!
+//! - bridge throughput, controller → engine, engine → controller, and both
+//!   at once (echo);
+//! - JNLP4-connect handshake time (TCP + ACK + TLS + headers + capability);
+//! - the agent's own resident memory, idle and at its peak under load.
+//!
+//! `cargo bench -p jnlp-agent --bench agent` (builds everything in release).
+//! `BENCH_BYTES` sets the transfer size (default 1 GiB).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{fake_engine, AgentProcess};
+use futures_util::{SinkExt, StreamExt};
+use remoting_protocol::handshake::{connect, HandshakeConfig};
+use remoting_protocol::Chunk;
+use testkit::{Channel, Peer, TestController};
+use tokio::sync::oneshot;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+const CHUNK: usize = 8192;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let total: usize = std::env::var("BENCH_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 30);
+    println!(
+        "transfer size: {} MiB, chunks of {CHUNK} bytes",
+        total >> 20
+    );
+
+    let handshake = handshake_time(50).await;
+    println!(
+        "handshake (TCP+ACK+TLS+headers+capability): mean {:.2} ms over 50",
+        handshake.as_secs_f64() * 1e3
+    );
+
+    let (rate, idle, peak) = transfer("sink", total, Flow::ToEngine).await;
+    println!(
+        "controller -> engine: {:.0} MB/s   agent RSS idle {} KiB, peak {} KiB",
+        rate, idle, peak
+    );
+    let (rate, idle, peak) = transfer(&format!("source {total}"), total, Flow::ToController).await;
+    println!(
+        "engine -> controller: {:.0} MB/s   agent RSS idle {} KiB, peak {} KiB",
+        rate, idle, peak
+    );
+    let (rate, idle, peak) = transfer("echo", total, Flow::Echo).await;
+    println!(
+        "both ways at once (echo): {:.0} MB/s each way   agent RSS idle {} KiB, peak {} KiB",
+        rate, idle, peak
+    );
+}
+
+async fn handshake_time(rounds: u32) -> Duration {
+    let controller = TestController::builder().node("hs", SECRET).start().await;
+    let mut spent = Duration::ZERO;
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let tcp = tokio::net::TcpStream::connect(controller.agent_addr())
+            .await
+            .unwrap();
+        let connected = connect(
+            tcp,
+            "127.0.0.1",
+            controller.identity(),
+            HandshakeConfig::new("hs", SECRET),
+        )
+        .await
+        .unwrap();
+        spent += started.elapsed();
+        drop(connected);
+        controller.wait_for(|_| true, Duration::from_secs(1)).await;
+        // Let the controller notice the close before the next round.
+        while controller.is_online("hs") {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    controller.shutdown().await;
+    spent / rounds
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Flow {
+    ToEngine,
+    ToController,
+    Echo,
+}
+
+/// Runs one transfer; returns MB/s (10^6 bytes per second) and the agent's
+/// RSS in KiB before it and at its peak.
+async fn transfer(mode: &str, total: usize, flow: Flow) -> (f64, u64, u64) {
+    let (tx, rx) = oneshot::channel::<Duration>();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let (start_tx, start_rx) = tokio::sync::watch::channel(false);
+    let peer = Peer::script(move |channel: Channel| {
+        let tx = tx.clone();
+        let mut start = start_rx.clone();
+        async move {
+            let _ = start.wait_for(|go| *go).await;
+            let (mut sink, mut stream) = channel.framed.split();
+            let started = Instant::now();
+            let sender = tokio::spawn(async move {
+                if flow != Flow::ToController {
+                    let payload = Bytes::from(vec![0x42; CHUNK]);
+                    for _ in 0..total / CHUNK {
+                        let chunk = Chunk {
+                            last: true,
+                            payload: payload.clone(),
+                        };
+                        sink.feed(chunk).await.unwrap();
+                    }
+                    sink.flush().await.unwrap();
+                }
+                sink
+            });
+            let mut received = 0;
+            if flow != Flow::ToEngine {
+                while received < total {
+                    match stream.next().await {
+                        Some(Ok(chunk)) => received += chunk.payload.len(),
+                        _ => break,
+                    }
+                }
+            }
+            let sink = sender.await.unwrap();
+            let elapsed = started.elapsed();
+            if let Some(tx) = tx.lock().unwrap().take() {
+                let _ = tx.send(elapsed);
+            }
+            drop(sink);
+        }
+    });
+    let controller = TestController::builder()
+        .node("bench", SECRET)
+        .remoting_jar(b"jar".to_vec())
+        .peer(peer)
+        .start()
+        .await;
+    let url = controller.url();
+    let cmd = format!("{} {mode}", fake_engine().display());
+    let agent = AgentProcess::start(
+        &[
+            "-url",
+            &url,
+            "-name",
+            "bench",
+            "-secret",
+            SECRET,
+            "--engine-command",
+            &cmd,
+        ],
+        &[],
+    );
+    agent
+        .wait_log("\"connected\"", 1, Duration::from_secs(60))
+        .await;
+    let idle = rss_kib(agent.pid(), "VmRSS");
+    let cpu_before = cpu_seconds(agent.pid());
+    start_tx.send(true).unwrap();
+    let elapsed = tokio::time::timeout(Duration::from_secs(600), rx)
+        .await
+        .unwrap()
+        .unwrap();
+    let cpu = cpu_seconds(agent.pid()) - cpu_before;
+    let peak = rss_kib(agent.pid(), "VmHWM");
+    println!(
+        "  [{mode}] {:.2} s, agent CPU {:.2} s ({:.0}% of one core)",
+        elapsed.as_secs_f64(),
+        cpu,
+        100.0 * cpu / elapsed.as_secs_f64()
+    );
+    drop(agent);
+    controller.shutdown().await;
+    (total as f64 / elapsed.as_secs_f64() / 1e6, idle, peak)
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of a process.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
