@@ -29,6 +29,8 @@ pub struct Traffic {
     pub commands_from_controller: AtomicU64,
     /// Commands the engine sent.
     pub commands_from_engine: AtomicU64,
+    /// Requests in flight and last activity: the busy signals the channel gives.
+    pub activity: crate::busy::Activity,
 }
 
 /// Why the bridge stopped.
@@ -142,7 +144,10 @@ where
             }
         }
         let before = scanner.stats().commands;
-        scanner.feed(&buf, |_class| {});
+        scanner.feed(&buf, |class, head| match direction {
+            Direction::ToEngine => traffic.activity.seen_from_controller(class, head),
+            Direction::ToController => traffic.activity.seen_from_engine(class, head),
+        });
         writer
             .write_all(&buf)
             .await

@@ -24,6 +24,25 @@ use crate::settings::JavaSettings;
 /// Largest engine jar accepted from a controller (remoting.jar is ~1.5 MB).
 pub const MAX_ENGINE_JAR: usize = 64 * 1024 * 1024;
 
+/// Engines alive in this process: they are not build processes, whatever
+/// phase their session is in. Registered at spawn, removed when stopped or
+/// dropped.
+static LIVE_ENGINES: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// The pids of the engines alive now.
+pub fn live_engines() -> Vec<u32> {
+    LIVE_ENGINES.lock().map(|v| v.clone()).unwrap_or_default()
+}
+
+fn register(pid: u32, alive: bool) {
+    if let Ok(mut engines) = LIVE_ENGINES.lock() {
+        engines.retain(|&p| p != pid);
+        if alive {
+            engines.push(pid);
+        }
+    }
+}
+
 /// Environment variables the engine (and so every build step) must not
 /// inherit: they carry the node's secret in the container images.
 const SCRUBBED_ENV: &[&str] = &["JENKINS_SECRET"];
@@ -199,6 +218,7 @@ impl Engine {
             source,
         })?;
         let pid = child.id().unwrap_or_default();
+        register(pid, true);
         if let Some(stderr) = child.stderr.take() {
             tokio::spawn(forward_stderr(stderr, pid));
         }
@@ -239,6 +259,7 @@ impl Engine {
             let _ = self.child.wait().await;
         }
         self.stopped = true;
+        register(self.pid, false);
         tracing::info!(pid = self.pid, "engine stopped");
     }
 }
@@ -249,6 +270,7 @@ impl Drop for Engine {
     fn drop(&mut self) {
         if !self.stopped && self.pid != 0 {
             let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            register(self.pid, false);
         }
     }
 }

@@ -13,9 +13,14 @@
 
 mod agent_port;
 mod bridge;
+mod busy;
 mod cli;
+mod control_server;
 mod controller_http;
+mod ctl;
 mod engine;
+mod hub;
+mod lending;
 mod session;
 mod settings;
 mod supervisor;
@@ -26,11 +31,18 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 use crate::session::Agent;
+
+/// Traffic this recent (other than pings) counts as busy.
+const ACTIVITY_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 use crate::supervisor::{Backoff, Stopped};
 use crate::workdir::WorkDir;
 
 fn main() -> ExitCode {
-    let command = match cli::parse(std::env::args_os(), &|name| std::env::var(name).ok()) {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "ctl") {
+        return ctl::main(args.split_off(2));
+    }
+    let command = match cli::parse(args, &|name| std::env::var(name).ok()) {
         Ok(command) => command,
         Err(err) => {
             eprintln!("error: {err}");
@@ -84,10 +96,50 @@ async fn serve(settings: settings::Settings, work: WorkDir) -> anyhow::Result<()
         work_dir = ?work.root,
         "jnlp-agent starting"
     );
+    // Detached build processes stay our descendants: busy detection sees
+    // them and a move ends them.
+    if let Err(err) = busy::become_subreaper() {
+        tracing::warn!(%err, "cannot become a child subreaper; detached build processes will not be tracked");
+    }
     let shutdown = supervisor::shutdown_on_signals().context("cannot install signal handlers")?;
     let mut backoff = Backoff::new(settings.reconnect_delay, settings.reconnect_max_delay);
-    let agent = Agent::new(settings, work)?;
-    match supervisor::run(&agent, &mut backoff, shutdown).await {
+    let mut agent = Agent::new(work);
+    let home_url = settings
+        .urls
+        .first()
+        .cloned()
+        .or_else(|| settings.jnlp_url.clone());
+    let (hub, commands) = hub::Hub::new(agent.traffic.clone(), home_url, ACTIVITY_WINDOW);
+
+    let socket = settings
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| agent.work.control_socket.clone());
+    let server = control_server::ControlServer::bind(&socket, settings.control_group.as_deref())
+        .with_context(|| format!("cannot open the control socket {}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "control socket ready");
+    agent.control_socket = Some(socket);
+    let server_task = tokio::spawn(server.serve(hub.clone(), shutdown.clone()));
+
+    let state = lending::StateFile::new(
+        settings
+            .state_file
+            .clone()
+            .unwrap_or_else(|| agent.work.state_file.clone()),
+    );
+    let stopped = supervisor::run(
+        &agent,
+        settings,
+        hub,
+        commands,
+        state,
+        &mut backoff,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    let _ = server_task.await;
+    match stopped {
         Stopped::Cleanly => {
             tracing::info!("stopped");
             Ok(())

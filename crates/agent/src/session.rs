@@ -123,6 +123,11 @@ pub struct Continuity {
 }
 
 impl Continuity {
+    /// The spare engine's pid, if one waits.
+    pub fn spare_pid(&self) -> Option<u32> {
+        self.spare.as_ref().map(|s| s.engine.pid())
+    }
+
     /// Stops the spare engine, if any.
     pub async fn shutdown(&mut self) {
         if let Some(mut spare) = self.spare.take() {
@@ -131,35 +136,68 @@ impl Continuity {
     }
 }
 
+/// One controller to serve: its settings and an HTTP client made for it
+/// (credentials and certificates belong to one controller, never sent to
+/// another).
+#[derive(Debug)]
+pub struct Route {
+    /// Settings for this controller.
+    pub settings: Settings,
+    http: ControllerHttp,
+}
+
+impl Route {
+    /// A route for `settings`.
+    pub fn new(settings: Settings) -> anyhow::Result<Self> {
+        let http =
+            ControllerHttp::new(&settings).context("cannot set up HTTP to the controller")?;
+        Ok(Self { settings, http })
+    }
+
+    /// The controller as shown to people.
+    pub fn label(&self) -> Option<String> {
+        let s = &self.settings;
+        s.urls
+            .first()
+            .cloned()
+            .or_else(|| s.jnlp_url.clone())
+            .or_else(|| s.direct.as_ref().map(|d| format!("{}:{}", d.host, d.port)))
+    }
+}
+
+/// What the supervisor learns when a session comes online.
+#[derive(Debug, Clone)]
+pub struct Online {
+    /// The engine's pid.
+    pub engine_pid: u32,
+    /// The controller's URL, if connected through one.
+    pub controller_url: Option<String>,
+    /// The node name.
+    pub node: String,
+}
+
 /// The agent's long-lived parts.
 #[derive(Debug)]
 pub struct Agent {
-    /// What it was asked to do.
-    pub settings: Settings,
     /// Its directories.
     pub work: WorkDir,
-    http: ControllerHttp,
     jars: JarCache,
     /// Counters of the current bridge.
     pub traffic: Arc<Traffic>,
-    /// Called once per accepted connection (tests and status hooks).
+    /// Exported to the engine as `JNLP_AGENT_CONTROL_SOCKET`.
     pub control_socket: Option<PathBuf>,
 }
 
 impl Agent {
-    /// Prepares the agent; fails on configuration that cannot work.
-    pub fn new(settings: Settings, work: WorkDir) -> anyhow::Result<Self> {
-        let http =
-            ControllerHttp::new(&settings).context("cannot set up HTTP to the controller")?;
+    /// Prepares the agent's shared parts.
+    pub fn new(work: WorkDir) -> Self {
         let jars = JarCache::new(work.engines.clone());
-        Ok(Self {
-            settings,
+        Self {
             work,
-            http,
             jars,
             traffic: Arc::new(Traffic::default()),
             control_socket: None,
-        })
+        }
     }
 
     /// Runs one session. `on_online` is called once the controller accepted.
@@ -168,14 +206,15 @@ impl Agent {
     /// group with it), afterwards by closing the channel cleanly.
     pub async fn run_session(
         &self,
+        route: &Route,
         continuity: &mut Continuity,
         cancel: &CancellationToken,
-        on_online: impl FnOnce(),
+        on_online: impl FnOnce(Online),
     ) -> Result<SessionEnd, SessionError> {
         let (connected, ready, target) = tokio::select! {
             biased;
             () = cancel.cancelled() => return Ok(SessionEnd::Shutdown),
-            setup = self.connect(continuity) => setup?,
+            setup = self.connect(route, continuity) => setup?,
         };
         info!(
             node = %target.name,
@@ -184,7 +223,12 @@ impl Agent {
             engine_pid = ready.engine.pid(),
             "connected"
         );
-        on_online();
+        self.traffic.activity.reset();
+        on_online(Online {
+            engine_pid: ready.engine.pid(),
+            controller_url: target.controller_url.clone(),
+            node: target.name.clone(),
+        });
         let ReadyEngine {
             mut engine,
             buffered,
@@ -198,10 +242,11 @@ impl Agent {
     /// Everything up to an accepted connection with an engine waiting for it.
     async fn connect(
         &self,
+        route: &Route,
         continuity: &mut Continuity,
     ) -> Result<(handshake::Connected<AgentPort>, ReadyEngine, Target), SessionError> {
-        let target = self.resolve().await?;
-        let jar = self.engine_jar(&target).await?;
+        let target = self.resolve(route).await?;
+        let jar = self.engine_jar(route, &target).await?;
         let ready = match continuity.spare.take() {
             Some(mut spare) => {
                 if spare.jar == jar && !spare.engine.has_exited() {
@@ -209,16 +254,16 @@ impl Agent {
                 } else {
                     // Another controller version, or it died waiting.
                     spare.engine.stop(ENGINE_STOP_GRACE).await;
-                    self.start_engine(jar).await?
+                    self.start_engine(&route.settings, jar).await?
                 }
             }
-            None => self.start_engine(jar).await?,
+            None => self.start_engine(&route.settings, jar).await?,
         };
         let tcp = match agent_port::dial_from_env(
             &target.agent_port,
-            self.settings.proxy_credentials.as_ref(),
+            route.settings.proxy_credentials.as_ref(),
             DIAL_TIMEOUT,
-            !self.settings.no_keep_alive,
+            !route.settings.no_keep_alive,
         )
         .await
         {
@@ -286,14 +331,14 @@ impl Agent {
     }
 
     /// Where to connect: `-direct`, a JNLP file, or discovery over `-url`s.
-    async fn resolve(&self) -> Result<Target, SessionError> {
-        let s = &self.settings;
+    async fn resolve(&self, route: &Route) -> Result<Target, SessionError> {
+        let s = &route.settings;
         let mut name = s.name.clone();
         let mut secret = s.secret.clone();
         let mut urls = s.urls.clone();
         let mut tunnel = s.tunnel.clone();
         if let Some(jnlp_url) = &s.jnlp_url {
-            let args = self
+            let args = route
                 .http
                 .fetch_jnlp(
                     jnlp_url,
@@ -345,7 +390,7 @@ impl Agent {
                 secret,
             });
         }
-        let (url, endpoint) = self.http.discover_any(&urls).await?;
+        let (url, endpoint) = route.http.discover_any(&urls).await?;
         let agent_port = match &tunnel {
             Some(tunnel) => tunnel.apply(&endpoint.host, endpoint.port),
             None => HostPort {
@@ -364,11 +409,11 @@ impl Agent {
 
     /// The engine jar for `target`: `--engine-jar`, or the controller's own,
     /// downloaded and kept by hash.
-    async fn engine_jar(&self, target: &Target) -> Result<PathBuf, SessionError> {
-        if let Some(jar) = &self.settings.engine_jar {
+    async fn engine_jar(&self, route: &Route, target: &Target) -> Result<PathBuf, SessionError> {
+        if let Some(jar) = &route.settings.engine_jar {
             return Ok(jar.clone());
         }
-        if self.settings.engine_command.is_some() && target.controller_url.is_none() {
+        if route.settings.engine_command.is_some() && target.controller_url.is_none() {
             return Ok(PathBuf::new());
         }
         let Some(url) = &target.controller_url else {
@@ -376,24 +421,28 @@ impl Agent {
                 "-direct has no web port to fetch the engine from: give --engine-jar".into(),
             ));
         };
-        let bytes = self
+        let bytes = route
             .http
             .fetch(&format!("{url}jnlpJars/remoting.jar"), MAX_ENGINE_JAR)
             .await?;
         Ok(self.jars.store(&bytes)?)
     }
 
-    async fn start_engine(&self, jar: PathBuf) -> Result<ReadyEngine, SessionError> {
-        let mut spec = match &self.settings.engine_command {
+    async fn start_engine(
+        &self,
+        settings: &Settings,
+        jar: PathBuf,
+    ) -> Result<ReadyEngine, SessionError> {
+        let mut spec = match &settings.engine_command {
             Some(argv) => EngineSpec {
                 argv: argv.clone(),
                 control_socket: None,
             },
             None => {
-                let java = find_java(&self.settings.java, std::env::var_os("PATH").as_deref())?;
+                let java = find_java(&settings.java, std::env::var_os("PATH").as_deref())?;
                 EngineSpec::java(
                     &java,
-                    &self.settings.java.java_opts,
+                    &settings.java.java_opts,
                     &jar,
                     self.work.for_engine(),
                     &self.work.jar_cache,

@@ -30,6 +30,10 @@ pub struct WorkDir {
     pub engines: PathBuf,
     /// The engine's jar cache (`-jar-cache`).
     pub jar_cache: PathBuf,
+    /// Where the control socket goes unless `--control-socket` says.
+    pub control_socket: PathBuf,
+    /// Where the state file goes unless `--state-file` says.
+    pub state_file: PathBuf,
 }
 
 impl WorkDir {
@@ -52,6 +56,8 @@ impl WorkDir {
                 logs: None,
                 engines,
                 jar_cache,
+                control_socket: cache.join("control.sock"),
+                state_file: cache.join("state.json"),
             });
         };
         if !root.is_dir() {
@@ -80,6 +86,8 @@ impl WorkDir {
             logs: Some(logs),
             engines,
             jar_cache,
+            control_socket: internal.join("control.sock"),
+            state_file: internal.join("state.json"),
         })
     }
 

@@ -7,7 +7,7 @@
 //!
 //! | mode | does |
 //! |---|---|
-//! | `echo` (default) | copies every chunk from stdin back to stdout unchanged |
+//! | `echo` (default) | copies every chunk from stdin back to stdout unchanged; a chunk whose payload is `fake-engine:spawn CMD` also starts `sh -c CMD` in the background (a "build") |
 //! | `replay FILE.jsonl` | plays the agent side of a recorded transcript's `chunk` records: writes agent>controller ones, reads and compares controller>agent ones (exit 1 on the first difference) |
 //! | `sink` | reads and discards chunks; prints `sink: N payload bytes in M chunks` on stderr at EOF |
 //! | `source N` | writes N payload bytes as one-chunk commands of 8192 bytes (the last one shorter), while reading stdin to EOF |
@@ -366,10 +366,35 @@ impl<R: Read> Input<R> {
     }
 }
 
+/// A chunk whose payload starts with this makes `echo` run the rest as a
+/// shell command in the background, like a build step the engine started.
+pub const SPAWN_PREFIX: &[u8] = b"fake-engine:spawn ";
+
+/// Starts the "build" commands found in whole chunks.
+fn spawn_builds(mut frames: &[u8]) {
+    while let Some(header) = ChunkHeader::peek(frames) {
+        let Some(payload) = frames.get(2..2 + header.len) else {
+            return;
+        };
+        if let Some(command) = payload.strip_prefix(SPAWN_PREFIX) {
+            let command = String::from_utf8_lossy(command).into_owned();
+            // Not waited for: it runs on its own, as a build would.
+            let _ = std::process::Command::new("sh")
+                .args(["-c", &command])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+        }
+        frames = &frames[2 + header.len..];
+    }
+}
+
 fn echo(input: &mut Input<impl Read>, output: &mut impl Write) -> Result<(), String> {
     loop {
         let (whole, _, _) = input.whole_chunks();
         if whole > 0 {
+            spawn_builds(&input.data()[..whole]);
             // One write per read, however many chunks it brought.
             output
                 .write_all(&input.data()[..whole])

@@ -54,7 +54,12 @@ impl AgentProcess {
     /// fast reconnect) and `envs`; the environment is otherwise emptied of
     /// Jenkins variables.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let work_dir = temp_dir("work");
+        Self::start_in(temp_dir("work"), args, envs)
+    }
+
+    /// Like [`AgentProcess::start`] with a given work dir (to restart an
+    /// agent where a previous one left its state).
+    pub fn start_in(work_dir: PathBuf, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_jnlp-agent"));
         command
             .args(args)
@@ -100,6 +105,11 @@ impl AgentProcess {
             reader: Some(reader),
             work_dir,
         }
+    }
+
+    /// The control socket in the agent's work dir.
+    pub fn socket(&self) -> PathBuf {
+        self.work_dir.join("remoting/control.sock")
     }
 
     pub fn pid(&self) -> u32 {

@@ -27,11 +27,17 @@ async fn main() -> ExitCode {
         eprintln!("cannot find my own path");
         return ExitCode::FAILURE;
     };
-    let dir = me.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let dir = me
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
     let (agent_bin, engine_bin) = (dir.join("jnlp-agent"), dir.join("fake-engine"));
     for bin in [&agent_bin, &engine_bin] {
         if !bin.exists() {
-            eprintln!("{} is missing: run `cargo build --release --workspace` first", bin.display());
+            eprintln!(
+                "{} is missing: run `cargo build --release --workspace` first",
+                bin.display()
+            );
             return ExitCode::FAILURE;
         }
     }
@@ -42,16 +48,25 @@ async fn main() -> ExitCode {
         let done = done.clone();
         async move {
             let mut echoed = 0;
-            for text in ["hello from the controller", "a second command", "and a third"] {
+            for text in [
+                "hello from the controller",
+                "a second command",
+                "and a third",
+            ] {
                 let mut wire = BytesMut::new();
                 put_command(&mut wire, text.as_bytes());
-                let Ok(Some(chunk)) = ChunkCodec.decode(&mut wire) else { return };
+                let Ok(Some(chunk)) = ChunkCodec.decode(&mut wire) else {
+                    return;
+                };
                 println!("controller -> agent: {text:?}");
                 if channel.framed.send(chunk).await.is_err() {
                     return;
                 }
                 if let Some(Ok(back)) = channel.framed.next().await {
-                    println!("agent -> controller: {:?} (through the engine)", String::from_utf8_lossy(&back.payload));
+                    println!(
+                        "agent -> controller: {:?} (through the engine)",
+                        String::from_utf8_lossy(&back.payload)
+                    );
                     echoed += 1;
                 }
             }
@@ -68,7 +83,11 @@ async fn main() -> ExitCode {
         .peer(peer)
         .start()
         .await;
-    println!("test controller at {} (agent port {})", controller.url(), controller.agent_addr());
+    println!(
+        "test controller at {} (agent port {})",
+        controller.url(),
+        controller.agent_addr()
+    );
 
     let work = std::env::temp_dir().join(format!("jnlp-agent-demo-{}", std::process::id()));
     let engine = format!("{} echo", engine_bin.display());
@@ -104,7 +123,10 @@ async fn main() -> ExitCode {
     println!("node {NODE} online at the controller: {online}; {echoed} commands crossed the bridge both ways");
     if let Some(pid) = agent.id() {
         println!("stopping the agent with SIGTERM");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
     let status = tokio::time::timeout(Duration::from_secs(30), agent.wait()).await;
     let closed = tokio::time::timeout(Duration::from_secs(10), async {

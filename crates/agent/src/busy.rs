@@ -1,0 +1,267 @@
+//! Whether the agent is busy: what decides that it may leave a controller.
+//!
+//! Three signals, any of which means busy:
+//! - requests from the controller not answered yet, counted from the class
+//!   names that start commands on the chunk stream (`UserRequest` and
+//!   `RPCRequest` in, `Response` out);
+//! - build processes alive: descendants of the agent other than the engine
+//!   JVM itself. The agent is a child subreaper, so processes a build
+//!   detached (daemonised, `nohup`, double fork) are re-parented to the agent
+//!   instead of init and stay countable;
+//! - non-ping traffic within the last few seconds (any command but a
+//!   `Response` or a `PingThread$Ping` request).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+
+/// Commands the controller sends that expect a `Response`.
+const REQUESTS: &[&str] = &[
+    "hudson.remoting.UserRequest",
+    "hudson.remoting.RemoteInvocationHandler$RPCRequest",
+];
+const RESPONSE: &str = "hudson.remoting.Response";
+/// The callable remoting's ping thread sends (inside a `UserRequest`).
+pub const PING_MARKER: &[u8] = b"hudson.remoting.PingThread$Ping";
+
+/// Live activity of the current channel, updated by the bridge.
+#[derive(Debug, Default)]
+pub struct Activity {
+    in_flight: AtomicI64,
+    last_activity_ms: AtomicU64,
+}
+
+impl Activity {
+    /// A command started on the controller → engine stream.
+    pub fn seen_from_controller(&self, class: Option<&str>, head: &[u8]) {
+        let is_request = class.is_some_and(|c| REQUESTS.contains(&c));
+        if is_request {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        self.touch_unless_ping(class, head);
+    }
+
+    /// A command started on the engine → controller stream.
+    pub fn seen_from_engine(&self, class: Option<&str>, head: &[u8]) {
+        if class == Some(RESPONSE) {
+            // Saturating: a Response to a request sent before we started
+            // counting must not drive the count negative.
+            let _ = self
+                .in_flight
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some((n - 1).max(0))
+                });
+        }
+        self.touch_unless_ping(class, head);
+    }
+
+    fn touch_unless_ping(&self, class: Option<&str>, head: &[u8]) {
+        if class == Some(RESPONSE) || is_ping(head) {
+            return;
+        }
+        self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Requests from the controller not answered yet.
+    pub fn requests_in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// When the last non-ping command crossed, in unix ms (`None`: never).
+    pub fn last_activity_ms(&self) -> Option<u64> {
+        Some(self.last_activity_ms.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
+    }
+
+    /// A new channel: nothing in flight.
+    pub fn reset(&self) {
+        self.in_flight.store(0, Ordering::Relaxed);
+    }
+}
+
+fn is_ping(head: &[u8]) -> bool {
+    head.windows(PING_MARKER.len()).any(|w| w == PING_MARKER)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// Makes this process a child subreaper (Linux), so that orphaned
+/// descendants are re-parented to it rather than to init.
+pub fn become_subreaper() -> nix::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)
+}
+
+/// A process seen in `/proc`.
+#[derive(Debug, Clone, Copy)]
+struct Proc {
+    ppid: u32,
+    zombie: bool,
+}
+
+fn processes() -> HashMap<u32, Proc> {
+    let mut out = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name is in parentheses and may contain anything.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let ppid = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        out.insert(
+            pid,
+            Proc {
+                ppid,
+                zombie: state == "Z" || state == "X",
+            },
+        );
+    }
+    out
+}
+
+/// Live descendants of `root`.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let all = processes();
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (&pid, proc) in &all {
+        children.entry(proc.ppid).or_default().push(pid);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        for &child in children.get(&pid).into_iter().flatten() {
+            if all.get(&child).is_some_and(|p| !p.zombie) {
+                out.push(child);
+            }
+            stack.push(child);
+        }
+    }
+    out
+}
+
+/// Build processes: live descendants of this agent other than the engines
+/// (the JVMs themselves are not builds).
+pub fn build_processes(engines: &[u32]) -> Vec<u32> {
+    descendants(std::process::id())
+        .into_iter()
+        .filter(|pid| !engines.contains(pid))
+        .collect()
+}
+
+/// Reaps zombies re-parented to us (as subreaper), leaving alone the
+/// children tokio waits for itself (`keep`).
+pub fn reap_orphans(keep: &[u32]) {
+    let me = std::process::id();
+    for (pid, proc) in processes() {
+        if proc.ppid == me && proc.zombie && !keep.contains(&pid) {
+            let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
+        }
+    }
+}
+
+/// Ends every build process left behind (all descendants but `keep`):
+/// SIGTERM, then SIGKILL for those still alive after `grace`. Returns how
+/// many there were.
+pub async fn end_leftovers(keep: &[u32], grace: Duration) -> usize {
+    let left = build_processes(keep);
+    if left.is_empty() {
+        return 0;
+    }
+    for &pid in &left {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline {
+        reap_orphans(keep);
+        if build_processes(keep).is_empty() {
+            return left.len();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for pid in build_processes(keep) {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    reap_orphans(keep);
+    left.len()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_balance() {
+        let a = Activity::default();
+        a.seen_from_controller(Some("hudson.remoting.UserRequest"), b"");
+        a.seen_from_controller(
+            Some("hudson.remoting.RemoteInvocationHandler$RPCRequest"),
+            b"",
+        );
+        assert_eq!(a.requests_in_flight(), 2);
+        a.seen_from_engine(Some(RESPONSE), b"");
+        assert_eq!(a.requests_in_flight(), 1);
+        a.seen_from_engine(Some(RESPONSE), b"");
+        a.seen_from_engine(Some(RESPONSE), b"");
+        assert_eq!(a.requests_in_flight(), 0, "never negative");
+        a.seen_from_controller(Some("hudson.remoting.UserRequest"), b"");
+        assert_eq!(a.requests_in_flight(), 1, "and counting resumes from zero");
+    }
+
+    #[test]
+    fn pings_and_responses_are_not_activity() {
+        let a = Activity::default();
+        a.seen_from_controller(
+            Some("hudson.remoting.UserRequest"),
+            b"...hudson.remoting.PingThread$Ping...",
+        );
+        a.seen_from_engine(Some(RESPONSE), b"");
+        assert_eq!(a.last_activity_ms(), None);
+        a.seen_from_controller(Some("hudson.remoting.ProxyOutputStream$Chunk"), b"");
+        assert!(a.last_activity_ms().is_some());
+    }
+
+    #[tokio::test]
+    async fn descendants_are_found_and_ended() {
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let sh = child.id().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while descendants(sh).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "sleep did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(build_processes(&[]).contains(&sh));
+        assert!(!build_processes(&[sh]).contains(&sh));
+        let ended = end_leftovers(&[], Duration::from_secs(5)).await;
+        assert!(ended >= 2, "sh and sleep: {ended}");
+        let _ = child.wait().await;
+        assert!(descendants(sh).is_empty());
+    }
+}

@@ -1,0 +1,1286 @@
+//! The control socket's server: a Unix socket where the agent's owner (and
+//! lender or borrower jobs running on the agent, through `jnlp-agent ctl`)
+//! ask for `status`, `borrow`, `return` and `events`. The wire protocol is
+//! specified in the `control` crate; this module owns the socket file, checks
+//! who connects, frames lines and hands requests to a [`Handler`] (the
+//! supervisor), whose methods only enqueue work so that no request waits on
+//! a connection or a drain.
+//!
+//! # The socket file
+//!
+//! Mode 0600, or 0660 and the control group's ownership with
+//! `--control-group`. The mode must be right before anyone can connect, and
+//! a process-wide `umask` would race with the agent's other threads creating
+//! files, so the socket is bound inside a fresh private directory (0700)
+//! beside the final path, given its mode and group there, then hard-linked
+//! into place. `link` fails if the name exists, so two agents starting on
+//! one path cannot both win (`rename` would silently replace the other's).
+//! An existing file at the path is probed first: a socket that accepts is a
+//! live agent (refused), one that refuses connections (or a non-socket) is
+//! stale and removed. On exit the file is removed, but only if it is still
+//! the same inode: a newer agent's socket is left alone.
+//!
+//! # Who may connect
+//!
+//! Every connection's peer credentials (`SO_PEERCRED`, through tokio's
+//! `peer_cred`) are checked, whatever the file mode says: the agent's own
+//! uid and root are allowed; with a control group, a peer whose primary gid
+//! is the group's, or whose user the group database lists as a member, is
+//! allowed too. (Supplementary groups are looked up by user name in the
+//! group database, not read from the peer process, which could have dropped
+//! or gained groups since it started: the database is what an administrator
+//! edits.) A refused peer gets one error line and is closed.
+
+use std::fs::{self, OpenOptions, Permissions};
+use std::io::{self, Read as _};
+use std::os::unix::fs::{
+    DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use control::frame::{read_line_bounded, write_json_line, FrameError};
+use control::{
+    parse_request, BorrowRequest, Event, EventKind, Reply, Request, Response, Status, When,
+    MAX_LINE, MAX_SECRET_FILE,
+};
+use nix::fcntl::OFlag;
+use nix::unistd::{Gid, Group, Uid, User};
+use tokio::io::{AsyncReadExt as _, AsyncWrite, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf, UCred};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument as _};
+
+/// Connections served at once; more are told to try again and closed.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long one reply may take to write before the client is dropped: a
+/// client that does not read must not hold a connection slot forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
+/// does not spin.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
+/// The longest path a Unix socket address holds (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// What the control socket drives: implemented by the supervisor. Every
+/// method returns at once; `borrow` and `give_back` only queue the order
+/// and say what will happen ("accepted; will leave when idle"), or refuse.
+pub trait Handler: Send + Sync + 'static {
+    /// The agent's current state.
+    fn status(&self) -> Status;
+    /// Queue a borrow. `request.secret` is always set (the server reads a
+    /// `secret_file` itself) and the request is already validated.
+    fn borrow(&self, request: BorrowRequest) -> Result<String, String>;
+    /// Queue a return home.
+    fn give_back(&self, when: When) -> Result<String, String>;
+    /// A new receiver of events from now on.
+    fn subscribe(&self) -> broadcast::Receiver<Event>;
+}
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// A live agent answers on the path.
+    #[error("another agent is already listening on {}", .0.display())]
+    AlreadyListening(PathBuf),
+    /// The path is a directory.
+    #[error("the control socket path {} is a directory", .0.display())]
+    IsADirectory(PathBuf),
+    /// The path does not fit in a Unix socket address.
+    #[error("the control socket path {} is {len} bytes; Unix sockets allow at most {MAX_SOCKET_PATH}", path.display())]
+    PathTooLong {
+        /// The path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// `--control-group` names no group.
+    #[error("unknown group {0:?} (--control-group)")]
+    UnknownGroup(String),
+    /// The group database could not be read.
+    #[error("cannot look up group {group:?}: {source}")]
+    GroupLookup {
+        /// The group's name.
+        group: String,
+        /// Why.
+        source: nix::Error,
+    },
+    /// The socket could not be given to the group (the agent's user must
+    /// be a member of it, or root).
+    #[error("cannot give the control socket to group {group:?}: {source}")]
+    Chown {
+        /// The group's name.
+        group: String,
+        /// Why.
+        source: nix::Error,
+    },
+    /// A file system operation failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ControlError {
+    let path = path.to_owned();
+    move |source| ControlError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// A bound control socket, ready to [`serve`](ControlServer::serve).
+/// Dropping it (or the end of `serve`) removes the socket file.
+#[derive(Debug)]
+pub struct ControlServer {
+    listener: UnixListener,
+    socket: SocketFile,
+    access: Arc<Access>,
+    max_connections: usize,
+}
+
+impl ControlServer {
+    /// Creates the socket at `path` (and its parent directory if missing),
+    /// mode 0600, or 0660 owned by `group`. Must be called within a Tokio
+    /// runtime.
+    pub fn bind(path: &Path, group: Option<&str>) -> Result<Self, ControlError> {
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(ControlError::PathTooLong {
+                path: path.to_owned(),
+                len: path.as_os_str().len(),
+            });
+        }
+        let group = group.map(lookup_group).transpose()?;
+        let parent = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        // Traversable by others: the socket's own mode and the peer check
+        // are what guard it, and group members must reach it.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&parent)
+            .map_err(io_error("create directory", &parent))?;
+        remove_if_stale(path)?;
+
+        let staging = StagingDir::create(&parent)?;
+        let staged = staging.path.join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&staged)
+            .map_err(io_error("bind the control socket at", &staged))?;
+        let mode = if group.is_some() { 0o660 } else { 0o600 };
+        fs::set_permissions(&staged, Permissions::from_mode(mode))
+            .map_err(io_error("set the mode of", &staged))?;
+        if let Some(group) = &group {
+            nix::unistd::chown(&staged, None, Some(group.gid)).map_err(|source| {
+                ControlError::Chown {
+                    group: group.name.clone(),
+                    source,
+                }
+            })?;
+        }
+        match fs::hard_link(&staged, path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                // Another agent created it since the probe above.
+                return Err(ControlError::AlreadyListening(path.to_owned()));
+            }
+            Err(err) => return Err(io_error("create", path)(err)),
+        }
+        let socket = SocketFile::new(path)?;
+        drop(staging);
+
+        listener
+            .set_nonblocking(true)
+            .map_err(io_error("configure", path))?;
+        let listener = UnixListener::from_std(listener).map_err(io_error("listen on", path))?;
+        Ok(Self {
+            listener,
+            socket,
+            access: Arc::new(Access {
+                own_uid: Uid::effective(),
+                group,
+            }),
+            max_connections: MAX_CONNECTIONS,
+        })
+    }
+
+    /// The socket's path.
+    #[cfg(test)]
+    fn path(&self) -> &Path {
+        &self.socket.path
+    }
+
+    /// Serves connections until `shutdown` is cancelled, then removes the
+    /// socket file and waits for the open connections to close (each is
+    /// cancelled with `shutdown`).
+    pub async fn serve(self, handler: Arc<dyn Handler>, shutdown: CancellationToken) {
+        let ControlServer {
+            listener,
+            socket,
+            access,
+            max_connections,
+        } = self;
+        info!(path = %socket.path.display(), "control socket listening");
+        let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(max_connections));
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    warn!(%err, "control socket: accept failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(ACCEPT_PAUSE) => continue,
+                    }
+                }
+            };
+            let peer = match stream.peer_cred() {
+                Ok(peer) => peer,
+                Err(err) => {
+                    warn!(%err, "control socket: cannot read the peer's credentials");
+                    continue;
+                }
+            };
+            let span = tracing::info_span!("control", peer_uid = peer.uid(), peer_pid = peer.pid());
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                let _enter = span.enter();
+                warn!(
+                    max_connections,
+                    "control socket: too many connections; refused one"
+                );
+                // A short line into a fresh socket's empty buffer does not
+                // block, so the accept loop never waits on a client.
+                let line = control::reply_line(&Reply::error(
+                    "too many control connections; try again later",
+                )) + "\n";
+                let _ = stream.try_write(line.as_bytes());
+                continue;
+            };
+            let connection = Connection {
+                handler: Arc::clone(&handler),
+                access: Arc::clone(&access),
+                peer,
+                cancel: shutdown.child_token(),
+            };
+            tracker.spawn(
+                async move {
+                    connection.run(stream).await;
+                    drop(slot);
+                }
+                .instrument(span),
+            );
+        }
+        // No new client should find a socket nobody accepts on.
+        drop(listener);
+        drop(socket);
+        tracker.close();
+        tracker.wait().await;
+        debug!("control socket closed");
+    }
+
+    /// A lower connection limit, to test the limit.
+    #[cfg(test)]
+    fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+}
+
+/// The socket file; removed on drop if it is still ours.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn new(path: &Path) -> Result<Self, ControlError> {
+        let meta = fs::symlink_metadata(path).map_err(io_error("inspect", path))?;
+        Ok(Self {
+            path: path.to_owned(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        match fs::symlink_metadata(&self.path) {
+            Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => {
+                if let Err(err) = fs::remove_file(&self.path) {
+                    warn!(%err, path = %self.path.display(), "cannot remove the control socket");
+                }
+            }
+            // Gone, or replaced by another agent's: not ours to remove.
+            _ => {}
+        }
+    }
+}
+
+/// A private (0700) directory to create the socket in; removed on drop.
+#[derive(Debug)]
+struct StagingDir {
+    path: PathBuf,
+}
+
+impl StagingDir {
+    fn create(parent: &Path) -> Result<Self, ControlError> {
+        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+        // Short: the socket inside must fit in a socket address too.
+        let name = format!(
+            ".c{}.{}",
+            std::process::id(),
+            SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = parent.join(name);
+        let create = || fs::DirBuilder::new().mode(0o700).create(&path);
+        if let Err(err) = create() {
+            if err.kind() != io::ErrorKind::AlreadyExists {
+                return Err(io_error("create directory", &path)(err));
+            }
+            // Left by a crashed process that had our pid: ours to reuse.
+            fs::remove_dir_all(&path).map_err(io_error("remove", &path))?;
+            create().map_err(io_error("create directory", &path))?;
+        }
+        Ok(Self { path })
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Removes a stale file at `path`; refuses if an agent answers there.
+fn remove_if_stale(path: &Path) -> Result<(), ControlError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(io_error("inspect", path)(err)),
+    };
+    if meta.is_dir() {
+        return Err(ControlError::IsADirectory(path.to_owned()));
+    }
+    use std::os::unix::fs::FileTypeExt as _;
+    if meta.file_type().is_socket() {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(ControlError::AlreadyListening(path.to_owned())),
+            Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(io_error("check whether an agent listens on", path)(err)),
+        }
+    }
+    info!(path = %path.display(), "removing a stale control socket");
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(io_error("remove the stale", path)(err)),
+    }
+}
+
+/// The control group, resolved at bind.
+#[derive(Debug)]
+struct ControlGroup {
+    name: String,
+    gid: Gid,
+}
+
+fn lookup_group(name: &str) -> Result<ControlGroup, ControlError> {
+    match Group::from_name(name) {
+        Ok(Some(group)) => Ok(ControlGroup {
+            name: group.name,
+            gid: group.gid,
+        }),
+        Ok(None) => Err(ControlError::UnknownGroup(name.to_owned())),
+        Err(source) => Err(ControlError::GroupLookup {
+            group: name.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Who may use the socket.
+#[derive(Debug)]
+struct Access {
+    own_uid: Uid,
+    group: Option<ControlGroup>,
+}
+
+impl Access {
+    /// Whether `uid` is the agent's own user or root: such a peer could
+    /// read any file the agent can anyway.
+    fn trusts(&self, uid: u32) -> bool {
+        uid == self.own_uid.as_raw() || uid == 0
+    }
+
+    async fn allows(&self, peer: &UCred) -> bool {
+        if self.trusts(peer.uid()) {
+            return true;
+        }
+        let Some(group) = &self.group else {
+            return false;
+        };
+        if peer.gid() == group.gid.as_raw() {
+            return true;
+        }
+        // The user and group databases may be remote (LDAP): off the runtime.
+        let (uid, gid) = (Uid::from_raw(peer.uid()), group.gid);
+        tokio::task::spawn_blocking(move || is_member(uid, gid))
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// Whether the group database lists `uid`'s user in `gid` (or it is the
+/// user's primary group).
+fn is_member(uid: Uid, gid: Gid) -> bool {
+    let Ok(Some(user)) = User::from_uid(uid) else {
+        return false;
+    };
+    if user.gid == gid {
+        return true;
+    }
+    matches!(Group::from_gid(gid), Ok(Some(group)) if group.mem.contains(&user.name))
+}
+
+/// One client connection.
+struct Connection {
+    handler: Arc<dyn Handler>,
+    access: Arc<Access>,
+    peer: UCred,
+    cancel: CancellationToken,
+}
+
+/// What to do after a request. Lives for one request, so its size does not
+/// matter.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Reply(Reply),
+    Events,
+}
+
+impl Connection {
+    async fn run(self, mut stream: UnixStream) {
+        if !self.access.allows(&self.peer).await {
+            warn!(
+                uid = self.peer.uid(),
+                "control socket: peer not allowed; closing"
+            );
+            let message = format!(
+                "permission denied: uid {} is not allowed to control this agent",
+                self.peer.uid()
+            );
+            self.send(&mut stream, &Reply::error(message)).await;
+            return;
+        }
+        debug!("control connection");
+        let (reader, mut writer) = stream.into_split();
+        let mut reader = BufReader::new(reader);
+        let mut line = String::new();
+        loop {
+            let read = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                read = read_line_bounded(&mut reader, &mut line, MAX_LINE) => read,
+            };
+            let next = match read {
+                Ok(None) => return,
+                Ok(Some(())) if line.trim().is_empty() => continue,
+                Ok(Some(())) => match parse_request(&line) {
+                    Ok(request) => self.handle(request).await,
+                    Err(err) => {
+                        debug!(%err, "refused a malformed request");
+                        Next::Reply(Reply::error(err.to_string()))
+                    }
+                },
+                Err(FrameError::NotUtf8) => Next::Reply(Reply::error("request is not UTF-8")),
+                Err(FrameError::TooLong { max }) => {
+                    warn!(max, "control request line too long; closing");
+                    let message =
+                        format!("request line longer than {max} bytes; closing the connection");
+                    self.send(&mut writer, &Reply::error(message)).await;
+                    return;
+                }
+                Err(FrameError::Io(err)) => {
+                    debug!(%err, "control connection failed");
+                    return;
+                }
+            };
+            match next {
+                Next::Reply(reply) => {
+                    if !self.send(&mut writer, &reply).await {
+                        return;
+                    }
+                }
+                Next::Events => return self.stream_events(reader, writer).await,
+            }
+        }
+    }
+
+    async fn handle(&self, request: Request) -> Next {
+        let result = match request {
+            Request::Status => {
+                return Next::Reply(Reply::Ok(Response::Status(self.handler.status())))
+            }
+            Request::Events => return Next::Events,
+            Request::Borrow(mut borrow) => {
+                if let Some(file) = borrow.secret_file.take() {
+                    let trusted = self.access.trusts(self.peer.uid());
+                    let peer_uid = self.peer.uid();
+                    let read = tokio::task::spawn_blocking(move || {
+                        read_secret_file(&file, peer_uid, trusted)
+                    })
+                    .await;
+                    match read {
+                        Ok(Ok(secret)) => borrow.secret = Some(secret),
+                        Ok(Err(message)) => return Next::Reply(Reply::Error(message)),
+                        Err(err) => {
+                            return Next::Reply(Reply::error(format!(
+                                "cannot read secret_file: {err}"
+                            )))
+                        }
+                    }
+                }
+                info!(
+                    controller = borrow.target.describe(),
+                    node = %borrow.name,
+                    lease = ?borrow.lease,
+                    idle_return = ?borrow.idle_return,
+                    when = ?borrow.when,
+                    "borrow requested"
+                );
+                self.handler.borrow(borrow)
+            }
+            Request::Return { when } => {
+                info!(?when, "return requested");
+                self.handler.give_back(when)
+            }
+        };
+        Next::Reply(match result {
+            Ok(message) => Reply::Ok(Response::Accepted { message }),
+            Err(message) => {
+                info!(%message, "request refused");
+                Reply::Error(message)
+            }
+        })
+    }
+
+    /// After `events`: a `subscribed` event with the current status, then
+    /// every event until the client leaves, the agent stops or the client
+    /// falls too far behind.
+    async fn stream_events(
+        &self,
+        mut reader: BufReader<OwnedReadHalf>,
+        mut writer: OwnedWriteHalf,
+    ) {
+        // Subscribe before reading the status, so nothing falls between
+        // (an event may repeat what the status already shows).
+        let mut events = self.handler.subscribe();
+        let first = Event {
+            at_ms: control::now_ms(),
+            kind: EventKind::Subscribed,
+            status: self.handler.status(),
+        };
+        if !self
+            .send(&mut writer, &Reply::Ok(Response::Event(first)))
+            .await
+        {
+            return;
+        }
+        let mut scratch = [0u8; 512];
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                read = reader.read(&mut scratch) => match read {
+                    // Anything sent after `events` is ignored; EOF means gone.
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                event = events.recv() => match event {
+                    Ok(event) => {
+                        if !self.send(&mut writer, &Reply::Ok(Response::Event(event))).await {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        warn!(missed, "control events subscriber too slow; closing");
+                        let message = format!(
+                            "too slow: missed {missed} events; reconnect to resume"
+                        );
+                        self.send(&mut writer, &Reply::error(message)).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    /// Writes one reply line; false when the connection is done for
+    /// (failed, too slow, or shutting down).
+    async fn send<W: AsyncWrite + Unpin>(&self, writer: &mut W, reply: &Reply) -> bool {
+        let write = async {
+            match write_json_line(writer, reply).await {
+                Err(FrameError::TooLong { max }) => {
+                    warn!(max, "control reply too long; sending an error instead");
+                    let message = format!("the reply would be longer than {max} bytes");
+                    write_json_line(writer, &Reply::error(message)).await
+                }
+                other => other,
+            }
+        };
+        tokio::select! {
+            () = self.cancel.cancelled() => false,
+            written = tokio::time::timeout(WRITE_TIMEOUT, write) => match written {
+                Ok(Ok(())) => true,
+                Ok(Err(err)) => {
+                    debug!(%err, "cannot write a control reply");
+                    false
+                }
+                Err(_) => {
+                    warn!("control client does not read its replies; closing");
+                    false
+                }
+            },
+        }
+    }
+}
+
+/// The secret in `path` (at most [`MAX_SECRET_FILE`] bytes, trimmed). A
+/// peer the agent does not `trust` may only name a file it owns: the agent
+/// would otherwise send any file it can read to a controller of the peer's
+/// choosing.
+fn read_secret_file(path: &Path, peer_uid: u32, trusted: bool) -> Result<String, String> {
+    let shown = path.display();
+    // Non-blocking open: a FIFO named here must not wedge the agent.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlag::O_NONBLOCK.bits() | OFlag::O_NOCTTY.bits())
+        .open(path)
+        .map_err(|err| format!("cannot read secret_file {shown}: {err}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|err| format!("cannot read secret_file {shown}: {err}"))?;
+    if !meta.is_file() {
+        return Err(format!("secret_file {shown} is not a regular file"));
+    }
+    if !trusted && meta.uid() != peer_uid {
+        return Err(format!(
+            "secret_file {shown} must belong to the requesting user (uid {peer_uid})"
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| format!("cannot read secret_file {shown}: {err}"))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(format!(
+            "secret_file {shown} is larger than {MAX_SECRET_FILE} bytes"
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| format!("secret_file {shown} is not UTF-8"))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(format!("secret_file {shown} is empty"));
+    }
+    Ok(secret.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use control::client::{self, ClientError};
+    use control::{Phase, Placement, Target};
+    use std::os::unix::fs::FileTypeExt as _;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+
+    /// Records orders; the status and the event channel are the test's.
+    struct FakeHandler {
+        status: Mutex<Status>,
+        borrows: Mutex<Vec<BorrowRequest>>,
+        returns: Mutex<Vec<When>>,
+        events: broadcast::Sender<Event>,
+        refuse: Option<String>,
+    }
+
+    impl FakeHandler {
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
+                status: Mutex::new(Status {
+                    placement: Placement::Home,
+                    phase: Phase::Online,
+                    controller_url: Some("https://a.example/".into()),
+                    ..Status::default()
+                }),
+                borrows: Mutex::new(Vec::new()),
+                returns: Mutex::new(Vec::new()),
+                events: broadcast::channel(4).0,
+                refuse: None,
+            })
+        }
+    }
+
+    impl Handler for FakeHandler {
+        fn status(&self) -> Status {
+            self.status.lock().unwrap().clone()
+        }
+        fn borrow(&self, request: BorrowRequest) -> Result<String, String> {
+            if let Some(message) = &self.refuse {
+                return Err(message.clone());
+            }
+            self.borrows.lock().unwrap().push(request);
+            Ok("accepted; will leave when idle".into())
+        }
+        fn give_back(&self, when: When) -> Result<String, String> {
+            self.returns.lock().unwrap().push(when);
+            Ok("accepted; returning now".into())
+        }
+        fn subscribe(&self) -> broadcast::Receiver<Event> {
+            self.events.subscribe()
+        }
+    }
+
+    /// A directory removed when the test ends.
+    struct TestDir(PathBuf);
+
+    impl std::ops::Deref for TestDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A fresh directory under /tmp (short paths: socket addresses are
+    /// small), traversable by others for the other-uid test.
+    fn test_dir(name: &str) -> TestDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = PathBuf::from("/tmp").join(format!(
+            "ctl-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::DirBuilder::new().mode(0o755).create(&dir).unwrap();
+        fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
+        TestDir(dir)
+    }
+
+    struct Running {
+        path: PathBuf,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Running {
+        async fn stop(self) {
+            self.shutdown.cancel();
+            self.task.await.unwrap();
+        }
+    }
+
+    fn start(server: ControlServer, handler: Arc<FakeHandler>) -> Running {
+        let path = server.path().to_owned();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.serve(handler, shutdown.clone()));
+        Running {
+            path,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Sends raw lines and returns the raw reply lines until EOF or `n`.
+    async fn raw(path: &Path, input: &[u8], n: usize) -> Vec<String> {
+        let stream = UnixStream::connect(path).await.unwrap();
+        let (r, mut w) = stream.into_split();
+        let input = input.to_vec();
+        // Written concurrently: the server may close before reading it all.
+        let writer = tokio::spawn(async move {
+            let _ = w.write_all(&input).await;
+            w
+        });
+        let mut lines = BufReader::new(r).lines();
+        let mut out = Vec::new();
+        while out.len() < n {
+            match lines.next_line().await {
+                Ok(Some(line)) => out.push(line),
+                _ => break,
+            }
+        }
+        drop(writer);
+        out
+    }
+
+    #[tokio::test]
+    async fn status_round_trip_and_mode_0600() {
+        let dir = test_dir("status");
+        let path = dir.join("control.sock");
+        let server = ControlServer::bind(&path, None).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        let leftovers: Vec<_> = fs::read_dir(&*dir).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "staging directory left behind");
+        let running = start(server, FakeHandler::new());
+        let mut client = client::connect(&running.path).await.unwrap();
+        let Response::Status(status) = client.request(Request::Status).await.unwrap() else {
+            panic!("not a status")
+        };
+        assert_eq!(status.phase, Phase::Online);
+        assert_eq!(status.controller_url.as_deref(), Some("https://a.example/"));
+        running.stop().await;
+        assert!(!path.exists(), "socket left behind");
+    }
+
+    #[tokio::test]
+    async fn group_mode_is_0660_and_unknown_groups_are_refused() {
+        let dir = test_dir("group");
+        let path = dir.join("control.sock");
+        let own = Group::from_gid(Gid::effective())
+            .unwrap()
+            .expect("own group");
+        let server = ControlServer::bind(&path, Some(&own.name)).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o660);
+        assert_eq!(meta.gid(), own.gid.as_raw());
+        drop(server);
+        let err = ControlServer::bind(&path, Some("no-such-group-jnlp")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown group \"no-such-group-jnlp\" (--control-group)"
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_socket_and_stray_file_are_replaced_live_socket_is_refused() {
+        let dir = test_dir("stale");
+        let path = dir.join("control.sock");
+        // A socket nobody listens on any more.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let running = start(
+            ControlServer::bind(&path, None).unwrap(),
+            FakeHandler::new(),
+        );
+        client::connect(&path)
+            .await
+            .unwrap()
+            .request(Request::Status)
+            .await
+            .unwrap();
+
+        let err = ControlServer::bind(&path, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("another agent is already listening on {}", path.display())
+        );
+        // The refused second server did not take the first one's file.
+        client::connect(&path).await.unwrap();
+        running.stop().await;
+
+        fs::write(&path, "not a socket").unwrap();
+        let server = ControlServer::bind(&path, None).unwrap();
+        assert!(fs::metadata(&path).unwrap().file_type().is_socket());
+        drop(server);
+
+        fs::create_dir(&path).unwrap();
+        assert!(matches!(
+            ControlServer::bind(&path, None),
+            Err(ControlError::IsADirectory(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn parent_directory_is_created_and_socket_removed_on_drop_only_if_ours() {
+        let dir = test_dir("drop");
+        let path = dir.join("a/b/control.sock");
+        let server = ControlServer::bind(&path, None).unwrap();
+        assert!(path.exists());
+        drop(server);
+        assert!(!path.exists(), "dropping the server removes the socket");
+
+        let server = ControlServer::bind(&path, None).unwrap();
+        // Another agent's socket took the path meanwhile: leave it alone.
+        fs::remove_file(&path).unwrap();
+        let _other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(server);
+        assert!(path.exists(), "someone else's socket was removed");
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_error_replies_and_change_nothing() {
+        let dir = test_dir("bad");
+        let path = dir.join("control.sock");
+        let handler = FakeHandler::new();
+        let running = start(ControlServer::bind(&path, None).unwrap(), handler.clone());
+        let input = concat!(
+            "garbage\n",
+            "\n",
+            "{\"version\":2,\"command\":\"status\"}\n",
+            "{\"version\":1,\"command\":\"fly\"}\n",
+            "{\"version\":1,\"command\":\"borrow\",\"target\":{\"url\":\"https://b/\"},\"name\":\"n\"}\n",
+            "\u{0}\u{1}\n",
+            "{\"version\":1,\"command\":\"status\"}\n",
+        );
+        let mut bytes = input.as_bytes().to_vec();
+        bytes.extend_from_slice(b"\xff\n{\"version\":1,\"command\":\"status\"}\n");
+        let lines = raw(&path, &bytes, 7).await;
+        assert_eq!(lines.len(), 7, "{lines:?}");
+        let expect = [
+            "not a JSON object",
+            "unsupported protocol version 2; this agent speaks version 1",
+            "unknown variant `fly`",
+            "`secret` or `secret_file` is required",
+            "not a JSON object",
+        ];
+        for (line, expected) in lines.iter().zip(expect) {
+            assert!(
+                line.starts_with("{\"error\":") && line.contains(expected),
+                "{line}"
+            );
+        }
+        assert!(lines[5].starts_with("{\"ok\":{\"status\""), "{}", lines[5]);
+        assert_eq!(lines[6], "{\"error\":\"request is not UTF-8\"}");
+        assert!(handler.borrows.lock().unwrap().is_empty());
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn oversized_lines_get_an_error_and_the_connection_closes() {
+        let dir = test_dir("big");
+        let path = dir.join("control.sock");
+        let running = start(
+            ControlServer::bind(&path, None).unwrap(),
+            FakeHandler::new(),
+        );
+        let mut input = vec![b' '; MAX_LINE + 100];
+        input.extend_from_slice(b"\n{\"version\":1,\"command\":\"status\"}\n");
+        let lines = raw(&path, &input, 5).await;
+        assert_eq!(
+            lines,
+            vec![format!(
+                "{{\"error\":\"request line longer than {MAX_LINE} bytes; closing the connection\"}}"
+            )]
+        );
+        running.stop().await;
+    }
+
+    fn borrow_request(secret: Option<&str>, secret_file: Option<PathBuf>) -> Request {
+        Request::Borrow(BorrowRequest {
+            target: Target::Url {
+                url: "https://b.example/".into(),
+            },
+            name: "mac-01".into(),
+            secret: secret.map(str::to_owned),
+            secret_file,
+            lease: Some(Duration::from_secs(3600)),
+            idle_return: None,
+            when: When::Idle,
+        })
+    }
+
+    #[tokio::test]
+    async fn borrow_reads_the_secret_file_for_the_handler() {
+        let dir = test_dir("secret");
+        let path = dir.join("control.sock");
+        let handler = FakeHandler::new();
+        let running = start(ControlServer::bind(&path, None).unwrap(), handler.clone());
+        let secret_file = dir.join("secret");
+        fs::write(&secret_file, "  s3cret\n").unwrap();
+        let mut client = client::connect(&path).await.unwrap();
+
+        let reply = client
+            .request(borrow_request(None, Some(secret_file.clone())))
+            .await
+            .unwrap();
+        assert_eq!(
+            reply,
+            Response::Accepted {
+                message: "accepted; will leave when idle".into()
+            }
+        );
+        {
+            let borrows = handler.borrows.lock().unwrap();
+            assert_eq!(borrows.len(), 1);
+            assert_eq!(borrows[0].secret.as_deref(), Some("s3cret"));
+            assert_eq!(borrows[0].secret_file, None);
+            assert_eq!(borrows[0].lease, Some(Duration::from_secs(3600)));
+        }
+
+        let missing = dir.join("missing");
+        let err = client
+            .request(borrow_request(None, Some(missing.clone())))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Refused(m) if m.contains(&*missing.to_string_lossy())),
+            "{err}"
+        );
+        fs::write(&secret_file, " \n").unwrap();
+        let err = client
+            .request(borrow_request(None, Some(secret_file.clone())))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().ends_with("is empty"), "{err}");
+        let err = client
+            .request(borrow_request(None, Some(dir.to_path_buf())))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+
+        client
+            .request(Request::Return { when: When::Now })
+            .await
+            .unwrap();
+        assert_eq!(*handler.returns.lock().unwrap(), vec![When::Now]);
+        assert_eq!(handler.borrows.lock().unwrap().len(), 1);
+        running.stop().await;
+    }
+
+    #[test]
+    fn an_untrusted_peer_may_only_name_its_own_secret_file() {
+        let dir = test_dir("owner");
+        let file = dir.join("secret");
+        fs::write(&file, "x").unwrap();
+        let own = Uid::effective().as_raw();
+        assert_eq!(read_secret_file(&file, own, false), Ok("x".into()));
+        let err = read_secret_file(&file, own.wrapping_add(1), false).unwrap_err();
+        assert!(err.contains("must belong to the requesting user"), "{err}");
+        assert_eq!(
+            read_secret_file(&file, own.wrapping_add(1), true),
+            Ok("x".into())
+        );
+        fs::write(&file, vec![b'a'; MAX_SECRET_FILE as usize + 1]).unwrap();
+        assert!(read_secret_file(&file, own, true)
+            .unwrap_err()
+            .contains("larger than"));
+    }
+
+    #[tokio::test]
+    async fn handler_refusals_are_error_replies() {
+        let dir = test_dir("refuse");
+        let path = dir.join("control.sock");
+        let handler = Arc::new(FakeHandler {
+            refuse: Some("already borrowed by https://c.example/".into()),
+            ..Arc::into_inner(FakeHandler::new()).unwrap()
+        });
+        let running = start(ControlServer::bind(&path, None).unwrap(), handler);
+        let mut client = client::connect(&path).await.unwrap();
+        let err = client
+            .request(borrow_request(Some("s"), None))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Refused(m) if m == "already borrowed by https://c.example/"),
+            "{err}"
+        );
+        running.stop().await;
+    }
+
+    fn event(kind: EventKind) -> Event {
+        Event {
+            at_ms: 1,
+            kind,
+            status: Status::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_stream_and_slow_readers_are_cut_off() {
+        let dir = test_dir("events");
+        let path = dir.join("control.sock");
+        let handler = FakeHandler::new();
+        let running = start(ControlServer::bind(&path, None).unwrap(), handler.clone());
+
+        let mut events = client::connect(&path)
+            .await
+            .unwrap()
+            .events()
+            .await
+            .unwrap();
+        let first = events.next_event().await.unwrap().unwrap();
+        assert_eq!(first.kind, EventKind::Subscribed);
+        assert_eq!(first.status.phase, Phase::Online);
+        handler
+            .events
+            .send(event(EventKind::BorrowAccepted))
+            .unwrap();
+        assert_eq!(
+            events.next_event().await.unwrap().unwrap().kind,
+            EventKind::BorrowAccepted
+        );
+
+        // Without yielding (current-thread runtime) the server cannot
+        // forward any of these before the channel (capacity 4) overflows.
+        for _ in 0..10 {
+            handler.events.send(event(EventKind::StateChanged)).unwrap();
+        }
+        let err = events.next_event().await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Refused(m) if m.contains("missed 6 events")),
+            "{err}"
+        );
+        assert!(events.next_event().await.unwrap().is_none());
+
+        // Shutting down ends the streams of the remaining subscribers.
+        let mut events = client::connect(&path)
+            .await
+            .unwrap()
+            .events()
+            .await
+            .unwrap();
+        events.next_event().await.unwrap().unwrap();
+        running.stop().await;
+        assert!(events.next_event().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_told_to_retry() {
+        let dir = test_dir("limit");
+        let path = dir.join("control.sock");
+        let server = ControlServer::bind(&path, None)
+            .unwrap()
+            .with_max_connections(1);
+        let running = start(server, FakeHandler::new());
+        let mut first = client::connect(&path).await.unwrap();
+        first.request(Request::Status).await.unwrap();
+        let mut second = client::connect(&path).await.unwrap();
+        let err = second.request(Request::Status).await.unwrap_err();
+        assert!(
+            err.to_string().contains("too many control connections"),
+            "{err}"
+        );
+        drop(first);
+        // The slot comes back once the first connection is gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut third = client::connect(&path).await.unwrap();
+            match third.request(Request::Status).await {
+                Ok(_) => break,
+                Err(err) => assert!(std::time::Instant::now() < deadline, "{err}"),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        running.stop().await;
+    }
+
+    /// Runs this test binary again, as `uid`:`gid`, as a client that sends
+    /// `status` to `path` and prints what it got (see `peer_helper`).
+    fn status_as(uid: u32, gid: u32, path: &Path) -> String {
+        use std::os::unix::process::CommandExt as _;
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "control_server::tests::peer_helper",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("CONTROL_SERVER_TEST_SOCKET", path)
+            .uid(uid)
+            .gid(gid)
+            .output()
+            .unwrap();
+        // stderr too, to explain a failure.
+        String::from_utf8_lossy(&[output.stdout, output.stderr].concat()).into_owned()
+    }
+
+    /// Not a test: the client half of the other-uid tests.
+    #[test]
+    #[ignore = "run by the other-uid tests as another user"]
+    fn peer_helper() {
+        use std::io::{BufRead as _, Write as _};
+        let Some(path) = std::env::var_os("CONTROL_SERVER_TEST_SOCKET") else {
+            return;
+        };
+        match std::os::unix::net::UnixStream::connect(&path) {
+            Ok(mut stream) => {
+                // A refused peer may be closed before its request is
+                // written; the error line is there to read all the same.
+                let _ = stream.write_all(b"{\"version\":1,\"command\":\"status\"}\n");
+                let mut line = String::new();
+                std::io::BufReader::new(stream)
+                    .read_line(&mut line)
+                    .unwrap();
+                println!("REPLY {}", line.trim_end());
+            }
+            Err(err) => println!("CONNECT {:?}", err.kind()),
+        }
+    }
+
+    #[tokio::test]
+    async fn peers_of_other_users_are_refused_unless_in_the_group() {
+        if !Uid::effective().is_root() {
+            eprintln!("skipped: needs root to run a client as another user");
+            return;
+        }
+        let nobody = User::from_name("nobody").unwrap().expect("user nobody");
+        let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+        let dir = test_dir("peer");
+        let path = dir.join("control.sock");
+        let running = start(
+            ControlServer::bind(&path, None).unwrap(),
+            FakeHandler::new(),
+        );
+
+        // The file mode alone keeps them out...
+        let path2 = path.clone();
+        let out = tokio::task::spawn_blocking(move || status_as(uid, gid, &path2))
+            .await
+            .unwrap();
+        assert!(out.contains("CONNECT PermissionDenied"), "{out}");
+        // ...and the peer check does when the mode is too wide.
+        fs::set_permissions(&path, Permissions::from_mode(0o666)).unwrap();
+        let path2 = path.clone();
+        let out = tokio::task::spawn_blocking(move || status_as(uid, gid, &path2))
+            .await
+            .unwrap();
+        assert!(
+            out.contains(&format!(
+                "REPLY {{\"error\":\"permission denied: uid {uid} is not allowed to control this agent\"}}"
+            )),
+            "{out}"
+        );
+        running.stop().await;
+
+        // With nobody's group as the control group, nobody gets in.
+        let group = Group::from_gid(nobody.gid)
+            .unwrap()
+            .expect("nobody's group");
+        let server = ControlServer::bind(&path, Some(&group.name)).unwrap();
+        let running = start(server, FakeHandler::new());
+        let path2 = path.clone();
+        let out = tokio::task::spawn_blocking(move || status_as(uid, gid, &path2))
+            .await
+            .unwrap();
+        assert!(out.contains("REPLY {\"ok\":{\"status\""), "{out}");
+        running.stop().await;
+    }
+}

@@ -1,0 +1,263 @@
+//! What the supervisor shares with the control socket: the state shown by
+//! `status`, the event stream, and the queue of borrow and return commands.
+//!
+//! The control socket's handler only checks and queues; the supervisor does
+//! the moving. So a `borrow` is answered at once and carried out when the
+//! agent is idle (or at once with `now`).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use control::{
+    BorrowRequest, Busy, Event, EventKind, Pending, PendingAction, Phase, Placement, Status, When,
+};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::bridge::Traffic;
+use crate::busy;
+use crate::lending::{target_label, Lease};
+
+/// A command for the supervisor.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Go to this borrower.
+    Borrow(BorrowRequest, When),
+    /// Go home.
+    Return(When),
+}
+
+/// The supervisor's state as the control socket shows it.
+#[derive(Debug, Clone, Default)]
+pub struct Core {
+    /// The lease in force, if borrowed.
+    pub lease: Option<Lease>,
+    /// Connection phase.
+    pub phase: Phase,
+    /// When the phase (or placement) last changed, unix ms.
+    pub since_ms: u64,
+    /// The connected controller's URL.
+    pub controller_url: Option<String>,
+    /// The node name in use.
+    pub node_name: Option<String>,
+    /// The home controller's URL.
+    pub home_url: Option<String>,
+    /// A move accepted and waiting for idle.
+    pub pending: Option<(Command, u64)>,
+    /// The engines alive now (the current one and a spare).
+    pub engine_pids: Vec<u32>,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// When `idle_return` runs out, unix ms.
+    pub idle_deadline_ms: Option<u64>,
+}
+
+/// Shared between the supervisor and the control socket.
+#[derive(Debug)]
+pub struct Hub {
+    core: Mutex<Core>,
+    traffic: Arc<Traffic>,
+    events: broadcast::Sender<Event>,
+    commands: mpsc::UnboundedSender<Command>,
+    /// Traffic this recent counts as busy.
+    activity_window: Duration,
+}
+
+impl Hub {
+    /// A hub and the receiving end of its command queue.
+    pub fn new(
+        traffic: Arc<Traffic>,
+        home_url: Option<String>,
+        activity_window: Duration,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Command>) {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(256);
+        let hub = Self {
+            core: Mutex::new(Core {
+                home_url,
+                since_ms: busy::now_ms(),
+                ..Core::default()
+            }),
+            traffic,
+            events,
+            commands,
+            activity_window,
+        };
+        (Arc::new(hub), rx)
+    }
+
+    /// The state, for changing it. Poisoning is survivable here: the data
+    /// is plain values.
+    pub fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The busy signals now.
+    pub fn busy(&self) -> Busy {
+        let engines = crate::engine::live_engines();
+        let activity = &self.traffic.activity;
+        let requests_in_flight = activity.requests_in_flight();
+        let build_processes = busy::build_processes(&engines).len() as u64;
+        let last_activity_ms = activity.last_activity_ms();
+        let recent = last_activity_ms.is_some_and(|t| {
+            busy::now_ms().saturating_sub(t) < self.activity_window.as_millis() as u64
+        });
+        Busy {
+            requests_in_flight,
+            build_processes,
+            last_activity_ms,
+            busy: requests_in_flight > 0 || build_processes > 0 || recent,
+        }
+    }
+
+    /// Changes the phase (and records when).
+    pub fn set_phase(&self, phase: Phase) {
+        let changed = {
+            let mut core = self.core();
+            let changed = core.phase != phase;
+            if changed {
+                core.phase = phase;
+                core.since_ms = busy::now_ms();
+            }
+            changed
+        };
+        if changed {
+            self.emit(EventKind::StateChanged);
+        }
+    }
+
+    /// Sends an event with the current status to every `events` subscriber.
+    pub fn emit(&self, kind: EventKind) {
+        let _ = self.events.send(Event {
+            at_ms: busy::now_ms(),
+            kind,
+            status: self.snapshot(),
+        });
+    }
+
+    /// The status as `status` answers it.
+    pub fn snapshot(&self) -> Status {
+        let busy = self.busy();
+        let core = self.core().clone();
+        Status {
+            placement: if core.lease.is_some() {
+                Placement::Borrowed
+            } else {
+                Placement::Home
+            },
+            phase: core.phase,
+            controller_url: core.controller_url,
+            node_name: core.node_name,
+            since_ms: core.since_ms,
+            lease_deadline_ms: core.lease.as_ref().and_then(Lease::deadline_ms),
+            idle_deadline_ms: core.idle_deadline_ms,
+            pending: core.pending.as_ref().map(|(command, since_ms)| Pending {
+                action: match command {
+                    Command::Borrow(..) => PendingAction::Borrow,
+                    Command::Return(_) => PendingAction::Return,
+                },
+                controller_url: match command {
+                    Command::Borrow(request, _) => Some(target_label(&request.target)),
+                    Command::Return(_) => core.home_url.clone(),
+                },
+                since_ms: *since_ms,
+            }),
+            busy,
+            engine_pid: core.engine_pids.first().copied(),
+            remoting_version: None,
+            bytes_to_controller: self
+                .traffic
+                .to_controller
+                .load(std::sync::atomic::Ordering::Relaxed),
+            bytes_from_controller: self
+                .traffic
+                .to_engine
+                .load(std::sync::atomic::Ordering::Relaxed),
+            last_error: core.last_error,
+            home_url: core.home_url,
+        }
+    }
+}
+
+impl crate::control_server::Handler for Hub {
+    fn status(&self) -> Status {
+        self.snapshot()
+    }
+
+    fn borrow(&self, request: BorrowRequest) -> Result<String, String> {
+        request.validate()?;
+        if request.secret.is_none() {
+            return Err("borrow: no secret".into());
+        }
+        let label = target_label(&request.target);
+        {
+            let mut core = self.core();
+            if let Some(lease) = &core.lease {
+                if lease.same_as(&request) {
+                    return Ok(format!("already lent to {label}"));
+                }
+                return Err(format!(
+                    "already lent to {} as {}; return it first",
+                    lease.label(),
+                    lease.request.name
+                ));
+            }
+            match &core.pending {
+                Some((Command::Borrow(pending, _), _))
+                    if pending.target == request.target
+                        && pending.name == request.name
+                        && request.when == When::Idle =>
+                {
+                    return Ok(format!("already waiting to go to {label}"));
+                }
+                Some((Command::Borrow(pending, _), _))
+                    if pending.target != request.target || pending.name != request.name =>
+                {
+                    return Err(format!(
+                        "already waiting to go to {}; return first to cancel it",
+                        target_label(&pending.target)
+                    ))
+                }
+                _ => {}
+            }
+            let when = request.when;
+            core.pending = Some((Command::Borrow(request.clone(), when), busy::now_ms()));
+        }
+        let when = request.when;
+        self.commands
+            .send(Command::Borrow(request, when))
+            .map_err(|_| "the agent is shutting down".to_owned())?;
+        self.emit(EventKind::BorrowAccepted);
+        Ok(match when {
+            When::Now => format!("accepted: leaving for {label} now"),
+            When::Idle => format!("accepted: will go to {label} when idle"),
+        })
+    }
+
+    fn give_back(&self, when: When) -> Result<String, String> {
+        {
+            let mut core = self.core();
+            let pending_borrow = matches!(core.pending, Some((Command::Borrow(..), _)));
+            if core.lease.is_none() && !pending_borrow {
+                return Err("not lent: the agent is at home".into());
+            }
+            core.pending = if core.lease.is_some() {
+                Some((Command::Return(when), busy::now_ms()))
+            } else {
+                // Cancels a borrow still waiting for idle.
+                None
+            };
+        }
+        self.commands
+            .send(Command::Return(when))
+            .map_err(|_| "the agent is shutting down".to_owned())?;
+        self.emit(EventKind::ReturnAccepted);
+        Ok(match when {
+            When::Now => "accepted: returning home now".into(),
+            When::Idle => "accepted: will return home when idle".into(),
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+}

@@ -1,0 +1,261 @@
+//! Where the agent serves: home (its lender) or a borrowing controller, and
+//! the state file that keeps that across restarts, SIGKILL included.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use control::{BorrowRequest, Target};
+use serde::{Deserialize, Serialize};
+
+use crate::settings::{HostPort, Secret, Settings};
+
+/// A borrow in force: the request as accepted (with its secret read) and
+/// when it began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The borrow request, `secret` filled and `secret_file` empty.
+    pub request: BorrowRequest,
+    /// When the agent was lent, unix ms (the lease runs from here).
+    pub started_ms: u64,
+}
+
+impl Lease {
+    /// When the lease ends, unix ms.
+    pub fn deadline_ms(&self) -> Option<u64> {
+        self.request
+            .lease
+            .map(|lease| self.started_ms + lease.as_millis() as u64)
+    }
+
+    /// The borrower as shown to people: its URL or `HOST:PORT`.
+    pub fn label(&self) -> String {
+        target_label(&self.request.target)
+    }
+
+    /// Whether `other` asks for this same borrow (repeating it is harmless).
+    pub fn same_as(&self, other: &BorrowRequest) -> bool {
+        self.request.target == other.target && self.request.name == other.name
+    }
+
+    /// The settings to connect to the borrower: the home settings for
+    /// everything about this machine (work dir, Java, engine), the borrower's
+    /// for everything about the controller. Home credentials, tunnel and
+    /// certificates are not the borrower's and are dropped.
+    pub fn settings(&self, home: &Settings) -> Result<Settings, String> {
+        let mut s = home.clone();
+        s.urls = Vec::new();
+        s.jnlp_url = None;
+        s.jnlp_credentials = None;
+        s.credentials = None;
+        s.direct = None;
+        s.instance_identity = None;
+        s.tunnel = None;
+        s.protocols = Vec::new();
+        s.no_reconnect = false;
+        s.no_reconnect_after = None;
+        s.name = Some(self.request.name.clone());
+        s.secret = self.request.secret.clone().map(Secret::new);
+        match &self.request.target {
+            Target::Url { url } => {
+                s.urls = vec![if url.ends_with('/') {
+                    url.clone()
+                } else {
+                    format!("{url}/")
+                }];
+                s.engine_jar = None;
+            }
+            Target::JnlpUrl { url } => {
+                s.jnlp_url = Some(url.clone());
+                s.engine_jar = None;
+            }
+            Target::Direct {
+                address,
+                instance_identity,
+                engine_jar,
+            } => {
+                let (host, port) = address
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse().ok()?)))
+                    .ok_or_else(|| format!("bad direct address {address:?}"))?;
+                s.direct = Some(HostPort {
+                    host: host.to_owned(),
+                    port,
+                });
+                s.instance_identity = Some(instance_identity.clone());
+                s.engine_jar = Some(engine_jar.clone());
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// A target as shown to people.
+pub fn target_label(target: &Target) -> String {
+    match target {
+        Target::Url { url } | Target::JnlpUrl { url } => url.clone(),
+        Target::Direct { address, .. } => address.clone(),
+    }
+}
+
+/// The state file's content.
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    version: u32,
+    #[serde(default)]
+    borrowed: Option<Lease>,
+}
+
+const STATE_VERSION: u32 = 1;
+
+/// The state file: `None` = home, `Some(lease)` = borrowed.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    /// The state file at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the agent was when it stopped; no file means home.
+    pub fn load(&self) -> anyhow::Result<Option<Lease>> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("cannot read the state file {}", self.path.display()))
+            }
+        };
+        let saved: Saved = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "the state file {} is not valid; remove it to start at home",
+                self.path.display()
+            )
+        })?;
+        anyhow::ensure!(
+            saved.version == STATE_VERSION,
+            "the state file {} has version {}, this agent writes {STATE_VERSION}",
+            self.path.display(),
+            saved.version
+        );
+        Ok(saved.borrowed)
+    }
+
+    /// Records where the agent is: written to a temporary file (mode 0600,
+    /// it holds the borrower's secret), fsynced, renamed over the old one,
+    /// and the directory fsynced, so a crash leaves the old or the new state,
+    /// never a torn one.
+    pub fn save(&self, borrowed: Option<&Lease>) -> std::io::Result<()> {
+        let saved = Saved {
+            version: STATE_VERSION,
+            borrowed: borrowed.cloned(),
+        };
+        let text = serde_json::to_vec_pretty(&saved).map_err(std::io::Error::other)?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            self.path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("state"),
+            std::process::id()
+        ));
+        {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(&text)?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::time::Duration;
+
+    fn lease() -> Lease {
+        Lease {
+            request: BorrowRequest {
+                target: Target::Url {
+                    url: "http://b.example:8080".into(),
+                },
+                name: "mac-01".into(),
+                secret: Some("b0rr0w".into()),
+                secret_file: None,
+                lease: Some(Duration::from_secs(3600)),
+                idle_return: None,
+                when: control::When::Idle,
+            },
+            started_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn state_survives_a_round_trip_privately() {
+        let dir = std::env::temp_dir().join(format!("jnlp-agent-state-{}", std::process::id()));
+        let file = StateFile::new(dir.join("state.json"));
+        assert_eq!(file.load().unwrap(), None, "no file: home");
+        file.save(Some(&lease())).unwrap();
+        assert_eq!(file.load().unwrap(), Some(lease()));
+        let mode = std::fs::metadata(file.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        file.save(None).unwrap();
+        assert_eq!(file.load().unwrap(), None);
+        std::fs::write(file.path(), b"{not json").unwrap();
+        assert!(file.load().unwrap_err().to_string().contains("not valid"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn borrower_settings_keep_the_machine_and_drop_home_credentials() {
+        let home = crate::cli::parse(
+            [
+                "jnlp-agent",
+                "-url",
+                "http://home/",
+                "-name",
+                "h",
+                "-secret",
+                "s",
+                "-workDir",
+                "/w",
+                "-credentials",
+                "u:p",
+            ]
+            .map(std::ffi::OsString::from),
+            &|_| None,
+        )
+        .unwrap();
+        let crate::cli::Command::Run(home) = home else {
+            panic!()
+        };
+        let s = lease().settings(&home).unwrap();
+        assert_eq!(s.urls, ["http://b.example:8080/"]);
+        assert_eq!(s.name.as_deref(), Some("mac-01"));
+        assert_eq!(s.secret.as_ref().map(Secret::expose), Some("b0rr0w"));
+        assert_eq!(s.work_dir, home.work_dir);
+        assert!(s.credentials.is_none());
+        assert_eq!(lease().deadline_ms(), Some(3_601_000));
+    }
+}

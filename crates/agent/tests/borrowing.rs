@@ -1,0 +1,484 @@
+//! Lending: two test controllers as lender and borrower, the agent binary
+//! with the fake engine, driven through the control socket.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::{alive, fake_engine, temp_dir, AgentProcess};
+use control::{
+    BorrowRequest, EventKind, Phase, Placement, Request, Response, ReturnReason, Status, Target,
+    When,
+};
+use futures_util::{SinkExt, StreamExt};
+use remoting_protocol::chunk::put_command;
+use remoting_protocol::ChunkCodec;
+use testkit::{Channel, ControllerEvent, Peer, TestController};
+use tokio_util::codec::Decoder;
+
+const LENDER_SECRET: &str = "1e1d1e1d1e1d1e1d1e1d1e1d1e1d1e1d";
+const BORROWER_SECRET: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
+const LONG: Duration = Duration::from_secs(30);
+
+fn accepted(log: &[ControllerEvent]) -> usize {
+    log.iter()
+        .filter(|e| matches!(e, ControllerEvent::Accepted { .. }))
+        .count()
+}
+
+fn closed(log: &[ControllerEvent]) -> usize {
+    log.iter()
+        .filter(|e| matches!(e, ControllerEvent::ChannelClosed { .. }))
+        .count()
+}
+
+async fn lender(peer: Peer) -> TestController {
+    TestController::builder()
+        .node("mac-01", LENDER_SECRET)
+        .remoting_jar(b"lender's remoting.jar".to_vec())
+        .peer(peer)
+        .start()
+        .await
+}
+
+async fn borrower(peer: Peer) -> TestController {
+    TestController::builder()
+        .node("guest-mac", BORROWER_SECRET)
+        .remoting_jar(b"borrower's remoting.jar, another version".to_vec())
+        .peer(peer)
+        .start()
+        .await
+}
+
+fn start_agent(lender: &TestController, extra: &[&str]) -> AgentProcess {
+    start_agent_in(temp_dir("work"), lender, extra)
+}
+
+fn start_agent_in(work: PathBuf, lender: &TestController, extra: &[&str]) -> AgentProcess {
+    let url = lender.url();
+    let cmd = format!("{} echo", fake_engine().display());
+    let mut args = vec![
+        "-url",
+        url.as_str(),
+        "-name",
+        "mac-01",
+        "--engine-command",
+        cmd.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    AgentProcess::start_in(work, &args, &[("JENKINS_SECRET", LENDER_SECRET)])
+}
+
+async fn request(
+    socket: &Path,
+    request: Request,
+) -> Result<Response, control::client::ClientError> {
+    let mut client = control::client::connect(socket).await?;
+    client.request(request).await
+}
+
+async fn status(socket: &Path) -> Status {
+    match request(socket, Request::Status).await.unwrap() {
+        Response::Status(status) => status,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn borrow_request(
+    borrower: &TestController,
+    lease: Option<Duration>,
+    idle_return: Option<Duration>,
+    when: When,
+) -> BorrowRequest {
+    BorrowRequest {
+        target: Target::Url {
+            url: borrower.url(),
+        },
+        name: "guest-mac".into(),
+        secret: Some(BORROWER_SECRET.into()),
+        secret_file: None,
+        lease,
+        idle_return,
+        when,
+    }
+}
+
+/// Runs `jnlp-agent ctl ARGS` against the agent's socket.
+async fn ctl(agent: &AgentProcess, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_jnlp-agent"))
+        .arg("ctl")
+        .arg("--socket")
+        .arg(agent.socket())
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+async fn wait_status(socket: &Path, what: &str, cond: impl Fn(&Status) -> bool) -> Status {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        if let Ok(Response::Status(s)) = request(socket, Request::Status).await {
+            if cond(&s) {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: last status {s:?}"
+            );
+        } else {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: control socket unreachable"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn engines(agent: &AgentProcess) -> usize {
+    std::fs::read_dir(agent.work_dir.join("remoting/engines"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".jar"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn borrow_moves_the_agent_and_return_brings_it_back() {
+    let lender = lender(Peer::Hold).await;
+    let borrower = borrower(Peer::Hold).await;
+    let agent = start_agent(&lender, &[]);
+    lender.wait_for(|log| accepted(log) == 1, LONG).await;
+    let socket = agent.socket();
+    let home = wait_status(&socket, "online at home", |s| s.phase == Phase::Online).await;
+    assert_eq!(home.placement, Placement::Home);
+    assert_eq!(home.controller_url.as_deref(), Some(lender.url().as_str()));
+    assert_eq!(home.node_name.as_deref(), Some("mac-01"));
+    assert!(home.engine_pid.is_some());
+    assert!(!home.busy.busy, "{home:?}");
+
+    // Borrow through the CLI, the secret in a file.
+    let secret_file = temp_dir("secret").join("borrower-secret");
+    std::fs::write(&secret_file, format!("{BORROWER_SECRET}\n")).unwrap();
+    let out = ctl(
+        &agent,
+        &[
+            "borrow",
+            "--url",
+            &borrower.url(),
+            "--name",
+            "guest-mac",
+            "--secret-file",
+            secret_file.to_str().unwrap(),
+            "--lease",
+            "1h",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    borrower.wait_for(|log| accepted(log) == 1, LONG).await;
+    lender.wait_for(|log| closed(log) == 1, LONG).await;
+    assert!(!lender.is_online("mac-01") && borrower.is_online("guest-mac"));
+    let away = wait_status(&socket, "online at the borrower", |s| {
+        s.phase == Phase::Online && s.placement == Placement::Borrowed
+    })
+    .await;
+    assert_eq!(
+        away.controller_url.as_deref(),
+        Some(borrower.url().as_str())
+    );
+    assert_eq!(away.node_name.as_deref(), Some("guest-mac"));
+    assert_eq!(away.home_url.as_deref(), Some(lender.url().as_str()));
+    assert!(away
+        .lease_deadline_ms
+        .is_some_and(|d| d > away.since_ms + 3_500_000));
+    assert_ne!(away.engine_pid, home.engine_pid, "a fresh engine");
+    assert_eq!(
+        engines(&agent),
+        2,
+        "the borrower's own engine jar was fetched"
+    );
+    let state = agent.work_dir.join("remoting/state.json");
+    let state_text = std::fs::read_to_string(&state).unwrap();
+    assert!(state_text.contains(&borrower.url()));
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // A second borrow elsewhere is refused and names the borrower; the same one is fine.
+    let other = Target::Url {
+        url: "http://127.0.0.1:9/".into(),
+    };
+    let mut second = borrow_request(&borrower, None, None, When::Now);
+    second.target = other;
+    let refused = request(&socket, Request::Borrow(second)).await.unwrap_err();
+    assert!(refused.to_string().contains(&borrower.url()), "{refused}");
+    assert!(request(
+        &socket,
+        Request::Borrow(borrow_request(&borrower, None, None, When::Now))
+    )
+    .await
+    .is_ok());
+
+    let out = ctl(&agent, &["return"]).await;
+    assert!(out.status.success(), "{out:?}");
+    lender.wait_for(|log| accepted(log) == 2, LONG).await;
+    borrower.wait_for(|log| closed(log) == 1, LONG).await;
+    let back = wait_status(&socket, "home again", |s| {
+        s.phase == Phase::Online && s.placement == Placement::Home
+    })
+    .await;
+    assert_eq!(back.controller_url.as_deref(), Some(lender.url().as_str()));
+    assert!(back.lease_deadline_ms.is_none());
+    let out = ctl(&agent, &["status", "--json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["placement"], "home");
+    assert_eq!(json["phase"], "online");
+    assert!(!agent.log().contains(BORROWER_SECRET) && !agent.log().contains(LENDER_SECRET));
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}
+
+#[tokio::test]
+async fn lease_expiry_and_idle_return_bring_it_home() {
+    let lender = lender(Peer::Hold).await;
+    let borrower = borrower(Peer::Hold).await;
+    let agent = start_agent(&lender, &[]);
+    let socket = agent.socket();
+    wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
+    let mut events = control::client::connect(&socket)
+        .await
+        .unwrap()
+        .events()
+        .await
+        .unwrap();
+
+    request(
+        &socket,
+        Request::Borrow(borrow_request(
+            &borrower,
+            Some(Duration::from_secs(2)),
+            None,
+            When::Idle,
+        )),
+    )
+    .await
+    .unwrap();
+    borrower.wait_for(|log| accepted(log) == 1, LONG).await;
+    lender.wait_for(|log| accepted(log) == 2, LONG).await;
+    let reason = returned_home(&mut events).await;
+    assert_eq!(reason, ReturnReason::LeaseExpired);
+
+    request(
+        &socket,
+        Request::Borrow(borrow_request(
+            &borrower,
+            None,
+            Some(Duration::from_secs(1)),
+            When::Idle,
+        )),
+    )
+    .await
+    .unwrap();
+    borrower.wait_for(|log| accepted(log) == 2, LONG).await;
+    lender.wait_for(|log| accepted(log) == 3, LONG).await;
+    assert_eq!(returned_home(&mut events).await, ReturnReason::Idle);
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}
+
+async fn returned_home(events: &mut control::client::EventStream) -> ReturnReason {
+    loop {
+        let event = tokio::time::timeout(LONG, events.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let EventKind::ReturnedHome { reason } = event.kind {
+            return reason;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_vanished_borrower_sends_it_home() {
+    let lender = lender(Peer::Hold).await;
+    let borrower = borrower(Peer::Hold).await;
+    let agent = start_agent(&lender, &["--borrow-give-up", "1s"]);
+    let socket = agent.socket();
+    wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
+    request(
+        &socket,
+        Request::Borrow(borrow_request(&borrower, None, None, When::Now)),
+    )
+    .await
+    .unwrap();
+    borrower.wait_for(|log| accepted(log) == 1, LONG).await;
+    borrower.shutdown().await;
+    lender.wait_for(|log| accepted(log) == 2, LONG).await;
+    let s = wait_status(&socket, "home", |s| {
+        s.placement == Placement::Home && s.phase == Phase::Online
+    })
+    .await;
+    assert!(s.last_error.is_none(), "online clears the error: {s:?}");
+    lender.shutdown().await;
+}
+
+/// Sends one command whose payload makes the fake engine start `command`.
+async fn start_build(channel: &mut Channel, command: &str) {
+    let mut wire = BytesMut::new();
+    put_command(&mut wire, format!("fake-engine:spawn {command}").as_bytes());
+    let chunk = ChunkCodec.decode(&mut wire).unwrap().unwrap();
+    channel.framed.send(chunk).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_busy_agent_leaves_only_after_the_build_unless_now() {
+    let dir = temp_dir("builds");
+    let started = dir.join("build-started");
+    let marker = dir.join("build-done");
+    let build = format!(
+        "touch {}; sleep 2; touch {}",
+        started.display(),
+        marker.display()
+    );
+    let lender = lender(Peer::script(move |mut channel: Channel| {
+        let build = build.clone();
+        async move {
+            start_build(&mut channel, &build).await;
+            while let Some(Ok(_)) = channel.framed.next().await {}
+        }
+    }))
+    .await;
+    // The borrower starts a long build that `now` must cut, and writes its pid.
+    let pid_file = dir.join("long-build.pid");
+    let long = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+    let borrower = borrower(Peer::script(move |mut channel: Channel| {
+        let long = long.clone();
+        async move {
+            start_build(&mut channel, &long).await;
+            while let Some(Ok(_)) = channel.framed.next().await {}
+        }
+    }))
+    .await;
+    let agent = start_agent(&lender, &[]);
+    let socket = agent.socket();
+    common::eventually("the build started", LONG, || started.exists()).await;
+    wait_status(&socket, "the build runs", |s| {
+        s.busy.build_processes > 0 && s.busy.busy
+    })
+    .await;
+
+    request(
+        &socket,
+        Request::Borrow(borrow_request(&borrower, None, None, When::Idle)),
+    )
+    .await
+    .unwrap();
+    let waiting = status(&socket).await;
+    assert!(waiting.pending.is_some(), "{waiting:?}");
+    // While the build runs the agent stays at the lender.
+    while !marker.exists() {
+        assert!(
+            lender.is_online("mac-01"),
+            "left the lender in the middle of a build"
+        );
+        assert_eq!(accepted(&borrower.log()), 0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    borrower.wait_for(|log| accepted(log) == 1, LONG).await;
+
+    // At the borrower a long build starts; `return --now` does not wait for it,
+    // and it is gone before the agent is back at the lender.
+    let pid = common::read_pids(&pid_file, LONG).await[0];
+    assert!(alive(pid));
+    let lender_accepts = accepted(&lender.log());
+    request(&socket, Request::Return { when: When::Now })
+        .await
+        .unwrap();
+    lender
+        .wait_for(|log| accepted(log) == lender_accepts + 1, LONG)
+        .await;
+    assert!(!alive(pid), "the borrower's build survived the move");
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}
+
+#[tokio::test]
+async fn killed_while_borrowed_it_resumes_at_the_borrower() {
+    let lender = lender(Peer::Hold).await;
+    let borrower = borrower(Peer::Hold).await;
+    let work = temp_dir("work");
+    let agent = start_agent_in(work.clone(), &lender, &[]);
+    let socket = agent.socket();
+    wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
+    request(
+        &socket,
+        Request::Borrow(borrow_request(
+            &borrower,
+            Some(Duration::from_secs(3600)),
+            None,
+            When::Now,
+        )),
+    )
+    .await
+    .unwrap();
+    borrower.wait_for(|log| accepted(log) == 1, LONG).await;
+    agent.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(agent);
+    borrower.wait_for(|log| closed(log) == 1, LONG).await;
+
+    let restarted = start_agent_in(work, &lender, &[]);
+    borrower.wait_for(|log| accepted(log) == 2, LONG).await;
+    let s = wait_status(&restarted.socket(), "resumed", |s| s.phase == Phase::Online).await;
+    assert_eq!(s.placement, Placement::Borrowed);
+    assert_eq!(accepted(&lender.log()), 1, "it did not go home first");
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_control_requests_get_errors_and_change_nothing() {
+    let lender = lender(Peer::Hold).await;
+    let agent = start_agent(&lender, &[]);
+    let socket = agent.socket();
+    let before = wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    for line in [
+        "not json\n".to_owned(),
+        "{\"version\":1,\"command\":\"fly\"}\n".to_owned(),
+        "{\"version\":99,\"command\":\"status\"}\n".to_owned(),
+        "{\"version\":1,\"command\":\"borrow\",\"target\":{\"url\":\"http://x/\"},\"name\":\"n\"}\n".to_owned(),
+        format!("{{\"version\":1,\"command\":\"status\",\"pad\":\"{}\"}}\n", "x".repeat(100_000)),
+    ] {
+        let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let _ = write.write_all(line.as_bytes()).await;
+        let mut reply = String::new();
+        BufReader::new(read).read_line(&mut reply).await.unwrap();
+        assert!(reply.contains("\"error\""), "{line:.60}: {reply}");
+    }
+    let refused = request(&socket, Request::Return { when: When::Now })
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("home"), "{refused}");
+    let after = status(&socket).await;
+    assert_eq!(
+        (after.placement, after.phase, after.pending.is_none()),
+        (before.placement, before.phase, true)
+    );
+    assert_eq!(accepted(&lender.log()), 1);
+    let _ = Arc::new(());
+    lender.shutdown().await;
+}

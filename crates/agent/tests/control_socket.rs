@@ -1,0 +1,295 @@
+//! The control socket of the built agent, driven by the built `jnlp-agent
+//! ctl`: who may connect (another uid is kept out by the file mode and, when
+//! the mode is too wide, by the peer check), the socket's life cycle, and
+//! ctl's exit codes. The agent points at a controller that is not there, so
+//! it stays home, backing off, for the whole test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{eventually, AgentProcess};
+use nix::sys::signal::Signal;
+
+const LONG: Duration = Duration::from_secs(30);
+/// `nobody` on Debian and most distributions.
+const NOBODY: u32 = 65534;
+
+/// A fresh directory under /tmp that other users can traverse (mode 0755),
+/// so that a client running as `nobody` can reach the socket inside.
+fn socket_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(format!("/tmp/ctl-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::DirBuilder::new().mode(0o755).create(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// An agent that keeps trying an unreachable controller, with its control
+/// socket at `socket`.
+async fn agent_at(socket: &Path) -> AgentProcess {
+    let agent = AgentProcess::start(
+        &[
+            "-url",
+            "http://127.0.0.1:1/",
+            "-name",
+            "mac-01",
+            "-secret",
+            "not-used",
+            "--control-socket",
+            socket.to_str().unwrap(),
+        ],
+        &[],
+    );
+    eventually("the control socket appears", LONG, || socket.exists()).await;
+    agent
+}
+
+/// Runs `jnlp-agent ctl ARGS` (as `uid` when given).
+fn ctl(args: &[&str], uid: Option<u32>, envs: &[(&str, &str)]) -> Output {
+    use std::os::unix::process::CommandExt as _;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_jnlp-agent"));
+    command
+        .arg("ctl")
+        .args(args)
+        .env_remove(control::SOCKET_ENV)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null());
+    if let Some(uid) = uid {
+        command.uid(uid).gid(uid);
+    }
+    command.output().expect("jnlp-agent ctl runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test]
+async fn ctl_talks_to_a_running_agent_and_the_socket_goes_with_it() {
+    let dir = socket_dir("life");
+    let socket = dir.join("control.sock");
+    let s = socket.to_str().unwrap();
+    let mut agent = agent_at(&socket).await;
+
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let out = ctl(&["--socket", s, "status"], None, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("placement   home, "), "{}", text(&out));
+
+    // The socket from the environment, as jobs on the agent get it.
+    let out = ctl(&["status", "--json"], None, &[(control::SOCKET_ENV, s)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("{\"placement\":\"home\",") && stdout.ends_with("}\n"),
+        "{}",
+        text(&out)
+    );
+
+    // A bad order is refused by the agent, not by ctl: exit 1 with the reason.
+    let out = ctl(
+        &[
+            "--socket",
+            s,
+            "borrow",
+            "--url",
+            "https://b.example/",
+            "--name",
+            "mac-01",
+            "--secret-file",
+            "/nonexistent/secret",
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/secret"),
+        "{}",
+        text(&out)
+    );
+
+    // events: the first line is the current status.
+    let mut events = std::process::Command::new(env!("CARGO_BIN_EXE_jnlp-agent"))
+        .args(["ctl", "--socket", s, "events"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = events.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    });
+    let first = tokio::time::timeout(LONG, first).await.unwrap().unwrap();
+    assert!(
+        first.starts_with("{\"at_ms\":") && first.contains("\"kind\":\"subscribed\""),
+        "{first}"
+    );
+
+    // A second agent on the same socket refuses to start.
+    let mut second = AgentProcess::start(
+        &[
+            "-url",
+            "http://127.0.0.1:1/",
+            "-name",
+            "mac-02",
+            "-secret",
+            "x",
+            "--control-socket",
+            s,
+        ],
+        &[],
+    );
+    let status = second.wait_exit(LONG).await;
+    assert!(!status.success());
+    assert!(
+        second
+            .log()
+            .contains("another agent is already listening on"),
+        "{}",
+        second.log()
+    );
+
+    // Stopping the agent ends the event stream and removes the socket.
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(LONG).await;
+    assert!(status.success(), "{status:?}; log:\n{}", agent.log());
+    assert!(!socket.exists(), "the socket outlived the agent");
+    let events_status = tokio::task::spawn_blocking(move || events.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(events_status.code(), Some(0));
+
+    let out = ctl(&["--socket", s, "status"], None, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ctl_usage_errors_exit_2() {
+    for args in [
+        &["status"][..], // no socket anywhere
+        &["--socket", "/x", "fly"],
+        &[
+            "--socket",
+            "/x",
+            "borrow",
+            "--url",
+            "https://b/",
+            "--name",
+            "n",
+        ],
+    ] {
+        let out = ctl(args, None, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+    }
+    let out = ctl(&["--help"], None, &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Exit status:"));
+    let out = ctl(
+        &["--socket", "/nonexistent/control.sock", "status"],
+        None,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn another_user_is_kept_out() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run ctl as another user");
+        return;
+    }
+    let dir = socket_dir("peer");
+    let socket = dir.join("control.sock");
+    let s = socket.to_str().unwrap();
+    let mut agent = agent_at(&socket).await;
+
+    // Mode 0600: nobody cannot even connect.
+    let out = ctl(&["--socket", s, "status"], Some(NOBODY), &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ermission denied"),
+        "{}",
+        text(&out)
+    );
+
+    // Were the mode too wide, the peer check still says no.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = ctl(&["--socket", s, "status"], Some(NOBODY), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("permission denied: uid 65534 is not allowed to control this agent"),
+        "{}",
+        text(&out)
+    );
+    agent.wait_log("peer not allowed", 1, LONG).await;
+
+    // root may.
+    let out = ctl(&["--socket", s, "status"], None, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    agent.signal(Signal::SIGTERM);
+    agent.wait_exit(LONG).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_control_group_lets_its_members_in() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run ctl as another user");
+        return;
+    }
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(NOBODY))
+        .unwrap()
+        .expect("nobody's group");
+    let dir = socket_dir("group");
+    let socket = dir.join("control.sock");
+    let s = socket.to_str().unwrap();
+    let mut agent = AgentProcess::start(
+        &[
+            "-url",
+            "http://127.0.0.1:1/",
+            "-name",
+            "mac-01",
+            "-secret",
+            "x",
+            "--control-socket",
+            s,
+            "--control-group",
+            &group.name,
+        ],
+        &[],
+    );
+    eventually("the control socket appears", LONG, || socket.exists()).await;
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), NOBODY);
+
+    let out = ctl(&["--socket", s, "status", "--json"], Some(NOBODY), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    agent.signal(Signal::SIGTERM);
+    agent.wait_exit(LONG).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
