@@ -11,6 +11,16 @@ use crate::command::class_name;
 /// to 248 bytes (remoting's are under 60).
 const PEEK: usize = 256;
 
+/// For the classes in [`WHOLE_HEAD`], the whole first chunk is kept (at most
+/// what a sender puts in one chunk), so that the caller can look inside: a
+/// `UserRequest` names its callable (a ping, say) well past its start.
+pub const HEAD_MAX: usize = crate::chunk::SEND_CHUNK_PAYLOAD;
+
+/// Commands whose whole first chunk is captured. Rare on the hot path: bulk
+/// data travels as `ProxyOutputStream$Chunk` commands, which keep only
+/// [`PEEK`] bytes.
+const WHOLE_HEAD: &[&str] = &["hudson.remoting.UserRequest"];
+
 /// Follows chunk boundaries across arbitrary read sizes.
 #[derive(Debug, Clone)]
 pub struct ChunkScanner {
@@ -25,8 +35,11 @@ pub struct ChunkScanner {
     /// Whether the current chunk is the first of its command.
     in_first_chunk: bool,
     /// Start of the current command's first chunk payload.
-    peek: [u8; PEEK],
+    peek: Box<[u8; HEAD_MAX]>,
     peek_len: usize,
+    /// How much of it to keep: [`PEEK`], or [`HEAD_MAX`] once the class is
+    /// known to be one of [`WHOLE_HEAD`].
+    peek_limit: usize,
     /// Whether the current command's start was reported already.
     reported: bool,
     /// Totals.
@@ -52,8 +65,9 @@ impl Default for ChunkScanner {
             current_last: true,
             next_starts_command: true,
             in_first_chunk: false,
-            peek: [0; PEEK],
+            peek: Box::new([0; HEAD_MAX]),
             peek_len: 0,
+            peek_limit: PEEK,
             reported: true,
             stats: ScanStats::default(),
         }
@@ -76,23 +90,22 @@ impl ChunkScanner {
         self.remaining == 0 && self.half_header.is_none() && self.next_starts_command
     }
 
-    /// Looks at the next piece of the stream; `on_command` gets the class
-    /// name (if readable) of every command that starts in it, once.
-    pub fn feed(&mut self, mut data: &[u8], mut on_command: impl FnMut(Option<&str>)) {
+    /// Looks at the next piece of the stream; `on_command` gets, once for
+    /// every command that starts, its class name (if readable) and the start
+    /// of its first chunk (see [`HEAD_MAX`]).
+    pub fn feed(&mut self, mut data: &[u8], mut on_command: impl FnMut(Option<&str>, &[u8])) {
         self.stats.bytes += data.len() as u64;
         while !data.is_empty() {
             if self.remaining > 0 {
                 let take = self.remaining.min(data.len());
                 if self.in_first_chunk && !self.reported {
-                    let room = (PEEK - self.peek_len).min(take);
-                    self.peek[self.peek_len..self.peek_len + room].copy_from_slice(&data[..room]);
-                    self.peek_len += room;
+                    self.capture(&data[..take]);
                 }
                 self.remaining -= take;
                 data = &data[take..];
                 if self.remaining == 0 {
                     self.end_chunk(&mut on_command);
-                } else if self.peek_len == PEEK {
+                } else if self.peek_len == self.peek_limit {
                     self.report(&mut on_command);
                 }
                 continue;
@@ -113,11 +126,34 @@ impl ChunkScanner {
         }
     }
 
-    fn start_chunk(&mut self, header: ChunkHeader, on_command: &mut impl FnMut(Option<&str>)) {
+    /// Keeps the start of a first chunk, widening to the whole chunk once the
+    /// class turns out to be one of [`WHOLE_HEAD`].
+    fn capture(&mut self, mut bytes: &[u8]) {
+        loop {
+            let room = (self.peek_limit - self.peek_len).min(bytes.len());
+            self.peek[self.peek_len..self.peek_len + room].copy_from_slice(&bytes[..room]);
+            self.peek_len += room;
+            bytes = &bytes[room..];
+            let widen = self.peek_limit == PEEK
+                && self.peek_len == PEEK
+                && class_name(&self.peek[..PEEK]).is_some_and(|c| WHOLE_HEAD.contains(&c));
+            if !widen {
+                return;
+            }
+            self.peek_limit = HEAD_MAX;
+        }
+    }
+
+    fn start_chunk(
+        &mut self,
+        header: ChunkHeader,
+        on_command: &mut impl FnMut(Option<&str>, &[u8]),
+    ) {
         self.stats.chunks += 1;
         self.in_first_chunk = self.next_starts_command;
         if self.in_first_chunk {
             self.peek_len = 0;
+            self.peek_limit = PEEK;
             self.reported = false;
         }
         self.current_last = header.last;
@@ -128,7 +164,7 @@ impl ChunkScanner {
         }
     }
 
-    fn end_chunk(&mut self, on_command: &mut impl FnMut(Option<&str>)) {
+    fn end_chunk(&mut self, on_command: &mut impl FnMut(Option<&str>, &[u8])) {
         if self.in_first_chunk {
             self.report(on_command);
         }
@@ -138,10 +174,11 @@ impl ChunkScanner {
         self.in_first_chunk = false;
     }
 
-    fn report(&mut self, on_command: &mut impl FnMut(Option<&str>)) {
+    fn report(&mut self, on_command: &mut impl FnMut(Option<&str>, &[u8])) {
         if !self.reported {
             self.reported = true;
-            on_command(class_name(&self.peek[..self.peek_len]));
+            let head = &self.peek[..self.peek_len];
+            on_command(class_name(head), head);
         }
     }
 }
@@ -171,7 +208,7 @@ mod tests {
             let mut scanner = ChunkScanner::new();
             let mut seen = Vec::new();
             for part in wire.chunks(piece) {
-                scanner.feed(part, |c| seen.push(c.map(str::to_owned)));
+                scanner.feed(part, |c, _| seen.push(c.map(str::to_owned)));
             }
             assert_eq!(
                 seen,
@@ -192,18 +229,50 @@ mod tests {
     }
 
     #[test]
+    fn user_requests_keep_their_whole_first_chunk() {
+        let mut request = command("hudson.remoting.UserRequest", 6000);
+        request[5000..5015].copy_from_slice(b"PingThread$Ping");
+        let mut wire = BytesMut::new();
+        put_command(&mut wire, &request);
+        put_command(
+            &mut wire,
+            &command("hudson.remoting.ProxyOutputStream$Chunk", 6000),
+        );
+        for piece in [1, 300, 4096, wire.len()] {
+            let mut heads = Vec::new();
+            let mut scanner = ChunkScanner::new();
+            for part in wire.chunks(piece) {
+                scanner.feed(part, |c, head| {
+                    heads.push((c.map(str::to_owned), head.len()))
+                });
+            }
+            assert_eq!(
+                heads,
+                [
+                    (Some("hudson.remoting.UserRequest".to_owned()), 6000),
+                    (
+                        Some("hudson.remoting.ProxyOutputStream$Chunk".to_owned()),
+                        PEEK
+                    )
+                ],
+                "piece size {piece}"
+            );
+        }
+    }
+
+    #[test]
     fn knows_when_a_command_is_half_sent() {
         let mut wire = BytesMut::new();
         put_command(&mut wire, &command("x.Y", 9000));
         let mut scanner = ChunkScanner::new();
-        scanner.feed(&wire[..1], |_| {});
+        scanner.feed(&wire[..1], |_, _| {});
         assert!(!scanner.at_command_boundary());
-        scanner.feed(&wire[1..8194], |_| {});
+        scanner.feed(&wire[1..8194], |_, _| {});
         assert!(
             !scanner.at_command_boundary(),
             "first chunk done, more follow"
         );
-        scanner.feed(&wire[8194..], |_| {});
+        scanner.feed(&wire[8194..], |_, _| {});
         assert!(scanner.at_command_boundary());
     }
 }

@@ -167,7 +167,7 @@ proptest! {
         let mut scanner = ChunkScanner::new();
         let mut total = 0;
         for p in &pieces {
-            scanner.feed(p, |_| {});
+            scanner.feed(p, |_, _| {});
             total += p.len() as u64;
         }
         prop_assert_eq!(scanner.stats().bytes, total);
@@ -199,7 +199,7 @@ proptest! {
         for cut in cuts.iter().cycle() {
             if rest.is_empty() { break; }
             let (now, later) = rest.split_at((*cut).min(rest.len()));
-            scanner.feed(now, |c| seen.push(c.map(str::to_owned)));
+            scanner.feed(now, |c, _| seen.push(c.map(str::to_owned)));
             rest = later;
         }
         prop_assert_eq!(seen, decoded);

@@ -1,0 +1,726 @@
+//! The `jnlp-agent` control socket: its wire protocol, its types and an async
+//! client. This page is the protocol's specification; lender tooling that
+//! does not use Rust needs nothing else.
+//!
+//! # Transport
+//!
+//! - A Unix stream socket. The agent listens on `--control-socket PATH`
+//!   (default `<workDir>/<internalDir>/control.sock`); jobs running on the
+//!   agent find it in `JNLP_AGENT_CONTROL_SOCKET` ([`SOCKET_ENV`]).
+//! - Only the agent's own user, root, and (with `--control-group GROUP`)
+//!   members of that group may connect: the socket's mode is 0600 (0660 with
+//!   the group) and the agent checks every peer's credentials
+//!   (`SO_PEERCRED`). A refused peer gets one `error` line and is closed.
+//! - UTF-8, one JSON object per line (`\n`, an optional `\r` before it is
+//!   ignored), each way. A line is at most [`MAX_LINE`] bytes (64 KiB) without
+//!   its newline; a longer request gets an `error` reply and the connection
+//!   is closed.
+//! - A connection carries any number of request/reply pairs, in order,
+//!   until the client closes it, except `events`, after which the
+//!   connection only streams events.
+//!
+//! # Requests
+//!
+//! Every request is an object with `"version": 1` ([`PROTOCOL_VERSION`]) and
+//! a `"command"`; a request with another version is refused with an error
+//! naming the version this agent speaks. Unknown fields are refused, so
+//! that a misspelt option is never silently ignored.
+//!
+//! | `command` | fields | effect |
+//! |---|---|---|
+//! | `status` | | reply: `status` |
+//! | `borrow` | `target`, `name`, `secret` or `secret_file`, optional `lease`, `idle_return`, `when` | lend the agent to another controller; reply: `accepted` |
+//! | `return` | optional `when` | bring the agent home; reply: `accepted` |
+//! | `events` | | stream `event` replies until the connection is closed |
+//!
+//! `borrow` fields ([`BorrowRequest`]):
+//!
+//! - `target` ([`Target`]): where to connect, one of
+//!   - `{"url": "https://b.example/"}`: the borrowing controller's URL, as
+//!     `-url` (discovery through `tcpSlaveAgentListener/`);
+//!   - `{"jnlp_url": "https://b.example/computer/mac-01/jenkins-agent.jnlp"}`:
+//!     a JNLP file, as `-jnlpUrl`;
+//!   - `{"direct": "b.example:50000", "instance_identity": "MIIB…",
+//!     "engine_jar": "/opt/remoting.jar"}`: the agent port and the
+//!     controller's identity key, as `-direct` + `-instanceIdentity`; the
+//!     engine jar is a local file since there is no web port to fetch it from.
+//! - `name`: the node's name on the borrowing controller.
+//! - exactly one of `secret` (the node's secret) and `secret_file` (an
+//!   absolute path the *agent* reads: at most 64 KiB, surrounding whitespace
+//!   trimmed; a peer that is not the agent's user or root may only name a
+//!   file it owns itself).
+//! - `lease`: the longest time to stay, e.g. `"2h"`; then the agent returns
+//!   home (after draining, like any return).
+//! - `idle_return`: return home after being idle this long, e.g. `"30m"`.
+//!   Durations use humantime syntax: `"90s"`, `"1h 30m"`, `"2days"`.
+//! - `when` ([`When`]): `"idle"` (the default) waits until the agent is not
+//!   busy (see [`Busy`]); `"now"` leaves at once, ending running builds.
+//!
+//! Examples, one per line as sent (`→`) and received (`←`); the tests check
+//! that every example line in this page parses and prints back exactly:
+//!
+//! ```text
+//! → {"version":1,"command":"status"}
+//! → {"version":1,"command":"borrow","target":{"url":"https://b.example/"},"name":"mac-01","secret_file":"/run/secrets/mac-01","lease":"2h","idle_return":"30m","when":"idle"}
+//! → {"version":1,"command":"borrow","target":{"jnlp_url":"https://b.example/computer/mac-01/jenkins-agent.jnlp"},"name":"mac-01","secret":"0f1e2d","when":"now"}
+//! → {"version":1,"command":"borrow","target":{"direct":"b.example:50000","instance_identity":"MIIBIjANBgkq","engine_jar":"/opt/remoting.jar"},"name":"mac-01","secret":"0f1e2d","when":"idle"}
+//! → {"version":1,"command":"return","when":"idle"}
+//! → {"version":1,"command":"events"}
+//! ```
+//!
+//! # Replies
+//!
+//! Each request gets exactly one reply line, [`Reply`]: `{"ok": RESPONSE}`
+//! or `{"error": "MESSAGE"}`. An error reply changes nothing on the agent;
+//! the connection stays usable unless the line was too long. RESPONSE
+//! ([`Response`]) is one of
+//!
+//! - `{"status": STATUS}` (for `status`), see [`Status`];
+//! - `{"accepted": {"message": "..."}}` (for `borrow` and `return`): the
+//!   agent took the order; it says whether it acts now or when idle, and
+//!   the outcome shows in `status` and in events;
+//! - `{"event": EVENT}` (on an `events` connection), see [`Event`].
+//!
+//! ```text
+//! ← {"ok":{"accepted":{"message":"accepted; will leave when idle"}}}
+//! ← {"error":"unsupported protocol version 2; this agent speaks version 1"}
+//! ← {"ok":{"status":{"placement":"borrowed","phase":"online","controller_url":"https://b.example/","node_name":"mac-01","since_ms":1700000000000,"lease_deadline_ms":1700007200000,"idle_deadline_ms":null,"pending":null,"busy":{"requests_in_flight":2,"build_processes":1,"last_activity_ms":1700000500000,"busy":true},"engine_pid":4242,"remoting_version":"3283.v92c105e0f819","bytes_to_controller":1024,"bytes_from_controller":2048,"last_error":null,"home_url":"https://a.example/"}}}
+//! ← {"ok":{"event":{"at_ms":1700000600000,"kind":"returned_home","reason":"lease_expired","status":{"placement":"home","phase":"connecting","controller_url":"https://a.example/","node_name":"mac-01","since_ms":1700000600000,"lease_deadline_ms":null,"idle_deadline_ms":null,"pending":null,"busy":{"requests_in_flight":0,"build_processes":0,"last_activity_ms":null,"busy":false},"engine_pid":null,"remoting_version":null,"bytes_to_controller":0,"bytes_from_controller":0,"last_error":null,"home_url":"https://a.example/"}}}}
+//! ```
+//!
+//! Times are Unix milliseconds (`*_ms`). Within version 1 replies may gain
+//! fields: clients must ignore fields they do not know.
+//!
+//! # Events
+//!
+//! After `events`, the agent first sends a `subscribed` event carrying the
+//! current status, so a watcher starts from a known state without a race,
+//! then one `event` reply per change ([`EventKind`]) until the client closes
+//! the connection or the agent stops. A client that reads too slowly to keep
+//! up gets an `error` line and is closed; it may reconnect.
+//!
+//! # Layout
+//!
+//! - this module: the request and reply types, [`parse_request`],
+//!   [`request_line`], [`parse_reply`], [`reply_line`];
+//! - [`frame`]: bounded line reading and JSON line writing, shared by the
+//!   agent's server and the client;
+//! - [`client`]: an async client ([`client::connect`]), used by
+//!   `jnlp-agent ctl`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub mod client;
+pub mod frame;
+
+/// The protocol version this crate speaks; every request carries it.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The longest line either side accepts, in bytes, without its newline.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// The environment variable that names the control socket for jobs and
+/// tools running on the agent.
+pub const SOCKET_ENV: &str = "JNLP_AGENT_CONTROL_SOCKET";
+
+/// The longest secret file the agent reads, in bytes.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// A request, as sent on the wire inside an [`Envelope`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Where the agent is and what it is doing.
+    Status,
+    /// Lend the agent to another controller.
+    Borrow(BorrowRequest),
+    /// Bring the agent home.
+    Return {
+        /// Wait until idle (default) or go now.
+        #[serde(default)]
+        when: When,
+    },
+    /// Stream events until the connection is closed.
+    Events,
+}
+
+/// A request with the protocol version beside it: what a client writes.
+///
+/// Serializes as `{"version":1,"command":...,...}`. The server does not
+/// deserialize this type but reads lines with [`parse_request`], which checks
+/// the version first so that a request from a newer client gets a clear error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Envelope {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The request.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+impl Envelope {
+    /// `request` with this crate's protocol version.
+    pub fn new(request: Request) -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+            request,
+        }
+    }
+}
+
+/// `borrow`: lend the agent to another controller.
+///
+/// `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BorrowRequest {
+    /// Where to connect.
+    pub target: Target,
+    /// The node's name on the borrowing controller.
+    pub name: String,
+    /// The node's secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// An absolute path to a file holding the secret, read by the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// The longest time to stay before returning home.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lease: Option<Duration>,
+    /// Return home after being idle this long.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_return: Option<Duration>,
+    /// Wait until idle before leaving home (default), or leave now.
+    #[serde(default)]
+    pub when: When,
+}
+
+impl fmt::Debug for BorrowRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BorrowRequest")
+            .field("target", &self.target)
+            .field("name", &self.name)
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field("secret_file", &self.secret_file)
+            .field("lease", &self.lease)
+            .field("idle_return", &self.idle_return)
+            .field("when", &self.when)
+            .finish()
+    }
+}
+
+impl BorrowRequest {
+    /// Checks what the types cannot: exactly one of `secret` and
+    /// `secret_file`, absolute paths, non-zero durations, a usable target.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("borrow: `name` must not be empty".into());
+        }
+        match (&self.secret, &self.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err("borrow: give either `secret` or `secret_file`, not both".into())
+            }
+            (None, None) => return Err("borrow: `secret` or `secret_file` is required".into()),
+            (Some(secret), None) if secret.is_empty() => {
+                return Err("borrow: `secret` must not be empty".into())
+            }
+            (None, Some(file)) if !file.is_absolute() => {
+                return Err(format!(
+                    "borrow: `secret_file` must be an absolute path, not {}",
+                    file.display()
+                ))
+            }
+            _ => {}
+        }
+        for (field, value) in [("lease", self.lease), ("idle_return", self.idle_return)] {
+            if value == Some(Duration::ZERO) {
+                return Err(format!("borrow: `{field}` must be longer than zero"));
+            }
+        }
+        self.target.validate()
+    }
+}
+
+/// Where a borrowed agent connects.
+///
+/// On the wire, an object with exactly one of `url`, `jnlp_url` or `direct`
+/// (the last with `instance_identity` and `engine_jar`), see the crate docs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "TargetRepr", into = "TargetRepr")]
+pub enum Target {
+    /// The controller's URL; the agent port is discovered from it.
+    Url {
+        /// e.g. `https://b.example/`.
+        url: String,
+    },
+    /// A JNLP file's URL.
+    JnlpUrl {
+        /// e.g. `https://b.example/computer/mac-01/jenkins-agent.jnlp`.
+        url: String,
+    },
+    /// The agent port itself, with the controller's pinned identity.
+    Direct {
+        /// `HOST:PORT` (an IPv6 host in brackets or bare).
+        address: String,
+        /// The controller's instance identity (base64 public key).
+        instance_identity: String,
+        /// An absolute path to the remoting.jar to run as the engine.
+        engine_jar: PathBuf,
+    },
+}
+
+impl Target {
+    /// Checks URLs, `HOST:PORT` and paths.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Target::Url { url } => check_url("url", url),
+            Target::JnlpUrl { url } => check_url("jnlp_url", url),
+            Target::Direct {
+                address,
+                instance_identity,
+                engine_jar,
+            } => {
+                let port_ok = address
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !port_ok {
+                    return Err(format!(
+                        "target: `direct` must be HOST:PORT, not {address:?}"
+                    ));
+                }
+                if instance_identity.trim().is_empty() {
+                    return Err("target: `instance_identity` must not be empty".into());
+                }
+                if !engine_jar.is_absolute() {
+                    return Err(format!(
+                        "target: `engine_jar` must be an absolute path, not {}",
+                        engine_jar.display()
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A short description for messages and logs: the URL or address.
+    pub fn describe(&self) -> &str {
+        match self {
+            Target::Url { url } | Target::JnlpUrl { url } => url,
+            Target::Direct { address, .. } => address,
+        }
+    }
+}
+
+fn check_url(field: &str, url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(rest) if !rest.is_empty() && !url.contains(char::is_whitespace) => Ok(()),
+        _ => Err(format!(
+            "target: `{field}` must be an http(s) URL, not {url:?}"
+        )),
+    }
+}
+
+/// [`Target`]'s wire form: flat optional fields, checked on conversion so a
+/// wrong combination gets a message saying which fields go together.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetRepr {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jnlp_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    direct: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance_identity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    engine_jar: Option<PathBuf>,
+}
+
+impl TryFrom<TargetRepr> for Target {
+    type Error = String;
+
+    fn try_from(repr: TargetRepr) -> Result<Self, String> {
+        let direct_only = repr.instance_identity.is_some() || repr.engine_jar.is_some();
+        match (repr.url, repr.jnlp_url, repr.direct) {
+            (Some(url), None, None) if !direct_only => Ok(Target::Url { url }),
+            (None, Some(url), None) if !direct_only => Ok(Target::JnlpUrl { url }),
+            (None, None, Some(address)) => match (repr.instance_identity, repr.engine_jar) {
+                (Some(instance_identity), Some(engine_jar)) => Ok(Target::Direct {
+                    address,
+                    instance_identity,
+                    engine_jar,
+                }),
+                _ => Err("target: `direct` needs `instance_identity` and `engine_jar`".into()),
+            },
+            (None, None, None) => {
+                Err("target: one of `url`, `jnlp_url` or `direct` is required".into())
+            }
+            (Some(_), None, None) | (None, Some(_), None) => {
+                Err("target: `instance_identity` and `engine_jar` go only with `direct`".into())
+            }
+            _ => Err("target: give only one of `url`, `jnlp_url` and `direct`".into()),
+        }
+    }
+}
+
+impl From<Target> for TargetRepr {
+    fn from(target: Target) -> Self {
+        match target {
+            Target::Url { url } => TargetRepr {
+                url: Some(url),
+                ..TargetRepr::default()
+            },
+            Target::JnlpUrl { url } => TargetRepr {
+                jnlp_url: Some(url),
+                ..TargetRepr::default()
+            },
+            Target::Direct {
+                address,
+                instance_identity,
+                engine_jar,
+            } => TargetRepr {
+                direct: Some(address),
+                instance_identity: Some(instance_identity),
+                engine_jar: Some(engine_jar),
+                ..TargetRepr::default()
+            },
+        }
+    }
+}
+
+/// When to leave the current controller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum When {
+    /// Once the agent is not busy (no requests in flight, no build
+    /// processes, no recent activity).
+    #[default]
+    Idle,
+    /// At once: running builds are ended.
+    Now,
+}
+
+impl Request {
+    /// Checks a request's fields beyond their types (see
+    /// [`BorrowRequest::validate`]).
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Request::Borrow(borrow) => borrow.validate(),
+            Request::Status | Request::Return { .. } | Request::Events => Ok(()),
+        }
+    }
+}
+
+/// Why a request line was refused; its `Display` is the error reply's text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The line is not a JSON object.
+    #[error("not a JSON object: {0}")]
+    NotJson(String),
+    /// The object has no `version`.
+    #[error("missing \"version\"; this agent speaks version {PROTOCOL_VERSION}")]
+    MissingVersion,
+    /// The object has a `version` this agent does not speak.
+    #[error("unsupported protocol version {0}; this agent speaks version {PROTOCOL_VERSION}")]
+    UnsupportedVersion(String),
+    /// Unknown command, unknown or missing field, wrong type.
+    #[error("bad request: {0}")]
+    Malformed(String),
+    /// Well-formed but not acceptable (see [`Request::validate`]).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Reads one request line (without its newline): version first, then the
+/// request, then [`Request::validate`].
+pub fn parse_request(line: &str) -> Result<Request, RequestError> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|err| RequestError::NotJson(err.to_string()))?;
+    let serde_json::Value::Object(mut object) = value else {
+        return Err(RequestError::NotJson(format!(
+            "found {}",
+            json_kind(&value)
+        )));
+    };
+    match object.remove("version") {
+        None => return Err(RequestError::MissingVersion),
+        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => {}
+        Some(other) => return Err(RequestError::UnsupportedVersion(other.to_string())),
+    }
+    let value = serde_json::Value::Object(object);
+    let request =
+        Request::deserialize(&value).map_err(|err| RequestError::Malformed(err.to_string()))?;
+    // serde ignores extra fields beside a unit variant's tag; refuse them
+    // like every other unknown field.
+    if matches!(request, Request::Status | Request::Events) {
+        let mut fields = value.as_object().into_iter().flat_map(|o| o.keys());
+        if let Some(field) = fields.find(|key| *key != "command") {
+            return Err(RequestError::Malformed(format!(
+                "unknown field `{field}`, the command takes no fields"
+            )));
+        }
+    }
+    request.validate().map_err(RequestError::Invalid)?;
+    Ok(request)
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// The line a client sends for `request` (without the newline).
+pub fn request_line(request: &Request) -> String {
+    to_json(&Envelope::new(request.clone()))
+}
+
+/// The reply to a request: `{"ok": RESPONSE}` or `{"error": "MESSAGE"}`.
+// A reply lives for one line; boxing the large variant would only make
+// matching on it clumsier.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    /// The request was carried out (or, for `borrow`/`return`, accepted).
+    Ok(Response),
+    /// The request was refused; nothing changed.
+    Error(String),
+}
+
+impl Reply {
+    /// An error reply.
+    pub fn error(message: impl Into<String>) -> Self {
+        Reply::Error(message.into())
+    }
+
+    /// As a `Result`, the shape niri-ipc uses.
+    pub fn into_result(self) -> Result<Response, String> {
+        match self {
+            Reply::Ok(response) => Ok(response),
+            Reply::Error(message) => Err(message),
+        }
+    }
+}
+
+impl From<Result<Response, String>> for Reply {
+    fn from(result: Result<Response, String>) -> Self {
+        match result {
+            Ok(response) => Reply::Ok(response),
+            Err(message) => Reply::Error(message),
+        }
+    }
+}
+
+/// Reads one reply line (without its newline).
+pub fn parse_reply(line: &str) -> Result<Reply, serde_json::Error> {
+    serde_json::from_str(line)
+}
+
+/// The line the agent sends for `reply` (without the newline).
+pub fn reply_line(reply: &Reply) -> String {
+    to_json(reply)
+}
+
+/// A successful reply's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// For `status`.
+    Status(Status),
+    /// For `borrow` and `return`: the order was taken.
+    Accepted {
+        /// What will happen, e.g. "accepted; will leave when idle".
+        message: String,
+    },
+    /// On an `events` connection.
+    Event(Event),
+}
+
+/// Which controller the agent serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// Its home (lender) controller.
+    #[default]
+    Home,
+    /// A borrowing controller.
+    Borrowed,
+}
+
+/// What the connection to the current controller is doing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Discovering, starting the engine, handshaking.
+    #[default]
+    Connecting,
+    /// The channel is up.
+    Online,
+    /// Waiting for the agent to become idle before leaving.
+    Draining,
+    /// Waiting before the next connection attempt.
+    BackingOff,
+}
+
+/// The agent's state, as `status` replies and every event carry it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Home or borrowed.
+    pub placement: Placement,
+    /// The connection's phase.
+    pub phase: Phase,
+    /// The controller the agent serves or is connecting to (the address for
+    /// a direct target).
+    pub controller_url: Option<String>,
+    /// The node's name there.
+    pub node_name: Option<String>,
+    /// When this placement and phase began (Unix ms).
+    pub since_ms: u64,
+    /// When a borrowed agent's lease ends (Unix ms).
+    pub lease_deadline_ms: Option<u64>,
+    /// When a borrowed agent returns home if it stays idle (Unix ms).
+    pub idle_deadline_ms: Option<u64>,
+    /// A borrow or return accepted but waiting for the agent to be idle.
+    pub pending: Option<Pending>,
+    /// What keeps the agent from leaving.
+    pub busy: Busy,
+    /// The engine (remoting.jar) process.
+    pub engine_pid: Option<u32>,
+    /// The engine's remoting version.
+    pub remoting_version: Option<String>,
+    /// Bytes sent to the current controller on this connection.
+    pub bytes_to_controller: u64,
+    /// Bytes received from the current controller on this connection.
+    pub bytes_from_controller: u64,
+    /// The last connection failure, until the next success.
+    pub last_error: Option<String>,
+    /// The home controller (the address for a direct target).
+    pub home_url: Option<String>,
+}
+
+/// An accepted order that waits for the agent to be idle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// Borrow or return.
+    pub action: PendingAction,
+    /// Where the agent will go: the borrower's URL or address, or home's.
+    pub controller_url: Option<String>,
+    /// When the order was accepted (Unix ms).
+    pub since_ms: u64,
+}
+
+/// What a [`Pending`] order will do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PendingAction {
+    /// Go to a borrowing controller.
+    Borrow,
+    /// Go home.
+    Return,
+}
+
+/// The busy signals (see the design's "What busy means").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Busy {
+    /// Commands from the controller not answered yet.
+    pub requests_in_flight: u64,
+    /// Processes still running below the engine (builds).
+    pub build_processes: u64,
+    /// The last non-ping traffic on the channel (Unix ms).
+    pub last_activity_ms: Option<u64>,
+    /// The agent's verdict from the three signals above.
+    pub busy: bool,
+}
+
+/// Something that happened, with the status right after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// What; flattened into the event object as `"kind"` and its fields.
+    #[serde(flatten)]
+    pub kind: EventKind,
+    /// The status after it.
+    pub status: Status,
+}
+
+/// What an [`Event`] reports: `{"kind": "...", ...fields}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The first event on every `events` connection: the current status.
+    Subscribed,
+    /// The placement or phase changed.
+    StateChanged,
+    /// A `borrow` was accepted.
+    BorrowAccepted,
+    /// A `return` was accepted.
+    ReturnAccepted,
+    /// A borrowed agent went home.
+    ReturnedHome {
+        /// Why.
+        reason: ReturnReason,
+    },
+    /// Something failed (a connection attempt, a borrow).
+    Error {
+        /// What.
+        message: String,
+    },
+}
+
+/// Why a borrowed agent went home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReturnReason {
+    /// The lease ran out.
+    LeaseExpired,
+    /// It was idle for `idle_return`.
+    Idle,
+    /// The borrowing controller went away or refused the agent.
+    BorrowerGone,
+    /// A `return` request.
+    Requested,
+}
+
+/// The current time as Unix milliseconds, the unit of every `*_ms` field.
+pub fn now_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+/// `time` as Unix milliseconds (0 before the epoch).
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One JSON line (without the newline) for any value of this crate, e.g. to
+/// print a [`Status`] or an [`Event`].
+pub fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
+    // The types here serialize infallibly (no maps with non-string keys, no
+    // custom serializers that fail); the fallback keeps this total anyway.
+    serde_json::to_string(value).unwrap_or_else(|err| {
+        serde_json::json!({ "error": format!("cannot serialize: {err}") }).to_string()
+    })
+}
