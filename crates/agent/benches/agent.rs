@@ -4,7 +4,11 @@
 //! - bridge throughput, controller → engine, engine → controller, and both
 //!   at once (echo);
 //! - JNLP4-connect handshake time (TCP + ACK + TLS + headers + capability);
-//! - the agent's own resident memory, idle and at its peak under load.
+//! - the agent's own resident memory, idle and at its peak under load;
+//! - repoint latency: from `borrow` with `now` on the control socket to the
+//!   node online at the borrower, and back (fake engine, so this is the
+//!   agent's own time); plus a JVM's start-up to first output, the part a
+//!   real engine adds.
 //!
 //! `cargo bench -p jnlp-agent --bench agent` (builds everything in release).
 //! `BENCH_BYTES` sets the transfer size (default 1 GiB).
@@ -51,6 +55,17 @@ async fn run() {
         "handshake (TCP+ACK+TLS+headers+capability): mean {:.2} ms over 50",
         handshake.as_secs_f64() * 1e3
     );
+
+    let (mean, worst) = repoint_latency(10).await;
+    println!(
+        "repoint (borrow/return --now to online at the other controller): mean {:.1} ms, worst {:.1} ms over 10",
+        mean.as_secs_f64() * 1e3,
+        worst.as_secs_f64() * 1e3
+    );
+    match jvm_start() {
+        Some(t) => println!("JVM start-up to first stdout byte (trivial class, excludes remoting's own start): {:.0} ms", t.as_secs_f64() * 1e3),
+        None => println!("JVM start-up: javac/java not available"),
+    }
 
     let (rate, idle, peak) = transfer("sink", total, Flow::ToEngine).await;
     println!(
@@ -211,4 +226,116 @@ fn cpu_seconds(pid: u32) -> f64 {
     let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
+}
+
+/// Moves the agent between two controllers `rounds` times with `now`, timing
+/// each from the request to the other controller's acceptance.
+async fn repoint_latency(rounds: usize) -> (Duration, Duration) {
+    let accepted = Arc::new(tokio::sync::Notify::new());
+    let peer = |notify: Arc<tokio::sync::Notify>| {
+        Peer::script(move |mut channel: Channel| {
+            let notify = notify.clone();
+            async move {
+                notify.notify_one();
+                while let Some(Ok(_)) = channel.framed.next().await {}
+            }
+        })
+    };
+    let lender = TestController::builder()
+        .node("mac", SECRET)
+        .remoting_jar(b"lender jar".to_vec())
+        .peer(peer(accepted.clone()))
+        .start()
+        .await;
+    let borrower = TestController::builder()
+        .node("guest", SECRET)
+        .remoting_jar(b"borrower jar".to_vec())
+        .peer(peer(accepted.clone()))
+        .start()
+        .await;
+    let url = lender.url();
+    let cmd = format!("{} echo", fake_engine().display());
+    let agent = AgentProcess::start(
+        &[
+            "-url",
+            &url,
+            "-name",
+            "mac",
+            "-secret",
+            SECRET,
+            "--engine-command",
+            &cmd,
+        ],
+        &[],
+    );
+    accepted.notified().await;
+    let socket = agent.socket();
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let request = if round % 2 == 0 {
+            control::Request::Borrow(control::BorrowRequest {
+                target: control::Target::Url {
+                    url: borrower.url(),
+                },
+                name: "guest".into(),
+                secret: Some(SECRET.into()),
+                secret_file: None,
+                lease: None,
+                idle_return: None,
+                when: control::When::Now,
+            })
+        } else {
+            control::Request::Return {
+                when: control::When::Now,
+            }
+        };
+        let mut client = control::client::connect(&socket).await.unwrap();
+        let started = Instant::now();
+        client.request(request).await.unwrap();
+        accepted.notified().await;
+        times.push(started.elapsed());
+    }
+    drop(agent);
+    lender.shutdown().await;
+    borrower.shutdown().await;
+    let worst = times.iter().copied().max().unwrap_or_default();
+    (times.iter().sum::<Duration>() / rounds as u32, worst)
+}
+
+/// A JVM's start-up until its first byte on stdout, with a class compiled
+/// here on the fly (no binary is kept): the least a real engine adds to a
+/// repoint.
+fn jvm_start() -> Option<Duration> {
+    use std::io::Read as _;
+    let dir = common::temp_dir("jvm");
+    std::fs::write(
+        dir.join("Hello.java"),
+        "public class Hello { public static void main(String[] a) throws Exception { System.out.print('<'); System.out.flush(); System.in.read(); } }",
+    )
+    .ok()?;
+    let ok = std::process::Command::new("javac")
+        .arg("Hello.java")
+        .current_dir(&dir)
+        .status()
+        .ok()?
+        .success();
+    if !ok {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut child = std::process::Command::new("java")
+            .args(["-cp", dir.to_str()?, "Hello"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        let mut byte = [0u8; 1];
+        child.stdout.as_mut()?.read_exact(&mut byte).ok()?;
+        total += started.elapsed();
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
+    Some(total / 5)
 }

@@ -401,7 +401,11 @@ impl Supervisor<'_> {
             let mut core = self.hub.core();
             core.lease = self.lease.clone();
             core.pending = None;
-            core.idle_deadline_ms = None;
+            core.idle_deadline_ms = self
+                .lease
+                .as_ref()
+                .and_then(|lease| lease.request.idle_return)
+                .map(|idle| busy::now_ms() + idle.as_millis() as u64);
             core.since_ms = busy::now_ms();
         }
         self.lease_expired_at = None;

@@ -482,3 +482,77 @@ async fn bad_control_requests_get_errors_and_change_nothing() {
     let _ = Arc::new(());
     lender.shutdown().await;
 }
+
+/// The example job scripts, run as a build step would run them: with the
+/// control socket from the engine's environment and `jnlp-agent` on PATH.
+#[tokio::test]
+async fn the_example_jobs_lend_and_return_the_agent() {
+    let lender = lender(Peer::Hold).await;
+    let borrower = borrower(Peer::Hold).await;
+    let agent = start_agent(&lender, &[]);
+    let socket = agent.socket();
+    let home = wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
+
+    // The engine, and so every build step, knows where the socket is.
+    let environ = std::fs::read(format!("/proc/{}/environ", home.engine_pid.unwrap())).unwrap();
+    let expected = format!("JNLP_AGENT_CONTROL_SOCKET={}", socket.display());
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|var| var == expected.as_bytes()),
+        "the engine's environment lacks {expected}"
+    );
+
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_jnlp-agent"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let secret_file = temp_dir("secret").join("guest-secret");
+    std::fs::write(&secret_file, BORROWER_SECRET).unwrap();
+    let run = |script: &str, args: &[&str]| {
+        let mut command = tokio::process::Command::new(examples.join(script));
+        command
+            .args(args)
+            .env("PATH", &path)
+            .env("JNLP_AGENT_CONTROL_SOCKET", &socket);
+        command.output()
+    };
+    let out = run(
+        "lend-this-agent.sh",
+        &[
+            &borrower.url(),
+            "guest-mac",
+            secret_file.to_str().unwrap(),
+            "1h",
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    borrower.wait_for(|log| accepted(log) == 1, LONG).await;
+    let away = wait_status(&socket, "lent", |s| {
+        s.phase == Phase::Online && s.placement == Placement::Borrowed
+    })
+    .await;
+    let idle_deadline = away
+        .idle_deadline_ms
+        .expect("--idle-return 30m is in force");
+    assert!(idle_deadline > away.since_ms + 29 * 60 * 1000, "{away:?}");
+
+    let out = run("return-idle-agent.sh", &[]).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    lender.wait_for(|log| accepted(log) == 2, LONG).await;
+    let out = run("return-idle-agent.sh", &[]).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("at home"),
+        "{out:?}"
+    );
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}
