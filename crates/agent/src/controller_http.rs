@@ -801,12 +801,7 @@ fn render_chain(err: &reqwest::Error) -> String {
 }
 
 fn shorten(text: &str) -> String {
-    let mut chars = text.chars();
-    let mut out: String = chars.by_ref().take(MAX_REASON_CHARS).collect();
-    if chars.next().is_some() {
-        out.push('…');
-    }
-    out
+    remoting_protocol::quote::quote(text.as_bytes(), MAX_REASON_CHARS)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 use http::{HeaderMap, StatusCode, Uri};
 
 use crate::identity::{IdentityError, InstanceIdentity};
+use crate::quote::quote;
 
 /// The path, relative to the controller URL, that publishes the agent port.
 pub const LISTENER_PATH: &str = "tcpSlaveAgentListener/";
@@ -285,7 +286,7 @@ pub fn endpoint_from_response(
 
     let port = parse_port(port_value.as_bytes()).ok_or_else(|| DiscoveryError::InvalidPort {
         header: port_header,
-        value: echo(port_value.as_bytes()),
+        value: quote(port_value.as_bytes(), MAX_ECHOED_CHARS),
     })?;
 
     let protocols = headers
@@ -307,7 +308,7 @@ pub fn endpoint_from_response(
                 .ok()
                 .filter(|h| !h.is_empty())
                 .ok_or_else(|| DiscoveryError::InvalidHost {
-                    value: echo(value.as_bytes()),
+                    value: quote(value.as_bytes(), MAX_ECHOED_CHARS),
                 })?;
             strip_brackets(text).to_owned()
         }
@@ -346,17 +347,6 @@ fn split_protocols(value: &[u8]) -> Vec<String> {
         .filter(|p| !p.is_empty())
         .map(str::to_owned)
         .collect()
-}
-
-/// A header value fit for an error message: lossily decoded and shortened.
-fn echo(value: &[u8]) -> String {
-    let text = String::from_utf8_lossy(value);
-    let mut chars = text.chars();
-    let mut out: String = chars.by_ref().take(MAX_ECHOED_CHARS).collect();
-    if chars.next().is_some() {
-        out.push('…');
-    }
-    out
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::quote::quote;
 use aes::cipher::{AsyncStreamCipher, KeyIvInit};
 use quick_xml::events::{BytesRef, Event};
 use quick_xml::Reader;
@@ -455,7 +456,10 @@ fn resolve_reference(reader: &Reader<&[u8]>, r: &BytesRef<'_>) -> Result<char, J
             Ok(Some(ch)) => Ok(ch),
             Ok(None) | Err(_) => Err(JnlpError::Malformed {
                 position: reader.buffer_position(),
-                reason: format!("invalid character reference &{};", echo(r)),
+                reason: format!(
+                    "invalid character reference &{};",
+                    quote(r, MAX_ECHOED_CHARS)
+                ),
             }),
         };
     }
@@ -465,7 +469,9 @@ fn resolve_reference(reader: &Reader<&[u8]>, r: &BytesRef<'_>) -> Result<char, J
         b"amp" => Ok('&'),
         b"apos" => Ok('\''),
         b"quot" => Ok('"'),
-        _ => Err(JnlpError::EntityRefused { name: echo(r) }),
+        _ => Err(JnlpError::EntityRefused {
+            name: quote(r, MAX_ECHOED_CHARS),
+        }),
     }
 }
 
@@ -492,7 +498,7 @@ fn xml_error(reader: &Reader<&[u8]>, err: quick_xml::Error) -> JnlpError {
     match err {
         quick_xml::Error::Escape(EscapeError::UnrecognizedEntity(_, name)) => {
             JnlpError::EntityRefused {
-                name: echo(name.as_bytes()),
+                name: quote(name.as_bytes(), MAX_ECHOED_CHARS),
             }
         }
         other => JnlpError::Malformed {
@@ -500,17 +506,6 @@ fn xml_error(reader: &Reader<&[u8]>, err: quick_xml::Error) -> JnlpError {
             reason: other.to_string(),
         },
     }
-}
-
-/// File content fit for an error message: lossily decoded and shortened.
-fn echo(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let mut chars = text.chars();
-    let mut out: String = chars.by_ref().take(MAX_ECHOED_CHARS).collect();
-    if chars.next().is_some() {
-        out.push('…');
-    }
-    out
 }
 
 #[cfg(test)]

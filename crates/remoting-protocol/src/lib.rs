@@ -27,6 +27,7 @@ pub mod headers;
 pub mod identity;
 pub mod jnlp;
 pub mod preamble;
+pub mod quote;
 pub mod scan;
 pub mod tls;
 pub mod utf;
