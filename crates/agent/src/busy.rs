@@ -181,6 +181,21 @@ pub fn reap_orphans(keep: &[u32]) {
     }
 }
 
+/// [`reap_orphans`], at most once a second: called from a fast tick, and a
+/// `/proc` scan is not free.
+pub fn reap_orphans_now_and_then(keep: &[u32]) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = now_ms();
+    let last = LAST.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 1000
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        reap_orphans(keep);
+    }
+}
+
 /// Ends every build process left behind (all descendants but `keep`):
 /// SIGTERM, then SIGKILL for those still alive after `grace`. Returns how
 /// many there were.

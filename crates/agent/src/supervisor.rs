@@ -442,12 +442,16 @@ fn decide(
     give_up: Duration,
     lease_expired_at: &mut Option<Instant>,
 ) -> Option<Move> {
-    busy::reap_orphans(&crate::engine::live_engines());
+    busy::reap_orphans_now_and_then(&crate::engine::live_engines());
+    let pending = hub.core().pending.clone();
+    if pending.is_none() && lease.is_none() {
+        // At home with nothing asked: no need to look at /proc.
+        return None;
+    }
     let busy = hub.busy();
     if busy.busy {
         *idle_since = Instant::now();
     }
-    let pending = hub.core().pending.clone();
     match pending {
         Some((Command::Borrow(request, when), _)) if when == When::Now || !busy.busy => {
             return Some(Move::Lend(request));
