@@ -166,3 +166,67 @@ pub fn init_logging(format: LogFormat, logs: Option<&Path>) -> anyhow::Result<Lo
     LOGGING.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(guard)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Settings {
+        let mut argv = vec![
+            "jnlp-agent",
+            "-url",
+            "http://c/",
+            "-name",
+            "n",
+            "-secret",
+            "s",
+        ];
+        argv.extend_from_slice(args);
+        match crate::cli::parse(argv.into_iter().map(std::ffi::OsString::from), &|_| None).unwrap()
+        {
+            crate::cli::Command::Run(settings) => settings,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn lays_out_the_internal_directory() {
+        let root = std::env::temp_dir().join(format!("jnlp-agent-wd-{}", std::process::id()));
+        let work = WorkDir::prepare(&settings(&["-workDir", root.to_str().unwrap()])).unwrap();
+        for dir in ["remoting/logs", "remoting/engines", "remoting/jarCache"] {
+            assert!(root.join(dir).is_dir(), "{dir}");
+        }
+        assert_eq!(work.control_socket, root.join("remoting/control.sock"));
+        assert_eq!(work.state_file, root.join("remoting/state.json"));
+        assert_eq!(work.for_engine(), Some((root.as_path(), "remoting")));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_missing_work_dir_is_an_error_only_when_asked() {
+        let root = std::env::temp_dir().join(format!("jnlp-agent-missing-{}", std::process::id()));
+        let err = WorkDir::prepare(&settings(&[
+            "-workDir",
+            root.to_str().unwrap(),
+            "-failIfWorkDirIsMissing",
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        assert!(!root.exists());
+    }
+
+    #[test]
+    fn an_unusable_work_dir_names_the_path() {
+        // A regular file where the directory should be: fails for root too.
+        let file = std::env::temp_dir().join(format!("jnlp-agent-file-{}", std::process::id()));
+        std::fs::write(&file, b"").unwrap();
+        let err = WorkDir::prepare(&settings(&["-workDir", file.join("sub").to_str().unwrap()]))
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains(file.to_str().unwrap()),
+            "{err:#}"
+        );
+        std::fs::remove_file(file).unwrap();
+    }
+}
