@@ -21,6 +21,10 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::settings::JavaSettings;
 
+/// Capacity asked for the engine's stdin and stdout pipes (the kernel may
+/// cap it: `/proc/sys/fs/pipe-max-size`, 1 MiB by default).
+const PIPE_SIZE: i32 = 1024 * 1024;
+
 /// Largest engine jar accepted from a controller (remoting.jar is ~1.5 MB).
 pub const MAX_ENGINE_JAR: usize = 64 * 1024 * 1024;
 
@@ -221,6 +225,17 @@ impl Engine {
         register(pid, true);
         if let Some(stderr) = child.stderr.take() {
             tokio::spawn(forward_stderr(stderr, pid));
+        }
+        for fd in [
+            child.stdin.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
+            child.stdout.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            // Larger pipes: the bridge moves 256 KiB at a time, and with the
+            // default 64 KiB each write wakes the engine several times.
+            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
         }
         tracing::info!(pid, "engine started");
         Ok(Self {
