@@ -98,6 +98,25 @@ pub fn find_java(
         .ok_or(EngineError::NoJava)
 }
 
+/// Largest manifest read from an engine jar.
+const MAX_MANIFEST: u64 = 64 * 1024;
+
+/// The remoting version an engine jar declares (`Version:` in its manifest,
+/// as remoting's build writes it); `None` when the jar has none or is not a
+/// readable jar.
+pub fn remoting_version(jar: &Path) -> Option<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(jar).ok()?;
+    let mut archive = zip::ZipArchive::new(file).ok()?;
+    let entry = archive.by_name("META-INF/MANIFEST.MF").ok()?;
+    let mut text = String::new();
+    entry.take(MAX_MANIFEST).read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("Version:"))
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
 /// Engine jars stored by content hash.
 #[derive(Debug, Clone)]
 pub struct JarCache {
@@ -356,6 +375,21 @@ mod tests {
             })
             .count();
         assert_eq!(leftovers, 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn remoting_version_comes_from_the_manifest() {
+        let dir = std::env::temp_dir().join(format!("jnlp-agent-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let jar = dir.join("remoting.jar");
+        std::fs::write(&jar, testkit::fake_remoting_jar("3355.v388858a_47b_33")).unwrap();
+        assert_eq!(
+            remoting_version(&jar).as_deref(),
+            Some("3355.v388858a_47b_33")
+        );
+        std::fs::write(&jar, b"not a zip").unwrap();
+        assert_eq!(remoting_version(&jar), None);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -49,6 +49,8 @@ pub struct Core {
     pub last_error: Option<String>,
     /// When `idle_return` runs out, unix ms.
     pub idle_deadline_ms: Option<u64>,
+    /// The connected engine's remoting version.
+    pub remoting_version: Option<String>,
 }
 
 /// Shared between the supervisor and the control socket.
@@ -163,7 +165,7 @@ impl Hub {
             }),
             busy,
             engine_pid: core.engine_pids.first().copied(),
-            remoting_version: None,
+            remoting_version: core.remoting_version,
             bytes_to_controller: self
                 .traffic
                 .to_controller

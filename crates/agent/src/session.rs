@@ -109,6 +109,7 @@ struct Target {
 struct ReadyEngine {
     engine: Engine,
     jar: PathBuf,
+    remoting_version: Option<String>,
     capability: Capability,
     /// Bytes the engine wrote after its preamble (normally none).
     buffered: BytesMut,
@@ -174,6 +175,8 @@ pub struct Online {
     pub controller_url: Option<String>,
     /// The node name.
     pub node: String,
+    /// The engine's remoting version, from its jar.
+    pub remoting_version: Option<String>,
 }
 
 /// The agent's long-lived parts.
@@ -228,6 +231,7 @@ impl Agent {
             engine_pid: ready.engine.pid(),
             controller_url: target.controller_url.clone(),
             node: target.name.clone(),
+            remoting_version: ready.remoting_version.clone(),
         });
         let ReadyEngine {
             mut engine,
@@ -488,6 +492,7 @@ impl Agent {
         }
         Ok(ReadyEngine {
             engine,
+            remoting_version: crate::engine::remoting_version(&jar),
             jar,
             capability: preamble.capability,
             buffered: buf,

@@ -426,6 +426,7 @@ fn mark_online(hub: &Hub, online: &Online) {
         core.engine_pids = vec![online.engine_pid];
         core.controller_url = online.controller_url.clone();
         core.node_name = Some(online.node.clone());
+        core.remoting_version = online.remoting_version.clone();
         core.last_error = None;
     }
     hub.set_phase(Phase::Online);

@@ -39,7 +39,7 @@ fn closed(log: &[ControllerEvent]) -> usize {
 async fn lender(peer: Peer) -> TestController {
     TestController::builder()
         .node("mac-01", LENDER_SECRET)
-        .remoting_jar(b"lender's remoting.jar".to_vec())
+        .remoting_jar(testkit::fake_remoting_jar("3301.v4363ddcca_4e7"))
         .peer(peer)
         .start()
         .await
@@ -48,7 +48,7 @@ async fn lender(peer: Peer) -> TestController {
 async fn borrower(peer: Peer) -> TestController {
     TestController::builder()
         .node("guest-mac", BORROWER_SECRET)
-        .remoting_jar(b"borrower's remoting.jar, another version".to_vec())
+        .remoting_jar(testkit::fake_remoting_jar("3355.v388858a_47b_33"))
         .peer(peer)
         .start()
         .await
@@ -164,6 +164,10 @@ async fn borrow_moves_the_agent_and_return_brings_it_back() {
     assert_eq!(home.controller_url.as_deref(), Some(lender.url().as_str()));
     assert_eq!(home.node_name.as_deref(), Some("mac-01"));
     assert!(home.engine_pid.is_some());
+    assert_eq!(
+        home.remoting_version.as_deref(),
+        Some("3301.v4363ddcca_4e7")
+    );
     assert!(!home.busy.busy, "{home:?}");
 
     // Borrow through the CLI, the secret in a file.
@@ -202,6 +206,11 @@ async fn borrow_moves_the_agent_and_return_brings_it_back() {
         .lease_deadline_ms
         .is_some_and(|d| d > away.since_ms + 3_500_000));
     assert_ne!(away.engine_pid, home.engine_pid, "a fresh engine");
+    assert_eq!(
+        away.remoting_version.as_deref(),
+        Some("3355.v388858a_47b_33"),
+        "the borrower's engine"
+    );
     assert_eq!(
         engines(&agent),
         2,

@@ -21,3 +21,24 @@ pub mod replay;
 
 pub use controller::{Channel, ControllerBuilder, ControllerEvent, Peer, TestController};
 pub use identity::TestIdentity;
+
+/// A stand-in `remoting.jar` for the test controller to serve: a zip whose
+/// manifest declares `version`, as remoting's own jar does (no classes; the
+/// fake engine runs instead).
+pub fn fake_remoting_jar(version: &str) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut zip = zip::ZipWriter::new(&mut out);
+    zip.start_file(
+        "META-INF/MANIFEST.MF",
+        zip::write::SimpleFileOptions::default(),
+    )
+    .expect("zip entry");
+    write!(
+        zip,
+        "Manifest-Version: 1.0\r\nMain-Class: hudson.remoting.Launcher\r\nVersion: {version}\r\n\r\n"
+    )
+    .expect("manifest");
+    zip.finish().expect("zip");
+    out.into_inner()
+}
