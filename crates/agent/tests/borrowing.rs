@@ -565,3 +565,40 @@ async fn the_example_jobs_lend_and_return_the_agent() {
     lender.shutdown().await;
     borrower.shutdown().await;
 }
+
+/// A state file left by an agent whose lease ran out while it was down:
+/// the agent starts at home and records that.
+#[tokio::test]
+async fn an_expired_lease_found_at_start_sends_it_home() {
+    let lender = lender(Peer::Hold).await;
+    let borrower = borrower(Peer::Hold).await;
+    let work = temp_dir("work");
+    std::fs::create_dir_all(work.join("remoting")).unwrap();
+    let state = work.join("remoting/state.json");
+    let saved = serde_json::json!({
+        "version": 1,
+        "borrowed": {
+            "request": {
+                "target": {"url": borrower.url()},
+                "name": "guest-mac",
+                "secret": BORROWER_SECRET,
+                "lease": "1s",
+                "when": "idle"
+            },
+            "started_ms": 1_000
+        }
+    });
+    std::fs::write(&state, saved.to_string()).unwrap();
+    let agent = start_agent_in(work, &lender, &[]);
+    lender.wait_for(|log| accepted(log) == 1, LONG).await;
+    let s = wait_status(&agent.socket(), "home", |s| s.phase == Phase::Online).await;
+    assert_eq!(s.placement, Placement::Home);
+    assert_eq!(accepted(&borrower.log()), 0);
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(
+        !text.contains(BORROWER_SECRET),
+        "the expired borrow was cleared: {text}"
+    );
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}
