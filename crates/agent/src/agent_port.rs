@@ -551,7 +551,7 @@ fn authority(host: &str, port: u16) -> String {
 }
 
 /// The first variable among `names` that is set and not blank.
-fn first_env(
+pub(crate) fn first_env(
     env: &dyn Fn(&str) -> Option<String>,
     names: &[&'static str],
 ) -> Option<(&'static str, String)> {

@@ -31,6 +31,7 @@ use remoting_protocol::jnlp::{self, JnlpArguments, JnlpError};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::CertificateDer;
 
+use crate::agent_port::first_env;
 use crate::settings::{CertPem, Credentials, Settings};
 
 /// Time allowed to establish a connection (TCP and TLS) to the web port.
@@ -549,18 +550,6 @@ fn explicit_proxies(
         proxies.push(proxy.no_proxy(no_proxy.clone()));
     }
     Ok(proxies)
-}
-
-/// The first variable among `names` that is set and not blank.
-fn first_env(
-    env: &dyn Fn(&str) -> Option<String>,
-    names: &[&'static str],
-) -> Option<(&'static str, String)> {
-    names.iter().find_map(|&name| {
-        env(name)
-            .filter(|value| !value.trim().is_empty())
-            .map(|value| (name, value))
-    })
 }
 
 /// The DER certificates of one `-cert` PEM text.

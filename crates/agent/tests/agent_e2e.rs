@@ -20,6 +20,15 @@ use tokio_util::codec::Decoder;
 const SECRET: &str = "5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";
 const LONG: Duration = Duration::from_secs(30);
 
+/// A test controller with one node, serving an engine jar.
+async fn controller(node: &str) -> TestController {
+    TestController::builder()
+        .node(node, SECRET)
+        .remoting_jar(b"jar".to_vec())
+        .start()
+        .await
+}
+
 fn engine(mode: &str) -> String {
     format!("{} {mode}", fake_engine().display())
 }
@@ -196,11 +205,7 @@ async fn a_gigabyte_each_way_arrives_intact() {
 /// The controller restarts on the same ports; the agent comes back by itself.
 #[tokio::test]
 async fn controller_restart_on_the_same_ports_reconnects() {
-    let first = TestController::builder()
-        .node("n1", SECRET)
-        .remoting_jar(b"jar".to_vec())
-        .start()
-        .await;
+    let first = controller("n1").await;
     let (http, agent_port) = (first.http_addr().port(), first.agent_addr().port());
     let url = first.url();
     let cmd = engine("echo");
@@ -246,11 +251,7 @@ async fn controller_restart_on_the_same_ports_reconnects() {
 /// answering "already connected".
 #[tokio::test]
 async fn stale_channel_is_taken_over_with_the_cookie() {
-    let controller = TestController::builder()
-        .node("n2", SECRET)
-        .remoting_jar(b"jar".to_vec())
-        .start()
-        .await;
+    let controller = controller("n2").await;
     let proxy = CuttableProxy::start(controller.agent_addr()).await;
     let url = controller.url();
     let cmd = engine("echo");
@@ -298,11 +299,7 @@ async fn stale_channel_is_taken_over_with_the_cookie() {
 /// running, and reconnects with a fresh engine.
 #[tokio::test]
 async fn killed_engine_is_replaced_and_leaves_no_orphans() {
-    let controller = TestController::builder()
-        .node("n3", SECRET)
-        .remoting_jar(b"jar".to_vec())
-        .start()
-        .await;
+    let controller = controller("n3").await;
     let dir = temp_dir("pids");
     let pid_file = dir.join("engine.pid");
     let cmd = engine(&format!(
@@ -349,11 +346,7 @@ async fn killed_engine_is_replaced_and_leaves_no_orphans() {
 /// SIGTERM: the channel closes, the engine and its children end, exit 0.
 #[tokio::test]
 async fn sigterm_exits_zero_and_leaves_no_child() {
-    let controller = TestController::builder()
-        .node("n4", SECRET)
-        .remoting_jar(b"jar".to_vec())
-        .start()
-        .await;
+    let controller = controller("n4").await;
     let dir = temp_dir("pids");
     let pid_file = dir.join("engine.pid");
     let cmd = engine(&format!(
