@@ -65,6 +65,7 @@
 //! | `--engine-command CMD` | `engine_command`: one string split on whitespace (test seam). |
 //! | `--log-format text\|json` | `log_format` |
 //! | `--control-socket PATH`, `--control-group GROUP` | the control socket (issue: borrowing); default `<workDir>/<internalDir>/control.sock`, mode 0600, or 0660 with the group. |
+//! | `--lease-grace DURATION` | after a lease expired, how long a busy agent may finish before it goes home anyway (default 10m). |
 //! | `--borrow-give-up DURATION` | return home after a borrower was unreachable or refusing this long (default 5m). |
 //! | `--state-file PATH` | where the current target survives restarts (default `<workDir>/<internalDir>/state.json`). |
 //! | `--reconnect-delay DURATION` | first wait before reconnecting, doubling (with jitter) up to `--reconnect-max-delay` (defaults 1s and 30s); agent.jar waits a fixed 10 s. |
@@ -302,12 +303,15 @@ const SPECS: &[Spec] = &[
     ours("control-socket", Value),
     ours("control-group", Value),
     ours("borrow-give-up", Value),
+    ours("lease-grace", Value),
     ours("state-file", Value),
     ours("reconnect-max-delay", Value),
 ];
 
 /// How long a borrower may be unreachable before the agent goes home.
 const DEFAULT_BORROW_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long a busy agent may stay after its lease expired.
+const DEFAULT_LEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 /// First wait before reconnecting.
 const DEFAULT_RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Longest wait between attempts.
@@ -654,6 +658,14 @@ struct Args {
     )]
     borrow_give_up: Option<String>,
 
+    /// After a lease expired, how long a busy agent may finish before it goes home anyway [default: 10m].
+    #[arg(
+        long = "lease-grace",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    lease_grace: Option<String>,
+
     /// Where the current target (home or borrowed) survives restarts [default: WORKDIR/INTERNALDIR/state.json].
     #[arg(long = "state-file", value_name = "PATH", allow_hyphen_values = true)]
     state_file: Option<PathBuf>,
@@ -920,6 +932,11 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         .map(|d| values::duration("--borrow-give-up", &d))
         .transpose()?
         .unwrap_or(DEFAULT_BORROW_GIVE_UP);
+    let lease_grace = args
+        .lease_grace
+        .map(|d| values::duration("--lease-grace", &d))
+        .transpose()?
+        .unwrap_or(DEFAULT_LEASE_GRACE);
     let reconnect_delay = args
         .reconnect_delay
         .map(|d| values::duration("--reconnect-delay", &d))
@@ -989,6 +1006,7 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         control_socket: args.control_socket,
         control_group: args.control_group,
         borrow_give_up,
+        lease_grace,
         state_file: args.state_file,
         log_format,
     })

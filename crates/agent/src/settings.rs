@@ -157,6 +157,9 @@ pub struct Settings {
     /// `--borrow-give-up DURATION`: return home when a borrower has been
     /// unreachable or refusing for this long.
     pub borrow_give_up: Duration,
+    /// `--lease-grace DURATION`: how long after its lease expired a busy
+    /// agent may finish before it goes home anyway.
+    pub lease_grace: Duration,
     /// `--state-file PATH` (default `<workDir>/<internalDir>/state.json`).
     pub state_file: Option<PathBuf>,
     /// `--reconnect-delay`: the first wait before reconnecting.

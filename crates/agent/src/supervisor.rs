@@ -34,9 +34,6 @@ use remoting_protocol::handshake::HandshakeError;
 const STABLE: Duration = Duration::from_secs(60);
 /// How often pending moves, leases and idleness are looked at.
 const TICK: Duration = Duration::from_millis(200);
-/// After a lease expires, how long a busy agent may finish its work before
-/// it leaves anyway.
-const LEASE_GRACE: Duration = Duration::from_secs(10 * 60);
 /// Time given to processes left behind by builds between SIGTERM and SIGKILL.
 const LEFTOVER_GRACE: Duration = Duration::from_secs(5);
 
@@ -235,7 +232,7 @@ impl Supervisor<'_> {
                             went_online.get(),
                             &mut self.idle_since,
                             self.offline_since,
-                            self.home_settings.borrow_give_up,
+                            &self.home_settings,
                             &mut self.lease_expired_at,
                         );
                         if decided.is_some() {
@@ -326,7 +323,7 @@ impl Supervisor<'_> {
                     false,
                     &mut self.idle_since,
                     self.offline_since,
-                    self.home_settings.borrow_give_up,
+                    &self.home_settings,
                     &mut self.lease_expired_at,
                 );
                 if let Some(decided) = decided {
@@ -440,9 +437,10 @@ fn decide(
     online: bool,
     idle_since: &mut Instant,
     offline_since: Instant,
-    give_up: Duration,
+    settings: &Settings,
     lease_expired_at: &mut Option<Instant>,
 ) -> Option<Move> {
+    let (give_up, grace) = (settings.borrow_give_up, settings.lease_grace);
     busy::reap_orphans_now_and_then(&crate::engine::live_engines());
     let pending = hub.core().pending.clone();
     if pending.is_none() && lease.is_none() {
@@ -473,9 +471,9 @@ fn decide(
             return Some(Move::Home(ReturnReason::LeaseExpired));
         }
         let expired = *lease_expired_at.get_or_insert_with(Instant::now);
-        if expired.elapsed() >= LEASE_GRACE {
+        if expired.elapsed() >= grace {
             warn!(
-                grace = %humantime::format_duration(LEASE_GRACE),
+                grace = %humantime::format_duration(grace),
                 "the lease expired and the agent stayed busy through the grace period: leaving anyway"
             );
             return Some(Move::Home(ReturnReason::LeaseExpired));

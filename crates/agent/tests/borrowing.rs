@@ -602,3 +602,48 @@ async fn an_expired_lease_found_at_start_sends_it_home() {
     lender.shutdown().await;
     borrower.shutdown().await;
 }
+
+/// A lease that expires while a build runs waits for it, but only for the
+/// grace period; then the agent goes home anyway, says so, and ends the build.
+#[tokio::test]
+async fn an_expired_lease_outlasting_its_grace_goes_home_anyway() {
+    let dir = temp_dir("builds");
+    let pid_file = dir.join("build.pid");
+    let long = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+    let lender = lender(Peer::Hold).await;
+    let borrower = borrower(Peer::script(move |mut channel: Channel| {
+        let long = long.clone();
+        async move {
+            start_build(&mut channel, &long).await;
+            while let Some(Ok(_)) = channel.framed.next().await {}
+        }
+    }))
+    .await;
+    let agent = start_agent(&lender, &["--lease-grace", "1s"]);
+    let socket = agent.socket();
+    wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
+    let mut events = control::client::connect(&socket)
+        .await
+        .unwrap()
+        .events()
+        .await
+        .unwrap();
+    request(
+        &socket,
+        Request::Borrow(borrow_request(
+            &borrower,
+            Some(Duration::from_secs(1)),
+            None,
+            When::Now,
+        )),
+    )
+    .await
+    .unwrap();
+    let pid = common::read_pids(&pid_file, LONG).await[0];
+    assert_eq!(returned_home(&mut events).await, ReturnReason::LeaseExpired);
+    assert!(!alive(pid), "the build outlived the move");
+    agent.wait_log("leaving anyway", 1, LONG).await;
+    lender.wait_for(|log| accepted(log) == 2, LONG).await;
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}
