@@ -589,3 +589,116 @@ impl CuttableProxy {
         self.cut.notify_waiters();
     }
 }
+
+/// The production launch path with a real JVM: the controller serves a jar
+/// (a Java echo engine compiled here, standing in for remoting.jar); the
+/// agent downloads and caches it, finds java, starts
+/// `java $JENKINS_JAVA_OPTS -jar <cached> -workDir .. -internalDir .. -jar-cache ..`,
+/// swaps preambles with it and bridges chunks.
+#[tokio::test]
+async fn a_real_jvm_engine_from_the_controllers_jar() {
+    let build = temp_dir("java-engine");
+    let source =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/java/EchoEngine.java");
+    std::fs::copy(&source, build.join("EchoEngine.java")).unwrap();
+    for (tool, args) in [
+        ("javac", vec!["EchoEngine.java"]),
+        (
+            "jar",
+            vec!["cfe", "engine.jar", "EchoEngine", "EchoEngine.class"],
+        ),
+    ] {
+        let status = std::process::Command::new(tool)
+            .args(&args)
+            .current_dir(&build)
+            .status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "{tool} failed ({status:?}); the JDK is a test dependency (.ci/run installs it)"
+        );
+    }
+    let jar = std::fs::read(build.join("engine.jar")).unwrap();
+
+    let (peer, verdict) = scripted(|mut channel: Channel| async move {
+        let mut wire = BytesMut::new();
+        remoting_protocol::chunk::put_command(&mut wire, &[7u8; 20_000]);
+        let mut sent = Vec::new();
+        while let Some(chunk) = remoting_protocol::ChunkCodec
+            .decode(&mut wire)
+            .map_err(|e| e.to_string())?
+        {
+            sent.push(chunk.clone());
+            channel
+                .framed
+                .send(chunk)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        for expected in sent {
+            let got = channel
+                .framed
+                .next()
+                .await
+                .ok_or("channel ended")?
+                .map_err(|e| e.to_string())?;
+            if got != expected {
+                return Err("the JVM engine echoed something else".into());
+            }
+        }
+        Ok(())
+    });
+    let controller = TestController::builder()
+        .node("jvm", SECRET)
+        .remoting_jar(jar.clone())
+        .peer(peer)
+        .start()
+        .await;
+    let url = controller.url();
+    let agent = AgentProcess::start(
+        &["-url", &url, "-name", "jvm"],
+        &[
+            ("JENKINS_SECRET", SECRET),
+            ("JENKINS_JAVA_OPTS", "-Dtest.marker=42 -Xshare:auto"),
+        ],
+    );
+    let verdict = tokio::time::timeout(Duration::from_secs(60), verdict)
+        .await
+        .expect("engine echoed")
+        .unwrap();
+    verdict.unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+
+    let launch = std::fs::read_to_string(agent.work_dir.join("engine-launch.txt")).unwrap();
+    let work = agent.work_dir.display().to_string();
+    let cached = agent.work_dir.join("remoting/engines");
+    let cached_jar = std::fs::read_dir(&cached)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(
+        std::fs::read(&cached_jar).unwrap(),
+        jar,
+        "the controller's jar, cached"
+    );
+    assert!(
+        launch.contains(&format!(
+            "args=-workDir {work} -internalDir remoting -jar-cache {work}/remoting/jarCache"
+        )),
+        "{launch}"
+    );
+    assert!(
+        launch.contains("marker=42"),
+        "JENKINS_JAVA_OPTS reached the JVM: {launch}"
+    );
+    assert!(
+        launch.contains(&format!("socket={work}/remoting/control.sock")),
+        "{launch}"
+    );
+    assert!(
+        launch.contains("secret-env=null"),
+        "the engine must not see JENKINS_SECRET: {launch}"
+    );
+    assert!(!launch.contains(SECRET));
+    controller.shutdown().await;
+}
