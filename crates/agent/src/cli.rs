@@ -317,6 +317,15 @@ const DEFAULT_RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_s
 /// Longest wait between attempts.
 const DEFAULT_RECONNECT_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// One of our duration options, or its default.
+fn duration_or(
+    value: Option<String>,
+    option: &'static str,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, CliError> {
+    value.map_or(Ok(default), |text| values::duration(option, &text))
+}
+
 fn spec(name: &str) -> Option<&'static Spec> {
     SPECS.iter().find(|s| s.name == name)
 }
@@ -927,27 +936,23 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         .no_reconnect_after
         .map(|d| values::duration("-noReconnectAfter", &d))
         .transpose()?;
-    let borrow_give_up = args
-        .borrow_give_up
-        .map(|d| values::duration("--borrow-give-up", &d))
-        .transpose()?
-        .unwrap_or(DEFAULT_BORROW_GIVE_UP);
-    let lease_grace = args
-        .lease_grace
-        .map(|d| values::duration("--lease-grace", &d))
-        .transpose()?
-        .unwrap_or(DEFAULT_LEASE_GRACE);
-    let reconnect_delay = args
-        .reconnect_delay
-        .map(|d| values::duration("--reconnect-delay", &d))
-        .transpose()?
-        .unwrap_or(DEFAULT_RECONNECT_DELAY);
-    let reconnect_max_delay = args
-        .reconnect_max_delay
-        .map(|d| values::duration("--reconnect-max-delay", &d))
-        .transpose()?
-        .unwrap_or(DEFAULT_RECONNECT_MAX_DELAY)
-        .max(reconnect_delay);
+    let borrow_give_up = duration_or(
+        args.borrow_give_up,
+        "--borrow-give-up",
+        DEFAULT_BORROW_GIVE_UP,
+    )?;
+    let lease_grace = duration_or(args.lease_grace, "--lease-grace", DEFAULT_LEASE_GRACE)?;
+    let reconnect_delay = duration_or(
+        args.reconnect_delay,
+        "--reconnect-delay",
+        DEFAULT_RECONNECT_DELAY,
+    )?;
+    let reconnect_max_delay = duration_or(
+        args.reconnect_max_delay,
+        "--reconnect-max-delay",
+        DEFAULT_RECONNECT_MAX_DELAY,
+    )?
+    .max(reconnect_delay);
     let engine_command = match args.engine_command {
         Some(cmd) => {
             let argv: Vec<String> = cmd.split_whitespace().map(str::to_owned).collect();

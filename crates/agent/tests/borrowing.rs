@@ -107,6 +107,32 @@ fn borrow_request(
     }
 }
 
+/// An `events` stream on the agent's socket.
+async fn subscribe(socket: &Path) -> control::client::EventStream {
+    control::client::connect(socket)
+        .await
+        .unwrap()
+        .events()
+        .await
+        .unwrap()
+}
+
+/// Asks the agent to go to `borrower`; the request must be accepted.
+async fn lend(
+    socket: &Path,
+    borrower: &TestController,
+    lease: Option<Duration>,
+    idle_return: Option<Duration>,
+    when: When,
+) {
+    request(
+        socket,
+        Request::Borrow(borrow_request(borrower, lease, idle_return, when)),
+    )
+    .await
+    .unwrap();
+}
+
 /// Runs `jnlp-agent ctl ARGS` against the agent's socket.
 async fn ctl(agent: &AgentProcess, args: &[&str]) -> std::process::Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_jnlp-agent"))
@@ -266,40 +292,29 @@ async fn lease_expiry_and_idle_return_bring_it_home() {
     let agent = start_agent(&lender, &[]);
     let socket = agent.socket();
     wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
-    let mut events = control::client::connect(&socket)
-        .await
-        .unwrap()
-        .events()
-        .await
-        .unwrap();
+    let mut events = subscribe(&socket).await;
 
-    request(
+    lend(
         &socket,
-        Request::Borrow(borrow_request(
-            &borrower,
-            Some(Duration::from_secs(2)),
-            None,
-            When::Idle,
-        )),
+        &borrower,
+        Some(Duration::from_secs(2)),
+        None,
+        When::Idle,
     )
-    .await
-    .unwrap();
+    .await;
     borrower.wait_for(|log| accepted(log) == 1, LONG).await;
     lender.wait_for(|log| accepted(log) == 2, LONG).await;
     let reason = returned_home(&mut events).await;
     assert_eq!(reason, ReturnReason::LeaseExpired);
 
-    request(
+    lend(
         &socket,
-        Request::Borrow(borrow_request(
-            &borrower,
-            None,
-            Some(Duration::from_secs(1)),
-            When::Idle,
-        )),
+        &borrower,
+        None,
+        Some(Duration::from_secs(1)),
+        When::Idle,
     )
-    .await
-    .unwrap();
+    .await;
     borrower.wait_for(|log| accepted(log) == 2, LONG).await;
     lender.wait_for(|log| accepted(log) == 3, LONG).await;
     assert_eq!(returned_home(&mut events).await, ReturnReason::Idle);
@@ -327,12 +342,7 @@ async fn a_vanished_borrower_sends_it_home() {
     let agent = start_agent(&lender, &["--borrow-give-up", "1s"]);
     let socket = agent.socket();
     wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
-    request(
-        &socket,
-        Request::Borrow(borrow_request(&borrower, None, None, When::Now)),
-    )
-    .await
-    .unwrap();
+    lend(&socket, &borrower, None, None, When::Now).await;
     borrower.wait_for(|log| accepted(log) == 1, LONG).await;
     borrower.shutdown().await;
     lender.wait_for(|log| accepted(log) == 2, LONG).await;
@@ -389,12 +399,7 @@ async fn a_busy_agent_leaves_only_after_the_build_unless_now() {
     })
     .await;
 
-    request(
-        &socket,
-        Request::Borrow(borrow_request(&borrower, None, None, When::Idle)),
-    )
-    .await
-    .unwrap();
+    lend(&socket, &borrower, None, None, When::Idle).await;
     let waiting = status(&socket).await;
     assert!(waiting.pending.is_some(), "{waiting:?}");
     // While the build runs the agent stays at the lender.
@@ -432,17 +437,14 @@ async fn killed_while_borrowed_it_resumes_at_the_borrower() {
     let agent = start_agent_in(work.clone(), &lender, &[]);
     let socket = agent.socket();
     wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
-    request(
+    lend(
         &socket,
-        Request::Borrow(borrow_request(
-            &borrower,
-            Some(Duration::from_secs(3600)),
-            None,
-            When::Now,
-        )),
+        &borrower,
+        Some(Duration::from_secs(3600)),
+        None,
+        When::Now,
     )
-    .await
-    .unwrap();
+    .await;
     borrower.wait_for(|log| accepted(log) == 1, LONG).await;
     agent.signal(nix::sys::signal::Signal::SIGKILL);
     drop(agent);
@@ -622,23 +624,15 @@ async fn an_expired_lease_outlasting_its_grace_goes_home_anyway() {
     let agent = start_agent(&lender, &["--lease-grace", "1s"]);
     let socket = agent.socket();
     wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
-    let mut events = control::client::connect(&socket)
-        .await
-        .unwrap()
-        .events()
-        .await
-        .unwrap();
-    request(
+    let mut events = subscribe(&socket).await;
+    lend(
         &socket,
-        Request::Borrow(borrow_request(
-            &borrower,
-            Some(Duration::from_secs(1)),
-            None,
-            When::Now,
-        )),
+        &borrower,
+        Some(Duration::from_secs(1)),
+        None,
+        When::Now,
     )
-    .await
-    .unwrap();
+    .await;
     let pid = common::read_pids(&pid_file, LONG).await[0];
     assert_eq!(returned_home(&mut events).await, ReturnReason::LeaseExpired);
     assert!(!alive(pid), "the build outlived the move");
