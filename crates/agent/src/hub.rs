@@ -1,5 +1,5 @@
 //! What the supervisor shares with the control socket: the state shown by
-//! `status`, the event stream, and the queue of borrow and return commands.
+//! `status`, the event stream, and the borrow or return waiting to be carried out.
 //!
 //! The control socket's handler only checks and queues; the supervisor does
 //! the moving. So a `borrow` is answered at once and carried out when the
@@ -11,13 +11,13 @@ use std::time::Duration;
 use control::{
     BorrowRequest, Busy, Event, EventKind, Pending, PendingAction, Phase, Placement, Status, When,
 };
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, Notify};
 
 use crate::bridge::Traffic;
 use crate::busy;
 use crate::lending::{target_label, Lease};
 
-/// A command for the supervisor.
+/// A move asked for on the control socket, waiting to be carried out.
 #[derive(Debug, Clone)]
 pub enum Command {
     /// Go to this borrower.
@@ -59,19 +59,19 @@ pub struct Hub {
     core: Mutex<Core>,
     traffic: Arc<Traffic>,
     events: broadcast::Sender<Event>,
-    commands: mpsc::UnboundedSender<Command>,
+    /// Wakes the supervisor when a move is asked for.
+    wake: Notify,
     /// Traffic this recent counts as busy.
     activity_window: Duration,
 }
 
 impl Hub {
-    /// A hub and the receiving end of its command queue.
+    /// A hub for an agent whose home is `home_url`.
     pub fn new(
         traffic: Arc<Traffic>,
         home_url: Option<String>,
         activity_window: Duration,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Command>) {
-        let (commands, rx) = mpsc::unbounded_channel();
+    ) -> Arc<Self> {
         let (events, _) = broadcast::channel(256);
         let hub = Self {
             core: Mutex::new(Core {
@@ -81,10 +81,16 @@ impl Hub {
             }),
             traffic,
             events,
-            commands,
+            wake: Notify::new(),
             activity_window,
         };
-        (Arc::new(hub), rx)
+        Arc::new(hub)
+    }
+
+    /// Returns when a move was asked for since the last call (a request
+    /// made while nobody waited is not lost).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
     }
 
     /// The state, for changing it. Poisoning is survivable here: the data
@@ -225,9 +231,7 @@ impl crate::control_server::Handler for Hub {
             core.pending = Some((Command::Borrow(request.clone(), when), busy::now_ms()));
         }
         let when = request.when;
-        self.commands
-            .send(Command::Borrow(request, when))
-            .map_err(|_| "the agent is shutting down".to_owned())?;
+        self.wake.notify_one();
         self.emit(EventKind::BorrowAccepted);
         Ok(match when {
             When::Now => format!("accepted: leaving for {label} now"),
@@ -249,9 +253,7 @@ impl crate::control_server::Handler for Hub {
                 None
             };
         }
-        self.commands
-            .send(Command::Return(when))
-            .map_err(|_| "the agent is shutting down".to_owned())?;
+        self.wake.notify_one();
         self.emit(EventKind::ReturnAccepted);
         Ok(match when {
             When::Now => "accepted: returning home now".into(),

@@ -109,7 +109,7 @@ async fn serve(settings: settings::Settings, work: WorkDir) -> anyhow::Result<()
         .first()
         .cloned()
         .or_else(|| settings.jnlp_url.clone());
-    let (hub, commands) = hub::Hub::new(agent.traffic.clone(), home_url, ACTIVITY_WINDOW);
+    let hub = hub::Hub::new(agent.traffic.clone(), home_url, ACTIVITY_WINDOW);
 
     let socket = settings
         .control_socket
@@ -127,16 +127,8 @@ async fn serve(settings: settings::Settings, work: WorkDir) -> anyhow::Result<()
             .clone()
             .unwrap_or_else(|| agent.work.state_file.clone()),
     );
-    let stopped = supervisor::run(
-        &agent,
-        settings,
-        hub,
-        commands,
-        state,
-        &mut backoff,
-        shutdown.clone(),
-    )
-    .await;
+    let stopped =
+        supervisor::run(&agent, settings, hub, state, &mut backoff, shutdown.clone()).await;
     shutdown.cancel();
     let _ = server_task.await;
     match stopped {

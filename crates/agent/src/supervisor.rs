@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use control::{EventKind, Phase, ReturnReason, When};
 use rand::Rng as _;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument as _};
 
@@ -112,7 +111,6 @@ pub async fn run(
     agent: &Agent,
     home_settings: Settings,
     hub: Arc<Hub>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
     state: StateFile,
     backoff: &mut Backoff,
     shutdown: CancellationToken,
@@ -136,7 +134,7 @@ pub async fn run(
         lease_expired_at: None,
     };
     sup.resume();
-    let stopped = sup.serve(&mut commands, backoff, &shutdown).await;
+    let stopped = sup.serve(backoff, &shutdown).await;
     sup.home_continuity.shutdown().await;
     sup.away_continuity.shutdown().await;
     stopped
@@ -180,12 +178,7 @@ impl Supervisor<'_> {
         }
     }
 
-    async fn serve(
-        &mut self,
-        commands: &mut mpsc::UnboundedReceiver<Command>,
-        backoff: &mut Backoff,
-        shutdown: &CancellationToken,
-    ) -> Stopped {
+    async fn serve(&mut self, backoff: &mut Backoff, shutdown: &CancellationToken) -> Stopped {
         let mut last_online = Instant::now();
         let mut last_problem: Option<String> = None;
         let mut attempt: u64 = 0;
@@ -222,7 +215,7 @@ impl Supervisor<'_> {
                 loop {
                     tokio::select! {
                         result = &mut session => break result,
-                        Some(_) = commands.recv() => {}
+                        () = self.hub.woken() => {}
                         _ = tick.tick() => {}
                     }
                     if decided.is_none() {
@@ -314,7 +307,7 @@ impl Supervisor<'_> {
                 tokio::select! {
                     () = &mut sleep => break,
                     () = shutdown.cancelled() => return Stopped::Cleanly,
-                    Some(_) = commands.recv() => {}
+                    () = self.hub.woken() => {}
                     _ = tick.tick() => {}
                 }
                 let decided = decide(
