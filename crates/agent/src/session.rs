@@ -378,6 +378,18 @@ impl Agent {
                 "no node name and secret: give -name and -secret (or -jnlpUrl)".into(),
             ));
         };
+        if !s.protocols.is_empty()
+            && !s
+                .protocols
+                .iter()
+                .any(|p| p == remoting_protocol::handshake::PROTOCOL_NAME)
+        {
+            return Err(SessionError::Config(format!(
+                "-protocols allows only {}, but this agent speaks {}",
+                s.protocols.join(", "),
+                remoting_protocol::handshake::PROTOCOL_NAME
+            )));
+        }
         if let Some(direct) = &s.direct {
             let identity = s
                 .instance_identity

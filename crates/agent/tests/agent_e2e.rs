@@ -485,6 +485,29 @@ async fn refusals_and_bad_targets_give_clear_errors() {
         "no header reached the controller"
     );
 
+    // -protocols without the one protocol this agent speaks.
+    let (status, log) = failing_run(&[
+        "-direct",
+        &direct,
+        "-instanceIdentity",
+        &controller.identity().to_base64(),
+        "-protocols",
+        "JNLP2-connect",
+        "-name",
+        "n5",
+        "-secret",
+        SECRET,
+        "--engine-command",
+        &cmd,
+        "-noReconnect",
+    ])
+    .await;
+    assert!(!status.success());
+    assert!(
+        log.contains("-protocols allows only JNLP2-connect"),
+        "{log}"
+    );
+
     // Nothing listening at the URL.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("http://127.0.0.1:{}/", closed.local_addr().unwrap().port());
