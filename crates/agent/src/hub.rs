@@ -20,8 +20,8 @@ use crate::lending::{target_label, Lease};
 /// A move asked for on the control socket, waiting to be carried out.
 #[derive(Debug, Clone)]
 pub enum Command {
-    /// Go to this borrower.
-    Borrow(BorrowRequest, When),
+    /// Go to this borrower (when: `request.when`).
+    Borrow(BorrowRequest),
     /// Go home.
     Return(When),
 }
@@ -43,8 +43,8 @@ pub struct Core {
     pub home_url: Option<String>,
     /// A move accepted and waiting for idle.
     pub pending: Option<(Command, u64)>,
-    /// The engines alive now (the current one and a spare).
-    pub engine_pids: Vec<u32>,
+    /// The engine of the live session.
+    pub engine_pid: Option<u32>,
     /// The last error.
     pub last_error: Option<String>,
     /// When `idle_return` runs out, unix ms.
@@ -160,17 +160,17 @@ impl Hub {
             idle_deadline_ms: core.idle_deadline_ms,
             pending: core.pending.as_ref().map(|(command, since_ms)| Pending {
                 action: match command {
-                    Command::Borrow(..) => PendingAction::Borrow,
+                    Command::Borrow(_) => PendingAction::Borrow,
                     Command::Return(_) => PendingAction::Return,
                 },
                 controller_url: match command {
-                    Command::Borrow(request, _) => Some(target_label(&request.target)),
+                    Command::Borrow(request) => Some(target_label(&request.target)),
                     Command::Return(_) => core.home_url.clone(),
                 },
                 since_ms: *since_ms,
             }),
             busy,
-            engine_pid: core.engine_pids.first().copied(),
+            engine_pid: core.engine_pid,
             remoting_version: core.remoting_version,
             bytes_to_controller: self
                 .traffic
@@ -210,14 +210,14 @@ impl crate::control_server::Handler for Hub {
                 ));
             }
             match &core.pending {
-                Some((Command::Borrow(pending, _), _))
+                Some((Command::Borrow(pending), _))
                     if pending.target == request.target
                         && pending.name == request.name
                         && request.when == When::Idle =>
                 {
                     return Ok(format!("already waiting to go to {label}"));
                 }
-                Some((Command::Borrow(pending, _), _))
+                Some((Command::Borrow(pending), _))
                     if pending.target != request.target || pending.name != request.name =>
                 {
                     return Err(format!(
@@ -227,8 +227,7 @@ impl crate::control_server::Handler for Hub {
                 }
                 _ => {}
             }
-            let when = request.when;
-            core.pending = Some((Command::Borrow(request.clone(), when), busy::now_ms()));
+            core.pending = Some((Command::Borrow(request.clone()), busy::now_ms()));
         }
         let when = request.when;
         self.wake.notify_one();
@@ -242,7 +241,7 @@ impl crate::control_server::Handler for Hub {
     fn give_back(&self, when: When) -> Result<String, String> {
         {
             let mut core = self.core();
-            let pending_borrow = matches!(core.pending, Some((Command::Borrow(..), _)));
+            let pending_borrow = matches!(core.pending, Some((Command::Borrow(_), _)));
             if core.lease.is_none() && !pending_borrow {
                 return Err("not lent: the agent is at home".into());
             }

@@ -124,11 +124,6 @@ pub struct Continuity {
 }
 
 impl Continuity {
-    /// The spare engine's pid, if one waits.
-    pub fn spare_pid(&self) -> Option<u32> {
-        self.spare.as_ref().map(|s| s.engine.pid())
-    }
-
     /// Stops the spare engine, if any.
     pub async fn shutdown(&mut self) {
         if let Some(mut spare) = self.spare.take() {

@@ -240,7 +240,7 @@ impl Supervisor<'_> {
             let online = went_online.get();
             {
                 let mut core = self.hub.core();
-                core.engine_pids = self.continuity_spares();
+                core.engine_pid = None;
                 core.controller_url = None;
             }
             if online {
@@ -327,16 +327,6 @@ impl Supervisor<'_> {
         }
     }
 
-    fn continuity_spares(&self) -> Vec<u32> {
-        [
-            self.home_continuity.spare_pid(),
-            self.away_continuity.spare_pid(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
-    }
-
     /// Carries out a move once the old session is over.
     async fn apply(&mut self, decided: Move, backoff: &mut Backoff) {
         let leaving = self.lease.is_some();
@@ -413,7 +403,7 @@ impl Supervisor<'_> {
 fn mark_online(hub: &Hub, online: &Online) {
     {
         let mut core = hub.core();
-        core.engine_pids = vec![online.engine_pid];
+        core.engine_pid = Some(online.engine_pid);
         core.controller_url = online.controller_url.clone();
         core.node_name = Some(online.node.clone());
         core.remoting_version = online.remoting_version.clone();
@@ -445,7 +435,7 @@ fn decide(
         *idle_since = Instant::now();
     }
     match pending {
-        Some((Command::Borrow(request, when), _)) if when == When::Now || !busy.busy => {
+        Some((Command::Borrow(request), _)) if request.when == When::Now || !busy.busy => {
             return Some(Move::Lend(request));
         }
         Some((Command::Return(when), _))
