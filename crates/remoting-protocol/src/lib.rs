@@ -14,12 +14,15 @@
 //!   `AsyncRead + AsyncWrite` ([`handshake::connect`]), with TLS pinned to the
 //!   identity ([`tls`]).
 //! - [`chunk`], [`command`]: the channel's framing, as tokio-util codecs.
+//! - [`close`]: the `Channel$CloseCommand` that ends a channel so that the
+//!   controller notices (a TLS `close_notify` alone leaves a ghost node).
 //! - [`scan`]: following chunk and command boundaries in a stream that
 //!   passes through unchanged.
 //! - [`preamble`]: the stdio engine's capability preamble.
 
 pub mod capability;
 pub mod chunk;
+pub mod close;
 pub mod command;
 pub mod discovery;
 pub mod handshake;

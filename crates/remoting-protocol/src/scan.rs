@@ -93,9 +93,44 @@ impl ChunkScanner {
     /// Looks at the next piece of the stream; `on_command` gets, once for
     /// every command that starts, its class name (if readable) and the start
     /// of its first chunk (see [`HEAD_MAX`]).
-    pub fn feed(&mut self, mut data: &[u8], mut on_command: impl FnMut(Option<&str>, &[u8])) {
-        self.stats.bytes += data.len() as u64;
+    pub fn feed(&mut self, data: &[u8], on_command: impl FnMut(Option<&str>, &[u8])) {
+        self.scan(data, on_command, false);
+    }
+
+    /// Like [`ChunkScanner::feed`], but stops right after the first command
+    /// that ends in `data`, and returns how many bytes it took (all of them
+    /// when no command ends). For holding a stream at a command boundary:
+    /// what it leaves is the start of the next command.
+    pub fn feed_to_command_end(
+        &mut self,
+        data: &[u8],
+        on_command: impl FnMut(Option<&str>, &[u8]),
+    ) -> usize {
+        self.scan(data, on_command, true)
+    }
+
+    fn scan(
+        &mut self,
+        data: &[u8],
+        mut on_command: impl FnMut(Option<&str>, &[u8]),
+        stop_at_command_end: bool,
+    ) -> usize {
+        let total = data.len();
+        let taken = self.scan_inner(data, &mut on_command, stop_at_command_end);
+        self.stats.bytes += taken as u64;
+        debug_assert!(taken <= total);
+        taken
+    }
+
+    fn scan_inner(
+        &mut self,
+        mut data: &[u8],
+        on_command: &mut impl FnMut(Option<&str>, &[u8]),
+        stop_at_command_end: bool,
+    ) -> usize {
+        let total = data.len();
         while !data.is_empty() {
+            let commands = self.stats.commands;
             if self.remaining > 0 {
                 let take = self.remaining.min(data.len());
                 if self.in_first_chunk && !self.reported {
@@ -104,26 +139,30 @@ impl ChunkScanner {
                 self.remaining -= take;
                 data = &data[take..];
                 if self.remaining == 0 {
-                    self.end_chunk(&mut on_command);
+                    self.end_chunk(on_command);
                 } else if self.peek_len == self.peek_limit {
-                    self.report(&mut on_command);
+                    self.report(on_command);
                 }
-                continue;
-            }
-            let header = if let Some(first) = self.half_header.take() {
-                let header = ChunkHeader::parse([first, data[0]]);
-                data = &data[1..];
-                header
-            } else if let [first] = data {
-                self.half_header = Some(*first);
-                return;
             } else {
-                let header = ChunkHeader::parse([data[0], data[1]]);
-                data = &data[2..];
-                header
-            };
-            self.start_chunk(header, &mut on_command);
+                let header = if let Some(first) = self.half_header.take() {
+                    let header = ChunkHeader::parse([first, data[0]]);
+                    data = &data[1..];
+                    header
+                } else if let [first] = data {
+                    self.half_header = Some(*first);
+                    return total;
+                } else {
+                    let header = ChunkHeader::parse([data[0], data[1]]);
+                    data = &data[2..];
+                    header
+                };
+                self.start_chunk(header, on_command);
+            }
+            if stop_at_command_end && self.stats.commands > commands {
+                return total - data.len();
+            }
         }
+        total
     }
 
     /// Keeps the start of a first chunk, widening to the whole chunk once the
@@ -257,6 +296,41 @@ mod tests {
                 ],
                 "piece size {piece}"
             );
+        }
+    }
+
+    #[test]
+    fn stops_after_the_first_command_that_ends() {
+        let mut wire = BytesMut::new();
+        put_command(&mut wire, &command("a.First", 9000));
+        let first = wire.len();
+        put_command(&mut wire, &[]);
+        put_command(&mut wire, &command("b.Third", 30));
+        for piece in [1, 3, 8193, wire.len()] {
+            let mut scanner = ChunkScanner::new();
+            let mut ends = Vec::new();
+            let mut at = 0;
+            let mut classes = Vec::new();
+            for part in wire.chunks(piece) {
+                let mut part = part;
+                while !part.is_empty() {
+                    let n = scanner.feed_to_command_end(part, |c, _| {
+                        classes.push(c.map(str::to_owned))
+                    });
+                    at += n;
+                    part = &part[n..];
+                    if scanner.at_command_boundary() {
+                        ends.push(at);
+                    }
+                }
+            }
+            assert_eq!(
+                ends,
+                [first, first + 2, wire.len()],
+                "piece size {piece}"
+            );
+            assert_eq!(classes.len(), 3);
+            assert_eq!(scanner.stats().bytes, wire.len() as u64);
         }
     }
 

@@ -32,6 +32,7 @@ fn every_transcript_is_present() {
         "refused-unknown-node.jsonl",
         "refused-already-connected.jsonl",
         "reconnect-cookie-takeover.jsonl",
+        "agent-initiated-close.jsonl",
     ] {
         assert!(
             names.iter().any(|n| n == expected),
@@ -174,6 +175,30 @@ fn the_recorded_session_carries_the_expected_commands() {
     assert!(names
         .iter()
         .any(|n| n == "hudson.remoting.ProxyOutputStream$Chunk"));
+}
+
+#[test]
+fn our_close_command_is_the_recorded_one() {
+    let records = fixtures::load("agent-initiated-close.jsonl");
+    let sent = records
+        .iter()
+        .find(|r| r.seq == 19)
+        .expect("seq 19: the agent's close");
+    assert_eq!(sent.dir, Direction::AgentToController);
+    let mut ours = BytesMut::new();
+    remoting_protocol::close::put_close_command(&mut ours);
+    assert_eq!(&ours[..], &sent.bytes[..]);
+    // Both sides' answers are closes too, which is how a leaving agent
+    // recognises the controller's.
+    for seq in [20, 21] {
+        let record = records.iter().find(|r| r.seq == seq).unwrap();
+        let mut buf = BytesMut::from(&record.bytes[..]);
+        let command = CommandCodec::default().decode(&mut buf).unwrap().unwrap();
+        assert!(
+            remoting_protocol::close::is_close(command.class_name()),
+            "seq {seq}"
+        );
+    }
 }
 
 /// Node name, secret and cookie the recorded agent sent.
