@@ -21,12 +21,87 @@ const NOBODY: u32 = 65534;
 
 /// A fresh directory under /tmp that other users can traverse (mode 0755),
 /// so that a client running as `nobody` can reach the socket inside.
+///
+/// /tmp, not `std::env::temp_dir()`: `TMPDIR` may name a private directory
+/// (pam_tmpdir's /tmp/user/0 is mode 0700), and a socket path must stay
+/// short. The mode is set explicitly, whatever the umask.
 fn socket_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(format!("/tmp/ctl-e2e-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::DirBuilder::new().mode(0o755).create(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     dir
+}
+
+/// Panics, naming the culprit, unless every directory from / down to `path`
+/// (and `path` itself) can be searched, or for a file executed, by others.
+/// What a test run as another uid checks would otherwise fail with a bare
+/// EACCES that says nothing about the checkout's or /tmp's modes.
+fn assert_others_can_reach(path: &Path) {
+    for p in path.ancestors() {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode();
+        assert!(
+            mode & 0o001 != 0,
+            "{} is mode {:o}: uid {NOBODY} cannot reach {}",
+            p.display(),
+            mode & 0o7777,
+            path.display()
+        );
+    }
+}
+
+/// A copy of the built `jnlp-agent` that `nobody` can execute, for running
+/// ctl as another uid. The binary under target/ may lie below a directory
+/// only root can enter (a checkout in /root or in a `mktemp -d`), and what
+/// these tests check must not depend on where the checkout lives. The copy
+/// goes away with this value.
+struct BinaryForOthers {
+    dir: PathBuf,
+    exe: PathBuf,
+}
+
+impl BinaryForOthers {
+    fn new(name: &str) -> Self {
+        let dir = socket_dir(&format!("bin-{name}"));
+        let exe = dir.join("jnlp-agent");
+        std::fs::copy(env!("CARGO_BIN_EXE_jnlp-agent"), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_others_can_reach(&exe);
+        Self { dir, exe }
+    }
+
+    /// Runs `jnlp-agent ctl ARGS` as `uid`, from a directory it can enter.
+    fn ctl(&self, args: &[&str], uid: u32) -> Output {
+        let mut tries = 0;
+        loop {
+            match ctl_command(&self.exe, args, Some(uid), &[])
+                .current_dir(&self.dir)
+                .output()
+            {
+                // Another test's child forked while the copy was still open
+                // for writing and has not exec'd yet: its inherited fd makes
+                // our exec fail with ETXTBSY for a moment.
+                Err(e)
+                    if e.raw_os_error() == Some(nix::errno::Errno::ETXTBSY as i32)
+                        && tries < 100 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                result => {
+                    return result.unwrap_or_else(|e| {
+                        panic!("{} ctl runs as uid {uid}: {e}", self.exe.display())
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl Drop for BinaryForOthers {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// An agent that keeps trying an unreachable controller, with its control
@@ -49,10 +124,22 @@ async fn agent_at(socket: &Path) -> AgentProcess {
     agent
 }
 
-/// Runs `jnlp-agent ctl ARGS` (as `uid` when given).
-fn ctl(args: &[&str], uid: Option<u32>, envs: &[(&str, &str)]) -> Output {
+/// Runs the built `jnlp-agent ctl ARGS` as ourselves.
+fn ctl(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    ctl_command(
+        Path::new(env!("CARGO_BIN_EXE_jnlp-agent")),
+        args,
+        None,
+        envs,
+    )
+    .output()
+    .expect("jnlp-agent ctl runs")
+}
+
+/// `EXE ctl ARGS` (as `uid` when given) with the socket variable unset.
+fn ctl_command(exe: &Path, args: &[&str], uid: Option<u32>, envs: &[(&str, &str)]) -> Command {
     use std::os::unix::process::CommandExt as _;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_jnlp-agent"));
+    let mut command = Command::new(exe);
     command
         .arg("ctl")
         .args(args)
@@ -62,7 +149,7 @@ fn ctl(args: &[&str], uid: Option<u32>, envs: &[(&str, &str)]) -> Output {
     if let Some(uid) = uid {
         command.uid(uid).gid(uid);
     }
-    command.output().expect("jnlp-agent ctl runs")
+    command
 }
 
 fn text(output: &Output) -> String {
@@ -84,13 +171,13 @@ async fn ctl_talks_to_a_running_agent_and_the_socket_goes_with_it() {
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 
-    let out = ctl(&["--socket", s, "status"], None, &[]);
+    let out = ctl(&["--socket", s, "status"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with("placement   home, "), "{}", text(&out));
 
     // The socket from the environment, as jobs on the agent get it.
-    let out = ctl(&["status", "--json"], None, &[(control::SOCKET_ENV, s)]);
+    let out = ctl(&["status", "--json"], &[(control::SOCKET_ENV, s)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -112,7 +199,6 @@ async fn ctl_talks_to_a_running_agent_and_the_socket_goes_with_it() {
             "--secret-file",
             "/nonexistent/secret",
         ],
-        None,
         &[],
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -179,7 +265,7 @@ async fn ctl_talks_to_a_running_agent_and_the_socket_goes_with_it() {
         .unwrap();
     assert_eq!(events_status.code(), Some(0));
 
-    let out = ctl(&["--socket", s, "status"], None, &[]);
+    let out = ctl(&["--socket", s, "status"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -199,17 +285,13 @@ fn ctl_usage_errors_exit_2() {
             "n",
         ],
     ] {
-        let out = ctl(args, None, &[]);
+        let out = ctl(args, &[]);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
     }
-    let out = ctl(&["--help"], None, &[]);
+    let out = ctl(&["--help"], &[]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Exit status:"));
-    let out = ctl(
-        &["--socket", "/nonexistent/control.sock", "status"],
-        None,
-        &[],
-    );
+    let out = ctl(&["--socket", "/nonexistent/control.sock", "status"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
 }
 
@@ -219,13 +301,15 @@ async fn another_user_is_kept_out() {
         eprintln!("skipped: needs root to run ctl as another user");
         return;
     }
+    let bin = BinaryForOthers::new("peer");
     let dir = socket_dir("peer");
+    assert_others_can_reach(&dir);
     let socket = dir.join("control.sock");
     let s = socket.to_str().unwrap();
     let mut agent = agent_at(&socket).await;
 
     // Mode 0600: nobody cannot even connect.
-    let out = ctl(&["--socket", s, "status"], Some(NOBODY), &[]);
+    let out = bin.ctl(&["--socket", s, "status"], NOBODY);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("ermission denied"),
@@ -235,7 +319,7 @@ async fn another_user_is_kept_out() {
 
     // Were the mode too wide, the peer check still says no.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = ctl(&["--socket", s, "status"], Some(NOBODY), &[]);
+    let out = bin.ctl(&["--socket", s, "status"], NOBODY);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr)
@@ -246,7 +330,7 @@ async fn another_user_is_kept_out() {
     agent.wait_log("peer not allowed", 1, LONG).await;
 
     // root may.
-    let out = ctl(&["--socket", s, "status"], None, &[]);
+    let out = ctl(&["--socket", s, "status"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
     agent.signal(Signal::SIGTERM);
@@ -263,7 +347,9 @@ async fn the_control_group_lets_its_members_in() {
     let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(NOBODY))
         .unwrap()
         .expect("nobody's group");
+    let bin = BinaryForOthers::new("group");
     let dir = socket_dir("group");
+    assert_others_can_reach(&dir);
     let socket = dir.join("control.sock");
     let s = socket.to_str().unwrap();
     let mut agent = AgentProcess::start(
@@ -286,7 +372,7 @@ async fn the_control_group_lets_its_members_in() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), NOBODY);
 
-    let out = ctl(&["--socket", s, "status", "--json"], Some(NOBODY), &[]);
+    let out = bin.ctl(&["--socket", s, "status", "--json"], NOBODY);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
     agent.signal(Signal::SIGTERM);
