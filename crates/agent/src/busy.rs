@@ -82,6 +82,13 @@ impl Activity {
     }
 }
 
+/// Whether a command from the controller is a request that starts work
+/// (anything it expects an answer to, pings aside): what cancels a move
+/// that is about to happen.
+pub fn is_work_request(class: Option<&str>, head: &[u8]) -> bool {
+    class.is_some_and(|c| REQUESTS.contains(&c)) && !is_ping(head)
+}
+
 fn is_ping(head: &[u8]) -> bool {
     head.windows(PING_MARKER.len()).any(|w| w == PING_MARKER)
 }

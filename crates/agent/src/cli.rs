@@ -66,6 +66,7 @@
 //! | `--log-format text\|json` | `log_format` |
 //! | `--control-socket PATH`, `--control-group GROUP` | the control socket (issue: borrowing); default `<workDir>/<internalDir>/control.sock`, mode 0600, or 0660 with the group. |
 //! | `--lease-grace DURATION` | after a lease expired, how long a busy agent may finish before it goes home anyway (default 10m). |
+//! | `--quiet-period DURATION` | how long the channel must carry nothing but pings before the agent counts as idle and may move (default 5s). |
 //! | `--borrow-give-up DURATION` | return home after a borrower was unreachable or refusing this long (default 5m). |
 //! | `--state-file PATH` | where the current target survives restarts (default `<workDir>/<internalDir>/state.json`). |
 //! | `--reconnect-delay DURATION` | first wait before reconnecting, doubling (with jitter) up to `--reconnect-max-delay` (defaults 1s and 30s); agent.jar waits a fixed 10 s. |
@@ -304,12 +305,15 @@ const SPECS: &[Spec] = &[
     ours("control-group", Value),
     ours("borrow-give-up", Value),
     ours("lease-grace", Value),
+    ours("quiet-period", Value),
     ours("state-file", Value),
     ours("reconnect-max-delay", Value),
 ];
 
 /// How long a borrower may be unreachable before the agent goes home.
 const DEFAULT_BORROW_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long the channel must be quiet (pings aside) before the agent is idle.
+const DEFAULT_QUIET_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a busy agent may stay after its lease expired.
 const DEFAULT_LEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 /// First wait before reconnecting.
@@ -675,6 +679,14 @@ struct Args {
     )]
     lease_grace: Option<String>,
 
+    /// How long the channel must carry nothing but pings before the agent counts as idle and may move [default: 5s].
+    #[arg(
+        long = "quiet-period",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    quiet_period: Option<String>,
+
     /// Where the current target (home or borrowed) survives restarts [default: WORKDIR/INTERNALDIR/state.json].
     #[arg(long = "state-file", value_name = "PATH", allow_hyphen_values = true)]
     state_file: Option<PathBuf>,
@@ -942,6 +954,7 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         DEFAULT_BORROW_GIVE_UP,
     )?;
     let lease_grace = duration_or(args.lease_grace, "--lease-grace", DEFAULT_LEASE_GRACE)?;
+    let quiet_period = duration_or(args.quiet_period, "--quiet-period", DEFAULT_QUIET_PERIOD)?;
     let reconnect_delay = duration_or(
         args.reconnect_delay,
         "--reconnect-delay",
@@ -1012,6 +1025,7 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         control_group: args.control_group,
         borrow_give_up,
         lease_grace,
+        quiet_period,
         state_file: args.state_file,
         log_format,
     })

@@ -329,6 +329,7 @@ fn describe(status: &Status, now_ms: u64) -> String {
         Phase::Connecting => "connecting",
         Phase::Online => "online",
         Phase::Draining => "draining",
+        Phase::Leaving => "leaving",
         Phase::BackingOff => "backing off",
     };
     lines.push((

@@ -1,9 +1,13 @@
 //! Where the agent serves: home (its lender) or a borrowing controller, and
-//! the state file that keeps that across restarts, SIGKILL included.
+//! the state file that keeps that across restarts, SIGKILL included,
+//! together with the cookie of each controller's last channel (so a
+//! restarted agent takes over its own stale channel instead of being
+//! refused "already connected").
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use anyhow::Context as _;
 use control::{BorrowRequest, Target};
@@ -100,25 +104,82 @@ pub fn target_label(target: &Target) -> String {
 }
 
 /// The state file's content.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Saved {
     version: u32,
     #[serde(default)]
     borrowed: Option<Lease>,
+    /// Oldest first; at most [`MAX_COOKIES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cookies: Vec<SavedCookie>,
+}
+
+/// The cookie a controller handed out with a node's last accepted channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SavedCookie {
+    /// Which controller: its instance identity's fingerprint.
+    controller: String,
+    node: String,
+    cookie: String,
 }
 
 const STATE_VERSION: u32 = 1;
+/// Cookies kept: home and the borrowers seen last.
+const MAX_COOKIES: usize = 16;
 
-/// The state file: `None` = home, `Some(lease)` = borrowed.
-#[derive(Debug, Clone)]
+/// The state file: where the agent is (`None` = home, `Some(lease)` =
+/// borrowed) and the controllers' cookies. The file is the truth on disk;
+/// this keeps a copy so that writing one part keeps the other.
+#[derive(Debug)]
 pub struct StateFile {
     path: PathBuf,
+    saved: Mutex<Saved>,
 }
 
 impl StateFile {
-    /// The state file at `path`.
+    /// The state file at `path` (not read yet: see [`StateFile::load`]).
     pub fn new(path: PathBuf) -> Self {
-        Self { path }
+        Self {
+            path,
+            saved: Mutex::new(Saved {
+                version: STATE_VERSION,
+                ..Saved::default()
+            }),
+        }
+    }
+
+    fn saved(&self) -> MutexGuard<'_, Saved> {
+        self.saved.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cookie `controller` gave `node` with its last channel.
+    pub fn cookie(&self, controller: &str, node: &str) -> Option<String> {
+        self.saved()
+            .cookies
+            .iter()
+            .find(|c| c.controller == controller && c.node == node)
+            .map(|c| c.cookie.clone())
+    }
+
+    /// Keeps the cookie of a newly accepted channel, on disk before the
+    /// channel is used: an agent killed a moment later still has it.
+    pub fn keep_cookie(&self, controller: &str, node: &str, cookie: &str) -> std::io::Result<()> {
+        let mut saved = self.saved();
+        let entry = SavedCookie {
+            controller: controller.to_owned(),
+            node: node.to_owned(),
+            cookie: cookie.to_owned(),
+        };
+        if saved.cookies.last() == Some(&entry) {
+            return Ok(());
+        }
+        saved
+            .cookies
+            .retain(|c| !(c.controller == controller && c.node == node));
+        saved.cookies.push(entry);
+        let excess = saved.cookies.len().saturating_sub(MAX_COOKIES);
+        saved.cookies.drain(..excess);
+        self.write(&saved)
     }
 
     /// Its path.
@@ -148,19 +209,24 @@ impl StateFile {
             self.path.display(),
             saved.version
         );
-        Ok(saved.borrowed)
+        let borrowed = saved.borrowed.clone();
+        *self.saved() = saved;
+        Ok(borrowed)
     }
 
-    /// Records where the agent is: written to a temporary file (mode 0600,
-    /// it holds the borrower's secret), fsynced, renamed over the old one,
-    /// and the directory fsynced, so a crash leaves the old or the new state,
-    /// never a torn one.
+    /// Records where the agent is.
     pub fn save(&self, borrowed: Option<&Lease>) -> std::io::Result<()> {
-        let saved = Saved {
-            version: STATE_VERSION,
-            borrowed: borrowed.cloned(),
-        };
-        let text = serde_json::to_vec_pretty(&saved).map_err(std::io::Error::other)?;
+        let mut saved = self.saved();
+        saved.borrowed = borrowed.cloned();
+        self.write(&saved)
+    }
+
+    /// Writes `saved` to a temporary file (mode 0600: it holds the
+    /// borrower's secret and the cookies), fsynced, renamed over the old
+    /// one, and the directory fsynced, so a crash leaves the old or the new
+    /// state, never a torn one.
+    fn write(&self, saved: &Saved) -> std::io::Result<()> {
+        let text = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(
@@ -222,6 +288,33 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         file.save(None).unwrap();
         assert_eq!(file.load().unwrap(), None);
+
+        // Cookies live beside the lease, per controller and node, and a
+        // new process reads them back.
+        file.save(Some(&lease())).unwrap();
+        file.keep_cookie("home-id", "mac-01", "c1").unwrap();
+        file.keep_cookie("borrower-id", "mac-01", "c2").unwrap();
+        file.keep_cookie("home-id", "mac-01", "c3").unwrap();
+        let again = StateFile::new(file.path().to_owned());
+        assert_eq!(again.load().unwrap(), Some(lease()));
+        assert_eq!(again.cookie("home-id", "mac-01").as_deref(), Some("c3"));
+        assert_eq!(again.cookie("borrower-id", "mac-01").as_deref(), Some("c2"));
+        assert_eq!(again.cookie("home-id", "other-node"), None);
+        assert_eq!(again.cookie("elsewhere", "mac-01"), None);
+        again.save(None).unwrap();
+        assert_eq!(StateFile::new(file.path().to_owned()).load().unwrap(), None);
+        assert_eq!(
+            again.cookie("home-id", "mac-01").as_deref(),
+            Some("c3"),
+            "kept across a return"
+        );
+        for i in 0..40 {
+            again.keep_cookie(&format!("c-{i}"), "n", "x").unwrap();
+        }
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert_eq!(text.matches("\"cookie\"").count(), MAX_COOKIES);
+        let mode = std::fs::metadata(file.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         std::fs::write(file.path(), b"{not json").unwrap();
         assert!(file.load().unwrap_err().to_string().contains("not valid"));
         std::fs::remove_dir_all(dir).unwrap();

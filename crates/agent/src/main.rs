@@ -18,6 +18,7 @@ mod cli;
 mod control_server;
 mod controller_http;
 mod ctl;
+mod departure;
 mod engine;
 mod hub;
 mod lending;
@@ -32,8 +33,6 @@ use anyhow::Context as _;
 
 use crate::session::Agent;
 
-/// Traffic this recent (other than pings) counts as busy.
-const ACTIVITY_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 use crate::supervisor::{Backoff, Stopped};
 use crate::workdir::WorkDir;
 
@@ -109,7 +108,7 @@ async fn serve(settings: settings::Settings, work: WorkDir) -> anyhow::Result<()
         .first()
         .cloned()
         .or_else(|| settings.jnlp_url.clone());
-    let hub = hub::Hub::new(agent.traffic.clone(), home_url, ACTIVITY_WINDOW);
+    let hub = hub::Hub::new(agent.traffic.clone(), home_url, settings.quiet_period);
 
     let socket = settings
         .control_socket

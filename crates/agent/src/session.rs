@@ -1,6 +1,12 @@
 //! One session: find the controller, start an engine, connect, bridge until
 //! either side ends, then stop the engine and everything it started.
 //!
+//! Every planned end of a connected session closes the channel at the
+//! remoting level (see [`crate::bridge`]) and then drops TCP without a TLS
+//! `close_notify`: a real controller ignores `close_notify` and would keep
+//! a ghost node online, but notices a plain TCP close at once (PROTOCOL.md
+//! 5). The same plain close ends a session whose engine died.
+//!
 //! The engine is started before the connection so that the capability the
 //! controller receives is the engine's own; the two capability texts are
 //! then swapped (the controller's goes to the engine as its peer's). An
@@ -18,13 +24,14 @@ use remoting_protocol::handshake::{self, HandshakeConfig, HandshakeError};
 use remoting_protocol::preamble::{self, PreambleError, PreambleReader};
 use remoting_protocol::InstanceIdentity;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::agent_port::{self, DialError};
-use crate::bridge::{self, BridgeEnd, BridgeError, Traffic};
+use crate::bridge::{self, BridgeEnd, BridgeError, Leaving, Traffic};
 use crate::controller_http::{ControllerHttp, HttpError};
+use crate::departure::Departure;
 use crate::engine::{find_java, Engine, EngineError, EngineSpec, JarCache, MAX_ENGINE_JAR};
+use crate::lending::StateFile;
 use crate::settings::{HostPort, Secret, Settings};
 use crate::workdir::WorkDir;
 
@@ -39,6 +46,8 @@ const AGENT_PORT_READ_BUFFER: usize = 256 * 1024;
 const ENGINE_START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the engine may take to exit before its process group is killed.
 const ENGINE_STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long sending our FIN may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Timeout for the TCP connection to the agent port.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -90,8 +99,11 @@ pub enum SessionEnd {
     ControllerClosed,
     /// The engine exited.
     EngineExited,
-    /// The agent was asked to stop.
-    Shutdown,
+    /// The agent left on purpose (a move or a signal); how the controller
+    /// took our close.
+    Left(Leaving),
+    /// Asked to leave before the connection was up.
+    Abandoned,
 }
 
 /// Where one session connects.
@@ -115,11 +127,10 @@ struct ReadyEngine {
     buffered: BytesMut,
 }
 
-/// What outlives a session: the cookie and a spare engine.
+/// What outlives a session at one controller: a spare engine (the
+/// cookies outlive the process, in the state file).
 #[derive(Debug, Default)]
 pub struct Continuity {
-    /// The cookie of the last accepted connection.
-    pub cookie: Option<String>,
     spare: Option<ReadyEngine>,
 }
 
@@ -199,20 +210,22 @@ impl Agent {
     }
 
     /// Runs one session. `on_online` is called once the controller accepted.
-    /// Cancelling `cancel` stops it at any point: before the connection is
-    /// up by dropping what was set up (an engine dropped takes its process
-    /// group with it), afterwards by closing the channel cleanly.
+    /// A leave asked of `departure` ends it at any point: before the
+    /// connection is up by dropping what was set up (an engine dropped takes
+    /// its process group with it), afterwards by closing the channel at the
+    /// remoting level. Cookies are read from and kept in `cookies`.
     pub async fn run_session(
         &self,
         route: &Route,
         continuity: &mut Continuity,
-        cancel: &CancellationToken,
+        cookies: &StateFile,
+        departure: &Departure,
         on_online: impl FnOnce(Online),
     ) -> Result<SessionEnd, SessionError> {
         let (connected, ready, target) = tokio::select! {
             biased;
-            () = cancel.cancelled() => return Ok(SessionEnd::Shutdown),
-            setup = self.connect(route, continuity) => setup?,
+            _ = departure.requested() => return Ok(SessionEnd::Abandoned),
+            setup = self.connect(route, continuity, cookies) => setup?,
         };
         info!(
             node = %target.name,
@@ -233,7 +246,9 @@ impl Agent {
             buffered,
             ..
         } = ready;
-        let end = self.bridge(&mut engine, connected, buffered, cancel).await;
+        let end = self
+            .bridge(&mut engine, connected, buffered, departure)
+            .await;
         engine.stop(ENGINE_STOP_GRACE).await;
         end
     }
@@ -243,6 +258,7 @@ impl Agent {
         &self,
         route: &Route,
         continuity: &mut Continuity,
+        cookies: &StateFile,
     ) -> Result<(handshake::Connected<AgentPort>, ReadyEngine, Target), SessionError> {
         let target = self.resolve(route).await?;
         let jar = self.engine_jar(route, &target).await?;
@@ -272,13 +288,19 @@ impl Agent {
                 return Err(err.into());
             }
         };
+        // A cookie goes only to the controller and node that issued it.
+        let controller = target.identity.fingerprint();
         let mut config = HandshakeConfig::new(target.name.clone(), target.secret.expose());
-        config.cookie = continuity.cookie.clone();
+        config.cookie = cookies.cookie(&controller, &target.name);
         config.capability = ready.capability;
         let tcp = tokio::io::BufReader::with_capacity(AGENT_PORT_READ_BUFFER, tcp);
         match handshake::connect(tcp, &target.agent_port.host, &target.identity, config).await {
             Ok(connected) => {
-                continuity.cookie = connected.cookie.clone();
+                if let Some(cookie) = &connected.cookie {
+                    if let Err(err) = cookies.keep_cookie(&controller, &target.name, cookie) {
+                        warn!(%err, path = %cookies.path().display(), "cannot keep the channel's cookie in the state file; a restart may be refused as already connected");
+                    }
+                }
                 Ok((connected, ready, target))
             }
             Err(err) => {
@@ -293,7 +315,7 @@ impl Agent {
         engine: &mut Engine,
         connected: handshake::Connected<AgentPort>,
         engine_buf: BytesMut,
-        cancel: &CancellationToken,
+        departure: &Departure,
     ) -> Result<SessionEnd, SessionError> {
         let (Some(mut engine_in), Some(engine_out)) = (engine.stdin.take(), engine.stdout.take())
         else {
@@ -317,15 +339,18 @@ impl Agent {
             engine_buf,
             engine_in,
             self.traffic.clone(),
-            cancel.child_token(),
+            departure,
         )
         .await;
-        // Close the channel cleanly (TLS close_notify) whatever ended it.
-        let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
+        // Whatever ended it: a plain TCP close, never a TLS close_notify
+        // (which the controller would ignore, keeping a ghost channel).
+        let tcp = stream.get_mut().0.get_mut();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, tcp.shutdown()).await;
+        drop(stream);
         match end? {
             BridgeEnd::ControllerClosed => Ok(SessionEnd::ControllerClosed),
             BridgeEnd::EngineClosed => Ok(SessionEnd::EngineExited),
-            BridgeEnd::Cancelled => Ok(SessionEnd::Shutdown),
+            BridgeEnd::Left(how) => Ok(SessionEnd::Left(how)),
         }
     }
 

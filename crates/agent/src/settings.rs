@@ -160,6 +160,9 @@ pub struct Settings {
     /// `--lease-grace DURATION`: how long after its lease expired a busy
     /// agent may finish before it goes home anyway.
     pub lease_grace: Duration,
+    /// `--quiet-period DURATION`: how long the channel must carry nothing
+    /// but pings before the agent counts as idle.
+    pub quiet_period: Duration,
     /// `--state-file PATH` (default `<workDir>/<internalDir>/state.json`).
     pub state_file: Option<PathBuf>,
     /// `--reconnect-delay`: the first wait before reconnecting.

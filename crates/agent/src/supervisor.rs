@@ -5,10 +5,13 @@
 //! return commands (queued by the control socket in the [`Hub`]), and
 //! decides on its own to go home when a lease expires, when the borrower
 //! has been idle for `idle_return`, or when the borrower has been
-//! unreachable for `--borrow-give-up`. Moving = cancel the session (its
-//! channel closes cleanly, its engine and process group end), end any build
-//! process left behind, record the new place in the state file, connect
-//! there. Failed attempts wait with exponential backoff and jitter; home is
+//! unreachable for `--borrow-give-up`. Moving = ask the session to leave
+//! (its channel is closed at the remoting level, so the controller takes
+//! the node offline at once; a move that waits for idle is called off if
+//! the controller sends work before the close goes out), end the engine,
+//! its process group and any build process left behind, record the new
+//! place in the state file, connect there. SIGTERM and SIGINT leave the
+//! same way, at once. Failed attempts wait with exponential backoff and jitter; home is
 //! retried forever (unless `-noReconnect` / `-noReconnectAfter` say
 //! otherwise); a FATAL refusal stops the agent at home and sends it home
 //! from a borrower.
@@ -23,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument as _};
 
 use crate::busy;
+use crate::departure::{Departure, Intent};
 use crate::hub::{Command, Hub};
 use crate::lending::{Lease, StateFile};
 use crate::session::{Agent, Continuity, Online, Route, SessionError};
@@ -85,6 +89,38 @@ enum Move {
     Lend(control::BorrowRequest),
     /// Home, for this reason.
     Home(ReturnReason),
+}
+
+/// A move, and whether it waits for quiet (and can be called off by work
+/// arriving) or happens whatever the channel carries.
+#[derive(Debug, Clone)]
+struct Decision {
+    to: Move,
+    intent: Intent,
+}
+
+impl Decision {
+    fn when(to: Move, when: When) -> Self {
+        let intent = match when {
+            When::Now => Intent::Now,
+            When::Idle => Intent::WhenQuiet,
+        };
+        Self { to, intent }
+    }
+
+    fn quiet(to: Move) -> Self {
+        Self {
+            to,
+            intent: Intent::WhenQuiet,
+        }
+    }
+
+    fn now(to: Move) -> Self {
+        Self {
+            to,
+            intent: Intent::Now,
+        }
+    }
 }
 
 /// Everything the supervisor tracks.
@@ -188,10 +224,11 @@ impl Supervisor<'_> {
             attempt += 1;
             let borrowed = self.lease.is_some();
             self.hub.set_phase(Phase::Connecting);
-            let session_cancel = shutdown.child_token();
+            let departure = Departure::new();
+            let mut called_off = departure.watch();
             let went_online = Cell::new(false);
             let started = Instant::now();
-            let mut decided: Option<Move> = None;
+            let mut decided: Option<Decision> = None;
             let result = {
                 let (route, continuity) = match (&self.away, borrowed) {
                     (Some(away), true) => (away, &mut self.away_continuity),
@@ -206,10 +243,16 @@ impl Supervisor<'_> {
                 );
                 let session = self
                     .agent
-                    .run_session(route, continuity, &session_cancel, |online: Online| {
-                        went_online.set(true);
-                        mark_online(&hub, &online);
-                    })
+                    .run_session(
+                        route,
+                        continuity,
+                        &self.state,
+                        &departure,
+                        |online: Online| {
+                            went_online.set(true);
+                            mark_online(&hub, &online);
+                        },
+                    )
                     .instrument(span);
                 tokio::pin!(session);
                 loop {
@@ -217,6 +260,18 @@ impl Supervisor<'_> {
                         result = &mut session => break result,
                         () = self.hub.woken() => {}
                         _ = tick.tick() => {}
+                        _ = called_off.changed() => {}
+                        () = shutdown.cancelled(), if departure.intent() != Intent::Now => {
+                            departure.request(Intent::Now);
+                            self.hub.set_phase(Phase::Leaving);
+                            continue;
+                        }
+                    }
+                    if decided.is_some() && departure.intent() == Intent::Stay {
+                        // The bridge called the move off: work arrived first.
+                        decided = None;
+                        self.hub.set_phase(Phase::Draining);
+                        self.hub.emit(EventKind::MoveDeferred);
                     }
                     if decided.is_none() {
                         decided = decide(
@@ -228,9 +283,9 @@ impl Supervisor<'_> {
                             &self.home_settings,
                             &mut self.lease_expired_at,
                         );
-                        if decided.is_some() {
-                            self.hub.set_phase(Phase::Draining);
-                            session_cancel.cancel();
+                        if let Some(decision) = &decided {
+                            self.hub.set_phase(Phase::Leaving);
+                            departure.request(decision.intent);
                         } else if went_online.get() && self.hub.core().pending.is_some() {
                             self.hub.set_phase(Phase::Draining);
                         }
@@ -255,7 +310,7 @@ impl Supervisor<'_> {
                 return Stopped::Cleanly;
             }
             if let Some(decided) = decided {
-                self.apply(decided, backoff).await;
+                self.apply(decided.to, backoff).await;
                 continue;
             }
             match result {
@@ -320,7 +375,7 @@ impl Supervisor<'_> {
                     &mut self.lease_expired_at,
                 );
                 if let Some(decided) = decided {
-                    self.apply(decided, backoff).await;
+                    self.apply(decided.to, backoff).await;
                     break;
                 }
             }
@@ -422,7 +477,7 @@ fn decide(
     offline_since: Instant,
     settings: &Settings,
     lease_expired_at: &mut Option<Instant>,
-) -> Option<Move> {
+) -> Option<Decision> {
     let (give_up, grace) = (settings.borrow_give_up, settings.lease_grace);
     busy::reap_orphans_now_and_then(&crate::engine::live_engines());
     let pending = hub.core().pending.clone();
@@ -436,12 +491,13 @@ fn decide(
     }
     match pending {
         Some((Command::Borrow(request), _)) if request.when == When::Now || !busy.busy => {
-            return Some(Move::Lend(request));
+            let when = request.when;
+            return Some(Decision::when(Move::Lend(request), when));
         }
         Some((Command::Return(when), _))
             if lease.is_some() && (when == When::Now || !busy.busy) =>
         {
-            return Some(Move::Home(ReturnReason::Requested));
+            return Some(Decision::when(Move::Home(ReturnReason::Requested), when));
         }
         _ => {}
     }
@@ -451,7 +507,7 @@ fn decide(
         .is_some_and(|deadline| deadline <= busy::now_ms())
     {
         if !busy.busy {
-            return Some(Move::Home(ReturnReason::LeaseExpired));
+            return Some(Decision::quiet(Move::Home(ReturnReason::LeaseExpired)));
         }
         let expired = *lease_expired_at.get_or_insert_with(Instant::now);
         if expired.elapsed() >= grace {
@@ -459,7 +515,7 @@ fn decide(
                 grace = %humantime::format_duration(grace),
                 "the lease expired and the agent stayed busy through the grace period: leaving anyway"
             );
-            return Some(Move::Home(ReturnReason::LeaseExpired));
+            return Some(Decision::now(Move::Home(ReturnReason::LeaseExpired)));
         }
     }
     if !online && offline_since.elapsed() >= give_up {
@@ -468,14 +524,14 @@ fn decide(
             after = %humantime::format_duration(give_up),
             "the borrower stayed unreachable: going home"
         );
-        return Some(Move::Home(ReturnReason::BorrowerGone));
+        return Some(Decision::now(Move::Home(ReturnReason::BorrowerGone)));
     }
     if let Some(idle) = lease.request.idle_return {
         let deadline =
             busy::now_ms() + idle.saturating_sub(idle_since.elapsed()).as_millis() as u64;
         hub.core().idle_deadline_ms = Some(deadline);
         if online && idle_since.elapsed() >= idle {
-            return Some(Move::Home(ReturnReason::Idle));
+            return Some(Decision::quiet(Move::Home(ReturnReason::Idle)));
         }
     }
     None

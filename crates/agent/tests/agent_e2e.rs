@@ -8,10 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::{alive, eventually, fake_engine, read_pids, temp_dir, AgentProcess};
+use common::{
+    accepted, alive, eventually, fake_engine, read_pids, temp_dir, AgentProcess, CuttableProxy,
+};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use remoting_protocol::Chunk;
+use testkit::controller::ChannelEnd;
 use testkit::fixtures::{self, Direction, Layer};
 use testkit::{Channel, ControllerEvent, Peer, TestController, TestIdentity};
 use tokio::sync::oneshot;
@@ -31,12 +34,6 @@ async fn controller(node: &str) -> TestController {
 
 fn engine(mode: &str) -> String {
     format!("{} {mode}", fake_engine().display())
-}
-
-fn accepted(log: &[ControllerEvent]) -> usize {
-    log.iter()
-        .filter(|e| matches!(e, ControllerEvent::Accepted { .. }))
-        .count()
 }
 
 /// A script peer whose verdict comes back through a channel.
@@ -331,7 +328,35 @@ async fn killed_engine_is_replaced_and_leaves_no_orphans() {
         Signal::SIGKILL,
     )
     .unwrap();
-    controller.wait_for(|log| accepted(log) == 2, LONG).await;
+    let log = controller.wait_for(|log| accepted(log) == 2, LONG).await;
+    // With no engine to cooperate, the agent drops TCP without close_notify:
+    // the controller takes the node offline before the agent is back, so
+    // the new connection needs no cookie and nothing is refused.
+    let closed_at = log
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                ControllerEvent::ChannelClosed {
+                    how: ChannelEnd::ConnectionLost,
+                    ..
+                }
+            )
+        })
+        .unwrap_or_else(|| panic!("the first channel never closed: {log:#?}"));
+    let second = log
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e, ControllerEvent::Accepted { .. }))
+        .nth(1)
+        .map(|(i, e)| (i, e.clone()));
+    assert!(
+        matches!(&second, Some((i, ControllerEvent::Accepted { took_over: false, .. })) if *i > closed_at),
+        "offline before the reconnect: {log:#?}"
+    );
+    assert!(!log
+        .iter()
+        .any(|e| matches!(e, ControllerEvent::Refused { .. })));
     eventually("the first engine's child is gone", LONG, || {
         !alive(child_pid)
     })
@@ -555,62 +580,6 @@ async fn malformed_jnlp_file_is_a_clear_error() {
         failing_run(&["-jnlpUrl", &jnlp, "--engine-command", &cmd, "-noReconnect"]).await;
     assert!(!status.success());
     assert!(log.contains("DOCTYPE"), "{log}");
-}
-
-/// A TCP relay whose agent-facing sockets can be dropped while the
-/// controller-facing ones stay open.
-struct CuttableProxy {
-    port: u16,
-    cut: Arc<tokio::sync::Notify>,
-}
-
-impl CuttableProxy {
-    async fn start(target: std::net::SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(tokio::sync::Notify::new());
-        let notify = cut.clone();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((agent, _)) = listener.accept().await {
-                let controller = tokio::net::TcpStream::connect(target).await.unwrap();
-                let (mut ar, mut aw) = agent.into_split();
-                let (mut cr, cw) = controller.into_split();
-                let cw = Arc::new(tokio::sync::Mutex::new(cw));
-                let notify = notify.clone();
-                let cw2 = cw.clone();
-                let relay = tokio::spawn(async move {
-                    let up = async {
-                        let mut buf = vec![0; 65536];
-                        loop {
-                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                            let n = ar.read(&mut buf).await.unwrap_or(0);
-                            if n == 0 {
-                                break;
-                            }
-                            if cw2.lock().await.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    let down = tokio::io::copy(&mut cr, &mut aw);
-                    tokio::select! {
-                        _ = up => {}
-                        _ = down => {}
-                        () = notify.notified() => {}
-                    }
-                    // Only the agent side goes; the controller side stays open.
-                    cr
-                });
-                held.push((relay, cw));
-            }
-        });
-        Self { port, cut }
-    }
-
-    fn cut_agent_side(&self) {
-        self.cut.notify_waiters();
-    }
 }
 
 /// The production launch path with a real JVM: the controller serves a jar

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::{alive, fake_engine, temp_dir, AgentProcess};
+use common::{
+    accepted, alive, closed, closed_by_command, fake_engine, refused, temp_dir, until_online,
+    AgentProcess,
+};
 use control::{
     BorrowRequest, EventKind, Phase, Placement, Request, Response, ReturnReason, Status, Target,
     When,
@@ -17,24 +20,12 @@ use control::{
 use futures_util::{SinkExt, StreamExt};
 use remoting_protocol::chunk::put_command;
 use remoting_protocol::ChunkCodec;
-use testkit::{Channel, ControllerEvent, Peer, TestController};
+use testkit::{Channel, Peer, TestController};
 use tokio_util::codec::Decoder;
 
 const LENDER_SECRET: &str = "1e1d1e1d1e1d1e1d1e1d1e1d1e1d1e1d";
 const BORROWER_SECRET: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
 const LONG: Duration = Duration::from_secs(30);
-
-fn accepted(log: &[ControllerEvent]) -> usize {
-    log.iter()
-        .filter(|e| matches!(e, ControllerEvent::Accepted { .. }))
-        .count()
-}
-
-fn closed(log: &[ControllerEvent]) -> usize {
-    log.iter()
-        .filter(|e| matches!(e, ControllerEvent::ChannelClosed { .. }))
-        .count()
-}
 
 async fn lender(peer: Peer) -> TestController {
     TestController::builder()
@@ -638,6 +629,144 @@ async fn an_expired_lease_outlasting_its_grace_goes_home_anyway() {
     assert!(!alive(pid), "the build outlived the move");
     agent.wait_log("leaving anyway", 1, LONG).await;
     lender.wait_for(|log| accepted(log) == 2, LONG).await;
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}
+
+/// Five round trips: each time the controller the agent left shows the node
+/// offline within a second (its channel ended by a `Channel$CloseCommand`),
+/// and no connection anywhere is refused.
+#[tokio::test]
+async fn five_round_trips_leave_no_ghost_behind() {
+    let lender = lender(Peer::Hold).await;
+    let borrower = borrower(Peer::Hold).await;
+    let agent = start_agent(&lender, &[]);
+    let socket = agent.socket();
+    wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
+    let mut away = Vec::new();
+    let mut home = Vec::new();
+    for round in 1..=5 {
+        lend(&socket, &borrower, None, None, When::Now).await;
+        away.push(until_online(&lender, "mac-01", false, Duration::from_secs(1)).await);
+        borrower.wait_for(|log| accepted(log) == round, LONG).await;
+        request(&socket, Request::Return { when: When::Now })
+            .await
+            .unwrap();
+        home.push(until_online(&borrower, "guest-mac", false, Duration::from_secs(1)).await);
+        lender
+            .wait_for(|log| accepted(log) == round + 1, LONG)
+            .await;
+    }
+    eprintln!("borrow --now -> offline at the lender: {away:?}");
+    eprintln!("return --now -> offline at the borrower: {home:?}");
+    let (lender_log, borrower_log) = (lender.log(), borrower.log());
+    assert_eq!(refused(&lender_log) + refused(&borrower_log), 0);
+    assert_eq!(closed_by_command(&lender_log), 5, "{lender_log:#?}");
+    assert_eq!(closed_by_command(&borrower_log), 5, "{borrower_log:#?}");
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}
+
+/// A build that starts while a move is being decided is served, and the
+/// move happens after it. The engine is held in the middle of a command, so
+/// the agent, having decided to leave, must wait before its close can go
+/// out; the controller sends a request in that window.
+#[tokio::test]
+async fn work_that_arrives_while_leaving_is_served_before_the_move() {
+    use std::sync::Mutex;
+    use tokio::sync::mpsc;
+    let (go_tx, go_rx) = mpsc::unbounded_channel::<&'static str>();
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<String>();
+    let go_rx = Arc::new(tokio::sync::Mutex::new(go_rx));
+    let seen_tx = Arc::new(Mutex::new(seen_tx));
+    let chunk = |payload: &[u8]| {
+        let mut wire = BytesMut::new();
+        put_command(&mut wire, payload);
+        ChunkCodec.decode(&mut wire).unwrap().unwrap()
+    };
+    let lender = lender(Peer::script(move |mut channel: Channel| {
+        let (go_rx, seen_tx) = (go_rx.clone(), seen_tx.clone());
+        async move {
+            let seen = |what: String| {
+                let _ = seen_tx.lock().unwrap().send(what);
+            };
+            let mut go = go_rx.lock().await;
+            // The engine starts a command and stays in its middle.
+            channel
+                .framed
+                .send(chunk(testkit::fake_engine::HOLD))
+                .await
+                .unwrap();
+            loop {
+                tokio::select! {
+                    order = go.recv() => match order {
+                        Some("request") => {
+                            let mut request = b"\xac\xed\x00\x05\x73\x72\x00\x1bhudson.remoting.UserRequest".to_vec();
+                            request.resize(300, 1);
+                            channel.framed.send(chunk(&request)).await.unwrap();
+                            seen("request sent".into());
+                        }
+                        Some("release") => {
+                            channel.framed.send(chunk(testkit::fake_engine::RELEASE)).await.unwrap();
+                        }
+                        _ => {}
+                    },
+                    item = channel.framed.next() => match item {
+                        Some(Ok(got)) => {
+                            let class = remoting_protocol::command::class_name(&got.payload);
+                            if class == Some("hudson.remoting.Response") {
+                                seen("response".into());
+                            }
+                        }
+                        _ => {
+                            seen("channel ended".into());
+                            return;
+                        }
+                    },
+                }
+            }
+        }
+    }))
+    .await;
+    let borrower = borrower(Peer::Hold).await;
+    let agent = start_agent(&lender, &["--quiet-period", "300ms"]);
+    let socket = agent.socket();
+    wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
+    let mut events = subscribe(&socket).await;
+
+    lend(&socket, &borrower, None, None, When::Idle).await;
+    // Quiet for 300 ms, the agent decides to leave, but the engine is in
+    // the middle of a command: the close waits.
+    wait_status(&socket, "deciding to leave", |s| s.phase == Phase::Leaving).await;
+    go_tx.send("request").unwrap();
+    assert_eq!(seen_rx.recv().await.as_deref(), Some("request sent"));
+    loop {
+        let event = tokio::time::timeout(LONG, events.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if event.kind == EventKind::MoveDeferred {
+            break;
+        }
+    }
+    agent
+        .wait_log(
+            "the controller sent work while the agent was about to leave",
+            1,
+            LONG,
+        )
+        .await;
+    assert!(lender.is_online("mac-01"));
+    assert_eq!(accepted(&borrower.log()), 0, "it stayed");
+    // The engine finishes its command and answers the request; then, quiet
+    // again, the agent moves.
+    go_tx.send("release").unwrap();
+    assert_eq!(seen_rx.recv().await.as_deref(), Some("response"));
+    assert_eq!(seen_rx.recv().await.as_deref(), Some("channel ended"));
+    borrower.wait_for(|log| accepted(log) == 1, LONG).await;
+    let lender_log = lender.log();
+    assert_eq!(closed_by_command(&lender_log), 1, "{lender_log:#?}");
     lender.shutdown().await;
     borrower.shutdown().await;
 }

@@ -580,6 +580,11 @@ pub enum Phase {
     Online,
     /// Waiting for the agent to become idle before leaving.
     Draining,
+    /// Leaving: the channel is being closed at the remoting level (our
+    /// `Channel$CloseCommand` sent or about to be, the controller's answer
+    /// awaited); a move that waits for idle may still be called off if the
+    /// controller sends work before the close goes out.
+    Leaving,
     /// Waiting before the next connection attempt.
     BackingOff,
 }
@@ -678,6 +683,10 @@ pub enum EventKind {
     BorrowAccepted,
     /// A `return` was accepted.
     ReturnAccepted,
+    /// A move about to happen was called off because the controller sent
+    /// work (a build) before the channel close went out; the agent waits
+    /// for idle again.
+    MoveDeferred,
     /// A borrowed agent went home.
     ReturnedHome {
         /// Why.

@@ -7,7 +7,11 @@
 //!
 //! | mode | does |
 //! |---|---|
-//! | `echo` (default) | copies every chunk from stdin back to stdout unchanged; a chunk whose payload is `fake-engine:spawn CMD` also starts `sh -c CMD` in the background (a "build") |
+//! | `echo` (default) | copies every chunk from stdin back to stdout unchanged (one write per read), except for the whole commands below; a chunk whose payload is `fake-engine:spawn CMD` is echoed and also starts `sh -c CMD` in the background (a "build") |
+//! | `echo`: a `hudson.remoting.Channel$CloseCommand` | (PROTOCOL.md section 5) not echoed: once its last chunk is in, writes the recorded engine's answer (agent>controller chunks seq 21 and 22 of `agent-initiated-close.jsonl`: its own close, then `00 00`), flushes, says `fake-engine: channel closed by the peer` on stderr and ends with exit 0, ignoring anything after it |
+//! | `echo`: a `hudson.remoting.UserRequest` or `hudson.remoting.RemoteInvocationHandler$RPCRequest` | not echoed: once its last chunk is in, answered with one minimal `hudson.remoting.Response` command of one chunk |
+//! | `echo`: [`HOLD`] (`fake-engine:hold`) | a one-chunk command, not echoed: writes and flushes the first chunk (more-follows bit set, 100 bytes, a `hudson.remoting.ProxyOutputStream$Chunk`) of a two-chunk command, so stdout stays inside a command; everything written after it (echoes, answers) waits |
+//! | `echo`: [`RELEASE`] (`fake-engine:release`) | a one-chunk command, not echoed: writes the held command's last chunk, then what waited. A close while held also completes the held command first; at stdin EOF while held, what waited is dropped |
 //! | `replay FILE.jsonl` | plays the agent side of a recorded transcript's `chunk` records: writes agent>controller ones, reads and compares controller>agent ones (exit 1 on the first difference) |
 //! | `sink` | reads and discards chunks; prints `sink: N payload bytes in M chunks` on stderr at EOF |
 //! | `source N` | writes N payload bytes as one-chunk commands of 8192 bytes (the last one shorter), while reading stdin to EOF |
@@ -19,8 +23,16 @@
 //! `--pid-file PATH` writes our pid and then the child's, one a line, before
 //! the preamble. Diagnostics go to stderr only; stdout carries nothing but
 //! the preamble and chunks. Exit status: 0 at stdin EOF (also
-//! when stdin closes before sending anything), 1 on a failure
+//! when stdin closes before sending anything) or after `echo` answered a
+//! close, 1 on a failure
 //! (mismatch, truncated chunk, I/O error), 2 on bad usage.
+//!
+//! `echo` tells commands apart by the class name at the start of a whole
+//! command (the payloads of consecutive chunks up to the one without the
+//! more-follows bit; `remoting_protocol::command::class_name`); a command's
+//! chunks may arrive in any number of reads. Chunks of ordinary commands are
+//! echoed as they arrive (a first chunk too short to name the class is kept
+//! until it does); [`HOLD`] and [`RELEASE`] count only between commands.
 //!
 //! A `replay` FILE that does not exist as given is looked up in the fixture
 //! directory, so `replay session-accepted.jsonl` works from anywhere.
@@ -49,7 +61,7 @@ const READ_BUFFER: usize = 256 * 1024;
 /// What to do with the chunk stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
-    /// Copy every chunk back.
+    /// Copy every chunk back; answer closes and requests; hold and release.
     Echo,
     /// Play the agent side of a transcript.
     Replay(PathBuf),
@@ -201,7 +213,7 @@ pub fn run(
     }
 
     match &options.mode {
-        Mode::Echo => echo(&mut input, &mut output),
+        Mode::Echo => echo(&mut input, &mut output, diag),
         Mode::Replay(path) => replay(&mut input, &mut output, &resolve(path), diag),
         Mode::Sink => sink(&mut input, diag),
         Mode::Source(n) => source(input, &mut output, *n, diag),
@@ -370,6 +382,81 @@ impl<R: Read> Input<R> {
 /// shell command in the background, like a build step the engine started.
 pub const SPAWN_PREFIX: &[u8] = b"fake-engine:spawn ";
 
+/// A one-chunk command whose payload is exactly this makes `echo` write the
+/// first chunk of a two-chunk command (a `ProxyOutputStream$Chunk`) and hold
+/// back its last chunk, and everything else it would write, until
+/// [`RELEASE`]: its stdout stays in the middle of a command.
+pub const HOLD: &[u8] = b"fake-engine:hold";
+
+/// A one-chunk command whose payload is exactly this makes `echo` write the
+/// last chunk of the command [`HOLD`] started, then whatever it held back.
+pub const RELEASE: &[u8] = b"fake-engine:release";
+
+/// `ObjectOutputStream` magic + version, then `TC_OBJECT TC_CLASSDESC`.
+const OBJECT_STREAM_START: &[u8] = b"\xac\xed\x00\x05\x73\x72";
+
+/// The command that ends a channel.
+const CLOSE_CLASS: &str = "hudson.remoting.Channel$CloseCommand";
+
+/// Commands that expect a `Response`.
+const REQUEST_CLASSES: [&str; 2] = [
+    "hudson.remoting.UserRequest",
+    "hudson.remoting.RemoteInvocationHandler$RPCRequest",
+];
+
+/// What `echo` answers a request with.
+const RESPONSE_CLASS: &str = "hudson.remoting.Response";
+
+/// The class of the command [`HOLD`] leaves half-sent.
+const HELD_CLASS: &str = "hudson.remoting.ProxyOutputStream$Chunk";
+
+/// Length of the payload of [`HOLD`]'s first chunk.
+const HELD_FIRST_LEN: usize = 100;
+
+/// A Java-serialization-shaped payload: the object-stream start, the class
+/// name, then `len` bytes in all (at least the header and name).
+fn serialized_start(class: &str, len: usize) -> Vec<u8> {
+    let mut payload = OBJECT_STREAM_START.to_vec();
+    payload.extend_from_slice(&(class.len() as u16).to_be_bytes());
+    payload.extend_from_slice(class.as_bytes());
+    // serialVersionUID, then SC_SERIALIZABLE and no fields, then filler.
+    payload.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 0x02, 0, 0, 0x78, 0x70]);
+    let mut filler = 0u8;
+    while payload.len() < len {
+        payload.push(filler);
+        filler = filler.wrapping_add(1);
+    }
+    payload
+}
+
+/// One chunk around `payload` (at most [`SEND_CHUNK_PAYLOAD`] bytes).
+fn chunk(payload: &[u8], last: bool) -> Vec<u8> {
+    let header = ChunkHeader {
+        len: payload.len(),
+        last,
+    };
+    [&header.to_bytes()[..], payload].concat()
+}
+
+/// The one-chunk `Response` command a request is answered with.
+fn response_chunk() -> Vec<u8> {
+    chunk(&serialized_start(RESPONSE_CLASS, 0), true)
+}
+
+/// The two chunks of the command [`HOLD`] and [`RELEASE`] write.
+fn held_chunks() -> (Vec<u8>, Vec<u8>) {
+    let first = serialized_start(HELD_CLASS, HELD_FIRST_LEN);
+    let rest: Vec<u8> = (0..32u8).collect();
+    (chunk(&first, false), chunk(&rest, true))
+}
+
+/// The recorded engine's answer to the peer's close: its own
+/// `Channel$CloseCommand`, then the zero-length chunk `00 00`
+/// (`agent-initiated-close.jsonl` seq 21 and 22, compiled in).
+fn close_answer() -> Vec<u8> {
+    crate::fixtures::engine_close_answer()
+}
+
 /// Starts the "build" commands found in whole chunks.
 fn spawn_builds(mut frames: &[u8]) {
     while let Some(header) = ChunkHeader::peek(frames) {
@@ -390,19 +477,259 @@ fn spawn_builds(mut frames: &[u8]) {
     }
 }
 
-fn echo(input: &mut Input<impl Read>, output: &mut impl Write) -> Result<(), String> {
-    loop {
-        let (whole, _, _) = input.whole_chunks();
-        if whole > 0 {
-            spawn_builds(&input.data()[..whole]);
-            // One write per read, however many chunks it brought.
-            output
-                .write_all(&input.data()[..whole])
-                .and_then(|()| output.flush())
-                .map_err(|e| format!("writing stdout: {e}"))?;
-            input.consume(whole);
+/// What `echo` does with a whole command, by its class name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Copy it back.
+    Ordinary,
+    /// Answer with our own close and end.
+    Close,
+    /// Answer with a `Response`.
+    Request,
+}
+
+impl Class {
+    fn of(name: &str) -> Self {
+        if name == CLOSE_CLASS {
+            Self::Close
+        } else if REQUEST_CLASSES.contains(&name) {
+            Self::Request
+        } else {
+            Self::Ordinary
         }
+    }
+
+    /// From a command's first payload bytes (`complete`: all of them);
+    /// `None` while more bytes could still name a class.
+    fn classify(head: &[u8], complete: bool) -> Option<Self> {
+        if let Some(name) = remoting_protocol::command::class_name(head) {
+            return Some(Self::of(name));
+        }
+        let n = head.len().min(OBJECT_STREAM_START.len());
+        let name_may_follow = head[..n] == OBJECT_STREAM_START[..n]
+            && match head.get(6..8) {
+                Some(len) => head.len() < 8 + usize::from(u16::from_be_bytes([len[0], len[1]])),
+                None => true,
+            };
+        if complete || !name_may_follow {
+            Some(Self::Ordinary)
+        } else {
+            None
+        }
+    }
+}
+
+/// Where stdin's chunk stream is, command-wise.
+#[derive(Debug)]
+enum InCommand {
+    /// Between commands.
+    Boundary,
+    /// Inside a command of this class: its chunks so far were echoed
+    /// (ordinary) or swallowed.
+    Known(Class),
+    /// Inside a command whose first bytes do not name its class yet (a first
+    /// chunk shorter than the name): its chunks so far, kept back.
+    Undecided { chunks: Vec<u8>, head: Vec<u8> },
+}
+
+/// What to do about one whole chunk from stdin.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Copy it back, together with its neighbours.
+    Echo,
+    /// Nothing (yet).
+    Skip,
+    /// Copy these bytes back: a command whose class was undecided, up to and
+    /// including this chunk, turned out ordinary.
+    Emit(Vec<u8>),
+    /// A request is complete: answer it.
+    Answer,
+    /// A close is complete.
+    Close,
+    /// [`HOLD`].
+    Hold,
+    /// [`RELEASE`].
+    Release,
+}
+
+impl InCommand {
+    /// Takes the next whole chunk (header included).
+    fn step(&mut self, frame: &[u8]) -> Step {
+        let header = ChunkHeader::parse([frame[0], frame[1]]);
+        let payload = &frame[2..];
+        match std::mem::replace(self, Self::Boundary) {
+            Self::Boundary if header.last && payload == HOLD => Step::Hold,
+            Self::Boundary if header.last && payload == RELEASE => Step::Release,
+            Self::Boundary => match Class::classify(payload, header.last) {
+                Some(class) => self.continue_with(class, header.last),
+                None => {
+                    *self = Self::Undecided {
+                        chunks: frame.to_vec(),
+                        head: payload.to_vec(),
+                    };
+                    Step::Skip
+                }
+            },
+            Self::Known(class) => self.continue_with(class, header.last),
+            Self::Undecided {
+                mut chunks,
+                mut head,
+            } => {
+                chunks.extend_from_slice(frame);
+                head.extend_from_slice(payload);
+                match Class::classify(&head, header.last) {
+                    Some(Class::Ordinary) => {
+                        if !header.last {
+                            *self = Self::Known(Class::Ordinary);
+                        }
+                        Step::Emit(chunks)
+                    }
+                    Some(class) => self.continue_with(class, header.last),
+                    None => {
+                        *self = Self::Undecided { chunks, head };
+                        Step::Skip
+                    }
+                }
+            }
+        }
+    }
+
+    /// A chunk of a command of a known class.
+    fn continue_with(&mut self, class: Class, last: bool) -> Step {
+        if !last {
+            *self = Self::Known(class);
+        }
+        match (class, last) {
+            (Class::Ordinary, _) => Step::Echo,
+            (_, false) => Step::Skip,
+            (Class::Close, true) => Step::Close,
+            (Class::Request, true) => Step::Answer,
+        }
+    }
+}
+
+/// stdout for `echo`: while a command is held, everything else waits.
+struct Outgoing<'a, W: Write> {
+    output: &'a mut W,
+    /// `Some` while [`HOLD`] is in force: what was written since.
+    held: Option<Vec<u8>>,
+}
+
+impl<W: Write> Outgoing<'_, W> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        match &mut self.held {
+            Some(queue) => {
+                queue.extend_from_slice(bytes);
+                Ok(())
+            }
+            None => self
+                .output
+                .write_all(bytes)
+                .map_err(|e| format!("writing stdout: {e}")),
+        }
+    }
+
+    /// Echoes whole chunks, starting the builds among them.
+    fn echo(&mut self, frames: &[u8]) -> Result<(), String> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        spawn_builds(frames);
+        self.write(frames)
+    }
+
+    /// Writes the first chunk of the held command; false if one is held already.
+    fn hold(&mut self) -> Result<bool, String> {
+        if self.held.is_some() {
+            return Ok(false);
+        }
+        self.write(&held_chunks().0)?;
+        self.held = Some(Vec::new());
+        Ok(true)
+    }
+
+    /// Writes the last chunk of the held command and what waited behind it;
+    /// false if nothing is held.
+    fn release(&mut self) -> Result<bool, String> {
+        let Some(queue) = self.held.take() else {
+            return Ok(false);
+        };
+        self.write(&held_chunks().1)?;
+        self.write(&queue)?;
+        Ok(true)
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        self.output
+            .flush()
+            .map_err(|e| format!("writing stdout: {e}"))
+    }
+}
+
+fn echo(
+    input: &mut Input<impl Read>,
+    output: &mut impl Write,
+    diag: &mut dyn Write,
+) -> Result<(), String> {
+    let mut state = InCommand::Boundary;
+    let mut out = Outgoing { output, held: None };
+    loop {
+        let data = input.data();
+        // `run..at`: ordinary chunks not written yet, copied back in one
+        // write per read unless a special chunk interrupts them.
+        let (mut at, mut run) = (0, 0);
+        while let Some(header) = ChunkHeader::peek(&data[at..]) {
+            let end = at + 2 + header.len;
+            if end > data.len() {
+                break;
+            }
+            let step = state.step(&data[at..end]);
+            if step != Step::Echo {
+                out.echo(&data[run..at])?;
+                run = end;
+            }
+            match step {
+                Step::Echo | Step::Skip => {}
+                Step::Emit(frames) => out.echo(&frames)?,
+                Step::Answer => out.write(&response_chunk())?,
+                Step::Hold => {
+                    if !out.hold()? {
+                        let _ = writeln!(diag, "fake-engine: a command is held already");
+                    }
+                }
+                Step::Release => {
+                    if !out.release()? {
+                        let _ = writeln!(diag, "fake-engine: no held command to release");
+                    }
+                }
+                Step::Close => {
+                    // Like the engine's channel: the command being written
+                    // is finished before the close goes out.
+                    out.release()?;
+                    out.write(&close_answer())?;
+                    out.flush()?;
+                    let _ = writeln!(diag, "fake-engine: channel closed by the peer");
+                    return Ok(());
+                }
+            }
+            at = end;
+        }
+        out.echo(&data[run..at])?;
+        out.flush()?;
+        input.consume(at);
         if input.fill()? == 0 {
+            if let InCommand::Undecided { chunks, .. } = &state {
+                // Never classified: echoed, as any chunk is.
+                out.echo(chunks)?;
+                out.flush()?;
+            }
+            if let Some(queue) = &out.held {
+                let _ = writeln!(
+                    diag,
+                    "fake-engine: stdin ended with a command held; {} bytes not written",
+                    queue.len()
+                );
+            }
             return input.eof();
         }
     }
@@ -637,6 +964,463 @@ mod tests {
         assert!(rest.is_empty());
         assert_eq!(sizes, [8192, 8192, 3616]);
         assert!(diag.contains("read 3 bytes"), "{diag}");
+    }
+
+    /// stdin that hands out its bytes a few at a time (`step` per read).
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    /// Like [`run_with`], with stdin arriving `step` bytes per read.
+    fn run_trickled(
+        mode: Mode,
+        stdin: Vec<u8>,
+        step: usize,
+    ) -> (Result<(), String>, Vec<u8>, String) {
+        let mut out = Vec::new();
+        let mut diag = Vec::new();
+        let input = Trickle {
+            data: stdin,
+            at: 0,
+            step,
+        };
+        let result = run(&options(mode), input, &mut out, &mut diag);
+        (result, out, String::from_utf8(diag).unwrap())
+    }
+
+    /// stdout after the preamble.
+    fn after_preamble(out: &[u8]) -> &[u8] {
+        let preamble = fixtures::engine_preamble();
+        assert_eq!(&out[..preamble.len()], &preamble[..]);
+        &out[preamble.len()..]
+    }
+
+    /// `payload` as one command in chunks of at most `size` bytes.
+    fn chunked(payload: &[u8], size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut pieces = payload.chunks(size).peekable();
+        while let Some(piece) = pieces.next() {
+            out.extend_from_slice(&chunk(piece, pieces.peek().is_none()));
+        }
+        out
+    }
+
+    fn command(payload: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        put_command(&mut out, payload);
+        out.to_vec()
+    }
+
+    /// The commands of a stream: (class name, whether the stream ended
+    /// inside it); panics on a partial chunk.
+    fn commands(mut stream: &[u8]) -> Vec<(Option<String>, bool)> {
+        let (mut found, mut payload, mut open) = (Vec::new(), Vec::new(), false);
+        while let Some(header) = ChunkHeader::peek(stream) {
+            payload.extend_from_slice(&stream[2..2 + header.len]);
+            stream = &stream[2 + header.len..];
+            open = !header.last;
+            if header.last {
+                let name = remoting_protocol::command::class_name(&payload).map(str::to_owned);
+                found.push((name, false));
+                payload.clear();
+            }
+        }
+        assert!(stream.is_empty(), "a partial chunk");
+        if open {
+            let name = remoting_protocol::command::class_name(&payload).map(str::to_owned);
+            found.push((name, true));
+        }
+        found
+    }
+
+    /// The payload of the first chunk of `name`'s recorded commands of `class`.
+    fn recorded_command(name: &str, dir: Direction, class: &str) -> Vec<u8> {
+        let mut payload = Vec::new();
+        let mut collecting = false;
+        for record in fixtures::load(name)
+            .into_iter()
+            .filter(|r| r.layer == Layer::Chunk && r.dir == dir)
+        {
+            let header = ChunkHeader::peek(&record.bytes).unwrap();
+            let body = &record.bytes[2..];
+            if payload.is_empty() && !collecting {
+                collecting = remoting_protocol::command::class_name(body) == Some(class);
+            }
+            if collecting {
+                payload.extend_from_slice(body);
+                if header.last {
+                    return payload;
+                }
+            }
+        }
+        panic!("{name}: no {class} command");
+    }
+
+    const CLOSE_FIXTURE: &str = "agent-initiated-close.jsonl";
+    const CLOSE_SEQS: [u64; 2] = [21, 22];
+
+    fn recorded_close_answer() -> Vec<u8> {
+        let records = fixtures::load(CLOSE_FIXTURE);
+        let mut answer = Vec::new();
+        for seq in CLOSE_SEQS {
+            let record = records.iter().find(|r| r.seq as u64 == seq).unwrap();
+            assert_eq!(record.dir, Direction::AgentToController);
+            answer.extend_from_slice(&record.bytes);
+        }
+        answer
+    }
+
+    fn controller_close() -> Vec<u8> {
+        recorded_command(
+            CLOSE_FIXTURE,
+            Direction::ControllerToAgent,
+            "hudson.remoting.Channel$CloseCommand",
+        )
+    }
+
+    fn user_request() -> Vec<u8> {
+        recorded_command(
+            CLOSE_FIXTURE,
+            Direction::ControllerToAgent,
+            "hudson.remoting.UserRequest",
+        )
+    }
+
+    fn rpc_request() -> Vec<u8> {
+        serialized_start("hudson.remoting.RemoteInvocationHandler$RPCRequest", 300)
+    }
+
+    /// An ordinary command of several chunks (a `ProxyOutputStream$Chunk`).
+    fn ordinary_big() -> Vec<u8> {
+        serialized_start(HELD_CLASS, 20_000)
+    }
+
+    #[test]
+    fn the_close_answer_is_the_recorded_one() {
+        let answer = close_answer();
+        assert_eq!(answer, recorded_close_answer());
+        assert_eq!(
+            commands(&answer),
+            [
+                (Some(CLOSE_CLASS.to_owned()), false),
+                (None, false), // `00 00`
+            ]
+        );
+        assert!(answer.ends_with(b"\x00\x00"));
+    }
+
+    #[test]
+    fn echo_answers_a_close_and_ends() {
+        let before = command(b"before");
+        let mut input = before.clone();
+        input.extend_from_slice(&command(&controller_close()));
+        input.extend_from_slice(&command(b"after the close: ignored"));
+        let (result, out, diag) = run_with(Mode::Echo, with_preamble(&input));
+        result.unwrap();
+        assert_eq!(
+            after_preamble(&out),
+            [before, recorded_close_answer()].concat()
+        );
+        assert!(
+            diag.contains("fake-engine: channel closed by the peer"),
+            "{diag}"
+        );
+    }
+
+    #[test]
+    fn echo_answers_a_close_split_over_chunks_and_reads_once_whole() {
+        let close = chunked(&controller_close(), 100);
+        for step in [1, 7, 150, 4096] {
+            let (result, out, diag) = run_trickled(Mode::Echo, with_preamble(&close), step);
+            result.unwrap();
+            assert_eq!(after_preamble(&out), recorded_close_answer(), "step {step}");
+            assert!(diag.contains("closed by the peer"), "{diag}");
+        }
+        // Stdin ends before the close's last chunk: no answer.
+        let cut = &close[..close.len() - 50];
+        let cut = &cut[..cut.len() - (cut.len() % 102)];
+        let (result, out, diag) = run_with(Mode::Echo, with_preamble(cut));
+        result.unwrap();
+        assert!(after_preamble(&out).is_empty());
+        assert!(!diag.contains("closed"), "{diag}");
+    }
+
+    #[test]
+    fn echo_answers_requests_instead_of_echoing_them() {
+        let (a, b) = (command(b"first"), command(&ordinary_big()));
+        let mut input = a.clone();
+        input.extend_from_slice(&command(&user_request()));
+        input.extend_from_slice(&b);
+        input.extend_from_slice(&command(&rpc_request()));
+        let (result, out, _) = run_with(Mode::Echo, with_preamble(&input));
+        result.unwrap();
+        let response = response_chunk();
+        assert_eq!(
+            after_preamble(&out),
+            [a, response.clone(), b, response.clone()].concat()
+        );
+        assert_eq!(
+            commands(&response),
+            [(Some(RESPONSE_CLASS.to_owned()), false)]
+        );
+    }
+
+    #[test]
+    fn echo_answers_a_request_spanning_chunks_once_after_its_last() {
+        let request = chunked(&user_request(), 64);
+        assert!(request.len() > 10 * 66, "several chunks");
+        let (a, b) = (command(&ordinary_big()), command(b"after"));
+        let input = [a.clone(), request.clone(), b.clone()].concat();
+        for step in [1, 3, 65, 1000, READ_BUFFER] {
+            let (result, out, _) = run_trickled(Mode::Echo, with_preamble(&input), step);
+            result.unwrap();
+            assert_eq!(
+                after_preamble(&out),
+                [&a[..], &response_chunk(), &b].concat(),
+                "step {step}"
+            );
+        }
+        // Cut after some of its chunks: not answered.
+        let (result, out, _) = run_with(Mode::Echo, with_preamble(&request[..66 * 5]));
+        result.unwrap();
+        assert!(after_preamble(&out).is_empty());
+    }
+
+    #[test]
+    fn echo_copies_multi_chunk_commands_split_across_reads() {
+        let mut input = command(&ordinary_big());
+        input.extend_from_slice(&chunked(&ordinary_big(), 1000));
+        input.extend_from_slice(&command(b""));
+        input.extend_from_slice(&command(&[7; 9000]));
+        // A first chunk too short to name its class, of an ordinary command.
+        let big = ordinary_big();
+        input.extend_from_slice(&chunk(&big[..3], false));
+        input.extend_from_slice(&chunk(&big[3..9], false));
+        input.extend_from_slice(&chunked(&big[9..], 5000));
+        // A control payload inside a command is only data.
+        input.extend_from_slice(&chunk(HOLD, false));
+        input.extend_from_slice(&chunk(RELEASE, true));
+        for step in [1, 2, 9, 1001, 8194, READ_BUFFER] {
+            let (result, out, _) = run_trickled(Mode::Echo, with_preamble(&input), step);
+            result.unwrap();
+            assert_eq!(after_preamble(&out), &input[..], "step {step}");
+        }
+    }
+
+    #[test]
+    fn echo_answers_a_request_whose_first_chunk_is_too_short_to_name_it() {
+        let request = user_request();
+        let mut input = chunk(&request[..2], false);
+        input.extend_from_slice(&chunk(&request[2..10], false));
+        input.extend_from_slice(&chunk(&request[10..], true));
+        let (result, out, _) = run_trickled(Mode::Echo, with_preamble(&input), 5);
+        result.unwrap();
+        assert_eq!(after_preamble(&out), response_chunk());
+        // Stdin ends while the class is still unknown: echoed as it came.
+        let cut = &input[..(2 + 2) + (2 + 8)];
+        let (result, out, _) = run_with(Mode::Echo, with_preamble(cut));
+        result.unwrap();
+        assert_eq!(after_preamble(&out), cut);
+    }
+
+    #[test]
+    fn hold_leaves_stdout_inside_a_command_until_release() {
+        let (first, last) = held_chunks();
+        let first_header = ChunkHeader::peek(&first).unwrap();
+        assert!(!first_header.last);
+        assert_eq!(first_header.len, HELD_FIRST_LEN);
+        assert!(ChunkHeader::peek(&last).unwrap().last);
+
+        let x = command(b"echoed while held");
+        let y = command(b"after the release");
+        let input = [
+            command(HOLD),
+            x.clone(),
+            command(&user_request()),
+            command(RELEASE),
+            y.clone(),
+        ]
+        .concat();
+        let (result, out, _) = run_with(Mode::Echo, with_preamble(&input));
+        result.unwrap();
+        let out = after_preamble(&out);
+        assert_eq!(out, [&first[..], &last, &x, &response_chunk(), &y].concat());
+        assert_eq!(
+            commands(out)[0],
+            (Some(HELD_CLASS.to_owned()), false),
+            "one ProxyOutputStream$Chunk of two chunks"
+        );
+
+        // Without the release, stdout ends inside the held command.
+        let input = [command(HOLD), x.clone()].concat();
+        let (result, out, diag) = run_with(Mode::Echo, with_preamble(&input));
+        result.unwrap();
+        let out = after_preamble(&out);
+        assert_eq!(out, first);
+        assert_eq!(commands(out), [(Some(HELD_CLASS.to_owned()), true)]);
+        assert!(diag.contains("held"), "{diag}");
+
+        // A second hold or a stray release changes nothing.
+        let input = [
+            command(RELEASE),
+            command(HOLD),
+            command(HOLD),
+            command(RELEASE),
+        ]
+        .concat();
+        let (result, out, _) = run_with(Mode::Echo, with_preamble(&input));
+        result.unwrap();
+        assert_eq!(after_preamble(&out), [first, last].concat());
+    }
+
+    #[test]
+    fn a_close_while_held_finishes_the_held_command_first() {
+        let (first, last) = held_chunks();
+        let x = command(b"x");
+        let input = [command(HOLD), x.clone(), command(&controller_close())].concat();
+        let (result, out, _) = run_with(Mode::Echo, with_preamble(&input));
+        result.unwrap();
+        assert_eq!(
+            after_preamble(&out),
+            [first, last, x, recorded_close_answer()].concat()
+        );
+    }
+
+    /// Output shared between a writer and a test's stdin.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// stdin that gives `first`, then, on the next read, records what
+    /// stdout had received by then and ends.
+    struct Watching {
+        first: Option<Vec<u8>>,
+        stdout: Shared,
+        seen: Shared,
+    }
+
+    impl Read for Watching {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.first.take() {
+                Some(first) => {
+                    buf[..first.len()].copy_from_slice(&first);
+                    Ok(first.len())
+                }
+                None => {
+                    let now = self.stdout.0.lock().unwrap().clone();
+                    *self.seen.0.lock().unwrap() = now;
+                    Ok(0)
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_held_chunk_and_answers_are_flushed_before_reading_on() {
+        for (input, expected) in [
+            (command(HOLD), held_chunks().0),
+            (command(&user_request()), response_chunk()),
+        ] {
+            let (stdout, seen) = (Shared::default(), Shared::default());
+            let stdin = Watching {
+                first: Some(with_preamble(&input)),
+                stdout: stdout.clone(),
+                seen: seen.clone(),
+            };
+            let mut diag = Vec::new();
+            run(&options(Mode::Echo), stdin, stdout, &mut diag).unwrap();
+            let seen = seen.0.lock().unwrap().clone();
+            assert_eq!(after_preamble(&seen), expected);
+        }
+    }
+
+    #[test]
+    fn echo_still_starts_builds() {
+        let marker = std::env::temp_dir().join(format!(
+            "fake-engine-spawn-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_file(&marker);
+        let spawn = command(format!("fake-engine:spawn touch '{}'", marker.display()).as_bytes());
+        let input = [spawn.clone(), command(&user_request())].concat();
+        let (result, out, _) = run_with(Mode::Echo, with_preamble(&input));
+        result.unwrap();
+        assert_eq!(after_preamble(&out), [spawn, response_chunk()].concat());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !marker.exists() {
+            assert!(std::time::Instant::now() < deadline, "the build never ran");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_file(&marker);
+    }
+
+    /// Counts the writes that reach it.
+    #[derive(Default)]
+    struct CountingWriter {
+        bytes: Vec<u8>,
+        writes: usize,
+    }
+
+    impl Write for CountingWriter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.writes += 1;
+            self.bytes.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn echo_writes_once_per_read() {
+        let mut ordinary = Vec::new();
+        for i in 0..200u32 {
+            ordinary.extend_from_slice(&command(&i.to_be_bytes()));
+        }
+        ordinary.extend_from_slice(&command(&ordinary_big()));
+        let with_request = [&ordinary[..], &command(&user_request()), &ordinary].concat();
+        for (input, expected) in [
+            (ordinary.clone(), ordinary.clone()),
+            (
+                with_request,
+                [&ordinary[..], &response_chunk(), &ordinary].concat(),
+            ),
+        ] {
+            let mut out = CountingWriter::default();
+            let mut diag = Vec::new();
+            // Cursor: all of stdin in one read.
+            run(
+                &options(Mode::Echo),
+                Cursor::new(with_preamble(&input)),
+                &mut out,
+                &mut diag,
+            )
+            .unwrap();
+            assert_eq!(after_preamble(&out.bytes), expected);
+            assert_eq!(out.writes, 2, "the preamble, then one write for the read");
+        }
     }
 
     fn transcript_sides(name: &str) -> (Vec<u8>, Vec<u8>) {

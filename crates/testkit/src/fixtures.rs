@@ -97,3 +97,38 @@ pub fn load(name: &str) -> Vec<Record> {
 pub fn engine_preamble() -> Vec<u8> {
     std::fs::read(dir().join("engine-stdio-preamble.bin")).expect("engine preamble fixture")
 }
+
+/// `agent-initiated-close.jsonl`, compiled in: the test controller and the
+/// fake engine replay its closes wherever they run.
+const CLOSE_TRANSCRIPT: &str =
+    include_str!("../../../protocol-fixtures/jnlp4/agent-initiated-close.jsonl");
+
+/// The bytes of the records of `agent-initiated-close.jsonl` with these
+/// `seq`s, concatenated in the order given.
+pub fn close_transcript(seqs: &[usize]) -> Vec<u8> {
+    let records: Vec<RawRecord> = CLOSE_TRANSCRIPT
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| serde_json::from_str(line).expect("agent-initiated-close.jsonl"))
+        .collect();
+    let mut out = Vec::new();
+    for seq in seqs {
+        let record = records
+            .iter()
+            .find(|r| r.seq == *seq)
+            .unwrap_or_else(|| panic!("agent-initiated-close.jsonl has no seq {seq}"));
+        out.extend(hex::decode(&record.hex).expect("hex"));
+    }
+    out
+}
+
+/// The controller's answer to an agent's `Channel$CloseCommand` (seq 20).
+pub fn controller_close_command() -> Vec<u8> {
+    close_transcript(&[20])
+}
+
+/// The engine's answer to the controller's close: its own close and a
+/// zero-length chunk (seq 21 and 22).
+pub fn engine_close_answer() -> Vec<u8> {
+    close_transcript(&[21, 22])
+}

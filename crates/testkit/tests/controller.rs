@@ -11,6 +11,7 @@ use remoting_protocol::chunk::put_command;
 use remoting_protocol::handshake::{self, Connected, HandshakeConfig, HandshakeError, RefusalKind};
 use remoting_protocol::utf::{put_utf, take_utf};
 use remoting_protocol::{Capability, Chunk, ChunkCodec, InstanceIdentity};
+use testkit::controller::ChannelEnd;
 use testkit::{ControllerEvent, Peer, TestController};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -60,8 +61,16 @@ fn count(log: &[ControllerEvent], event: &ControllerEvent) -> usize {
     log.iter().filter(|e| *e == event).count()
 }
 
-fn closed(node: &str) -> ControllerEvent {
-    ControllerEvent::ChannelClosed { node: node.into() }
+fn closed(node: &str, how: ChannelEnd) -> ControllerEvent {
+    ControllerEvent::ChannelClosed {
+        node: node.into(),
+        how,
+    }
+}
+
+fn any_closed(log: &[ControllerEvent]) -> bool {
+    log.iter()
+        .any(|e| matches!(e, ControllerEvent::ChannelClosed { .. }))
 }
 
 /// Reads the client side until the controller closes it (EOF or error).
@@ -101,10 +110,13 @@ async fn accepted_node_goes_online_with_a_cookie() {
     assert!(controller.is_online(NODE));
     assert_eq!(controller.current_cookie(NODE), Some(cookie));
 
-    // The agent going away takes the node offline.
+    // The agent going away (no close_notify) takes the node offline.
     drop(connected);
     controller
-        .wait_for(|log| log.contains(&closed(NODE)), T)
+        .wait_for(
+            |log| log.contains(&closed(NODE, ChannelEnd::ConnectionLost)),
+            T,
+        )
         .await;
     assert!(!controller.is_online(NODE));
     assert_eq!(controller.current_cookie(NODE), None);
@@ -202,7 +214,7 @@ async fn second_connection_without_the_cookie_is_refused() {
     // The first channel is untouched.
     assert!(controller.is_online(NODE));
     assert_eq!(controller.current_cookie(NODE), first.cookie);
-    assert!(!controller.log().contains(&closed(NODE)));
+    assert!(!any_closed(&controller.log()));
     controller.shutdown().await;
 }
 
@@ -223,7 +235,7 @@ async fn the_live_channels_cookie_takes_the_node_over() {
 
     let log = controller
         .wait_for(
-            |log| accepted(NODE, true)(log) && log.contains(&closed(NODE)),
+            |log| accepted(NODE, true)(log) && log.contains(&closed(NODE, ChannelEnd::TakenOver)),
             T,
         )
         .await;
@@ -232,13 +244,19 @@ async fn the_live_channels_cookie_takes_the_node_over() {
         cookie: new_cookie.clone(),
         took_over: true
     }));
-    assert_eq!(count(&log, &closed(NODE)), 1, "only the old channel closed");
+    assert!(
+        !log.contains(&closed(NODE, ChannelEnd::ConnectionLost)),
+        "only the old channel closed"
+    );
     expect_closed(first).await;
     assert!(controller.is_online(NODE));
     assert_eq!(controller.current_cookie(NODE), Some(new_cookie));
     drop(second);
     controller
-        .wait_for(|log| count(log, &closed(NODE)) == 2, T)
+        .wait_for(
+            |log| log.contains(&closed(NODE, ChannelEnd::ConnectionLost)),
+            T,
+        )
         .await;
     assert!(!controller.is_online(NODE));
     controller.shutdown().await;
@@ -313,7 +331,10 @@ async fn script_peer_gets_the_channel() {
     let got = timeout(T, rx.recv()).await.unwrap().unwrap();
     assert_eq!(&got[..], b"from the agent");
     controller
-        .wait_for(|log| log.contains(&closed(NODE)), T)
+        .wait_for(
+            |log| log.contains(&closed(NODE, ChannelEnd::PeerFinished)),
+            T,
+        )
         .await;
     assert!(!controller.is_online(NODE));
     controller.shutdown().await;
@@ -330,7 +351,10 @@ async fn disconnect_kicks_the_channel() {
     assert!(controller.disconnect(NODE));
     expect_closed(connected).await;
     controller
-        .wait_for(|log| log.contains(&closed(NODE)), T)
+        .wait_for(
+            |log| log.contains(&closed(NODE, ChannelEnd::Disconnected)),
+            T,
+        )
         .await;
     assert!(!controller.is_online(NODE));
     controller.shutdown().await;
@@ -720,4 +744,126 @@ async fn shutdown_closes_channels_and_frees_the_ports() {
     let (status, _, _) = http_get(&controller, "/tcpSlaveAgentListener/").await;
     assert_eq!(status, 200);
     controller.shutdown().await;
+}
+
+/// PROTOCOL.md 5, row 1: a TLS close_notify (then FIN) leaves a ghost that
+/// keeps the node online and refuses a new connection without the cookie,
+/// until the controller's ping gives up.
+#[tokio::test]
+async fn close_notify_leaves_a_ghost_until_the_ping_timeout() {
+    let controller = TestController::builder()
+        .node(NODE, SECRET)
+        .ping_timeout(Duration::from_millis(1500))
+        .start()
+        .await;
+    let mut first = connect(&controller, HandshakeConfig::new(NODE, SECRET))
+        .await
+        .unwrap();
+    controller.wait_for(accepted(NODE, false), T).await;
+    timeout(T, first.stream.shutdown()).await.unwrap().unwrap();
+    drop(first);
+    let ignored = ControllerEvent::CloseNotifyIgnored { node: NODE.into() };
+    controller.wait_for(|log| log.contains(&ignored), T).await;
+    assert!(controller.is_online(NODE), "the ghost stays online");
+    let refused = connect(&controller, HandshakeConfig::new(NODE, SECRET))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, HandshakeError::Refused(r) if r.kind() == RefusalKind::AlreadyConnected),
+        "{refused:?}"
+    );
+    let log = controller
+        .wait_for(
+            |log| log.contains(&closed(NODE, ChannelEnd::PingTimeout)),
+            T,
+        )
+        .await;
+    assert!(!controller.is_online(NODE));
+    assert_eq!(
+        log.iter()
+            .filter(|e| matches!(e, ControllerEvent::ChannelClosed { .. }))
+            .count(),
+        1
+    );
+    let _again = connect(&controller, HandshakeConfig::new(NODE, SECRET))
+        .await
+        .unwrap();
+    controller
+        .wait_for(
+            |log| accepted(NODE, false)(log) && controller.is_online(NODE),
+            T,
+        )
+        .await;
+    controller.shutdown().await;
+}
+
+/// A ghost is taken over by its own cookie, like any live channel.
+#[tokio::test]
+async fn a_ghosts_cookie_takes_it_over() {
+    let controller = start().await;
+    let mut first = connect(&controller, HandshakeConfig::new(NODE, SECRET))
+        .await
+        .unwrap();
+    let cookie = first.cookie.clone();
+    timeout(T, first.stream.shutdown()).await.unwrap().unwrap();
+    let ignored = ControllerEvent::CloseNotifyIgnored { node: NODE.into() };
+    controller.wait_for(|log| log.contains(&ignored), T).await;
+    let _second = connect(&controller, with_cookie(NODE, SECRET, cookie))
+        .await
+        .unwrap();
+    controller
+        .wait_for(
+            |log| accepted(NODE, true)(log) && log.contains(&closed(NODE, ChannelEnd::TakenOver)),
+            T,
+        )
+        .await;
+    assert!(controller.is_online(NODE));
+    controller.shutdown().await;
+}
+
+/// PROTOCOL.md 5, row 5: a Channel$CloseCommand is answered with the
+/// controller's own (the recorded one) and takes the node offline at once.
+#[tokio::test]
+async fn a_close_command_is_answered_and_ends_the_channel() {
+    for (peer, first) in [
+        (Peer::Hold, true),
+        (Peer::Echo, true),
+        (Peer::Hold, false),
+        (Peer::Echo, false),
+    ] {
+        let controller = TestController::builder()
+            .node(NODE, SECRET)
+            .peer(peer.clone())
+            .start()
+            .await;
+        let connected = connect(&controller, HandshakeConfig::new(NODE, SECRET))
+            .await
+            .unwrap();
+        controller.wait_for(accepted(NODE, false), T).await;
+        let mut tls = connected.stream;
+        let mut wire = BytesMut::new();
+        if first {
+            put_command(&mut wire, b"some command first");
+        }
+        let before_close = wire.len();
+        remoting_protocol::close::put_close_command(&mut wire);
+        timeout(T, tls.write_all(&wire)).await.unwrap().unwrap();
+        let mut got = Vec::new();
+        // The controller answers, then ends the connection (EOF or error).
+        let _ = timeout(T, tls.read_to_end(&mut got)).await.unwrap();
+        let mut expected = match peer {
+            Peer::Echo => wire[..before_close].to_vec(),
+            _ => Vec::new(),
+        };
+        expected.extend(testkit::fixtures::controller_close_command());
+        assert_eq!(got, expected, "{peer:?}");
+        controller
+            .wait_for(
+                |log| log.contains(&closed(NODE, ChannelEnd::CloseCommand)),
+                T,
+            )
+            .await;
+        assert!(!controller.is_online(NODE), "{peer:?}");
+        controller.shutdown().await;
+    }
 }

@@ -6,6 +6,8 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use testkit::controller::ChannelEnd;
+use testkit::{ControllerEvent, TestController};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -15,10 +17,16 @@ pub fn fake_engine() -> PathBuf {
     if let Some(path) = testkit::fake_engine::binary_path() {
         return path;
     }
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "testkit", "--bin", "fake-engine"])
-        .status()
-        .expect("cargo runs");
+    // Built in the profile of whatever runs this (tests or the benchmark),
+    // so that it lands where `binary_path` looks.
+    let release = std::env::current_exe()
+        .is_ok_and(|exe| exe.components().any(|c| c.as_os_str() == "release"));
+    let mut build = std::process::Command::new(env!("CARGO"));
+    build.args(["build", "-q", "-p", "testkit", "--bin", "fake-engine"]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
     assert!(status.success(), "building fake-engine failed");
     testkit::fake_engine::binary_path().expect("fake-engine built")
 }
@@ -203,4 +211,118 @@ pub async fn read_pids(path: &Path, timeout: Duration) -> Vec<u32> {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A TCP relay whose agent-facing sockets can be dropped while the
+/// controller-facing ones stay open.
+pub struct CuttableProxy {
+    pub port: u16,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl CuttableProxy {
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let notify = cut.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((agent, _)) = listener.accept().await {
+                let controller = tokio::net::TcpStream::connect(target).await.unwrap();
+                let (mut ar, mut aw) = agent.into_split();
+                let (mut cr, cw) = controller.into_split();
+                let cw = Arc::new(tokio::sync::Mutex::new(cw));
+                let notify = notify.clone();
+                let cw2 = cw.clone();
+                let relay = tokio::spawn(async move {
+                    let up = async {
+                        let mut buf = vec![0; 65536];
+                        loop {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let n = ar.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                break;
+                            }
+                            if cw2.lock().await.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let down = tokio::io::copy(&mut cr, &mut aw);
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                        () = notify.notified() => {}
+                    }
+                    // Only the agent side goes; the controller side stays open.
+                    cr
+                });
+                held.push((relay, cw));
+            }
+        });
+        Self { port, cut }
+    }
+
+    pub fn cut_agent_side(&self) {
+        self.cut.notify_waiters();
+    }
+}
+
+/// Connections the controller accepted.
+pub fn accepted(log: &[ControllerEvent]) -> usize {
+    log.iter()
+        .filter(|e| matches!(e, ControllerEvent::Accepted { .. }))
+        .count()
+}
+
+/// Connections the controller refused.
+pub fn refused(log: &[ControllerEvent]) -> usize {
+    log.iter()
+        .filter(|e| matches!(e, ControllerEvent::Refused { .. }))
+        .count()
+}
+
+/// Channels that ended, however.
+pub fn closed(log: &[ControllerEvent]) -> usize {
+    log.iter()
+        .filter(|e| matches!(e, ControllerEvent::ChannelClosed { .. }))
+        .count()
+}
+
+/// Channels the agent ended with a `Channel$CloseCommand`.
+pub fn closed_by_command(log: &[ControllerEvent]) -> usize {
+    log.iter()
+        .filter(|e| {
+            matches!(
+                e,
+                ControllerEvent::ChannelClosed {
+                    how: ChannelEnd::CloseCommand,
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
+/// Polls the controller's own view until `node`'s online state is
+/// `online`; returns how long that took, or panics with the log past
+/// `within`.
+pub async fn until_online(
+    controller: &TestController,
+    node: &str,
+    online: bool,
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    while controller.is_online(node) != online {
+        assert!(
+            start.elapsed() < within,
+            "{node} not {} within {within:?}; controller log: {:#?}",
+            if online { "online" } else { "offline" },
+            controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
 }

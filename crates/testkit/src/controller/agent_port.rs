@@ -24,7 +24,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 use tracing::Instrument as _;
 
-use super::{random_hex, Channel, ControllerEvent, LiveChannel, Peer, Shared, Verdict};
+use super::channel_end::EndSignals;
+use super::{
+    random_hex, Channel, ChannelEnd, ChannelStream, ControllerEvent, LiveChannel, Peer, Shared,
+    Verdict,
+};
 
 /// How long each handshake phase may take.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -327,7 +331,9 @@ async fn accept(
 
     // The agent may already have sent chunks behind its capability. Through
     // parts, so that those are decoded before the next read is awaited.
-    let mut parts = Framed::new(tls, ChunkCodec).into_parts();
+    let signals = Arc::new(EndSignals::default());
+    let stream = ChannelStream::new(tls, shared.close_answer.clone(), signals.clone());
+    let mut parts = Framed::new(stream, ChunkCodec).into_parts();
     parts.read_buf = buf;
     let framed = Framed::from_parts(parts);
     let channel = Channel {
@@ -336,16 +342,52 @@ async fn accept(
         kicked: kicked.clone(),
     };
     let mut peer = run_peer(&shared.peer, channel);
-    tokio::select! {
-        () = &mut peer => {}
-        () = kicked.cancelled() => {
+    let ghost_timed_out = async {
+        signals.ghost.cancelled().await;
+        tracing::debug!(%node, "close_notify ignored: the channel stays until the ping timeout");
+        shared.record(ControllerEvent::CloseNotifyIgnored { node: node.clone() });
+        tokio::time::sleep(shared.ping_timeout).await;
+    };
+    enum Woke {
+        PeerDone,
+        Ended(ChannelEnd),
+        Kicked,
+    }
+    let woke = tokio::select! {
+        () = &mut peer => Woke::PeerDone,
+        () = signals.closed_by_command.cancelled() => Woke::Ended(ChannelEnd::CloseCommand),
+        () = ghost_timed_out => Woke::Ended(ChannelEnd::PingTimeout),
+        () = kicked.cancelled() => Woke::Kicked,
+    };
+    match woke {
+        Woke::PeerDone => {}
+        Woke::Ended(how) => {
+            // The controller drops the channel: the peer is told as if kicked.
+            kicked.cancel();
+            let _ = timeout(KICK_GRACE, peer).await;
+            shared.unregister(&node, connection);
+            shared.record(ControllerEvent::ChannelClosed { node, how });
+            return Ok(());
+        }
+        Woke::Kicked => {
             // Built-in peers close cleanly on their own; a script that
             // ignores the token is dropped after the grace period.
             let _ = timeout(KICK_GRACE, peer).await;
         }
     }
+    let how = if signals.closed_by_command.is_cancelled() {
+        ChannelEnd::CloseCommand
+    } else if signals.lost() {
+        ChannelEnd::ConnectionLost
+    } else if shared.shutdown.is_cancelled() {
+        ChannelEnd::Disconnected
+    } else if kicked.is_cancelled() {
+        shared.kick_reason(&node, connection)
+    } else {
+        ChannelEnd::PeerFinished
+    };
     shared.unregister(&node, connection);
-    shared.record(ControllerEvent::ChannelClosed { node });
+    shared.record(ControllerEvent::ChannelClosed { node, how });
     Ok(())
 }
 

@@ -13,14 +13,20 @@
 //! - `http`: the web port (`tcpSlaveAgentListener/`, JNLP files, jars).
 //! - `agent_port`: the TCP agent port (`Ping`, the HTTP hello, JNLP4-connect)
 //!   and the built-in peers.
+//! - `channel_end`: how an accepted channel ends, with the real stack's
+//!   rules (PROTOCOL.md 5): `close_notify` ignored, a plain TCP close or a
+//!   `Channel$CloseCommand` noticed at once, ghosts dropped by the ping timeout.
 //!
 //! Tasks hang off one [`CancellationToken`] and one [`TaskTracker`], so
 //! [`TestController::shutdown`] ends listeners, handshakes and channels.
 
 mod agent_port;
+mod channel_end;
 mod http;
 
-use std::collections::HashMap;
+pub use channel_end::{ChannelEnd, ChannelStream};
+
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,9 +38,8 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 use remoting_protocol::{ChunkCodec, InstanceIdentity};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -72,10 +77,19 @@ pub enum ControllerEvent {
         /// The node named in the headers.
         node: String,
     },
-    /// An accepted channel ended (peer finished, agent closed, or kicked).
+    /// The agent sent a TLS `close_notify`; like the real controller, this
+    /// one ignored it and keeps the channel (a ghost) until its ping times
+    /// out (PROTOCOL.md 5, row 1).
+    CloseNotifyIgnored {
+        /// The node.
+        node: String,
+    },
+    /// An accepted channel ended and the node went offline.
     ChannelClosed {
         /// The node.
         node: String,
+        /// Why.
+        how: ChannelEnd,
     },
     /// A connection to the agent port failed before a decision (garbage,
     /// timeout, TLS failure, unknown protocol, ...).
@@ -132,7 +146,7 @@ pub struct Channel {
     pub node: String,
     /// The chunk stream inside TLS; bytes the agent sent right after its
     /// capability are already in the read buffer.
-    pub framed: Framed<TlsStream<TcpStream>, ChunkCodec>,
+    pub framed: Framed<ChannelStream, ChunkCodec>,
     /// Cancelled when another connection takes the node over, on
     /// [`TestController::disconnect`], or on shutdown.
     pub kicked: CancellationToken,
@@ -169,7 +183,12 @@ pub struct ControllerBuilder {
     remoting_jar: Option<Bytes>,
     jnlp_options: Vec<String>,
     peer: Peer,
+    ping_timeout: Duration,
 }
+
+/// How long a ghost channel (one whose agent sent `close_notify`) stays
+/// online: a real Jenkins pings every 5 minutes and gives up after 4.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(240);
 
 impl Default for ControllerBuilder {
     fn default() -> Self {
@@ -184,6 +203,7 @@ impl Default for ControllerBuilder {
             remoting_jar: None,
             jnlp_options: Vec::new(),
             peer: Peer::Hold,
+            ping_timeout: DEFAULT_PING_TIMEOUT,
         }
     }
 }
@@ -267,6 +287,13 @@ impl ControllerBuilder {
         self
     }
 
+    /// How long a ghost channel stays online after the agent's ignored
+    /// `close_notify` (default [`DEFAULT_PING_TIMEOUT`]).
+    pub fn ping_timeout(mut self, timeout: Duration) -> Self {
+        self.ping_timeout = timeout;
+        self
+    }
+
     /// Binds both ports on 127.0.0.1 and starts serving. Panics if a port
     /// cannot be bound or a configured value is not a valid header value.
     pub async fn start(self) -> TestController {
@@ -302,6 +329,8 @@ impl ControllerBuilder {
             remoting_jar: self.remoting_jar,
             jnlp_options: self.jnlp_options,
             peer: self.peer,
+            ping_timeout: self.ping_timeout,
+            close_answer: crate::fixtures::controller_close_command().into(),
             state: Mutex::new(State::default()),
             changed: watch::Sender::new(0),
             shutdown: CancellationToken::new(),
@@ -452,6 +481,8 @@ struct LiveChannel {
 struct State {
     log: Vec<ControllerEvent>,
     channels: HashMap<String, LiveChannel>,
+    /// Connections whose channel another connection took over with its cookie.
+    taken_over: HashSet<u64>,
 }
 
 /// What the listeners' tasks share with the handle.
@@ -469,6 +500,9 @@ struct Shared {
     remoting_jar: Option<Bytes>,
     jnlp_options: Vec<String>,
     peer: Peer,
+    ping_timeout: Duration,
+    /// The controller's `Channel$CloseCommand`, one chunk, as recorded.
+    close_answer: Arc<[u8]>,
     state: Mutex<State>,
     /// Bumped on every recorded event, for [`TestController::wait_for`].
     changed: watch::Sender<u64>,
@@ -517,6 +551,7 @@ impl Shared {
             None => Verdict::Accept { took_over: false },
             Some(live) if cookie == Some(live.cookie.as_str()) => {
                 if let Some(old) = state.channels.remove(node) {
+                    state.taken_over.insert(old.connection);
                     old.kicked.cancel();
                 }
                 Verdict::Accept { took_over: true }
@@ -532,6 +567,15 @@ impl Shared {
     fn register(&self, node: &str, live: LiveChannel) {
         if let Some(old) = self.state().channels.insert(node.to_owned(), live) {
             old.kicked.cancel();
+        }
+    }
+
+    /// Why `connection`'s channel for `node` was kicked.
+    fn kick_reason(&self, _node: &str, connection: u64) -> ChannelEnd {
+        if self.state().taken_over.remove(&connection) {
+            ChannelEnd::TakenOver
+        } else {
+            ChannelEnd::Disconnected
         }
     }
 
