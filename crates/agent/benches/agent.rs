@@ -8,7 +8,10 @@
 //! - repoint latency: from `borrow` with `now` on the control socket to the
 //!   node online at the borrower, and back (fake engine, so this is the
 //!   agent's own time); plus a JVM's start-up to first output, the part a
-//!   real engine adds.
+//!   real engine adds;
+//! - leaving: from `borrow`/`return` with `now`, and from SIGTERM, to the
+//!   node offline as the controller it left sees it (the remoting-level
+//!   close and its answer).
 //!
 //! `cargo bench -p jnlp-agent --bench agent` (builds everything in release).
 //! `BENCH_BYTES` sets the transfer size (default 1 GiB).
@@ -56,11 +59,22 @@ async fn run() {
         handshake.as_secs_f64() * 1e3
     );
 
-    let (mean, worst) = repoint_latency(10).await;
+    let (mean, worst, offline) = repoint_latency(10).await;
     println!(
         "repoint (borrow/return --now to online at the other controller): mean {:.1} ms, worst {:.1} ms over 10",
         mean.as_secs_f64() * 1e3,
         worst.as_secs_f64() * 1e3
+    );
+    println!(
+        "leaving (borrow/return --now to offline at the old controller): mean {:.1} ms, worst {:.1} ms over 10",
+        mean_ms(&offline),
+        max_ms(&offline)
+    );
+    let sigterm = sigterm_offline(5).await;
+    println!(
+        "leaving (SIGTERM to offline at the controller): mean {:.1} ms, worst {:.1} ms over 5",
+        mean_ms(&sigterm),
+        max_ms(&sigterm)
     );
     match jvm_start() {
         Some(t) => println!("JVM start-up to first stdout byte (trivial class, excludes remoting's own start): {:.0} ms", t.as_secs_f64() * 1e3),
@@ -230,7 +244,69 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 /// Moves the agent between two controllers `rounds` times with `now`, timing
 /// each from the request to the other controller's acceptance.
-async fn repoint_latency(rounds: usize) -> (Duration, Duration) {
+fn mean_ms(times: &[Duration]) -> f64 {
+    times.iter().sum::<Duration>().as_secs_f64() * 1e3 / times.len().max(1) as f64
+}
+
+fn max_ms(times: &[Duration]) -> f64 {
+    times
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1e3
+}
+
+/// Polls the controller's own view until `node` is offline.
+async fn until_offline(controller: &TestController, node: &str, started: Instant) -> Duration {
+    while controller.is_online(node) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{node} stays online"
+        );
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    started.elapsed()
+}
+
+/// SIGTERM to the node offline at the controller, over `rounds` starts.
+async fn sigterm_offline(rounds: usize) -> Vec<Duration> {
+    let controller = TestController::builder()
+        .node("term", SECRET)
+        .remoting_jar(b"jar".to_vec())
+        .start()
+        .await;
+    let url = controller.url();
+    let cmd = format!("{} echo", fake_engine().display());
+    let mut times = Vec::new();
+    for _ in 0..rounds {
+        let mut agent = AgentProcess::start(
+            &[
+                "-url",
+                &url,
+                "-name",
+                "term",
+                "-secret",
+                SECRET,
+                "--engine-command",
+                &cmd,
+            ],
+            &[],
+        );
+        while !controller.is_online("term") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let started = Instant::now();
+        agent.signal(nix::sys::signal::Signal::SIGTERM);
+        times.push(until_offline(&controller, "term", started).await);
+        agent.wait_exit(Duration::from_secs(30)).await;
+    }
+    controller.shutdown().await;
+    times
+}
+
+async fn repoint_latency(rounds: usize) -> (Duration, Duration, Vec<Duration>) {
     let accepted = Arc::new(tokio::sync::Notify::new());
     let peer = |notify: Arc<tokio::sync::Notify>| {
         Peer::script(move |mut channel: Channel| {
@@ -271,6 +347,7 @@ async fn repoint_latency(rounds: usize) -> (Duration, Duration) {
     accepted.notified().await;
     let socket = agent.socket();
     let mut times = Vec::new();
+    let mut offline = Vec::new();
     for round in 0..rounds {
         let request = if round % 2 == 0 {
             control::Request::Borrow(control::BorrowRequest {
@@ -289,9 +366,15 @@ async fn repoint_latency(rounds: usize) -> (Duration, Duration) {
                 when: control::When::Now,
             }
         };
+        let (old, old_node) = if round % 2 == 0 {
+            (&lender, "mac")
+        } else {
+            (&borrower, "guest")
+        };
         let mut client = control::client::connect(&socket).await.unwrap();
         let started = Instant::now();
         client.request(request).await.unwrap();
+        offline.push(until_offline(old, old_node, started).await);
         accepted.notified().await;
         times.push(started.elapsed());
     }
@@ -299,7 +382,11 @@ async fn repoint_latency(rounds: usize) -> (Duration, Duration) {
     lender.shutdown().await;
     borrower.shutdown().await;
     let worst = times.iter().copied().max().unwrap_or_default();
-    (times.iter().sum::<Duration>() / rounds as u32, worst)
+    (
+        times.iter().sum::<Duration>() / rounds as u32,
+        worst,
+        offline,
+    )
 }
 
 /// A JVM's start-up until its first byte on stdout, with a class compiled

@@ -314,9 +314,8 @@ mod tests {
             for part in wire.chunks(piece) {
                 let mut part = part;
                 while !part.is_empty() {
-                    let n = scanner.feed_to_command_end(part, |c, _| {
-                        classes.push(c.map(str::to_owned))
-                    });
+                    let n = scanner
+                        .feed_to_command_end(part, |c, _| classes.push(c.map(str::to_owned)));
                     at += n;
                     part = &part[n..];
                     if scanner.at_command_boundary() {
@@ -324,11 +323,7 @@ mod tests {
                     }
                 }
             }
-            assert_eq!(
-                ends,
-                [first, first + 2, wire.len()],
-                "piece size {piece}"
-            );
+            assert_eq!(ends, [first, first + 2, wire.len()], "piece size {piece}");
             assert_eq!(classes.len(), 3);
             assert_eq!(scanner.stats().bytes, wire.len() as u64);
         }
