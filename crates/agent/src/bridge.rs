@@ -604,4 +604,48 @@ mod tests {
             BridgeEnd::Left(Leaving::Answered)
         );
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_close_ends_the_bridge_after_its_deadline() {
+        let mut rig = rig();
+        rig.departure.request(Intent::Now);
+        let close = close_chunk();
+        assert_eq!(read_n(&mut rig.controller, close.len()).await, &close[..]);
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            rig.bridge.await.unwrap().unwrap(),
+            BridgeEnd::Left(Leaving::Unanswered)
+        );
+        assert!(started.elapsed() >= CLOSE_ANSWER_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_engine_stuck_mid_command_defers_a_quiet_leave_and_ends_a_forced_one() {
+        let mut rig = rig();
+        let mut wire = BytesMut::new();
+        put_command(
+            &mut wire,
+            &command("hudson.remoting.ProxyOutputStream$Chunk", 10_000),
+        );
+        rig.engine_out.write_all(&wire[..100]).await.unwrap();
+        read_n(&mut rig.controller, 100).await;
+        rig.departure.request(Intent::WhenQuiet);
+        let mut watch = rig.departure.watch();
+        watch
+            .wait_for(|intent| *intent == Intent::Stay)
+            .await
+            .unwrap();
+        assert!(!rig.bridge.is_finished(), "a quiet leave is only deferred");
+        rig.departure.request(Intent::Now);
+        assert_eq!(
+            rig.bridge.await.unwrap().unwrap(),
+            BridgeEnd::Left(Leaving::WithoutClose)
+        );
+        let mut rest = Vec::new();
+        rig.controller.read_to_end(&mut rest).await.unwrap();
+        assert!(
+            rest.is_empty(),
+            "no close in the middle of a command: {rest:?}"
+        );
+    }
 }
