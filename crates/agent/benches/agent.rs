@@ -360,10 +360,12 @@ async fn repoint_latency(rounds: usize) -> (Duration, Duration, Vec<Duration>) {
                 lease: None,
                 idle_return: None,
                 when: control::When::Now,
+                wait: None,
             })
         } else {
             control::Request::Return {
                 when: control::When::Now,
+                wait: None,
             }
         };
         let (old, old_node) = if round % 2 == 0 {

@@ -359,6 +359,47 @@ async fn drain<R: AsyncRead + Unpin>(
     }
 }
 
+/// Closes a channel no engine was ever bridged to (a connection made ahead
+/// of a move that was called off): our close, then the controller's
+/// answer awaited (bounded), whatever else it sent dropped.
+pub async fn close_unserved<S>(stream: &mut S, mut buf: BytesMut) -> Leaving
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let exchange = async {
+        let mut close = BytesMut::new();
+        put_close_command(&mut close);
+        stream.write_all(&close).await?;
+        stream.flush().await?;
+        let mut scanner = ChunkScanner::new();
+        let (mut started, mut close_ordinal) = (0u64, None);
+        loop {
+            scanner.feed(&buf, |class, _| {
+                if is_close(class) {
+                    close_ordinal = Some(started);
+                }
+                started += 1;
+            });
+            buf.clear();
+            if close_ordinal.is_some_and(|at| scanner.stats().commands > at) {
+                return Ok(Leaving::Answered);
+            }
+            buf.reserve(16 * 1024);
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Ok(Leaving::Answered);
+            }
+        }
+    };
+    match tokio::time::timeout(CLOSE_ANSWER_TIMEOUT, exchange).await {
+        Ok(Ok(how)) => how,
+        Ok(Err::<_, std::io::Error>(err)) => {
+            warn!(%err, "closing an unserved channel failed");
+            Leaving::Unanswered
+        }
+        Err(_) => Leaving::Unanswered,
+    }
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,

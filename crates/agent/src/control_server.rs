@@ -43,8 +43,8 @@ use std::time::Duration;
 
 use control::frame::{read_line_bounded, write_json_line, FrameError};
 use control::{
-    parse_request, BorrowRequest, Event, EventKind, Reply, Request, Response, Status, When,
-    MAX_LINE, MAX_SECRET_FILE,
+    parse_request, BorrowRequest, Event, EventKind, Phase, Placement, Reply, Request, Response,
+    Status, When, MAX_LINE, MAX_SECRET_FILE,
 };
 use nix::fcntl::OFlag;
 use nix::unistd::{Gid, Group, Uid, User};
@@ -80,6 +80,16 @@ pub trait Handler: Send + Sync + 'static {
     fn give_back(&self, when: When) -> Result<String, String>;
     /// A new receiver of events from now on.
     fn subscribe(&self) -> broadcast::Receiver<Event>;
+}
+
+/// Where the agent is, for a reply: the controller's URL, else home or
+/// borrowed.
+fn describe_place(status: &Status) -> String {
+    match (&status.controller_url, status.placement) {
+        (Some(url), _) => url.clone(),
+        (None, Placement::Home) => "home".into(),
+        (None, Placement::Borrowed) => "the borrower".into(),
+    }
 }
 
 /// Why the control socket could not be set up.
@@ -565,13 +575,35 @@ impl Connection {
                     lease = ?borrow.lease,
                     idle_return = ?borrow.idle_return,
                     when = ?borrow.when,
+                    wait = ?borrow.wait,
                     "borrow requested"
                 );
-                self.handler.borrow(borrow)
+                let wait = borrow.wait;
+                // A build on this agent that waits for a move that itself
+                // holds up would wait forever: it gets the outcome of the
+                // check instead (the move follows once it ends).
+                let until_checked = borrow.when == When::Idle && self.peer_is_a_build();
+                // Subscribed before the order, so its outcome cannot be missed.
+                let events = wait.map(|_| self.handler.subscribe());
+                let result = self.handler.borrow(borrow);
+                if let (Ok(_), Some(limit), Some(events)) = (&result, wait, events) {
+                    let reply = if until_checked {
+                        self.checked(events, limit).await
+                    } else {
+                        self.outcome(events, limit, Placement::Borrowed).await
+                    };
+                    return Next::Reply(reply);
+                }
+                result
             }
-            Request::Return { when } => {
-                info!(?when, "return requested");
-                self.handler.give_back(when)
+            Request::Return { when, wait } => {
+                info!(?when, ?wait, "return requested");
+                let events = wait.map(|_| self.handler.subscribe());
+                let result = self.handler.give_back(when);
+                if let (Ok(_), Some(limit), Some(events)) = (&result, wait, events) {
+                    return Next::Reply(self.outcome(events, limit, Placement::Home).await);
+                }
+                result
             }
         };
         Next::Reply(match result {
@@ -581,6 +613,120 @@ impl Connection {
                 Reply::Error(message)
             }
         })
+    }
+
+    /// Whether the peer is a build process on this agent (a job step that
+    /// runs `ctl`).
+    fn peer_is_a_build(&self) -> bool {
+        self.peer.pid().is_some_and(|pid| {
+            u32::try_from(pid).is_ok_and(|pid| {
+                crate::busy::build_processes(&crate::engine::live_engines()).contains(&pid)
+            })
+        })
+    }
+
+    /// For a `wait`ing borrow from a build on this agent: the reply once
+    /// the borrower is checked or the borrow failed.
+    async fn checked(&self, mut events: broadcast::Receiver<Event>, limit: Duration) -> Reply {
+        let wait = async {
+            loop {
+                match events.recv().await {
+                    Ok(Event {
+                        kind: EventKind::BorrowChecked,
+                        ..
+                    }) => {
+                        return Reply::Ok(Response::Accepted {
+                            message: "the borrower is reachable and its engine is ready; \
+                                      the agent moves there once this build and any other \
+                                      work have ended"
+                                .into(),
+                        })
+                    }
+                    Ok(Event {
+                        kind: EventKind::BorrowFailed { phase, reason },
+                        ..
+                    }) => {
+                        return Reply::error(format!(
+                            "the borrow failed ({phase}): {reason}; the agent stays where it was"
+                        ))
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Reply::error("the agent stopped before the borrower was checked")
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
+            Reply::error(format!(
+                "the borrower was not checked within {}",
+                humantime::format_duration(limit)
+            ))
+        })
+    }
+
+    /// For an order with `wait`: the reply once the agent is online at
+    /// `place` after a move, or the borrow failed, or `limit` passed.
+    async fn outcome(
+        &self,
+        mut events: broadcast::Receiver<Event>,
+        limit: Duration,
+        place: Placement,
+    ) -> Reply {
+        let arrived = |status: &Status| {
+            status.placement == place && status.phase == Phase::Online && status.pending.is_none()
+        };
+        let now = self.handler.status();
+        if arrived(&now) {
+            return Reply::Ok(Response::Accepted {
+                message: format!("already there: online at {}", describe_place(&now)),
+            });
+        }
+        let wait = async {
+            loop {
+                match events.recv().await {
+                    Ok(Event {
+                        kind: EventKind::Moved { ms },
+                        status,
+                        ..
+                    }) if status.placement == place => {
+                        return Reply::Ok(Response::Accepted {
+                            message: format!(
+                                "online at {} ({ms} ms after the move began)",
+                                describe_place(&status)
+                            ),
+                        })
+                    }
+                    Ok(Event {
+                        kind: EventKind::BorrowFailed { phase, reason },
+                        ..
+                    }) if place == Placement::Borrowed => {
+                        return Reply::error(format!(
+                            "the borrow failed ({phase}): {reason}; the agent stays where it was"
+                        ))
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Reply::error("the agent stopped before the move was done")
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(limit, wait).await {
+            Ok(reply) => reply,
+            Err(_) => {
+                let now = self.handler.status();
+                Reply::error(format!(
+                    "not done within {}: the agent is {:?} at {}{}",
+                    humantime::format_duration(limit),
+                    now.phase,
+                    describe_place(&now),
+                    now.last_error
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                ))
+            }
+        }
     }
 
     /// After `events`: a `subscribed` event with the current status, then
@@ -1003,6 +1149,7 @@ mod tests {
             lease: Some(Duration::from_secs(3600)),
             idle_return: None,
             when: When::Idle,
+            wait: None,
         })
     }
 
@@ -1056,7 +1203,10 @@ mod tests {
         assert!(err.to_string().contains("not a regular file"), "{err}");
 
         client
-            .request(Request::Return { when: When::Now })
+            .request(Request::Return {
+                when: When::Now,
+                wait: None,
+            })
             .await
             .unwrap();
         assert_eq!(*handler.returns.lock().unwrap(), vec![When::Now]);

@@ -28,8 +28,11 @@ const EXIT_UNREACHABLE: u8 = 3;
 
 const EXIT_HELP: &str = "\
 Exit status:
-  0  ok: the order was accepted, or the status / events were printed
-  1  the agent refused (the reason is on stderr), or the exchange failed
+  0  ok: the order was accepted (with --wait: carried out, the agent is
+     online at the target), or the status / events were printed
+  1  the agent refused, or with --wait the move failed (the borrower could
+     not be reached or refused: the agent stayed where it was) or did not
+     finish in time; the reason is on stderr. Or the exchange failed
   2  usage error
   3  no agent reachable at the socket (none running, wrong path, or no permission)
 
@@ -70,6 +73,10 @@ enum Command {
         /// Leave at once, ending running builds, instead of when idle
         #[arg(long)]
         now: bool,
+        /// Exit only once the agent is online at home (0), or after TIMEOUT
+        /// (1, with where it is); bare --wait waits up to 10m
+        #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, default_missing_value = DEFAULT_WAIT, value_parser = humantime::parse_duration)]
+        wait: Option<Duration>,
     },
     /// Print one JSON line per event until interrupted; the first carries
     /// the current status
@@ -119,7 +126,15 @@ struct BorrowArgs {
     /// of when idle
     #[arg(long)]
     now: bool,
+    /// Exit only once the agent is online at the borrower (0), or the borrow
+    /// failed or TIMEOUT passed (1, with the reason); bare --wait waits up
+    /// to 10m
+    #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, default_missing_value = DEFAULT_WAIT, value_parser = humantime::parse_duration)]
+    wait: Option<Duration>,
 }
+
+/// How long a bare `--wait` waits.
+const DEFAULT_WAIT: &str = "10m";
 
 /// What to do once connected.
 #[derive(Debug)]
@@ -180,7 +195,10 @@ fn parse(args: Vec<OsString>, stdin: &mut dyn io::Read) -> Result<(PathBuf, Acti
     let action = match cli.command {
         Command::Status { json } => Action::Status { json },
         Command::Events => Action::Events,
-        Command::Return { now } => Action::Order(Request::Return { when: when(now) }),
+        Command::Return { now, wait } => Action::Order(Request::Return {
+            when: when(now),
+            wait,
+        }),
         Command::Borrow(args) => {
             Action::Order(Request::Borrow(borrow_request(args, stdin).map_err(usage)?))
         }
@@ -221,6 +239,7 @@ fn borrow_request(args: BorrowArgs, stdin: &mut dyn io::Read) -> Result<BorrowRe
         lease: args.lease,
         idle_return: args.idle_return,
         when: when(args.now),
+        wait: args.wait,
     };
     request.validate()?;
     Ok(request)
@@ -665,7 +684,10 @@ mod tests {
         let (_, action) = parsed(&["--socket", "/s", "return", "--now"]).unwrap();
         assert!(matches!(
             action,
-            Action::Order(Request::Return { when: When::Now })
+            Action::Order(Request::Return {
+                when: When::Now,
+                wait: None
+            })
         ));
     }
 

@@ -272,6 +272,7 @@ mod tests {
                 lease: Some(Duration::from_secs(3600)),
                 idle_return: None,
                 when: control::When::Idle,
+                wait: None,
             },
             started_ms: 1_000,
         }

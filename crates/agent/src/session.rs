@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::BytesMut;
+use control::MovePhase;
 use remoting_protocol::capability::Capability;
 use remoting_protocol::handshake::{self, HandshakeConfig, HandshakeError};
 use remoting_protocol::preamble::{self, PreambleError, PreambleReader};
@@ -69,6 +70,9 @@ pub enum SessionError {
     /// The engine did not speak the remoting preamble.
     #[error("the engine did not start properly: {0}")]
     Preamble(#[from] PreambleError),
+    /// The controller's engine jar could not be fetched.
+    #[error("cannot fetch the controller's engine jar: {0}")]
+    EngineJar(#[source] HttpError),
     /// The engine did not announce itself in time.
     #[error("the engine did not announce itself within {0:?}; see its output above")]
     EngineTimeout(Duration),
@@ -81,6 +85,20 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// Where a move failed, for `borrow_failed`.
+    pub fn phase(&self) -> MovePhase {
+        match self {
+            SessionError::Http(_) => MovePhase::Resolve,
+            SessionError::EngineJar(_) => MovePhase::EngineJar,
+            SessionError::Engine(_)
+            | SessionError::Preamble(_)
+            | SessionError::EngineTimeout(_) => MovePhase::EngineStart,
+            SessionError::Dial(_) | SessionError::Bridge(_) => MovePhase::Connect,
+            SessionError::Handshake(_) => MovePhase::Handshake,
+            SessionError::Config(_) => MovePhase::Config,
+        }
+    }
+
     /// Whether trying again cannot help: the agent should stop.
     pub fn is_fatal(&self) -> bool {
         match self {
@@ -127,6 +145,16 @@ struct ReadyEngine {
     buffered: BytesMut,
 }
 
+/// An accepted connection with its engine ready: what a session serves.
+/// Made ahead of a move (make before break), it is either served or
+/// [`Agent::abandon`]ed.
+#[derive(Debug)]
+pub struct Prepared {
+    connected: handshake::Connected<AgentPort>,
+    ready: ReadyEngine,
+    target: Target,
+}
+
 /// What outlives a session at one controller: a spare engine (the
 /// cookies outlive the process, in the state file).
 #[derive(Debug, Default)]
@@ -146,7 +174,7 @@ impl Continuity {
 /// One controller to serve: its settings and an HTTP client made for it
 /// (credentials and certificates belong to one controller, never sent to
 /// another).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Route {
     /// Settings for this controller.
     pub settings: Settings,
@@ -214,19 +242,30 @@ impl Agent {
     /// connection is up by dropping what was set up (an engine dropped takes
     /// its process group with it), afterwards by closing the channel at the
     /// remoting level. Cookies are read from and kept in `cookies`.
+    /// `prepared` is a connection made ahead (a move); without it the
+    /// session connects first.
     pub async fn run_session(
         &self,
         route: &Route,
         continuity: &mut Continuity,
         cookies: &StateFile,
         departure: &Departure,
+        prepared: Option<Prepared>,
         on_online: impl FnOnce(Online),
     ) -> Result<SessionEnd, SessionError> {
-        let (connected, ready, target) = tokio::select! {
-            biased;
-            _ = departure.requested() => return Ok(SessionEnd::Abandoned),
-            setup = self.connect(route, continuity, cookies) => setup?,
+        let prepared = match prepared {
+            Some(prepared) => prepared,
+            None => tokio::select! {
+                biased;
+                _ = departure.requested() => return Ok(SessionEnd::Abandoned),
+                setup = self.connect(route, continuity, cookies) => setup?,
+            },
         };
+        let Prepared {
+            connected,
+            ready,
+            target,
+        } = prepared;
         info!(
             node = %target.name,
             controller = target.controller_url.as_deref().unwrap_or("(direct)"),
@@ -253,27 +292,67 @@ impl Agent {
         end
     }
 
+    /// Checks a place before moving there, while the agent still serves
+    /// where it is: finds its agent port and identity, fetches its engine
+    /// jar and starts its engine (kept as the spare for the connection).
+    pub async fn check(
+        &self,
+        route: &Route,
+        continuity: &mut Continuity,
+    ) -> Result<(), SessionError> {
+        let target = self.resolve(route).await?;
+        let ready = self.ready_engine(route, &target, continuity).await?;
+        continuity.spare = Some(ready);
+        Ok(())
+    }
+
+    /// Ends a prepared connection that will not be served (a move called
+    /// off): the channel is closed at the remoting level as when leaving,
+    /// then TCP; the engine, which has seen nothing of it, becomes the
+    /// spare again.
+    pub async fn abandon(&self, prepared: Prepared, continuity: &mut Continuity) {
+        let Prepared {
+            connected, ready, ..
+        } = prepared;
+        let handshake::Connected {
+            mut stream,
+            read_buf,
+            ..
+        } = connected;
+        let how = bridge::close_unserved(&mut stream, read_buf).await;
+        info!(?how, "closed a prepared connection that will not be served");
+        let tcp = stream.get_mut().0.get_mut();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, tcp.shutdown()).await;
+        continuity.spare = Some(ready);
+    }
+
+    /// The spare engine if it runs this controller's jar, else a new one.
+    async fn ready_engine(
+        &self,
+        route: &Route,
+        target: &Target,
+        continuity: &mut Continuity,
+    ) -> Result<ReadyEngine, SessionError> {
+        let jar = self.engine_jar(route, target).await?;
+        if let Some(mut spare) = continuity.spare.take() {
+            if spare.jar == jar && !spare.engine.has_exited() {
+                return Ok(spare);
+            }
+            // Another controller version, or it died waiting.
+            spare.engine.stop(ENGINE_STOP_GRACE).await;
+        }
+        self.start_engine(&route.settings, jar).await
+    }
+
     /// Everything up to an accepted connection with an engine waiting for it.
-    async fn connect(
+    pub async fn connect(
         &self,
         route: &Route,
         continuity: &mut Continuity,
         cookies: &StateFile,
-    ) -> Result<(handshake::Connected<AgentPort>, ReadyEngine, Target), SessionError> {
+    ) -> Result<Prepared, SessionError> {
         let target = self.resolve(route).await?;
-        let jar = self.engine_jar(route, &target).await?;
-        let ready = match continuity.spare.take() {
-            Some(mut spare) => {
-                if spare.jar == jar && !spare.engine.has_exited() {
-                    spare
-                } else {
-                    // Another controller version, or it died waiting.
-                    spare.engine.stop(ENGINE_STOP_GRACE).await;
-                    self.start_engine(&route.settings, jar).await?
-                }
-            }
-            None => self.start_engine(&route.settings, jar).await?,
-        };
+        let ready = self.ready_engine(route, &target, continuity).await?;
         let tcp = match agent_port::dial_from_env(
             &target.agent_port,
             route.settings.proxy_credentials.as_ref(),
@@ -301,7 +380,11 @@ impl Agent {
                         warn!(%err, path = %cookies.path().display(), "cannot keep the channel's cookie in the state file; a restart may be refused as already connected");
                     }
                 }
-                Ok((connected, ready, target))
+                Ok(Prepared {
+                    connected,
+                    ready,
+                    target,
+                })
             }
             Err(err) => {
                 continuity.spare = Some(ready);
@@ -460,7 +543,8 @@ impl Agent {
         let bytes = route
             .http
             .fetch(&format!("{url}jnlpJars/remoting.jar"), MAX_ENGINE_JAR)
-            .await?;
+            .await
+            .map_err(SessionError::EngineJar)?;
         Ok(self.jars.store(&bytes)?)
     }
 

@@ -17,10 +17,12 @@
 //! from a borrower.
 
 use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use control::{EventKind, Phase, ReturnReason, When};
+use control::{EventKind, MovePhase, Phase, ReturnReason, When};
 use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument as _};
@@ -29,7 +31,7 @@ use crate::busy;
 use crate::departure::{Departure, Intent};
 use crate::hub::{Command, Hub};
 use crate::lending::{Lease, StateFile};
-use crate::session::{Agent, Continuity, Online, Route, SessionError};
+use crate::session::{Agent, Continuity, Online, Prepared, Route, SessionError};
 use crate::settings::Settings;
 use remoting_protocol::handshake::HandshakeError;
 
@@ -123,13 +125,37 @@ impl Decision {
     }
 }
 
+/// How long to wait before trying again to connect home ahead of a return
+/// that failed (the agent stays where it is meanwhile).
+const RETRY_MOVE: Duration = Duration::from_secs(5);
+
+/// A place the agent may move to, checked and connected ahead of the move
+/// while the agent still serves where it is (make before break).
+#[derive(Debug)]
+struct Candidate {
+    route: Route,
+    continuity: Continuity,
+}
+
+/// Work on a [`Candidate`] that runs beside the live session and hands the
+/// candidate back with its result.
+type Ahead<'a, T> = Pin<Box<dyn Future<Output = (Candidate, Result<T, SessionError>)> + 'a>>;
+
+/// Polls an optional [`Ahead`]; pending forever when there is none.
+async fn ahead<T>(work: &mut Option<Ahead<'_, T>>) -> (Candidate, Result<T, SessionError>) {
+    match work {
+        Some(work) => work.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Everything the supervisor tracks.
 struct Supervisor<'a> {
     agent: &'a Agent,
     home_settings: Settings,
     home: Route,
     hub: Arc<Hub>,
-    state: StateFile,
+    state: Arc<StateFile>,
     lease: Option<Lease>,
     away: Option<Route>,
     home_continuity: Continuity,
@@ -140,6 +166,14 @@ struct Supervisor<'a> {
     offline_since: Instant,
     /// When a lease expired while the agent was busy.
     lease_expired_at: Option<Instant>,
+    /// The borrower of the pending borrow, once checked.
+    candidate: Option<Candidate>,
+    /// The connection the next session serves (made before the move).
+    prepared: Option<Prepared>,
+    /// When the move in progress was decided (for the `moved` event).
+    move_started: Option<Instant>,
+    /// No move is tried before this (after connecting ahead failed).
+    retry_move_at: Option<Instant>,
 }
 
 /// Runs sessions until told to stop or until reconnecting cannot help.
@@ -160,7 +194,7 @@ pub async fn run(
         home_settings,
         home,
         hub,
-        state,
+        state: Arc::new(state),
         lease: None,
         away: None,
         home_continuity: Continuity::default(),
@@ -168,6 +202,10 @@ pub async fn run(
         idle_since: Instant::now(),
         offline_since: Instant::now(),
         lease_expired_at: None,
+        candidate: None,
+        prepared: None,
+        move_started: None,
+        retry_move_at: None,
     };
     sup.resume();
     let stopped = sup.serve(backoff, &shutdown).await;
@@ -176,7 +214,7 @@ pub async fn run(
     stopped
 }
 
-impl Supervisor<'_> {
+impl<'a> Supervisor<'a> {
     /// Picks up where the agent was before a restart.
     fn resume(&mut self) {
         let lease = match self.state.load() {
@@ -229,28 +267,40 @@ impl Supervisor<'_> {
             let went_online = Cell::new(false);
             let started = Instant::now();
             let mut decided: Option<Decision> = None;
+            // The session owns its route and continuity for a while, so the
+            // supervisor can prepare the other place beside it.
+            let (route, mut continuity) = match (&self.away, borrowed) {
+                (Some(away), true) => (away.clone(), std::mem::take(&mut self.away_continuity)),
+                _ => (self.home.clone(), std::mem::take(&mut self.home_continuity)),
+            };
+            let mut checking: Option<Ahead<'a, ()>> = None;
+            let mut connecting: Option<Ahead<'a, Prepared>> = None;
+            let mut ready: Option<(Candidate, Prepared)> = None;
             let result = {
-                let (route, continuity) = match (&self.away, borrowed) {
-                    (Some(away), true) => (away, &mut self.away_continuity),
-                    _ => (&self.home, &mut self.home_continuity),
-                };
                 let hub = self.hub.clone();
+                let (agent, state) = (self.agent, self.state.clone());
+                let moved_at = self.move_started.take();
                 let span = tracing::info_span!(
                     "session",
                     attempt,
                     controller = route.label().as_deref().unwrap_or(""),
                     borrowed
                 );
-                let session = self
-                    .agent
+                let session = agent
                     .run_session(
-                        route,
-                        continuity,
-                        &self.state,
+                        &route,
+                        &mut continuity,
+                        &state,
                         &departure,
+                        self.prepared.take(),
                         |online: Online| {
                             went_online.set(true);
                             mark_online(&hub, &online);
+                            if let Some(at) = moved_at {
+                                let ms = at.elapsed().as_millis() as u64;
+                                info!(ms, "moved");
+                                hub.emit(EventKind::Moved { ms });
+                            }
                         },
                     )
                     .instrument(span);
@@ -258,6 +308,57 @@ impl Supervisor<'_> {
                 loop {
                     tokio::select! {
                         result = &mut session => break result,
+                        (candidate, checked) = ahead(&mut checking) => {
+                            checking = None;
+                            match checked {
+                                Ok(()) => self.borrow_checked(candidate),
+                                Err(err) => self.borrow_failed(&err, candidate).await,
+                            }
+                        }
+                        (candidate, connected) = ahead(&mut connecting) => {
+                            connecting = None;
+                            let intent = decided.as_ref().map(|d| d.intent);
+                            let lending = matches!(decided.as_ref().map(|d| &d.to), Some(Move::Lend(_)));
+                            match (connected, intent) {
+                                // Work started here while the target was being
+                                // connected: this place keeps the agent for now.
+                                (Ok(prepared), Some(Intent::WhenQuiet)) if self.hub.busy().busy => {
+                                    info!("work started while the target was being connected: not leaving yet");
+                                    let mut candidate = candidate;
+                                    agent.abandon(prepared, &mut candidate.continuity).await;
+                                    if lending {
+                                        self.candidate = Some(candidate);
+                                    } else {
+                                        self.home_continuity = candidate.continuity;
+                                    }
+                                    decided = None;
+                                    self.move_started = None;
+                                    self.hub.set_phase(Phase::Draining);
+                                    self.hub.emit(EventKind::MoveDeferred);
+                                }
+                                (Ok(prepared), Some(intent)) => {
+                                    // Online at the target: now leave here.
+                                    departure.request(intent);
+                                    self.hub.set_phase(Phase::Leaving);
+                                    ready = Some((candidate, prepared));
+                                }
+                                (Ok(prepared), None) => agent.abandon(prepared, &mut self.home_continuity).await,
+                                (Err(err), _) => {
+                                    decided = None;
+                                    self.move_started = None;
+                                    match lending {
+                                        true => self.borrow_failed(&err, candidate).await,
+                                        false => {
+                                            warn!(%err, "home cannot be reached: staying at the borrower for now");
+                                            self.hub.core().last_error = Some(format!("home: {err}"));
+                                            self.home_continuity = candidate.continuity;
+                                            self.retry_move_at = Some(Instant::now() + RETRY_MOVE);
+                                        }
+                                    }
+                                    self.hub.set_phase(if went_online.get() { Phase::Online } else { Phase::Connecting });
+                                }
+                            }
+                        }
                         () = self.hub.woken() => {}
                         _ = tick.tick() => {}
                         _ = called_off.changed() => {}
@@ -267,31 +368,73 @@ impl Supervisor<'_> {
                             continue;
                         }
                     }
-                    if decided.is_some() && departure.intent() == Intent::Stay {
+                    if ready.is_some() && departure.intent() == Intent::Stay {
                         // The bridge called the move off: work arrived first.
+                        // The target's fresh channel is closed again; a
+                        // borrower stays checked for the next decision.
+                        if let Some((candidate, prepared)) = ready.take() {
+                            let mut candidate = candidate;
+                            self.agent
+                                .abandon(prepared, &mut candidate.continuity)
+                                .await;
+                            match decided.as_ref().map(|d| &d.to) {
+                                Some(Move::Lend(_)) => self.candidate = Some(candidate),
+                                _ => self.home_continuity = candidate.continuity,
+                            }
+                        }
                         decided = None;
+                        self.move_started = None;
                         self.hub.set_phase(Phase::Draining);
                         self.hub.emit(EventKind::MoveDeferred);
                     }
                     if decided.is_none() {
-                        decided = decide(
-                            &self.hub,
-                            self.lease.as_ref(),
-                            went_online.get(),
-                            &mut self.idle_since,
-                            self.offline_since,
-                            &self.home_settings,
-                            &mut self.lease_expired_at,
-                        );
+                        self.track_borrow(&mut checking);
+                    }
+                    let gated = self.retry_move_at.is_some_and(|at| Instant::now() < at);
+                    if decided.is_none() && connecting.is_none() && ready.is_none() && !gated {
+                        decided = self.decide(went_online.get());
                         if let Some(decision) = &decided {
-                            self.hub.set_phase(Phase::Leaving);
-                            departure.request(decision.intent);
+                            self.move_started = Some(Instant::now());
+                            let candidate = match &decision.to {
+                                Move::Lend(_) => self.candidate.take(),
+                                Move::Home(_) => Some(Candidate {
+                                    route: self.home.clone(),
+                                    continuity: std::mem::take(&mut self.home_continuity),
+                                }),
+                            };
+                            if let Some(mut candidate) = candidate {
+                                // Connect the target while this place is still served.
+                                let (agent, state) = (self.agent, self.state.clone());
+                                connecting = Some(Box::pin(async move {
+                                    let connected = agent
+                                        .connect(
+                                            &candidate.route,
+                                            &mut candidate.continuity,
+                                            &state,
+                                        )
+                                        .await;
+                                    (candidate, connected)
+                                }));
+                            } else {
+                                // No live channel to keep (the borrower is gone): just go.
+                                departure.request(decision.intent);
+                                self.hub.set_phase(Phase::Leaving);
+                            }
                         } else if went_online.get() && self.hub.core().pending.is_some() {
                             self.hub.set_phase(Phase::Draining);
                         }
                     }
                 }
             };
+            // A candidate still being checked or connected when the session
+            // ended is dropped (its engine with it); the decision is made again.
+            drop(checking);
+            drop(connecting);
+            if borrowed {
+                self.away_continuity = continuity;
+            } else {
+                self.home_continuity = continuity;
+            }
             let online = went_online.get();
             {
                 let mut core = self.hub.core();
@@ -310,8 +453,19 @@ impl Supervisor<'_> {
                 return Stopped::Cleanly;
             }
             if let Some(decided) = decided {
-                self.apply(decided.to, backoff).await;
-                continue;
+                match ready {
+                    Some((candidate, prepared)) => {
+                        self.apply(decided.to, Some(candidate), Some(prepared), backoff)
+                            .await;
+                        continue;
+                    }
+                    None if matches!(decided.to, Move::Home(ReturnReason::BorrowerGone)) => {
+                        self.apply(decided.to, None, None, backoff).await;
+                        continue;
+                    }
+                    // The session ended on its own before the target was ready.
+                    None => self.move_started = None,
+                }
             }
             match result {
                 Ok(end) => {
@@ -323,7 +477,7 @@ impl Supervisor<'_> {
                 Err(err) if err.is_fatal() && borrowed => {
                     error!(%err, "the borrower refused the agent for good: going home");
                     self.hub.core().last_error = Some(err.to_string());
-                    self.apply(Move::Home(ReturnReason::BorrowerGone), backoff)
+                    self.apply(Move::Home(ReturnReason::BorrowerGone), None, None, backoff)
                         .await;
                     continue;
                 }
@@ -365,25 +519,179 @@ impl Supervisor<'_> {
                     () = self.hub.woken() => {}
                     _ = tick.tick() => {}
                 }
-                let decided = decide(
-                    &self.hub,
-                    self.lease.as_ref(),
-                    false,
-                    &mut self.idle_since,
-                    self.offline_since,
-                    &self.home_settings,
-                    &mut self.lease_expired_at,
-                );
+                // No live channel here: a borrower is checked inline, then
+                // the agent goes (there is nothing to keep serving).
+                let mut checking = None;
+                self.track_borrow(&mut checking);
+                if let Some(mut work) = checking {
+                    let (candidate, checked) = work.as_mut().await;
+                    match checked {
+                        Ok(()) => self.borrow_checked(candidate),
+                        Err(err) => self.borrow_failed(&err, candidate).await,
+                    }
+                }
+                let decided = self.decide(false);
                 if let Some(decided) = decided {
-                    self.apply(decided.to, backoff).await;
+                    self.move_started = Some(Instant::now());
+                    let candidate = match decided.to {
+                        Move::Lend(_) => self.candidate.take(),
+                        Move::Home(_) => None,
+                    };
+                    self.apply(decided.to, candidate, None, backoff).await;
                     break;
                 }
             }
         }
     }
 
+    /// Whether to move now, from the pending command, the lease and the busy
+    /// signals. A borrow moves only once its borrower was checked.
+    fn decide(&mut self, online: bool) -> Option<Decision> {
+        let (give_up, grace) = (
+            self.home_settings.borrow_give_up,
+            self.home_settings.lease_grace,
+        );
+        busy::reap_orphans_now_and_then(&crate::engine::live_engines());
+        let pending = self.hub.core().pending.clone();
+        let lease = self.lease.as_ref();
+        if pending.is_none() && lease.is_none() {
+            // At home with nothing asked: no need to look at /proc.
+            return None;
+        }
+        let busy = self.hub.busy();
+        if busy.busy {
+            self.idle_since = Instant::now();
+        }
+        match pending {
+            Some((Command::Borrow(request), _))
+                if self.candidate.is_some() && (request.when == When::Now || !busy.busy) =>
+            {
+                let when = request.when;
+                return Some(Decision::when(Move::Lend(request), when));
+            }
+            Some((Command::Return(when), _))
+                if lease.is_some() && (when == When::Now || !busy.busy) =>
+            {
+                return Some(Decision::when(Move::Home(ReturnReason::Requested), when));
+            }
+            _ => {}
+        }
+        let lease = lease?;
+        if lease
+            .deadline_ms()
+            .is_some_and(|deadline| deadline <= busy::now_ms())
+        {
+            if !busy.busy {
+                return Some(Decision::quiet(Move::Home(ReturnReason::LeaseExpired)));
+            }
+            let expired = *self.lease_expired_at.get_or_insert_with(Instant::now);
+            if expired.elapsed() >= grace {
+                warn!(
+                    grace = %humantime::format_duration(grace),
+                    "the lease expired and the agent stayed busy through the grace period: leaving anyway"
+                );
+                return Some(Decision::now(Move::Home(ReturnReason::LeaseExpired)));
+            }
+        }
+        if !online && self.offline_since.elapsed() >= give_up {
+            warn!(
+                borrower = %lease.label(),
+                after = %humantime::format_duration(give_up),
+                "the borrower stayed unreachable: going home"
+            );
+            return Some(Decision::now(Move::Home(ReturnReason::BorrowerGone)));
+        }
+        if let Some(idle) = lease.request.idle_return {
+            let deadline =
+                busy::now_ms() + idle.saturating_sub(self.idle_since.elapsed()).as_millis() as u64;
+            self.hub.core().idle_deadline_ms = Some(deadline);
+            if online && self.idle_since.elapsed() >= idle {
+                return Some(Decision::quiet(Move::Home(ReturnReason::Idle)));
+            }
+        }
+        None
+    }
+
+    /// Starts checking the borrower of a newly pending borrow, and forgets
+    /// a checked borrower whose borrow was cancelled.
+    fn track_borrow(&mut self, checking: &mut Option<Ahead<'a, ()>>) {
+        let pending = match &self.hub.core().pending {
+            Some((Command::Borrow(request), _)) => Some(request.clone()),
+            _ => None,
+        };
+        let Some(request) = pending.filter(|_| self.lease.is_none()) else {
+            // Nothing to check (or the borrow was called off): drop it.
+            self.candidate = None;
+            return;
+        };
+        if checking.is_some() || self.candidate.is_some() {
+            return;
+        }
+        let lease = Lease {
+            request,
+            started_ms: busy::now_ms(),
+        };
+        let route = match lease
+            .settings(&self.home_settings)
+            .map_err(anyhow::Error::msg)
+            .and_then(Route::new)
+        {
+            Ok(route) => route,
+            Err(err) => {
+                let reason = format!("{err:#}");
+                self.fail_borrow(MovePhase::Config, reason);
+                return;
+            }
+        };
+        info!(borrower = %lease.label(), "checking the borrower before leaving");
+        let mut candidate = Candidate {
+            route,
+            continuity: Continuity::default(),
+        };
+        let agent = self.agent;
+        *checking = Some(Box::pin(async move {
+            let checked = agent
+                .check(&candidate.route, &mut candidate.continuity)
+                .await;
+            (candidate, checked)
+        }));
+    }
+
+    /// The pending borrow's target passed its check.
+    fn borrow_checked(&mut self, candidate: Candidate) {
+        info!(
+            borrower = route_label(&candidate.route),
+            "the borrower is reachable and its engine is ready"
+        );
+        self.candidate = Some(candidate);
+        self.hub.emit(EventKind::BorrowChecked);
+    }
+
+    /// A borrow that cannot be carried out: the agent stays where it is.
+    async fn borrow_failed(&mut self, err: &SessionError, mut candidate: Candidate) {
+        candidate.continuity.shutdown().await;
+        self.fail_borrow(err.phase(), err.to_string());
+    }
+
+    fn fail_borrow(&mut self, phase: MovePhase, reason: String) {
+        error!(%phase, %reason, "the borrow failed; staying here");
+        {
+            let mut core = self.hub.core();
+            core.pending = None;
+            core.last_error = Some(format!("borrow failed ({phase}): {reason}"));
+        }
+        self.candidate = None;
+        self.hub.emit(EventKind::BorrowFailed { phase, reason });
+    }
+
     /// Carries out a move once the old session is over.
-    async fn apply(&mut self, decided: Move, backoff: &mut Backoff) {
+    async fn apply(
+        &mut self,
+        decided: Move,
+        candidate: Option<Candidate>,
+        prepared: Option<Prepared>,
+        backoff: &mut Backoff,
+    ) {
         let leaving = self.lease.is_some();
         // The engine that leaves stops its spare too: the next place runs
         // another controller's engine.
@@ -406,16 +714,22 @@ impl Supervisor<'_> {
                     request,
                     started_ms: busy::now_ms(),
                 };
-                match lease
-                    .settings(&self.home_settings)
-                    .map_err(anyhow::Error::msg)
-                    .and_then(Route::new)
-                {
+                let route = match candidate {
+                    Some(candidate) => {
+                        self.away_continuity = candidate.continuity;
+                        Ok(candidate.route)
+                    }
+                    None => lease
+                        .settings(&self.home_settings)
+                        .map_err(anyhow::Error::msg)
+                        .and_then(Route::new),
+                };
+                match route {
                     Ok(route) => {
                         info!(borrower = %lease.label(), node = %lease.request.name, lease = ?lease.request.lease, "lent");
                         self.away = Some(route);
-                        self.away_continuity = Continuity::default();
                         self.lease = Some(lease);
+                        self.prepared = prepared;
                     }
                     Err(err) => {
                         error!("cannot go to the borrower: {err:#}; staying home");
@@ -425,6 +739,10 @@ impl Supervisor<'_> {
             }
             Move::Home(reason) => {
                 info!(?reason, "returning home");
+                if let Some(candidate) = candidate {
+                    self.home_continuity = candidate.continuity;
+                }
+                self.prepared = prepared;
                 self.lease = None;
                 self.away = None;
             }
@@ -455,6 +773,10 @@ impl Supervisor<'_> {
     }
 }
 
+fn route_label(route: &Route) -> String {
+    route.label().unwrap_or_default()
+}
+
 fn mark_online(hub: &Hub, online: &Online) {
     {
         let mut core = hub.core();
@@ -465,76 +787,6 @@ fn mark_online(hub: &Hub, online: &Online) {
         core.last_error = None;
     }
     hub.set_phase(Phase::Online);
-}
-
-/// Whether to move now, from the pending command, the lease and the busy
-/// signals.
-fn decide(
-    hub: &Hub,
-    lease: Option<&Lease>,
-    online: bool,
-    idle_since: &mut Instant,
-    offline_since: Instant,
-    settings: &Settings,
-    lease_expired_at: &mut Option<Instant>,
-) -> Option<Decision> {
-    let (give_up, grace) = (settings.borrow_give_up, settings.lease_grace);
-    busy::reap_orphans_now_and_then(&crate::engine::live_engines());
-    let pending = hub.core().pending.clone();
-    if pending.is_none() && lease.is_none() {
-        // At home with nothing asked: no need to look at /proc.
-        return None;
-    }
-    let busy = hub.busy();
-    if busy.busy {
-        *idle_since = Instant::now();
-    }
-    match pending {
-        Some((Command::Borrow(request), _)) if request.when == When::Now || !busy.busy => {
-            let when = request.when;
-            return Some(Decision::when(Move::Lend(request), when));
-        }
-        Some((Command::Return(when), _))
-            if lease.is_some() && (when == When::Now || !busy.busy) =>
-        {
-            return Some(Decision::when(Move::Home(ReturnReason::Requested), when));
-        }
-        _ => {}
-    }
-    let lease = lease?;
-    if lease
-        .deadline_ms()
-        .is_some_and(|deadline| deadline <= busy::now_ms())
-    {
-        if !busy.busy {
-            return Some(Decision::quiet(Move::Home(ReturnReason::LeaseExpired)));
-        }
-        let expired = *lease_expired_at.get_or_insert_with(Instant::now);
-        if expired.elapsed() >= grace {
-            warn!(
-                grace = %humantime::format_duration(grace),
-                "the lease expired and the agent stayed busy through the grace period: leaving anyway"
-            );
-            return Some(Decision::now(Move::Home(ReturnReason::LeaseExpired)));
-        }
-    }
-    if !online && offline_since.elapsed() >= give_up {
-        warn!(
-            borrower = %lease.label(),
-            after = %humantime::format_duration(give_up),
-            "the borrower stayed unreachable: going home"
-        );
-        return Some(Decision::now(Move::Home(ReturnReason::BorrowerGone)));
-    }
-    if let Some(idle) = lease.request.idle_return {
-        let deadline =
-            busy::now_ms() + idle.saturating_sub(idle_since.elapsed()).as_millis() as u64;
-        hub.core().idle_deadline_ms = Some(deadline);
-        if online && idle_since.elapsed() >= idle {
-            return Some(Decision::quiet(Move::Home(ReturnReason::Idle)));
-        }
-    }
-    None
 }
 
 /// Logs a failed attempt: a new problem at WARN (ERROR for security ones),

@@ -20,7 +20,7 @@ use control::{
 use futures_util::{SinkExt, StreamExt};
 use remoting_protocol::chunk::put_command;
 use remoting_protocol::ChunkCodec;
-use testkit::{Channel, Peer, TestController};
+use testkit::{Channel, ControllerEvent, Peer, TestController};
 use tokio_util::codec::Decoder;
 
 const LENDER_SECRET: &str = "1e1d1e1d1e1d1e1d1e1d1e1d1e1d1e1d";
@@ -95,6 +95,7 @@ fn borrow_request(
         lease,
         idle_return,
         when,
+        wait: None,
     }
 }
 
@@ -409,13 +410,23 @@ async fn a_busy_agent_leaves_only_after_the_build_unless_now() {
     let pid = common::read_pids(&pid_file, LONG).await[0];
     assert!(alive(pid));
     let lender_accepts = accepted(&lender.log());
-    request(&socket, Request::Return { when: When::Now })
-        .await
-        .unwrap();
+    request(
+        &socket,
+        Request::Return {
+            when: When::Now,
+            wait: None,
+        },
+    )
+    .await
+    .unwrap();
     lender
         .wait_for(|log| accepted(log) == lender_accepts + 1, LONG)
         .await;
-    assert!(!alive(pid), "the borrower's build survived the move");
+    until_online(&borrower, "guest-mac", false, LONG).await;
+    common::eventually("the borrower's build is ended by the move", LONG, || {
+        !alive(pid)
+    })
+    .await;
     lender.shutdown().await;
     borrower.shutdown().await;
 }
@@ -436,7 +447,11 @@ async fn killed_while_borrowed_it_resumes_at_the_borrower() {
         When::Now,
     )
     .await;
-    borrower.wait_for(|log| accepted(log) == 1, LONG).await;
+    // Moved (and recorded in the state file) once online there.
+    wait_status(&socket, "at the borrower", |s| {
+        s.phase == Phase::Online && s.placement == Placement::Borrowed
+    })
+    .await;
     agent.signal(nix::sys::signal::Signal::SIGKILL);
     drop(agent);
     borrower.wait_for(|log| closed(log) == 1, LONG).await;
@@ -471,9 +486,15 @@ async fn bad_control_requests_get_errors_and_change_nothing() {
         BufReader::new(read).read_line(&mut reply).await.unwrap();
         assert!(reply.contains("\"error\""), "{line:.60}: {reply}");
     }
-    let refused = request(&socket, Request::Return { when: When::Now })
-        .await
-        .unwrap_err();
+    let refused = request(
+        &socket,
+        Request::Return {
+            when: When::Now,
+            wait: None,
+        },
+    )
+    .await
+    .unwrap_err();
     assert!(refused.to_string().contains("home"), "{refused}");
     let after = status(&socket).await;
     assert_eq!(
@@ -550,6 +571,10 @@ async fn the_example_jobs_lend_and_return_the_agent() {
     let out = run("return-idle-agent.sh", &[]).await.unwrap();
     assert!(out.status.success(), "{out:?}");
     lender.wait_for(|log| accepted(log) == 2, LONG).await;
+    wait_status(&socket, "home", |s| {
+        s.phase == Phase::Online && s.placement == Placement::Home
+    })
+    .await;
     let out = run("return-idle-agent.sh", &[]).await.unwrap();
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("at home"),
@@ -645,20 +670,38 @@ async fn five_round_trips_leave_no_ghost_behind() {
     wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
     let mut away = Vec::new();
     let mut home = Vec::new();
+    // Make before break: online at the target first, then the place left
+    // must show the node offline within a second.
     for round in 1..=5 {
         lend(&socket, &borrower, None, None, When::Now).await;
+        until_online(&borrower, "guest-mac", true, LONG).await;
         away.push(until_online(&lender, "mac-01", false, Duration::from_secs(1)).await);
-        borrower.wait_for(|log| accepted(log) == round, LONG).await;
-        request(&socket, Request::Return { when: When::Now })
-            .await
-            .unwrap();
-        home.push(until_online(&borrower, "guest-mac", false, Duration::from_secs(1)).await);
+        assert_eq!(accepted(&borrower.log()), round);
+        wait_status(&socket, "moved to the borrower", |s| {
+            s.phase == Phase::Online && s.placement == Placement::Borrowed
+        })
+        .await;
+        request(
+            &socket,
+            Request::Return {
+                when: When::Now,
+                wait: None,
+            },
+        )
+        .await
+        .unwrap();
         lender
             .wait_for(|log| accepted(log) == round + 1, LONG)
             .await;
+        until_online(&lender, "mac-01", true, LONG).await;
+        home.push(until_online(&borrower, "guest-mac", false, Duration::from_secs(1)).await);
+        wait_status(&socket, "home again", |s| {
+            s.phase == Phase::Online && s.placement == Placement::Home
+        })
+        .await;
     }
-    eprintln!("borrow --now -> offline at the lender: {away:?}");
-    eprintln!("return --now -> offline at the borrower: {home:?}");
+    eprintln!("borrow --now: online at the borrower -> offline at the lender: {away:?}");
+    eprintln!("return --now: online at home -> offline at the borrower: {home:?}");
     let (lender_log, borrower_log) = (lender.log(), borrower.log());
     assert_eq!(refused(&lender_log) + refused(&borrower_log), 0);
     assert_eq!(closed_by_command(&lender_log), 5, "{lender_log:#?}");
@@ -758,15 +801,330 @@ async fn work_that_arrives_while_leaving_is_served_before_the_move() {
         )
         .await;
     assert!(lender.is_online("mac-01"));
-    assert_eq!(accepted(&borrower.log()), 0, "it stayed");
+    // The borrower's channel, made ahead of the move, was closed again.
+    until_online(&borrower, "guest-mac", false, LONG).await;
+    assert_eq!(
+        closed_by_command(&borrower.log()),
+        1,
+        "{:#?}",
+        borrower.log()
+    );
     // The engine finishes its command and answers the request; then, quiet
     // again, the agent moves.
     go_tx.send("release").unwrap();
     assert_eq!(seen_rx.recv().await.as_deref(), Some("response"));
     assert_eq!(seen_rx.recv().await.as_deref(), Some("channel ended"));
-    borrower.wait_for(|log| accepted(log) == 1, LONG).await;
+    until_online(&borrower, "guest-mac", true, LONG).await;
     let lender_log = lender.log();
     assert_eq!(closed_by_command(&lender_log), 1, "{lender_log:#?}");
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}
+
+/// A plain web server that is not Jenkins: every request gets 200 "hello".
+async fn not_jenkins() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = tcp.read(&mut buf).await;
+            let _ = tcp
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+                )
+                .await;
+        }
+    });
+    url
+}
+
+/// The next `borrow_failed` event.
+async fn borrow_failure(events: &mut control::client::EventStream) -> (control::MovePhase, String) {
+    loop {
+        let event = tokio::time::timeout(LONG, events.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let EventKind::BorrowFailed { phase, reason } = event.kind {
+            return (phase, reason);
+        }
+    }
+}
+
+/// A borrow that cannot work fails with its reason, and the agent never
+/// leaves home, as the home controller sees it.
+#[tokio::test]
+async fn a_borrow_that_cannot_work_fails_and_the_agent_stays_home() {
+    use control::MovePhase;
+    let lender = lender(Peer::Hold).await;
+    let borrower = borrower(Peer::Hold).await;
+    let agent = start_agent(&lender, &["--quiet-period", "200ms"]);
+    let socket = agent.socket();
+    wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
+    let mut events = subscribe(&socket).await;
+    let web = not_jenkins().await;
+    let secrets = temp_dir("secrets");
+    let cases = [
+        (
+            "wrong secret",
+            borrower.url(),
+            "guest-mac",
+            "0000",
+            MovePhase::Handshake,
+            "Authorization failure",
+        ),
+        (
+            "unknown node",
+            borrower.url(),
+            "nobody-here",
+            BORROWER_SECRET,
+            MovePhase::Handshake,
+            "Unknown client name",
+        ),
+        (
+            "unreachable",
+            "http://127.0.0.1:1/".to_owned(),
+            "guest-mac",
+            BORROWER_SECRET,
+            MovePhase::Resolve,
+            "127.0.0.1:1",
+        ),
+        (
+            "not Jenkins",
+            web,
+            "guest-mac",
+            BORROWER_SECRET,
+            MovePhase::Resolve,
+            "Jenkins",
+        ),
+    ];
+    for (case, url, node, secret, phase, says) in cases {
+        let file = secrets.join(case.replace(' ', "-"));
+        std::fs::write(&file, secret).unwrap();
+        let ctl = tokio::spawn({
+            let socket = socket.clone();
+            let file = file.clone();
+            async move {
+                tokio::process::Command::new(env!("CARGO_BIN_EXE_jnlp-agent"))
+                    .args(["ctl", "--socket"])
+                    .arg(&socket)
+                    .args(["borrow", "--url", &url, "--name", node, "--secret-file"])
+                    .arg(&file)
+                    .args(["--wait", "30s"])
+                    .output()
+                    .await
+                    .unwrap()
+            }
+        });
+        // Home stays online all along.
+        while !ctl.is_finished() {
+            assert!(lender.is_online("mac-01"), "{case}: left home");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let out = ctl.await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{case}: {out:?}");
+        assert!(stderr.contains(says), "{case}: {stderr}");
+        let (got_phase, reason) = borrow_failure(&mut events).await;
+        assert_eq!(got_phase, phase, "{case}: {reason}");
+        assert!(
+            !reason.contains(secret) || secret == "0000",
+            "{case}: the secret leaked"
+        );
+        let s = status(&socket).await;
+        assert_eq!(s.placement, Placement::Home, "{case}");
+        assert!(s.pending.is_none(), "{case}: {s:?}");
+    }
+    assert_eq!(closed(&lender.log()), 0, "home never dropped the agent");
+    assert_eq!(accepted(&lender.log()), 1);
+    assert_eq!(accepted(&borrower.log()), 0);
+    assert!(!agent.log().contains(BORROWER_SECRET));
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}
+
+/// `borrow --wait` exits 0 only once the borrower shows the node online;
+/// the `moved` event carries the repoint time.
+#[tokio::test]
+async fn borrow_wait_returns_once_the_borrower_sees_the_node() {
+    let lender = lender(Peer::Hold).await;
+    let borrower = borrower(Peer::Hold).await;
+    let agent = start_agent(&lender, &["--quiet-period", "200ms"]);
+    let socket = agent.socket();
+    wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
+    let mut events = subscribe(&socket).await;
+    let secret_file = temp_dir("secret").join("guest");
+    std::fs::write(&secret_file, BORROWER_SECRET).unwrap();
+    let out = ctl(
+        &agent,
+        &[
+            "borrow",
+            "--url",
+            &borrower.url(),
+            "--name",
+            "guest-mac",
+            "--secret-file",
+            secret_file.to_str().unwrap(),
+            "--wait",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(borrower.is_online("guest-mac"), "exit 0 before online");
+    assert!(!lender.is_online("mac-01"));
+    loop {
+        let event = tokio::time::timeout(LONG, events.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let EventKind::Moved { ms } = event.kind {
+            assert_eq!(event.status.placement, Placement::Borrowed);
+            assert!(ms < 30_000, "{ms}");
+            break;
+        }
+    }
+    let out = ctl(&agent, &["return", "--now", "--wait", "30s"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(lender.is_online("mac-01") && !borrower.is_online("guest-mac"));
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}
+
+/// `return --wait` while home is down: the agent stays at the borrower
+/// (rather than going nowhere) and goes home once home is back.
+#[tokio::test]
+async fn a_return_while_home_is_down_waits_at_the_borrower() {
+    let lender_ctl = lender(Peer::Hold).await;
+    let (http_port, agent_port) = (
+        lender_ctl.http_addr().port(),
+        lender_ctl.agent_addr().port(),
+    );
+    let borrower = borrower(Peer::Hold).await;
+    let agent = start_agent(&lender_ctl, &[]);
+    let socket = agent.socket();
+    wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
+    lend(&socket, &borrower, None, None, When::Now).await;
+    borrower.wait_for(|log| accepted(log) == 1, LONG).await;
+    wait_status(&socket, "at the borrower", |s| {
+        s.phase == Phase::Online && s.placement == Placement::Borrowed
+    })
+    .await;
+    lender_ctl.shutdown().await;
+
+    let returning = tokio::spawn({
+        let socket = socket.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_jnlp-agent"))
+                .args(["ctl", "--socket"])
+                .arg(&socket)
+                .args(["return", "--now", "--wait", "60s"])
+                .output()
+                .await
+                .unwrap()
+        }
+    });
+    // A failed attempt to reach home leaves the agent at the borrower.
+    wait_status(&socket, "home found unreachable", |s| {
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("home:"))
+    })
+    .await;
+    assert!(borrower.is_online("guest-mac"), "it left the borrower");
+    assert!(!returning.is_finished());
+    let s = status(&socket).await;
+    assert_eq!(s.placement, Placement::Borrowed, "{s:?}");
+
+    let lender = TestController::builder()
+        .node("mac-01", LENDER_SECRET)
+        .remoting_jar(testkit::fake_remoting_jar("3301.v4363ddcca_4e7"))
+        .http_port(http_port)
+        .agent_port(agent_port)
+        .start()
+        .await;
+    let out = tokio::time::timeout(LONG, returning)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(lender.is_online("mac-01"));
+    until_online(&borrower, "guest-mac", false, Duration::from_secs(1)).await;
+    assert_eq!(closed_by_command(&borrower.log()), 1);
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}
+
+/// A build that starts at home while the borrower's handshake is under way
+/// is not cut: the move waits for it.
+#[tokio::test]
+async fn a_build_started_during_the_borrower_handshake_is_not_cut() {
+    let dir = temp_dir("build");
+    let marker = dir.join("build-done");
+    let (go_tx, go_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let go_rx = Arc::new(tokio::sync::Mutex::new(go_rx));
+    let lender = lender(Peer::script(move |mut channel: Channel| {
+        let go_rx = go_rx.clone();
+        async move {
+            let mut go = go_rx.lock().await;
+            loop {
+                tokio::select! {
+                    build = go.recv() => match build {
+                        Some(build) => start_build(&mut channel, &build).await,
+                        None => return,
+                    },
+                    item = channel.framed.next() => if !matches!(item, Some(Ok(_))) { return },
+                }
+            }
+        }
+    }))
+    .await;
+    let borrower = TestController::builder()
+        .node("guest-mac", BORROWER_SECRET)
+        .remoting_jar(testkit::fake_remoting_jar("3355.v388858a_47b_33"))
+        .handshake_delay(Duration::from_secs(2))
+        .start()
+        .await;
+    let agent = start_agent(&lender, &["--quiet-period", "200ms"]);
+    let socket = agent.socket();
+    wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
+    let mut events = subscribe(&socket).await;
+    lend(&socket, &borrower, None, None, When::Idle).await;
+    // The check fetches the jar once; connecting fetches it again, then
+    // the handshake waits at the borrower's ACK.
+    let jar_fetches = |log: &[ControllerEvent]| {
+        log.iter()
+            .filter(|e| matches!(e, ControllerEvent::Http { path, .. } if path.ends_with("remoting.jar")))
+            .count()
+    };
+    borrower.wait_for(|log| jar_fetches(log) == 2, LONG).await;
+    go_tx
+        // Outlasts the 2 s handshake.
+        .send(format!("sleep 4; touch {}", marker.display()))
+        .unwrap();
+    loop {
+        let event = tokio::time::timeout(LONG, events.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if event.kind == EventKind::MoveDeferred {
+            break;
+        }
+    }
+    // The agent stays home until the build is done, then moves.
+    while lender.is_online("mac-01") {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(marker.exists(), "left home before the build ended");
+    borrower.wait_for(|log| accepted(log) >= 1, LONG).await;
+    wait_status(&socket, "at the borrower", |s| {
+        s.phase == Phase::Online && s.placement == Placement::Borrowed
+    })
+    .await;
     lender.shutdown().await;
     borrower.shutdown().await;
 }

@@ -236,7 +236,10 @@ mod tests {
         let mut client = connect(&path).await.unwrap();
         let when = crate::When::Idle;
         assert_eq!(
-            client.request(Request::Return { when }).await.unwrap(),
+            client
+                .request(Request::Return { when, wait: None })
+                .await
+                .unwrap(),
             Response::Accepted {
                 message: "accepted; will leave when idle".into()
             }

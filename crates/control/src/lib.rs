@@ -143,6 +143,14 @@ pub enum Request {
         /// Wait until idle (default) or go now.
         #[serde(default)]
         when: When,
+        /// Reply only once the agent is online at home, or after this long
+        /// (an error then); without it the reply comes at once.
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
+        wait: Option<Duration>,
     },
     /// Stream events until the connection is closed.
     Events,
@@ -205,6 +213,15 @@ pub struct BorrowRequest {
     /// Wait until idle before leaving home (default), or leave now.
     #[serde(default)]
     pub when: When,
+    /// Reply only once the agent is online at the borrower (or the borrow
+    /// failed: an error naming the phase), or after this long (an error);
+    /// without it the reply comes at once.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub wait: Option<Duration>,
 }
 
 impl fmt::Debug for BorrowRequest {
@@ -217,6 +234,7 @@ impl fmt::Debug for BorrowRequest {
             .field("lease", &self.lease)
             .field("idle_return", &self.idle_return)
             .field("when", &self.when)
+            .field("wait", &self.wait)
             .finish()
     }
 }
@@ -244,7 +262,11 @@ impl BorrowRequest {
             }
             _ => {}
         }
-        for (field, value) in [("lease", self.lease), ("idle_return", self.idle_return)] {
+        for (field, value) in [
+            ("lease", self.lease),
+            ("idle_return", self.idle_return),
+            ("wait", self.wait),
+        ] {
             if value == Some(Duration::ZERO) {
                 return Err(format!("borrow: `{field}` must be longer than zero"));
             }
@@ -687,6 +709,23 @@ pub enum EventKind {
     /// work (a build) before the channel close went out; the agent waits
     /// for idle again.
     MoveDeferred,
+    /// A pending borrow's target was checked while the agent still serves
+    /// home: reachable, its engine jar fetched and its engine started. The
+    /// agent moves when idle (or at once with `now`).
+    BorrowChecked,
+    /// A borrow failed before the agent left home: it stays there.
+    BorrowFailed {
+        /// Where it failed.
+        phase: MovePhase,
+        /// Why, as the agent would log it (never a secret).
+        reason: String,
+    },
+    /// The agent is online at its new place after a move (the status says
+    /// where).
+    Moved {
+        /// From the decision to move until online at the new place, in ms.
+        ms: u64,
+    },
     /// A borrowed agent went home.
     ReturnedHome {
         /// Why.
@@ -697,6 +736,40 @@ pub enum EventKind {
         /// What.
         message: String,
     },
+}
+
+/// Where a borrow failed. The agent checks the borrower while still at
+/// home: it never leaves for a place it could not reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MovePhase {
+    /// The request cannot work (e.g. a secret file that cannot be read).
+    Config,
+    /// Finding the agent port and identity: discovery or the JNLP file
+    /// (unreachable, not a Jenkins controller, TCP agent port disabled).
+    Resolve,
+    /// Fetching the borrower's engine jar.
+    EngineJar,
+    /// Starting the borrower's engine and waiting for its preamble.
+    EngineStart,
+    /// Reaching the agent port.
+    Connect,
+    /// The JNLP4-connect handshake: a refusal (bad secret, unknown node,
+    /// already connected, FATAL) or a wrong identity.
+    Handshake,
+}
+
+impl fmt::Display for MovePhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MovePhase::Config => "configuration",
+            MovePhase::Resolve => "finding the borrower",
+            MovePhase::EngineJar => "fetching its engine jar",
+            MovePhase::EngineStart => "starting its engine",
+            MovePhase::Connect => "reaching its agent port",
+            MovePhase::Handshake => "handshake",
+        })
+    }
 }
 
 /// Why a borrowed agent went home.

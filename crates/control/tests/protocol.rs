@@ -22,6 +22,7 @@ fn borrow(target: Target) -> BorrowRequest {
         lease: None,
         idle_return: None,
         when: When::Idle,
+        wait: None,
     }
 }
 
@@ -63,8 +64,14 @@ fn every_request() -> Vec<Request> {
     vec![
         Request::Status,
         Request::Events,
-        Request::Return { when: When::Idle },
-        Request::Return { when: When::Now },
+        Request::Return {
+            when: When::Idle,
+            wait: None,
+        },
+        Request::Return {
+            when: When::Now,
+            wait: None,
+        },
         Request::Borrow(borrow(Target::Url {
             url: "https://b.example/".into(),
         })),
@@ -74,6 +81,7 @@ fn every_request() -> Vec<Request> {
             lease: Some(Duration::from_secs(7200)),
             idle_return: Some(Duration::from_secs(90)),
             when: When::Now,
+            wait: None,
             ..borrow(Target::JnlpUrl {
                 url: "http://b.example/computer/x/jenkins-agent.jnlp".into(),
             })
@@ -148,7 +156,10 @@ fn exact_lines_are_pinned() {
         r#"{"version":1,"command":"status"}"#
     );
     assert_eq!(
-        request_line(&Request::Return { when: When::Now }),
+        request_line(&Request::Return {
+            when: When::Now,
+            wait: None
+        }),
         r#"{"version":1,"command":"return","when":"now"}"#
     );
     assert_eq!(

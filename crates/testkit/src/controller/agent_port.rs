@@ -218,6 +218,7 @@ async fn jnlp4(shared: &Arc<Shared>, mut tcp: TcpStream, mut buf: BytesMut) -> R
             excerpt(&ack)
         ));
     }
+    tokio::time::sleep(shared.handshake_delay).await;
     send_utf(&mut tcp, &["ACK"], "acknowledgement").await?;
     // TLS starts only after both ACKs; anything earlier is not a JNLP4 client.
     if !buf.is_empty() {

@@ -184,6 +184,7 @@ pub struct ControllerBuilder {
     jnlp_options: Vec<String>,
     peer: Peer,
     ping_timeout: Duration,
+    handshake_delay: Duration,
 }
 
 /// How long a ghost channel (one whose agent sent `close_notify`) stays
@@ -204,6 +205,7 @@ impl Default for ControllerBuilder {
             jnlp_options: Vec::new(),
             peer: Peer::Hold,
             ping_timeout: DEFAULT_PING_TIMEOUT,
+            handshake_delay: Duration::ZERO,
         }
     }
 }
@@ -294,6 +296,13 @@ impl ControllerBuilder {
         self
     }
 
+    /// Waits this long before answering a JNLP4 client's `ACK` (a slow or
+    /// distant controller), so tests can act while a handshake is under way.
+    pub fn handshake_delay(mut self, delay: Duration) -> Self {
+        self.handshake_delay = delay;
+        self
+    }
+
     /// Binds both ports on 127.0.0.1 and starts serving. Panics if a port
     /// cannot be bound or a configured value is not a valid header value.
     pub async fn start(self) -> TestController {
@@ -330,6 +339,7 @@ impl ControllerBuilder {
             jnlp_options: self.jnlp_options,
             peer: self.peer,
             ping_timeout: self.ping_timeout,
+            handshake_delay: self.handshake_delay,
             close_answer: crate::fixtures::controller_close_command().into(),
             state: Mutex::new(State::default()),
             changed: watch::Sender::new(0),
@@ -501,6 +511,7 @@ struct Shared {
     jnlp_options: Vec<String>,
     peer: Peer,
     ping_timeout: Duration,
+    handshake_delay: Duration,
     /// The controller's `Channel$CloseCommand`, one chunk, as recorded.
     close_answer: Arc<[u8]>,
     state: Mutex<State>,
