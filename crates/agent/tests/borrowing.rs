@@ -1128,3 +1128,92 @@ async fn a_build_started_during_the_borrower_handshake_is_not_cut() {
     lender.shutdown().await;
     borrower.shutdown().await;
 }
+
+/// The lending job runs on the agent itself: `--wait` cannot wait for the
+/// move its own build holds up, so it returns once the borrower is checked
+/// (exit 0), or fails at once when the borrower cannot work (exit 1); the
+/// move follows the job's end.
+#[tokio::test]
+async fn a_lending_job_on_the_agent_learns_whether_the_borrower_works() {
+    let dir = temp_dir("job");
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_jnlp-agent"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let secret_file = dir.join("guest-secret");
+    std::fs::write(&secret_file, BORROWER_SECRET).unwrap();
+    let borrower = borrower(Peer::Hold).await;
+    let job = |url: &str, name: &str| {
+        format!(
+            "PATH={}:$PATH {} {url} guest-mac {} 1h > {dir}/{name}.out 2>&1; echo $? > {dir}/{name}.code",
+            bin_dir.display(),
+            examples.join("lend-this-agent.sh").display(),
+            secret_file.display(),
+            dir = dir.display(),
+        )
+    };
+    let jobs = vec![
+        job("http://127.0.0.1:1/", "bad"),
+        job(&borrower.url(), "good"),
+    ];
+    let jobs = Arc::new(std::sync::Mutex::new(jobs.into_iter()));
+    let (go_tx, go_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let go_rx = Arc::new(tokio::sync::Mutex::new(go_rx));
+    let lender = lender(Peer::script(move |mut channel: Channel| {
+        let (jobs, go_rx) = (jobs.clone(), go_rx.clone());
+        async move {
+            let mut go = go_rx.lock().await;
+            loop {
+                tokio::select! {
+                    order = go.recv() => {
+                        let next = jobs.lock().unwrap().next();
+                        match (order, next) {
+                            (Some(()), Some(job)) => start_build(&mut channel, &job).await,
+                            _ => return,
+                        }
+                    }
+                    item = channel.framed.next() => if !matches!(item, Some(Ok(_))) { return },
+                }
+            }
+        }
+    }))
+    .await;
+    let agent = start_agent(&lender, &["--quiet-period", "200ms"]);
+    let socket = agent.socket();
+    wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+
+    go_tx.send(()).unwrap();
+    common::eventually("the failing job ended", LONG, || {
+        !read("bad.code").is_empty()
+    })
+    .await;
+    assert_eq!(read("bad.code").trim(), "1", "{}", read("bad.out"));
+    assert!(
+        read("bad.out").contains("127.0.0.1:1"),
+        "{}",
+        read("bad.out")
+    );
+    assert_eq!(status(&socket).await.placement, Placement::Home);
+
+    go_tx.send(()).unwrap();
+    common::eventually("the lending job ended", LONG, || {
+        !read("good.code").is_empty()
+    })
+    .await;
+    assert_eq!(read("good.code").trim(), "0", "{}", read("good.out"));
+    assert!(
+        read("good.out").contains("reachable"),
+        "{}",
+        read("good.out")
+    );
+    // The job is over: the agent moves.
+    wait_status(&socket, "lent", |s| {
+        s.phase == Phase::Online && s.placement == Placement::Borrowed
+    })
+    .await;
+    assert!(borrower.is_online("guest-mac") && !lender.is_online("mac-01"));
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}

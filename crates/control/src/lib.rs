@@ -29,8 +29,8 @@
 //! | `command` | fields | effect |
 //! |---|---|---|
 //! | `status` | | reply: `status` |
-//! | `borrow` | `target`, `name`, `secret` or `secret_file`, optional `lease`, `idle_return`, `when` | lend the agent to another controller; reply: `accepted` |
-//! | `return` | optional `when` | bring the agent home; reply: `accepted` |
+//! | `borrow` | `target`, `name`, `secret` or `secret_file`, optional `lease`, `idle_return`, `when`, `wait` | lend the agent to another controller; reply: `accepted` |
+//! | `return` | optional `when`, `wait` | bring the agent home; reply: `accepted` |
 //! | `events` | | stream `event` replies until the connection is closed |
 //!
 //! `borrow` fields ([`BorrowRequest`]):
@@ -55,6 +55,14 @@
 //!   Durations use humantime syntax: `"90s"`, `"1h 30m"`, `"2days"`.
 //! - `when` ([`When`]): `"idle"` (the default) waits until the agent is not
 //!   busy (see [`Busy`]); `"now"` leaves at once, ending running builds.
+//! - `wait` (also on `return`): without it the reply comes as soon as the
+//!   order is queued. With it (`"10m"`), the reply comes once the agent is
+//!   online at the target (`accepted`, saying where and how long the move
+//!   took), or as an `error` when the borrow failed (naming the
+//!   [`MovePhase`]) or `wait` passed. For a caller that is a build on this
+//!   agent and a borrow that waits for idle, the reply comes once the
+//!   borrower was checked ([`EventKind::BorrowChecked`]), since the move
+//!   waits for that very build.
 //!
 //! Examples, one per line as sent (`→`) and received (`←`); the tests check
 //! that every example line in this page parses and prints back exactly:
