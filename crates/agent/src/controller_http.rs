@@ -258,6 +258,20 @@ fn failure_list(failures: &[(String, HttpError)]) -> String {
         .collect()
 }
 
+/// What a conditional fetch found.
+#[derive(Debug)]
+pub enum Fetched {
+    /// 304: the copy we have is current.
+    Unchanged,
+    /// The resource, and its `Last-Modified` if the server sent one.
+    Body {
+        /// The body.
+        bytes: Bytes,
+        /// `Last-Modified`, for the next conditional fetch.
+        last_modified: Option<String>,
+    },
+}
+
 /// The HTTP client for one controller (or list of controller URLs).
 #[derive(Clone)]
 pub struct ControllerHttp {
@@ -472,10 +486,38 @@ impl ControllerHttp {
 
     /// Downloads `url` (e.g. `{controller}jnlpJars/remoting.jar`) with the
     /// controller credentials, refusing bodies larger than `max_bytes`.
+    #[cfg(test)]
     pub async fn fetch(&self, url: &str, max_bytes: usize) -> Result<Bytes, HttpError> {
+        match self.fetch_if_modified(url, max_bytes, None).await? {
+            Fetched::Body { bytes, .. } => Ok(bytes),
+            // Not asked conditionally: a 304 is not an answer.
+            Fetched::Unchanged => Err(HttpError::Status {
+                url: url.to_owned(),
+                status: reqwest::StatusCode::NOT_MODIFIED,
+                hint: "",
+            }),
+        }
+    }
+
+    /// [`ControllerHttp::fetch`], conditional on the `Last-Modified` of the
+    /// copy we have: the controller serves its jars with one and answers
+    /// 304 when they have not changed, so a reconnect need not download the
+    /// engine again.
+    pub async fn fetch_if_modified(
+        &self,
+        url: &str,
+        max_bytes: usize,
+        last_modified: Option<&str>,
+    ) -> Result<Fetched, HttpError> {
         check_url(url)?;
+        let condition = last_modified.map(|value| (reqwest::header::IF_MODIFIED_SINCE, value));
         let response = self
-            .get(url, self.credentials.as_ref(), Some(self.fetch_timeout))
+            .get_with(
+                url,
+                self.credentials.as_ref(),
+                Some(self.fetch_timeout),
+                condition,
+            )
             .await?;
         let located_url = located(url, &response);
         let status = response.status();
@@ -488,6 +530,9 @@ impl ControllerHttp {
                 credentials_sent: self.credentials.is_some(),
             });
         }
+        if status == reqwest::StatusCode::NOT_MODIFIED && last_modified.is_some() {
+            return Ok(Fetched::Unchanged);
+        }
         if !status.is_success() {
             return Err(HttpError::Status {
                 url: located_url,
@@ -495,7 +540,16 @@ impl ControllerHttp {
                 hint: "",
             });
         }
-        read_body(&located_url, response, max_bytes, self.proxied).await
+        let last_modified = response
+            .headers()
+            .get(reqwest::header::LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = read_body(&located_url, response, max_bytes, self.proxied).await?;
+        Ok(Fetched::Body {
+            bytes,
+            last_modified,
+        })
     }
 
     /// Sends a GET, following redirects (reqwest drops the authorization
@@ -506,7 +560,21 @@ impl ControllerHttp {
         credentials: Option<&Credentials>,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, HttpError> {
+        self.get_with(url, credentials, timeout, None).await
+    }
+
+    /// [`ControllerHttp::get`] with one more request header.
+    async fn get_with(
+        &self,
+        url: &str,
+        credentials: Option<&Credentials>,
+        timeout: Option<Duration>,
+        header: Option<(reqwest::header::HeaderName, &str)>,
+    ) -> Result<reqwest::Response, HttpError> {
         let mut request = self.client.get(url);
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
         if let Some(credentials) = credentials {
             request = request.basic_auth(&credentials.user, Some(credentials.password.expose()));
         }

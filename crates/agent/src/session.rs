@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use crate::agent_port::{self, DialError};
 use crate::bridge::{self, BridgeEnd, BridgeError, Leaving, Traffic};
-use crate::controller_http::{ControllerHttp, HttpError};
+use crate::controller_http::{ControllerHttp, Fetched, HttpError};
 use crate::departure::Departure;
 use crate::engine::{find_java, Engine, EngineError, EngineSpec, JarCache, MAX_ENGINE_JAR};
 use crate::lending::StateFile;
@@ -219,6 +219,9 @@ pub struct Agent {
     /// Its directories.
     pub work: WorkDir,
     jars: JarCache,
+    /// Per engine jar URL: the `Last-Modified` of the copy in `jars`, so
+    /// that a reconnect asks "changed since?" instead of downloading it.
+    jar_versions: std::sync::Mutex<std::collections::HashMap<String, (String, PathBuf)>>,
     /// Counters of the current bridge.
     pub traffic: Arc<Traffic>,
     /// Exported to the engine as `JNLP_AGENT_CONTROL_SOCKET`.
@@ -232,6 +235,7 @@ impl Agent {
         Self {
             work,
             jars,
+            jar_versions: Default::default(),
             traffic: Arc::new(Traffic::default()),
             control_socket: None,
         }
@@ -540,12 +544,45 @@ impl Agent {
                 "-direct has no web port to fetch the engine from: give --engine-jar".into(),
             ));
         };
-        let bytes = route
+        let jar_url = format!("{url}jnlpJars/remoting.jar");
+        let known = self
+            .jar_versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&jar_url)
+            .filter(|(_, path)| path.exists())
+            .cloned();
+        let fetched = route
             .http
-            .fetch(&format!("{url}jnlpJars/remoting.jar"), MAX_ENGINE_JAR)
+            .fetch_if_modified(
+                &jar_url,
+                MAX_ENGINE_JAR,
+                known.as_ref().map(|(modified, _)| modified.as_str()),
+            )
             .await
             .map_err(SessionError::EngineJar)?;
-        Ok(self.jars.store(&bytes)?)
+        match (fetched, known) {
+            (Fetched::Unchanged, Some((_, path))) => Ok(path),
+            (Fetched::Unchanged, None) => Err(SessionError::Config(format!(
+                "{jar_url} answered 304 to an unconditional request"
+            ))),
+            (
+                Fetched::Body {
+                    bytes,
+                    last_modified,
+                },
+                _,
+            ) => {
+                let path = self.jars.store(&bytes)?;
+                if let Some(modified) = last_modified {
+                    self.jar_versions
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(jar_url, (modified, path.clone()));
+                }
+                Ok(path)
+            }
+        }
     }
 
     async fn start_engine(

@@ -990,6 +990,17 @@ async fn borrow_wait_returns_once_the_borrower_sees_the_node() {
     let out = ctl(&agent, &["return", "--now", "--wait", "30s"]).await;
     assert!(out.status.success(), "{out:?}");
     assert!(lender.is_online("mac-01") && !borrower.is_online("guest-mac"));
+    // Each engine jar was downloaded once; checking and connecting again
+    // asked "changed since?" and got 304.
+    let jar_fetches = |log: &[ControllerEvent], status: u16| {
+        log.iter()
+            .filter(|e| matches!(e, ControllerEvent::Http { path, status: s } if path.ends_with("remoting.jar") && *s == status))
+            .count()
+    };
+    for (name, log) in [("lender", lender.log()), ("borrower", borrower.log())] {
+        assert_eq!(jar_fetches(&log, 200), 1, "{name}: {log:#?}");
+        assert!(jar_fetches(&log, 304) >= 1, "{name}: {log:#?}");
+    }
     lender.shutdown().await;
     borrower.shutdown().await;
 }

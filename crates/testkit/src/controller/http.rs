@@ -86,7 +86,12 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream) {
 fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let mut response = if request.method() == Method::GET || request.method() == Method::HEAD {
-        route(shared, &path, request.uri().query())
+        let since = request
+            .headers()
+            .get(http::header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok());
+        route(shared, &path, request.uri().query(), since)
     } else {
         not_found()
     };
@@ -100,18 +105,38 @@ fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
     response
 }
 
-fn route(shared: &Shared, path: &str, query: Option<&str>) -> Response<Body> {
+fn route(
+    shared: &Shared,
+    path: &str,
+    query: Option<&str>,
+    if_modified_since: Option<std::time::SystemTime>,
+) -> Response<Body> {
     if path == "/tcpSlaveAgentListener/" {
         return discovery(shared);
     }
     if path == "/jnlpJars/remoting.jar" || path == "/jnlpJars/agent.jar" {
-        return match &shared.remoting_jar {
-            Some(jar) => with_type(
+        // As Stapler's `serveFile` does for the controller's jars: the
+        // resource's time as `Last-Modified`, and 304 to a client that
+        // has that version already.
+        let Some(jar) = &shared.remoting_jar else {
+            return not_found();
+        };
+        let last_modified = HeaderValue::from_str(&httpdate::fmt_http_date(shared.jar_modified))
+            .expect("an HTTP date is a header value");
+        let mut response = if if_modified_since.is_some_and(|since| since >= shared.jar_modified) {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            response
+        } else {
+            with_type(
                 Response::new(Full::new(jar.clone())),
                 "application/java-archive",
-            ),
-            None => not_found(),
+            )
         };
+        response
+            .headers_mut()
+            .insert(http::header::LAST_MODIFIED, last_modified);
+        return response;
     }
     if let Some(rest) = path.strip_prefix("/computer/") {
         if let Some((name, file)) = rest.split_once('/') {

@@ -336,6 +336,14 @@ impl ControllerBuilder {
             protocols,
             http_headers,
             remoting_jar: self.remoting_jar,
+            // Whole seconds, as HTTP dates carry.
+            jar_modified: std::time::UNIX_EPOCH
+                + Duration::from_secs(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or_default(),
+                ),
             jnlp_options: self.jnlp_options,
             peer: self.peer,
             ping_timeout: self.ping_timeout,
@@ -508,6 +516,8 @@ struct Shared {
     protocols: Vec<String>,
     http_headers: http::StaticHeaders,
     remoting_jar: Option<Bytes>,
+    /// `Last-Modified` of the jar: when this controller started.
+    jar_modified: std::time::SystemTime,
     jnlp_options: Vec<String>,
     peer: Peer,
     ping_timeout: Duration,
