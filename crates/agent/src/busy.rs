@@ -101,6 +101,19 @@ pub fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// A process's resident memory in KiB (`VmRSS` in `/proc/PID/status`);
+/// `None` where that cannot be read.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Makes this process a child subreaper (Linux), so that orphaned
 /// descendants are re-parented to it rather than to init.
 pub fn become_subreaper() -> nix::Result<()> {

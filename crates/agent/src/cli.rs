@@ -66,6 +66,7 @@
 //! | `--log-format text\|json` | `log_format` |
 //! | `--control-socket PATH`, `--control-group GROUP` | the control socket (issue: borrowing); default `<workDir>/<internalDir>/control.sock`, mode 0600, or 0660 with the group. |
 //! | `--lease-grace DURATION` | after a lease expired, how long a busy agent may finish before it goes home anyway (default 10m). |
+//! | `--no-warm-engine` | keep no engine started ahead of a move (a pending borrow's target, home while borrowed): for memory-tight machines; a move then also waits for a JVM start. |
 //! | `--quiet-period DURATION` | how long the channel must carry nothing but pings before the agent counts as idle and may move (default 5s). |
 //! | `--borrow-give-up DURATION` | return home after a borrower was unreachable or refusing this long (default 5m). |
 //! | `--state-file PATH` | where the current target survives restarts (default `<workDir>/<internalDir>/state.json`). |
@@ -306,6 +307,7 @@ const SPECS: &[Spec] = &[
     ours("borrow-give-up", Value),
     ours("lease-grace", Value),
     ours("quiet-period", Value),
+    ours("no-warm-engine", Flag),
     ours("state-file", Value),
     ours("reconnect-max-delay", Value),
 ];
@@ -687,6 +689,10 @@ struct Args {
     )]
     quiet_period: Option<String>,
 
+    /// Keep no engine started ahead of a move (the pending borrower's, or home's while borrowed); saves a JVM's memory, costs a JVM start per move.
+    #[arg(long = "no-warm-engine")]
+    no_warm_engine: bool,
+
     /// Where the current target (home or borrowed) survives restarts [default: WORKDIR/INTERNALDIR/state.json].
     #[arg(long = "state-file", value_name = "PATH", allow_hyphen_values = true)]
     state_file: Option<PathBuf>,
@@ -1026,6 +1032,7 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         borrow_give_up,
         lease_grace,
         quiet_period,
+        warm_engine: !args.no_warm_engine,
         state_file: args.state_file,
         log_format,
     })

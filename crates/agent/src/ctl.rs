@@ -421,6 +421,17 @@ fn describe(status: &Status, now_ms: u64) -> String {
         (None, None) => "not running".to_owned(),
     };
     lines.push(("engine", engine));
+    if let Some(warm) = &status.warm_engine {
+        let memory = warm
+            .rss_kib
+            .map(|kib| format!(", {} resident", bytes(kib * 1024)))
+            .unwrap_or_default();
+        let controller = warm.controller_url.as_deref().unwrap_or("the next place");
+        lines.push((
+            "warm engine",
+            format!("pid {} for {controller}{memory}", warm.pid),
+        ));
+    }
     lines.push((
         "traffic",
         format!(
@@ -730,6 +741,7 @@ mod tests {
             bytes_from_controller: 512,
             last_error: None,
             home_url: Some("https://a.example/".into()),
+            warm_engine: None,
         };
         assert_eq!(
             describe(&status, now),

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use control::{
-    BorrowRequest, Busy, Event, EventKind, Pending, PendingAction, Phase, Placement, Status, When,
+    BorrowRequest, Busy, Event, EventKind, Pending, PendingAction, Phase, Placement, Status,
+    WarmEngine, When,
 };
 use tokio::sync::{broadcast, Notify};
 
@@ -51,6 +52,8 @@ pub struct Core {
     pub idle_deadline_ms: Option<u64>,
     /// The connected engine's remoting version.
     pub remoting_version: Option<String>,
+    /// The engine started ahead of a move: pid and the controller it is for.
+    pub warm_engine: Option<(u32, Option<String>)>,
 }
 
 /// Shared between the supervisor and the control socket.
@@ -182,6 +185,11 @@ impl Hub {
                 .load(std::sync::atomic::Ordering::Relaxed),
             last_error: core.last_error,
             home_url: core.home_url,
+            warm_engine: core.warm_engine.map(|(pid, controller_url)| WarmEngine {
+                pid,
+                controller_url,
+                rss_kib: busy::rss_kib(pid),
+            }),
         }
     }
 }

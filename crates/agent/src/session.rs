@@ -163,6 +163,12 @@ pub struct Continuity {
 }
 
 impl Continuity {
+    /// The spare engine's pid, if one is running.
+    pub fn spare_pid(&mut self) -> Option<u32> {
+        let spare = self.spare.as_mut()?;
+        (!spare.engine.has_exited()).then(|| spare.engine.pid())
+    }
+
     /// Stops the spare engine, if any.
     pub async fn shutdown(&mut self) {
         if let Some(mut spare) = self.spare.take() {
@@ -299,14 +305,21 @@ impl Agent {
     /// Checks a place before moving there, while the agent still serves
     /// where it is: finds its agent port and identity, fetches its engine
     /// jar and starts its engine (kept as the spare for the connection).
+    /// With `warm` false the engine is not started (only its jar fetched):
+    /// it starts when the connection is made.
     pub async fn check(
         &self,
         route: &Route,
         continuity: &mut Continuity,
+        warm: bool,
     ) -> Result<(), SessionError> {
         let target = self.resolve(route).await?;
-        let ready = self.ready_engine(route, &target, continuity).await?;
-        continuity.spare = Some(ready);
+        if warm {
+            let ready = self.ready_engine(route, &target, continuity).await?;
+            continuity.spare = Some(ready);
+        } else {
+            self.engine_jar(route, &target).await?;
+        }
         Ok(())
     }
 

@@ -163,6 +163,9 @@ pub struct Settings {
     /// `--quiet-period DURATION`: how long the channel must carry nothing
     /// but pings before the agent counts as idle.
     pub quiet_period: Duration,
+    /// Keep an engine started ahead of a move (`--no-warm-engine` turns
+    /// it off).
+    pub warm_engine: bool,
     /// `--state-file PATH` (default `<workDir>/<internalDir>/state.json`).
     pub state_file: Option<PathBuf>,
     /// `--reconnect-delay`: the first wait before reconnecting.

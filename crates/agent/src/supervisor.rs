@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use control::{EventKind, MovePhase, Phase, ReturnReason, When};
 use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn, Instrument as _};
+use tracing::{debug, error, info, warn, Instrument as _};
 
 use crate::busy;
 use crate::departure::{Departure, Intent};
@@ -149,6 +149,9 @@ async fn ahead<T>(work: &mut Option<Ahead<'_, T>>) -> (Candidate, Result<T, Sess
     }
 }
 
+/// How long to wait before trying again to start an engine for home.
+const WARM_RETRY: Duration = Duration::from_secs(30);
+
 /// Everything the supervisor tracks.
 struct Supervisor<'a> {
     agent: &'a Agent,
@@ -174,6 +177,8 @@ struct Supervisor<'a> {
     move_started: Option<Instant>,
     /// No move is tried before this (after connecting ahead failed).
     retry_move_at: Option<Instant>,
+    /// No engine for home is started before this (after that failed).
+    warm_retry_at: Option<Instant>,
 }
 
 /// Runs sessions until told to stop or until reconnecting cannot help.
@@ -206,6 +211,7 @@ pub async fn run(
         prepared: None,
         move_started: None,
         retry_move_at: None,
+        warm_retry_at: None,
     };
     sup.resume();
     let stopped = sup.serve(backoff, &shutdown).await;
@@ -274,6 +280,7 @@ impl<'a> Supervisor<'a> {
                 _ => (self.home.clone(), std::mem::take(&mut self.home_continuity)),
             };
             let mut checking: Option<Ahead<'a, ()>> = None;
+            let mut warming: Option<Ahead<'a, ()>> = None;
             let mut connecting: Option<Ahead<'a, Prepared>> = None;
             let mut ready: Option<(Candidate, Prepared)> = None;
             let result = {
@@ -313,6 +320,17 @@ impl<'a> Supervisor<'a> {
                             match checked {
                                 Ok(()) => self.borrow_checked(candidate),
                                 Err(err) => self.borrow_failed(&err, candidate).await,
+                            }
+                        }
+                        (candidate, warmed) = ahead(&mut warming) => {
+                            warming = None;
+                            self.home_continuity = candidate.continuity;
+                            match warmed {
+                                Ok(()) => info!("an engine for home is ready"),
+                                Err(err) => {
+                                    debug!(%err, "cannot start an engine for home yet");
+                                    self.warm_retry_at = Some(Instant::now() + WARM_RETRY);
+                                }
                             }
                         }
                         (candidate, connected) = ahead(&mut connecting) => {
@@ -390,8 +408,17 @@ impl<'a> Supervisor<'a> {
                     if decided.is_none() {
                         self.track_borrow(&mut checking);
                     }
+                    if decided.is_none() && warming.is_none() && went_online.get() {
+                        self.warm_home(&mut warming);
+                    }
+                    self.publish_warm_engine();
                     let gated = self.retry_move_at.is_some_and(|at| Instant::now() < at);
-                    if decided.is_none() && connecting.is_none() && ready.is_none() && !gated {
+                    if decided.is_none()
+                        && connecting.is_none()
+                        && ready.is_none()
+                        && warming.is_none()
+                        && !gated
+                    {
                         decided = self.decide(went_online.get());
                         if let Some(decision) = &decided {
                             self.move_started = Some(Instant::now());
@@ -430,6 +457,7 @@ impl<'a> Supervisor<'a> {
             // ended is dropped (its engine with it); the decision is made again.
             drop(checking);
             drop(connecting);
+            drop(warming);
             if borrowed {
                 self.away_continuity = continuity;
             } else {
@@ -648,13 +676,50 @@ impl<'a> Supervisor<'a> {
             route,
             continuity: Continuity::default(),
         };
-        let agent = self.agent;
+        let (agent, warm) = (self.agent, self.home_settings.warm_engine);
         *checking = Some(Box::pin(async move {
             let checked = agent
-                .check(&candidate.route, &mut candidate.continuity)
+                .check(&candidate.route, &mut candidate.continuity, warm)
                 .await;
             (candidate, checked)
         }));
+    }
+
+    /// While borrowed, starts an engine for home (resolve, jar, engine) so
+    /// that going home costs only a handshake.
+    fn warm_home(&mut self, warming: &mut Option<Ahead<'a, ()>>) {
+        let wanted = self.home_settings.warm_engine
+            && self.lease.is_some()
+            && !self.warm_retry_at.is_some_and(|at| Instant::now() < at)
+            && self.home_continuity.spare_pid().is_none();
+        if !wanted {
+            return;
+        }
+        let mut candidate = Candidate {
+            route: self.home.clone(),
+            continuity: std::mem::take(&mut self.home_continuity),
+        };
+        let agent = self.agent;
+        *warming = Some(Box::pin(async move {
+            let warmed = agent
+                .check(&candidate.route, &mut candidate.continuity, true)
+                .await;
+            (candidate, warmed)
+        }));
+    }
+
+    /// Shows in `status` the engine kept for the next move, if any.
+    fn publish_warm_engine(&mut self) {
+        let warm = if self.lease.is_some() {
+            let label = self.home.label();
+            self.home_continuity.spare_pid().map(|pid| (pid, label))
+        } else {
+            self.candidate.as_mut().and_then(|candidate| {
+                let label = candidate.route.label();
+                candidate.continuity.spare_pid().map(|pid| (pid, label))
+            })
+        };
+        self.hub.core().warm_engine = warm;
     }
 
     /// The pending borrow's target passed its check.

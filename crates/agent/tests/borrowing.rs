@@ -1228,3 +1228,97 @@ async fn a_lending_job_on_the_agent_learns_whether_the_borrower_works() {
     lender.shutdown().await;
     borrower.shutdown().await;
 }
+
+/// The engine started while a borrow waits for idle is the one that serves
+/// the borrower; while borrowed, an engine for home waits, and serves home
+/// after the return. Status shows what it costs.
+#[tokio::test]
+async fn warm_engines_serve_the_next_place() {
+    let lender = lender(Peer::script(|mut channel: Channel| async move {
+        start_build(&mut channel, "sleep 1").await;
+        while let Some(Ok(_)) = channel.framed.next().await {}
+    }))
+    .await;
+    let borrower = borrower(Peer::Hold).await;
+    let agent = start_agent(&lender, &["--quiet-period", "200ms"]);
+    let socket = agent.socket();
+    wait_status(&socket, "busy with a build", |s| s.busy.build_processes > 0).await;
+    lend(&socket, &borrower, None, None, When::Idle).await;
+    let waiting = wait_status(&socket, "the borrower's engine is warm", |s| {
+        s.warm_engine.is_some()
+    })
+    .await;
+    let warm = waiting.warm_engine.unwrap();
+    assert_eq!(
+        warm.controller_url.as_deref(),
+        Some(borrower.url().as_str())
+    );
+    assert!(warm.rss_kib.is_some_and(|kib| kib > 0), "{warm:?}");
+    let away = wait_status(&socket, "at the borrower", |s| {
+        s.phase == Phase::Online && s.placement == Placement::Borrowed
+    })
+    .await;
+    assert_eq!(
+        away.engine_pid,
+        Some(warm.pid),
+        "the warm engine serves the borrower"
+    );
+
+    let home_warm = wait_status(&socket, "an engine for home is warm", |s| {
+        s.warm_engine.is_some()
+    })
+    .await
+    .warm_engine
+    .unwrap();
+    assert_eq!(
+        home_warm.controller_url.as_deref(),
+        Some(lender.url().as_str())
+    );
+    let out = ctl(&agent, &["return", "--wait", "30s"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let home = status(&socket).await;
+    assert_eq!(home.placement, Placement::Home);
+    assert_eq!(
+        home.engine_pid,
+        Some(home_warm.pid),
+        "the warm engine serves home"
+    );
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_warm_engines_moves_still_work() {
+    let lender = lender(Peer::Hold).await;
+    let borrower = borrower(Peer::Hold).await;
+    let agent = start_agent(&lender, &["--quiet-period", "200ms", "--no-warm-engine"]);
+    let socket = agent.socket();
+    wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
+    let secret_file = temp_dir("secret").join("guest");
+    std::fs::write(&secret_file, BORROWER_SECRET).unwrap();
+    let out = ctl(
+        &agent,
+        &[
+            "borrow",
+            "--url",
+            &borrower.url(),
+            "--name",
+            "guest-mac",
+            "--secret-file",
+            secret_file.to_str().unwrap(),
+            "--wait",
+            "30s",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(borrower.is_online("guest-mac"));
+    // No engine for home is started while borrowed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status(&socket).await.warm_engine, None);
+    let out = ctl(&agent, &["return", "--wait", "30s"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(lender.is_online("mac-01") && !borrower.is_online("guest-mac"));
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}

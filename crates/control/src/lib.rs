@@ -653,6 +653,22 @@ pub struct Status {
     pub last_error: Option<String>,
     /// The home controller (the address for a direct target).
     pub home_url: Option<String>,
+    /// An engine kept started for where the agent will likely go next (a
+    /// pending borrow's target, or home while borrowed), so that a move
+    /// costs only a handshake; absent with `--no-warm-engine`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_engine: Option<WarmEngine>,
+}
+
+/// An engine started ahead of a move.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmEngine {
+    /// Its process.
+    pub pid: u32,
+    /// The controller it is for.
+    pub controller_url: Option<String>,
+    /// What it costs: its resident memory, where the OS tells.
+    pub rss_kib: Option<u64>,
 }
 
 /// An accepted order that waits for the agent to be idle.

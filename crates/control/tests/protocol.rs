@@ -52,6 +52,7 @@ fn busy_status() -> Status {
         bytes_from_controller: 2048,
         last_error: Some("connection reset".into()),
         home_url: Some("https://a.example/".into()),
+        warm_engine: None,
     }
 }
 
