@@ -76,6 +76,22 @@ async fn run() {
         mean_ms(&sigterm),
         max_ms(&sigterm)
     );
+    let jar = common::java_echo_engine_jar();
+    for warm in [true, false] {
+        let (borrow, give_back) = repoint_jvm(&jar, warm, 5).await;
+        let label = if warm {
+            "warm engines"
+        } else {
+            "--no-warm-engine"
+        };
+        println!(
+            "repoint with a JVM engine, {label}: borrow --now to online at the borrower mean {:.0} ms (worst {:.0}); return --now to online at home mean {:.0} ms (worst {:.0}) over 5",
+            mean_ms(&borrow),
+            max_ms(&borrow),
+            mean_ms(&give_back),
+            max_ms(&give_back)
+        );
+    }
     match jvm_start() {
         Some(t) => println!("JVM start-up to first stdout byte (trivial class, excludes remoting's own start): {:.0} ms", t.as_secs_f64() * 1e3),
         None => println!("JVM start-up: javac/java not available"),
@@ -389,6 +405,92 @@ async fn repoint_latency(rounds: usize) -> (Duration, Duration, Vec<Duration>) {
         worst,
         offline,
     )
+}
+
+/// Repoint times with the test suite's Java echo engine run through the
+/// production launch path (`java -jar` on the controller's jar): `borrow
+/// --now` to online at the borrower, `return --now` to online at home. With
+/// warm engines each return waits until home's engine is ready, as an agent
+/// borrowed for a while would have it.
+async fn repoint_jvm(jar: &[u8], warm: bool, rounds: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let lender = TestController::builder()
+        .node("mac", SECRET)
+        .remoting_jar(jar.to_vec())
+        .start()
+        .await;
+    let borrower = TestController::builder()
+        .node("guest", SECRET)
+        .remoting_jar(jar.to_vec())
+        .start()
+        .await;
+    let url = lender.url();
+    let mut args = vec!["-url", url.as_str(), "-name", "mac", "-secret", SECRET];
+    if !warm {
+        args.push("--no-warm-engine");
+    }
+    let agent = AgentProcess::start(&args, &[]);
+    let socket = agent.socket();
+    let status = || async {
+        let mut client = control::client::connect(&socket).await.unwrap();
+        match client.request(control::Request::Status).await.unwrap() {
+            control::Response::Status(status) => status,
+            other => panic!("{other:?}"),
+        }
+    };
+    let settled = |placement: control::Placement| {
+        move |s: &control::Status| s.phase == control::Phase::Online && s.placement == placement
+    };
+    while !settled(control::Placement::Home)(&status().await) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut borrow, mut give_back) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let request = control::Request::Borrow(control::BorrowRequest {
+            target: control::Target::Url {
+                url: borrower.url(),
+            },
+            name: "guest".into(),
+            secret: Some(SECRET.into()),
+            secret_file: None,
+            lease: None,
+            idle_return: None,
+            when: control::When::Now,
+            wait: Some(Duration::from_secs(60)),
+        });
+        let started = Instant::now();
+        control::client::connect(&socket)
+            .await
+            .unwrap()
+            .request(request)
+            .await
+            .unwrap();
+        borrow.push(started.elapsed());
+        assert!(borrower.is_online("guest"));
+        while !settled(control::Placement::Borrowed)(&status().await)
+            || (warm && status().await.warm_engine.is_none())
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let started = Instant::now();
+        control::client::connect(&socket)
+            .await
+            .unwrap()
+            .request(control::Request::Return {
+                when: control::When::Now,
+                wait: Some(Duration::from_secs(60)),
+            })
+            .await
+            .unwrap();
+        give_back.push(started.elapsed());
+        assert!(lender.is_online("mac"));
+        while !settled(control::Placement::Home)(&status().await) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    drop(agent);
+    lender.shutdown().await;
+    borrower.shutdown().await;
+    (borrow, give_back)
 }
 
 /// A JVM's start-up until its first byte on stdout, with a class compiled

@@ -54,6 +54,9 @@ pub struct Core {
     pub remoting_version: Option<String>,
     /// The engine started ahead of a move: pid and the controller it is for.
     pub warm_engine: Option<(u32, Option<String>)>,
+    /// A move is under way (decided, the target being connected or the old
+    /// channel closed): orders that arrive now are queued behind it.
+    pub moving: bool,
 }
 
 /// Shared between the supervisor and the control socket.
@@ -207,7 +210,10 @@ impl crate::control_server::Handler for Hub {
         let label = target_label(&request.target);
         {
             let mut core = self.core();
-            if let Some(lease) = &core.lease {
+            let returning = core.moving
+                && core.lease.is_some()
+                && matches!(core.pending, Some((Command::Return(_), _)));
+            if let (Some(lease), false) = (&core.lease, returning) {
                 if lease.same_as(&request) {
                     return Ok(format!("already lent to {label}"));
                 }
@@ -253,7 +259,9 @@ impl crate::control_server::Handler for Hub {
             if core.lease.is_none() && !pending_borrow {
                 return Err("not lent: the agent is at home".into());
             }
-            core.pending = if core.lease.is_some() {
+            core.pending = if core.lease.is_some() || core.moving {
+                // Borrowed, or on the way to the borrower: the return
+                // follows once there.
                 Some((Command::Return(when), busy::now_ms()))
             } else {
                 // Cancels a borrow still waiting for idle.

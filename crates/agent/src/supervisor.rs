@@ -350,7 +350,7 @@ impl<'a> Supervisor<'a> {
                                         self.home_continuity = candidate.continuity;
                                     }
                                     decided = None;
-                                    self.move_started = None;
+                                    self.set_moving(None);
                                     self.hub.set_phase(Phase::Draining);
                                     self.hub.emit(EventKind::MoveDeferred);
                                 }
@@ -363,7 +363,7 @@ impl<'a> Supervisor<'a> {
                                 (Ok(prepared), None) => agent.abandon(prepared, &mut self.home_continuity).await,
                                 (Err(err), _) => {
                                     decided = None;
-                                    self.move_started = None;
+                                    self.set_moving(None);
                                     match lending {
                                         true => self.borrow_failed(&err, candidate).await,
                                         false => {
@@ -401,7 +401,7 @@ impl<'a> Supervisor<'a> {
                             }
                         }
                         decided = None;
-                        self.move_started = None;
+                        self.set_moving(None);
                         self.hub.set_phase(Phase::Draining);
                         self.hub.emit(EventKind::MoveDeferred);
                     }
@@ -421,7 +421,7 @@ impl<'a> Supervisor<'a> {
                     {
                         decided = self.decide(went_online.get());
                         if let Some(decision) = &decided {
-                            self.move_started = Some(Instant::now());
+                            self.set_moving(Some(Instant::now()));
                             let candidate = match &decision.to {
                                 Move::Lend(_) => self.candidate.take(),
                                 Move::Home(_) => Some(Candidate {
@@ -492,7 +492,7 @@ impl<'a> Supervisor<'a> {
                         continue;
                     }
                     // The session ended on its own before the target was ready.
-                    None => self.move_started = None,
+                    None => self.set_moving(None),
                 }
             }
             match result {
@@ -560,7 +560,7 @@ impl<'a> Supervisor<'a> {
                 }
                 let decided = self.decide(false);
                 if let Some(decided) = decided {
-                    self.move_started = Some(Instant::now());
+                    self.set_moving(Some(Instant::now()));
                     let candidate = match decided.to {
                         Move::Lend(_) => self.candidate.take(),
                         Move::Home(_) => None,
@@ -638,6 +638,13 @@ impl<'a> Supervisor<'a> {
             }
         }
         None
+    }
+
+    /// Records that a move is under way (`at`: since when) or not, for the
+    /// `moved` event and for orders that arrive meanwhile.
+    fn set_moving(&mut self, at: Option<Instant>) {
+        self.move_started = at;
+        self.hub.core().moving = at.is_some();
     }
 
     /// Starts checking the borrower of a newly pending borrow, and forgets
@@ -818,7 +825,16 @@ impl<'a> Supervisor<'a> {
         {
             let mut core = self.hub.core();
             core.lease = self.lease.clone();
-            core.pending = None;
+            // The order carried out is done; one that arrived during the
+            // move (e.g. a return while going to the borrower) stays.
+            let done = matches!(
+                (&core.pending, returned.is_some()),
+                (Some((Command::Borrow(_), _)), false) | (Some((Command::Return(_), _)), true)
+            );
+            if done {
+                core.pending = None;
+            }
+            core.moving = false;
             core.idle_deadline_ms = self
                 .lease
                 .as_ref()

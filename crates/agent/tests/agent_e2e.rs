@@ -589,27 +589,7 @@ async fn malformed_jnlp_file_is_a_clear_error() {
 /// swaps preambles with it and bridges chunks.
 #[tokio::test]
 async fn a_real_jvm_engine_from_the_controllers_jar() {
-    let build = temp_dir("java-engine");
-    let source =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/java/EchoEngine.java");
-    std::fs::copy(&source, build.join("EchoEngine.java")).unwrap();
-    for (tool, args) in [
-        ("javac", vec!["EchoEngine.java"]),
-        (
-            "jar",
-            vec!["cfe", "engine.jar", "EchoEngine", "EchoEngine.class"],
-        ),
-    ] {
-        let status = std::process::Command::new(tool)
-            .args(&args)
-            .current_dir(&build)
-            .status();
-        assert!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "{tool} failed ({status:?}); the JDK is a test dependency (.ci/run installs it)"
-        );
-    }
-    let jar = std::fs::read(build.join("engine.jar")).unwrap();
+    let jar = common::java_echo_engine_jar();
 
     let (peer, verdict) = scripted(|mut channel: Channel| async move {
         let mut wire = BytesMut::new();

@@ -1322,3 +1322,52 @@ async fn without_warm_engines_moves_still_work() {
     lender.shutdown().await;
     borrower.shutdown().await;
 }
+
+/// An order that arrives while a move is under way is not lost: a return
+/// sent while the agent connects to the borrower follows the move.
+#[tokio::test]
+async fn a_return_during_the_move_to_the_borrower_follows_it() {
+    let lender = lender(Peer::Hold).await;
+    let borrower = TestController::builder()
+        .node("guest-mac", BORROWER_SECRET)
+        .remoting_jar(testkit::fake_remoting_jar("3355.v388858a_47b_33"))
+        .handshake_delay(Duration::from_millis(800))
+        .start()
+        .await;
+    let agent = start_agent(&lender, &[]);
+    let socket = agent.socket();
+    wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
+    lend(&socket, &borrower, None, None, When::Now).await;
+    // Checked, then connecting: the second jar request, then the delayed
+    // handshake, during which the return arrives.
+    borrower
+        .wait_for(
+            |log| {
+                log.iter()
+                    .filter(|e| matches!(e, ControllerEvent::Http { path, .. } if path.ends_with("remoting.jar")))
+                    .count()
+                    == 2
+            },
+            LONG,
+        )
+        .await;
+    assert_eq!(status(&socket).await.placement, Placement::Home);
+    let reply = request(
+        &socket,
+        Request::Return {
+            when: When::Now,
+            wait: None,
+        },
+    )
+    .await;
+    assert!(reply.is_ok(), "{reply:?}");
+    borrower.wait_for(|log| accepted(log) == 1, LONG).await;
+    wait_status(&socket, "home again", |s| {
+        s.phase == Phase::Online && s.placement == Placement::Home && s.pending.is_none()
+    })
+    .await;
+    until_online(&borrower, "guest-mac", false, LONG).await;
+    assert!(lender.is_online("mac-01"));
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}

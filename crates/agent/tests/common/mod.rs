@@ -326,3 +326,29 @@ pub async fn until_online(
     }
     start.elapsed()
 }
+
+/// `tests/java/EchoEngine.java` compiled and packed as a jar (the JDK is a
+/// test dependency: `.ci/run` installs it): a real JVM engine that speaks
+/// the stdio preamble and echoes chunks.
+pub fn java_echo_engine_jar() -> Vec<u8> {
+    let build = temp_dir("java-engine");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/java/EchoEngine.java");
+    std::fs::copy(&source, build.join("EchoEngine.java")).unwrap();
+    for (tool, args) in [
+        ("javac", vec!["EchoEngine.java"]),
+        (
+            "jar",
+            vec!["cfe", "engine.jar", "EchoEngine", "EchoEngine.class"],
+        ),
+    ] {
+        let status = std::process::Command::new(tool)
+            .args(&args)
+            .current_dir(&build)
+            .status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "{tool} failed ({status:?}); the JDK is a test dependency (.ci/run installs it)"
+        );
+    }
+    std::fs::read(build.join("engine.jar")).unwrap()
+}
