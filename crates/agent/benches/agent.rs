@@ -9,9 +9,11 @@
 //!   node online at the borrower, and back (fake engine, so this is the
 //!   agent's own time); plus a JVM's start-up to first output, the part a
 //!   real engine adds;
-//! - leaving: from `borrow`/`return` with `now`, and from SIGTERM, to the
-//!   node offline as the controller it left sees it (the remoting-level
-//!   close and its answer).
+//! - leaving: the overlap of a move (online at the new controller until
+//!   offline at the old one: the remoting-level close and its answer), and
+//!   SIGTERM to the node offline as the controller sees it;
+//! - repoints with the test suite's Java engine through the production
+//!   launch path, with and without warm engines.
 //!
 //! `cargo bench -p jnlp-agent --bench agent` (builds everything in release).
 //! `BENCH_BYTES` sets the transfer size (default 1 GiB).
@@ -66,7 +68,7 @@ async fn run() {
         worst.as_secs_f64() * 1e3
     );
     println!(
-        "leaving (borrow/return --now to offline at the old controller): mean {:.1} ms, worst {:.1} ms over 10",
+        "overlap (online at the new controller until offline at the old one): mean {:.1} ms, worst {:.1} ms over 10",
         mean_ms(&offline),
         max_ms(&offline)
     );
@@ -384,17 +386,56 @@ async fn repoint_latency(rounds: usize) -> (Duration, Duration, Vec<Duration>) {
                 wait: None,
             }
         };
-        let (old, old_node) = if round % 2 == 0 {
-            (&lender, "mac")
+        let ((old, old_node), (new, new_node), placement) = if round % 2 == 0 {
+            (
+                (&lender, "mac"),
+                (&borrower, "guest"),
+                control::Placement::Borrowed,
+            )
         } else {
-            (&borrower, "guest")
+            (
+                (&borrower, "guest"),
+                (&lender, "mac"),
+                control::Placement::Home,
+            )
         };
         let mut client = control::client::connect(&socket).await.unwrap();
         let started = Instant::now();
         client.request(request).await.unwrap();
-        offline.push(until_offline(old, old_node, started).await);
-        accepted.notified().await;
-        times.push(started.elapsed());
+        // Make before break: online at the new place first, then offline at
+        // the old one; the difference is the overlap.
+        let (mut online_at, mut offline_at) = (None, None);
+        while online_at.is_none() || offline_at.is_none() {
+            if online_at.is_none() && new.is_online(new_node) {
+                online_at = Some(started.elapsed());
+            }
+            if offline_at.is_none() && !old.is_online(old_node) {
+                offline_at = Some(started.elapsed());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the move did not finish"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let (online_at, offline_at) = (
+            online_at.unwrap_or_default(),
+            offline_at.unwrap_or_default(),
+        );
+        times.push(online_at);
+        offline.push(offline_at.saturating_sub(online_at));
+        // Settled (moved and recorded) before the next order.
+        loop {
+            let mut client = control::client::connect(&socket).await.unwrap();
+            if let Ok(control::Response::Status(status)) =
+                client.request(control::Request::Status).await
+            {
+                if status.placement == placement && status.phase == control::Phase::Online {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     drop(agent);
     lender.shutdown().await;
@@ -430,11 +471,14 @@ async fn repoint_jvm(jar: &[u8], warm: bool, rounds: usize) -> (Vec<Duration>, V
     }
     let agent = AgentProcess::start(&args, &[]);
     let socket = agent.socket();
+    // The agent's status; a default one while its socket is not up yet.
     let status = || async {
-        let mut client = control::client::connect(&socket).await.unwrap();
-        match client.request(control::Request::Status).await.unwrap() {
-            control::Response::Status(status) => status,
-            other => panic!("{other:?}"),
+        let Ok(mut client) = control::client::connect(&socket).await else {
+            return control::Status::default();
+        };
+        match client.request(control::Request::Status).await {
+            Ok(control::Response::Status(status)) => status,
+            _ => control::Status::default(),
         }
     };
     let settled = |placement: control::Placement| {
