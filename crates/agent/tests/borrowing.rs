@@ -137,6 +137,29 @@ async fn ctl(agent: &AgentProcess, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `jnlp-agent ctl borrow` to `borrower`'s guest node, the secret in a file,
+/// with `extra` options.
+async fn ctl_borrow(
+    agent: &AgentProcess,
+    borrower: &TestController,
+    extra: &[&str],
+) -> std::process::Output {
+    let secret_file = temp_dir("secret").join("borrower-secret");
+    std::fs::write(&secret_file, format!("{BORROWER_SECRET}\n")).unwrap();
+    let url = borrower.url();
+    let mut args = vec![
+        "borrow",
+        "--url",
+        &url,
+        "--name",
+        "guest-mac",
+        "--secret-file",
+        secret_file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ctl(agent, &args).await
+}
+
 async fn wait_status(socket: &Path, what: &str, cond: impl Fn(&Status) -> bool) -> Status {
     let deadline = std::time::Instant::now() + LONG;
     loop {
@@ -189,23 +212,7 @@ async fn borrow_moves_the_agent_and_return_brings_it_back() {
     assert!(!home.busy.busy, "{home:?}");
 
     // Borrow through the CLI, the secret in a file.
-    let secret_file = temp_dir("secret").join("borrower-secret");
-    std::fs::write(&secret_file, format!("{BORROWER_SECRET}\n")).unwrap();
-    let out = ctl(
-        &agent,
-        &[
-            "borrow",
-            "--url",
-            &borrower.url(),
-            "--name",
-            "guest-mac",
-            "--secret-file",
-            secret_file.to_str().unwrap(),
-            "--lease",
-            "1h",
-        ],
-    )
-    .await;
+    let out = ctl_borrow(&agent, &borrower, &["--lease", "1h"]).await;
     assert!(out.status.success(), "{out:?}");
     borrower.wait_for(|log| accepted(log) == 1, LONG).await;
     lender.wait_for(|log| closed(log) == 1, LONG).await;
@@ -956,22 +963,7 @@ async fn borrow_wait_returns_once_the_borrower_sees_the_node() {
     let socket = agent.socket();
     wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
     let mut events = subscribe(&socket).await;
-    let secret_file = temp_dir("secret").join("guest");
-    std::fs::write(&secret_file, BORROWER_SECRET).unwrap();
-    let out = ctl(
-        &agent,
-        &[
-            "borrow",
-            "--url",
-            &borrower.url(),
-            "--name",
-            "guest-mac",
-            "--secret-file",
-            secret_file.to_str().unwrap(),
-            "--wait",
-        ],
-    )
-    .await;
+    let out = ctl_borrow(&agent, &borrower, &["--wait"]).await;
     assert!(out.status.success(), "{out:?}");
     assert!(borrower.is_online("guest-mac"), "exit 0 before online");
     assert!(!lender.is_online("mac-01"));
@@ -1294,23 +1286,7 @@ async fn without_warm_engines_moves_still_work() {
     let agent = start_agent(&lender, &["--quiet-period", "200ms", "--no-warm-engine"]);
     let socket = agent.socket();
     wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
-    let secret_file = temp_dir("secret").join("guest");
-    std::fs::write(&secret_file, BORROWER_SECRET).unwrap();
-    let out = ctl(
-        &agent,
-        &[
-            "borrow",
-            "--url",
-            &borrower.url(),
-            "--name",
-            "guest-mac",
-            "--secret-file",
-            secret_file.to_str().unwrap(),
-            "--wait",
-            "30s",
-        ],
-    )
-    .await;
+    let out = ctl_borrow(&agent, &borrower, &["--wait", "30s"]).await;
     assert!(out.status.success(), "{out:?}");
     assert!(borrower.is_online("guest-mac"));
     // No engine for home is started while borrowed.
