@@ -116,8 +116,15 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 /// Makes this process a child subreaper (Linux), so that orphaned
 /// descendants are re-parented to it rather than to init.
+#[cfg(target_os = "linux")]
 pub fn become_subreaper() -> nix::Result<()> {
     nix::sys::prctl::set_child_subreaper(true)
+}
+
+/// Other systems have no subreaper (macOS: launchd adopts orphans).
+#[cfg(not(target_os = "linux"))]
+pub fn become_subreaper() -> nix::Result<()> {
+    Err(nix::Error::ENOTSUP)
 }
 
 /// A process seen in `/proc`.

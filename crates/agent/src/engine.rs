@@ -23,6 +23,7 @@ use crate::settings::JavaSettings;
 
 /// Capacity asked for the engine's stdin and stdout pipes (the kernel may
 /// cap it: `/proc/sys/fs/pipe-max-size`, 1 MiB by default).
+#[cfg(target_os = "linux")]
 const PIPE_SIZE: i32 = 1024 * 1024;
 
 /// Largest engine jar accepted from a controller (remoting.jar is ~1.5 MB).
@@ -245,6 +246,7 @@ impl Engine {
         if let Some(stderr) = child.stderr.take() {
             tokio::spawn(forward_stderr(stderr, pid));
         }
+        #[cfg(target_os = "linux")]
         for fd in [
             child.stdin.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
             child.stdout.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
