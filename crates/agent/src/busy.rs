@@ -127,15 +127,37 @@ pub fn become_subreaper() -> nix::Result<()> {
     Err(nix::Error::ENOTSUP)
 }
 
+/// The variable every engine, and so every build process it starts,
+/// inherits: it finds build processes that left the agent's process tree
+/// (re-parented by `setsid` and a double fork, a container runtime, or
+/// launchd), as Jenkins' own `ProcessTreeKiller` does with its cookie.
+pub const SESSION_ENV: &str = "JNLP_AGENT_SESSION";
+
+/// This agent's marker: random, fixed for the life of the process, so that
+/// another agent's processes (another marker) are never taken for ours.
+pub fn session_marker() -> &'static str {
+    static MARKER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MARKER.get_or_init(|| format!("{}-{:016x}", std::process::id(), rand::random::<u64>()))
+}
+
+/// Whether a NUL-separated environment block holds exactly `entry`.
+fn environ_has(environ: &[u8], entry: &[u8]) -> bool {
+    environ.split(|&b| b == 0).any(|var| var == entry)
+}
+
 /// A process seen in `/proc`.
 #[derive(Debug, Clone, Copy)]
 struct Proc {
     ppid: u32,
     zombie: bool,
+    /// It carries this agent's [`SESSION_ENV`] (false where its
+    /// environment cannot be read: another user's process is not ours).
+    marked: bool,
 }
 
 fn processes() -> HashMap<u32, Proc> {
     let mut out = HashMap::new();
+    let marker = format!("{SESSION_ENV}={}", session_marker());
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return out;
     };
@@ -157,22 +179,24 @@ fn processes() -> HashMap<u32, Proc> {
         let mut fields = rest.split_whitespace();
         let state = fields.next().unwrap_or("");
         let ppid = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let marked = std::fs::read(format!("/proc/{pid}/environ"))
+            .is_ok_and(|environ| environ_has(&environ, marker.as_bytes()));
         out.insert(
             pid,
             Proc {
                 ppid,
                 zombie: state == "Z" || state == "X",
+                marked,
             },
         );
     }
     out
 }
 
-/// Live descendants of `root`.
-pub fn descendants(root: u32) -> Vec<u32> {
-    let all = processes();
+/// Live descendants of `root` in `all`.
+fn descendants_in(all: &HashMap<u32, Proc>, root: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for (&pid, proc) in &all {
+    for (&pid, proc) in all {
         children.entry(proc.ppid).or_default().push(pid);
     }
     let mut out = Vec::new();
@@ -188,13 +212,27 @@ pub fn descendants(root: u32) -> Vec<u32> {
     out
 }
 
-/// Build processes: live descendants of this agent other than the engines
-/// (the JVMs themselves are not builds).
+/// Live descendants of `root`.
+#[cfg(test)]
+pub fn descendants(root: u32) -> Vec<u32> {
+    descendants_in(&processes(), root)
+}
+
+/// Build processes, other than the engines (the JVMs themselves are not
+/// builds), found two ways: live descendants of this agent (it is a child
+/// subreaper, so orphans stay below it), and processes anywhere that carry
+/// this agent's [`SESSION_ENV`] marker (they left the tree).
 pub fn build_processes(engines: &[u32]) -> Vec<u32> {
-    descendants(std::process::id())
-        .into_iter()
-        .filter(|pid| !engines.contains(pid))
-        .collect()
+    let all = processes();
+    let me = std::process::id();
+    let mut out = descendants_in(&all, me);
+    for (&pid, proc) in &all {
+        if proc.marked && !proc.zombie && pid != me && !out.contains(&pid) {
+            out.push(pid);
+        }
+    }
+    out.retain(|pid| !engines.contains(pid));
+    out
 }
 
 /// Reaps zombies re-parented to us (as subreaper), leaving alone the
@@ -254,6 +292,18 @@ pub async fn end_leftovers(keep: &[u32], grace: Duration) -> usize {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_marker_must_match_a_whole_variable() {
+        let entry = b"JNLP_AGENT_SESSION=1-ab";
+        assert!(environ_has(b"A=1\0JNLP_AGENT_SESSION=1-ab\0B=2\0", entry));
+        assert!(
+            !environ_has(b"JNLP_AGENT_SESSION=1-abc\0", entry),
+            "a longer marker"
+        );
+        assert!(!environ_has(b"XJNLP_AGENT_SESSION=1-ab\0", entry));
+        assert!(!environ_has(b"", entry));
+    }
 
     #[test]
     fn requests_and_responses_balance() {

@@ -234,6 +234,9 @@ impl Engine {
         for var in SCRUBBED_ENV {
             command.env_remove(var);
         }
+        // Every build process inherits it: how the agent finds the ones
+        // that left its process tree.
+        command.env(crate::busy::SESSION_ENV, crate::busy::session_marker());
         if let Some(socket) = &spec.control_socket {
             command.env("JNLP_AGENT_CONTROL_SOCKET", socket);
         }

@@ -97,7 +97,15 @@ async fn serve(settings: settings::Settings, work: WorkDir) -> anyhow::Result<()
     );
     // Detached build processes stay our descendants: busy detection sees
     // them and a move ends them.
-    if let Err(err) = busy::become_subreaper() {
+    // Tests disable the subreaper to check that the session marker alone
+    // finds processes that left the tree (as on macOS, or in a container).
+    let subreaper = if std::env::var_os("JNLP_AGENT_TEST_NO_SUBREAPER").is_some() {
+        tracing::warn!("JNLP_AGENT_TEST_NO_SUBREAPER is set: not a child subreaper");
+        Ok(())
+    } else {
+        busy::become_subreaper()
+    };
+    if let Err(err) = subreaper {
         tracing::warn!(%err, "cannot become a child subreaper; detached build processes will not be tracked");
     }
     let shutdown = supervisor::shutdown_on_signals().context("cannot install signal handlers")?;

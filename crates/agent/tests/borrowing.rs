@@ -1347,3 +1347,125 @@ async fn a_return_during_the_move_to_the_borrower_follows_it() {
     lender.shutdown().await;
     borrower.shutdown().await;
 }
+
+/// The parent of `pid`, from `/proc`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` is below `ancestor` in the process tree.
+fn below(pid: u32, ancestor: u32) -> bool {
+    let mut at = pid;
+    while let Some(parent) = parent_of(at) {
+        if parent == ancestor {
+            return true;
+        }
+        if parent <= 1 {
+            return false;
+        }
+        at = parent;
+    }
+    false
+}
+
+/// A build process that left the agent's tree (setsid and a double fork,
+/// with the subreaper off as on macOS or in some containers) is still
+/// found by the session marker: it counts as busy and is ended before the
+/// agent joins another controller. Processes without the marker, or with
+/// another agent's, are never touched.
+#[tokio::test]
+async fn a_detached_build_is_tracked_by_its_marker_and_others_are_left_alone() {
+    let dir = temp_dir("detached");
+    let pid_file = dir.join("detached.pid");
+    let build = format!(
+        "setsid sh -c 'echo $$ > {}.tmp; mv {}.tmp {}; exec sleep 60' < /dev/null > /dev/null 2>&1 &",
+        pid_file.display(),
+        pid_file.display(),
+        pid_file.display()
+    );
+    let lender = lender(Peer::script(move |mut channel: Channel| {
+        let build = build.clone();
+        async move {
+            start_build(&mut channel, &build).await;
+            while let Some(Ok(_)) = channel.framed.next().await {}
+        }
+    }))
+    .await;
+    let borrower = borrower(Peer::Hold).await;
+    // Not ours: no marker, and another agent's marker.
+    let mut strangers = Vec::new();
+    for env in [None, Some("someone-else")] {
+        let mut command = std::process::Command::new("sleep");
+        command.arg("60");
+        if let Some(marker) = env {
+            command.env("JNLP_AGENT_SESSION", marker);
+        }
+        strangers.push(command.spawn().unwrap());
+    }
+    let url = lender.url();
+    let cmd = format!("{} echo", fake_engine().display());
+    let agent = AgentProcess::start(
+        &[
+            "-url",
+            url.as_str(),
+            "-name",
+            "mac-01",
+            "--engine-command",
+            cmd.as_str(),
+            "--quiet-period",
+            "200ms",
+        ],
+        &[
+            ("JENKINS_SECRET", LENDER_SECRET),
+            ("JNLP_AGENT_TEST_NO_SUBREAPER", "1"),
+        ],
+    );
+    let socket = agent.socket();
+    let pid = common::read_pids(&pid_file, LONG).await[0];
+    assert!(alive(pid));
+    assert!(!below(pid, agent.pid()), "the build left the agent's tree");
+    let busy = wait_status(&socket, "the detached build counts", |s| {
+        s.busy.build_processes >= 1
+    })
+    .await;
+    assert!(busy.busy.busy);
+    // A quiet borrow waits for it...
+    lend(&socket, &borrower, None, None, When::Idle).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        lender.is_online("mac-01"),
+        "left in the middle of the detached build"
+    );
+    // ...and a forced one ends it before joining the borrower.
+    request(
+        &socket,
+        Request::Return {
+            when: When::Now,
+            wait: None,
+        },
+    )
+    .await
+    .unwrap();
+    lend(&socket, &borrower, None, None, When::Now).await;
+    wait_status(&socket, "at the borrower", |s| {
+        s.phase == Phase::Online && s.placement == Placement::Borrowed
+    })
+    .await;
+    common::eventually("the detached build is ended", LONG, || !alive(pid)).await;
+    for stranger in &mut strangers {
+        assert!(
+            stranger.try_wait().unwrap().is_none(),
+            "a process that is not ours was touched"
+        );
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+    }
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}
