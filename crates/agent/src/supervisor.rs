@@ -740,8 +740,11 @@ impl<'a> Supervisor<'a> {
     }
 
     /// A borrow that cannot be carried out: the agent stays where it is.
-    async fn borrow_failed(&mut self, err: &SessionError, mut candidate: Candidate) {
-        candidate.continuity.shutdown().await;
+    /// The candidate's engine, which never served, is dropped (its process
+    /// group killed) rather than stopped gracefully, so the live session's
+    /// bridge is not held up.
+    async fn borrow_failed(&mut self, err: &SessionError, candidate: Candidate) {
+        drop(candidate);
         self.fail_borrow(err.phase(), err.to_string());
     }
 
