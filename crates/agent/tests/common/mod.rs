@@ -31,6 +31,14 @@ pub fn fake_engine() -> PathBuf {
     testkit::fake_engine::binary_path().expect("fake-engine built")
 }
 
+/// The agent binary the tests run: `JNLP_AGENT_BIN` (another build of it,
+/// e.g. the static musl one), else the one cargo built for these tests.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("JNLP_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_jnlp-agent")))
+}
+
 /// A fresh directory under the target dir.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -68,7 +76,7 @@ impl AgentProcess {
     /// Like [`AgentProcess::start`] with a given work dir (to restart an
     /// agent where a previous one left its state).
     pub fn start_in(work_dir: PathBuf, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_jnlp-agent"));
+        let mut command = Command::new(agent_bin());
         command
             .args(args)
             .args([

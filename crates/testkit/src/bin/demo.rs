@@ -31,7 +31,11 @@ async fn main() -> ExitCode {
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
-    let (agent_bin, engine_bin) = (dir.join("jnlp-agent"), dir.join("fake-engine"));
+    // JNLP_AGENT_BIN runs another build of the agent (e.g. the static one).
+    let agent_bin = std::env::var_os("JNLP_AGENT_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| dir.join("jnlp-agent"));
+    let engine_bin = dir.join("fake-engine");
     for bin in [&agent_bin, &engine_bin] {
         if !bin.exists() {
             eprintln!(
