@@ -321,17 +321,42 @@ async fn lease_expiry_and_idle_return_bring_it_home() {
     borrower.shutdown().await;
 }
 
-async fn returned_home(events: &mut control::client::EventStream) -> ReturnReason {
+/// The first event, within [`LONG`], that `pick` turns into a value.
+async fn next_event<T>(
+    events: &mut control::client::EventStream,
+    mut pick: impl FnMut(control::Event) -> Option<T>,
+) -> T {
     loop {
         let event = tokio::time::timeout(LONG, events.next_event())
             .await
             .unwrap()
             .unwrap()
             .unwrap();
-        if let EventKind::ReturnedHome { reason } = event.kind {
-            return reason;
+        if let Some(found) = pick(event) {
+            return found;
         }
     }
+}
+
+async fn returned_home(events: &mut control::client::EventStream) -> ReturnReason {
+    next_event(events, |event| match event.kind {
+        EventKind::ReturnedHome { reason } => Some(reason),
+        _ => None,
+    })
+    .await
+}
+
+/// Asks the agent to go home at once; the request must be accepted.
+async fn return_now(socket: &Path) {
+    request(
+        socket,
+        Request::Return {
+            when: When::Now,
+            wait: None,
+        },
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -417,15 +442,7 @@ async fn a_busy_agent_leaves_only_after_the_build_unless_now() {
     let pid = common::read_pids(&pid_file, LONG).await[0];
     assert!(alive(pid));
     let lender_accepts = accepted(&lender.log());
-    request(
-        &socket,
-        Request::Return {
-            when: When::Now,
-            wait: None,
-        },
-    )
-    .await
-    .unwrap();
+    return_now(&socket).await;
     lender
         .wait_for(|log| accepted(log) == lender_accepts + 1, LONG)
         .await;
@@ -688,15 +705,7 @@ async fn five_round_trips_leave_no_ghost_behind() {
             s.phase == Phase::Online && s.placement == Placement::Borrowed
         })
         .await;
-        request(
-            &socket,
-            Request::Return {
-                when: When::Now,
-                wait: None,
-            },
-        )
-        .await
-        .unwrap();
+        return_now(&socket).await;
         lender
             .wait_for(|log| accepted(log) == round + 1, LONG)
             .await;
@@ -790,16 +799,10 @@ async fn work_that_arrives_while_leaving_is_served_before_the_move() {
     wait_status(&socket, "deciding to leave", |s| s.phase == Phase::Leaving).await;
     go_tx.send("request").unwrap();
     assert_eq!(seen_rx.recv().await.as_deref(), Some("request sent"));
-    loop {
-        let event = tokio::time::timeout(LONG, events.next_event())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if event.kind == EventKind::MoveDeferred {
-            break;
-        }
-    }
+    next_event(&mut events, |event| {
+        (event.kind == EventKind::MoveDeferred).then_some(())
+    })
+    .await;
     agent
         .wait_log(
             "the controller sent work while the agent was about to leave",
@@ -849,16 +852,11 @@ async fn not_jenkins() -> String {
 
 /// The next `borrow_failed` event.
 async fn borrow_failure(events: &mut control::client::EventStream) -> (control::MovePhase, String) {
-    loop {
-        let event = tokio::time::timeout(LONG, events.next_event())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let EventKind::BorrowFailed { phase, reason } = event.kind {
-            return (phase, reason);
-        }
-    }
+    next_event(events, |event| match event.kind {
+        EventKind::BorrowFailed { phase, reason } => Some((phase, reason)),
+        _ => None,
+    })
+    .await
 }
 
 /// A borrow that cannot work fails with its reason, and the agent never
@@ -967,18 +965,13 @@ async fn borrow_wait_returns_once_the_borrower_sees_the_node() {
     assert!(out.status.success(), "{out:?}");
     assert!(borrower.is_online("guest-mac"), "exit 0 before online");
     assert!(!lender.is_online("mac-01"));
-    loop {
-        let event = tokio::time::timeout(LONG, events.next_event())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let EventKind::Moved { ms } = event.kind {
-            assert_eq!(event.status.placement, Placement::Borrowed);
-            assert!(ms < 30_000, "{ms}");
-            break;
-        }
-    }
+    let (ms, placement) = next_event(&mut events, |event| match event.kind {
+        EventKind::Moved { ms } => Some((ms, event.status.placement)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(placement, Placement::Borrowed);
+    assert!(ms < 30_000, "{ms}");
     let out = ctl(&agent, &["return", "--now", "--wait", "30s"]).await;
     assert!(out.status.success(), "{out:?}");
     assert!(lender.is_online("mac-01") && !borrower.is_online("guest-mac"));
@@ -1108,16 +1101,10 @@ async fn a_build_started_during_the_borrower_handshake_is_not_cut() {
         // Outlasts the 2 s handshake.
         .send(format!("sleep 4; touch {}", marker.display()))
         .unwrap();
-    loop {
-        let event = tokio::time::timeout(LONG, events.next_event())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if event.kind == EventKind::MoveDeferred {
-            break;
-        }
-    }
+    next_event(&mut events, |event| {
+        (event.kind == EventKind::MoveDeferred).then_some(())
+    })
+    .await;
     // The agent stays home until the build is done, then moves.
     while lender.is_online("mac-01") {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1443,15 +1430,7 @@ async fn a_detached_build_is_tracked_by_its_marker_and_others_are_left_alone() {
         "left in the middle of the detached build"
     );
     // ...and a forced one ends it before joining the borrower.
-    request(
-        &socket,
-        Request::Return {
-            when: When::Now,
-            wait: None,
-        },
-    )
-    .await
-    .unwrap();
+    return_now(&socket).await;
     lend(&socket, &borrower, None, None, When::Now).await;
     wait_status(&socket, "at the borrower", |s| {
         s.phase == Phase::Online && s.placement == Placement::Borrowed
