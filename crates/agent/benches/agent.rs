@@ -276,16 +276,40 @@ fn max_ms(times: &[Duration]) -> f64 {
         * 1e3
 }
 
-/// Polls the controller's own view until `node` is offline.
-async fn until_offline(controller: &TestController, node: &str, started: Instant) -> Duration {
-    while controller.is_online(node) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{node} stays online"
-        );
-        tokio::time::sleep(Duration::from_micros(200)).await;
+/// `borrow` to `url`'s node `name`, leaving at once.
+fn borrow_now(url: String, name: &str, wait: Option<Duration>) -> control::Request {
+    control::Request::Borrow(control::BorrowRequest {
+        target: control::Target::Url { url },
+        name: name.into(),
+        secret: Some(SECRET.into()),
+        secret_file: None,
+        lease: None,
+        idle_return: None,
+        when: control::When::Now,
+        wait,
+    })
+}
+
+/// The agent's status; a default one while its socket is not up yet.
+async fn agent_status(socket: &std::path::Path) -> control::Status {
+    let Ok(mut client) = control::client::connect(socket).await else {
+        return control::Status::default();
+    };
+    match client.request(control::Request::Status).await {
+        Ok(control::Response::Status(status)) => status,
+        _ => control::Status::default(),
     }
-    started.elapsed()
+}
+
+/// Waits until the agent is online at `placement` (moved and recorded).
+async fn settle(socket: &std::path::Path, placement: control::Placement) {
+    loop {
+        let status = agent_status(socket).await;
+        if status.phase == control::Phase::Online && status.placement == placement {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// SIGTERM to the node offline at the controller, over `rounds` starts.
@@ -315,9 +339,8 @@ async fn sigterm_offline(rounds: usize) -> Vec<Duration> {
         while !controller.is_online("term") {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let started = Instant::now();
         agent.signal(nix::sys::signal::Signal::SIGTERM);
-        times.push(until_offline(&controller, "term", started).await);
+        times.push(common::until_online(&controller, "term", false, Duration::from_secs(30)).await);
         agent.wait_exit(Duration::from_secs(30)).await;
     }
     controller.shutdown().await;
@@ -368,18 +391,7 @@ async fn repoint_latency(rounds: usize) -> (Duration, Duration, Vec<Duration>) {
     let mut offline = Vec::new();
     for round in 0..rounds {
         let request = if round % 2 == 0 {
-            control::Request::Borrow(control::BorrowRequest {
-                target: control::Target::Url {
-                    url: borrower.url(),
-                },
-                name: "guest".into(),
-                secret: Some(SECRET.into()),
-                secret_file: None,
-                lease: None,
-                idle_return: None,
-                when: control::When::Now,
-                wait: None,
-            })
+            borrow_now(borrower.url(), "guest", None)
         } else {
             control::Request::Return {
                 when: control::When::Now,
@@ -425,17 +437,7 @@ async fn repoint_latency(rounds: usize) -> (Duration, Duration, Vec<Duration>) {
         times.push(online_at);
         offline.push(offline_at.saturating_sub(online_at));
         // Settled (moved and recorded) before the next order.
-        loop {
-            let mut client = control::client::connect(&socket).await.unwrap();
-            if let Ok(control::Response::Status(status)) =
-                client.request(control::Request::Status).await
-            {
-                if status.placement == placement && status.phase == control::Phase::Online {
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        settle(&socket, placement).await;
     }
     drop(agent);
     lender.shutdown().await;
@@ -471,36 +473,10 @@ async fn repoint_jvm(jar: &[u8], warm: bool, rounds: usize) -> (Vec<Duration>, V
     }
     let agent = AgentProcess::start(&args, &[]);
     let socket = agent.socket();
-    // The agent's status; a default one while its socket is not up yet.
-    let status = || async {
-        let Ok(mut client) = control::client::connect(&socket).await else {
-            return control::Status::default();
-        };
-        match client.request(control::Request::Status).await {
-            Ok(control::Response::Status(status)) => status,
-            _ => control::Status::default(),
-        }
-    };
-    let settled = |placement: control::Placement| {
-        move |s: &control::Status| s.phase == control::Phase::Online && s.placement == placement
-    };
-    while !settled(control::Placement::Home)(&status().await) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    settle(&socket, control::Placement::Home).await;
     let (mut borrow, mut give_back) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        let request = control::Request::Borrow(control::BorrowRequest {
-            target: control::Target::Url {
-                url: borrower.url(),
-            },
-            name: "guest".into(),
-            secret: Some(SECRET.into()),
-            secret_file: None,
-            lease: None,
-            idle_return: None,
-            when: control::When::Now,
-            wait: Some(Duration::from_secs(60)),
-        });
+        let request = borrow_now(borrower.url(), "guest", Some(Duration::from_secs(60)));
         let started = Instant::now();
         control::client::connect(&socket)
             .await
@@ -510,9 +486,8 @@ async fn repoint_jvm(jar: &[u8], warm: bool, rounds: usize) -> (Vec<Duration>, V
             .unwrap();
         borrow.push(started.elapsed());
         assert!(borrower.is_online("guest"));
-        while !settled(control::Placement::Borrowed)(&status().await)
-            || (warm && status().await.warm_engine.is_none())
-        {
+        settle(&socket, control::Placement::Borrowed).await;
+        while warm && agent_status(&socket).await.warm_engine.is_none() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let started = Instant::now();
@@ -527,9 +502,7 @@ async fn repoint_jvm(jar: &[u8], warm: bool, rounds: usize) -> (Vec<Duration>, V
             .unwrap();
         give_back.push(started.elapsed());
         assert!(lender.is_online("mac"));
-        while !settled(control::Placement::Home)(&status().await) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        settle(&socket, control::Placement::Home).await;
     }
     drop(agent);
     lender.shutdown().await;

@@ -732,7 +732,7 @@ impl<'a> Supervisor<'a> {
     /// The pending borrow's target passed its check.
     fn borrow_checked(&mut self, candidate: Candidate) {
         info!(
-            borrower = route_label(&candidate.route),
+            borrower = candidate.route.label().unwrap_or_default(),
             "the borrower is reachable and its engine is ready"
         );
         self.candidate = Some(candidate);
@@ -855,10 +855,6 @@ impl<'a> Supervisor<'a> {
             self.hub.emit(EventKind::StateChanged);
         }
     }
-}
-
-fn route_label(route: &Route) -> String {
-    route.label().unwrap_or_default()
 }
 
 fn mark_online(hub: &Hub, online: &Online) {
