@@ -3,24 +3,22 @@
 //! # Layout
 //!
 //! - [`cli`]: agent.jar's options and the container images' environment → [`settings::Settings`].
-//! - [`controller_http`]: discovery, JNLP files and the engine jar over the web port.
-//! - [`agent_port`]: dialing the TCP agent port (directly or through a proxy).
-//! - [`engine`]: the controller's remoting.jar, cached, run as a child on stdio.
-//! - [`bridge`]: copies chunks between the connection and the engine.
+//! - [`connect`]: how a controller is reached: its web port, proxies, TCP
+//!   dialing, and the two transports (JNLP4 over TCP, WebSocket).
+//! - [`engine`]: the controller's remoting.jar run as a child on stdio, the
+//!   bridge that copies chunks between it and the connection, and whether
+//!   it is busy.
+//! - [`lending`]: where the agent serves (home or a borrower), the control
+//!   socket, its client (`jnlp-agent ctl`) and the state they share.
 //! - [`session`]: one connection from discovery to close.
-//! - [`supervisor`]: reconnects with backoff, keeps the cookie, handles signals.
+//! - [`departure`]: how and when a session is asked to leave.
+//! - [`supervisor`]: reconnects with backoff, moves between controllers, handles signals.
 //! - [`workdir`]: the work directory and logs.
 
-mod agent_port;
-mod bridge;
-mod busy;
 mod cli;
-mod control_server;
-mod controller_http;
-mod ctl;
+mod connect;
 mod departure;
 mod engine;
-mod hub;
 mod lending;
 mod session;
 mod settings;
@@ -39,7 +37,7 @@ use crate::workdir::WorkDir;
 fn main() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "ctl") {
-        return ctl::main(args.split_off(2));
+        return lending::ctl::main(args.split_off(2));
     }
     let command = match cli::parse(args, &|name| std::env::var(name).ok()) {
         Ok(command) => command,
@@ -103,7 +101,7 @@ async fn serve(settings: settings::Settings, work: WorkDir) -> anyhow::Result<()
         tracing::warn!("JNLP_AGENT_TEST_NO_SUBREAPER is set: not a child subreaper");
         Ok(())
     } else {
-        busy::become_subreaper()
+        engine::busy::become_subreaper()
     };
     if let Err(err) = subreaper {
         tracing::warn!(%err, "cannot become a child subreaper; detached build processes will not be tracked");
@@ -116,14 +114,15 @@ async fn serve(settings: settings::Settings, work: WorkDir) -> anyhow::Result<()
         .first()
         .cloned()
         .or_else(|| settings.jnlp_url.clone());
-    let hub = hub::Hub::new(agent.traffic.clone(), home_url, settings.quiet_period);
+    let hub = lending::hub::Hub::new(agent.traffic.clone(), home_url, settings.quiet_period);
 
     let socket = settings
         .control_socket
         .clone()
         .unwrap_or_else(|| agent.work.control_socket.clone());
-    let server = control_server::ControlServer::bind(&socket, settings.control_group.as_deref())
-        .with_context(|| format!("cannot open the control socket {}", socket.display()))?;
+    let server =
+        lending::control_server::ControlServer::bind(&socket, settings.control_group.as_deref())
+            .with_context(|| format!("cannot open the control socket {}", socket.display()))?;
     tracing::info!(socket = %socket.display(), "control socket ready");
     agent.control_socket = Some(socket);
     let server_task = tokio::spawn(server.serve(hub.clone(), shutdown.clone()));

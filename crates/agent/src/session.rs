@@ -2,7 +2,7 @@
 //! either side ends, then stop the engine and everything it started.
 //!
 //! Every planned end of a connected session closes the channel at the
-//! remoting level (see [`crate::bridge`]) and then drops TCP without a TLS
+//! remoting level (see [`crate::engine::bridge`]) and then drops TCP without a TLS
 //! `close_notify`: a real controller ignores `close_notify` and would keep
 //! a ghost node online, but notices a plain TCP close at once (PROTOCOL.md
 //! 5). The same plain close ends a session whose engine died.
@@ -27,10 +27,10 @@ use remoting_protocol::InstanceIdentity;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
-use crate::agent_port::{self, DialError};
-use crate::bridge::{self, BridgeEnd, BridgeError, Leaving, Traffic};
-use crate::controller_http::{ControllerHttp, Fetched, HttpError};
+use crate::connect::dial::{self, DialError};
+use crate::connect::web::{ControllerHttp, Fetched, HttpError};
 use crate::departure::Departure;
+use crate::engine::bridge::{self, BridgeEnd, BridgeError, Leaving, Traffic};
 use crate::engine::{find_java, Engine, EngineError, EngineSpec, JarCache, MAX_ENGINE_JAR};
 use crate::lending::StateFile;
 use crate::settings::{HostPort, Secret, Settings};
@@ -370,7 +370,7 @@ impl Agent {
     ) -> Result<Prepared, SessionError> {
         let target = self.resolve(route).await?;
         let ready = self.ready_engine(route, &target, continuity).await?;
-        let tcp = match agent_port::dial_from_env(
+        let tcp = match dial::dial_from_env(
             &target.agent_port,
             route.settings.proxy_credentials.as_ref(),
             DIAL_TIMEOUT,

@@ -27,9 +27,9 @@ use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument as _};
 
-use crate::busy;
 use crate::departure::{Departure, Intent};
-use crate::hub::{Command, Hub};
+use crate::engine::busy;
+use crate::lending::hub::{Command, Hub};
 use crate::lending::{Lease, StateFile};
 use crate::session::{Agent, Continuity, Online, Prepared, Route, SessionError};
 use crate::settings::Settings;

@@ -620,7 +620,7 @@ impl Connection {
     fn peer_is_a_build(&self) -> bool {
         self.peer.pid().is_some_and(|pid| {
             u32::try_from(pid).is_ok_and(|pid| {
-                crate::busy::build_processes(&crate::engine::live_engines()).contains(&pid)
+                crate::engine::busy::build_processes(&crate::engine::live_engines()).contains(&pid)
             })
         })
     }

@@ -39,8 +39,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::busy::is_work_request;
 use crate::departure::{Departure, Intent};
+use crate::engine::busy::is_work_request;
 
 /// Bytes buffered per direction.
 pub const BUFFER: usize = 256 * 1024;
@@ -63,7 +63,7 @@ pub struct Traffic {
     /// Commands the engine sent.
     pub commands_from_engine: AtomicU64,
     /// Requests in flight and last activity: the busy signals the channel gives.
-    pub activity: crate::busy::Activity,
+    pub activity: crate::engine::busy::Activity,
 }
 
 /// Why the bridge stopped.
@@ -632,7 +632,7 @@ mod tests {
         assert!(!rig.bridge.is_finished());
         // A ping does not call a leave off.
         let mut ping = command("hudson.remoting.UserRequest", 600);
-        ping[400..431].copy_from_slice(crate::busy::PING_MARKER);
+        ping[400..431].copy_from_slice(crate::engine::busy::PING_MARKER);
         let mut ping_chunk = BytesMut::new();
         put_command(&mut ping_chunk, &ping);
         rig.departure.request(Intent::WhenQuiet);

@@ -778,7 +778,7 @@ traffic     1.5 MiB to the controller, 512 B from it
     /// (ctl makes its own current-thread runtime, as in the binary).
     #[test]
     fn against_the_control_server() {
-        use crate::control_server::{ControlServer, Handler};
+        use crate::lending::control_server::{ControlServer, Handler};
         use tokio::sync::broadcast;
 
         struct Agent(broadcast::Sender<Event>);

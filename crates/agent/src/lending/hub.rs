@@ -14,8 +14,8 @@ use control::{
 };
 use tokio::sync::{broadcast, Notify};
 
-use crate::bridge::Traffic;
-use crate::busy;
+use crate::engine::bridge::Traffic;
+use crate::engine::busy;
 use crate::lending::{target_label, Lease};
 
 /// A move asked for on the control socket, waiting to be carried out.
@@ -197,7 +197,7 @@ impl Hub {
     }
 }
 
-impl crate::control_server::Handler for Hub {
+impl crate::lending::control_server::Handler for Hub {
     fn status(&self) -> Status {
         self.snapshot()
     }

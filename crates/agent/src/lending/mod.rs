@@ -4,6 +4,10 @@
 //! restarted agent takes over its own stale channel instead of being
 //! refused "already connected").
 
+pub mod control_server;
+pub mod ctl;
+pub mod hub;
+
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};

@@ -8,6 +8,9 @@
 //! again costs a download but no write, and two controllers on different
 //! versions keep one jar each.
 
+pub mod bridge;
+pub mod busy;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -236,7 +239,10 @@ impl Engine {
         }
         // Every build process inherits it: how the agent finds the ones
         // that left its process tree.
-        command.env(crate::busy::SESSION_ENV, crate::busy::session_marker());
+        command.env(
+            crate::engine::busy::SESSION_ENV,
+            crate::engine::busy::session_marker(),
+        );
         if let Some(socket) = &spec.control_socket {
             command.env("JNLP_AGENT_CONTROL_SOCKET", socket);
         }

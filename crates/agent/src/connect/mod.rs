@@ -1,0 +1,15 @@
+//! How the agent reaches a controller.
+//!
+//! - [`web`]: the controller's web port over HTTP(S): discovery of the TCP
+//!   agent port, JNLP files, the engine jar, the WebSocket readiness check.
+//! - [`proxy`]: which HTTP proxy, if any, stands in the way (`*_proxy`,
+//!   `no_proxy`, `-proxyCredentials`).
+//! - [`dial`]: a TCP connection, direct or through a proxy's `CONNECT`.
+//!
+//! The two transports a channel runs over are chosen per controller: the
+//! TCP agent port with JNLP4-connect (TLS pinned to the instance identity),
+//! or a WebSocket on the web port (`-webSocket`, ordinary TLS).
+
+pub mod dial;
+pub mod proxy;
+pub mod web;
