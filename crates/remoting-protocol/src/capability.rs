@@ -21,7 +21,7 @@ const SERIALIZED_PREFIX: &[u8] = b"\xac\xed\x00\x05\x73\x72\x00\x1ahudson.remoti
 pub const MAX_TEXT_LEN: usize = 1024;
 
 /// Why a capability text could not be read.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CapabilityError {
     /// The text is not base64.
     #[error("the peer's capability is not base64")]

@@ -19,6 +19,9 @@
 //! - [`scan`]: following chunk and command boundaries in a stream that
 //!   passes through unchanged.
 //! - [`preamble`]: the stdio engine's capability preamble.
+//! - [`websocket`]: the WebSocket transport (`-webSocket`): URLs, the
+//!   upgrade and its refusals, and [`websocket::WsChannel`], the chunk
+//!   stream over binary messages with the keepalive agent.jar lacks.
 
 pub mod capability;
 pub mod chunk;
@@ -34,6 +37,7 @@ pub mod quote;
 pub mod scan;
 pub mod tls;
 pub mod utf;
+pub mod websocket;
 
 pub use capability::Capability;
 pub use chunk::{Chunk, ChunkCodec, ChunkError, ChunkHeader};
