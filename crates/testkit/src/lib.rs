@@ -1,12 +1,17 @@
-//! Test-only pieces: a scripted Jenkins controller and a fake stdio engine.
+//! Test-only pieces: a scripted Jenkins controller, a fake stdio engine,
+//! and the network around them (a proxy, a test CA).
 //!
 //! # Layout
 //!
 //! - [`identity`]: RSA instance identity + self-signed certificate + the
 //!   agent port's TLS server configuration.
 //! - [`fixtures`]: the recorded transcripts.
-//! - [`controller`]: [`controller::TestController`], discovery HTTP and the
-//!   JNLP4 server side with a node table, cookies and scripted peers.
+//! - [`controller`]: [`controller::TestController`], discovery HTTP, the
+//!   JNLP4 server side and the WebSocket endpoint (`wsagents/`, optionally
+//!   over HTTPS) with a node table, cookies and scripted peers.
+//! - [`proxy`]: an HTTP `CONNECT` (and absolute-form) proxy, optionally
+//!   over TLS and with credentials, that can freeze its tunnels.
+//! - [`web_pki`]: a test CA and a server certificate for `localhost`.
 //! - [`fake_engine`]: a program speaking the engine's stdio preamble, then
 //!   echoing or replaying chunks.
 //!
@@ -17,7 +22,9 @@ pub mod controller;
 pub mod fake_engine;
 pub mod fixtures;
 pub mod identity;
+pub mod proxy;
 pub mod replay;
+pub mod web_pki;
 
 pub use controller::{Channel, ControllerBuilder, ControllerEvent, Peer, TestController};
 pub use identity::TestIdentity;

@@ -1,6 +1,6 @@
 //! The controller's TCP agent port: `Protocol:Ping`, the plain-text hello a
-//! raw `GET ` gets, and the JNLP4-connect server side (PROTOCOL.md 2), then
-//! the built-in peers that run accepted channels.
+//! raw `GET ` gets, and the JNLP4-connect server side (PROTOCOL.md 2); an
+//! accepted channel goes to `channel::run`.
 //!
 //! Nothing a client sends can panic a task here: every frame is bounded by
 //! its 2-byte length, every phase has a deadline, and every failure before a
@@ -10,34 +10,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::future::BoxFuture;
-use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
-use remoting_protocol::chunk::ChunkHeader;
 use remoting_protocol::headers::{self, Headers};
 use remoting_protocol::utf::{put_utf, take_utf};
-use remoting_protocol::{Capability, ChunkCodec};
+use remoting_protocol::Capability;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::codec::Framed;
 use tracing::Instrument as _;
 
-use super::channel_end::EndSignals;
-use super::{
-    random_hex, Channel, ChannelEnd, ChannelStream, ControllerEvent, LiveChannel, Peer, Shared,
-    Verdict,
-};
+use super::channel::{self, CLOSE_TIMEOUT};
+use super::channel_end::{EndSignals, Transport};
+use super::{random_hex, ChannelStream, ControllerEvent, Shared, Verdict};
 
 /// How long each handshake phase may take.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a refused agent gets to say `BYE`.
 const BYE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a kicked peer gets to wind down before its channel is dropped.
-const KICK_GRACE: Duration = Duration::from_millis(500);
-/// How long closing a connection (TLS close_notify, draining) may take.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most bytes read and discarded before closing a connection we answered.
 const MAX_DRAIN: usize = 64 * 1024;
 /// Longest piece of client input quoted in an event.
@@ -182,7 +172,7 @@ fn hello(shared: &Shared, tcp: &TcpStream) -> String {
         shared.session,
         addr(tcp.peer_addr()),
         addr(tcp.local_addr()),
-        super::REMOTING_MINIMUM_VERSION,
+        shared.remoting_minimum_version,
     )
 }
 
@@ -256,19 +246,25 @@ async fn jnlp4(shared: &Arc<Shared>, mut tcp: TcpStream, mut buf: BytesMut) -> R
         Ok(theirs) => match theirs.get(headers::NODE_NAME) {
             Some(node) => (
                 node.to_owned(),
-                shared.judge(
+                Ok(shared.judge(
                     node,
                     theirs.get(headers::SECRET_KEY),
                     theirs.get(headers::COOKIE),
-                ),
+                )),
             ),
-            None => (String::new(), Verdict::Refuse(MALFORMED.to_owned())),
+            None => (String::new(), Err(MALFORMED.to_owned())),
         },
-        Err(_) => (String::new(), Verdict::Refuse(MALFORMED.to_owned())),
+        Err(_) => (String::new(), Err(MALFORMED.to_owned())),
     };
     match verdict {
-        Verdict::Refuse(response) => refuse(shared, tls, buf, node, response).await,
-        Verdict::Accept { took_over } => accept(shared, tls, buf, node, cookie, took_over).await,
+        Ok(Verdict::Refuse(refusal)) => {
+            let response = refusal.jnlp4_response(&node);
+            refuse(shared, tls, buf, node, response).await
+        }
+        Err(response) => refuse(shared, tls, buf, node, response).await,
+        Ok(Verdict::Accept { took_over }) => {
+            accept(shared, tls, buf, node, cookie, took_over).await
+        }
     }
 }
 
@@ -314,137 +310,14 @@ async fn accept(
     let capability = read_utf(&mut tls, &mut buf, "capability").await?;
     Capability::from_base64(&capability).map_err(|e| format!("capability: {e}"))?;
 
-    let connection = shared.connection_id();
-    let kicked = shared.shutdown.child_token();
-    shared.register(
-        &node,
-        LiveChannel {
-            connection,
-            cookie: cookie.clone(),
-            kicked: kicked.clone(),
-        },
+    let stream = ChannelStream::new(
+        Box::new(tls),
+        Transport::Jnlp4,
+        shared.close_answer.clone(),
+        Arc::new(EndSignals::default()),
     );
-    shared.record(ControllerEvent::Accepted {
-        node: node.clone(),
-        cookie,
-        took_over,
-    });
-
-    // The agent may already have sent chunks behind its capability. Through
-    // parts, so that those are decoded before the next read is awaited.
-    let signals = Arc::new(EndSignals::default());
-    let stream = ChannelStream::new(tls, shared.close_answer.clone(), signals.clone());
-    let mut parts = Framed::new(stream, ChunkCodec).into_parts();
-    parts.read_buf = buf;
-    let framed = Framed::from_parts(parts);
-    let channel = Channel {
-        node: node.clone(),
-        framed,
-        kicked: kicked.clone(),
-    };
-    let mut peer = run_peer(&shared.peer, channel);
-    let ghost_timed_out = async {
-        signals.ghost.cancelled().await;
-        tracing::debug!(%node, "close_notify ignored: the channel stays until the ping timeout");
-        shared.record(ControllerEvent::CloseNotifyIgnored { node: node.clone() });
-        tokio::time::sleep(shared.ping_timeout).await;
-    };
-    enum Woke {
-        PeerDone,
-        Ended(ChannelEnd),
-        Kicked,
-    }
-    let woke = tokio::select! {
-        () = &mut peer => Woke::PeerDone,
-        () = signals.closed_by_command.cancelled() => Woke::Ended(ChannelEnd::CloseCommand),
-        () = ghost_timed_out => Woke::Ended(ChannelEnd::PingTimeout),
-        () = kicked.cancelled() => Woke::Kicked,
-    };
-    match woke {
-        Woke::PeerDone => {}
-        Woke::Ended(how) => {
-            // The controller drops the channel: the peer is told as if kicked.
-            kicked.cancel();
-            let _ = timeout(KICK_GRACE, peer).await;
-            shared.unregister(&node, connection);
-            shared.record(ControllerEvent::ChannelClosed { node, how });
-            return Ok(());
-        }
-        Woke::Kicked => {
-            // Built-in peers close cleanly on their own; a script that
-            // ignores the token is dropped after the grace period.
-            let _ = timeout(KICK_GRACE, peer).await;
-        }
-    }
-    let how = if signals.closed_by_command.is_cancelled() {
-        ChannelEnd::CloseCommand
-    } else if signals.lost() {
-        ChannelEnd::ConnectionLost
-    } else if shared.shutdown.is_cancelled() {
-        ChannelEnd::Disconnected
-    } else if kicked.is_cancelled() {
-        shared.kick_reason(&node, connection)
-    } else {
-        ChannelEnd::PeerFinished
-    };
-    shared.unregister(&node, connection);
-    shared.record(ControllerEvent::ChannelClosed { node, how });
+    channel::run(shared, node, cookie, took_over, stream, buf).await;
     Ok(())
-}
-
-fn run_peer(peer: &Peer, channel: Channel) -> BoxFuture<'static, ()> {
-    match peer {
-        Peer::Hold => hold(channel).boxed(),
-        Peer::Echo => echo(channel).boxed(),
-        Peer::Script(script) => script(channel),
-    }
-}
-
-/// [`Peer::Hold`]: read and discard until EOF, an error, or kicked.
-async fn hold(mut channel: Channel) {
-    loop {
-        tokio::select! {
-            () = channel.kicked.cancelled() => break,
-            item = channel.framed.next() => match item {
-                Some(Ok(_)) => {}
-                Some(Err(err)) => {
-                    tracing::debug!(%err, "held channel failed");
-                    return;
-                }
-                None => break,
-            },
-        }
-    }
-    let _ = timeout(CLOSE_TIMEOUT, channel.framed.close()).await;
-}
-
-/// [`Peer::Echo`]: send every chunk back, flushing only when no further
-/// whole chunk is already buffered (one write per burst, not per chunk).
-async fn echo(mut channel: Channel) {
-    loop {
-        let chunk = tokio::select! {
-            () = channel.kicked.cancelled() => break,
-            item = channel.framed.next() => match item {
-                Some(Ok(chunk)) => chunk,
-                Some(Err(err)) => {
-                    tracing::debug!(%err, "echoed channel failed");
-                    return;
-                }
-                None => break,
-            },
-        };
-        if channel.framed.feed(chunk).await.is_err() {
-            return;
-        }
-        if !has_whole_chunk(channel.framed.read_buffer()) && channel.framed.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = timeout(CLOSE_TIMEOUT, channel.framed.close()).await;
-}
-
-fn has_whole_chunk(buf: &[u8]) -> bool {
-    ChunkHeader::peek(buf).is_some_and(|h| buf.len() >= 2 + h.len)
 }
 
 /// Reads one `utf(s)` within the phase deadline. The buffer stays bounded:

@@ -1,22 +1,32 @@
 //! How an accepted channel ends, as the real controller stack decides it
-//! (PROTOCOL.md section 5). The peer's chunk stream runs over
-//! [`ChannelStream`], which sits between TLS and the peer and applies the
-//! unforgiving rules a test controller is easily kinder than:
+//! (PROTOCOL.md sections 3 and 5). The peer's chunk stream runs over
+//! [`ChannelStream`], which sits between the transport (TLS, or the
+//! WebSocket pump) and the peer and applies the unforgiving rules a test
+//! controller is easily kinder than:
 //!
-//! | what the agent does | what happens here | PROTOCOL.md 5 row |
-//! |---|---|---|
-//! | TLS `close_notify`, then FIN (or nothing) | ignored: reads stop, the channel and the node stay online ("already connected" for a new connection without the cookie) until the ping timeout | row 1 |
-//! | TCP FIN without `close_notify`, or RST | the read fails, the peer sees an error, the node goes offline at once | rows 2 and 3 |
-//! | the agent process dies | the kernel closes the socket without `close_notify`: as above | row 4 |
-//! | a `Channel$CloseCommand` at a command boundary | answered with the controller's own close, replayed from `agent-initiated-close.jsonl` seq 20; the channel ends and the node goes offline at once | row 5 |
-//! | a `Channel$CloseCommand` answering the peer's own close | passed to the peer, which ends the channel (`session-accepted.jsonl` seq 42-44) | section 2.6 |
+//! | transport | what the agent does | what happens here | PROTOCOL.md |
+//! |---|---|---|---|
+//! | JNLP4 | TLS `close_notify`, then FIN (or nothing) | ignored: reads stop, the channel and the node stay online ("already connected" for a new connection without the cookie) until the ping timeout | 5, row 1 |
+//! | JNLP4 | TCP FIN without `close_notify`, or RST | the read fails, the peer sees an error, the node goes offline at once | 5, rows 2 and 3 |
+//! | JNLP4 | the agent process dies | the kernel closes the socket without `close_notify`: as above | 5, row 4 |
+//! | both | a `Channel$CloseCommand` at a command boundary | answered with the controller's own close, replayed from `agent-initiated-close.jsonl` seq 20; the channel ends and the node goes offline at once | 5, row 5 |
+//! | both | a `Channel$CloseCommand` answering the peer's own close | passed to the peer, which ends the channel (`session-accepted.jsonl` seq 42-44) | 2.6 |
+//! | WebSocket | a close frame | answered with the same code (1000 for a normal close); `ConnectionLost` at once | 3 |
+//! | WebSocket | TCP FIN or RST without a close frame, the agent dies | `ConnectionLost` at once (no ghost: Jetty notices) | 3 |
+//! | WebSocket | no frame at all for the idle timeout (e.g. pings unanswered) | close 1001, `ConnectionLost` | 3 |
+//! | WebSocket | a message over 64 KiB | close 1009, `ConnectionLost` | 3 |
+//!
+//! When the controller ends a WebSocket channel (kicked, disconnected, the
+//! peer finished) it sends close 1000.
 //!
 //! The ping timeout (remoting's `PingThread`, minutes on a real Jenkins;
 //! [`super::ControllerBuilder::ping_timeout`]) is what finally drops a ghost.
 //! A live agent answers pings through its engine, so only ghosts time out.
 //!
-//! Detection happens as the peer reads: like the real controller, a peer
-//! must keep reading its channel to learn that the agent left.
+//! Over JNLP4 detection happens as the peer reads: like the real controller,
+//! a peer must keep reading its channel to learn that the agent left. The
+//! WebSocket pump notices the end of its connection on its own
+//! ([`EndSignals::dropped`]), as Jetty does.
 
 use std::io;
 use std::pin::Pin;
@@ -27,9 +37,27 @@ use bytes::{Buf, BytesMut};
 use remoting_protocol::close::is_close;
 use remoting_protocol::scan::ChunkScanner;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
+
+/// A byte stream a channel can run over.
+pub(super) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// The transport under a [`ChannelStream`]: TLS for JNLP4, the WebSocket
+/// pump's end of a pipe for WebSocket.
+pub(super) type BoxedIo = Box<dyn Io>;
+
+/// Which transport a channel runs over: it decides what a clean end of the
+/// inner stream means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Transport {
+    /// A clean end of TLS is the agent's `close_notify`, which the real
+    /// stack ignores (a ghost).
+    Jnlp4,
+    /// The pump ended the stream because the WebSocket connection ended.
+    WebSocket,
+}
 
 /// Why an accepted channel ended, as recorded in
 /// [`super::ControllerEvent::ChannelClosed`].
@@ -56,13 +84,21 @@ pub(super) struct EndSignals {
     pub ghost: CancellationToken,
     /// Cancelled once the close exchange is done: the channel is over.
     pub closed_by_command: CancellationToken,
-    /// Set when a read failed (FIN without `close_notify`, RST).
+    /// Cancelled when the transport noticed on its own that the connection
+    /// ended (WebSocket only: close frame, FIN, idle timeout, 1009).
+    pub dropped: CancellationToken,
+    /// Set when a read failed (FIN without `close_notify`, RST), or the
+    /// WebSocket connection ended from the agent's side.
     lost: Mutex<bool>,
 }
 
 impl EndSignals {
     pub fn lost(&self) -> bool {
         *self.lost.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_lost(&self) {
+        *self.lost.lock().unwrap_or_else(|e| e.into_inner()) = true;
     }
 }
 
@@ -78,7 +114,8 @@ enum State {
 
 /// The channel's byte stream, with the controller's end-of-channel rules.
 pub struct ChannelStream {
-    inner: TlsStream<TcpStream>,
+    inner: BoxedIo,
+    transport: Transport,
     state: State,
     from_agent: ChunkScanner,
     to_agent: ChunkScanner,
@@ -99,6 +136,7 @@ impl std::fmt::Debug for ChannelStream {
             State::Ghost => "ghost",
         };
         f.debug_struct("ChannelStream")
+            .field("transport", &self.transport)
             .field("state", &state)
             .finish()
     }
@@ -107,12 +145,14 @@ impl std::fmt::Debug for ChannelStream {
 impl ChannelStream {
     /// `answer`: the controller's close command, one whole chunk.
     pub(super) fn new(
-        inner: TlsStream<TcpStream>,
+        inner: BoxedIo,
+        transport: Transport,
         answer: Arc<[u8]>,
         signals: Arc<EndSignals>,
     ) -> Self {
         Self {
             inner,
+            transport,
             state: State::Open,
             from_agent: ChunkScanner::new(),
             to_agent: ChunkScanner::new(),
@@ -121,6 +161,11 @@ impl ChannelStream {
             answer,
             signals,
         }
+    }
+
+    /// What this stream tells the task that runs the channel.
+    pub(super) fn signals(&self) -> Arc<EndSignals> {
+        self.signals.clone()
     }
 
     /// Scans what the agent sent; on the end of a close command, hands the
@@ -188,7 +233,7 @@ impl AsyncRead for ChannelStream {
             State::Ghost => return Poll::Pending,
             State::Answering(_) => {
                 if let Err(err) = ready!(this.poll_answer(cx)) {
-                    *this.signals.lost.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                    this.signals.set_lost();
                     return Poll::Ready(Err(err));
                 }
                 return Poll::Ready(Ok(()));
@@ -198,10 +243,19 @@ impl AsyncRead for ChannelStream {
         let start = buf.filled().len();
         match ready!(Pin::new(&mut this.inner).poll_read(cx, buf)) {
             Ok(()) if buf.filled().len() == start && buf.remaining() > 0 => {
-                // A clean end of TLS: the agent sent close_notify.
-                this.state = State::Ghost;
-                this.signals.ghost.cancel();
-                Poll::Pending
+                match this.transport {
+                    Transport::Jnlp4 => {
+                        // A clean end of TLS: the agent sent close_notify.
+                        this.state = State::Ghost;
+                        this.signals.ghost.cancel();
+                        Poll::Pending
+                    }
+                    Transport::WebSocket => {
+                        // The pump saw a close frame or FIN: the channel is gone.
+                        this.signals.set_lost();
+                        Poll::Ready(Ok(()))
+                    }
+                }
             }
             Ok(()) => {
                 this.scan_from_agent(buf, start);
@@ -214,7 +268,7 @@ impl AsyncRead for ChannelStream {
                 Poll::Ready(Ok(()))
             }
             Err(err) => {
-                *this.signals.lost.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                this.signals.set_lost();
                 Poll::Ready(Err(err))
             }
         }

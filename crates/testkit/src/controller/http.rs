@@ -1,6 +1,8 @@
-//! The controller's web port: discovery (`tcpSlaveAgentListener/`), JNLP
-//! files (plain and `?encrypt=true`) and the remoting jar. Every response
-//! carries `X-Jenkins` and `X-Instance-Identity`, as Jenkins pages do.
+//! The controller's web port: the readiness check (`login`), discovery
+//! (`tcpSlaveAgentListener/`), JNLP files (plain and `?encrypt=true`), the
+//! remoting jar, and the WebSocket agent endpoint (`wsagents/`, in
+//! `websocket`). Every response carries `X-Jenkins` and
+//! `X-Instance-Identity`, as Jenkins pages do.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument as _;
 
-use super::{ControllerEvent, Shared, TestIdentity, JENKINS_VERSION, REMOTING_MINIMUM_VERSION};
+use super::{websocket, ControllerEvent, Shared, TestIdentity, JENKINS_VERSION};
 
 type Body = Full<Bytes>;
 
@@ -25,10 +27,16 @@ pub(super) struct StaticHeaders {
     identity: HeaderValue,
     protocols: HeaderValue,
     jnlp_host: Option<HeaderValue>,
+    pub(super) remoting_minimum_version: HeaderValue,
 }
 
 impl StaticHeaders {
-    pub(super) fn new(identity: &TestIdentity, protocols: &str, jnlp_host: Option<&str>) -> Self {
+    pub(super) fn new(
+        identity: &TestIdentity,
+        protocols: &str,
+        jnlp_host: Option<&str>,
+        remoting_minimum_version: &str,
+    ) -> Self {
         let value = |what: &str, text: &str| {
             HeaderValue::from_str(text)
                 .unwrap_or_else(|e| panic!("{what} {text:?} is not a header value: {e}"))
@@ -37,6 +45,7 @@ impl StaticHeaders {
             identity: value("identity", &identity.identity().to_base64()),
             protocols: value("protocols", protocols),
             jnlp_host: jnlp_host.map(|host| value("jnlp_host", host)),
+            remoting_minimum_version: value("remoting_minimum_version", remoting_minimum_version),
         }
     }
 }
@@ -65,13 +74,32 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 }
 
 async fn connection(shared: Arc<Shared>, stream: TcpStream) {
+    match shared.web_tls.clone() {
+        None => serve_http(shared, stream).await,
+        Some(config) => {
+            let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+            match tokio::time::timeout(std::time::Duration::from_secs(10), accept).await {
+                Ok(Ok(tls)) => serve_http(shared, tls).await,
+                Ok(Err(err)) => tracing::debug!(%err, "HTTPS handshake failed"),
+                Err(_) => tracing::debug!("HTTPS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_http<S>(shared: Arc<Shared>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let token = shared.shutdown.clone();
-    let service = service_fn(move |request: Request<Incoming>| {
+    let service = service_fn(move |mut request: Request<Incoming>| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(respond(&shared, &request)) }
+        async move { Ok::<_, Infallible>(respond(&shared, &mut request)) }
     });
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    // With upgrades, so that `wsagents/` can take the connection over.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::select! {
         () = token.cancelled() => {}
         result = conn => {
@@ -83,8 +111,11 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream) {
 }
 
 /// Answers one request and records it.
-fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
+fn respond(shared: &Arc<Shared>, request: &mut Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
+    if path == "/wsagents/" && request.method() == Method::GET {
+        return websocket::upgrade(shared, request, |response| common_headers(shared, response));
+    }
     let mut response = if request.method() == Method::GET || request.method() == Method::HEAD {
         let since = request
             .headers()
@@ -95,14 +126,19 @@ fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
     } else {
         not_found()
     };
-    let headers = response.headers_mut();
-    headers.insert("x-jenkins", HeaderValue::from_static(JENKINS_VERSION));
-    headers.insert("x-instance-identity", shared.http_headers.identity.clone());
+    common_headers(shared, &mut response);
     shared.record(ControllerEvent::Http {
         path,
         status: response.status().as_u16(),
     });
     response
+}
+
+/// What every controller page carries.
+fn common_headers(shared: &Shared, response: &mut Response<Body>) {
+    let headers = response.headers_mut();
+    headers.insert("x-jenkins", HeaderValue::from_static(JENKINS_VERSION));
+    headers.insert("x-instance-identity", shared.http_headers.identity.clone());
 }
 
 fn route(
@@ -113,6 +149,15 @@ fn route(
 ) -> Response<Body> {
     if path == "/tcpSlaveAgentListener/" {
         return discovery(shared);
+    }
+    if path == "/login" {
+        // The page a WebSocket agent checks before each attempt.
+        let mut response = with_type(
+            Response::new(Full::new(Bytes::from_static(LOGIN_PAGE.as_bytes()))),
+            "text/html;charset=utf-8",
+        );
+        *response.status_mut() = shared.login_status;
+        return response;
     }
     if path == "/jnlpJars/remoting.jar" || path == "/jnlpJars/agent.jar" {
         // As Stapler's `serveFile` does for the controller's jars: the
@@ -152,6 +197,9 @@ fn route(
     not_found()
 }
 
+/// A stand-in for Jenkins' sign-in page.
+const LOGIN_PAGE: &str = "<!DOCTYPE html>\n<html><head><title>Sign in [Jenkins]</title></head>\n<body><form method=\"post\" action=\"j_spring_security_check\"></form></body></html>\n";
+
 fn discovery(shared: &Shared) -> Response<Body> {
     if shared.tcp_disabled {
         return not_found();
@@ -171,7 +219,7 @@ fn discovery(shared: &Shared) -> Response<Body> {
     );
     headers.insert(
         HeaderName::from_static("x-remoting-minimum-version"),
-        HeaderValue::from_static(REMOTING_MINIMUM_VERSION),
+        shared.http_headers.remoting_minimum_version.clone(),
     );
     response
 }

@@ -1,18 +1,28 @@
-//! A scripted Jenkins controller for tests: the discovery HTTP endpoints and
-//! the JNLP4-connect server side of the agent port, with a node table,
-//! cookies, and a scripted peer for every accepted channel.
+//! A scripted Jenkins controller for tests: the discovery HTTP endpoints,
+//! the JNLP4-connect server side of the agent port and the WebSocket agent
+//! endpoint of the web port, with a node table, cookies, and a scripted peer
+//! for every accepted channel.
 //!
 //! Everything it answers is modelled on the recorded controller (see
 //! `protocol-fixtures/jnlp4/`): the refusal texts, the order of the
-//! handshake frames, the cookie take-over rule.
+//! handshake frames, the cookie take-over rule. The WebSocket endpoint
+//! follows PROTOCOL.md 3 (Jenkins' `WebSocketAgents` on Jetty): its status
+//! codes, response headers, one chunk per binary message, pings, idle
+//! timeout and close codes.
 //!
 //! # Layout
 //!
 //! - this file: the public types, the builder, and the shared state (node
 //!   table, live channels, event log).
-//! - `http`: the web port (`tcpSlaveAgentListener/`, JNLP files, jars).
-//! - `agent_port`: the TCP agent port (`Ping`, the HTTP hello, JNLP4-connect)
-//!   and the built-in peers.
+//! - `http`: the web port (`login`, `tcpSlaveAgentListener/`, JNLP files,
+//!   jars) and the routing of `wsagents/` to `websocket`.
+//! - `agent_port`: the TCP agent port (`Ping`, the HTTP hello, JNLP4-connect).
+//! - `websocket`: the WebSocket agent endpoint (PROTOCOL.md 3): the upgrade
+//!   checks with Jenkins' status codes, then a pump between the WebSocket
+//!   messages and the channel's byte stream (pings, idle timeout, close codes).
+//! - `channel`: what both transports do with an accepted connection:
+//!   register it, run the built-in or scripted peer, wait for the end,
+//!   unregister and record it.
 //! - `channel_end`: how an accepted channel ends, with the real stack's
 //!   rules (PROTOCOL.md 5): `close_notify` ignored, a plain TCP close or a
 //!   `Channel$CloseCommand` noticed at once, ghosts dropped by the ping timeout.
@@ -21,8 +31,10 @@
 //! [`TestController::shutdown`] ends listeners, handshakes and channels.
 
 mod agent_port;
+mod channel;
 mod channel_end;
 mod http;
+mod websocket;
 
 pub use channel_end::{ChannelEnd, ChannelStream};
 
@@ -48,7 +60,8 @@ use crate::identity::TestIdentity;
 
 /// `X-Jenkins` on every HTTP response.
 pub const JENKINS_VERSION: &str = "2.500-test";
-/// `X-Remoting-Minimum-Version` on the discovery response.
+/// `X-Remoting-Minimum-Version` on the discovery response and the WebSocket
+/// upgrade, unless [`ControllerBuilder::remoting_minimum_version`] says otherwise.
 pub const REMOTING_MINIMUM_VERSION: &str = "3107.v665000b_51092";
 /// `X-Jenkins-Agent-Protocols` unless [`ControllerBuilder::protocols`] says otherwise.
 pub const DEFAULT_PROTOCOLS: &str = "JNLP4-connect, Ping";
@@ -56,7 +69,8 @@ pub const DEFAULT_PROTOCOLS: &str = "JNLP4-connect, Ping";
 /// Something the controller did or saw, in the order it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControllerEvent {
-    /// A JNLP4 connection was accepted and its channel handed to the peer.
+    /// A JNLP4 connection or a WebSocket upgrade was accepted and its
+    /// channel handed to the peer.
     Accepted {
         /// The node.
         node: String,
@@ -97,12 +111,24 @@ pub enum ControllerEvent {
         /// What went wrong.
         reason: String,
     },
-    /// An HTTP request was answered.
+    /// An HTTP request was answered (all but `wsagents/`).
     Http {
         /// The request path, without the query.
         path: String,
         /// The status sent.
         status: u16,
+    },
+    /// A request to `wsagents/` was answered (recorded before the answer is
+    /// sent); a 101 is followed by [`ControllerEvent::Accepted`] once the
+    /// connection has switched protocols.
+    WebSocketUpgrade {
+        /// The `Node-Name` header (empty if missing).
+        node: String,
+        /// The status sent: 101, or the refusal's.
+        status: u16,
+        /// Every request header (repeated names repeated), names lowercased,
+        /// in the order hyper lists them.
+        headers: Vec<(String, String)>,
     },
 }
 
@@ -144,8 +170,9 @@ impl fmt::Debug for Peer {
 pub struct Channel {
     /// The node this channel belongs to.
     pub node: String,
-    /// The chunk stream inside TLS; bytes the agent sent right after its
-    /// capability are already in the read buffer.
+    /// The chunk stream inside TLS (JNLP4) or the WebSocket messages; bytes
+    /// a JNLP4 agent sent right after its capability are already in the
+    /// read buffer.
     pub framed: Framed<ChannelStream, ChunkCodec>,
     /// Cancelled when another connection takes the node over, on
     /// [`TestController::disconnect`], or on shutdown.
@@ -178,6 +205,7 @@ pub struct ControllerBuilder {
     http_port: u16,
     agent_port: u16,
     tcp_disabled: bool,
+    web_tls: bool,
     jnlp_host: Option<String>,
     protocols: String,
     remoting_jar: Option<Bytes>,
@@ -185,11 +213,23 @@ pub struct ControllerBuilder {
     peer: Peer,
     ping_timeout: Duration,
     handshake_delay: Duration,
+    login_status: u16,
+    web_socket_disabled: bool,
+    legacy_already_connected_500: bool,
+    remoting_minimum_version: String,
+    web_socket_ping_interval: Duration,
+    web_socket_idle_timeout: Duration,
 }
 
 /// How long a ghost channel (one whose agent sent `close_notify`) stays
 /// online: a real Jenkins pings every 5 minutes and gives up after 4.
 pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(240);
+/// How often the controller pings a WebSocket agent (the first ping goes
+/// out after half of it: 15 s, then every 30 s, as PROTOCOL.md 3 says).
+pub const DEFAULT_WEB_SOCKET_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a WebSocket connection may stay silent (no frame at all from the
+/// agent) before the controller closes it.
+pub const DEFAULT_WEB_SOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for ControllerBuilder {
     fn default() -> Self {
@@ -199,6 +239,7 @@ impl Default for ControllerBuilder {
             http_port: 0,
             agent_port: 0,
             tcp_disabled: false,
+            web_tls: false,
             jnlp_host: None,
             protocols: DEFAULT_PROTOCOLS.to_owned(),
             remoting_jar: None,
@@ -206,6 +247,12 @@ impl Default for ControllerBuilder {
             peer: Peer::Hold,
             ping_timeout: DEFAULT_PING_TIMEOUT,
             handshake_delay: Duration::ZERO,
+            login_status: 200,
+            web_socket_disabled: false,
+            legacy_already_connected_500: false,
+            remoting_minimum_version: REMOTING_MINIMUM_VERSION.to_owned(),
+            web_socket_ping_interval: DEFAULT_WEB_SOCKET_PING_INTERVAL,
+            web_socket_idle_timeout: DEFAULT_WEB_SOCKET_IDLE_TIMEOUT,
         }
     }
 }
@@ -257,6 +304,14 @@ impl ControllerBuilder {
         self
     }
 
+    /// Serves the web port over HTTPS with a certificate from
+    /// [`crate::web_pki::TestCa::shared`] (for `localhost` and
+    /// `127.0.0.1`): [`TestController::url`] becomes `https://`.
+    pub fn web_tls(mut self) -> Self {
+        self.web_tls = true;
+        self
+    }
+
     /// Sends `X-Jenkins-JNLP-Host: {host}` with the discovery response.
     pub fn jnlp_host(mut self, host: &str) -> Self {
         self.jnlp_host = Some(host.to_owned());
@@ -303,6 +358,48 @@ impl ControllerBuilder {
         self
     }
 
+    /// The status `GET login` answers (default 200): anything else tells a
+    /// WebSocket agent that the controller is not ready yet.
+    pub fn login_status(mut self, status: u16) -> Self {
+        self.login_status = status;
+        self
+    }
+
+    /// `wsagents/` answers 404, as a controller whose servlet container has
+    /// no WebSocket support does.
+    pub fn web_socket_disabled(mut self) -> Self {
+        self.web_socket_disabled = true;
+        self
+    }
+
+    /// A WebSocket upgrade for a node that is already connected is refused
+    /// with 500 instead of 400, as controllers older than 2.511 do.
+    pub fn legacy_already_connected_500(mut self) -> Self {
+        self.legacy_already_connected_500 = true;
+        self
+    }
+
+    /// `X-Remoting-Minimum-Version` on discovery, the WebSocket upgrade and
+    /// the agent port's hello (default [`REMOTING_MINIMUM_VERSION`]).
+    pub fn remoting_minimum_version(mut self, version: &str) -> Self {
+        self.remoting_minimum_version = version.to_owned();
+        self
+    }
+
+    /// How often the controller pings a WebSocket agent; the first ping
+    /// goes out after half of it (default [`DEFAULT_WEB_SOCKET_PING_INTERVAL`]).
+    pub fn web_socket_ping_interval(mut self, interval: Duration) -> Self {
+        self.web_socket_ping_interval = interval;
+        self
+    }
+
+    /// How long a WebSocket connection may receive nothing from the agent
+    /// before the controller closes it (default [`DEFAULT_WEB_SOCKET_IDLE_TIMEOUT`]).
+    pub fn web_socket_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.web_socket_idle_timeout = timeout;
+        self
+    }
+
     /// Binds both ports on 127.0.0.1 and starts serving. Panics if a port
     /// cannot be bound or a configured value is not a valid header value.
     pub async fn start(self) -> TestController {
@@ -323,10 +420,22 @@ impl ControllerBuilder {
             .map(|p| p.trim().to_owned())
             .filter(|p| !p.is_empty())
             .collect();
-        let http_headers =
-            http::StaticHeaders::new(&identity, &self.protocols, self.jnlp_host.as_deref());
+        let http_headers = http::StaticHeaders::new(
+            &identity,
+            &self.protocols,
+            self.jnlp_host.as_deref(),
+            &self.remoting_minimum_version,
+        );
+        let login_status = ::http::StatusCode::from_u16(self.login_status)
+            .unwrap_or_else(|e| panic!("login_status {}: {e}", self.login_status));
         let shared = Arc::new(Shared {
-            url: format!("http://{http_addr}/"),
+            url: format!(
+                "{}://{http_addr}/",
+                if self.web_tls { "https" } else { "http" }
+            ),
+            web_tls: self
+                .web_tls
+                .then(|| crate::web_pki::TestCa::shared().server_config()),
             session: random_hex(4),
             agent_port: agent_addr.port(),
             tls: identity.server_config(),
@@ -348,6 +457,14 @@ impl ControllerBuilder {
             peer: self.peer,
             ping_timeout: self.ping_timeout,
             handshake_delay: self.handshake_delay,
+            login_status,
+            web_socket: websocket::Settings {
+                disabled: self.web_socket_disabled,
+                legacy_already_connected_500: self.legacy_already_connected_500,
+                ping_interval: self.web_socket_ping_interval,
+                idle_timeout: self.web_socket_idle_timeout,
+            },
+            remoting_minimum_version: self.remoting_minimum_version,
             close_answer: crate::fixtures::controller_close_command().into(),
             state: Mutex::new(State::default()),
             changed: watch::Sender::new(0),
@@ -506,6 +623,8 @@ struct State {
 /// What the listeners' tasks share with the handle.
 struct Shared {
     url: String,
+    /// The web port's TLS, with [`ControllerBuilder::web_tls`].
+    web_tls: Option<Arc<rustls::ServerConfig>>,
     /// `Jenkins-Session` in the agent port's hello: new on every start.
     session: String,
     agent_port: u16,
@@ -522,6 +641,10 @@ struct Shared {
     peer: Peer,
     ping_timeout: Duration,
     handshake_delay: Duration,
+    /// What `GET login` answers.
+    login_status: ::http::StatusCode,
+    web_socket: websocket::Settings,
+    remoting_minimum_version: String,
     /// The controller's `Channel$CloseCommand`, one chunk, as recorded.
     close_answer: Arc<[u8]>,
     state: Mutex<State>,
@@ -554,18 +677,19 @@ impl Shared {
         self.protocols.iter().any(|p| p == protocol)
     }
 
-    /// Decides on a JNLP4 connection's headers, as the controller does.
-    /// On a cookie match the old channel is kicked and unregistered here,
-    /// under the lock, so two reconnections cannot both take it over.
+    /// Decides on a connection's node, secret and cookie (JNLP4 headers or
+    /// WebSocket upgrade headers), as the controller does. On a cookie match
+    /// the old channel is kicked and unregistered here, under the lock, so
+    /// two reconnections cannot both take it over.
     fn judge(&self, node: &str, secret: Option<&str>, cookie: Option<&str>) -> Verdict {
         let Some(spec) = self.nodes.get(node) else {
-            return Verdict::Refuse(format!("ERROR: Unknown client name: {node}"));
+            return Verdict::Refuse(Refusal::UnknownNode);
         };
         if let Some(reason) = &spec.fatal {
-            return Verdict::Refuse(format!("FATAL: {reason}"));
+            return Verdict::Refuse(Refusal::Fatal(reason.clone()));
         }
         if secret != Some(spec.secret.as_str()) {
-            return Verdict::Refuse("ERROR: Authorization failure".to_owned());
+            return Verdict::Refuse(Refusal::BadSecret);
         }
         let mut state = self.state();
         match state.channels.get(node) {
@@ -577,9 +701,7 @@ impl Shared {
                 }
                 Verdict::Accept { took_over: true }
             }
-            Some(_) => Verdict::Refuse(format!(
-                "ERROR: {node} is already connected to this master. Rejecting this connection."
-            )),
+            Some(_) => Verdict::Refuse(Refusal::AlreadyConnected),
         }
     }
 
@@ -613,11 +735,36 @@ impl Shared {
     }
 }
 
-/// The controller's answer to a JNLP4 connection's headers.
+/// The controller's answer to a connection's headers.
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     Accept { took_over: bool },
-    Refuse(String),
+    Refuse(Refusal),
+}
+
+/// Why [`Shared::judge`] refused; each transport words it its own way.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    UnknownNode,
+    /// A [`ControllerBuilder::fatal_node`], with its reason.
+    Fatal(String),
+    BadSecret,
+    /// The node has a live channel and the cookie did not match it.
+    AlreadyConnected,
+}
+
+impl Refusal {
+    /// The JNLP4 response, as the recorded controller words it.
+    fn jnlp4_response(&self, node: &str) -> String {
+        match self {
+            Refusal::UnknownNode => format!("ERROR: Unknown client name: {node}"),
+            Refusal::Fatal(reason) => format!("FATAL: {reason}"),
+            Refusal::BadSecret => "ERROR: Authorization failure".to_owned(),
+            Refusal::AlreadyConnected => format!(
+                "ERROR: {node} is already connected to this master. Rejecting this connection."
+            ),
+        }
+    }
 }
 
 /// `bytes` random bytes as lowercase hex.

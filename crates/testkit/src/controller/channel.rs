@@ -1,0 +1,174 @@
+//! What happens to an accepted connection, whichever transport brought it
+//! (JNLP4 on the agent port, WebSocket on the web port): the node goes
+//! online, the peer gets the channel, and the end is decided and recorded
+//! with the rules of `channel_end`.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use remoting_protocol::chunk::ChunkHeader;
+use remoting_protocol::ChunkCodec;
+use tokio::time::timeout;
+use tokio_util::codec::Framed;
+
+use super::{Channel, ChannelEnd, ChannelStream, ControllerEvent, LiveChannel, Peer, Shared};
+
+/// How long a kicked peer gets to wind down before its channel is dropped.
+pub(super) const KICK_GRACE: Duration = Duration::from_millis(500);
+/// How long closing a connection (TLS close_notify, a WebSocket close
+/// handshake, draining) may take.
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Registers `node`'s new channel (kicking any other), records
+/// [`ControllerEvent::Accepted`], runs the peer on `stream` until the channel
+/// ends, then unregisters it and records [`ControllerEvent::ChannelClosed`].
+/// `read_buf`: bytes the agent already sent behind its handshake.
+pub(super) async fn run(
+    shared: &Shared,
+    node: String,
+    cookie: String,
+    took_over: bool,
+    stream: ChannelStream,
+    read_buf: BytesMut,
+) {
+    let connection = shared.connection_id();
+    let kicked = shared.shutdown.child_token();
+    shared.register(
+        &node,
+        LiveChannel {
+            connection,
+            cookie: cookie.clone(),
+            kicked: kicked.clone(),
+        },
+    );
+    shared.record(ControllerEvent::Accepted {
+        node: node.clone(),
+        cookie,
+        took_over,
+    });
+
+    // Through parts, so that bytes already buffered are decoded before the
+    // next read is awaited.
+    let signals = stream.signals();
+    let mut parts = Framed::new(stream, ChunkCodec).into_parts();
+    parts.read_buf = read_buf;
+    let framed = Framed::from_parts(parts);
+    let channel = Channel {
+        node: node.clone(),
+        framed,
+        kicked: kicked.clone(),
+    };
+    let mut peer = run_peer(&shared.peer, channel);
+    let ghost_timed_out = async {
+        signals.ghost.cancelled().await;
+        tracing::debug!(%node, "close_notify ignored: the channel stays until the ping timeout");
+        shared.record(ControllerEvent::CloseNotifyIgnored { node: node.clone() });
+        tokio::time::sleep(shared.ping_timeout).await;
+    };
+    enum Woke {
+        PeerDone,
+        Ended(ChannelEnd),
+        Kicked,
+    }
+    let woke = tokio::select! {
+        () = &mut peer => Woke::PeerDone,
+        () = signals.closed_by_command.cancelled() => Woke::Ended(ChannelEnd::CloseCommand),
+        () = ghost_timed_out => Woke::Ended(ChannelEnd::PingTimeout),
+        // The transport itself noticed the end (WebSocket close, FIN, idle
+        // timeout), whether or not the peer is reading.
+        () = signals.dropped.cancelled() => Woke::Ended(
+            if signals.closed_by_command.is_cancelled() {
+                ChannelEnd::CloseCommand
+            } else {
+                ChannelEnd::ConnectionLost
+            }
+        ),
+        () = kicked.cancelled() => Woke::Kicked,
+    };
+    match woke {
+        Woke::PeerDone => {}
+        Woke::Ended(how) => {
+            // The controller drops the channel: the peer is told as if kicked.
+            kicked.cancel();
+            let _ = timeout(KICK_GRACE, peer).await;
+            shared.unregister(&node, connection);
+            shared.record(ControllerEvent::ChannelClosed { node, how });
+            return;
+        }
+        Woke::Kicked => {
+            // Built-in peers close cleanly on their own; a script that
+            // ignores the token is dropped after the grace period.
+            let _ = timeout(KICK_GRACE, peer).await;
+        }
+    }
+    let how = if signals.closed_by_command.is_cancelled() {
+        ChannelEnd::CloseCommand
+    } else if signals.lost() {
+        ChannelEnd::ConnectionLost
+    } else if shared.shutdown.is_cancelled() {
+        ChannelEnd::Disconnected
+    } else if kicked.is_cancelled() {
+        shared.kick_reason(&node, connection)
+    } else {
+        ChannelEnd::PeerFinished
+    };
+    shared.unregister(&node, connection);
+    shared.record(ControllerEvent::ChannelClosed { node, how });
+}
+
+fn run_peer(peer: &Peer, channel: Channel) -> BoxFuture<'static, ()> {
+    match peer {
+        Peer::Hold => hold(channel).boxed(),
+        Peer::Echo => echo(channel).boxed(),
+        Peer::Script(script) => script(channel),
+    }
+}
+
+/// [`Peer::Hold`]: read and discard until EOF, an error, or kicked.
+async fn hold(mut channel: Channel) {
+    loop {
+        tokio::select! {
+            () = channel.kicked.cancelled() => break,
+            item = channel.framed.next() => match item {
+                Some(Ok(_)) => {}
+                Some(Err(err)) => {
+                    tracing::debug!(%err, "held channel failed");
+                    return;
+                }
+                None => break,
+            },
+        }
+    }
+    let _ = timeout(CLOSE_TIMEOUT, channel.framed.close()).await;
+}
+
+/// [`Peer::Echo`]: send every chunk back, flushing only when no further
+/// whole chunk is already buffered (one write per burst, not per chunk).
+async fn echo(mut channel: Channel) {
+    loop {
+        let chunk = tokio::select! {
+            () = channel.kicked.cancelled() => break,
+            item = channel.framed.next() => match item {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(err)) => {
+                    tracing::debug!(%err, "echoed channel failed");
+                    return;
+                }
+                None => break,
+            },
+        };
+        if channel.framed.feed(chunk).await.is_err() {
+            return;
+        }
+        if !has_whole_chunk(channel.framed.read_buffer()) && channel.framed.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = timeout(CLOSE_TIMEOUT, channel.framed.close()).await;
+}
+
+fn has_whole_chunk(buf: &[u8]) -> bool {
+    ChunkHeader::peek(buf).is_some_and(|h| buf.len() >= 2 + h.len)
+}
