@@ -16,7 +16,8 @@
 //!   launch path, with and without warm engines.
 //!
 //! `cargo bench -p jnlp-agent --bench agent` (builds everything in release).
-//! `BENCH_BYTES` sets the transfer size (default 1 GiB).
+//! `BENCH_BYTES` sets the transfer size (default 1 GiB); `BENCH_ONLY=throughput`
+//! runs only the transfers (over TCP and over a WebSocket).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -55,6 +56,38 @@ async fn run() {
         total >> 20
     );
 
+    if std::env::var("BENCH_ONLY").as_deref() != Ok("throughput") {
+        timings().await;
+    }
+    for web_socket in [false, true] {
+        let over = if web_socket {
+            "WebSocket"
+        } else {
+            "TCP (JNLP4)"
+        };
+        let (rate, idle, peak) = transfer("sink", total, Flow::ToEngine, web_socket).await;
+        println!(
+            "{over}: controller -> engine: {rate:.0} MB/s   agent RSS idle {idle} KiB, peak {peak} KiB"
+        );
+        let (rate, idle, peak) = transfer(
+            &format!("source {total}"),
+            total,
+            Flow::ToController,
+            web_socket,
+        )
+        .await;
+        println!(
+            "{over}: engine -> controller: {rate:.0} MB/s   agent RSS idle {idle} KiB, peak {peak} KiB"
+        );
+        let (rate, idle, peak) = transfer("echo", total, Flow::Echo, web_socket).await;
+        println!(
+            "{over}: both ways at once (echo): {rate:.0} MB/s each way   agent RSS idle {idle} KiB, peak {peak} KiB"
+        );
+    }
+}
+
+/// Handshake, repoint, leaving and JVM figures.
+async fn timings() {
     let handshake = handshake_time(50).await;
     println!(
         "handshake (TCP+ACK+TLS+headers+capability): mean {:.2} ms over 50",
@@ -98,22 +131,6 @@ async fn run() {
         Some(t) => println!("JVM start-up to first stdout byte (trivial class, excludes remoting's own start): {:.0} ms", t.as_secs_f64() * 1e3),
         None => println!("JVM start-up: javac/java not available"),
     }
-
-    let (rate, idle, peak) = transfer("sink", total, Flow::ToEngine).await;
-    println!(
-        "controller -> engine: {:.0} MB/s   agent RSS idle {} KiB, peak {} KiB",
-        rate, idle, peak
-    );
-    let (rate, idle, peak) = transfer(&format!("source {total}"), total, Flow::ToController).await;
-    println!(
-        "engine -> controller: {:.0} MB/s   agent RSS idle {} KiB, peak {} KiB",
-        rate, idle, peak
-    );
-    let (rate, idle, peak) = transfer("echo", total, Flow::Echo).await;
-    println!(
-        "both ways at once (echo): {:.0} MB/s each way   agent RSS idle {} KiB, peak {} KiB",
-        rate, idle, peak
-    );
 }
 
 async fn handshake_time(rounds: u32) -> Duration {
@@ -153,7 +170,7 @@ enum Flow {
 
 /// Runs one transfer; returns MB/s (10^6 bytes per second) and the agent's
 /// RSS in KiB before it and at its peak.
-async fn transfer(mode: &str, total: usize, flow: Flow) -> (f64, u64, u64) {
+async fn transfer(mode: &str, total: usize, flow: Flow, web_socket: bool) -> (f64, u64, u64) {
     let (tx, rx) = oneshot::channel::<Duration>();
     let tx = Arc::new(Mutex::new(Some(tx)));
     let (start_tx, start_rx) = tokio::sync::watch::channel(false);
@@ -203,19 +220,20 @@ async fn transfer(mode: &str, total: usize, flow: Flow) -> (f64, u64, u64) {
         .await;
     let url = controller.url();
     let cmd = format!("{} {mode}", fake_engine().display());
-    let agent = AgentProcess::start(
-        &[
-            "-url",
-            &url,
-            "-name",
-            "bench",
-            "-secret",
-            SECRET,
-            "--engine-command",
-            &cmd,
-        ],
-        &[],
-    );
+    let mut args = vec![
+        "-url",
+        &url,
+        "-name",
+        "bench",
+        "-secret",
+        SECRET,
+        "--engine-command",
+        &cmd,
+    ];
+    if web_socket {
+        args.push("-webSocket");
+    }
+    let agent = AgentProcess::start(&args, &[]);
     agent
         .wait_log("\"connected\"", 1, Duration::from_secs(60))
         .await;
@@ -287,6 +305,7 @@ fn borrow_now(url: String, name: &str, wait: Option<Duration>) -> control::Reque
         idle_return: None,
         when: control::When::Now,
         wait,
+        transport: None,
     })
 }
 

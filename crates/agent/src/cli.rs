@@ -49,7 +49,8 @@
 //! | `-version`, `--version` | | [`Command::Version`] |
 //! | `-headless`, `-ping` | | accepted and ignored: no-ops in agent.jar too. |
 //! | `-auth U:P` | | accepted and ignored: agent.jar ignores it too ("unused"). |
-//! | `-webSocket`, `-webSocketHeader N=V` | `JENKINS_WEB_SOCKET=true` | refused: not supported yet. |
+//! | `-webSocket` | `JENKINS_WEB_SOCKET=true` | `web_socket`: the channel runs over a WebSocket on the web port instead of the TCP agent port. Excludes `-direct`, `-tunnel`, `-credentials`, `-noKeepAlive`, and more than one `-url` (as in agent.jar). |
+//! | `-webSocketHeader NAME=VALUE` (repeatable) | | `web_socket_headers`, in order, on the upgrade request; needs `-webSocket`. The name must be a valid header name. |
 //! | `-agentLog FILE`, `-loggingConfig FILE` | | refused: not supported yet (logs go to stderr and the work dir's logs; see `--log-format`, `RUST_LOG`). |
 //! | `-text`, `-tcp FILE`, `-connectTo HOST:PORT` | | refused: launch modes other than an inbound agent. |
 //! | | `JENKINS_JAVA_BIN` | `java.java_bin` |
@@ -70,6 +71,7 @@
 //! | `--quiet-period DURATION` | how long the channel must carry nothing but pings before the agent counts as idle and may move (default 5s). |
 //! | `--borrow-give-up DURATION` | return home after a borrower was unreachable or refusing this long (default 5m). |
 //! | `--state-file PATH` | where the current target survives restarts (default `<workDir>/<internalDir>/state.json`). |
+//! | `--web-socket-idle-timeout DURATION` | a WebSocket that carried no frame this long is dead and is reconnected (default 40s, a little over the controller's 30 s ping interval; our own pings go every quarter of it). agent.jar has no such limit. |
 //! | `--reconnect-delay DURATION` | first wait before reconnecting, doubling (with jitter) up to `--reconnect-max-delay` (defaults 1s and 30s); agent.jar waits a fixed 10 s. |
 //!
 //! Anything else starting with `-` is refused with the closest known
@@ -98,7 +100,7 @@ use clap::{ArgAction, Parser};
 
 pub use error::CliError;
 
-use crate::settings::{JavaSettings, LogFormat, Settings, Tunnel};
+use crate::settings::{JavaSettings, LogFormat, Settings, TransportChoice, Tunnel};
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -236,9 +238,6 @@ const LOG_ADVICE: &str = "logs go to stderr (see --log-format; RUST_LOG filters)
 const INBOUND_ONLY: &str = "it selects another launch mode (stdin/stdout, listening, raw TCP); \
      only inbound agents (-url, -jnlpUrl, -direct) are implemented";
 
-const WEBSOCKET_ADVICE: &str =
-    "WebSocket transport is not implemented; connect through the TCP agent port instead (drop it)";
-
 use Takes::{Flag, Value};
 
 /// Every option spelling we recognise, without dashes.
@@ -286,13 +285,9 @@ const SPECS: &[Spec] = &[
         kind: Kind::Ignored,
         sensitive: true,
     },
-    unsupported("webSocket", "-webSocket", Flag, WEBSOCKET_ADVICE),
-    unsupported(
-        "webSocketHeader",
-        "-webSocketHeader",
-        Value,
-        WEBSOCKET_ADVICE,
-    ),
+    jar("webSocket", Flag),
+    // Reverse proxies' auth tokens travel in these.
+    sensitive(jar("webSocketHeader", Value)),
     unsupported("agentLog", "-agentLog", Value, LOG_ADVICE),
     unsupported("loggingConfig", "-loggingConfig", Value, LOG_ADVICE),
     unsupported("text", "-text", Flag, INBOUND_ONLY),
@@ -310,6 +305,7 @@ const SPECS: &[Spec] = &[
     ours("no-warm-engine", Flag),
     ours("state-file", Value),
     ours("reconnect-max-delay", Value),
+    ours("web-socket-idle-timeout", Value),
 ];
 
 /// How long a borrower may be unreachable before the agent goes home.
@@ -318,6 +314,9 @@ const DEFAULT_BORROW_GIVE_UP: std::time::Duration = std::time::Duration::from_se
 const DEFAULT_QUIET_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a busy agent may stay after its lease expired.
 const DEFAULT_LEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long a WebSocket may carry no frame before it counts as dead: a
+/// little over the controller's 30 s ping interval.
+const DEFAULT_WEB_SOCKET_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(40);
 /// First wait before reconnecting.
 const DEFAULT_RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Longest wait between attempts.
@@ -524,8 +523,9 @@ Environment (jenkins/inbound-agent image), used when the option is absent:
   JENKINS_PROTOCOLS           -protocols    REMOTING_OPTS              extra options
   JENKINS_JAVA_BIN, JAVA_HOME, JENKINS_JAVA_OPTS (else JAVA_OPTS): how to start the engine JVM.
 
-Not supported yet (refused): -webSocket, -webSocketHeader, JENKINS_WEB_SOCKET=true,
--agentLog, -loggingConfig, -text, -tcp, -connectTo. Ignored: -headless, -ping, -auth.";
+  JENKINS_WEB_SOCKET=true     -webSocket
+
+Not supported yet (refused): -agentLog, -loggingConfig, -text, -tcp, -connectTo. Ignored: -headless, -ping, -auth.";
 
 /// Jenkins inbound agent: a native drop-in for `java -jar agent.jar`.
 #[derive(Debug, Parser)]
@@ -633,6 +633,14 @@ struct Args {
     #[arg(long = "noKeepAlive")]
     no_keep_alive: bool,
 
+    /// Run the channel over a WebSocket on the controller's web port instead of the TCP agent port.
+    #[arg(long = "webSocket")]
+    web_socket: bool,
+
+    /// Extra header on the WebSocket upgrade request, NAME=VALUE; repeatable.
+    #[arg(long = "webSocketHeader", value_name = "NAME=VALUE", action = ArgAction::Append, allow_hyphen_values = true)]
+    web_socket_header: Vec<String>,
+
     /// Cache directory for jar files sent by the controller.
     #[arg(long = "jar-cache", value_name = "DIR", allow_hyphen_values = true)]
     jar_cache: Option<PathBuf>,
@@ -712,6 +720,14 @@ struct Args {
         allow_hyphen_values = true
     )]
     reconnect_max_delay: Option<String>,
+
+    /// Reconnect a WebSocket that carried no frame for this long [default: 40s].
+    #[arg(
+        long = "web-socket-idle-timeout",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    web_socket_idle_timeout: Option<String>,
 
     /// Log output format: text or json [default: text].
     // Checked by us, not clap's value_enum: clap would quote the value.
@@ -795,13 +811,6 @@ const WORK_DIR: &str = "-workDir (or JENKINS_AGENT_WORKDIR)";
 const DIRECT: &str = "-direct (or JENKINS_DIRECT_CONNECTION)";
 
 fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
-    if env.get("JENKINS_WEB_SOCKET").as_deref() == Some("true") {
-        return Err(CliError::Unsupported {
-            option: "JENKINS_WEB_SOCKET=true",
-            advice: WEBSOCKET_ADVICE,
-        });
-    }
-
     // The legacy positional form: exactly SECRET NAME.
     let (positional_secret, positional_name) = match <[String; 2]>::try_from(args.legacy) {
         Ok([secret, name]) => (Some(secret), Some(name)),
@@ -856,6 +865,13 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
     let tunnel = opt(args.tunnel, "-tunnel").or(env.sourced("JENKINS_TUNNEL"));
     let jnlp_url = opt(args.jnlp_url, "-jnlpUrl");
     let credentials = opt(args.credentials, "-credentials");
+    // The image's script adds -webSocket for exactly "true".
+    let web_socket = if args.web_socket {
+        Some("-webSocket")
+    } else {
+        (env.get("JENKINS_WEB_SOCKET").as_deref() == Some("true"))
+            .then_some("JENKINS_WEB_SOCKET=true")
+    };
 
     // Which options go together, as agent.jar's `forbids` and `depends` say.
     forbid(
@@ -863,6 +879,25 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         &[from(&urls), from(&jnlp_url), from(&tunnel)],
     )?;
     forbid(from(&jnlp_url), &[from(&urls), from(&name), from(&tunnel)])?;
+    forbid(
+        web_socket,
+        &[
+            from(&direct),
+            from(&tunnel),
+            from(&credentials),
+            args.no_keep_alive.then_some("-noKeepAlive"),
+        ],
+    )?;
+    if let (Some(option), Some(urls)) = (web_socket, &urls) {
+        if urls.value.len() > 1 {
+            return Err(CliError::WebSocketOneUrl { option });
+        }
+    }
+    require(
+        (!args.web_socket_header.is_empty()).then_some("-webSocketHeader"),
+        web_socket.is_some(),
+        "-webSocket (or JENKINS_WEB_SOCKET=true)",
+    )?;
     if !args.cert.is_empty() && args.no_certificate_check {
         forbid(Some("-cert"), &[Some("-noCertificateCheck")])?;
     }
@@ -954,6 +989,16 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         .no_reconnect_after
         .map(|d| values::duration("-noReconnectAfter", &d))
         .transpose()?;
+    let web_socket_headers = args
+        .web_socket_header
+        .iter()
+        .map(|h| values::header("-webSocketHeader", h))
+        .collect::<Result<Vec<_>, _>>()?;
+    let web_socket_idle_timeout = duration_or(
+        args.web_socket_idle_timeout,
+        "--web-socket-idle-timeout",
+        DEFAULT_WEB_SOCKET_IDLE_TIMEOUT,
+    )?;
     let borrow_give_up = duration_or(
         args.borrow_give_up,
         "--borrow-give-up",
@@ -1017,6 +1062,13 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         no_reconnect: args.no_reconnect,
         no_reconnect_after,
         no_keep_alive: args.no_keep_alive,
+        transport: if web_socket.is_some() {
+            TransportChoice::WebSocket
+        } else {
+            TransportChoice::Tcp
+        },
+        web_socket_headers,
+        web_socket_idle_timeout,
         jar_cache: args.jar_cache,
         java: JavaSettings {
             java_bin: env.get("JENKINS_JAVA_BIN").map(PathBuf::from),

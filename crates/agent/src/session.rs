@@ -21,27 +21,22 @@ use anyhow::Context as _;
 use bytes::BytesMut;
 use control::MovePhase;
 use remoting_protocol::capability::Capability;
-use remoting_protocol::handshake::{self, HandshakeConfig, HandshakeError};
+use remoting_protocol::handshake::{self, HandshakeError};
 use remoting_protocol::preamble::{self, PreambleError, PreambleReader};
 use remoting_protocol::InstanceIdentity;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
-use crate::connect::dial::{self, DialError};
+use crate::connect::dial::DialError;
+use crate::connect::jnlp4;
 use crate::connect::web::{ControllerHttp, Fetched, HttpError};
+use crate::connect::websocket::{self, WsConnectError};
 use crate::departure::Departure;
 use crate::engine::bridge::{self, BridgeEnd, BridgeError, Leaving, Traffic};
 use crate::engine::{find_java, Engine, EngineError, EngineSpec, JarCache, MAX_ENGINE_JAR};
 use crate::lending::StateFile;
-use crate::settings::{HostPort, Secret, Settings};
+use crate::settings::{HostPort, Secret, Settings, TransportChoice};
 use crate::workdir::WorkDir;
-
-/// The agent port's TCP stream, read through a large buffer: rustls pulls
-/// TLS records in small reads, and without it each became a system call.
-type AgentPort = tokio::io::BufReader<tokio::net::TcpStream>;
-
-/// Read buffer under TLS on the agent port.
-const AGENT_PORT_READ_BUFFER: usize = 256 * 1024;
 
 /// How long the engine JVM may take to announce itself.
 const ENGINE_START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -49,8 +44,6 @@ const ENGINE_START_TIMEOUT: Duration = Duration::from_secs(120);
 const ENGINE_STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long sending our FIN may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Timeout for the TCP connection to the agent port.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a session failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +57,9 @@ pub enum SessionError {
     /// The JNLP4-connect handshake failed or was refused.
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
+    /// The WebSocket could not be opened or was refused.
+    #[error(transparent)]
+    WebSocket(#[from] WsConnectError),
     /// The engine could not be started.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -95,6 +91,8 @@ impl SessionError {
             | SessionError::EngineTimeout(_) => MovePhase::EngineStart,
             SessionError::Dial(_) | SessionError::Bridge(_) => MovePhase::Connect,
             SessionError::Handshake(_) => MovePhase::Handshake,
+            SessionError::WebSocket(err) if err.refusal().is_some() => MovePhase::Handshake,
+            SessionError::WebSocket(_) => MovePhase::Connect,
             SessionError::Config(_) => MovePhase::Config,
         }
     }
@@ -124,14 +122,64 @@ pub enum SessionEnd {
     Abandoned,
 }
 
+/// How one session reaches its controller.
+#[derive(Debug, Clone)]
+enum Via {
+    /// JNLP4-connect on the TCP agent port, TLS pinned to the identity.
+    AgentPort {
+        agent_port: HostPort,
+        identity: InstanceIdentity,
+    },
+    /// A WebSocket on the web port at this base URL.
+    WebSocket {
+        url: String,
+        /// Chosen because the TCP agent port is disabled (no transport asked).
+        fallback: bool,
+    },
+}
+
 /// Where one session connects.
 #[derive(Debug, Clone)]
 struct Target {
     controller_url: Option<String>,
-    agent_port: HostPort,
-    identity: InstanceIdentity,
+    via: Via,
+    /// Names the controller for its cookies: the identity's fingerprint
+    /// (over WebSocket as its pages advertise it), else the URL.
+    cookie_key: String,
     name: String,
     secret: Secret,
+}
+
+impl Target {
+    fn transport(&self) -> control::Transport {
+        match self.via {
+            Via::AgentPort { .. } => control::Transport::Tcp,
+            Via::WebSocket { .. } => control::Transport::WebSocket,
+        }
+    }
+
+    /// Where the channel goes, for logs.
+    fn endpoint(&self) -> String {
+        match &self.via {
+            Via::AgentPort { agent_port, .. } => format!("{}:{}", agent_port.host, agent_port.port),
+            Via::WebSocket { url, .. } => remoting_protocol::websocket::agents_url(url)
+                .map(|u| u.to_string())
+                .unwrap_or_else(|_| url.clone()),
+        }
+    }
+}
+
+/// An accepted connection, over either transport.
+#[derive(Debug)]
+// One per session, moved a handful of times: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
+enum Link {
+    Jnlp4(jnlp4::Connected),
+    WebSocket {
+        channel: websocket::Channel,
+        /// The controller's, from the upgrade's answer.
+        capability: Capability,
+    },
 }
 
 /// An engine that has announced itself and waits for its peer.
@@ -150,7 +198,7 @@ struct ReadyEngine {
 /// [`Agent::abandon`]ed.
 #[derive(Debug)]
 pub struct Prepared {
-    connected: handshake::Connected<AgentPort>,
+    link: Link,
     ready: ReadyEngine,
     target: Target,
 }
@@ -206,6 +254,26 @@ impl Route {
     }
 }
 
+/// Whether discovery failed only because the TCP agent port is disabled.
+fn port_disabled(err: &HttpError) -> bool {
+    use remoting_protocol::discovery::DiscoveryError;
+    match err {
+        HttpError::Discovery {
+            source: DiscoveryError::PortDisabled,
+            ..
+        } => true,
+        HttpError::AllFailed { failures } => failures.iter().all(|(_, e)| port_disabled(e)),
+        _ => false,
+    }
+}
+
+/// Sends the WebSocket's normal close (1000), then ends the connection
+/// under it. Over a WebSocket the controller notices either at once.
+async fn close_web_socket(channel: &mut websocket::Channel) {
+    channel.close_normally(CLOSE_TIMEOUT).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.get_mut().shutdown()).await;
+}
+
 /// What the supervisor learns when a session comes online.
 #[derive(Debug, Clone)]
 pub struct Online {
@@ -217,6 +285,10 @@ pub struct Online {
     pub node: String,
     /// The engine's remoting version, from its jar.
     pub remoting_version: Option<String>,
+    /// How the channel reaches the controller.
+    pub transport: control::Transport,
+    /// The WebSocket was chosen because the TCP agent port is disabled.
+    pub transport_fallback: bool,
 }
 
 /// The agent's long-lived parts.
@@ -272,14 +344,15 @@ impl Agent {
             },
         };
         let Prepared {
-            connected,
+            link,
             ready,
             target,
         } = prepared;
         info!(
             node = %target.name,
             controller = target.controller_url.as_deref().unwrap_or("(direct)"),
-            agent_port = %format!("{}:{}", target.agent_port.host, target.agent_port.port),
+            transport = %target.transport(),
+            endpoint = %target.endpoint(),
             engine_pid = ready.engine.pid(),
             "connected"
         );
@@ -289,15 +362,15 @@ impl Agent {
             controller_url: target.controller_url.clone(),
             node: target.name.clone(),
             remoting_version: ready.remoting_version.clone(),
+            transport: target.transport(),
+            transport_fallback: matches!(target.via, Via::WebSocket { fallback: true, .. }),
         });
         let ReadyEngine {
             mut engine,
             buffered,
             ..
         } = ready;
-        let end = self
-            .bridge(&mut engine, connected, buffered, departure)
-            .await;
+        let end = self.bridge(&mut engine, link, buffered, departure).await;
         engine.stop(ENGINE_STOP_GRACE).await;
         end
     }
@@ -328,18 +401,25 @@ impl Agent {
     /// then TCP; the engine, which has seen nothing of it, becomes the
     /// spare again.
     pub async fn abandon(&self, prepared: Prepared, continuity: &mut Continuity) {
-        let Prepared {
-            connected, ready, ..
-        } = prepared;
-        let handshake::Connected {
-            mut stream,
-            read_buf,
-            ..
-        } = connected;
-        let how = bridge::close_unserved(&mut stream, read_buf).await;
+        let Prepared { link, ready, .. } = prepared;
+        let how = match link {
+            Link::Jnlp4(handshake::Connected {
+                mut stream,
+                read_buf,
+                ..
+            }) => {
+                let how = bridge::close_unserved(&mut stream, read_buf).await;
+                let tcp = stream.get_mut().0.get_mut();
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, tcp.shutdown()).await;
+                how
+            }
+            Link::WebSocket { mut channel, .. } => {
+                let how = bridge::close_unserved(&mut channel, BytesMut::new()).await;
+                close_web_socket(&mut channel).await;
+                how
+            }
+        };
         info!(?how, "closed a prepared connection that will not be served");
-        let tcp = stream.get_mut().0.get_mut();
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, tcp.shutdown()).await;
         continuity.spare = Some(ready);
     }
 
@@ -370,50 +450,96 @@ impl Agent {
     ) -> Result<Prepared, SessionError> {
         let target = self.resolve(route).await?;
         let ready = self.ready_engine(route, &target, continuity).await?;
-        let tcp = match dial::dial_from_env(
-            &target.agent_port,
-            route.settings.proxy_credentials.as_ref(),
-            DIAL_TIMEOUT,
-            !route.settings.no_keep_alive,
-        )
-        .await
-        {
-            Ok(tcp) => tcp,
-            Err(err) => {
-                continuity.spare = Some(ready);
-                return Err(err.into());
+        let cookie = cookies.cookie(&target.cookie_key, &target.name);
+        let linked = match &target.via {
+            Via::AgentPort {
+                agent_port,
+                identity,
+            } => {
+                let hello = jnlp4::Hello {
+                    name: &target.name,
+                    secret: &target.secret,
+                    capability: ready.capability,
+                    cookie,
+                };
+                match jnlp4::connect(agent_port, identity, hello, &route.settings).await {
+                    Ok(connected) => Ok((connected.cookie.clone(), Link::Jnlp4(connected))),
+                    Err(jnlp4::Jnlp4Error::Dial(err)) => Err(err.into()),
+                    Err(jnlp4::Jnlp4Error::Handshake(err)) => Err(err.into()),
+                }
+            }
+            Via::WebSocket { url, .. } => {
+                Self::connect_web_socket(route, &target, url, &ready, cookie).await
             }
         };
-        // A cookie goes only to the controller and node that issued it.
-        let controller = target.identity.fingerprint();
-        let mut config = HandshakeConfig::new(target.name.clone(), target.secret.expose());
-        config.cookie = cookies.cookie(&controller, &target.name);
-        config.capability = ready.capability;
-        let tcp = tokio::io::BufReader::with_capacity(AGENT_PORT_READ_BUFFER, tcp);
-        match handshake::connect(tcp, &target.agent_port.host, &target.identity, config).await {
-            Ok(connected) => {
-                if let Some(cookie) = &connected.cookie {
-                    if let Err(err) = cookies.keep_cookie(&controller, &target.name, cookie) {
+        match linked {
+            Ok((cookie, link)) => {
+                if let Some(cookie) = &cookie {
+                    if let Err(err) = cookies.keep_cookie(&target.cookie_key, &target.name, cookie)
+                    {
                         warn!(%err, path = %cookies.path().display(), "cannot keep the channel's cookie in the state file; a restart may be refused as already connected");
                     }
                 }
                 Ok(Prepared {
-                    connected,
+                    link,
                     ready,
                     target,
                 })
             }
             Err(err) => {
+                // The engine saw nothing: it serves the next attempt.
                 continuity.spare = Some(ready);
-                Err(err.into())
+                Err(err)
             }
         }
+    }
+
+    /// The WebSocket upgrade on the web port. The controller's capability
+    /// comes with its answer; one older than the engine's minimum stops
+    /// the agent.
+    async fn connect_web_socket(
+        route: &Route,
+        target: &Target,
+        url: &str,
+        ready: &ReadyEngine,
+        cookie: Option<String>,
+    ) -> Result<(Option<String>, Link), SessionError> {
+        // For wss, and for an https:// proxy on the way.
+        let tls = Some(
+            crate::connect::tls::client_config(&route.settings)
+                .map_err(|e| SessionError::Config(e.to_string()))?,
+        );
+        let upgrade = websocket::Upgrade {
+            url,
+            name: &target.name,
+            secret: &target.secret,
+            capability: &ready.capability,
+            cookie: cookie.as_deref(),
+        };
+        let (channel, accepted) =
+            websocket::connect(&upgrade, &route.settings, tls.as_ref()).await?;
+        if let (Some(minimum), Some(ours)) = (&accepted.minimum_version, &ready.remoting_version) {
+            if crate::engine::older_than(ours, minimum) {
+                return Err(SessionError::Config(format!(
+                    "the controller at {url} needs remoting {minimum} or newer, but the engine \
+                     jar is {ours}: drop --engine-jar to run the controller's own jar, or update it"
+                )));
+            }
+        }
+        let capability = accepted.capability.unwrap_or(ready.capability);
+        Ok((
+            accepted.cookie,
+            Link::WebSocket {
+                channel,
+                capability,
+            },
+        ))
     }
 
     async fn bridge(
         &self,
         engine: &mut Engine,
-        connected: handshake::Connected<AgentPort>,
+        link: Link,
         engine_buf: BytesMut,
         departure: &Departure,
     ) -> Result<SessionEnd, SessionError> {
@@ -422,31 +548,54 @@ impl Agent {
             return Err(SessionError::Config("engine stdio missing".into()));
         };
         // The engine's peer preamble carries the controller's capability.
+        let capability = match &link {
+            Link::Jnlp4(connected) => connected.capability,
+            Link::WebSocket { capability, .. } => *capability,
+        };
         engine_in
-            .write_all(&preamble::encode(connected.capability))
+            .write_all(&preamble::encode(capability))
             .await
             .map_err(PreambleError::Io)?;
         engine_in.flush().await.map_err(PreambleError::Io)?;
-        let handshake::Connected {
-            mut stream,
-            read_buf,
-            ..
-        } = connected;
-        let end = bridge::run(
-            &mut stream,
-            read_buf,
-            engine_out,
-            engine_buf,
-            engine_in,
-            self.traffic.clone(),
-            departure,
-        )
-        .await;
-        // Whatever ended it: a plain TCP close, never a TLS close_notify
-        // (which the controller would ignore, keeping a ghost channel).
-        let tcp = stream.get_mut().0.get_mut();
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, tcp.shutdown()).await;
-        drop(stream);
+        let traffic = self.traffic.clone();
+        let end = match link {
+            Link::Jnlp4(handshake::Connected {
+                mut stream,
+                read_buf,
+                ..
+            }) => {
+                let end = bridge::run(
+                    &mut stream,
+                    read_buf,
+                    engine_out,
+                    engine_buf,
+                    engine_in,
+                    traffic,
+                    departure,
+                )
+                .await;
+                // Whatever ended it: a plain TCP close, never a TLS
+                // close_notify (which the controller would ignore,
+                // keeping a ghost channel).
+                let tcp = stream.get_mut().0.get_mut();
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, tcp.shutdown()).await;
+                end
+            }
+            Link::WebSocket { mut channel, .. } => {
+                let end = bridge::run(
+                    &mut channel,
+                    BytesMut::new(),
+                    engine_out,
+                    engine_buf,
+                    engine_in,
+                    traffic,
+                    departure,
+                )
+                .await;
+                close_web_socket(&mut channel).await;
+                end
+            }
+        };
         match end? {
             BridgeEnd::ControllerClosed => Ok(SessionEnd::ControllerClosed),
             BridgeEnd::EngineClosed => Ok(SessionEnd::EngineExited),
@@ -461,6 +610,7 @@ impl Agent {
         let mut secret = s.secret.clone();
         let mut urls = s.urls.clone();
         let mut tunnel = s.tunnel.clone();
+        let mut web_socket = s.transport == TransportChoice::WebSocket;
         if let Some(jnlp_url) = &s.jnlp_url {
             let args = route
                 .http
@@ -473,12 +623,8 @@ impl Agent {
             let options = args
                 .agent_options()
                 .map_err(|e| SessionError::Config(format!("{jnlp_url}: {e}")))?;
-            if options.web_socket {
-                return Err(SessionError::Config(format!(
-                    "{jnlp_url} asks for -webSocket, which this agent does not support yet; \
-                     enable the TCP agent port on the controller"
-                )));
-            }
+            // The controller's own launch command says how to reach it.
+            web_socket |= options.web_socket;
             name.get_or_insert(args.name.clone());
             secret.get_or_insert_with(|| Secret::new(args.secret.clone()));
             if urls.is_empty() {
@@ -510,6 +656,16 @@ impl Agent {
                 remoting_protocol::handshake::PROTOCOL_NAME
             )));
         }
+        if web_socket {
+            let Some(url) = urls.first() else {
+                return Err(SessionError::Config(
+                    "-webSocket needs the controller's URL: give -url".into(),
+                ));
+            };
+            return self
+                .web_socket_target(route, url, name, secret, false)
+                .await;
+        }
         if let Some(direct) = &s.direct {
             let identity = s
                 .instance_identity
@@ -520,13 +676,30 @@ impl Agent {
                 .ok_or_else(|| SessionError::Config("-direct needs -instanceIdentity".into()))?;
             return Ok(Target {
                 controller_url: urls.first().cloned(),
-                agent_port: direct.clone(),
-                identity,
+                cookie_key: identity.fingerprint(),
+                via: Via::AgentPort {
+                    agent_port: direct.clone(),
+                    identity,
+                },
                 name,
                 secret,
             });
         }
-        let (url, endpoint) = route.http.discover_any(&urls).await?;
+        let (url, endpoint) = match route.http.discover_any(&urls).await {
+            Ok(found) => found,
+            Err(err) if s.transport == TransportChoice::TcpElseWebSocket && port_disabled(&err) => {
+                let Some(url) = urls.first() else {
+                    return Err(err.into());
+                };
+                warn!(
+                    controller = %url,
+                    "the controller's TCP agent port is disabled (tcpSlaveAgentListener/ \
+                     answered 404) and no transport was asked for: using a WebSocket on its web port"
+                );
+                return self.web_socket_target(route, url, name, secret, true).await;
+            }
+            Err(err) => return Err(err.into()),
+        };
         let agent_port = match &tunnel {
             Some(tunnel) => tunnel.apply(&endpoint.host, endpoint.port),
             None => HostPort {
@@ -536,8 +709,39 @@ impl Agent {
         };
         Ok(Target {
             controller_url: Some(url),
-            agent_port,
-            identity: endpoint.identity,
+            cookie_key: endpoint.identity.fingerprint(),
+            via: Via::AgentPort {
+                agent_port,
+                identity: endpoint.identity,
+            },
+            name,
+            secret,
+        })
+    }
+
+    /// A WebSocket target at `url`, once its `login` page says the
+    /// controller is ready (agent.jar's check before every attempt).
+    async fn web_socket_target(
+        &self,
+        route: &Route,
+        url: &str,
+        name: String,
+        secret: Secret,
+        fallback: bool,
+    ) -> Result<Target, SessionError> {
+        let identity = route.http.login(url).await?;
+        let cookie_key = identity
+            .as_deref()
+            .and_then(|text| InstanceIdentity::from_base64(text).ok())
+            .map(|identity| identity.fingerprint())
+            .unwrap_or_else(|| format!("url:{url}"));
+        Ok(Target {
+            controller_url: Some(url.to_owned()),
+            via: Via::WebSocket {
+                url: url.to_owned(),
+                fallback,
+            },
+            cookie_key,
             name,
             secret,
         })

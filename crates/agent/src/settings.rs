@@ -98,6 +98,18 @@ pub struct JavaSettings {
     pub java_opts: Vec<String>,
 }
 
+/// How the channel reaches the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportChoice {
+    /// The TCP agent port (JNLP4-connect), found by discovery; agent.jar's default.
+    Tcp,
+    /// A WebSocket on the web port (`-webSocket`).
+    WebSocket,
+    /// TCP, or the WebSocket when discovery says the TCP agent port is
+    /// disabled (404): for a borrower given no transport.
+    TcpElseWebSocket,
+}
+
 /// Everything the agent was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -130,6 +142,13 @@ pub struct Settings {
     pub credentials: Option<Credentials>,
     /// `-proxyCredentials user:password` for the HTTP proxy.
     pub proxy_credentials: Option<Credentials>,
+    /// `-webSocket`, `JENKINS_WEB_SOCKET=true`: the channel runs over a
+    /// WebSocket on the web port.
+    pub transport: TransportChoice,
+    /// `-webSocketHeader NAME=VALUE`, in order.
+    pub web_socket_headers: Vec<(String, Secret)>,
+    /// `--web-socket-idle-timeout`: no frame for this long means dead.
+    pub web_socket_idle_timeout: std::time::Duration,
     /// `-cert` (PEM text or `@file`, repeatable).
     pub certs: Vec<CertPem>,
     /// `-noCertificateCheck`: accept any web-port certificate (logged loudly).

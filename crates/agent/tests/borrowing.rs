@@ -96,6 +96,7 @@ fn borrow_request(
         idle_return,
         when,
         wait: None,
+        transport: None,
     }
 }
 

@@ -102,7 +102,7 @@ fn an_unknown_option_is_refused_with_a_hint() {
 }
 
 #[test]
-fn websocket_is_refused_as_not_supported_yet() {
+fn web_socket_refuses_what_agent_jar_refuses_with_it() {
     let run = agent(&[
         "-url",
         "http://c:8080",
@@ -111,11 +111,17 @@ fn websocket_is_refused_as_not_supported_yet() {
         "-name",
         "n",
         "-webSocket",
+        "-tunnel",
+        "c:50000",
     ]);
     assert_eq!(run.code, Some(2), "{}", run.stderr);
     assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
-    assert!(run.stderr.contains("-webSocket"), "{}", run.stderr);
-    assert!(run.stderr.contains("not supported yet"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("-webSocket cannot be combined with -tunnel"),
+        "{}",
+        run.stderr
+    );
     assert!(!run.stderr.contains(SECRET), "{}", run.stderr);
 }
 

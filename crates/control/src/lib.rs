@@ -230,6 +230,30 @@ pub struct BorrowRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub wait: Option<Duration>,
+    /// How to reach the borrower: the TCP agent port or a WebSocket on its
+    /// web port. Absent: TCP, falling back to WebSocket when the
+    /// borrower's TCP agent port is disabled (discovery answers 404).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
+}
+
+/// How the channel reaches a controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// JNLP4-connect on the TCP agent port (TLS pinned to the instance identity).
+    Tcp,
+    /// A WebSocket on the web port (`-webSocket`).
+    WebSocket,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::WebSocket => "web_socket",
+        })
+    }
 }
 
 impl fmt::Debug for BorrowRequest {
@@ -653,6 +677,13 @@ pub struct Status {
     pub last_error: Option<String>,
     /// The home controller (the address for a direct target).
     pub home_url: Option<String>,
+    /// How the current connection reaches the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
+    /// The WebSocket is in use because the controller's TCP agent port is
+    /// disabled and no transport was asked for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transport_fallback: bool,
     /// An engine kept started for where the agent will likely go next (a
     /// pending borrow's target, or home while borrowed), so that a move
     /// costs only a handshake; absent with `--no-warm-engine`.

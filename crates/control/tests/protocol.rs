@@ -23,6 +23,7 @@ fn borrow(target: Target) -> BorrowRequest {
         idle_return: None,
         when: When::Idle,
         wait: None,
+        transport: None,
     }
 }
 
@@ -52,6 +53,8 @@ fn busy_status() -> Status {
         bytes_from_controller: 2048,
         last_error: Some("connection reset".into()),
         home_url: Some("https://a.example/".into()),
+        transport: Some(control::Transport::WebSocket),
+        transport_fallback: true,
         warm_engine: None,
     }
 }
@@ -88,7 +91,36 @@ fn every_request() -> Vec<Request> {
             })
         }),
         Request::Borrow(borrow(direct)),
+        Request::Borrow(BorrowRequest {
+            transport: Some(control::Transport::WebSocket),
+            ..borrow(Target::Url {
+                url: "https://b.example/".into(),
+            })
+        }),
     ]
+}
+
+#[test]
+fn transport_field_names() {
+    let request = BorrowRequest {
+        transport: Some(control::Transport::WebSocket),
+        ..borrow(Target::Url {
+            url: "https://b.example/".into(),
+        })
+    };
+    let json = serde_json::to_string(&request).unwrap();
+    assert!(json.contains(r#""transport":"web_socket""#), "{json}");
+    // Absent means: TCP, falling back to WebSocket.
+    let json = serde_json::to_string(&borrow(Target::Url {
+        url: "https://b.example/".into(),
+    }))
+    .unwrap();
+    assert!(!json.contains("transport"), "{json}");
+    let status = serde_json::to_string(&busy_status()).unwrap();
+    assert!(
+        status.contains(r#""transport":"web_socket","transport_fallback":true"#),
+        "{status}"
+    );
 }
 
 fn every_response() -> Vec<Response> {

@@ -70,6 +70,23 @@ pub enum CliError {
         other: &'static str,
     },
 
+    /// A `-webSocketHeader` that cannot go on a request (its value is not
+    /// quoted: it may be a token).
+    #[error("{option}: {reason}; give NAME=VALUE, e.g. -webSocketHeader X-Auth=TOKEN")]
+    BadHeader {
+        /// The option.
+        option: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
+    /// agent.jar's WebSocket mode talks to exactly one controller URL.
+    #[error("{option} takes exactly one -url (agent.jar refuses several too); keep one")]
+    WebSocketOneUrl {
+        /// `-webSocket` or `JENKINS_WEB_SOCKET=true`.
+        option: &'static str,
+    },
+
     /// An option that only makes sense together with another one.
     #[error("{option} only applies together with {requires}; add it or drop {option}")]
     Requires {

@@ -11,7 +11,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::{parse, parse_tunnel, CliError, Command};
-use crate::settings::{Credentials, HostPort, LogFormat, Secret, Settings, Tunnel};
+use crate::settings::{
+    Credentials, HostPort, LogFormat, Secret, Settings, TransportChoice, Tunnel,
+};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 const PASSWORD: &str = "hunter2-Pa55word";
@@ -975,9 +977,6 @@ fn bad_urls() {
 #[test]
 fn unsupported_options_are_refused_by_name() {
     for (args, option) in [
-        (vec!["-webSocket"], "-webSocket"),
-        (vec!["--webSocket"], "-webSocket"),
-        (vec!["-webSocketHeader", "X=1"], "-webSocketHeader"),
         (vec!["-agentLog", "/tmp/log"], "-agentLog"),
         (vec!["-loggingConfig", "/l.properties"], "-loggingConfig"),
         (vec!["-text"], "-text"),
@@ -997,16 +996,88 @@ fn unsupported_options_are_refused_by_name() {
             "{message}"
         );
     }
-    let err = error_env(&with_basics(&[]), &[("JENKINS_WEB_SOCKET", "true")]);
+}
+
+#[test]
+fn web_socket_options_and_what_they_exclude() {
+    let s = settings(&with_basics(&[
+        "-webSocket",
+        "-webSocketHeader",
+        "X-Extra=demo",
+        "--webSocketHeader=Authorization=Bearer a=b",
+    ]));
+    assert_eq!(s.transport, TransportChoice::WebSocket);
+    let headers: Vec<(&str, &str)> = s
+        .web_socket_headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.expose()))
+        .collect();
+    assert_eq!(
+        headers,
+        [("X-Extra", "demo"), ("Authorization", "Bearer a=b")]
+    );
+    assert_eq!(s.web_socket_idle_timeout, Duration::from_secs(40));
+    let s = settings(&with_basics(&[
+        "-webSocket",
+        "--web-socket-idle-timeout",
+        "5s",
+    ]));
+    assert_eq!(s.web_socket_idle_timeout, Duration::from_secs(5));
+    // The image's variable: exactly "true".
+    let transport = |env: &[(&str, &str)]| settings_env(&with_basics(&[]), env).transport;
+    assert_eq!(
+        transport(&[("JENKINS_WEB_SOCKET", "true")]),
+        TransportChoice::WebSocket
+    );
+    assert_eq!(
+        transport(&[("JENKINS_WEB_SOCKET", "false")]),
+        TransportChoice::Tcp
+    );
+    assert_eq!(transport(&[]), TransportChoice::Tcp);
+
+    for (extra, other) in [
+        (&["-tunnel", "h:1"][..], "-tunnel"),
+        (&["-credentials", "u:p"][..], "-credentials"),
+        (&["-noKeepAlive"][..], "-noKeepAlive"),
+    ] {
+        let mut args = with_basics(&["-webSocket"]);
+        args.extend_from_slice(extra);
+        let err = error(&args);
+        assert!(
+            matches!(err, CliError::Conflict { option: "-webSocket", other: o } if o == other),
+            "{other}: {err:?}"
+        );
+    }
+    let err = error_env(
+        &with_basics(&["-tunnel", "h:1"]),
+        &[("JENKINS_WEB_SOCKET", "true")],
+    );
     assert!(matches!(
         err,
-        CliError::Unsupported {
+        CliError::Conflict {
             option: "JENKINS_WEB_SOCKET=true",
             ..
         }
     ));
-    // Anything but "true" is ignored, as by the image's script.
-    settings_env(&with_basics(&[]), &[("JENKINS_WEB_SOCKET", "false")]);
+    let err = error(&with_basics(&["-webSocket", "-url", "http://other/"]));
+    assert!(matches!(err, CliError::WebSocketOneUrl { .. }), "{err:?}");
+    assert!(err.to_string().contains("exactly one -url"), "{err}");
+    let err = error(&with_basics(&["-webSocketHeader", "X=1"]));
+    assert!(
+        matches!(
+            err,
+            CliError::Requires {
+                option: "-webSocketHeader",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    for bad in ["novalue", "Bad Name=1", "X=line\nbreak"] {
+        let err = error(&with_basics(&["-webSocket", "-webSocketHeader", bad]));
+        assert!(matches!(err, CliError::BadHeader { .. }), "{bad}: {err:?}");
+        assert!(!err.to_string().contains("break"), "{err}");
+    }
 }
 
 #[test]
@@ -1189,6 +1260,8 @@ fn failing_command_lines(secret_file: &str) -> Vec<Case> {
                 "-name",
                 "n",
                 "-webSocket",
+                "-tunnel",
+                "h:1",
             ]),
             no_env(),
         ),

@@ -120,6 +120,19 @@ pub(super) fn credentials(option: &'static str, value: &str) -> Result<Credentia
     })
 }
 
+/// `NAME=VALUE` (split at the first `=`, as agent.jar's map option does):
+/// a valid header name and a value without control characters.
+pub(super) fn header(option: &'static str, value: &str) -> Result<(String, Secret), CliError> {
+    let bad = |reason: &'static str| CliError::BadHeader { option, reason };
+    let (name, value) = value.split_once('=').ok_or(bad("expected NAME=VALUE"))?;
+    let name = name.trim();
+    http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| bad("the name is not a valid HTTP header name"))?;
+    http::HeaderValue::from_str(value)
+        .map_err(|_| bad("the value contains characters a header cannot carry"))?;
+    Ok((name.to_owned(), Secret::new(value)))
+}
+
 /// agent.jar's `-noReconnectAfter` accepts Spring-style `10m` / `500ms`,
 /// ISO-8601 `PT10M`, and a bare number meaning milliseconds; we accept those
 /// and everything `humantime` reads (`1h30m`, `1h 30m`).

@@ -205,6 +205,54 @@ pub async fn dial_from_env(
     dial(target, &choice, timeout, keep_alive).await
 }
 
+/// Any byte stream a connection can run over (TCP, TLS over TCP).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+/// [`dial`] for the web port, where the proxy may itself be reached over
+/// TLS (`https://` proxy URL, checked with `proxy_tls`). Keepalive is on.
+pub async fn dial_web(
+    target: &HostPort,
+    proxy: &ProxyChoice,
+    timeout: Duration,
+    proxy_tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<Box<dyn Io>, DialError> {
+    let (proxy, credentials) = match proxy {
+        ProxyChoice::Connect { proxy, credentials } if proxy.tls => (proxy, credentials),
+        plain => return Ok(Box::new(dial(target, plain, timeout, true).await?)),
+    };
+    let attempt = async {
+        let tcp = connect_tcp(&proxy.host, proxy.port, true)
+            .await
+            .map_err(|failure| failure.into_proxy_error(proxy))?;
+        let tls_error = |reason: String| DialError::ProxyProtocol {
+            proxy: proxy.to_string(),
+            reason,
+        };
+        let config = proxy_tls.ok_or_else(|| tls_error("no TLS configuration".into()))?;
+        let name = rustls::pki_types::ServerName::try_from(proxy.host.clone())
+            .map_err(|_| tls_error("the proxy's host is not a valid TLS server name".into()))?;
+        let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|err| {
+                tls_error(format!(
+                    "TLS with the proxy failed: {err}; if it uses a private CA, pass it with -cert"
+                ))
+            })?;
+        tunnel(&mut tls, target, proxy, credentials.as_ref()).await?;
+        Ok::<Box<dyn Io>, DialError>(Box::new(tls))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(DialError::Timeout {
+            target: authority(&target.host, target.port),
+            proxy: Some(proxy.to_string()),
+            timeout,
+        }),
+    }
+}
+
 /// Why [`connect_tcp`] failed, before knowing whether the peer was the agent
 /// port or a proxy.
 enum ConnectFailure {
@@ -290,10 +338,25 @@ async fn connect_via_proxy(
     credentials: Option<&Credentials>,
     keep_alive: bool,
 ) -> Result<TcpStream, DialError> {
-    let request = connect_request(target, credentials)?;
     let mut stream = connect_tcp(&proxy.host, proxy.port, keep_alive)
         .await
         .map_err(|failure| failure.into_proxy_error(proxy))?;
+    tunnel(&mut stream, target, proxy, credentials).await?;
+    Ok(stream)
+}
+
+/// The `CONNECT` exchange on a connection to `proxy`: on success the next
+/// byte on `stream` is the target's first.
+async fn tunnel<S>(
+    stream: &mut S,
+    target: &HostPort,
+    proxy: &ProxyAddr,
+    credentials: Option<&Credentials>,
+) -> Result<(), DialError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let request = connect_request(target, credentials)?;
     let protocol_error = |reason: String| DialError::ProxyProtocol {
         proxy: proxy.to_string(),
         reason,
@@ -302,7 +365,11 @@ async fn connect_via_proxy(
         .write_all(request.as_bytes())
         .await
         .map_err(|err| protocol_error(format!("sending CONNECT failed: {err}")))?;
-    let head = read_response_head(&mut stream)
+    stream
+        .flush()
+        .await
+        .map_err(|err| protocol_error(format!("sending CONNECT failed: {err}")))?;
+    let head = read_response_head(stream)
         .await
         .map_err(|err| protocol_error(err.to_string()))?;
     let (status, reason) =
@@ -311,7 +378,7 @@ async fn connect_via_proxy(
         200..=299 => {
             let target = authority(&target.host, target.port);
             tracing::debug!(%proxy, %target, "proxy tunnel open");
-            Ok(stream)
+            Ok(())
         }
         407 => Err(DialError::ProxyAuthRequired {
             proxy: proxy.to_string(),
@@ -481,15 +548,16 @@ mod tests {
             port: addr.port(),
             credentials: None,
             variable: "http_proxy",
+            tls: false,
         }
     }
 
-    /// A port nobody listens on: bound, then released.
-    async fn closed_port() -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        addr
+    /// A port that refuses connections: bound but not listening, and held
+    /// (with the socket returned) so that no parallel test can take it.
+    fn closed_port() -> (SocketAddr, tokio::net::TcpSocket) {
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        (held.local_addr().unwrap(), held)
     }
 
     /// An echo server; returns its address.
@@ -584,7 +652,7 @@ mod tests {
 
     #[tokio::test]
     async fn refused_port_names_the_port_and_the_tunnel_option() {
-        let closed = closed_port().await;
+        let (closed, _held) = closed_port();
         let err = dial(&target(closed), &ProxyChoice::Direct, TIMEOUT, true)
             .await
             .unwrap_err();
@@ -793,7 +861,7 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_proxy_is_named() {
-        let closed = closed_port().await;
+        let (closed, _held) = closed_port();
         let choice = ProxyChoice::Connect {
             proxy: proxy_at(closed),
             credentials: None,

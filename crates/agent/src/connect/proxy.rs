@@ -40,6 +40,8 @@ pub struct ProxyAddr {
     pub credentials: Option<Credentials>,
     /// The variable it came from, for error messages.
     pub variable: &'static str,
+    /// An `https://` proxy: TLS to the proxy itself, then `CONNECT` inside.
+    pub tls: bool,
 }
 
 impl fmt::Display for ProxyAddr {
@@ -76,13 +78,21 @@ impl ProxyChoice {
         })
     }
 
-    /// [`ProxyChoice::from_env`] with an explicit environment.
-    pub fn choose(
-        target_host: &str,
+    /// The choice for a WebSocket to `host` ([`web_proxy_for`]) given the
+    /// process environment.
+    pub fn for_web_socket(
+        host: &str,
+        https: bool,
         proxy_credentials: Option<&Credentials>,
-        env: &dyn Fn(&str) -> Option<String>,
     ) -> Self {
-        match proxy_for(target_host, env) {
+        Self::with(
+            web_proxy_for(host, https, &|name| std::env::var(name).ok()),
+            proxy_credentials,
+        )
+    }
+
+    fn with(proxy: Option<ProxyAddr>, proxy_credentials: Option<&Credentials>) -> Self {
+        match proxy {
             None => ProxyChoice::Direct,
             Some(proxy) => {
                 let credentials = proxy_credentials
@@ -91,6 +101,15 @@ impl ProxyChoice {
                 ProxyChoice::Connect { proxy, credentials }
             }
         }
+    }
+
+    /// [`ProxyChoice::from_env`] with an explicit environment.
+    pub fn choose(
+        target_host: &str,
+        proxy_credentials: Option<&Credentials>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Self {
+        Self::with(proxy_for(target_host, env), proxy_credentials)
     }
 }
 
@@ -124,7 +143,41 @@ pub(crate) fn first_env(
 /// (or values without a scheme) can tunnel; other schemes are ignored with a
 /// warning.
 pub fn proxy_for(host: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<ProxyAddr> {
-    let (variable, value) = first_env(env, &PROXY_VARIABLES)?;
+    let proxy = proxy_among(&PROXY_VARIABLES, host, env)?;
+    if proxy.tls {
+        // The agent port's stream is plain TCP under the pinned TLS.
+        tracing::warn!(
+            variable = proxy.variable,
+            "an https:// proxy cannot carry the TCP agent port; connecting directly (-webSocket can use it)"
+        );
+        return None;
+    }
+    Some(proxy)
+}
+
+/// The proxy for a WebSocket to `host` on the web port: the variables
+/// reqwest reads for that URL's scheme (`HTTP_PROXY` for `ws`,
+/// `HTTPS_PROXY` for `wss`, then `ALL_PROXY`), so the WebSocket takes the
+/// path the web port's requests take. Always a `CONNECT` tunnel.
+pub fn web_proxy_for(
+    host: &str,
+    https: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<ProxyAddr> {
+    let variables: &[&'static str] = if https {
+        &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+    } else {
+        &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+    };
+    proxy_among(variables, host, env)
+}
+
+fn proxy_among(
+    variables: &[&'static str],
+    host: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<ProxyAddr> {
+    let (variable, value) = first_env(env, variables)?;
     if let Some((_, list)) = first_env(env, &NO_PROXY_VARIABLES) {
         if no_proxy_matches(&list, host) {
             return None;
@@ -137,27 +190,29 @@ pub fn proxy_for(host: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<Pro
             tracing::warn!(
                 variable,
                 reason,
-                "ignoring the proxy setting for the agent port; connecting directly"
+                "ignoring the proxy setting; connecting directly"
             );
             None
         }
     }
 }
 
-/// Parses `[http://][user[:password]@]host[:port][/...]`.
+/// Parses `[http(s)://][user[:password]@]host[:port][/...]`.
 fn parse_proxy_url(value: &str, variable: &'static str) -> Result<ProxyAddr, &'static str> {
     let value = value.trim();
-    let rest = match value.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-        Some(_) => return Err("only http:// proxies can tunnel to the agent port"),
-        None => value,
+    let (rest, tls) = match value.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (rest, false),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (rest, true),
+        Some(_) => return Err("only http:// and https:// proxies can tunnel"),
+        None => (value, false),
     };
     let authority_part = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let (userinfo, host_port) = match authority_part.rsplit_once('@') {
         Some((userinfo, host_port)) => (Some(userinfo), host_port),
         None => (None, authority_part),
     };
-    let (host, port) = split_host_port(host_port).ok_or("the proxy address is not host[:port]")?;
+    let (host, port) = split_host_port(host_port, if tls { 443 } else { 80 })
+        .ok_or("the proxy address is not host[:port]")?;
     let credentials = userinfo.map(|userinfo| {
         let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
         Credentials {
@@ -170,11 +225,12 @@ fn parse_proxy_url(value: &str, variable: &'static str) -> Result<ProxyAddr, &'s
         port,
         credentials,
         variable,
+        tls,
     })
 }
 
-/// `host`, `host:port`, `[v6]` or `[v6]:port`; port 80 by default.
-fn split_host_port(text: &str) -> Option<(String, u16)> {
+/// `host`, `host:port`, `[v6]` or `[v6]:port`; `default_port` without one.
+fn split_host_port(text: &str, default_port: u16) -> Option<(String, u16)> {
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let (host, after) = rest.split_once(']')?;
         match after {
@@ -191,7 +247,7 @@ fn split_host_port(text: &str) -> Option<(String, u16)> {
         return None;
     }
     let port = match port {
-        None => 80,
+        None => default_port,
         Some(p) => match p.parse::<u16>() {
             Ok(0) | Err(_) => return None,
             Ok(p) => p,
@@ -388,6 +444,27 @@ mod tests {
     }
 
     #[test]
+    fn web_socket_proxies_follow_the_url_scheme() {
+        let env = env_of(&[
+            ("http_proxy", "http://plain:3128"),
+            ("HTTPS_PROXY", "http://secure:3129"),
+            ("no_proxy", "internal.example"),
+        ]);
+        let plain = web_proxy_for("ci.example", false, &env).unwrap();
+        assert_eq!((plain.host.as_str(), plain.port), ("plain", 3128));
+        let secure = web_proxy_for("ci.example", true, &env).unwrap();
+        assert_eq!(
+            (secure.host.as_str(), secure.variable),
+            ("secure", "HTTPS_PROXY")
+        );
+        assert_eq!(web_proxy_for("ci.internal.example", true, &env), None);
+        let all = env_of(&[("ALL_PROXY", "http://all:1")]);
+        assert_eq!(web_proxy_for("ci.example", true, &all).unwrap().host, "all");
+        let only_https = env_of(&[("https_proxy", "http://secure:3129")]);
+        assert_eq!(web_proxy_for("ci.example", false, &only_https), None);
+    }
+
+    #[test]
     fn proxy_variables_and_precedence() {
         let env = env_of(&[]);
         assert_eq!(proxy_for("ci.example", &env), None);
@@ -401,6 +478,7 @@ mod tests {
                 port: 3128,
                 credentials: None,
                 variable: "http_proxy",
+                tls: false,
             }
         );
         assert_eq!(proxy.to_string(), "proxy.corp:3128 (from http_proxy)");
@@ -451,9 +529,15 @@ mod tests {
             parse("http://u@proxy:1").unwrap().credentials,
             Some(creds("u", ""))
         );
+        let secure = parse("https://proxy").unwrap();
+        assert!(secure.tls && secure.port == 443, "{secure:?}");
+        assert!(!parse("http://proxy").unwrap().tls);
+        // The agent port cannot go through one; a WebSocket can.
+        let env = env_of(&[("https_proxy", "https://proxy:8443")]);
+        assert_eq!(proxy_for("h", &env), None);
+        assert!(web_proxy_for("h", true, &env).unwrap().tls);
         for bad in [
             "socks5://proxy:1080",
-            "https://proxy:443",
             "http://:3128",
             "proxy:0",
             "proxy:99999",

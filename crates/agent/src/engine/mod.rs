@@ -327,10 +327,33 @@ async fn forward_stderr(stderr: tokio::process::ChildStderr, pid: u32) {
     }
 }
 
+/// Whether remoting version `ours` is older than `minimum`, comparing the
+/// numbers Jenkins compares (`3107.v665000b_51092` → 3107; `4.13` → 4, 13).
+/// Versions that do not start with a number are never "older".
+pub fn older_than(ours: &str, minimum: &str) -> bool {
+    fn numbers(version: &str) -> Vec<u64> {
+        version
+            .split(['.', '-'])
+            .map_while(|part| part.parse().ok())
+            .collect()
+    }
+    let (ours, minimum) = (numbers(ours), numbers(minimum));
+    !ours.is_empty() && !minimum.is_empty() && ours < minimum
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remoting_versions_compare_as_jenkins_does() {
+        assert!(older_than("3107.v665000b_51092", "3206.vb_15dcf73f6a_9"));
+        assert!(!older_than("3206.vb_15dcf73f6a_9", "3107.v665000b_51092"));
+        assert!(older_than("4.13", "3107.v665000b_51092"));
+        assert!(!older_than("3107.v665000b_51092", "3107.v665000b_51092"));
+        assert!(!older_than("unknown", "3107.v1"));
+    }
 
     #[test]
     fn java_is_found_in_order() {

@@ -1150,6 +1150,7 @@ mod tests {
             idle_return: None,
             when: When::Idle,
             wait: None,
+            transport: None,
         })
     }
 

@@ -131,6 +131,14 @@ struct BorrowArgs {
     /// to 10m
     #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, default_missing_value = DEFAULT_WAIT, value_parser = humantime::parse_duration)]
     wait: Option<Duration>,
+    /// Reach the borrower over a WebSocket on its web port (as -webSocket),
+    /// for controllers with no TCP agent port
+    #[arg(long = "web-socket", conflicts_with = "tcp")]
+    web_socket: bool,
+    /// Reach the borrower only through its TCP agent port. Without either
+    /// option: TCP, or the WebSocket when its TCP agent port is disabled
+    #[arg(long)]
+    tcp: bool,
 }
 
 /// How long a bare `--wait` waits.
@@ -240,6 +248,11 @@ fn borrow_request(args: BorrowArgs, stdin: &mut dyn io::Read) -> Result<BorrowRe
         idle_return: args.idle_return,
         when: when(args.now),
         wait: args.wait,
+        transport: match (args.web_socket, args.tcp) {
+            (true, _) => Some(control::Transport::WebSocket),
+            (_, true) => Some(control::Transport::Tcp),
+            _ => None,
+        },
     };
     request.validate()?;
     Ok(request)
@@ -366,6 +379,18 @@ fn describe(status: &Status, now_ms: u64) -> String {
             None => controller.to_owned(),
         },
     ));
+    if let Some(transport) = status.transport {
+        lines.push((
+            "transport",
+            match (transport, status.transport_fallback) {
+                (control::Transport::Tcp, _) => "TCP agent port (JNLP4-connect)".to_owned(),
+                (control::Transport::WebSocket, false) => "WebSocket".to_owned(),
+                (control::Transport::WebSocket, true) => {
+                    "WebSocket (the TCP agent port is disabled)".to_owned()
+                }
+            },
+        ));
+    }
     if let Some(home) = &status.home_url {
         lines.push(("home", home.clone()));
     }
@@ -551,6 +576,40 @@ mod tests {
         assert_eq!(b.lease, Some(Duration::from_secs(7200)));
         assert_eq!(b.idle_return, Some(Duration::from_secs(1800)));
         assert_eq!(b.when, When::Now);
+        assert_eq!(b.transport, None);
+
+        for (flag, transport) in [
+            ("--web-socket", control::Transport::WebSocket),
+            ("--tcp", control::Transport::Tcp),
+        ] {
+            let b = borrow_of(&[
+                "--socket",
+                "/s",
+                "borrow",
+                "--url",
+                "https://b/",
+                "--name",
+                "n",
+                "--secret",
+                "s",
+                flag,
+            ]);
+            assert_eq!(b.transport, Some(transport), "{flag}");
+        }
+        assert!(parsed(&[
+            "--socket",
+            "/s",
+            "borrow",
+            "--url",
+            "https://b/",
+            "--name",
+            "n",
+            "--secret",
+            "s",
+            "--tcp",
+            "--web-socket",
+        ])
+        .is_err());
 
         let b = borrow_of(&[
             "--socket",
@@ -741,6 +800,8 @@ mod tests {
             bytes_from_controller: 512,
             last_error: None,
             home_url: Some("https://a.example/".into()),
+            transport: Some(control::Transport::WebSocket),
+            transport_fallback: true,
             warm_engine: None,
         };
         assert_eq!(
@@ -748,6 +809,7 @@ mod tests {
             "\
 placement   borrowed, draining since 42 s ago
 controller  https://b.example/ as node mac-01
+transport   WebSocket (the TCP agent port is disabled)
 home        https://a.example/
 lease       ends in 1h 57m
 pending     return to https://a.example/ when idle (accepted 5 s ago)

@@ -52,6 +52,10 @@ pub struct Core {
     pub idle_deadline_ms: Option<u64>,
     /// The connected engine's remoting version.
     pub remoting_version: Option<String>,
+    /// How the live (or last) connection reaches its controller.
+    pub transport: Option<control::Transport>,
+    /// That is a WebSocket because the TCP agent port was disabled.
+    pub transport_fallback: bool,
     /// The engine started ahead of a move: pid and the controller it is for.
     pub warm_engine: Option<(u32, Option<String>)>,
     /// A move is under way (decided, the target being connected or the old
@@ -188,6 +192,8 @@ impl Hub {
                 .load(std::sync::atomic::Ordering::Relaxed),
             last_error: core.last_error,
             home_url: core.home_url,
+            transport: core.transport,
+            transport_fallback: core.transport_fallback,
             warm_engine: core.warm_engine.map(|(pid, controller_url)| WarmEngine {
                 pid,
                 controller_url,

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use control::{BorrowRequest, Target};
 use serde::{Deserialize, Serialize};
 
-use crate::settings::{HostPort, Secret, Settings};
+use crate::settings::{HostPort, Secret, Settings, TransportChoice};
 
 /// A borrow in force: the request as accepted (with its secret read) and
 /// when it began.
@@ -63,6 +63,18 @@ impl Lease {
         s.protocols = Vec::new();
         s.no_reconnect = false;
         s.no_reconnect_after = None;
+        // Home's headers may carry home's reverse-proxy tokens.
+        s.web_socket_headers = Vec::new();
+        s.transport = match self.request.transport {
+            Some(control::Transport::Tcp) => TransportChoice::Tcp,
+            Some(control::Transport::WebSocket) => TransportChoice::WebSocket,
+            None => TransportChoice::TcpElseWebSocket,
+        };
+        if matches!(self.request.target, Target::Direct { .. })
+            && s.transport == TransportChoice::WebSocket
+        {
+            return Err("a direct target has no web port to open a WebSocket on".into());
+        }
         s.name = Some(self.request.name.clone());
         s.secret = self.request.secret.clone().map(Secret::new);
         match &self.request.target {
@@ -277,6 +289,7 @@ mod tests {
                 idle_return: None,
                 when: control::When::Idle,
                 wait: None,
+                transport: None,
             },
             started_ms: 1_000,
         }

@@ -146,6 +146,17 @@ pub enum HttpError {
         /// The transport's explanation.
         reason: String,
     },
+    /// The WebSocket readiness check (`GET login`) did not answer 200.
+    #[error(
+        "{url} answered HTTP {status}: the controller is not ready for agents yet \
+         (starting, restarting, or in quiet mode); retrying"
+    )]
+    NotReady {
+        /// The `login` URL.
+        url: String,
+        /// What it answered.
+        status: StatusCode,
+    },
     /// [`ControllerHttp::discover_any`] was given no URL.
     #[error("no controller URL given: pass -url (or -jnlpUrl)")]
     NoUrls,

@@ -314,6 +314,26 @@ impl ControllerHttp {
         parsed.map_err(|source| HttpError::Jnlp { url, source })
     }
 
+    /// agent.jar's readiness check before each WebSocket attempt: `GET
+    /// {controller_url}login`, where only 200 means ready. Returns the
+    /// controller's `X-Instance-Identity` (which Jenkins sends on every
+    /// page), if any: it names the controller for its cookies.
+    pub async fn login(&self, controller_url: &str) -> Result<Option<String>, HttpError> {
+        let url = remoting_protocol::websocket::login_url(controller_url);
+        check_url(&url)?;
+        let response = self.get(&url, self.credentials.as_ref(), None).await?;
+        let status = response.status();
+        check_proxy_auth(&url, status)?;
+        if status != StatusCode::OK {
+            return Err(HttpError::NotReady { url, status });
+        }
+        Ok(response
+            .headers()
+            .get("x-instance-identity")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned))
+    }
+
     /// Downloads `url` (e.g. `{controller}jnlpJars/remoting.jar`) with the
     /// controller credentials, refusing bodies larger than `max_bytes`.
     #[cfg(test)]
@@ -451,7 +471,7 @@ fn explicit_proxies(
 }
 
 /// The DER certificates of one `-cert` PEM text.
-fn parse_cert_pem(pem: &CertPem) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn parse_cert_pem(pem: &CertPem) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem.0.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| format!("not valid PEM ({err})"))?;
