@@ -378,7 +378,7 @@ impl<'a> Supervisor<'a> {
                             }
                         }
                         () = self.hub.woken() => {}
-                        _ = tick.tick() => {}
+                        _ = tick.tick() => self.hub.sample_rates(),
                         _ = called_off.changed() => {}
                         () = shutdown.cancelled(), if departure.intent() != Intent::Now => {
                             departure.request(Intent::Now);

@@ -460,7 +460,10 @@ async fn borrow_from_a_tcp_home_to_a_web_socket_only_borrower_and_back() {
     // The agent marks itself online just after the controller does.
     let deadline = std::time::Instant::now() + LONG;
     while status(&agent.socket()).await.transport.is_none() {
-        assert!(std::time::Instant::now() < deadline, "no transport in status");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no transport in status"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(

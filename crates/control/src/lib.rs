@@ -92,8 +92,8 @@
 //! ```text
 //! ← {"ok":{"accepted":{"message":"accepted; will leave when idle"}}}
 //! ← {"error":"unsupported protocol version 2; this agent speaks version 1"}
-//! ← {"ok":{"status":{"placement":"borrowed","phase":"online","controller_url":"https://b.example/","node_name":"mac-01","since_ms":1700000000000,"lease_deadline_ms":1700007200000,"idle_deadline_ms":null,"pending":null,"busy":{"requests_in_flight":2,"build_processes":1,"last_activity_ms":1700000500000,"busy":true},"engine_pid":4242,"remoting_version":"3283.v92c105e0f819","bytes_to_controller":1024,"bytes_from_controller":2048,"last_error":null,"home_url":"https://a.example/"}}}
-//! ← {"ok":{"event":{"at_ms":1700000600000,"kind":"returned_home","reason":"lease_expired","status":{"placement":"home","phase":"connecting","controller_url":"https://a.example/","node_name":"mac-01","since_ms":1700000600000,"lease_deadline_ms":null,"idle_deadline_ms":null,"pending":null,"busy":{"requests_in_flight":0,"build_processes":0,"last_activity_ms":null,"busy":false},"engine_pid":null,"remoting_version":null,"bytes_to_controller":0,"bytes_from_controller":0,"last_error":null,"home_url":"https://a.example/"}}}}
+//! ← {"ok":{"status":{"placement":"borrowed","phase":"online","controller_url":"https://b.example/","node_name":"mac-01","since_ms":1700000000000,"lease_deadline_ms":1700007200000,"idle_deadline_ms":null,"pending":null,"busy":{"requests_in_flight":2,"build_processes":1,"last_activity_ms":1700000500000,"busy":true},"engine_pid":4242,"remoting_version":"3283.v92c105e0f819","bytes_to_controller":1024,"bytes_from_controller":2048,"commands_to_controller":0,"commands_from_controller":0,"bytes_per_second_to_controller":0,"bytes_per_second_from_controller":0,"last_error":null,"home_url":"https://a.example/"}}}
+//! ← {"ok":{"event":{"at_ms":1700000600000,"kind":"returned_home","reason":"lease_expired","status":{"placement":"home","phase":"connecting","controller_url":"https://a.example/","node_name":"mac-01","since_ms":1700000600000,"lease_deadline_ms":null,"idle_deadline_ms":null,"pending":null,"busy":{"requests_in_flight":0,"build_processes":0,"last_activity_ms":null,"busy":false},"engine_pid":null,"remoting_version":null,"bytes_to_controller":0,"bytes_from_controller":0,"commands_to_controller":0,"commands_from_controller":0,"bytes_per_second_to_controller":0,"bytes_per_second_from_controller":0,"last_error":null,"home_url":"https://a.example/"}}}}
 //! ```
 //!
 //! Times are Unix milliseconds (`*_ms`). Within version 1 replies may gain
@@ -669,10 +669,23 @@ pub struct Status {
     pub engine_pid: Option<u32>,
     /// The engine's remoting version.
     pub remoting_version: Option<String>,
-    /// Bytes sent to the current controller on this connection.
+    /// Bytes sent to controllers since the agent started.
     pub bytes_to_controller: u64,
-    /// Bytes received from the current controller on this connection.
+    /// Bytes received from controllers since the agent started.
     pub bytes_from_controller: u64,
+    /// Commands (remoting's, each one or more chunks) sent to controllers
+    /// since the agent started.
+    #[serde(default)]
+    pub commands_to_controller: u64,
+    /// Commands received from controllers since the agent started.
+    #[serde(default)]
+    pub commands_from_controller: u64,
+    /// Current throughput to the controller (over the last second).
+    #[serde(default)]
+    pub bytes_per_second_to_controller: u64,
+    /// Current throughput from the controller (over the last second).
+    #[serde(default)]
+    pub bytes_per_second_from_controller: u64,
     /// The last connection failure, until the next success.
     pub last_error: Option<String>,
     /// The home controller (the address for a direct target).

@@ -460,9 +460,13 @@ fn describe(status: &Status, now_ms: u64) -> String {
     lines.push((
         "traffic",
         format!(
-            "{} to the controller, {} from it",
+            "{} in {} to the controller ({}/s now), {} in {} from it ({}/s now)",
             bytes(status.bytes_to_controller),
-            bytes(status.bytes_from_controller)
+            plural(status.commands_to_controller, "command"),
+            bytes(status.bytes_per_second_to_controller),
+            bytes(status.bytes_from_controller),
+            plural(status.commands_from_controller, "command"),
+            bytes(status.bytes_per_second_from_controller),
         ),
     ));
     if let Some(error) = &status.last_error {
@@ -798,6 +802,10 @@ mod tests {
             remoting_version: Some("3283.v92c105e0f819".into()),
             bytes_to_controller: 1_572_864,
             bytes_from_controller: 512,
+            commands_to_controller: 12,
+            commands_from_controller: 1,
+            bytes_per_second_to_controller: 3 << 20,
+            bytes_per_second_from_controller: 0,
             last_error: None,
             home_url: Some("https://a.example/".into()),
             transport: Some(control::Transport::WebSocket),
@@ -815,7 +823,7 @@ lease       ends in 1h 57m
 pending     return to https://a.example/ when idle (accepted 5 s ago)
 busy        yes: 1 request in flight, 2 build processes, last activity 3 s ago
 engine      pid 4242, remoting 3283.v92c105e0f819
-traffic     1.5 MiB to the controller, 512 B from it
+traffic     1.5 MiB in 12 commands to the controller (3.0 MiB/s now), 512 B in 1 command from it (0 B/s now)
 "
         );
         let text = describe(&Status::default(), 0);

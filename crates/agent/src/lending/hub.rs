@@ -73,7 +73,24 @@ pub struct Hub {
     wake: Notify,
     /// Traffic this recent counts as busy.
     activity_window: Duration,
+    /// The current throughput, from the byte counters.
+    rates: Mutex<RateMeter>,
 }
+
+/// Throughput over the last whole window of at least [`RATE_WINDOW`]:
+/// sampled on the supervisor's tick, so `status` costs nothing extra.
+#[derive(Debug, Default)]
+struct RateMeter {
+    /// When the window began, and both byte counters then.
+    start: Option<(std::time::Instant, u64, u64)>,
+    /// Bytes per second to the controller over the last window.
+    to_controller: u64,
+    /// Bytes per second from the controller over the last window.
+    from_controller: u64,
+}
+
+/// How long a throughput window lasts.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 impl Hub {
     /// A hub for an agent whose home is `home_url`.
@@ -93,8 +110,35 @@ impl Hub {
             events,
             wake: Notify::new(),
             activity_window,
+            rates: Mutex::new(RateMeter::default()),
         };
         Arc::new(hub)
+    }
+
+    /// Closes the throughput window once it is [`RATE_WINDOW`] old (called
+    /// on every supervisor tick).
+    pub fn sample_rates(&self) {
+        self.sample_rates_at(std::time::Instant::now());
+    }
+
+    fn sample_rates_at(&self, now: std::time::Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let to = self.traffic.to_controller.load(Relaxed);
+        let from = self.traffic.to_engine.load(Relaxed);
+        let mut meter = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        match meter.start {
+            Some((start, to_before, from_before)) => {
+                let elapsed = now.duration_since(start);
+                if elapsed < RATE_WINDOW {
+                    return;
+                }
+                let per_second = |delta: u64| (delta as f64 / elapsed.as_secs_f64()) as u64;
+                meter.to_controller = per_second(to.saturating_sub(to_before));
+                meter.from_controller = per_second(from.saturating_sub(from_before));
+                meter.start = Some((now, to, from));
+            }
+            None => meter.start = Some((now, to, from)),
+        }
     }
 
     /// Returns when a move was asked for since the last call (a request
@@ -155,6 +199,15 @@ impl Hub {
     /// The status as `status` answers it.
     pub fn snapshot(&self) -> Status {
         let busy = self.busy();
+        let rates = {
+            let meter = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+            (meter.to_controller, meter.from_controller)
+        };
+        let rates = RateMeter {
+            start: None,
+            to_controller: rates.0,
+            from_controller: rates.1,
+        };
         let core = self.core().clone();
         Status {
             placement: if core.lease.is_some() {
@@ -190,6 +243,16 @@ impl Hub {
                 .traffic
                 .to_engine
                 .load(std::sync::atomic::Ordering::Relaxed),
+            commands_to_controller: self
+                .traffic
+                .commands_from_engine
+                .load(std::sync::atomic::Ordering::Relaxed),
+            commands_from_controller: self
+                .traffic
+                .commands_from_controller
+                .load(std::sync::atomic::Ordering::Relaxed),
+            bytes_per_second_to_controller: rates.to_controller,
+            bytes_per_second_from_controller: rates.from_controller,
             last_error: core.last_error,
             home_url: core.home_url,
             transport: core.transport,
@@ -284,5 +347,36 @@ impl crate::lending::control_server::Handler for Hub {
 
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn throughput_is_measured_over_whole_windows() {
+        let traffic = Arc::new(Traffic::default());
+        let hub = Hub::new(traffic.clone(), None, Duration::from_secs(5));
+        let t0 = Instant::now();
+        hub.sample_rates_at(t0);
+        traffic.to_controller.store(3 << 20, Relaxed);
+        traffic.to_engine.store(1 << 20, Relaxed);
+        traffic.commands_from_engine.store(7, Relaxed);
+        // Half a window: nothing reported yet.
+        hub.sample_rates_at(t0 + Duration::from_millis(500));
+        assert_eq!(hub.snapshot().bytes_per_second_to_controller, 0);
+        hub.sample_rates_at(t0 + Duration::from_secs(2));
+        let status = hub.snapshot();
+        assert_eq!(status.bytes_per_second_to_controller, 3 << 19);
+        assert_eq!(status.bytes_per_second_from_controller, 1 << 19);
+        assert_eq!(status.commands_to_controller, 7);
+        assert_eq!(status.bytes_to_controller, 3 << 20);
+        // An idle window brings the rate back to zero.
+        hub.sample_rates_at(t0 + Duration::from_secs(3));
+        assert_eq!(hub.snapshot().bytes_per_second_to_controller, 0);
     }
 }
