@@ -314,6 +314,11 @@ async fn refusals_use_jenkins_status_codes() {
             format!("{NODE} is already connected to this controller. Rejecting this connection.")
         );
     }
+    // A cookie that is not hex: 500, and the live channel stays.
+    let mut headers = upgrade(agent_headers(NODE, SECRET));
+    headers.push(("Connection-Cookie".to_owned(), "not-hex".to_owned()));
+    let (status, _, _) = raw_get(&controller, "/wsagents/", &headers).await;
+    assert_eq!(status, 500);
     assert!(controller.is_online(NODE));
     let log = controller.log();
     assert!(!log
@@ -526,8 +531,13 @@ async fn the_live_channels_cookie_takes_the_node_over() {
     let controller = start(Peer::Hold).await;
     let (mut first, cookie) = agent(&controller, &[]).await;
     controller.wait_for(accepted(false), T).await;
-    let (_second, new_cookie) = agent(&controller, &[("Connection-Cookie", &cookie)]).await;
-    assert_ne!(new_cookie, cookie);
+    // In upper case: Jenkins normalises it and answers with it.
+    let (_second, new_cookie) = agent(
+        &controller,
+        &[("Connection-Cookie", &cookie.to_uppercase())],
+    )
+    .await;
+    assert_eq!(new_cookie, cookie);
     let log = controller
         .wait_for(
             |log| accepted(true)(log) && closed(ChannelEnd::TakenOver)(log),
@@ -535,7 +545,10 @@ async fn the_live_channels_cookie_takes_the_node_over() {
         )
         .await;
     let request = upgrade_event(&log, 101).unwrap();
-    assert_eq!(has(request, "connection-cookie"), Some(cookie));
+    assert_eq!(
+        has(request, "connection-cookie"),
+        Some(cookie.to_uppercase())
+    );
     assert!(controller.is_online(NODE));
     assert_eq!(controller.current_cookie(NODE), Some(new_cookie));
     // The controller ended the old channel: a normal close.

@@ -10,8 +10,13 @@
 //! | unknown node | 400 `No such agent: NAME` |
 //! | wrong secret | 403, empty body |
 //! | a live channel, no matching `Connection-Cookie` | 400 `NAME is already connected to this controller. ...` (500 with [`super::ControllerBuilder::legacy_already_connected_500`]) |
+//! | a `Connection-Cookie` that is not hex (Jenkins' `Util.fromHexString` throws) | 500 |
 //! | [`super::ControllerBuilder::fatal_node`], or a capability that does not parse | 500 |
 //! | otherwise (a matching cookie takes the old channel over) | 101 |
+//!
+//! The 101 carries the agent's own cookie back (normalised to lowercase
+//! hex), or a new one when it sent none, as `WebSocketAgents` does since
+//! it passes the cookie on to the take-over check.
 //!
 //! After the 101, [`pump`] moves data between the WebSocket and one end of a
 //! pipe whose other end the channel's [`ChannelStream`] reads and writes:
@@ -114,7 +119,11 @@ pub(super) fn upgrade(
         capability.as_deref(),
         cookie.as_deref(),
     );
-    let new_cookie = random_hex(16);
+    // Jenkins keeps the agent's cookie (its take-over key) and answers with it.
+    let new_cookie = cookie
+        .as_deref()
+        .and_then(normalised_cookie)
+        .unwrap_or_else(|| random_hex(16));
     let (mut response, took_over) = match (decision, key.as_deref()) {
         (Ok(took_over), Some(key)) => (
             switching_protocols(shared, key, &new_cookie),
@@ -169,7 +178,19 @@ fn decide(
             &format!("Bad X-Remoting-Capability: {err}\n"),
         );
     }
-    match shared.judge(node, Some(secret), cookie) {
+    if cookie.is_some_and(|c| normalised_cookie(c).is_none()) {
+        // Jenkins decodes it after the name and secret checks and fails.
+        return match shared.nodes.get(node) {
+            None => refuse(StatusCode::BAD_REQUEST, &format!("No such agent: {node}\n")),
+            Some(spec) if spec.secret != secret => refuse(StatusCode::FORBIDDEN, ""),
+            Some(_) => refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Connection-Cookie is not hexadecimal\n",
+            ),
+        };
+    }
+    let cookie = cookie.and_then(normalised_cookie);
+    match shared.judge(node, Some(secret), cookie.as_deref()) {
         Verdict::Accept { took_over } => Ok(took_over),
         Verdict::Refuse(Refusal::UnknownNode) => {
             refuse(StatusCode::BAD_REQUEST, &format!("No such agent: {node}\n"))
@@ -193,6 +214,12 @@ fn decide(
             refuse(StatusCode::INTERNAL_SERVER_ERROR, &format!("{reason}\n"))
         }
     }
+}
+
+/// The cookie as Jenkins keeps it (`toHexString(fromHexString(..))`):
+/// lowercase hex; `None` unless it is whole bytes of hex.
+fn normalised_cookie(cookie: &str) -> Option<String> {
+    hex::decode(cookie).ok().map(hex::encode)
 }
 
 /// A WebSocket version 13 upgrade (RFC 6455 4.2.1; the method was checked
