@@ -4,20 +4,17 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+use common::sessions::{each_way, recorded_session, scripted};
 use common::{
     accepted, alive, eventually, fake_engine, read_pids, temp_dir, AgentProcess, CuttableProxy,
 };
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
-use remoting_protocol::Chunk;
 use testkit::controller::ChannelEnd;
-use testkit::fixtures::{self, Direction, Layer};
-use testkit::{Channel, ControllerEvent, Peer, TestController, TestIdentity};
-use tokio::sync::oneshot;
+use testkit::{Channel, ControllerEvent, TestController, TestIdentity};
 use tokio_util::codec::Decoder;
 
 const SECRET: &str = "5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";
@@ -36,58 +33,12 @@ fn engine(mode: &str) -> String {
     format!("{} {mode}", fake_engine().display())
 }
 
-/// A script peer whose verdict comes back through a channel.
-fn scripted<F, Fut>(script: F) -> (Peer, oneshot::Receiver<Result<(), String>>)
-where
-    F: Fn(Channel) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
-{
-    let (tx, rx) = oneshot::channel();
-    let tx = Arc::new(Mutex::new(Some(tx)));
-    let script = Arc::new(script);
-    let peer = Peer::script(move |channel| {
-        let tx = tx.clone();
-        let script = script.clone();
-        async move {
-            let verdict = script(channel).await;
-            if let Some(tx) = tx.lock().unwrap().take() {
-                let _ = tx.send(verdict);
-            }
-        }
-    });
-    (peer, rx)
-}
-
 /// The controller side of the recorded session plays against the agent,
 /// whose fake engine plays the recorded agent side: every chunk must cross
 /// the bridge unchanged, both ways.
 #[tokio::test]
 async fn recorded_session_crosses_the_bridge_byte_exactly() {
-    let (peer, verdict) = scripted(|mut channel: Channel| async move {
-        let records = fixtures::load("session-accepted.jsonl");
-        for record in records.iter().filter(|r| r.layer == Layer::Chunk) {
-            let expected = testkit_chunk(&record.bytes);
-            match record.dir {
-                Direction::ControllerToAgent => channel
-                    .framed
-                    .send(expected)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                Direction::AgentToController => {
-                    let got = channel
-                        .framed
-                        .next()
-                        .await
-                        .ok_or(format!("seq {}: channel ended", record.seq))?
-                        .map_err(|e| e.to_string())?;
-                    if got != expected {
-                        return Err(format!("seq {}: agent sent a different chunk", record.seq));
-                    }
-                }
-            }
-        }
-        Ok(())
-    });
+    let (peer, verdict) = scripted(recorded_session);
     let controller = TestController::builder()
         .node("capture-agent", SECRET)
         .remoting_jar(b"engine jar bytes".to_vec())
@@ -125,51 +76,10 @@ async fn recorded_session_crosses_the_bridge_byte_exactly() {
     controller.shutdown().await;
 }
 
-fn testkit_chunk(bytes: &[u8]) -> Chunk {
-    let mut buf = BytesMut::from(bytes);
-    remoting_protocol::ChunkCodec
-        .decode(&mut buf)
-        .unwrap()
-        .unwrap()
-}
-
 /// 1 GiB from the controller through the agent to an echoing engine and back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gigabyte_each_way_arrives_intact() {
-    const TOTAL: usize = 1 << 30;
-    const CHUNK: usize = 8192;
-    let (peer, verdict) = scripted(|channel: Channel| async move {
-        let (mut tx, mut rx) = channel.framed.split();
-        let writer = tokio::spawn(async move {
-            let payloads: Vec<Bytes> = (0..251u8).map(|b| Bytes::from(vec![b; CHUNK])).collect();
-            for i in 0..TOTAL / CHUNK {
-                let chunk = Chunk {
-                    last: true,
-                    payload: payloads[i % 251].clone(),
-                };
-                tx.feed(chunk).await.map_err(|e| e.to_string())?;
-            }
-            tx.flush().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(tx)
-        });
-        let mut received = 0;
-        let mut index = 0;
-        while received < TOTAL {
-            let chunk = rx
-                .next()
-                .await
-                .ok_or("channel ended early")?
-                .map_err(|e| e.to_string())?;
-            let want = (index % 251) as u8;
-            if chunk.payload.len() != CHUNK || chunk.payload.iter().any(|&b| b != want) {
-                return Err(format!("chunk {index} corrupted"));
-            }
-            received += chunk.payload.len();
-            index += 1;
-        }
-        drop(writer.await.map_err(|e| e.to_string())??);
-        Ok(())
-    });
+    let (peer, verdict) = scripted(|channel| each_way(channel, 1 << 30));
     let controller = TestController::builder()
         .node("big", SECRET)
         .remoting_jar(b"jar".to_vec())

@@ -8,18 +8,12 @@
 mod common;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use common::sessions::{each_way, recorded_session, scripted};
 use common::{accepted, fake_engine, until_online, AgentProcess, CuttableProxy};
-use futures_util::{SinkExt, StreamExt};
-use remoting_protocol::Chunk;
-use testkit::fixtures::{self, Direction, Layer};
 use testkit::proxy::TestProxy;
-use testkit::{Channel, ControllerEvent, Peer, TestController};
-use tokio::sync::oneshot;
-use tokio_util::codec::Decoder;
+use testkit::{ControllerEvent, Peer, TestController};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const LONG: Duration = Duration::from_secs(30);
@@ -62,28 +56,6 @@ fn start(args: &[String], envs: &[(&str, &str)]) -> AgentProcess {
     AgentProcess::start(&args, envs)
 }
 
-/// A script peer whose verdict comes back through a channel.
-fn scripted<F, Fut>(script: F) -> (Peer, oneshot::Receiver<Result<(), String>>)
-where
-    F: Fn(Channel) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
-{
-    let (tx, rx) = oneshot::channel();
-    let tx = Arc::new(Mutex::new(Some(tx)));
-    let script = Arc::new(script);
-    let peer = Peer::script(move |channel| {
-        let tx = tx.clone();
-        let script = script.clone();
-        async move {
-            let verdict = script(channel).await;
-            if let Some(tx) = tx.lock().unwrap().take() {
-                let _ = tx.send(verdict);
-            }
-        }
-    });
-    (peer, rx)
-}
-
 fn upgrades(log: &[ControllerEvent]) -> Vec<(u16, Vec<(String, String)>)> {
     log.iter()
         .filter_map(|e| match e {
@@ -102,44 +74,12 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn chunk(bytes: &[u8]) -> Chunk {
-    let mut buf = BytesMut::from(bytes);
-    remoting_protocol::ChunkCodec
-        .decode(&mut buf)
-        .unwrap()
-        .unwrap()
-}
-
 /// The recorded session plays over the WebSocket: every chunk crosses
 /// unchanged both ways; the login check came first; the TCP agent port
 /// was never touched.
 #[tokio::test]
 async fn recorded_session_crosses_a_web_socket_byte_exactly() {
-    let (peer, verdict) = scripted(|mut channel: Channel| async move {
-        let records = fixtures::load("session-accepted.jsonl");
-        for record in records.iter().filter(|r| r.layer == Layer::Chunk) {
-            let expected = chunk(&record.bytes);
-            match record.dir {
-                Direction::ControllerToAgent => channel
-                    .framed
-                    .send(expected)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                Direction::AgentToController => {
-                    let got = channel
-                        .framed
-                        .next()
-                        .await
-                        .ok_or(format!("seq {}: channel ended", record.seq))?
-                        .map_err(|e| e.to_string())?;
-                    if got != expected {
-                        return Err(format!("seq {}: agent sent a different chunk", record.seq));
-                    }
-                }
-            }
-        }
-        Ok(())
-    });
+    let (peer, verdict) = scripted(recorded_session);
     let controller = ws_controller("capture-agent", peer).await;
     let mut args = ws_args(
         &controller.url(),
@@ -178,40 +118,7 @@ async fn recorded_session_crosses_a_web_socket_byte_exactly() {
 /// back, over the WebSocket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gigabyte_each_way_over_a_web_socket() {
-    const TOTAL: usize = 1 << 30;
-    const CHUNK: usize = 8192;
-    let (peer, verdict) = scripted(|channel: Channel| async move {
-        let (mut tx, mut rx) = channel.framed.split();
-        let writer = tokio::spawn(async move {
-            let payloads: Vec<Bytes> = (0..251u8).map(|b| Bytes::from(vec![b; CHUNK])).collect();
-            for i in 0..TOTAL / CHUNK {
-                let chunk = Chunk {
-                    last: true,
-                    payload: payloads[i % 251].clone(),
-                };
-                tx.feed(chunk).await.map_err(|e| e.to_string())?;
-            }
-            tx.flush().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(tx)
-        });
-        let mut received = 0;
-        let mut index = 0;
-        while received < TOTAL {
-            let chunk = rx
-                .next()
-                .await
-                .ok_or("channel ended early")?
-                .map_err(|e| e.to_string())?;
-            let want = (index % 251) as u8;
-            if chunk.payload.len() != CHUNK || chunk.payload.iter().any(|&b| b != want) {
-                return Err(format!("chunk {index} corrupted"));
-            }
-            received += chunk.payload.len();
-            index += 1;
-        }
-        drop(writer.await.map_err(|e| e.to_string())??);
-        Ok(())
-    });
+    let (peer, verdict) = scripted(|channel| each_way(channel, 1 << 30));
     let controller = ws_controller("big", peer).await;
     let agent = start(&ws_args(&controller.url(), "big", &engine("echo")), &[]);
     let verdict = tokio::time::timeout(Duration::from_secs(300), verdict)

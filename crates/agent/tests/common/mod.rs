@@ -11,6 +11,8 @@ use testkit::{ControllerEvent, TestController};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod sessions;
+
 /// The fake engine binary, built on demand when a lone `cargo test -p
 /// jnlp-agent` did not build it.
 pub fn fake_engine() -> PathBuf {
