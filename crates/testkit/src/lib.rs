@@ -25,6 +25,7 @@ pub mod identity;
 pub mod proxy;
 pub mod replay;
 pub mod web_pki;
+pub mod windowed;
 
 pub use controller::{Channel, ControllerBuilder, ControllerEvent, Peer, TestController};
 pub use identity::TestIdentity;

@@ -362,3 +362,107 @@ pub fn java_echo_engine_jar() -> Vec<u8> {
     }
     std::fs::read(build.join("engine.jar")).unwrap()
 }
+
+/// `tests/java/WindowedEngine.java` compiled and packed as a jar: the
+/// windowed benchmark's engine (remoting's flow control over the chunk
+/// framing; `testkit::windowed` is its controller side). As a stdio engine
+/// the test controller serves it as `remoting.jar`; `java -jar it -direct
+/// HOST PORT NODE SECRET` connects to the agent port itself. `None` (with
+/// the reason on stderr) when the JDK is missing or compiling fails.
+pub fn java_windowed_engine_jar() -> Option<Vec<u8>> {
+    let build = temp_dir("java-windowed");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/java/WindowedEngine.java");
+    std::fs::copy(&source, build.join("WindowedEngine.java")).ok()?;
+    let run = |tool: &str, args: &[String]| {
+        let status = std::process::Command::new(tool)
+            .args(args)
+            .current_dir(&build)
+            .status();
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            eprintln!(
+                "{tool} failed ({status:?}); the JDK is a test dependency (.ci/run installs it)"
+            );
+            return false;
+        }
+        true
+    };
+    if !run("javac", &["WindowedEngine.java".into()]) {
+        return None;
+    }
+    // The main class and its nested classes.
+    let mut classes: Vec<String> = std::fs::read_dir(&build)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".class"))
+        .collect();
+    classes.sort();
+    let mut args: Vec<String> = ["cfe", "windowed.jar", "WindowedEngine"]
+        .map(String::from)
+        .into();
+    args.extend(classes);
+    if !run("jar", &args) {
+        return None;
+    }
+    std::fs::read(build.join("windowed.jar")).ok()
+}
+
+/// Resident set of a process in KiB (`VmRSS`, or another `/proc/PID/status`
+/// field such as `VmHWM`); 0 when it is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of a process (its own threads, not its
+/// children); 0 when it is gone.
+pub fn proc_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // USER_HZ is 100 on every Linux the tests run on.
+    ticks / 100.0
+}
+
+/// Every live descendant of `pid` (children, their children, ...), from
+/// the parent ids in `/proc/*/stat`.
+pub fn proc_descendants(pid: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(parent) = parent {
+                parents.push((child, parent));
+            }
+        }
+    }
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(next) = frontier.pop() {
+        for &(child, parent) in &parents {
+            if parent == next && !found.contains(&child) {
+                found.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    found
+}
