@@ -103,8 +103,14 @@ async fn serve(settings: settings::Settings, work: WorkDir) -> anyhow::Result<()
     } else {
         engine::busy::become_subreaper()
     };
-    if let Err(err) = subreaper {
-        tracing::warn!(%err, "cannot become a child subreaper; detached build processes will not be tracked");
+    match subreaper {
+        Ok(()) => {}
+        // No such thing there: the session marker alone finds detached builds.
+        Err(nix::Error::ENOTSUP) if cfg!(not(target_os = "linux")) => {}
+        Err(err) => tracing::warn!(
+            %err,
+            "cannot become a child subreaper; detached build processes are found by their session marker only"
+        ),
     }
     let shutdown = supervisor::shutdown_on_signals().context("cannot install signal handlers")?;
     let mut backoff = Backoff::new(settings.reconnect_delay, settings.reconnect_max_delay);

@@ -3,7 +3,9 @@
 //! With a work directory, `<workDir>/<internalDir>/` holds `logs/` (rotated
 //! daily, a week kept), `engines/` (engine jars by hash) and `jarCache/`
 //! (the engine's class cache), as agent.jar lays it out. Without one, logs go
-//! to stderr only and the caches live under the user's cache directory.
+//! to stderr only and the caches live under the user's cache directory:
+//! `~/Library/Caches/jnlp-agent` on macOS, `$XDG_CACHE_HOME/jnlp-agent` or
+//! `~/.cache/jnlp-agent` elsewhere.
 
 use std::path::{Path, PathBuf};
 
@@ -41,7 +43,7 @@ impl WorkDir {
     pub fn prepare(settings: &Settings) -> anyhow::Result<Self> {
         let internal_name = settings.internal_dir.clone();
         let Some(root) = settings.work_dir.clone() else {
-            let cache = user_cache_dir().join("jnlp-agent");
+            let cache = default_cache_dir();
             let engines = cache.join("engines");
             let jar_cache = settings
                 .jar_cache
@@ -99,11 +101,33 @@ impl WorkDir {
     }
 }
 
-fn user_cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
+/// Where the agent keeps its files when there is no work directory.
+fn default_cache_dir() -> PathBuf {
+    cache_dir_for(
+        cfg!(target_os = "macos"),
+        std::env::var_os("XDG_CACHE_HOME"),
+        std::env::var_os("HOME"),
+    )
+    .unwrap_or_else(std::env::temp_dir)
+    .join("jnlp-agent")
+}
+
+/// The user's cache directory by the platform's convention: macOS has
+/// `~/Library/Caches` (and no XDG); elsewhere `$XDG_CACHE_HOME`, else
+/// `~/.cache`. `None` without a home.
+fn cache_dir_for(
+    macos: bool,
+    xdg_cache_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    if macos {
+        return home
+            .filter(|h| !h.is_empty())
+            .map(|h| PathBuf::from(h).join("Library/Caches"));
+    }
+    xdg_cache_home
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
+        .or_else(|| home.map(|h| PathBuf::from(h).join(".cache")))
 }
 
 /// Creates `dir` and proves it writable, so the problem shows at start-up
@@ -188,6 +212,26 @@ mod tests {
             crate::cli::Command::Run(settings) => settings,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn default_cache_dirs_follow_the_platform() {
+        let some = |s: &str| Some(std::ffi::OsString::from(s));
+        assert_eq!(
+            cache_dir_for(true, some("/x/cache"), some("/Users/ci")),
+            Some(PathBuf::from("/Users/ci/Library/Caches"))
+        );
+        assert_eq!(cache_dir_for(true, None, None), None);
+        assert_eq!(
+            cache_dir_for(false, some("/x/cache"), some("/home/ci")),
+            Some(PathBuf::from("/x/cache"))
+        );
+        assert_eq!(
+            cache_dir_for(false, None, some("/home/ci")),
+            Some(PathBuf::from("/home/ci/.cache"))
+        );
+        assert_eq!(cache_dir_for(false, None, None), None);
+        assert_eq!(cache_dir_for(true, None, some("")), None);
     }
 
     #[test]

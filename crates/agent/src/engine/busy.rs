@@ -5,19 +5,19 @@
 //!   names that start commands on the chunk stream (`UserRequest` and
 //!   `RPCRequest` in, `Response` out);
 //! - build processes alive: descendants of the agent other than the engine
-//!   JVM itself. The agent is a child subreaper, so processes a build
-//!   detached (daemonised, `nohup`, double fork) are re-parented to the agent
-//!   instead of init and stay countable;
+//!   JVM itself, and processes anywhere carrying this agent's session marker
+//!   ([`SESSION_ENV`]). On Linux the agent is also a child subreaper, so
+//!   processes a build detached (daemonised, `nohup`, double fork) are
+//!   re-parented to the agent instead of init. How processes are found on
+//!   each OS, and how those the agent cannot read count, is in
+//!   [`crate::engine::processes`];
 //! - non-ping traffic within the last few seconds (any command but a
 //!   `Response` or a `PingThread$Ping` request).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag};
-use nix::unistd::Pid;
+use crate::engine::processes::{self, ProcessTable as _};
 
 /// Commands the controller sends that expect a `Response`.
 const REQUESTS: &[&str] = &[
@@ -101,17 +101,9 @@ pub fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
-/// A process's resident memory in KiB (`VmRSS` in `/proc/PID/status`);
-/// `None` where that cannot be read.
+/// A process's resident memory in KiB; `None` where that cannot be read.
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    processes::os().rss_kib(pid)
 }
 
 /// Makes this process a child subreaper (Linux), so that orphaned
@@ -121,7 +113,8 @@ pub fn become_subreaper() -> nix::Result<()> {
     nix::sys::prctl::set_child_subreaper(true)
 }
 
-/// Other systems have no subreaper (macOS: launchd adopts orphans).
+/// Other systems have no subreaper (macOS: launchd adopts orphans, and the
+/// session marker alone finds them).
 #[cfg(not(target_os = "linux"))]
 pub fn become_subreaper() -> nix::Result<()> {
     Err(nix::Error::ENOTSUP)
@@ -140,114 +133,67 @@ pub fn session_marker() -> &'static str {
     MARKER.get_or_init(|| format!("{}-{:016x}", std::process::id(), rand::random::<u64>()))
 }
 
-/// Whether a NUL-separated environment block holds exactly `entry`.
-fn environ_has(environ: &[u8], entry: &[u8]) -> bool {
-    environ.split(|&b| b == 0).any(|var| var == entry)
-}
-
-/// A process seen in `/proc`.
-#[derive(Debug, Clone, Copy)]
-struct Proc {
-    ppid: u32,
-    zombie: bool,
-    /// It carries this agent's [`SESSION_ENV`] (false where its
-    /// environment cannot be read: another user's process is not ours).
-    marked: bool,
-}
-
-fn processes() -> HashMap<u32, Proc> {
-    let mut out = HashMap::new();
-    let marker = format!("{SESSION_ENV}={}", session_marker());
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // The command name is in parentheses and may contain anything.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next().unwrap_or("");
-        let ppid = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        let marked = std::fs::read(format!("/proc/{pid}/environ"))
-            .is_ok_and(|environ| environ_has(&environ, marker.as_bytes()));
-        out.insert(
-            pid,
-            Proc {
-                ppid,
-                zombie: state == "Z" || state == "X",
-                marked,
-            },
-        );
-    }
-    out
-}
-
-/// Live descendants of `root` in `all`.
-fn descendants_in(all: &HashMap<u32, Proc>, root: u32) -> Vec<u32> {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for (&pid, proc) in all {
-        children.entry(proc.ppid).or_default().push(pid);
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![root];
-    while let Some(pid) = stack.pop() {
-        for &child in children.get(&pid).into_iter().flatten() {
-            if all.get(&child).is_some_and(|p| !p.zombie) {
-                out.push(child);
-            }
-            stack.push(child);
-        }
-    }
-    out
+/// `SESSION_ENV=<marker>`, the whole variable as it appears in an
+/// environment.
+fn marker_variable() -> &'static [u8] {
+    static VARIABLE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VARIABLE
+        .get_or_init(|| format!("{SESSION_ENV}={}", session_marker()))
+        .as_bytes()
 }
 
 /// Live descendants of `root`.
 #[cfg(test)]
 pub fn descendants(root: u32) -> Vec<u32> {
-    descendants_in(&processes(), root)
+    processes::live_descendants(&processes::os(), root)
 }
 
 /// Build processes, other than the engines (the JVMs themselves are not
-/// builds), found two ways: live descendants of this agent (it is a child
+/// builds): live descendants of this agent (on Linux it is a child
 /// subreaper, so orphans stay below it), and processes anywhere that carry
-/// this agent's [`SESSION_ENV`] marker (they left the tree).
+/// this agent's [`SESSION_ENV`] marker (they left the tree). Asked afresh on
+/// every call: the supervisor samples it once a tick.
+///
+/// Processes whose environment cannot be read count when they are below
+/// the agent and are only logged (at debug) when they are not; see
+/// [`processes`] for why.
 pub fn build_processes(engines: &[u32]) -> Vec<u32> {
-    let all = processes();
-    let me = std::process::id();
-    let mut out = descendants_in(&all, me);
-    for (&pid, proc) in &all {
-        if proc.marked && !proc.zombie && pid != me && !out.contains(&pid) {
-            out.push(pid);
-        }
+    let census = processes::census(
+        &processes::os(),
+        marker_variable(),
+        std::process::id(),
+        engines,
+    );
+    report_unknown(census.unknown.len());
+    census.builds
+}
+
+/// Logs the number of unreadable processes outside the agent's tree when
+/// it changes (it is sampled every tick).
+fn report_unknown(count: usize) {
+    static LAST: AtomicUsize = AtomicUsize::new(usize::MAX);
+    if LAST.swap(count, Ordering::Relaxed) != count {
+        tracing::debug!(
+            unknown = count,
+            "processes outside the agent's tree whose environment cannot be read \
+             (other users', or withheld by the OS): not counted as builds"
+        );
     }
-    out.retain(|pid| !engines.contains(pid));
-    out
 }
 
 /// Reaps zombies re-parented to us (as subreaper), leaving alone the
 /// children tokio waits for itself (`keep`).
 pub fn reap_orphans(keep: &[u32]) {
-    let me = std::process::id();
-    for (pid, proc) in processes() {
-        if proc.ppid == me && proc.zombie && !keep.contains(&pid) {
-            let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
-        }
-    }
+    processes::reap_orphans(
+        &processes::os(),
+        marker_variable(),
+        std::process::id(),
+        keep,
+    );
 }
 
 /// [`reap_orphans`], at most once a second: called from a fast tick, and a
-/// `/proc` scan is not free.
+/// process scan is not free.
 pub fn reap_orphans_now_and_then(keep: &[u32]) {
     static LAST: AtomicU64 = AtomicU64::new(0);
     let now = now_ms();
@@ -261,49 +207,24 @@ pub fn reap_orphans_now_and_then(keep: &[u32]) {
     }
 }
 
-/// Ends every build process left behind (all descendants but `keep`):
-/// SIGTERM, then SIGKILL for those still alive after `grace`. Returns how
-/// many there were.
+/// Ends every build process left behind (see [`build_processes`]; `keep`:
+/// the engines): SIGTERM, then SIGKILL for those still alive after
+/// `grace`. Returns how many there were.
 pub async fn end_leftovers(keep: &[u32], grace: Duration) -> usize {
-    let left = build_processes(keep);
-    if left.is_empty() {
-        return 0;
-    }
-    for &pid in &left {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-    }
-    let deadline = tokio::time::Instant::now() + grace;
-    while tokio::time::Instant::now() < deadline {
-        reap_orphans(keep);
-        if build_processes(keep).is_empty() {
-            return left.len();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for pid in build_processes(keep) {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    reap_orphans(keep);
-    left.len()
+    processes::end_all(
+        &processes::os(),
+        marker_variable(),
+        std::process::id(),
+        keep,
+        grace,
+    )
+    .await
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_marker_must_match_a_whole_variable() {
-        let entry = b"JNLP_AGENT_SESSION=1-ab";
-        assert!(environ_has(b"A=1\0JNLP_AGENT_SESSION=1-ab\0B=2\0", entry));
-        assert!(
-            !environ_has(b"JNLP_AGENT_SESSION=1-abc\0", entry),
-            "a longer marker"
-        );
-        assert!(!environ_has(b"XJNLP_AGENT_SESSION=1-ab\0", entry));
-        assert!(!environ_has(b"", entry));
-    }
 
     #[test]
     fn requests_and_responses_balance() {
@@ -351,9 +272,65 @@ mod tests {
         }
         assert!(build_processes(&[]).contains(&sh));
         assert!(!build_processes(&[sh]).contains(&sh));
-        let ended = end_leftovers(&[], Duration::from_secs(5)).await;
-        assert!(ended >= 2, "sh and sleep: {ended}");
+        // Below `sh` only, and no marker (other tests' processes carry
+        // this process's): nothing else is touched.
+        let table = processes::os();
+        let grace = Duration::from_secs(5);
+        let ended = processes::end_all(&table, processes::NO_MARKER, sh, &[], grace).await;
+        assert_eq!(ended, 1, "sleep");
         let _ = child.wait().await;
         assert!(descendants(sh).is_empty());
+    }
+
+    /// The supervisor samples busy once a tick (`TICK` in supervisor.rs,
+    /// 200 ms) with `Hub::busy`, which calls [`build_processes`]. Nothing is
+    /// cached between calls, so a build process counts from the first
+    /// sample after it started and no longer from the first sample after it
+    /// ended: one call each way, no polling of the signal itself.
+    #[test]
+    fn a_build_process_counts_from_the_next_tick_and_not_after_its_end() {
+        // Detached (`sh` exits, the sleep is re-parented away from this
+        // process): only the marker finds it.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 </dev/null >/dev/null 2>&1 & echo $!"])
+            .env(SESSION_ENV, session_marker())
+            .output()
+            .unwrap();
+        let detached: u32 = String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // A child without the marker: only ancestry finds it.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env_remove(SESSION_ENV)
+            .spawn()
+            .unwrap();
+        let started = build_processes(&[]);
+        assert!(started.contains(&detached), "{started:?}");
+        assert!(started.contains(&child.id()), "{started:?}");
+
+        child.kill().unwrap();
+        child.wait().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(detached as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        // The detached sleep is not our child: wait for its end as the
+        // process table shows it (gone, or a zombie of its new parent).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while processes::os()
+            .scan(processes::NO_MARKER)
+            .iter()
+            .any(|p| p.pid == detached && !p.zombie)
+        {
+            assert!(std::time::Instant::now() < deadline, "SIGKILL ignored");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let ended = build_processes(&[]);
+        assert!(!ended.contains(&detached), "{ended:?}");
+        assert!(!ended.contains(&child.id()), "{ended:?}");
     }
 }

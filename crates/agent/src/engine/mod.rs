@@ -10,6 +10,7 @@
 
 pub mod bridge;
 pub mod busy;
+pub mod processes;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

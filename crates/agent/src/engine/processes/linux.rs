@@ -1,0 +1,113 @@
+//! The process table on Linux: `/proc`.
+//!
+//! `/proc/PID/stat` gives the parent and the state of every process, to
+//! anyone. `/proc/PID/environ` is readable only with ptrace access: another
+//! user's process (or, under Yama, one we may not trace) fails with
+//! `EACCES`/`EPERM`, and is then [`Mark::Unknown`]. A process that is gone
+//! by the time it is read is left out.
+
+use std::io::ErrorKind;
+
+use super::{Mark, Proc, ProcessTable};
+
+/// `/proc`.
+#[derive(Debug, Clone, Copy)]
+pub struct Linux;
+
+impl ProcessTable for Linux {
+    fn scan(&self, marker: &[u8]) -> Vec<Proc> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| read_proc(pid, marker))
+            .collect()
+    }
+
+    fn rss_kib(&self, pid: u32) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+/// One process, `None` if it is gone.
+fn read_proc(pid: u32, marker: &[u8]) -> Option<Proc> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (state, ppid) = parse_stat(&stat)?;
+    let mark = match std::fs::read(format!("/proc/{pid}/environ")) {
+        Ok(environ) if environ_has(&environ, marker) => Mark::Ours,
+        // Kernel threads and zombies read as empty: they are not ours.
+        Ok(_) => Mark::NotOurs,
+        Err(err) if err.kind() == ErrorKind::NotFound => return None,
+        Err(err) if err.raw_os_error() == Some(nix::libc::ESRCH) => return None,
+        // EACCES, EPERM: another user's. Anything else: cannot tell either.
+        Err(_) => Mark::Unknown,
+    };
+    Some(Proc {
+        pid,
+        ppid,
+        zombie: state == "Z" || state == "X",
+        mark,
+    })
+}
+
+/// The state and the parent from `/proc/PID/stat`. The command name is in
+/// parentheses and may contain anything, parentheses and spaces included,
+/// so the fields are read after its last `)`.
+fn parse_stat(stat: &str) -> Option<(&str, u32)> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Whether a NUL-separated environment block holds exactly `entry`.
+fn environ_has(environ: &[u8], entry: &[u8]) -> bool {
+    environ.split(|&b| b == 0).any(|var| var == entry)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_must_match_a_whole_variable() {
+        let entry = b"JNLP_AGENT_SESSION=1-ab";
+        assert!(environ_has(b"A=1\0JNLP_AGENT_SESSION=1-ab\0B=2\0", entry));
+        assert!(
+            !environ_has(b"JNLP_AGENT_SESSION=1-abc\0", entry),
+            "a longer marker"
+        );
+        assert!(!environ_has(b"XJNLP_AGENT_SESSION=1-ab\0", entry));
+        assert!(!environ_has(b"", entry));
+    }
+
+    #[test]
+    fn stat_fields_come_after_the_command_name() {
+        assert_eq!(parse_stat("42 (a) b) (c) S 7 42 42 0 -1"), Some(("S", 7)));
+        assert_eq!(parse_stat("9 (zombie) Z 1 9"), Some(("Z", 1)));
+        assert_eq!(parse_stat("9 (cut"), None);
+        assert_eq!(parse_stat("9 (x) R"), None);
+    }
+
+    #[test]
+    fn this_process_is_in_the_table_and_readable() {
+        let me = std::process::id();
+        let procs = Linux.scan(b"NO_SUCH_VARIABLE=1");
+        let mine = procs.iter().find(|p| p.pid == me).unwrap();
+        assert_eq!(mine.mark, Mark::NotOurs);
+        assert_eq!(mine.ppid, nix::unistd::getppid().as_raw() as u32);
+        assert!(!mine.zombie);
+        assert!(Linux.rss_kib(me).is_some_and(|kib| kib > 0));
+    }
+}
