@@ -1,0 +1,200 @@
+//! Agents as the pool sees them: labels, place, busy, lease.
+
+use std::collections::BTreeSet;
+
+use control::{Phase, Placement, Status};
+
+use crate::pool::lease::LeaseId;
+
+/// Where an agent is. The agent is the authority on this; the pool keeps
+/// the last report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// At its home (lender) controller.
+    Home,
+    /// At a borrowing controller.
+    Borrowed {
+        /// The borrower's URL.
+        url: String,
+    },
+}
+
+/// What an agent says when it connects to the lender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentHello {
+    /// Its node name at home.
+    pub name: String,
+    /// Its labels (`--labels`, and distro labels it derives itself).
+    pub labels: BTreeSet<String>,
+    /// `std::env::consts::OS` on the agent, e.g. `linux`, `macos`.
+    pub os: Option<String>,
+    /// `std::env::consts::ARCH` on the agent, e.g. `x86_64`, `aarch64`.
+    pub arch: Option<String>,
+    /// Where it is and what it is doing.
+    pub report: AgentReport,
+}
+
+/// An agent's report of its place and activity: at connection and on every
+/// change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentReport {
+    /// Where it is (or is connecting to).
+    pub place: Place,
+    /// Whether its channel there is up.
+    pub online: bool,
+    /// Whether it is running something (see the design's "What busy
+    /// means").
+    pub busy: bool,
+}
+
+impl AgentReport {
+    /// The report in an agent's control-socket [`Status`].
+    pub fn from_status(status: &Status) -> Self {
+        let place = match (status.placement, &status.controller_url) {
+            (Placement::Borrowed, Some(url)) => Place::Borrowed { url: url.clone() },
+            // A borrowed agent always names its controller; without one the
+            // report cannot say where, so it counts as not at home either.
+            (Placement::Borrowed, None) => Place::Borrowed { url: String::new() },
+            (Placement::Home, _) => Place::Home,
+        };
+        AgentReport {
+            place,
+            online: status.phase == Phase::Online,
+            busy: status.busy.busy || status.pending.is_some(),
+        }
+    }
+}
+
+/// An agent in the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    /// Its node name at home.
+    pub name: String,
+    /// Everything an expression can match: its declared labels, its
+    /// platform labels ([`platform_labels`]) and its own name (a Jenkins
+    /// node's name is one of its labels).
+    pub labels: BTreeSet<String>,
+    /// Whether its link to the lender is up.
+    pub connected: bool,
+    /// Where it last reported itself.
+    pub place: Place,
+    /// Whether its channel there was up at the last report.
+    pub online: bool,
+    /// Whether it was busy at the last report.
+    pub busy: bool,
+    /// Since when it has been idle at its current place (Unix ms).
+    pub idle_since_ms: Option<u64>,
+    /// The last message from it (Unix ms).
+    pub last_seen_ms: u64,
+    /// When it was last reserved for a lease (Unix ms): the pool lends the
+    /// least recently lent agent first.
+    pub last_lent_ms: Option<u64>,
+    /// The lease it is tied to (reserved, active or returning), at most
+    /// one.
+    pub lease: Option<LeaseId>,
+}
+
+impl Agent {
+    /// Whether the pool may reserve it: connected, at home, idle, and in no
+    /// lease.
+    pub fn is_free(&self) -> bool {
+        self.connected && self.place == Place::Home && !self.busy && self.lease.is_none()
+    }
+
+    /// The label set for an agent that said `hello`.
+    pub fn labels_for(hello: &AgentHello) -> BTreeSet<String> {
+        let mut labels = hello.labels.clone();
+        labels.insert(hello.name.clone());
+        labels.extend(platform_labels(
+            hello.os.as_deref().unwrap_or(""),
+            hello.arch.as_deref().unwrap_or(""),
+        ));
+        labels
+    }
+}
+
+/// The automatic labels for an OS and architecture as Rust names them
+/// (`std::env::consts`): the names themselves plus the aliases people write
+/// in Jenkins (`arm64` for `aarch64`, `amd64` for `x86_64`), so that
+/// `macos && arm64` finds an Apple silicon Mac.
+pub fn platform_labels(os: &str, arch: &str) -> Vec<String> {
+    let mut labels = Vec::new();
+    for name in [os, arch] {
+        if !name.is_empty() {
+            labels.push(name.to_owned());
+        }
+    }
+    let alias = match arch {
+        "aarch64" => Some("arm64"),
+        "x86_64" => Some("amd64"),
+        "x86" => Some("i386"),
+        _ => None,
+    };
+    labels.extend(alias.map(str::to_owned));
+    if os == "macos" {
+        labels.push("mac".to_owned());
+    }
+    labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_labels_add_common_aliases() {
+        assert_eq!(
+            platform_labels("macos", "aarch64"),
+            ["macos", "aarch64", "arm64", "mac"]
+        );
+        assert_eq!(
+            platform_labels("linux", "x86_64"),
+            ["linux", "x86_64", "amd64"]
+        );
+        assert!(platform_labels("", "").is_empty());
+    }
+
+    #[test]
+    fn the_name_is_a_label() {
+        let hello = AgentHello {
+            name: "mac-01".into(),
+            labels: ["xcode16".to_owned()].into(),
+            os: Some("macos".into()),
+            arch: Some("aarch64".into()),
+            report: AgentReport {
+                place: Place::Home,
+                online: true,
+                busy: false,
+            },
+        };
+        let labels = Agent::labels_for(&hello);
+        for label in ["mac-01", "xcode16", "macos", "arm64"] {
+            assert!(labels.contains(label), "{label}");
+        }
+    }
+
+    #[test]
+    fn report_from_status() {
+        let mut status = Status {
+            placement: Placement::Borrowed,
+            phase: Phase::Online,
+            controller_url: Some("https://b.example/".into()),
+            ..Status::default()
+        };
+        let report = AgentReport::from_status(&status);
+        assert_eq!(
+            report.place,
+            Place::Borrowed {
+                url: "https://b.example/".into()
+            }
+        );
+        assert!(report.online && !report.busy);
+        status.busy.busy = true;
+        assert!(AgentReport::from_status(&status).busy);
+        status.placement = Placement::Home;
+        status.phase = Phase::Connecting;
+        let report = AgentReport::from_status(&status);
+        assert_eq!(report.place, Place::Home);
+        assert!(!report.online);
+    }
+}

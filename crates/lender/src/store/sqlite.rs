@@ -1,0 +1,505 @@
+//! The SQLite store: one file, schema created and migrated on open.
+
+use std::path::Path;
+use std::time::Duration;
+
+use control::Transport;
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use serde_json::{json, Value};
+
+use crate::labels::Expr;
+use crate::pool::{
+    Agent, Attempt, AuditEntry, Borrower, Changes, EndReason, Lease, LeaseId, LeaseRequest,
+    LeaseState, Place, ReturnCause, Secret, Snapshot,
+};
+use crate::store::{AuditRecord, Store, StoreError};
+
+/// The schema, one entry per version; `PRAGMA user_version` says how many
+/// have been applied. Append, never edit.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE agents (
+    name          TEXT PRIMARY KEY,
+    labels        TEXT NOT NULL,    -- JSON array of strings
+    place_url     TEXT,             -- NULL: at home
+    busy          INTEGER NOT NULL,
+    idle_since_ms INTEGER,
+    last_seen_ms  INTEGER NOT NULL,
+    last_lent_ms  INTEGER
+);
+CREATE TABLE leases (
+    id              INTEGER PRIMARY KEY,
+    state           TEXT NOT NULL,  -- queued, reserved, active, returning, ended
+    state_detail    TEXT,           -- JSON: the return cause or end reason
+    agent           TEXT,
+    requirements    TEXT NOT NULL,  -- canonical label expression
+    borrower_url    TEXT NOT NULL,
+    borrower_node   TEXT NOT NULL,
+    borrower_secret TEXT,           -- NULL once ended
+    transport       TEXT,           -- tcp, web_socket or NULL
+    client          TEXT NOT NULL,
+    lease_ms        INTEGER,
+    idle_return_ms  INTEGER,
+    wait_ms         INTEGER NOT NULL,
+    requested_ms    INTEGER NOT NULL,
+    deadline_ms     INTEGER NOT NULL,
+    since_ms        INTEGER NOT NULL,
+    attempts        TEXT NOT NULL   -- JSON array of {agent, reason, at_ms}
+);
+CREATE INDEX leases_by_state ON leases (state, id);
+CREATE TABLE audit (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms  INTEGER NOT NULL,
+    lease  INTEGER,
+    agent  TEXT,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+"#];
+
+/// Leases and agents in one SQLite file (WAL journal). On Unix the file is
+/// made readable by its owner only, since it holds borrower secrets.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path` and brings its schema up to
+    /// date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        restrict_permissions(path)?;
+        Self::init(conn)
+    }
+
+    /// A database in memory (for tests of this type itself).
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore { conn })
+    }
+
+    /// The schema version of the open file.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))?)
+    }
+}
+
+#[cfg(unix)]
+fn restrict_permissions(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_path: &Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as u32;
+    let found: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > known {
+        return Err(StoreError::NewerSchema { found, known });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as u32 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+// SQLite integers are i64; times and durations here are u64 ms, far below
+// i64::MAX, saturate just in case.
+fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn uint(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn place_url(place: &Place) -> Option<&str> {
+    match place {
+        Place::Home => None,
+        Place::Borrowed { url } => Some(url),
+    }
+}
+
+fn place_from(url: Option<String>) -> Place {
+    url.map_or(Place::Home, |url| Place::Borrowed { url })
+}
+
+fn state_detail(state: &LeaseState) -> Option<Value> {
+    match state {
+        LeaseState::Queued | LeaseState::Reserved | LeaseState::Active => None,
+        LeaseState::Returning(ReturnCause::Requested) => Some(json!({"kind": "requested"})),
+        LeaseState::Returning(ReturnCause::Reclaimed { for_lease }) => {
+            Some(json!({"kind": "reclaimed", "for_lease": for_lease}))
+        }
+        LeaseState::Ended(reason) => Some(match reason {
+            EndReason::Returned => json!({"kind": "returned"}),
+            EndReason::Reclaimed { for_lease } => {
+                json!({"kind": "reclaimed", "for_lease": for_lease})
+            }
+            EndReason::AgentLeft { place } => {
+                json!({"kind": "agent_left", "url": place_url(place)})
+            }
+            EndReason::TimedOut { message } => json!({"kind": "timed_out", "message": message}),
+            EndReason::Failed { message } => json!({"kind": "failed", "message": message}),
+            EndReason::Cancelled => json!({"kind": "cancelled"}),
+        }),
+    }
+}
+
+fn state_from(name: &str, detail: Option<&str>) -> Result<LeaseState, StoreError> {
+    let detail: Value = match detail {
+        Some(text) => serde_json::from_str(text).map_err(corrupt)?,
+        None => Value::Null,
+    };
+    let kind = detail["kind"].as_str().unwrap_or_default();
+    let for_lease = || {
+        detail["for_lease"]
+            .as_u64()
+            .ok_or_else(|| corrupt(format!("lease state {detail} without for_lease")))
+    };
+    let message = || detail["message"].as_str().unwrap_or_default().to_owned();
+    Ok(match (name, kind) {
+        ("queued", _) => LeaseState::Queued,
+        ("reserved", _) => LeaseState::Reserved,
+        ("active", _) => LeaseState::Active,
+        ("returning", "requested") => LeaseState::Returning(ReturnCause::Requested),
+        ("returning", "reclaimed") => LeaseState::Returning(ReturnCause::Reclaimed {
+            for_lease: for_lease()?,
+        }),
+        ("ended", "returned") => LeaseState::Ended(EndReason::Returned),
+        ("ended", "reclaimed") => LeaseState::Ended(EndReason::Reclaimed {
+            for_lease: for_lease()?,
+        }),
+        ("ended", "agent_left") => LeaseState::Ended(EndReason::AgentLeft {
+            place: place_from(detail["url"].as_str().map(str::to_owned)),
+        }),
+        ("ended", "timed_out") => LeaseState::Ended(EndReason::TimedOut { message: message() }),
+        ("ended", "failed") => LeaseState::Ended(EndReason::Failed { message: message() }),
+        ("ended", "cancelled") => LeaseState::Ended(EndReason::Cancelled),
+        _ => return Err(corrupt(format!("lease state {name:?} {detail}"))),
+    })
+}
+
+fn transport_name(transport: Option<Transport>) -> Option<&'static str> {
+    transport.map(|t| match t {
+        Transport::Tcp => "tcp",
+        Transport::WebSocket => "web_socket",
+    })
+}
+
+fn transport_from(name: Option<String>) -> Result<Option<Transport>, StoreError> {
+    match name.as_deref() {
+        None => Ok(None),
+        Some("tcp") => Ok(Some(Transport::Tcp)),
+        Some("web_socket") => Ok(Some(Transport::WebSocket)),
+        Some(other) => Err(corrupt(format!("transport {other:?}"))),
+    }
+}
+
+fn attempts_json(attempts: &[Attempt]) -> String {
+    Value::Array(
+        attempts
+            .iter()
+            .map(|a| json!({"agent": a.agent, "reason": a.reason, "at_ms": a.at_ms}))
+            .collect(),
+    )
+    .to_string()
+}
+
+fn attempts_from(text: &str) -> Result<Vec<Attempt>, StoreError> {
+    let value: Value = serde_json::from_str(text).map_err(corrupt)?;
+    let items = value
+        .as_array()
+        .ok_or_else(|| corrupt("attempts is not an array"))?;
+    Ok(items
+        .iter()
+        .map(|a| Attempt {
+            agent: a["agent"].as_str().unwrap_or_default().to_owned(),
+            reason: a["reason"].as_str().unwrap_or_default().to_owned(),
+            at_ms: a["at_ms"].as_u64().unwrap_or(0),
+        })
+        .collect())
+}
+
+const LEASE_COLUMNS: &str = "id, state, state_detail, agent, requirements, borrower_url, \
+     borrower_node, borrower_secret, transport, client, lease_ms, idle_return_ms, wait_ms, \
+     requested_ms, deadline_ms, since_ms, attempts";
+
+/// A lease row as read, before the fallible conversions.
+struct LeaseRow {
+    id: i64,
+    state: String,
+    state_detail: Option<String>,
+    agent: Option<String>,
+    requirements: String,
+    borrower_url: String,
+    borrower_node: String,
+    borrower_secret: Option<String>,
+    transport: Option<String>,
+    client: String,
+    lease_ms: Option<i64>,
+    idle_return_ms: Option<i64>,
+    wait_ms: i64,
+    requested_ms: i64,
+    deadline_ms: i64,
+    since_ms: i64,
+    attempts: String,
+}
+
+impl LeaseRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(LeaseRow {
+            id: row.get(0)?,
+            state: row.get(1)?,
+            state_detail: row.get(2)?,
+            agent: row.get(3)?,
+            requirements: row.get(4)?,
+            borrower_url: row.get(5)?,
+            borrower_node: row.get(6)?,
+            borrower_secret: row.get(7)?,
+            transport: row.get(8)?,
+            client: row.get(9)?,
+            lease_ms: row.get(10)?,
+            idle_return_ms: row.get(11)?,
+            wait_ms: row.get(12)?,
+            requested_ms: row.get(13)?,
+            deadline_ms: row.get(14)?,
+            since_ms: row.get(15)?,
+            attempts: row.get(16)?,
+        })
+    }
+
+    fn into_lease(self) -> Result<Lease, StoreError> {
+        let requirements = Expr::parse(&self.requirements)
+            .map_err(|err| corrupt(format!("lease {}: requirements: {err}", self.id)))?;
+        let millis = |v: i64| Duration::from_millis(uint(v));
+        Ok(Lease {
+            id: uint(self.id),
+            request: LeaseRequest {
+                requirements,
+                borrower: Borrower {
+                    url: self.borrower_url,
+                    node_name: self.borrower_node,
+                    secret: Secret::new(self.borrower_secret.unwrap_or_default()),
+                    transport: transport_from(self.transport)?,
+                },
+                client: self.client,
+                lease: self.lease_ms.map(millis),
+                idle_return: self.idle_return_ms.map(millis),
+                wait: millis(self.wait_ms),
+            },
+            state: state_from(&self.state, self.state_detail.as_deref())?,
+            agent: self.agent,
+            requested_ms: uint(self.requested_ms),
+            deadline_ms: uint(self.deadline_ms),
+            since_ms: uint(self.since_ms),
+            attempts: attempts_from(&self.attempts)?,
+        })
+    }
+}
+
+fn write_lease(tx: &Transaction<'_>, lease: &Lease) -> Result<(), StoreError> {
+    let ended = matches!(lease.state, LeaseState::Ended(_));
+    let request = &lease.request;
+    let secret = (!ended).then(|| request.borrower.secret.expose());
+    tx.execute(
+        &format!(
+            "INSERT OR REPLACE INTO leases ({LEASE_COLUMNS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        ),
+        params![
+            int(lease.id),
+            lease.state.name(),
+            state_detail(&lease.state).map(|v| v.to_string()),
+            lease.agent,
+            request.requirements.to_string(),
+            request.borrower.url,
+            request.borrower.node_name,
+            secret,
+            transport_name(request.borrower.transport),
+            request.client,
+            request.lease.map(duration_ms),
+            request.idle_return.map(duration_ms),
+            duration_ms(request.wait),
+            int(lease.requested_ms),
+            int(lease.deadline_ms),
+            int(lease.since_ms),
+            attempts_json(&lease.attempts),
+        ],
+    )?;
+    Ok(())
+}
+
+fn write_agent(tx: &Transaction<'_>, agent: &Agent) -> Result<(), StoreError> {
+    let labels = Value::Array(agent.labels.iter().cloned().map(Value::String).collect());
+    tx.execute(
+        "INSERT OR REPLACE INTO agents \
+         (name, labels, place_url, busy, idle_since_ms, last_seen_ms, last_lent_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            agent.name,
+            labels.to_string(),
+            place_url(&agent.place),
+            agent.busy,
+            agent.idle_since_ms.map(int),
+            int(agent.last_seen_ms),
+            agent.last_lent_ms.map(int),
+        ],
+    )?;
+    Ok(())
+}
+
+fn write_audit(tx: &Transaction<'_>, entry: &AuditEntry) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO audit (at_ms, lease, agent, action, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            int(entry.at_ms),
+            entry.lease.map(int),
+            entry.agent,
+            entry.action,
+            entry.detail,
+        ],
+    )?;
+    Ok(())
+}
+
+impl SqliteStore {
+    fn leases_where(&self, condition: &str) -> Result<Vec<Lease>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {LEASE_COLUMNS} FROM leases WHERE {condition} ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], LeaseRow::read)?;
+        rows.map(|row| row?.into_lease()).collect()
+    }
+
+    fn agents(&self) -> Result<Vec<Agent>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, labels, place_url, busy, idle_since_ms, last_seen_ms, last_lent_ms \
+             FROM agents ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Option<String>>(2)?,
+                row.get::<_, bool>(3)?,
+                row.get::<_, Option<i64>>(4)?,
+                row.get::<_, i64>(5)?,
+                row.get::<_, Option<i64>>(6)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (name, labels, place, busy, idle_since, last_seen, last_lent) = row?;
+            let labels: Vec<String> = serde_json::from_str(&labels)
+                .map_err(|err| corrupt(format!("agent {name:?}: labels: {err}")))?;
+            Ok(Agent {
+                name,
+                labels: labels.into_iter().collect(),
+                connected: false,
+                place: place_from(place),
+                online: false,
+                busy,
+                idle_since_ms: idle_since.map(uint),
+                last_seen_ms: uint(last_seen),
+                last_lent_ms: last_lent.map(uint),
+                lease: None,
+            })
+        })
+        .collect()
+    }
+}
+
+impl Store for SqliteStore {
+    fn commit(&mut self, changes: &Changes) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        for agent in &changes.agents {
+            write_agent(&tx, agent)?;
+        }
+        for lease in &changes.leases {
+            write_lease(&tx, lease)?;
+        }
+        for entry in &changes.audit {
+            write_audit(&tx, entry)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let max_id: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(id) FROM leases", [], |row| row.get(0))?;
+        Ok(Snapshot {
+            agents: self.agents()?,
+            leases: self.leases_where("state <> 'ended'")?,
+            next_id: max_id.map_or(1, |id| uint(id) + 1),
+        })
+    }
+
+    fn lease(&self, id: LeaseId) -> Result<Option<Lease>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                &format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = ?1"),
+                [int(id)],
+                LeaseRow::read,
+            )
+            .optional()?;
+        row.map(LeaseRow::into_lease).transpose()
+    }
+
+    fn queue(&self) -> Result<Vec<Lease>, StoreError> {
+        self.leases_where("state = 'queued'")
+    }
+
+    fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, at_ms, lease, agent, action, detail FROM audit \
+             WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![int(after), limit], |row| {
+            Ok(AuditRecord {
+                id: uint(row.get(0)?),
+                entry: AuditEntry {
+                    at_ms: uint(row.get(1)?),
+                    lease: row.get::<_, Option<i64>>(2)?.map(uint),
+                    agent: row.get(3)?,
+                    action: row.get(4)?,
+                    detail: row.get(5)?,
+                },
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

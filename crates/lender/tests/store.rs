@@ -1,0 +1,260 @@
+//! The store: both implementations keep the same state, SQLite across a
+//! restart.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use control::When;
+use lender::pool::{
+    Decision, EndReason, LeaseState, Outcome, Pool, PoolConfig, ReturnCause, Snapshot,
+};
+use lender::store::{MemoryStore, SqliteStore, Store, StoreError};
+
+const T0: u64 = 1_700_000_000_000;
+
+/// A scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("jnlp-lender-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(err) = std::fs::create_dir_all(&dir) {
+            panic!("{}: {err}", dir.display());
+        }
+        Scratch(dir)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.0.join("lender.db")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn ok<T, E: std::fmt::Display>(result: Result<T, E>) -> T {
+    result.unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// A pool with a lease in every state, committed to `store` after each
+/// step, as the service would.
+fn busy_pool(store: &mut dyn Store) -> Pool {
+    let mut pool = Pool::new(PoolConfig::default());
+    let mut step = |pool: &mut Pool| ok(store.commit(&pool.take_changes()));
+    for (name, labels) in [
+        ("a1", &["x"][..]),
+        ("a2", &["x"]),
+        ("a3", &["x", "y"]),
+        ("a4", &["x"]),
+    ] {
+        pool.agent_connected(hello(name, labels), T0);
+    }
+    step(&mut pool);
+    // 1: active at A, then returning.
+    let Ok(Outcome::Reserved { agent: a, .. }) = pool.request_lease(request("x", A, 60), T0) else {
+        panic!("no reservation");
+    };
+    ok(pool.agent_reported(&a, at(A, true, false), T0 + 1));
+    ok(pool.return_lease(1, When::Idle, T0 + 2));
+    step(&mut pool);
+    // 2: active at B, idle.
+    let Ok(Outcome::Reserved { agent: b, .. }) = pool.request_lease(request("x", B, 60), T0 + 3)
+    else {
+        panic!("no reservation");
+    };
+    ok(pool.agent_reported(&b, at(B, true, false), T0 + 4));
+    // 3: reserved, with a failed attempt behind it.
+    let _ = pool.request_lease(request("x && y", B, 60), T0 + 5);
+    let _ = ok(pool.fail(3, "handshake: refused", T0 + 6));
+    // 4: reserved.
+    let _ = pool.request_lease(request(r#""odd label" || x"#, B, 60), T0 + 7);
+    step(&mut pool);
+    // 5: reserved (a3, free again); 6: queued; 7: ended at once.
+    let _ = pool.request_lease(request("x", B, 600), T0 + 8);
+    let _ = pool.request_lease(request("y", A, 600), T0 + 9);
+    let _ = pool.request_lease(request("nothing", B, 0), T0 + 10);
+    step(&mut pool);
+    check(&pool);
+    pool
+}
+
+fn states(snapshot: &Snapshot) -> Vec<(u64, &'static str)> {
+    snapshot
+        .leases
+        .iter()
+        .map(|l| (l.id, l.state.name()))
+        .collect()
+}
+
+fn round_trip(store: &mut dyn Store) {
+    let pool = busy_pool(store);
+    let loaded = ok(store.load());
+    assert_eq!(loaded, as_stored(pool.snapshot()));
+    assert_eq!(
+        states(&loaded),
+        [
+            (1, "returning"),
+            (2, "active"),
+            (3, "queued"),
+            (4, "reserved"),
+            (5, "reserved"),
+            (6, "queued"),
+        ]
+    );
+    assert_eq!(loaded.next_id, 8);
+    let queue: Vec<u64> = ok(store.queue()).iter().map(|l| l.id).collect();
+    assert_eq!(queue, [3, 6]);
+    assert_eq!(queue, pool.queue().map(|l| l.id).collect::<Vec<_>>());
+    // Ended leases are kept, without their secret.
+    let ended = ok(store.lease(7)).unwrap_or_else(|| panic!("lease 7 missing"));
+    assert!(matches!(
+        ended.state,
+        LeaseState::Ended(EndReason::TimedOut { .. })
+    ));
+    assert_eq!(ended.request.borrower.secret.expose(), "");
+    assert_eq!(ok(store.lease(99)), None);
+    let returning = ok(store.lease(1)).unwrap_or_else(|| panic!("lease 1 missing"));
+    assert_eq!(
+        returning.state,
+        LeaseState::Returning(ReturnCause::Requested)
+    );
+    assert_eq!(returning.request.borrower.secret.expose(), SECRET);
+    // The audit log pages in order.
+    let first = ok(store.audit(0, 3));
+    assert_eq!(first.len(), 3);
+    let rest = ok(store.audit(first[2].id, 1000));
+    assert!(rest.iter().all(|r| r.id > first[2].id));
+    assert!(rest.iter().any(|r| r.entry.action == "borrow-failed"
+        && r.entry.lease == Some(3)
+        && r.entry.detail == "handshake: refused"));
+}
+
+#[test]
+fn memory_store_round_trip() {
+    round_trip(&mut MemoryStore::new());
+}
+
+#[test]
+fn sqlite_store_round_trip() {
+    round_trip(&mut ok(SqliteStore::open_in_memory()));
+}
+
+#[test]
+fn sqlite_reopened_after_a_restart_gives_the_same_leases_and_queue() {
+    let scratch = Scratch::new("restart");
+    let before = {
+        let mut store = ok(SqliteStore::open(&scratch.db()));
+        let pool = busy_pool(&mut store);
+        as_stored(pool.snapshot())
+    };
+    // "Restart": a new process opens the file and rebuilds the pool.
+    let mut store = ok(SqliteStore::open(&scratch.db()));
+    assert_eq!(ok(store.schema_version()), 1);
+    let snapshot = ok(store.load());
+    assert_eq!(snapshot, before);
+    let mut pool = ok(Pool::restore(PoolConfig::default(), snapshot));
+    check(&pool);
+    assert_eq!(pool.queue().map(|l| l.id).collect::<Vec<_>>(), [3, 6]);
+    assert!(pool.agents().all(|a| !a.connected));
+
+    // Agents reconnect and report: the reserved ones get `borrow` again,
+    // the returning one `return`; ids go on from 8; the agent that comes
+    // home serves the oldest waiting request it satisfies.
+    let mut a1 = hello("a1", &["x"]);
+    a1.report = at(A, true, false);
+    pool.agent_connected(a1, T0 + 100);
+    for (name, labels) in [("a2", &["x"][..]), ("a3", &["x", "y"]), ("a4", &["x"])] {
+        let mut h = hello(name, labels);
+        if name == "a2" {
+            h.report = at(B, true, false);
+        }
+        pool.agent_connected(h, T0 + 100);
+    }
+    check(&pool);
+    assert_eq!(
+        decisions(&mut pool),
+        [
+            Decision::Recall {
+                lease: 1,
+                agent: "a1".into(),
+                when: When::Idle
+            },
+            Decision::Lend {
+                lease: 5,
+                agent: "a3".into()
+            },
+            Decision::Lend {
+                lease: 4,
+                agent: "a4".into()
+            },
+        ]
+    );
+    let next = pool.request_lease(request("x", B, 60), T0 + 101);
+    assert!(
+        matches!(next, Ok(Outcome::Queued { lease: 8, .. })),
+        "{next:?}"
+    );
+    ok(pool.agent_reported("a1", home(), T0 + 102));
+    assert_eq!(
+        pool.lease(1).map(|l| &l.state),
+        Some(&LeaseState::Ended(EndReason::Returned))
+    );
+    assert_eq!(
+        pool.lease(3).map(|l| l.state.name()),
+        Some("queued"),
+        "a1 already failed for 3"
+    );
+    assert_eq!(pool.lease(8).map(|l| l.state.name()), Some("reserved"));
+    assert_eq!(
+        pool.lease(8).and_then(|l| l.agent.clone()).as_deref(),
+        Some("a1")
+    );
+    ok(store.commit(&pool.take_changes()));
+    drop(store);
+    let store = ok(SqliteStore::open(&scratch.db()));
+    assert_eq!(ok(store.load()), as_stored(pool.snapshot()));
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let scratch = Scratch::new("newer");
+    drop(ok(SqliteStore::open(&scratch.db())));
+    {
+        let conn = ok(rusqlite::Connection::open(scratch.db()));
+        ok(conn.pragma_update(None, "user_version", 7));
+    }
+    match SqliteStore::open(&scratch.db()) {
+        Err(StoreError::NewerSchema { found: 7, known: 1 }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn the_database_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("private");
+    let mut store = ok(SqliteStore::open(&scratch.db()));
+    let _ = busy_pool(&mut store);
+    let mode = ok(std::fs::metadata(scratch.db())).permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn an_empty_commit_is_a_no_op() {
+    let mut store = ok(SqliteStore::open_in_memory());
+    ok(store.commit(&Default::default()));
+    assert_eq!(
+        ok(store.load()),
+        Snapshot {
+            next_id: 1,
+            ..Snapshot::default()
+        }
+    );
+}
