@@ -124,6 +124,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod client;
 pub mod frame;
+pub mod link;
 
 /// The protocol version this crate speaks; every request carries it.
 pub const PROTOCOL_VERSION: u32 = 1;
