@@ -21,8 +21,17 @@
 //! - **No I/O in the decisions.** [`pool::Pool`] takes the time as an
 //!   argument and returns what to do, so every rule is tested without
 //!   sockets or clocks; the service around it (HTTP API, agent links) is a
-//!   thin driver. State survives restarts in a [`store::Store`] (SQLite by
-//!   default).
+//!   thin driver ([`server`]): one task owns the pool and the store and
+//!   applies every input in turn, so no two requests race for an agent.
+//!   State survives restarts in a [`store::Store`] (SQLite by default).
+//! - **Restarts.** A restarted lender rebuilds the pool from the store;
+//!   agents reconnect and say `hello` with their place. The agent's word
+//!   wins about where it is, the lender's about leases; disagreements are
+//!   logged.
+//! - **Security.** Agents and API clients have separate bearer tokens,
+//!   stored hashed ([`tokens`]); an agent token speaks only for its agent, a
+//!   client sees and returns only its own leases; borrower secrets are
+//!   never logged or returned. Plain HTTP only on loopback unless forced.
 //!
 //! # Layout
 //!
@@ -31,10 +40,17 @@
 //! - [`pool`]: agents, leases, the queue and every decision about them;
 //! - [`store`]: the storage interface, its SQLite and in-memory
 //!   implementations;
+//! - [`tokens`]: bearer tokens, their hashes;
+//! - [`api`]: the HTTP API's JSON bodies (and the API's reference);
+//! - [`server`]: `jnlp-lender serve`: HTTP API, agent links
+//!   ([`control::link`]), the driver, metrics;
+//! - [`client`]: an HTTP API client, for the command line;
 //! - `main.rs`: the `jnlp-lender` command line.
-//!
-//! Not in this build yet: the HTTP API, the agent link, tokens, metrics.
 
+pub mod api;
+pub mod client;
 pub mod labels;
 pub mod pool;
+pub mod server;
 pub mod store;
+pub mod tokens;

@@ -1,16 +1,27 @@
 //! `jnlp-lender`: the pool service and its command line.
 //!
-//! This build has the pool's logic and `labels check`; the network parts
-//! (`serve` and the client commands) parse their options and say they are
-//! not implemented yet.
+//! - `serve`: the HTTP API and the agents' links ([`lender::server`]);
+//! - `token create`: a bearer token for an agent or an API client;
+//! - `lease`, `return`, `agents`, `leases`: clients of the HTTP API, for
+//!   people and jobs (`--lender URL --token-file F`, or
+//!   `JNLP_LENDER_URL` and `JNLP_LENDER_TOKEN_FILE`);
+//! - `labels check`: try a label expression locally.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use control::Transport;
+use lender::api::{AgentView, BorrowerBody, LeaseBody, LeaseView};
+use lender::client::{read_small_file, Client, ClientError};
 use lender::labels::Expr;
+use lender::pool::PoolConfig;
+use lender::server::{self, Config, TlsFiles};
+use lender::store::{SqliteStore, Store as _};
+use lender::tokens::{self, Principal, TokenKind, TokenRecord};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,41 +36,82 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the pool service.
-    Serve {
-        /// Address for the HTTP API and the agent links.
-        #[arg(long, default_value = "127.0.0.1:8765")]
-        listen: String,
-        /// The SQLite database file.
-        #[arg(long, default_value = "jnlp-lender.db")]
-        db: PathBuf,
-    },
+    /// Run the pool service: the HTTP API and the agents' links.
+    Serve(ServeArgs),
     /// Manage bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Lease a machine: prints the lease, exits non-zero on failure.
+    /// Lease a machine: waits until it is online at the borrower, prints
+    /// the lease, exits 0 (active) or 1 (failed, timed out).
     Lease(LeaseArgs),
-    /// Return a lease.
+    /// Return a lease: the agent goes home when idle.
     Return {
         /// The lease id.
         id: u64,
         /// Leave at once, ending running builds, instead of when idle.
         #[arg(long)]
         now: bool,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// List the agents.
-    Agents,
-    /// List the leases.
-    Leases,
+    Agents {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List this client's leases.
+    Leases {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Label expressions.
     #[command(subcommand)]
     Labels(LabelsCommand),
 }
 
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address for the HTTP API and the agent links. Plain HTTP is served
+    /// on loopback only, unless --insecure-listen.
+    #[arg(long, default_value = "127.0.0.1:8765")]
+    listen: String,
+    /// The SQLite database file.
+    #[arg(long, default_value = "jnlp-lender.db")]
+    db: PathBuf,
+    /// PEM certificate chain for HTTPS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address anyway.
+    #[arg(long)]
+    insecure_listen: bool,
+    /// Send an agent idle at a borrower this long home for a waiting
+    /// request of another borrower, e.g. 30m. Without it, never.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    reclaim_after: Option<Duration>,
+    /// At most this many agents per borrower URL.
+    #[arg(long)]
+    max_per_borrower: Option<usize>,
+    /// How long an agent has to come online at the borrower.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    borrow_wait: Duration,
+    /// A directory whose files lease requests may name as secret_file.
+    #[arg(long)]
+    secret_dir: Option<PathBuf>,
+    /// The lender's name, told to agents.
+    #[arg(long, default_value = "jnlp-lender")]
+    name: String,
+}
+
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Create a token for an agent or an API client.
+    /// Create a token for an agent or an API client; it is printed once.
     Create {
+        /// The SQLite database file.
+        #[arg(long, default_value = "jnlp-lender.db")]
+        db: PathBuf,
         /// For this agent (it may speak only for itself).
         #[arg(long, conflicts_with = "client", required_unless_present = "client")]
         agent: Option<String>,
@@ -67,6 +119,23 @@ enum TokenCommand {
         #[arg(long)]
         client: Option<String>,
     },
+}
+
+/// Where the lender is and how to authenticate.
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// The lender's URL, e.g. `https://lender.example:8765`.
+    #[arg(long, env = "JNLP_LENDER_URL")]
+    lender: String,
+    /// A file holding a client token.
+    #[arg(long, env = "JNLP_LENDER_TOKEN_FILE")]
+    token_file: PathBuf,
+    /// A PEM CA certificate to trust for the lender (besides the system's).
+    #[arg(long, env = "JNLP_LENDER_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -80,7 +149,7 @@ struct LeaseArgs {
     /// The node's name on the borrowing controller.
     #[arg(long)]
     name: String,
-    /// A file holding the node's secret.
+    /// A file holding the node's secret (read here, sent over the API).
     #[arg(long)]
     secret_file: PathBuf,
     /// How long to keep the machine, e.g. 2h.
@@ -92,15 +161,18 @@ struct LeaseArgs {
     /// How long to wait in the queue, e.g. 10m.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     wait: Duration,
-    /// How the agent reaches the borrower.
-    #[arg(long, value_enum)]
-    transport: Option<TransportArg>,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum TransportArg {
-    Tcp,
-    WebSocket,
+    /// The agent joins the borrower over a WebSocket on its web port.
+    #[arg(long, conflicts_with = "tcp")]
+    web_socket: bool,
+    /// The agent joins the borrower on its TCP agent port.
+    #[arg(long)]
+    tcp: bool,
+    /// After the wait, how long the agent may take to come online at the
+    /// borrower before this command gives up.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "6m")]
+    move_timeout: Duration,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,25 +192,262 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Labels(LabelsCommand::Check { expr, labels }) => labels_check(&expr, &labels),
+        Command::Token(TokenCommand::Create { db, agent, client }) => {
+            report(token_create(&db, agent, client))
+        }
+        Command::Serve(args) => runtime(serve(args)),
         Command::Lease(args) => {
-            // The expression is checked here, so that a typo fails before
-            // any network round trip once leasing works.
+            // Checked here, so that a typo fails before any round trip.
             if let Err(code) = parse_or_report(&args.labels) {
                 return code;
             }
-            not_implemented("lease")
+            runtime(lease(args))
         }
-        Command::Serve { .. } => not_implemented("serve"),
-        Command::Token(TokenCommand::Create { .. }) => not_implemented("token create"),
-        Command::Return { .. } => not_implemented("return"),
-        Command::Agents => not_implemented("agents"),
-        Command::Leases => not_implemented("leases"),
+        Command::Return { id, now, client } => runtime(return_lease(id, now, client)),
+        Command::Agents { client } => runtime(agents(client)),
+        Command::Leases { client } => runtime(leases(client)),
     }
 }
 
-fn not_implemented(command: &str) -> ExitCode {
-    eprintln!("jnlp-lender {command}: not implemented in this build");
-    ExitCode::from(2)
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("jnlp-lender: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn runtime(future: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("jnlp-lender: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    report(runtime.block_on(future))
+}
+
+fn token_create(
+    db: &std::path::Path,
+    agent: Option<String>,
+    client: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let (kind, name) = match (agent, client) {
+        (Some(name), None) => (TokenKind::Agent, name),
+        (None, Some(name)) => (TokenKind::Client, name),
+        _ => anyhow::bail!("give exactly one of --agent and --client"),
+    };
+    tokens::check_name(&name).map_err(anyhow::Error::msg)?;
+    let mut store = SqliteStore::open(db).with_context(|| format!("opening {}", db.display()))?;
+    let token = tokens::generate(kind);
+    store
+        .add_token(&TokenRecord {
+            hash: tokens::hash(&token),
+            principal: Principal { kind, name },
+            created_ms: control::now_ms(),
+        })
+        .context("storing the token")?;
+    println!("{token}");
+    eprintln!("jnlp-lender: keep this token now; only its hash is stored");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = Config::new(args.listen, args.db);
+    config.tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => None,
+    };
+    config.insecure_listen = args.insecure_listen;
+    config.reclaim_after = args.reclaim_after;
+    config.pool = PoolConfig {
+        max_per_borrower: args.max_per_borrower,
+        ..PoolConfig::default()
+    };
+    config.borrow_wait = args.borrow_wait;
+    config.secret_dir = args.secret_dir;
+    config.name = args.name;
+    let running = server::start(config).await?;
+    eprintln!("jnlp-lender: listening on {}", running.local_addr());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn client(args: &ClientArgs) -> anyhow::Result<Client> {
+    let ca = args
+        .ca_cert
+        .as_ref()
+        .map(|path| std::fs::read(path).with_context(|| format!("reading {}", path.display())))
+        .transpose()?;
+    Ok(Client::with_token_file(
+        &args.lender,
+        &args.token_file,
+        ca.as_deref(),
+    )?)
+}
+
+async fn lease(args: LeaseArgs) -> anyhow::Result<ExitCode> {
+    let api = client(&args.client)?;
+    let secret = read_small_file(&args.secret_file)?;
+    let transport = match (args.web_socket, args.tcp) {
+        (true, _) => Some(Transport::WebSocket),
+        (_, true) => Some(Transport::Tcp),
+        _ => None,
+    };
+    let body = LeaseBody {
+        requirements: args.labels,
+        borrower: BorrowerBody {
+            url: args.url,
+            name: args.name,
+            secret: Some(secret),
+            secret_file: None,
+            transport,
+        },
+        lease: args.lease,
+        idle_return: args.idle_return,
+        wait: Some(args.wait),
+    };
+    let json = args.client.json;
+    let lease = match api.lease(&body).await {
+        Ok(lease) => lease,
+        Err(ClientError::Api {
+            message,
+            lease: Some(lease),
+            ..
+        }) => {
+            print_lease(&lease, json);
+            eprintln!("jnlp-lender: lease {} failed: {message}", lease.id);
+            return Ok(ExitCode::from(1));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    eprintln!(
+        "jnlp-lender: lease {} {}{}",
+        lease.id,
+        lease.state,
+        lease
+            .agent
+            .as_deref()
+            .map(|a| format!(", agent {a}"))
+            .unwrap_or_default()
+    );
+    let limit = args.wait + args.move_timeout;
+    let lease = api
+        .wait_settled(lease.id, Duration::from_millis(500), limit)
+        .await?;
+    print_lease(&lease, json);
+    if lease.state == "active" {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let why = lease
+            .ended
+            .as_ref()
+            .map(|end| end.message.clone())
+            .unwrap_or_else(|| {
+                format!(
+                    "still {} after {}",
+                    lease.state,
+                    humantime::format_duration(limit)
+                )
+            });
+        eprintln!("jnlp-lender: lease {} failed: {why}", lease.id);
+        Ok(ExitCode::from(1))
+    }
+}
+
+async fn return_lease(id: u64, now: bool, args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let lease = client(&args)?.return_lease(id, now).await?;
+    print_lease(&lease, args.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn agents(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let agents = client(&args)?.agents().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&agents)?);
+    } else {
+        for agent in &agents {
+            println!("{}", agent_line(agent));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn leases(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let leases = client(&args)?.leases().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&leases)?);
+    } else {
+        for lease in &leases {
+            println!("{}", lease_line(lease));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_lease(lease: &LeaseView, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(lease).unwrap_or_default());
+    } else {
+        println!("{}", lease_line(lease));
+    }
+}
+
+fn lease_line(lease: &LeaseView) -> String {
+    let mut line = format!(
+        "{}\t{}\t{}\t{}\t{}\t{}",
+        lease.id,
+        lease.state,
+        lease.agent.as_deref().unwrap_or("-"),
+        lease.borrower.url,
+        lease.borrower.name,
+        lease.requirements
+    );
+    if let Some(end) = &lease.ended {
+        line.push_str(&format!("\t{}: {}", end.reason, end.message));
+    }
+    line
+}
+
+fn agent_line(agent: &AgentView) -> String {
+    format!(
+        "{}\t{}\t{}\t{}\t{}\t{}",
+        agent.name,
+        agent.state,
+        agent.borrower_url.as_deref().unwrap_or(&agent.place),
+        agent.lease.map_or("-".to_owned(), |id| id.to_string()),
+        if agent.busy { "busy" } else { "idle" },
+        agent.labels.join(" ")
+    )
 }
 
 fn parse_or_report(expr: &str) -> Result<Expr, ExitCode> {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::pool::{Agent, Changes, Lease, LeaseId, LeaseState, Secret, Snapshot};
 use crate::store::{AuditRecord, Store, StoreError};
+use crate::tokens::{Principal, TokenRecord};
 
 /// Keeps everything in maps; ended leases lose their secret, as in SQLite.
 #[derive(Debug, Default, Clone)]
@@ -11,6 +12,7 @@ pub struct MemoryStore {
     agents: BTreeMap<String, Agent>,
     leases: BTreeMap<LeaseId, Lease>,
     audit: Vec<AuditRecord>,
+    tokens: BTreeMap<String, Principal>,
 }
 
 impl MemoryStore {
@@ -86,5 +88,15 @@ impl Store for MemoryStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    fn add_token(&mut self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.tokens
+            .insert(token.hash.clone(), token.principal.clone());
+        Ok(())
+    }
+
+    fn token(&self, hash: &str) -> Result<Option<Principal>, StoreError> {
+        Ok(self.tokens.get(hash).cloned())
     }
 }

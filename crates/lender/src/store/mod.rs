@@ -8,9 +8,11 @@
 //! [`MemoryStore`] serves tests.
 //!
 //! Borrower secrets are stored while a lease may still need them (to send
-//! `borrow` again after a restart) and dropped once it ended.
+//! `borrow` again after a restart) and dropped once it ended. Bearer tokens
+//! are stored as their SHA-256 only ([`crate::tokens`]).
 
 use crate::pool::{AuditEntry, Changes, Lease, LeaseId, Snapshot};
+use crate::tokens::{Principal, TokenRecord};
 
 mod memory;
 mod sqlite;
@@ -45,6 +47,12 @@ pub trait Store {
     /// Audit entries after position `after` (0: from the start), oldest
     /// first, at most `limit`.
     fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Adds a bearer token (its hash).
+    fn add_token(&mut self, token: &TokenRecord) -> Result<(), StoreError>;
+
+    /// Whom the token with this hash ([`crate::tokens::hash`]) speaks for.
+    fn token(&self, hash: &str) -> Result<Option<Principal>, StoreError>;
 }
 
 /// Why the store failed.

@@ -13,10 +13,12 @@ use crate::pool::{
     LeaseState, Place, ReturnCause, Secret, Snapshot,
 };
 use crate::store::{AuditRecord, Store, StoreError};
+use crate::tokens::{Principal, TokenKind, TokenRecord};
 
 /// The schema, one entry per version; `PRAGMA user_version` says how many
 /// have been applied. Append, never edit.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE agents (
     name          TEXT PRIMARY KEY,
     labels        TEXT NOT NULL,    -- JSON array of strings
@@ -54,7 +56,16 @@ CREATE TABLE audit (
     action TEXT NOT NULL,
     detail TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE tokens (
+    hash       TEXT PRIMARY KEY, -- hex SHA-256 of the token; the token itself is never stored
+    kind       TEXT NOT NULL,    -- agent or client
+    name       TEXT NOT NULL,    -- the agent's node name or the client's name
+    created_ms INTEGER NOT NULL
+);
+"#,
+];
 
 /// Leases and agents in one SQLite file (WAL journal). On Unix the file is
 /// made readable by its owner only, since it holds borrower secrets.
@@ -501,5 +512,35 @@ impl Store for SqliteStore {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn add_token(&mut self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO tokens (hash, kind, name, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                token.hash,
+                token.principal.kind.as_str(),
+                token.principal.name,
+                int(token.created_ms),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn token(&self, hash: &str) -> Result<Option<Principal>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT kind, name FROM tokens WHERE hash = ?1",
+                [hash],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+            )
+            .optional()?;
+        row.map(|(kind, name)| {
+            let kind =
+                TokenKind::parse(&kind).ok_or_else(|| corrupt(format!("token kind {kind:?}")))?;
+            Ok(Principal { kind, name })
+        })
+        .transpose()
     }
 }

@@ -1,0 +1,196 @@
+//! A client of the HTTP API ([`crate::api`]), used by `jnlp-lender lease`,
+//! `return`, `agents` and `leases`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::{AgentView, ErrorBody, LeaseBody, LeaseView};
+use crate::pool::LeaseId;
+use crate::tokens::MAX_TOKEN;
+
+/// The largest answer the client reads (a list of many leases or agents).
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+/// How long one HTTP exchange may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The lender could not be reached, or the exchange broke.
+    #[error("cannot reach the lender: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The lender refused, with its message.
+    #[error("{message} (HTTP {status})")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The lender's message.
+        message: String,
+        /// The lease concerned, if the lender sent it.
+        lease: Option<Box<LeaseView>>,
+    },
+    /// The answer is not what the API documents.
+    #[error("unexpected answer from the lender: {0}")]
+    Decode(String),
+    /// The token file, the CA file or the URL.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// An API client with a client token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    /// A client of the lender at `url` (e.g. `https://lender.example:8765`)
+    /// with `token`; `ca_pem` adds a trusted CA (e.g. for a self-signed
+    /// lender certificate).
+    pub fn new(url: &str, token: &str, ca_pem: Option<&[u8]>) -> Result<Self, ClientError> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ClientError::Setup(format!(
+                "the lender URL must be http(s)://HOST:PORT, not {url:?}"
+            )));
+        }
+        let token = token.trim();
+        if token.is_empty() || token.len() > MAX_TOKEN || token.contains(char::is_whitespace) {
+            return Err(ClientError::Setup("the token is empty or malformed".into()));
+        }
+        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+        if let Some(pem) = ca_pem {
+            let cert = reqwest::Certificate::from_pem(pem)
+                .map_err(|err| ClientError::Setup(format!("CA certificate: {err}")))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        Ok(Client {
+            http: builder.build()?,
+            base: url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        })
+    }
+
+    /// [`Client::new`] with the token read from a file.
+    pub fn with_token_file(
+        url: &str,
+        token_file: &Path,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, ClientError> {
+        let token = read_small_file(token_file)?;
+        Self::new(url, &token, ca_pem)
+    }
+
+    /// `POST /v1/leases`: the lease, reserved or queued.
+    pub async fn lease(&self, body: &LeaseBody) -> Result<LeaseView, ClientError> {
+        self.exchange(reqwest::Method::POST, "/v1/leases", Some(body))
+            .await
+    }
+
+    /// `GET /v1/leases/{id}`.
+    pub async fn get_lease(&self, id: LeaseId) -> Result<LeaseView, ClientError> {
+        self.exchange::<(), _>(reqwest::Method::GET, &format!("/v1/leases/{id}"), None)
+            .await
+    }
+
+    /// `GET /v1/leases`: this client's leases.
+    pub async fn leases(&self) -> Result<Vec<LeaseView>, ClientError> {
+        self.exchange::<(), _>(reqwest::Method::GET, "/v1/leases", None)
+            .await
+    }
+
+    /// `DELETE /v1/leases/{id}`: the agent goes home when idle, or `now`.
+    pub async fn return_lease(&self, id: LeaseId, now: bool) -> Result<LeaseView, ClientError> {
+        let path = format!("/v1/leases/{id}{}", if now { "?now=true" } else { "" });
+        self.exchange::<(), _>(reqwest::Method::DELETE, &path, None)
+            .await
+    }
+
+    /// `GET /v1/agents`.
+    pub async fn agents(&self) -> Result<Vec<AgentView>, ClientError> {
+        self.exchange::<(), _>(reqwest::Method::GET, "/v1/agents", None)
+            .await
+    }
+
+    /// Polls lease `id` every `every` until it is active (or returning or
+    /// ended) or `limit` has passed; returns it as last seen.
+    pub async fn wait_settled(
+        &self,
+        id: LeaseId,
+        every: Duration,
+        limit: Duration,
+    ) -> Result<LeaseView, ClientError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let lease = self.get_lease(id).await?;
+            let settled = !matches!(lease.state.as_str(), "queued" | "reserved");
+            if settled || tokio::time::Instant::now() >= deadline {
+                return Ok(lease);
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    async fn exchange<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            let text =
+                serde_json::to_vec(body).map_err(|err| ClientError::Decode(err.to_string()))?;
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(text);
+        }
+        let mut response = request.send().await?;
+        let status = response.status();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if bytes.len() + chunk.len() > MAX_ANSWER {
+                return Err(ClientError::Decode(format!(
+                    "answer larger than {MAX_ANSWER} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if status.is_success() {
+            serde_json::from_slice(&bytes).map_err(|err| ClientError::Decode(err.to_string()))
+        } else {
+            let (message, lease) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => (body.error, body.lease.map(Box::new)),
+                Err(_) => (String::from_utf8_lossy(&bytes).trim().to_owned(), None),
+            };
+            Err(ClientError::Api {
+                status: status.as_u16(),
+                message,
+                lease,
+            })
+        }
+    }
+}
+
+/// Reads a token or secret file: at most 64 KiB, surrounding whitespace
+/// trimmed.
+pub fn read_small_file(path: &Path) -> Result<String, ClientError> {
+    let setup = |err: std::io::Error| ClientError::Setup(format!("{}: {err}", path.display()));
+    let meta = std::fs::metadata(path).map_err(setup)?;
+    if meta.len() > control::MAX_SECRET_FILE {
+        return Err(ClientError::Setup(format!(
+            "{}: larger than {} bytes",
+            path.display(),
+            control::MAX_SECRET_FILE
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(setup)?;
+    Ok(text.trim().to_owned())
+}

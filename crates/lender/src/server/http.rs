@@ -1,0 +1,490 @@
+//! The HTTP API: routes, bearer tokens, bounded JSON bodies, server-sent
+//! events. The API itself is documented in [`crate::api`].
+//!
+//! Every check happens before the driver hears of a request: route (404,
+//! 405), token (401, 403), body size (413), JSON and fields (400). So a
+//! refused request changes nothing.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use hyper::body::{Frame, Incoming};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::driver::{ApiCall, ApiError, Input, ServerEvent};
+use super::{link, Shared};
+use crate::api::{ErrorBody, LeaseBody, MAX_BODY};
+use crate::labels::Expr;
+use crate::pool::{Borrower, LeaseId, LeaseRequest, Secret};
+use crate::tokens::{self, Principal, TokenKind, MAX_TOKEN};
+
+/// A response body: a whole JSON document or an event stream.
+pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// How long a client may take to send a request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an idle event stream gets a comment line, so that proxies and
+/// clients see it alive.
+const EVENT_KEEPALIVE: Duration = Duration::from_secs(15);
+/// Event chunks buffered for a slow reader before events are skipped.
+const EVENT_QUEUE: usize = 64;
+/// The longest secret file the lender reads.
+const MAX_SECRET_FILE: u64 = control::MAX_SECRET_FILE;
+
+/// Answers one request.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = match route(&shared, request).await {
+        Ok(response) => response,
+        Err(err) => error_response(err),
+    };
+    tracing::debug!(%method, %path, status = %response.status(), "request");
+    Ok(response)
+}
+
+async fn route(
+    shared: &Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    let allowed = |methods: &'static str| -> Result<(), ApiError> {
+        if methods.split(", ").any(|m| m == method.as_str()) {
+            Ok(())
+        } else {
+            let mut err = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path}; use {methods}"),
+            );
+            err.allow = Some(methods);
+            Err(err)
+        }
+    };
+    if path == control::link::LINK_PATH {
+        allowed("GET")?;
+        return Ok(link::upgrade(shared, request).await);
+    }
+    if let Some(rest) = path.strip_prefix("/v1/leases/") {
+        allowed("GET, DELETE")?;
+        let id: LeaseId = rest.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no lease {rest:?}: ids are numbers"),
+            )
+        })?;
+        let client = authenticate(shared, request.headers(), TokenKind::Client).await?;
+        return if method == Method::GET {
+            let view = call(shared, |reply| ApiCall::GetLease {
+                id,
+                client: client.name,
+                reply,
+            })
+            .await??;
+            Ok(json(StatusCode::OK, &view))
+        } else {
+            let when = if query_flag(request.uri().query(), "now")? {
+                control::When::Now
+            } else {
+                control::When::Idle
+            };
+            let view = call(shared, |reply| ApiCall::Return {
+                id,
+                client: client.name,
+                when,
+                reply,
+            })
+            .await??;
+            Ok(json(StatusCode::ACCEPTED, &view))
+        };
+    }
+    match path.as_str() {
+        "/v1/leases" => {
+            allowed("GET, POST")?;
+            let client = authenticate(shared, request.headers(), TokenKind::Client).await?;
+            if method == Method::POST {
+                create_lease(shared, client, request).await
+            } else {
+                let views = call(shared, |reply| ApiCall::Leases {
+                    client: client.name,
+                    reply,
+                })
+                .await?;
+                Ok(json(StatusCode::OK, &views))
+            }
+        }
+        "/v1/agents" => {
+            allowed("GET")?;
+            authenticate(shared, request.headers(), TokenKind::Client).await?;
+            let views = call(shared, |reply| ApiCall::Agents { reply }).await?;
+            Ok(json(StatusCode::OK, &views))
+        }
+        "/v1/events" => {
+            allowed("GET")?;
+            let client = authenticate(shared, request.headers(), TokenKind::Client).await?;
+            Ok(events(shared, client))
+        }
+        "/metrics" => {
+            allowed("GET")?;
+            authenticate(shared, request.headers(), TokenKind::Client).await?;
+            let text = call(shared, |reply| ApiCall::Metrics { reply }).await?;
+            let mut response = Response::new(full(text));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(response)
+        }
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {path}"),
+        )),
+    }
+}
+
+/// Sends a call to the driver and waits for its answer.
+async fn call<T>(
+    shared: &Shared,
+    make: impl FnOnce(oneshot::Sender<T>) -> ApiCall,
+) -> Result<T, ApiError> {
+    let unavailable = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the lender is shutting down",
+        )
+    };
+    let (tx, rx) = oneshot::channel();
+    shared
+        .driver
+        .send(Input::Api(make(tx)))
+        .await
+        .map_err(|_| unavailable())?;
+    rx.await.map_err(|_| unavailable())
+}
+
+/// The principal of the request's bearer token, which must be of `kind`.
+pub(crate) async fn authenticate(
+    shared: &Shared,
+    headers: &HeaderMap,
+    kind: TokenKind,
+) -> Result<Principal, ApiError> {
+    let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
+    let value = headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing `Authorization: Bearer <token>`"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN)
+        .ok_or_else(|| unauthorized("malformed Authorization header; expected `Bearer <token>`"))?;
+    let hash = tokens::hash(token);
+    let principal = call(shared, |reply| ApiCall::Authenticate { hash, reply })
+        .await?
+        .ok_or_else(|| unauthorized("unknown token"))?;
+    if principal.kind != kind {
+        let what = match kind {
+            TokenKind::Agent => "open the agent link; use an agent token",
+            TokenKind::Client => "use the API; use a client token",
+        };
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("this {} token cannot {what}", principal.kind.as_str()),
+        ));
+    }
+    Ok(principal)
+}
+
+async fn create_lease(
+    shared: &Shared,
+    client: Principal,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    let (parts, body) = request.into_parts();
+    let bytes = read_body(&parts.headers, body).await?;
+    let body: LeaseBody =
+        serde_json::from_slice(&bytes).map_err(|err| bad(format!("malformed JSON: {err}")))?;
+    let requirements = Expr::parse(&body.requirements)
+        .map_err(|err| bad(format!("invalid label expression: {err}")))?;
+    let borrower = body.borrower;
+    let secret = match (borrower.secret, borrower.secret_file) {
+        (Some(secret), None) => secret,
+        (None, Some(path)) => read_secret_file(shared.secret_dir.as_deref(), &path).await?,
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "give either borrower.secret or borrower.secret_file, not both".into(),
+            ))
+        }
+        (None, None) => {
+            return Err(bad(
+                "borrower.secret or borrower.secret_file is required".into()
+            ))
+        }
+    };
+    let request = LeaseRequest {
+        requirements,
+        borrower: Borrower {
+            url: borrower.url,
+            node_name: borrower.name,
+            secret: Secret::new(secret.trim()),
+            transport: borrower.transport,
+        },
+        client: client.name,
+        lease: body.lease,
+        idle_return: body.idle_return,
+        wait: body.wait.unwrap_or(Duration::ZERO),
+    };
+    request.validate().map_err(bad)?;
+    let (status, view) = call(shared, |reply| ApiCall::Lease {
+        request: Box::new(request),
+        reply,
+    })
+    .await??;
+    Ok(json(status, &view))
+}
+
+/// Reads a body of at most [`MAX_BODY`] bytes within [`BODY_TIMEOUT`].
+async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_BODY} bytes"),
+        )
+    };
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let collect = Limited::new(body, MAX_BODY).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body did not arrive in time",
+        )),
+        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(err)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {err}"),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// Reads a borrower's secret from a file under the lender's secret
+/// directory: anywhere else would let a client send any file the lender can
+/// read to a URL of its choice.
+async fn read_secret_file(dir: Option<&Path>, path: &Path) -> Result<String, ApiError> {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    let Some(dir) = dir else {
+        return Err(bad(
+            "borrower.secret_file is not accepted by this lender (no --secret-dir); send the secret"
+                .into(),
+        ));
+    };
+    let outside = || {
+        bad(format!(
+            "borrower.secret_file must be a file under the lender's secret directory {}",
+            dir.display()
+        ))
+    };
+    let dir = tokio::fs::canonicalize(dir).await.map_err(|_| outside())?;
+    let file = tokio::fs::canonicalize(dir.join(path)).await.map_err(|_| {
+        bad(format!(
+            "cannot read borrower.secret_file {}",
+            path.display()
+        ))
+    })?;
+    if !file.starts_with(&dir) {
+        return Err(outside());
+    }
+    let meta = tokio::fs::metadata(&file).await.map_err(|_| {
+        bad(format!(
+            "cannot read borrower.secret_file {}",
+            path.display()
+        ))
+    })?;
+    if !meta.is_file() || meta.len() > MAX_SECRET_FILE {
+        return Err(bad(format!(
+            "borrower.secret_file {} is not a file of at most {MAX_SECRET_FILE} bytes",
+            path.display()
+        )));
+    }
+    let text = tokio::fs::read_to_string(&file).await.map_err(|_| {
+        bad(format!(
+            "cannot read borrower.secret_file {}",
+            path.display()
+        ))
+    })?;
+    Ok(text.trim().to_owned())
+}
+
+/// `name=true|false|1|0` in a query; any other parameter is refused.
+fn query_flag(query: Option<&str>, name: &str) -> Result<bool, ApiError> {
+    let mut value = false;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, v) = pair.split_once('=').unwrap_or((pair, "true"));
+        if key != name {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown query parameter {key:?}; only `{name}` is known"),
+            ));
+        }
+        value = match v {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("`{name}` must be true or false, not {other:?}"),
+                ))
+            }
+        };
+    }
+    Ok(value)
+}
+
+// ---- server-sent events ----
+
+/// `GET /v1/events`: a stream of the client's lease changes and every
+/// agent change, as `event: lease|agent` with the view as `data`.
+fn events(shared: &Shared, client: Principal) -> Response<Body> {
+    let events = shared.events.subscribe();
+    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    let cancel = shared.cancel.child_token();
+    shared
+        .tracker
+        .spawn(forward_events(events, tx, client.name, cancel));
+    let mut response = Response::new(EventBody { rx }.boxed_unsync());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+async fn forward_events(
+    mut events: broadcast::Receiver<Arc<ServerEvent>>,
+    tx: mpsc::Sender<Bytes>,
+    client: String,
+    cancel: CancellationToken,
+) {
+    let mut keepalive = tokio::time::interval(EVENT_KEEPALIVE);
+    loop {
+        let chunk = tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tx.closed() => return,
+            _ = keepalive.tick() => Bytes::from_static(b":\n\n"),
+            event = events.recv() => match event {
+                Ok(event) => match event.as_ref() {
+                    ServerEvent::Lease(view) if view.client == client => sse("lease", view),
+                    ServerEvent::Lease(_) => continue,
+                    ServerEvent::Agent(view) => sse("agent", view),
+                },
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    sse("lagged", &serde_json::json!({ "missed": missed }))
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        let sent = tokio::select! {
+            () = cancel.cancelled() => return,
+            sent = tx.send(chunk) => sent,
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+fn sse<T: Serialize>(event: &str, data: &T) -> Bytes {
+    let data = serde_json::to_string(data).unwrap_or_else(|_| "{}".into());
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+/// The body of an event stream: chunks from [`forward_events`].
+struct EventBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for EventBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}
+
+// ---- responses ----
+
+pub(crate) fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed_unsync()
+}
+
+pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let text = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(full(text));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+pub(crate) fn error_response(err: ApiError) -> Response<Body> {
+    let mut response = json(
+        err.status,
+        &ErrorBody {
+            error: err.message,
+            lease: err.lease.map(|lease| *lease),
+        },
+    );
+    let headers = response.headers_mut();
+    if err.status == StatusCode::UNAUTHORIZED {
+        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(methods) = err.allow {
+        headers.insert(ALLOW, HeaderValue::from_static(methods));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_flag;
+
+    #[test]
+    fn query_flags() {
+        assert!(!query_flag(None, "now").is_ok_and(|v| v));
+        assert!(query_flag(Some("now=true"), "now").is_ok_and(|v| v));
+        assert!(query_flag(Some("now"), "now").is_ok_and(|v| v));
+        assert!(query_flag(Some("now=0"), "now").is_ok_and(|v| !v));
+        assert!(query_flag(Some("later=1"), "now").is_err());
+        assert!(query_flag(Some("now=maybe"), "now").is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! `GET /metrics`: the pool in Prometheus' text format.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `jnlp_lender_agents` | gauge | `state`: free, leased, busy, away, offline |
+//! | `jnlp_lender_agent_links` | gauge | |
+//! | `jnlp_lender_leases` | gauge | `state`: queued, reserved, active, returning |
+//! | `jnlp_lender_queue_length` | gauge | |
+//! | `jnlp_lender_lease_wait_seconds` | summary | `quantile` 0.5, 0.9, 0.99 over the last 1,024 leases |
+//! | `jnlp_lender_borrow_failures_total` | counter | |
+//! | `jnlp_lender_leases_ended_total` | counter | `reason`: returned, reclaimed, agent_left, timed_out, failed, cancelled |
+//!
+//! Counters start at zero with each process.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::fmt::Write as _;
+
+use crate::api::{agent_state, end_kind};
+use crate::pool::{Changes, EndReason, LeaseId, LeaseState, Pool};
+
+/// Wait times kept for the quantiles.
+const WINDOW: usize = 1024;
+
+const AGENT_STATES: [&str; 5] = ["free", "leased", "busy", "away", "offline"];
+const LEASE_STATES: [&str; 4] = ["queued", "reserved", "active", "returning"];
+const END_KINDS: [&str; 6] = [
+    "returned",
+    "reclaimed",
+    "agent_left",
+    "timed_out",
+    "failed",
+    "cancelled",
+];
+
+/// Counters the pool does not keep itself.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    borrow_failures: u64,
+    ended: BTreeMap<&'static str, u64>,
+    /// From request to active, in ms, newest last.
+    waits: VecDeque<u64>,
+    wait_sum_ms: u64,
+    wait_count: u64,
+    /// Leases seen active, so that each wait is counted once.
+    active: HashSet<LeaseId>,
+}
+
+impl Metrics {
+    /// Counts what a batch of changes shows: leases that became active
+    /// (their wait) and failed borrows.
+    pub fn observe(&mut self, changes: &Changes) {
+        for lease in &changes.leases {
+            match lease.state {
+                LeaseState::Active if self.active.insert(lease.id) => {
+                    let wait = lease.since_ms.saturating_sub(lease.requested_ms);
+                    if self.waits.len() == WINDOW {
+                        self.waits.pop_front();
+                    }
+                    self.waits.push_back(wait);
+                    self.wait_sum_ms = self.wait_sum_ms.saturating_add(wait);
+                    self.wait_count += 1;
+                }
+                LeaseState::Ended(_) => {
+                    self.active.remove(&lease.id);
+                }
+                _ => {}
+            }
+        }
+        self.borrow_failures += changes
+            .audit
+            .iter()
+            .filter(|entry| entry.action == "borrow-failed")
+            .count() as u64;
+    }
+
+    /// Counts an ended lease.
+    pub fn ended(&mut self, reason: &EndReason) {
+        *self.ended.entry(end_kind(reason)).or_default() += 1;
+    }
+
+    /// The text for `GET /metrics`.
+    pub fn render(&self, pool: &Pool, links: usize) -> String {
+        let mut out = String::new();
+        let mut agents: BTreeMap<&str, u64> = AGENT_STATES.iter().map(|s| (*s, 0)).collect();
+        for agent in pool.agents() {
+            *agents.entry(agent_state(agent)).or_default() += 1;
+        }
+        header(&mut out, "jnlp_lender_agents", "gauge", "Agents by state.");
+        for (state, n) in &agents {
+            let _ = writeln!(out, "jnlp_lender_agents{{state=\"{state}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "jnlp_lender_agent_links",
+            "gauge",
+            "Agent links connected.",
+        );
+        let _ = writeln!(out, "jnlp_lender_agent_links {links}");
+
+        let mut leases: BTreeMap<&str, u64> = LEASE_STATES.iter().map(|s| (*s, 0)).collect();
+        for lease in pool.leases() {
+            if !matches!(lease.state, LeaseState::Ended(_)) {
+                *leases.entry(lease.state.name()).or_default() += 1;
+            }
+        }
+        header(
+            &mut out,
+            "jnlp_lender_leases",
+            "gauge",
+            "Leases not ended, by state.",
+        );
+        for (state, n) in &leases {
+            let _ = writeln!(out, "jnlp_lender_leases{{state=\"{state}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "jnlp_lender_queue_length",
+            "gauge",
+            "Requests waiting for an agent.",
+        );
+        let _ = writeln!(out, "jnlp_lender_queue_length {}", pool.queue().count());
+
+        header(
+            &mut out,
+            "jnlp_lender_lease_wait_seconds",
+            "summary",
+            "Time from request to active lease.",
+        );
+        let mut sorted: Vec<u64> = self.waits.iter().copied().collect();
+        sorted.sort_unstable();
+        for q in [0.5, 0.9, 0.99] {
+            let value = quantile(&sorted, q).map_or("NaN".to_owned(), seconds);
+            let _ = writeln!(
+                out,
+                "jnlp_lender_lease_wait_seconds{{quantile=\"{q}\"}} {value}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "jnlp_lender_lease_wait_seconds_sum {}",
+            seconds(self.wait_sum_ms)
+        );
+        let _ = writeln!(
+            out,
+            "jnlp_lender_lease_wait_seconds_count {}",
+            self.wait_count
+        );
+
+        header(
+            &mut out,
+            "jnlp_lender_borrow_failures_total",
+            "counter",
+            "Borrows that failed (refused by the borrower, agent could not go).",
+        );
+        let _ = writeln!(
+            out,
+            "jnlp_lender_borrow_failures_total {}",
+            self.borrow_failures
+        );
+        header(
+            &mut out,
+            "jnlp_lender_leases_ended_total",
+            "counter",
+            "Leases ended, by reason.",
+        );
+        for kind in END_KINDS {
+            let n = self.ended.get(kind).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "jnlp_lender_leases_ended_total{{reason=\"{kind}\"}} {n}"
+            );
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.3}", ms as f64 / 1000.0)
+}
+
+/// The nearest-rank quantile of sorted values.
+fn quantile(sorted: &[u64], q: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let values: Vec<u64> = (1..=100).collect();
+        assert_eq!(quantile(&values, 0.5), Some(50));
+        assert_eq!(quantile(&values, 0.99), Some(99));
+        assert_eq!(quantile(&[7], 0.9), Some(7));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+}
