@@ -72,7 +72,10 @@
 //! | `--borrow-give-up DURATION` | return home after a borrower was unreachable or refusing this long (default 5m). |
 //! | `--state-file PATH` | where the current target survives restarts (default `<workDir>/<internalDir>/state.json`). |
 //! | `--web-socket-idle-timeout DURATION` | a WebSocket that carried no frame this long is dead and is reconnected (default 40s, a little over the controller's 30 s ping interval; our own pings go every quarter of it). agent.jar has no such limit. |
-//! | `--reconnect-delay DURATION` | first wait before reconnecting, doubling (with jitter) up to `--reconnect-max-delay` (defaults 1s and 30s); agent.jar waits a fixed 10 s. |
+//! | `--reconnect-delay DURATION` | first wait before reconnecting, doubling (with jitter) up to `--reconnect-max-delay` (defaults 1s and 30s); agent.jar waits a fixed 10 s. The lender link reconnects on the same schedule. |
+//! | `--lender URL` (`JNLP_AGENT_LENDER`) | keep a link to the lending pool `jnlp-lender` (see `lending::link`): http(s), no `user:password@`, no query. Needs a node name: `-name`, or a `-jnlpUrl` of the form `.../computer/NAME/...`. Without it the agent behaves as if the link did not exist. |
+//! | `--lender-token-file FILE` (`JNLP_AGENT_LENDER_TOKEN_FILE`) | required with `--lender`: the agent token, alone in the file (trimmed, at most 64 KiB). There is no option that takes the token itself: `--lender-token` is refused. Needs `--lender`. |
+//! | `--labels LABELS` (`JNLP_AGENT_LABELS`), repeatable | labels announced to the lender, separated by spaces or commas; each a label-expression atom (no whitespace nor `& \| ! < > ( ) " '`). `os`, `arch` and the Linux distribution are added by the link. Needs `--lender`. |
 //!
 //! Anything else starting with `-` is refused with the closest known
 //! spelling as a hint.
@@ -100,7 +103,7 @@ use clap::{ArgAction, Parser};
 
 pub use error::CliError;
 
-use crate::settings::{JavaSettings, LogFormat, Settings, TransportChoice, Tunnel};
+use crate::settings::{JavaSettings, LenderSettings, LogFormat, Settings, TransportChoice, Tunnel};
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -180,6 +183,9 @@ enum Kind {
         option: &'static str,
         advice: &'static str,
     },
+    /// Refused with this error: a spelling that must not work (a secret on
+    /// the command line).
+    Refused(fn() -> CliError),
 }
 
 #[derive(Debug)]
@@ -306,6 +312,16 @@ const SPECS: &[Spec] = &[
     ours("state-file", Value),
     ours("reconnect-max-delay", Value),
     ours("web-socket-idle-timeout", Value),
+    ours("lender", Value),
+    ours("lender-token-file", Value),
+    ours("labels", Value),
+    // The token would show in `ps` and shell histories.
+    Spec {
+        name: "lender-token",
+        takes: Value,
+        kind: Kind::Refused(|| CliError::LenderTokenOnCommandLine),
+        sensitive: true,
+    },
 ];
 
 /// How long a borrower may be unreachable before the agent goes home.
@@ -409,6 +425,7 @@ fn prepass(tokens: impl IntoIterator<Item = OsString>) -> Result<Prepared, CliEr
             Kind::Unsupported { option, advice } => {
                 return Err(CliError::Unsupported { option, advice });
             }
+            Kind::Refused(error) => return Err(error()),
             Kind::Ignored => {}
             Kind::AgentJar { canonical } => {
                 let mut rewritten = OsString::from("--");
@@ -433,7 +450,7 @@ fn suggest(name: &str) -> Option<String> {
     let wanted = name.to_ascii_lowercase();
     SPECS
         .iter()
-        .filter(|s| !matches!(s.kind, Kind::Unsupported { .. }))
+        .filter(|s| !matches!(s.kind, Kind::Unsupported { .. } | Kind::Refused(_)))
         .map(|s| (levenshtein(&wanted, &s.name.to_ascii_lowercase()), s))
         .filter(|(distance, s)| *distance <= 2.max(s.name.len() / 4))
         .min_by_key(|(distance, _)| *distance)
@@ -524,6 +541,9 @@ Environment (jenkins/inbound-agent image), used when the option is absent:
   JENKINS_JAVA_BIN, JAVA_HOME, JENKINS_JAVA_OPTS (else JAVA_OPTS): how to start the engine JVM.
 
   JENKINS_WEB_SOCKET=true     -webSocket
+
+Ours: JNLP_AGENT_LENDER (--lender), JNLP_AGENT_LENDER_TOKEN_FILE (--lender-token-file),
+JNLP_AGENT_LABELS (--labels).
 
 Not supported yet (refused): -agentLog, -loggingConfig, -text, -tcp, -connectTo. Ignored: -headless, -ping, -auth.";
 
@@ -728,6 +748,22 @@ struct Args {
         allow_hyphen_values = true
     )]
     web_socket_idle_timeout: Option<String>,
+
+    /// Keep a link to this lending pool (jnlp-lender), http(s)://HOST[:PORT][/PATH].
+    #[arg(long = "lender", value_name = "URL", allow_hyphen_values = true)]
+    lender: Option<String>,
+
+    /// The agent's token for --lender, read from FILE (never given on the command line).
+    #[arg(
+        long = "lender-token-file",
+        value_name = "FILE",
+        allow_hyphen_values = true
+    )]
+    lender_token_file: Option<PathBuf>,
+
+    /// Labels announced to --lender, separated by spaces or commas; repeatable. os, arch and the Linux distribution are added.
+    #[arg(long = "labels", value_name = "LABELS", action = ArgAction::Append, allow_hyphen_values = true)]
+    labels: Vec<String>,
 
     /// Log output format: text or json [default: text].
     // Checked by us, not clap's value_enum: clap would quote the value.
@@ -1027,6 +1063,23 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         }
         None => None,
     };
+    let lender = lender(
+        opt(args.lender, "--lender").or(env.sourced("JNLP_AGENT_LENDER")),
+        opt(args.lender_token_file, "--lender-token-file").or(env
+            .sourced("JNLP_AGENT_LENDER_TOKEN_FILE")
+            .map(|s| Sourced {
+                value: PathBuf::from(s.value),
+                from: s.from,
+            })),
+        opt((!args.labels.is_empty()).then_some(args.labels), "--labels").or(env
+            .sourced("JNLP_AGENT_LABELS")
+            .map(|s| Sourced {
+                value: vec![s.value],
+                from: s.from,
+            })),
+        name.as_ref().map(|n| n.value.as_str()),
+        jnlp_url.as_ref().map(|j| j.value.as_str()),
+    )?;
     let log_format = match args.log_format.as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
@@ -1087,5 +1140,39 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         warm_engine: !args.no_warm_engine,
         state_file: args.state_file,
         log_format,
+        lender,
     })
+}
+
+/// `--lender` with its token file and labels (each option or its
+/// variable), for the node `name` (or the one a `-jnlpUrl` names).
+fn lender(
+    url: Option<Sourced<String>>,
+    token_file: Option<Sourced<PathBuf>>,
+    labels: Option<Sourced<Vec<String>>>,
+    name: Option<&str>,
+    jnlp_url: Option<&str>,
+) -> Result<Option<LenderSettings>, CliError> {
+    const LENDER: &str = "--lender (or JNLP_AGENT_LENDER)";
+    let Some(url) = url else {
+        require(from(&token_file), false, LENDER)?;
+        require(from(&labels), false, LENDER)?;
+        return Ok(None);
+    };
+    let Some(token_file) = token_file else {
+        return Err(CliError::MissingLenderToken { lender: url.from });
+    };
+    let node = name
+        .map(str::to_owned)
+        .or_else(|| jnlp_url.and_then(values::node_from_jnlp_url))
+        .ok_or(CliError::LenderNeedsName { lender: url.from })?;
+    Ok(Some(LenderSettings {
+        url: values::lender_url(url.from, &url.value)?,
+        token: values::token_file(token_file.from, &token_file.value)?,
+        node,
+        labels: match labels {
+            Some(labels) => values::labels(labels.from, &labels.value)?,
+            None => Vec::new(),
+        },
+    }))
 }

@@ -9,7 +9,8 @@
 //!   bridge that copies chunks between it and the connection, and whether
 //!   it is busy.
 //! - [`lending`]: where the agent serves (home or a borrower), the control
-//!   socket, its client (`jnlp-agent ctl`) and the state they share.
+//!   socket, its client (`jnlp-agent ctl`), the link to a lending pool
+//!   (`--lender`) and the state they share.
 //! - [`session`]: one connection from discovery to close.
 //! - [`departure`]: how and when a session is asked to leave.
 //! - [`supervisor`]: reconnects with backoff, moves between controllers, handles signals.
@@ -122,6 +123,7 @@ async fn serve(settings: settings::Settings, work: WorkDir) -> anyhow::Result<()
         .or_else(|| settings.jnlp_url.clone());
     let hub = lending::hub::Hub::new(agent.traffic.clone(), home_url, settings.quiet_period);
 
+    let link_config = lending::link::LinkConfig::from_settings(&settings)?;
     let socket = settings
         .control_socket
         .clone()
@@ -132,6 +134,9 @@ async fn serve(settings: settings::Settings, work: WorkDir) -> anyhow::Result<()
     tracing::info!(socket = %socket.display(), "control socket ready");
     agent.control_socket = Some(socket);
     let server_task = tokio::spawn(server.serve(hub.clone(), shutdown.clone()));
+    // The lender link, with `--lender`: beside the control socket, never
+    // instead of it.
+    let link = link_config.map(|config| lending::link::Link::start(config, hub.clone(), &shutdown));
 
     let state = lending::StateFile::new(
         settings
@@ -142,6 +147,9 @@ async fn serve(settings: settings::Settings, work: WorkDir) -> anyhow::Result<()
     let stopped =
         supervisor::run(&agent, settings, hub, state, &mut backoff, shutdown.clone()).await;
     shutdown.cancel();
+    if let Some(link) = link {
+        link.stop().await;
+    }
     let _ = server_task.await;
     match stopped {
         Stopped::Cleanly => {

@@ -110,6 +110,22 @@ pub enum TransportChoice {
     TcpElseWebSocket,
 }
 
+/// `--lender URL`: keep a link to the lending pool `jnlp-lender`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LenderSettings {
+    /// The lender's base URL (`http://` or `https://`), as given.
+    pub url: String,
+    /// The agent token, read from `--lender-token-file` (never from the
+    /// command line; never logged).
+    pub token: Secret,
+    /// The node name at home that the link speaks for: `-name`, else the
+    /// name in a `-jnlpUrl` (`.../computer/NAME/...`).
+    pub node: String,
+    /// `--labels`, in order, without duplicates; the automatic `os`, `arch`
+    /// and distribution labels are added by the link.
+    pub labels: Vec<String>,
+}
+
 /// Everything the agent was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -191,4 +207,6 @@ pub struct Settings {
     pub reconnect_delay: Duration,
     /// `--reconnect-max-delay`: the longest wait between attempts.
     pub reconnect_max_delay: Duration,
+    /// `--lender URL` with its token and labels; `None` keeps no link.
+    pub lender: Option<LenderSettings>,
 }

@@ -225,6 +225,60 @@ pub enum CliError {
         option: &'static str,
     },
 
+    /// A token given on the command line instead of in a file.
+    #[error(
+        "--lender-token is not an option: a token on the command line shows in `ps` and shell \
+         histories; put it alone in a file and give --lender-token-file FILE \
+         (or JNLP_AGENT_LENDER_TOKEN_FILE)"
+    )]
+    LenderTokenOnCommandLine,
+
+    /// `--lender` without the agent token.
+    #[error(
+        "{lender} needs --lender-token-file FILE (or JNLP_AGENT_LENDER_TOKEN_FILE): the agent \
+         token, as `jnlp-lender token create --agent NAME` printed it"
+    )]
+    MissingLenderToken {
+        /// `--lender` or `JNLP_AGENT_LENDER`.
+        lender: &'static str,
+    },
+
+    /// `--lender` without a node name to speak for.
+    #[error(
+        "{lender} needs the node's name: give -name NAME (or set JENKINS_AGENT_NAME), or a \
+         -jnlpUrl of the form .../computer/NAME/jenkins-agent.jnlp"
+    )]
+    LenderNeedsName {
+        /// `--lender` or `JNLP_AGENT_LENDER`.
+        lender: &'static str,
+    },
+
+    /// A label with a character that label expressions reserve. Names its
+    /// position and the character, not the label.
+    #[error(
+        "{option}: label {index} contains {character:?}; labels are separated by spaces or \
+         commas and may not contain & | ! < > ( ) \" ' or control characters"
+    )]
+    BadLabel {
+        /// `--labels` or `JNLP_AGENT_LABELS`.
+        option: &'static str,
+        /// Which label, from 1.
+        index: usize,
+        /// The character refused.
+        character: char,
+    },
+
+    /// A label longer than the lender accepts.
+    #[error("{option}: label {index} is longer than {max} bytes")]
+    LabelTooLong {
+        /// `--labels` or `JNLP_AGENT_LABELS`.
+        option: &'static str,
+        /// Which label, from 1.
+        index: usize,
+        /// The limit.
+        max: usize,
+    },
+
     /// `--engine-command` with nothing but whitespace.
     #[error("--engine-command needs a command: a program and its arguments separated by spaces")]
     EmptyEngineCommand,

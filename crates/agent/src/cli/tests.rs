@@ -12,7 +12,7 @@ use proptest::prelude::*;
 
 use super::{parse, parse_tunnel, CliError, Command};
 use crate::settings::{
-    Credentials, HostPort, LogFormat, Secret, Settings, TransportChoice, Tunnel,
+    Credentials, HostPort, LenderSettings, LogFormat, Secret, Settings, TransportChoice, Tunnel,
 };
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -1170,6 +1170,264 @@ fn help_and_version() {
         };
         assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
     }
+}
+
+// --- the lender link ------------------------------------------------------------
+
+const TOKEN: &str = "jla_5ecre7t0ken5ecre7t0ken";
+
+#[test]
+fn lender_options_read_the_token_from_its_file_and_split_labels() {
+    let token = TempFile::new("token", format!("  {TOKEN}\n").as_bytes());
+    let path = token.0.to_str().unwrap();
+    let s = settings(&with_basics(&[
+        "--lender",
+        "https://pool.example/",
+        "--lender-token-file",
+        path,
+        "--labels",
+        "xcode16, gpu,,arm64  xcode16",
+        "--labels=big-disk",
+    ]));
+    assert_eq!(
+        s.lender,
+        Some(LenderSettings {
+            url: "https://pool.example/".into(),
+            token: Secret::new(TOKEN),
+            node: "n".into(),
+            labels: vec![
+                "xcode16".into(),
+                "gpu".into(),
+                "arm64".into(),
+                "big-disk".into()
+            ],
+        })
+    );
+    // The same from the environment; options win over it.
+    let env = [
+        ("JNLP_AGENT_LENDER", "http://pool:8090"),
+        ("JNLP_AGENT_LENDER_TOKEN_FILE", path),
+        ("JNLP_AGENT_LABELS", "a b"),
+    ];
+    let from_env = settings_env(&with_basics(&[]), &env).lender.unwrap();
+    assert_eq!(from_env.url, "http://pool:8090");
+    assert_eq!(from_env.token, Secret::new(TOKEN));
+    assert_eq!(from_env.labels, ["a", "b"]);
+    let both = settings_env(
+        &with_basics(&["--lender", "https://other/", "--labels", "c"]),
+        &env,
+    )
+    .lender
+    .unwrap();
+    assert_eq!(
+        (both.url.as_str(), both.labels.as_slice()),
+        ("https://other/", &["c".to_owned()][..])
+    );
+    // Without --lender nothing changes.
+    assert_eq!(settings(&with_basics(&[])).lender, None);
+    // The token never shows.
+    let shown = format!("{s:?} {s:#?}");
+    assert!(!shown.contains(TOKEN), "{shown}");
+}
+
+#[test]
+fn the_lender_token_is_never_taken_from_the_command_line() {
+    for args in [
+        with_basics(&["--lender", "http://pool/", "--lender-token", TOKEN]),
+        with_basics(&[
+            "--lender",
+            "http://pool/",
+            &format!("--lender-token={TOKEN}"),
+        ]),
+    ] {
+        let err = error(&args);
+        assert!(matches!(err, CliError::LenderTokenOnCommandLine), "{err:?}");
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains(TOKEN), "{shown}");
+        assert!(shown.contains("--lender-token-file"), "{shown}");
+    }
+    let err = error(&with_basics(&["--lender", "http://pool/"]));
+    assert!(
+        matches!(err, CliError::MissingLenderToken { lender: "--lender" }),
+        "{err:?}"
+    );
+    let err = error_env(&with_basics(&[]), &[("JNLP_AGENT_LENDER", "http://pool/")]);
+    assert!(
+        matches!(
+            err,
+            CliError::MissingLenderToken {
+                lender: "JNLP_AGENT_LENDER"
+            }
+        ),
+        "{err:?}"
+    );
+    let missing = std::env::temp_dir().join("jnlp-agent-no-such-token-file");
+    let err = error(&with_basics(&[
+        "--lender",
+        "http://pool/",
+        "--lender-token-file",
+        missing.to_str().unwrap(),
+    ]));
+    assert!(
+        matches!(&err, CliError::ReadFile { option: "--lender-token-file", path, .. } if *path == missing),
+        "{err:?}"
+    );
+    for (contents, says) in [
+        ("", "empty"),
+        (" \n", "empty"),
+        ("two words", "alone"),
+        ("one\ntwo", "alone"),
+        ("caf\u{e9}", "cannot carry"),
+    ] {
+        let file = TempFile::new("bad-token", contents.as_bytes());
+        let err = error(&with_basics(&[
+            "--lender",
+            "http://pool/",
+            "--lender-token-file",
+            file.0.to_str().unwrap(),
+        ]));
+        assert!(err.to_string().contains(says), "{contents:?}: {err}");
+        assert!(!err.to_string().contains(contents.trim()) || contents.trim().is_empty());
+    }
+}
+
+#[test]
+fn lender_options_need_the_lender_and_a_good_url_and_node() {
+    let token = TempFile::new("token", TOKEN.as_bytes());
+    let path = token.0.to_str().unwrap();
+    let err = error(&with_basics(&["--lender-token-file", path]));
+    assert!(
+        matches!(
+            err,
+            CliError::Requires {
+                option: "--lender-token-file",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = error(&with_basics(&["--labels", "a"]));
+    assert!(
+        matches!(
+            err,
+            CliError::Requires {
+                option: "--labels",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = error_env(&with_basics(&[]), &[("JNLP_AGENT_LABELS", "a")]);
+    assert!(
+        matches!(
+            err,
+            CliError::Requires {
+                option: "JNLP_AGENT_LABELS",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    for (url, says) in [
+        ("ftp://pool/", "only http and https"),
+        ("pool:8080", "scheme"),
+        ("http://alice:pw@pool/", "user:password@"),
+        ("http://pool/?x=1", "query"),
+    ] {
+        let err = error(&with_basics(&[
+            "--lender",
+            url,
+            "--lender-token-file",
+            path,
+        ]));
+        assert!(
+            matches!(
+                &err,
+                CliError::BadUrl {
+                    option: "--lender",
+                    ..
+                }
+            ) && err.to_string().contains(says),
+            "{url}: {err}"
+        );
+        assert!(!err.to_string().contains("alice:pw"), "{err}");
+    }
+    // A JNLP file's URL names the node; another shape names none.
+    let s = settings(&[
+        "-jnlpUrl",
+        "http://c/computer/mac%2001/jenkins-agent.jnlp",
+        "-secret",
+        SECRET,
+        "--lender",
+        "http://pool/",
+        "--lender-token-file",
+        path,
+    ]);
+    assert_eq!(s.lender.unwrap().node, "mac 01");
+    let err = error(&[
+        "-jnlpUrl",
+        "http://c/agent.jnlp",
+        "-secret",
+        SECRET,
+        "--lender",
+        "http://pool/",
+        "--lender-token-file",
+        path,
+    ]);
+    assert!(matches!(err, CliError::LenderNeedsName { .. }), "{err:?}");
+}
+
+#[test]
+fn labels_must_be_label_expression_atoms() {
+    let token = TempFile::new("token", TOKEN.as_bytes());
+    let path = token.0.to_str().unwrap();
+    let with_labels = |labels: &str| {
+        run(
+            &with_basics(&[
+                "--lender",
+                "http://pool/",
+                "--lender-token-file",
+                path,
+                "--labels",
+                labels,
+            ]),
+            &[],
+        )
+    };
+    for (labels, index, character) in [
+        ("a&&b", 1, '&'),
+        ("ok x|y", 2, '|'),
+        ("ok,!no", 2, '!'),
+        ("a<b", 1, '<'),
+        ("a->b", 1, '>'),
+        ("fine (x)", 2, '('),
+        ("x)", 1, ')'),
+        ("\"q\"", 1, '"'),
+        ("it's", 1, '\''),
+        ("bell\u{7}", 1, '\u{7}'),
+    ] {
+        match with_labels(labels) {
+            Err(CliError::BadLabel {
+                option: "--labels",
+                index: i,
+                character: c,
+            }) => assert_eq!((i, c), (index, character), "{labels:?}"),
+            other => panic!("{labels:?}: {other:?}"),
+        }
+    }
+    let err = with_labels(&"x".repeat(300)).unwrap_err();
+    assert!(
+        matches!(err, CliError::LabelTooLong { index: 1, .. }),
+        "{err:?}"
+    );
+    let Ok(Command::Run(s)) = with_labels("x86-64 os:linux ünï , ,") else {
+        panic!()
+    };
+    assert_eq!(s.lender.unwrap().labels, ["x86-64", "os:linux", "ünï"]);
+    let Ok(Command::Run(s)) = with_labels("  ") else {
+        panic!()
+    };
+    assert!(s.lender.unwrap().labels.is_empty());
 }
 
 // --- secrets -------------------------------------------------------------------

@@ -269,6 +269,115 @@ pub(super) fn protocols<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<St
         .collect()
 }
 
+/// `--lender URL`: an absolute http(s) URL with a host, without
+/// `user:password@` (the link authenticates with its token) or a query
+/// (the link's path is appended to it).
+pub(super) fn lender_url(option: &'static str, value: &str) -> Result<String, CliError> {
+    check_http_url(option, value)?;
+    let bad = |reason| CliError::BadUrl { option, reason };
+    let uri: http::Uri = value.parse().map_err(|_| bad("not a valid URL"))?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(bad(
+            "the URL must not carry user:password@ (the link authenticates with \
+             --lender-token-file)",
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(bad("the URL must not have a query"));
+    }
+    Ok(value.to_owned())
+}
+
+/// `--lender-token-file FILE`: the token alone in the file, trimmed.
+pub(super) fn token_file(option: &'static str, path: &Path) -> Result<Secret, CliError> {
+    let text = read_small_file(option, path)?;
+    let token = text.trim();
+    let invalid = |why: &str| CliError::ReadFile {
+        option,
+        path: path.to_owned(),
+        source: io::Error::new(io::ErrorKind::InvalidData, why),
+    };
+    if token.is_empty() {
+        return Err(invalid("the file is empty"));
+    }
+    if token.contains(char::is_whitespace) {
+        return Err(invalid("the file must hold the token alone, on one line"));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "the token holds characters an HTTP header cannot carry",
+        ));
+    }
+    Ok(Secret::new(token))
+}
+
+/// `--labels` (repeatable) / `JNLP_AGENT_LABELS`: labels separated by
+/// spaces or commas, each a label-expression atom; duplicates dropped,
+/// order kept.
+pub(super) fn labels(option: &'static str, values: &[String]) -> Result<Vec<String>, CliError> {
+    let mut out: Vec<String> = Vec::new();
+    let words = values
+        .iter()
+        .flat_map(|v| v.split(|c: char| c == ',' || c.is_whitespace()))
+        .filter(|w| !w.is_empty());
+    for (index, word) in words.enumerate() {
+        if let Some(c) = word
+            .chars()
+            .find(|&c| !crate::lending::link::is_label_char(c))
+        {
+            return Err(CliError::BadLabel {
+                option,
+                index: index + 1,
+                character: c,
+            });
+        }
+        if word.len() > crate::lending::link::MAX_LABEL {
+            return Err(CliError::LabelTooLong {
+                option,
+                index: index + 1,
+                max: crate::lending::link::MAX_LABEL,
+            });
+        }
+        if !out.iter().any(|l| l == word) {
+            out.push(word.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// The node name in a JNLP file URL, `.../computer/NAME/jenkins-agent.jnlp`
+/// (or `slave-agent.jnlp`), percent-decoded; `None` for other shapes.
+pub(super) fn node_from_jnlp_url(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let mut segments = uri.path().split('/').rev().filter(|s| !s.is_empty());
+    let file = segments.next()?;
+    if !file.ends_with(".jnlp") {
+        return None;
+    }
+    let name = segments.next()?;
+    (segments.next()? == "computer").then_some(())?;
+    let name = percent_decode(name)?;
+    (!name.trim().is_empty()).then_some(name)
+}
+
+/// `%XX` escapes decoded; `None` when one is broken or the result is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 fn read_small_file(option: &'static str, path: &Path) -> Result<String, CliError> {
     let fail = |source| CliError::ReadFile {
         option,

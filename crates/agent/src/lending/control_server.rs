@@ -4,7 +4,9 @@
 //! specified in the `control` crate; this module owns the socket file, checks
 //! who connects, frames lines and hands requests to a [`Handler`] (the
 //! supervisor), whose methods only enqueue work so that no request waits on
-//! a connection or a drain.
+//! a connection or a drain. How a `borrow` or `return` is carried out, and
+//! waited for with `wait`, is shared with the lender link ([`super::link`]):
+//! [`carry_out_borrow`], [`carry_out_return`].
 //!
 //! # The socket file
 //!
@@ -546,11 +548,9 @@ impl Connection {
     }
 
     async fn handle(&self, request: Request) -> Next {
-        let result = match request {
-            Request::Status => {
-                return Next::Reply(Reply::Ok(Response::Status(self.handler.status())))
-            }
-            Request::Events => return Next::Events,
+        match request {
+            Request::Status => Next::Reply(Reply::Ok(Response::Status(self.handler.status()))),
+            Request::Events => Next::Events,
             Request::Borrow(mut borrow) => {
                 if let Some(file) = borrow.secret_file.take() {
                     let trusted = self.access.trusts(self.peer.uid());
@@ -569,50 +569,16 @@ impl Connection {
                         }
                     }
                 }
-                info!(
-                    controller = borrow.target.describe(),
-                    node = %borrow.name,
-                    lease = ?borrow.lease,
-                    idle_return = ?borrow.idle_return,
-                    when = ?borrow.when,
-                    wait = ?borrow.wait,
-                    "borrow requested"
-                );
-                let wait = borrow.wait;
                 // A build on this agent that waits for a move that itself
                 // holds up would wait forever: it gets the outcome of the
                 // check instead (the move follows once it ends).
-                let until_checked = borrow.when == When::Idle && self.peer_is_a_build();
-                // Subscribed before the order, so its outcome cannot be missed.
-                let events = wait.map(|_| self.handler.subscribe());
-                let result = self.handler.borrow(borrow);
-                if let (Ok(_), Some(limit), Some(events)) = (&result, wait, events) {
-                    let reply = if until_checked {
-                        self.checked(events, limit).await
-                    } else {
-                        self.outcome(events, limit, Placement::Borrowed).await
-                    };
-                    return Next::Reply(reply);
-                }
-                result
+                let from_a_build = borrow.when == When::Idle && self.peer_is_a_build();
+                Next::Reply(carry_out_borrow(&*self.handler, borrow, from_a_build).await)
             }
             Request::Return { when, wait } => {
-                info!(?when, ?wait, "return requested");
-                let events = wait.map(|_| self.handler.subscribe());
-                let result = self.handler.give_back(when);
-                if let (Ok(_), Some(limit), Some(events)) = (&result, wait, events) {
-                    return Next::Reply(self.outcome(events, limit, Placement::Home).await);
-                }
-                result
+                Next::Reply(carry_out_return(&*self.handler, when, wait).await)
             }
-        };
-        Next::Reply(match result {
-            Ok(message) => Reply::Ok(Response::Accepted { message }),
-            Err(message) => {
-                info!(%message, "request refused");
-                Reply::Error(message)
-            }
-        })
+        }
     }
 
     /// Whether the peer is a build process on this agent (a job step that
@@ -623,110 +589,6 @@ impl Connection {
                 crate::engine::busy::build_processes(&crate::engine::live_engines()).contains(&pid)
             })
         })
-    }
-
-    /// For a `wait`ing borrow from a build on this agent: the reply once
-    /// the borrower is checked or the borrow failed.
-    async fn checked(&self, mut events: broadcast::Receiver<Event>, limit: Duration) -> Reply {
-        let wait = async {
-            loop {
-                match events.recv().await {
-                    Ok(Event {
-                        kind: EventKind::BorrowChecked,
-                        ..
-                    }) => {
-                        return Reply::Ok(Response::Accepted {
-                            message: "the borrower is reachable and its engine is ready; \
-                                      the agent moves there once this build and any other \
-                                      work have ended"
-                                .into(),
-                        })
-                    }
-                    Ok(Event {
-                        kind: EventKind::BorrowFailed { phase, reason },
-                        ..
-                    }) => {
-                        return Reply::error(format!(
-                            "the borrow failed ({phase}): {reason}; the agent stays where it was"
-                        ))
-                    }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Reply::error("the agent stopped before the borrower was checked")
-                    }
-                }
-            }
-        };
-        tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
-            Reply::error(format!(
-                "the borrower was not checked within {}",
-                humantime::format_duration(limit)
-            ))
-        })
-    }
-
-    /// For an order with `wait`: the reply once the agent is online at
-    /// `place` after a move, or the borrow failed, or `limit` passed.
-    async fn outcome(
-        &self,
-        mut events: broadcast::Receiver<Event>,
-        limit: Duration,
-        place: Placement,
-    ) -> Reply {
-        let arrived = |status: &Status| {
-            status.placement == place && status.phase == Phase::Online && status.pending.is_none()
-        };
-        let now = self.handler.status();
-        if arrived(&now) {
-            return Reply::Ok(Response::Accepted {
-                message: format!("already there: online at {}", describe_place(&now)),
-            });
-        }
-        let wait = async {
-            loop {
-                match events.recv().await {
-                    Ok(Event {
-                        kind: EventKind::Moved { ms },
-                        status,
-                        ..
-                    }) if status.placement == place => {
-                        return Reply::Ok(Response::Accepted {
-                            message: format!(
-                                "online at {} ({ms} ms after the move began)",
-                                describe_place(&status)
-                            ),
-                        })
-                    }
-                    Ok(Event {
-                        kind: EventKind::BorrowFailed { phase, reason },
-                        ..
-                    }) if place == Placement::Borrowed => {
-                        return Reply::error(format!(
-                            "the borrow failed ({phase}): {reason}; the agent stays where it was"
-                        ))
-                    }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Reply::error("the agent stopped before the move was done")
-                    }
-                }
-            }
-        };
-        match tokio::time::timeout(limit, wait).await {
-            Ok(reply) => reply,
-            Err(_) => {
-                let now = self.handler.status();
-                Reply::error(format!(
-                    "not done within {}: the agent is {:?} at {}{}",
-                    humantime::format_duration(limit),
-                    now.phase,
-                    describe_place(&now),
-                    now.last_error
-                        .map(|e| format!(" (last error: {e})"))
-                        .unwrap_or_default()
-                ))
-            }
-        }
     }
 
     /// After `events`: a `subscribed` event with the current status, then
@@ -806,6 +668,167 @@ impl Connection {
                     false
                 }
             },
+        }
+    }
+}
+
+/// Carries out a `borrow` whose secret is already read, for any peer (the
+/// control socket, the lender link): queued with `handler`, and with `wait`
+/// answered once the agent is online at the borrower, the borrow failed or
+/// `wait` passed. `from_a_build` (a build on this agent asking to leave when
+/// idle) gets the reply once the borrower was checked instead, since the
+/// move waits for that very build.
+pub async fn carry_out_borrow(
+    handler: &dyn Handler,
+    borrow: BorrowRequest,
+    from_a_build: bool,
+) -> Reply {
+    info!(
+        controller = borrow.target.describe(),
+        node = %borrow.name,
+        lease = ?borrow.lease,
+        idle_return = ?borrow.idle_return,
+        when = ?borrow.when,
+        wait = ?borrow.wait,
+        "borrow requested"
+    );
+    let wait = borrow.wait;
+    // Subscribed before the order, so its outcome cannot be missed.
+    let events = wait.map(|_| handler.subscribe());
+    let result = handler.borrow(borrow);
+    if let (Ok(_), Some(limit), Some(events)) = (&result, wait, events) {
+        return if from_a_build {
+            checked(events, limit).await
+        } else {
+            outcome(handler, events, limit, Placement::Borrowed).await
+        };
+    }
+    accepted(result)
+}
+
+/// Carries out a `return` for any peer: queued with `handler`, and with
+/// `wait` answered once the agent is online at home or `wait` passed.
+pub async fn carry_out_return(handler: &dyn Handler, when: When, wait: Option<Duration>) -> Reply {
+    info!(?when, ?wait, "return requested");
+    let events = wait.map(|_| handler.subscribe());
+    let result = handler.give_back(when);
+    if let (Ok(_), Some(limit), Some(events)) = (&result, wait, events) {
+        return outcome(handler, events, limit, Placement::Home).await;
+    }
+    accepted(result)
+}
+
+/// The reply to an order that was queued (or refused).
+fn accepted(result: Result<String, String>) -> Reply {
+    match result {
+        Ok(message) => Reply::Ok(Response::Accepted { message }),
+        Err(message) => {
+            info!(%message, "request refused");
+            Reply::Error(message)
+        }
+    }
+}
+
+/// For a `wait`ing borrow from a build on this agent: the reply once the
+/// borrower is checked or the borrow failed.
+async fn checked(mut events: broadcast::Receiver<Event>, limit: Duration) -> Reply {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(Event {
+                    kind: EventKind::BorrowChecked,
+                    ..
+                }) => {
+                    return Reply::Ok(Response::Accepted {
+                        message: "the borrower is reachable and its engine is ready; \
+                                  the agent moves there once this build and any other \
+                                  work have ended"
+                            .into(),
+                    })
+                }
+                Ok(Event {
+                    kind: EventKind::BorrowFailed { phase, reason },
+                    ..
+                }) => {
+                    return Reply::error(format!(
+                        "the borrow failed ({phase}): {reason}; the agent stays where it was"
+                    ))
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Reply::error("the agent stopped before the borrower was checked")
+                }
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
+        Reply::error(format!(
+            "the borrower was not checked within {}",
+            humantime::format_duration(limit)
+        ))
+    })
+}
+
+/// For an order with `wait`: the reply once the agent is online at `place`
+/// after a move, or the borrow failed, or `limit` passed.
+async fn outcome(
+    handler: &dyn Handler,
+    mut events: broadcast::Receiver<Event>,
+    limit: Duration,
+    place: Placement,
+) -> Reply {
+    let arrived = |status: &Status| {
+        status.placement == place && status.phase == Phase::Online && status.pending.is_none()
+    };
+    let now = handler.status();
+    if arrived(&now) {
+        return Reply::Ok(Response::Accepted {
+            message: format!("already there: online at {}", describe_place(&now)),
+        });
+    }
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(Event {
+                    kind: EventKind::Moved { ms },
+                    status,
+                    ..
+                }) if status.placement == place => {
+                    return Reply::Ok(Response::Accepted {
+                        message: format!(
+                            "online at {} ({ms} ms after the move began)",
+                            describe_place(&status)
+                        ),
+                    })
+                }
+                Ok(Event {
+                    kind: EventKind::BorrowFailed { phase, reason },
+                    ..
+                }) if place == Placement::Borrowed => {
+                    return Reply::error(format!(
+                        "the borrow failed ({phase}): {reason}; the agent stays where it was"
+                    ))
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Reply::error("the agent stopped before the move was done")
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(limit, wait).await {
+        Ok(reply) => reply,
+        Err(_) => {
+            let now = handler.status();
+            Reply::error(format!(
+                "not done within {}: the agent is {:?} at {}{}",
+                humantime::format_duration(limit),
+                now.phase,
+                describe_place(&now),
+                now.last_error
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            ))
         }
     }
 }

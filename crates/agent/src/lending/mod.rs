@@ -7,6 +7,7 @@
 pub mod control_server;
 pub mod ctl;
 pub mod hub;
+pub mod link;
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
