@@ -467,7 +467,12 @@ impl<'a> Supervisor<'a> {
             {
                 let mut core = self.hub.core();
                 core.engine_pid = None;
-                core.controller_url = None;
+                // Where it connects next (status says "serves or is
+                // connecting to"): never "nowhere" in the middle of a move.
+                core.controller_url = match &core.lease {
+                    Some(lease) => Some(crate::lending::target_label(&lease.request.target)),
+                    None => core.home_url.clone(),
+                };
             }
             if online {
                 last_online = Instant::now();

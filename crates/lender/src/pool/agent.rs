@@ -51,6 +51,11 @@ impl AgentReport {
     /// The report in an agent's control-socket [`Status`].
     pub fn from_status(status: &Status) -> Self {
         let place = match (status.placement, &status.controller_url) {
+            // Lent but not gone yet (the agent connects to the borrower
+            // before it leaves home): still at home's controller.
+            (Placement::Borrowed, Some(url)) if status.home_url.as_ref() == Some(url) => {
+                Place::Home
+            }
             (Placement::Borrowed, Some(url)) => Place::Borrowed { url: url.clone() },
             // A borrowed agent always names its controller; without one the
             // report cannot say where, so it counts as not at home either.
@@ -140,6 +145,32 @@ pub fn platform_labels(os: &str, arch: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lent_agent_still_at_home_reports_home() {
+        let mut status = Status {
+            placement: Placement::Borrowed,
+            phase: Phase::Online,
+            controller_url: Some("https://home/".into()),
+            home_url: Some("https://home/".into()),
+            ..Status::default()
+        };
+        // Connecting to the borrower while home still has it.
+        assert_eq!(AgentReport::from_status(&status).place, Place::Home);
+        status.controller_url = Some("https://b/".into());
+        assert_eq!(
+            AgentReport::from_status(&status).place,
+            Place::Borrowed {
+                url: "https://b/".into()
+            }
+        );
+        // Between two channels: not somewhere else (see `apply_report`).
+        status.controller_url = None;
+        assert_eq!(
+            AgentReport::from_status(&status).place,
+            Place::Borrowed { url: String::new() }
+        );
+    }
 
     #[test]
     fn platform_labels_add_common_aliases() {

@@ -529,6 +529,15 @@ impl Pool {
         let Some(agent) = self.agents.get_mut(name) else {
             return;
         };
+        // Borrowed without saying where: between two channels. Not evidence
+        // of being anywhere else; the next report will say.
+        if matches!(&report.place, Place::Borrowed { url } if url.is_empty()) {
+            agent.online = false;
+            agent.busy = report.busy;
+            agent.last_seen_ms = now;
+            self.changed_agents.insert(name.to_owned());
+            return;
+        }
         let moved = agent.place != report.place;
         if report.busy {
             agent.idle_since_ms = None;
