@@ -130,7 +130,10 @@ mod tests {
             status: Status::default(),
         };
         let text = serde_json::to_string(&hello).unwrap();
-        assert!(text.starts_with(r#"{"type":"hello","node":"mac-01""#), "{text}");
+        assert!(
+            text.starts_with(r#"{"type":"hello","node":"mac-01""#),
+            "{text}"
+        );
         assert_eq!(serde_json::from_str::<AgentMessage>(&text).unwrap(), hello);
 
         let reply = AgentMessage::Reply {
@@ -154,7 +157,10 @@ mod tests {
             text.starts_with(r#"{"type":"request","id":7,"request":{"command":"return""#),
             "{text}"
         );
-        assert_eq!(serde_json::from_str::<LenderMessage>(&text).unwrap(), request);
+        assert_eq!(
+            serde_json::from_str::<LenderMessage>(&text).unwrap(),
+            request
+        );
     }
 
     #[test]
@@ -163,9 +169,7 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<LenderMessage>(r#"{"type":"welcome","lender":"x","extra":1}"#)
                 .unwrap(),
-            LenderMessage::Welcome {
-                lender: "x".into()
-            }
+            LenderMessage::Welcome { lender: "x".into() }
         );
     }
 }
