@@ -30,6 +30,9 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+
+/// Read buffer per agent link: a status message fits.
+const LINK_BUFFER: usize = 4 * 1024;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument as _;
@@ -139,7 +142,11 @@ async fn session(shared: Arc<Shared>, on_upgrade: OnUpgrade, agent: String, link
             }
         },
     };
+    // Links are many and nearly idle: small buffers (tungstenite's default
+    // is 128 KiB each way per connection), grown only for a big message.
     let config = WebSocketConfig::default()
+        .read_buffer_size(LINK_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
     let mut ws: Ws =
