@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use common::lending::{borrower, home, BORROWER_SECRET, HOME_SECRET};
 use common::{
     accepted, alive, closed, closed_by_command, fake_engine, refused, temp_dir, until_online,
     AgentProcess,
@@ -23,27 +24,7 @@ use remoting_protocol::ChunkCodec;
 use testkit::{Channel, ControllerEvent, Peer, TestController};
 use tokio_util::codec::Decoder;
 
-const LENDER_SECRET: &str = "1e1d1e1d1e1d1e1d1e1d1e1d1e1d1e1d";
-const BORROWER_SECRET: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
 const LONG: Duration = Duration::from_secs(30);
-
-async fn lender(peer: Peer) -> TestController {
-    TestController::builder()
-        .node("mac-01", LENDER_SECRET)
-        .remoting_jar(testkit::fake_remoting_jar("3301.v4363ddcca_4e7"))
-        .peer(peer)
-        .start()
-        .await
-}
-
-async fn borrower(peer: Peer) -> TestController {
-    TestController::builder()
-        .node("guest-mac", BORROWER_SECRET)
-        .remoting_jar(testkit::fake_remoting_jar("3355.v388858a_47b_33"))
-        .peer(peer)
-        .start()
-        .await
-}
 
 fn start_agent(lender: &TestController, extra: &[&str]) -> AgentProcess {
     start_agent_in(temp_dir("work"), lender, extra)
@@ -61,7 +42,7 @@ fn start_agent_in(work: PathBuf, lender: &TestController, extra: &[&str]) -> Age
         cmd.as_str(),
     ];
     args.extend_from_slice(extra);
-    AgentProcess::start_in(work, &args, &[("JENKINS_SECRET", LENDER_SECRET)])
+    AgentProcess::start_in(work, &args, &[("JENKINS_SECRET", HOME_SECRET)])
 }
 
 async fn request(
@@ -196,7 +177,7 @@ fn engines(agent: &AgentProcess) -> usize {
 
 #[tokio::test]
 async fn borrow_moves_the_agent_and_return_brings_it_back() {
-    let lender = lender(Peer::Hold).await;
+    let lender = home(Peer::Hold).await;
     let borrower = borrower(Peer::Hold).await;
     let agent = start_agent(&lender, &[]);
     lender.wait_for(|log| accepted(log) == 1, LONG).await;
@@ -280,14 +261,14 @@ async fn borrow_moves_the_agent_and_return_brings_it_back() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["placement"], "home");
     assert_eq!(json["phase"], "online");
-    assert!(!agent.log().contains(BORROWER_SECRET) && !agent.log().contains(LENDER_SECRET));
+    assert!(!agent.log().contains(BORROWER_SECRET) && !agent.log().contains(HOME_SECRET));
     lender.shutdown().await;
     borrower.shutdown().await;
 }
 
 #[tokio::test]
 async fn lease_expiry_and_idle_return_bring_it_home() {
-    let lender = lender(Peer::Hold).await;
+    let lender = home(Peer::Hold).await;
     let borrower = borrower(Peer::Hold).await;
     let agent = start_agent(&lender, &[]);
     let socket = agent.socket();
@@ -362,7 +343,7 @@ async fn return_now(socket: &Path) {
 
 #[tokio::test]
 async fn a_vanished_borrower_sends_it_home() {
-    let lender = lender(Peer::Hold).await;
+    let lender = home(Peer::Hold).await;
     let borrower = borrower(Peer::Hold).await;
     let agent = start_agent(&lender, &["--borrow-give-up", "1s"]);
     let socket = agent.socket();
@@ -397,7 +378,7 @@ async fn a_busy_agent_leaves_only_after_the_build_unless_now() {
         started.display(),
         marker.display()
     );
-    let lender = lender(Peer::script(move |mut channel: Channel| {
+    let lender = home(Peer::script(move |mut channel: Channel| {
         let build = build.clone();
         async move {
             start_build(&mut channel, &build).await;
@@ -458,7 +439,7 @@ async fn a_busy_agent_leaves_only_after_the_build_unless_now() {
 
 #[tokio::test]
 async fn killed_while_borrowed_it_resumes_at_the_borrower() {
-    let lender = lender(Peer::Hold).await;
+    let lender = home(Peer::Hold).await;
     let borrower = borrower(Peer::Hold).await;
     let work = temp_dir("work");
     let agent = start_agent_in(work.clone(), &lender, &[]);
@@ -492,7 +473,7 @@ async fn killed_while_borrowed_it_resumes_at_the_borrower() {
 
 #[tokio::test]
 async fn bad_control_requests_get_errors_and_change_nothing() {
-    let lender = lender(Peer::Hold).await;
+    let lender = home(Peer::Hold).await;
     let agent = start_agent(&lender, &[]);
     let socket = agent.socket();
     let before = wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
@@ -535,7 +516,7 @@ async fn bad_control_requests_get_errors_and_change_nothing() {
 /// control socket from the engine's environment and `jnlp-agent` on PATH.
 #[tokio::test]
 async fn the_example_jobs_lend_and_return_the_agent() {
-    let lender = lender(Peer::Hold).await;
+    let lender = home(Peer::Hold).await;
     let borrower = borrower(Peer::Hold).await;
     let agent = start_agent(&lender, &[]);
     let socket = agent.socket();
@@ -613,7 +594,7 @@ async fn the_example_jobs_lend_and_return_the_agent() {
 /// the agent starts at home and records that.
 #[tokio::test]
 async fn an_expired_lease_found_at_start_sends_it_home() {
-    let lender = lender(Peer::Hold).await;
+    let lender = home(Peer::Hold).await;
     let borrower = borrower(Peer::Hold).await;
     let work = temp_dir("work");
     std::fs::create_dir_all(work.join("remoting")).unwrap();
@@ -653,7 +634,7 @@ async fn an_expired_lease_outlasting_its_grace_goes_home_anyway() {
     let dir = temp_dir("builds");
     let pid_file = dir.join("build.pid");
     let long = format!("echo $$ > {}; exec sleep 60", pid_file.display());
-    let lender = lender(Peer::Hold).await;
+    let lender = home(Peer::Hold).await;
     let borrower = borrower(Peer::script(move |mut channel: Channel| {
         let long = long.clone();
         async move {
@@ -688,7 +669,7 @@ async fn an_expired_lease_outlasting_its_grace_goes_home_anyway() {
 /// and no connection anywhere is refused.
 #[tokio::test]
 async fn five_round_trips_leave_no_ghost_behind() {
-    let lender = lender(Peer::Hold).await;
+    let lender = home(Peer::Hold).await;
     let borrower = borrower(Peer::Hold).await;
     let agent = start_agent(&lender, &[]);
     let socket = agent.socket();
@@ -744,7 +725,7 @@ async fn work_that_arrives_while_leaving_is_served_before_the_move() {
         put_command(&mut wire, payload);
         ChunkCodec.decode(&mut wire).unwrap().unwrap()
     };
-    let lender = lender(Peer::script(move |mut channel: Channel| {
+    let lender = home(Peer::script(move |mut channel: Channel| {
         let (go_rx, seen_tx) = (go_rx.clone(), seen_tx.clone());
         async move {
             let seen = |what: String| {
@@ -865,7 +846,7 @@ async fn borrow_failure(events: &mut control::client::EventStream) -> (control::
 #[tokio::test]
 async fn a_borrow_that_cannot_work_fails_and_the_agent_stays_home() {
     use control::MovePhase;
-    let lender = lender(Peer::Hold).await;
+    let lender = home(Peer::Hold).await;
     let borrower = borrower(Peer::Hold).await;
     let agent = start_agent(&lender, &["--quiet-period", "200ms"]);
     let socket = agent.socket();
@@ -956,7 +937,7 @@ async fn a_borrow_that_cannot_work_fails_and_the_agent_stays_home() {
 /// the `moved` event carries the repoint time.
 #[tokio::test]
 async fn borrow_wait_returns_once_the_borrower_sees_the_node() {
-    let lender = lender(Peer::Hold).await;
+    let lender = home(Peer::Hold).await;
     let borrower = borrower(Peer::Hold).await;
     let agent = start_agent(&lender, &["--quiet-period", "200ms"]);
     let socket = agent.socket();
@@ -995,7 +976,7 @@ async fn borrow_wait_returns_once_the_borrower_sees_the_node() {
 /// (rather than going nowhere) and goes home once home is back.
 #[tokio::test]
 async fn a_return_while_home_is_down_waits_at_the_borrower() {
-    let lender_ctl = lender(Peer::Hold).await;
+    let lender_ctl = home(Peer::Hold).await;
     let (http_port, agent_port) = (
         lender_ctl.http_addr().port(),
         lender_ctl.agent_addr().port(),
@@ -1037,7 +1018,7 @@ async fn a_return_while_home_is_down_waits_at_the_borrower() {
     assert_eq!(s.placement, Placement::Borrowed, "{s:?}");
 
     let lender = TestController::builder()
-        .node("mac-01", LENDER_SECRET)
+        .node("mac-01", HOME_SECRET)
         .remoting_jar(testkit::fake_remoting_jar("3301.v4363ddcca_4e7"))
         .http_port(http_port)
         .agent_port(agent_port)
@@ -1063,7 +1044,7 @@ async fn a_build_started_during_the_borrower_handshake_is_not_cut() {
     let marker = dir.join("build-done");
     let (go_tx, go_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let go_rx = Arc::new(tokio::sync::Mutex::new(go_rx));
-    let lender = lender(Peer::script(move |mut channel: Channel| {
+    let lender = home(Peer::script(move |mut channel: Channel| {
         let go_rx = go_rx.clone();
         async move {
             let mut go = go_rx.lock().await;
@@ -1151,7 +1132,7 @@ async fn a_lending_job_on_the_agent_learns_whether_the_borrower_works() {
     let jobs = Arc::new(std::sync::Mutex::new(jobs.into_iter()));
     let (go_tx, go_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let go_rx = Arc::new(tokio::sync::Mutex::new(go_rx));
-    let lender = lender(Peer::script(move |mut channel: Channel| {
+    let lender = home(Peer::script(move |mut channel: Channel| {
         let (jobs, go_rx) = (jobs.clone(), go_rx.clone());
         async move {
             let mut go = go_rx.lock().await;
@@ -1214,7 +1195,7 @@ async fn a_lending_job_on_the_agent_learns_whether_the_borrower_works() {
 /// after the return. Status shows what it costs.
 #[tokio::test]
 async fn warm_engines_serve_the_next_place() {
-    let lender = lender(Peer::script(|mut channel: Channel| async move {
+    let lender = home(Peer::script(|mut channel: Channel| async move {
         start_build(&mut channel, "sleep 1").await;
         while let Some(Ok(_)) = channel.framed.next().await {}
     }))
@@ -1269,7 +1250,7 @@ async fn warm_engines_serve_the_next_place() {
 
 #[tokio::test]
 async fn without_warm_engines_moves_still_work() {
-    let lender = lender(Peer::Hold).await;
+    let lender = home(Peer::Hold).await;
     let borrower = borrower(Peer::Hold).await;
     let agent = start_agent(&lender, &["--quiet-period", "200ms", "--no-warm-engine"]);
     let socket = agent.socket();
@@ -1291,7 +1272,7 @@ async fn without_warm_engines_moves_still_work() {
 /// sent while the agent connects to the borrower follows the move.
 #[tokio::test]
 async fn a_return_during_the_move_to_the_borrower_follows_it() {
-    let lender = lender(Peer::Hold).await;
+    let lender = home(Peer::Hold).await;
     let borrower = TestController::builder()
         .node("guest-mac", BORROWER_SECRET)
         .remoting_jar(testkit::fake_remoting_jar("3355.v388858a_47b_33"))
@@ -1377,7 +1358,7 @@ async fn a_detached_build_is_tracked_by_its_marker_and_others_are_left_alone() {
         pid_file.display(),
         pid_file.display()
     );
-    let lender = lender(Peer::script(move |mut channel: Channel| {
+    let lender = home(Peer::script(move |mut channel: Channel| {
         let build = build.clone();
         async move {
             start_build(&mut channel, &build).await;
@@ -1410,7 +1391,7 @@ async fn a_detached_build_is_tracked_by_its_marker_and_others_are_left_alone() {
             "200ms",
         ],
         &[
-            ("JENKINS_SECRET", LENDER_SECRET),
+            ("JENKINS_SECRET", HOME_SECRET),
             ("JNLP_AGENT_TEST_NO_SUBREAPER", "1"),
         ],
     );

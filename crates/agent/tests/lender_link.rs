@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::lending::{borrower, home, BORROWER_SECRET, HOME_SECRET};
 use common::{accepted, closed, fake_engine, temp_dir, until_online, AgentProcess};
 use control::link::{AgentMessage, LenderMessage, LINK_PATH};
 use control::{
@@ -26,28 +27,8 @@ use tokio_tungstenite::tungstenite::handshake::server::{
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-const HOME_SECRET: &str = "1e1d1e1d1e1d1e1d1e1d1e1d1e1d1e1d";
-const BORROWER_SECRET: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
 const TOKEN: &str = "jla_7e57700000000000000000000000000000000000000000000000000000000000";
 const LONG: Duration = Duration::from_secs(30);
-
-async fn home(peer: Peer) -> TestController {
-    TestController::builder()
-        .node("mac-01", HOME_SECRET)
-        .remoting_jar(testkit::fake_remoting_jar("3301.v4363ddcca_4e7"))
-        .peer(peer)
-        .start()
-        .await
-}
-
-async fn borrower(peer: Peer) -> TestController {
-    TestController::builder()
-        .node("guest-mac", BORROWER_SECRET)
-        .remoting_jar(testkit::fake_remoting_jar("3355.v388858a_47b_33"))
-        .peer(peer)
-        .start()
-        .await
-}
 
 /// One link attempt as the fake lender saw it.
 #[derive(Debug, Clone)]

@@ -11,6 +11,7 @@ use testkit::{ControllerEvent, TestController};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod lending;
 pub mod sessions;
 
 /// The fake engine binary, built on demand when a lone `cargo test -p
