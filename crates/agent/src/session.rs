@@ -233,6 +233,9 @@ pub struct Route {
     /// Settings for this controller.
     pub settings: Settings,
     http: ControllerHttp,
+    /// TLS for `wss` and `https://` proxies, made at the first WebSocket
+    /// attempt (it reads the system roots) and kept for reconnects.
+    web_tls: Arc<std::sync::OnceLock<Arc<rustls::ClientConfig>>>,
 }
 
 impl Route {
@@ -240,7 +243,21 @@ impl Route {
     pub fn new(settings: Settings) -> anyhow::Result<Self> {
         let http =
             ControllerHttp::new(&settings).context("cannot set up HTTP to the controller")?;
-        Ok(Self { settings, http })
+        Ok(Self {
+            settings,
+            http,
+            web_tls: Arc::default(),
+        })
+    }
+
+    /// [`Route::web_tls`], made once.
+    fn web_tls(&self) -> Result<Arc<rustls::ClientConfig>, SessionError> {
+        if let Some(config) = self.web_tls.get() {
+            return Ok(config.clone());
+        }
+        let config = crate::connect::tls::client_config(&self.settings)
+            .map_err(|e| SessionError::Config(e.to_string()))?;
+        Ok(self.web_tls.get_or_init(|| config).clone())
     }
 
     /// The controller as shown to people.
@@ -505,10 +522,7 @@ impl Agent {
         cookie: Option<String>,
     ) -> Result<(Option<String>, Link), SessionError> {
         // For wss, and for an https:// proxy on the way.
-        let tls = Some(
-            crate::connect::tls::client_config(&route.settings)
-                .map_err(|e| SessionError::Config(e.to_string()))?,
-        );
+        let tls = Some(route.web_tls()?);
         let upgrade = websocket::Upgrade {
             url,
             name: &target.name,
