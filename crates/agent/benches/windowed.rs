@@ -32,6 +32,7 @@
 //! | `BENCH_PING_MS` | 5 | PING interval during transfers (0: none) |
 //! | `BENCH_WINDOW` | 1048576 | the controller side's window when it sends |
 //! | `BENCH_JAVA_OPTS` | none | JVM options for both JVMs (`JENKINS_JAVA_OPTS` for the agent), e.g. `-Dhudson.remoting.Channel.pipeWindowSize=4194304` for the engine's window |
+//! | `BENCH_AGENT_JAVA_OPTS` | unset | the agent's engine only (`JENKINS_JAVA_OPTS`, replacing the agent's own JVM defaults); `none` passes an empty one |
 //! | `BENCH_TIMEOUT_S` | 300 | limit per transfer |
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -78,6 +79,7 @@ struct Settings {
     ping_every: Option<Duration>,
     window: u64,
     java_opts: Vec<String>,
+    agent_java_opts: Option<String>,
     timeout: Duration,
 }
 
@@ -96,6 +98,13 @@ impl Settings {
                 .split_whitespace()
                 .map(String::from)
                 .collect(),
+            agent_java_opts: std::env::var("BENCH_AGENT_JAVA_OPTS").ok().map(|o| {
+                if o.trim() == "none" {
+                    String::new()
+                } else {
+                    o
+                }
+            }),
             timeout: Duration::from_secs(env_u64("BENCH_TIMEOUT_S", 300)),
         }
     }
@@ -197,9 +206,12 @@ impl Contender {
         let process = match path {
             Path::Bridge => {
                 let url = controller.url();
-                let opts = settings.java_opts.join(" ");
+                let opts = match &settings.agent_java_opts {
+                    Some(opts) => Some(opts.clone()),
+                    None => (!settings.java_opts.is_empty()).then(|| settings.java_opts.join(" ")),
+                };
                 let mut envs = Vec::new();
-                if !opts.is_empty() {
+                if let Some(opts) = &opts {
                     envs.push(("JENKINS_JAVA_OPTS", opts.as_str()));
                 }
                 Process::Agent(AgentProcess::start(
@@ -427,6 +439,9 @@ async fn run() {
     );
     if !settings.java_opts.is_empty() {
         println!("JVM options: {}", settings.java_opts.join(" "));
+    }
+    if let Some(opts) = &settings.agent_java_opts {
+        println!("the agent's engine JVM options: {opts:?}");
     }
     let Some(jar) = common::java_windowed_engine_jar() else {
         println!("windowed benchmark: no JDK (javac/jar) to build the engine; skipped");

@@ -55,7 +55,7 @@
 //! | `-text`, `-tcp FILE`, `-connectTo HOST:PORT` | | refused: launch modes other than an inbound agent. |
 //! | | `JENKINS_JAVA_BIN` | `java.java_bin` |
 //! | | `JAVA_HOME` | `java.java_home` |
-//! | | `JENKINS_JAVA_OPTS`, else `JAVA_OPTS` | `java.java_opts`, split on whitespace. |
+//! | | `JENKINS_JAVA_OPTS`, else `JAVA_OPTS` | `java.java_opts`, split on whitespace; when neither is set, `engine::DEFAULT_JAVA_OPTS`. |
 //! | | `REMOTING_OPTS` | split on whitespace and put before the command-line options, as the image's script does. |
 //!
 //! Our own options (double-dash only):
@@ -67,6 +67,8 @@
 //! | `--log-format text\|json` | `log_format` |
 //! | `--control-socket PATH`, `--control-group GROUP` | the control socket (issue: borrowing); default `<workDir>/<internalDir>/control.sock`, mode 0600, or 0660 with the group. |
 //! | `--lease-grace DURATION` | after a lease expired, how long a busy agent may finish before it goes home anyway (default 10m). |
+//! | `--no-class-sharing` | start engine JVMs without a class-data sharing archive (`engine::class_sharing`). |
+//! | `--class-sharing-after DURATION` | how long the first engine of a jar records its classes before the archive is made (default 60s). |
 //! | `--no-warm-engine` | keep no engine started ahead of a move (a pending borrow's target, home while borrowed): for memory-tight machines; a move then also waits for a JVM start. |
 //! | `--quiet-period DURATION` | how long the channel must carry nothing but pings before the agent counts as idle and may move (default 5s). |
 //! | `--borrow-give-up DURATION` | return home after a borrower was unreachable or refusing this long (default 5m). |
@@ -309,6 +311,8 @@ const SPECS: &[Spec] = &[
     ours("lease-grace", Value),
     ours("quiet-period", Value),
     ours("no-warm-engine", Flag),
+    ours("no-class-sharing", Flag),
+    ours("class-sharing-after", Value),
     ours("state-file", Value),
     ours("reconnect-max-delay", Value),
     ours("web-socket-idle-timeout", Value),
@@ -328,6 +332,8 @@ const SPECS: &[Spec] = &[
 const DEFAULT_BORROW_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(300);
 /// How long the channel must be quiet (pings aside) before the agent is idle.
 const DEFAULT_QUIET_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a jar's first engine records its classes for the sharing archive.
+const DEFAULT_CLASS_SHARING_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long a busy agent may stay after its lease expired.
 const DEFAULT_LEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 /// How long a WebSocket may carry no frame before it counts as dead: a
@@ -538,7 +544,9 @@ Environment (jenkins/inbound-agent image), used when the option is absent:
   JENKINS_AGENT_WORKDIR       -workDir      JENKINS_TUNNEL             -tunnel
   JENKINS_DIRECT_CONNECTION   -direct       JENKINS_INSTANCE_IDENTITY  -instanceIdentity
   JENKINS_PROTOCOLS           -protocols    REMOTING_OPTS              extra options
-  JENKINS_JAVA_BIN, JAVA_HOME, JENKINS_JAVA_OPTS (else JAVA_OPTS): how to start the engine JVM.
+  JENKINS_JAVA_BIN, JAVA_HOME, JENKINS_JAVA_OPTS (else JAVA_OPTS): how to start the engine JVM;
+                              with neither set: -Dhudson.remoting.Channel.pipeWindowSize=4194304
+                              -XX:+UseSerialGC (any option of yours replaces both)
 
   JENKINS_WEB_SOCKET=true     -webSocket
 
@@ -720,6 +728,18 @@ struct Args {
     /// Keep no engine started ahead of a move (the pending borrower's, or home's while borrowed); saves a JVM's memory, costs a JVM start per move.
     #[arg(long = "no-warm-engine")]
     no_warm_engine: bool,
+
+    /// Start engine JVMs without a class-data sharing archive (by default one is made per engine jar and JVM, in the work dir, and used when the JVM can).
+    #[arg(long = "no-class-sharing")]
+    no_class_sharing: bool,
+
+    /// How long the first engine of a jar records the classes it loads before the sharing archive is made from them [default: 60s].
+    #[arg(
+        long = "class-sharing-after",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    class_sharing_after: Option<String>,
 
     /// Where the current target (home or borrowed) survives restarts [default: WORKDIR/INTERNALDIR/state.json].
     #[arg(long = "state-file", value_name = "PATH", allow_hyphen_values = true)]
@@ -1042,6 +1062,11 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
     )?;
     let lease_grace = duration_or(args.lease_grace, "--lease-grace", DEFAULT_LEASE_GRACE)?;
     let quiet_period = duration_or(args.quiet_period, "--quiet-period", DEFAULT_QUIET_PERIOD)?;
+    let class_sharing_after = duration_or(
+        args.class_sharing_after,
+        "--class-sharing-after",
+        DEFAULT_CLASS_SHARING_AFTER,
+    )?;
     let reconnect_delay = duration_or(
         args.reconnect_delay,
         "--reconnect-delay",
@@ -1085,11 +1110,17 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         Some("json") => LogFormat::Json,
         Some(_) => return Err(CliError::BadLogFormat),
     };
-    let java_opts = env
+    // The user's options replace our defaults whole.
+    let java_opts = match env
         .get("JENKINS_JAVA_OPTS")
         .or_else(|| env.get("JAVA_OPTS"))
-        .map(|o| o.split_whitespace().map(str::to_owned).collect())
-        .unwrap_or_default();
+    {
+        Some(opts) => opts.split_whitespace().map(str::to_owned).collect(),
+        None => crate::engine::DEFAULT_JAVA_OPTS
+            .iter()
+            .map(|&opt| opt.to_owned())
+            .collect(),
+    };
 
     Ok(Settings {
         urls,
@@ -1138,6 +1169,8 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         lease_grace,
         quiet_period,
         warm_engine: !args.no_warm_engine,
+        class_sharing: !args.no_class_sharing,
+        class_sharing_after,
         state_file: args.state_file,
         log_format,
         lender,

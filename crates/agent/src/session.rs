@@ -25,6 +25,7 @@ use remoting_protocol::handshake::{self, HandshakeError};
 use remoting_protocol::preamble::{self, PreambleError, PreambleReader};
 use remoting_protocol::InstanceIdentity;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::connect::dial::DialError;
@@ -33,6 +34,7 @@ use crate::connect::web::{ControllerHttp, Fetched, HttpError};
 use crate::connect::websocket::{self, WsConnectError};
 use crate::departure::Departure;
 use crate::engine::bridge::{self, BridgeEnd, BridgeError, Leaving, Traffic};
+use crate::engine::class_sharing::{ClassSharing, Plan};
 use crate::engine::{find_java, Engine, EngineError, EngineSpec, JarCache, MAX_ENGINE_JAR};
 use crate::lending::StateFile;
 use crate::settings::{HostPort, Secret, Settings, TransportChoice};
@@ -313,10 +315,12 @@ pub struct Online {
 pub struct Agent {
     /// Its directories.
     pub work: WorkDir,
+    /// Engine jars, and the `Last-Modified` of each controller's, so that
+    /// a reconnect (or a restart) asks "changed since?" instead of
+    /// downloading the jar again.
     jars: JarCache,
-    /// Per engine jar URL: the `Last-Modified` of the copy in `jars`, so
-    /// that a reconnect asks "changed since?" instead of downloading it.
-    jar_versions: std::sync::Mutex<std::collections::HashMap<String, (String, PathBuf)>>,
+    /// Class-data sharing archives for engine JVMs.
+    sharing: ClassSharing,
     /// Counters of the current bridge.
     pub traffic: Arc<Traffic>,
     /// Exported to the engine as `JNLP_AGENT_CONTROL_SOCKET`.
@@ -325,12 +329,17 @@ pub struct Agent {
 
 impl Agent {
     /// Prepares the agent's shared parts.
-    pub fn new(work: WorkDir) -> Self {
+    pub fn new(work: WorkDir, settings: &Settings) -> Self {
         let jars = JarCache::new(work.engines.clone());
+        let sharing = ClassSharing::new(
+            work.engines.join("cds"),
+            settings.class_sharing,
+            settings.class_sharing_after,
+        );
         Self {
             work,
             jars,
-            jar_versions: Default::default(),
+            sharing,
             traffic: Arc::new(Traffic::default()),
             control_socket: None,
         }
@@ -414,30 +423,33 @@ impl Agent {
     }
 
     /// Ends a prepared connection that will not be served (a move called
-    /// off): the channel is closed at the remoting level as when leaving,
-    /// then TCP; the engine, which has seen nothing of it, becomes the
-    /// spare again.
-    pub async fn abandon(&self, prepared: Prepared, continuity: &mut Continuity) {
+    /// off): the engine, which has seen nothing of it, becomes the spare
+    /// again at once; the channel is closed at the remoting level as when
+    /// leaving, then TCP, in a task of its own (an unanswered close takes
+    /// seconds, and the live session's bridge must not wait for it).
+    pub fn abandon(&self, prepared: Prepared, continuity: &mut Continuity) -> JoinHandle<()> {
         let Prepared { link, ready, .. } = prepared;
-        let how = match link {
-            Link::Jnlp4(handshake::Connected {
-                mut stream,
-                read_buf,
-                ..
-            }) => {
-                let how = bridge::close_unserved(&mut stream, read_buf).await;
-                let tcp = stream.get_mut().0.get_mut();
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, tcp.shutdown()).await;
-                how
-            }
-            Link::WebSocket { mut channel, .. } => {
-                let how = bridge::close_unserved(&mut channel, BytesMut::new()).await;
-                close_web_socket(&mut channel).await;
-                how
-            }
-        };
-        info!(?how, "closed a prepared connection that will not be served");
         continuity.spare = Some(ready);
+        tokio::spawn(async move {
+            let how = match link {
+                Link::Jnlp4(handshake::Connected {
+                    mut stream,
+                    read_buf,
+                    ..
+                }) => {
+                    let how = bridge::close_unserved(&mut stream, read_buf).await;
+                    let tcp = stream.get_mut().0.get_mut();
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, tcp.shutdown()).await;
+                    how
+                }
+                Link::WebSocket { mut channel, .. } => {
+                    let how = bridge::close_unserved(&mut channel, BytesMut::new()).await;
+                    close_web_socket(&mut channel).await;
+                    how
+                }
+            };
+            info!(?how, "closed a prepared connection that will not be served");
+        })
     }
 
     /// The spare engine if it runs this controller's jar, else a new one.
@@ -776,13 +788,7 @@ impl Agent {
             ));
         };
         let jar_url = format!("{url}jnlpJars/remoting.jar");
-        let known = self
-            .jar_versions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&jar_url)
-            .filter(|(_, path)| path.exists())
-            .cloned();
+        let known = self.jars.validator(&jar_url);
         let fetched = route
             .http
             .fetch_if_modified(
@@ -806,10 +812,7 @@ impl Agent {
             ) => {
                 let path = self.jars.store(&bytes)?;
                 if let Some(modified) = last_modified {
-                    self.jar_versions
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(jar_url, (modified, path.clone()));
+                    self.jars.remember(&jar_url, &modified, &path);
                 }
                 Ok(path)
             }
@@ -821,6 +824,7 @@ impl Agent {
         settings: &Settings,
         jar: PathBuf,
     ) -> Result<ReadyEngine, SessionError> {
+        let mut sharing = Plan::Nothing;
         let mut spec = match &settings.engine_command {
             Some(argv) => EngineSpec {
                 argv: argv.clone(),
@@ -828,9 +832,12 @@ impl Agent {
             },
             None => {
                 let java = find_java(&settings.java, std::env::var_os("PATH").as_deref())?;
+                sharing = self.sharing.plan(&java, &jar, &settings.java.java_opts);
+                let mut opts = settings.java.java_opts.clone();
+                opts.extend(sharing.options());
                 EngineSpec::java(
                     &java,
-                    &settings.java.java_opts,
+                    &opts,
                     &jar,
                     self.work.for_engine(),
                     &self.work.jar_cache,
@@ -838,7 +845,27 @@ impl Agent {
             }
         };
         spec.control_socket = self.control_socket.clone();
-        let mut engine = Engine::spawn(&spec)?;
+        let spawned = std::time::Instant::now();
+        let started = self.announced_engine(&spec, jar).await;
+        if let Ok(ready) = &started {
+            info!(
+                pid = ready.engine.pid(),
+                ms = spawned.elapsed().as_millis() as u64,
+                class_sharing = sharing.describe(),
+                "engine ready"
+            );
+        }
+        self.sharing.started(sharing, started.is_ok());
+        started
+    }
+
+    /// Starts the engine of `spec` and reads its preamble.
+    async fn announced_engine(
+        &self,
+        spec: &EngineSpec,
+        jar: PathBuf,
+    ) -> Result<ReadyEngine, SessionError> {
+        let mut engine = Engine::spawn(spec)?;
         let Some(stdout) = engine.stdout.as_mut() else {
             return Err(SessionError::Config("engine stdout missing".into()));
         };

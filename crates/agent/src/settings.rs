@@ -94,7 +94,8 @@ pub struct JavaSettings {
     pub java_bin: Option<PathBuf>,
     /// `JAVA_HOME`: `$JAVA_HOME/bin/java` when `java_bin` is unset.
     pub java_home: Option<PathBuf>,
-    /// `JENKINS_JAVA_OPTS` (else `JAVA_OPTS`), split on whitespace.
+    /// `JENKINS_JAVA_OPTS` (else `JAVA_OPTS`), split on whitespace; the
+    /// measured `engine::DEFAULT_JAVA_OPTS` when neither is set.
     pub java_opts: Vec<String>,
 }
 
@@ -201,6 +202,12 @@ pub struct Settings {
     /// Keep an engine started ahead of a move (`--no-warm-engine` turns
     /// it off).
     pub warm_engine: bool,
+    /// Engine JVMs map a class-data sharing archive (`--no-class-sharing`
+    /// turns it off).
+    pub class_sharing: bool,
+    /// `--class-sharing-after`: how long a jar's first engine records its
+    /// classes before the archive is made.
+    pub class_sharing_after: Duration,
     /// `--state-file PATH` (default `<workDir>/<internalDir>/state.json`).
     pub state_file: Option<PathBuf>,
     /// `--reconnect-delay`: the first wait before reconnecting.

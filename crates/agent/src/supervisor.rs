@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use control::{EventKind, MovePhase, Phase, ReturnReason, When};
 use rand::Rng as _;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument as _};
 
@@ -179,6 +180,9 @@ struct Supervisor<'a> {
     retry_move_at: Option<Instant>,
     /// No engine for home is started before this (after that failed).
     warm_retry_at: Option<Instant>,
+    /// Prepared connections being closed after a move was called off; the
+    /// next connection ahead waits for them (its target may be the same).
+    abandoning: Vec<JoinHandle<()>>,
 }
 
 /// Runs sessions until told to stop or until reconnecting cannot help.
@@ -212,11 +216,15 @@ pub async fn run(
         move_started: None,
         retry_move_at: None,
         warm_retry_at: None,
+        abandoning: Vec::new(),
     };
     sup.resume();
     let stopped = sup.serve(backoff, &shutdown).await;
     sup.home_continuity.shutdown().await;
     sup.away_continuity.shutdown().await;
+    for closing in sup.abandoning.drain(..) {
+        let _ = closing.await;
+    }
     stopped
 }
 
@@ -343,7 +351,7 @@ impl<'a> Supervisor<'a> {
                                 (Ok(prepared), Some(Intent::WhenQuiet)) if self.hub.busy().busy => {
                                     info!("work started while the target was being connected: not leaving yet");
                                     let mut candidate = candidate;
-                                    agent.abandon(prepared, &mut candidate.continuity).await;
+                                    self.abandoning.push(agent.abandon(prepared, &mut candidate.continuity));
                                     if lending {
                                         self.candidate = Some(candidate);
                                     } else {
@@ -360,7 +368,9 @@ impl<'a> Supervisor<'a> {
                                     self.hub.set_phase(Phase::Leaving);
                                     ready = Some((candidate, prepared));
                                 }
-                                (Ok(prepared), None) => agent.abandon(prepared, &mut self.home_continuity).await,
+                                (Ok(prepared), None) => {
+                                    self.abandoning.push(agent.abandon(prepared, &mut self.home_continuity));
+                                }
                                 (Err(err), _) => {
                                     decided = None;
                                     self.set_moving(None);
@@ -392,9 +402,8 @@ impl<'a> Supervisor<'a> {
                         // borrower stays checked for the next decision.
                         if let Some((candidate, prepared)) = ready.take() {
                             let mut candidate = candidate;
-                            self.agent
-                                .abandon(prepared, &mut candidate.continuity)
-                                .await;
+                            self.abandoning
+                                .push(self.agent.abandon(prepared, &mut candidate.continuity));
                             match decided.as_ref().map(|d| &d.to) {
                                 Some(Move::Lend(_)) => self.candidate = Some(candidate),
                                 _ => self.home_continuity = candidate.continuity,
@@ -421,7 +430,7 @@ impl<'a> Supervisor<'a> {
                     {
                         decided = self.decide(went_online.get());
                         if let Some(decision) = &decided {
-                            self.set_moving(Some(Instant::now()));
+                            self.set_moving(Some(&decision.to));
                             let candidate = match &decision.to {
                                 Move::Lend(_) => self.candidate.take(),
                                 Move::Home(_) => Some(Candidate {
@@ -432,7 +441,12 @@ impl<'a> Supervisor<'a> {
                             if let Some(mut candidate) = candidate {
                                 // Connect the target while this place is still served.
                                 let (agent, state) = (self.agent, self.state.clone());
+                                self.abandoning.retain(|closing| !closing.is_finished());
+                                let closing = std::mem::take(&mut self.abandoning);
                                 connecting = Some(Box::pin(async move {
+                                    for closed in closing {
+                                        let _ = closed.await;
+                                    }
                                     let connected = agent
                                         .connect(
                                             &candidate.route,
@@ -565,7 +579,7 @@ impl<'a> Supervisor<'a> {
                 }
                 let decided = self.decide(false);
                 if let Some(decided) = decided {
-                    self.set_moving(Some(Instant::now()));
+                    self.set_moving(Some(&decided.to));
                     let candidate = match decided.to {
                         Move::Lend(_) => self.candidate.take(),
                         Move::Home(_) => None,
@@ -645,11 +659,13 @@ impl<'a> Supervisor<'a> {
         None
     }
 
-    /// Records that a move is under way (`at`: since when) or not, for the
-    /// `moved` event and for orders that arrive meanwhile.
-    fn set_moving(&mut self, at: Option<Instant>) {
-        self.move_started = at;
-        self.hub.core().moving = at.is_some();
+    /// Records that a move is under way (from now) or not, for the `moved`
+    /// event and for orders that arrive meanwhile.
+    fn set_moving(&mut self, to: Option<&Move>) {
+        self.move_started = to.map(|_| Instant::now());
+        let mut core = self.hub.core();
+        core.moving = to.is_some();
+        core.heading_home = matches!(to, Some(Move::Home(_)));
     }
 
     /// Starts checking the borrower of a newly pending borrow, and forgets
@@ -842,7 +858,14 @@ impl<'a> Supervisor<'a> {
             if done {
                 core.pending = None;
             }
+            if returned.is_some() {
+                // A borrow that arrived on the way home: pending from here.
+                if let Some((request, since_ms)) = core.next_borrow.take() {
+                    core.pending = Some((Command::Borrow(request), since_ms));
+                }
+            }
             core.moving = false;
+            core.heading_home = false;
             core.idle_deadline_ms = self
                 .lease
                 .as_ref()

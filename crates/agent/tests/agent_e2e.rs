@@ -68,10 +68,15 @@ async fn recorded_session_crosses_the_bridge_byte_exactly() {
     verdict.unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log()));
     let status = agent.wait_exit(LONG).await;
     assert!(status.success(), "{status:?}\n{}", agent.log());
-    // The controller's engine jar was fetched and cached by hash.
+    // The controller's engine jar was fetched and cached by hash, with its
+    // Last-Modified for the next start's conditional request.
     let engines = agent.work_dir.join("remoting/engines");
-    let cached: Vec<_> = std::fs::read_dir(&engines).unwrap().collect();
-    assert_eq!(cached.len(), 1, "{engines:?}");
+    assert_eq!(common::cached_jars(&engines).len(), 1, "{engines:?}");
+    let validators = std::fs::read_to_string(engines.join("validators.json")).unwrap();
+    assert!(
+        validators.contains(&format!("{url}jnlpJars/remoting.jar")),
+        "{validators}"
+    );
     assert!(!agent.log().contains(SECRET), "the secret reached the log");
     controller.shutdown().await;
 }
@@ -552,12 +557,7 @@ async fn a_real_jvm_engine_from_the_controllers_jar() {
     let launch = std::fs::read_to_string(agent.work_dir.join("engine-launch.txt")).unwrap();
     let work = agent.work_dir.display().to_string();
     let cached = agent.work_dir.join("remoting/engines");
-    let cached_jar = std::fs::read_dir(&cached)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let cached_jar = common::cached_jars(&cached).remove(0);
     assert_eq!(
         std::fs::read(&cached_jar).unwrap(),
         jar,
@@ -582,5 +582,75 @@ async fn a_real_jvm_engine_from_the_controllers_jar() {
         "the engine must not see JENKINS_SECRET: {launch}"
     );
     assert!(!launch.contains(SECRET));
+    controller.shutdown().await;
+}
+
+/// Class-data sharing with a real JVM: the jar's first engine records the
+/// classes it loads, the archive is made in the background, and the next
+/// engine maps it (its `/proc/PID/maps` shows the file) and still serves.
+#[tokio::test]
+async fn the_next_engine_maps_the_class_sharing_archive() {
+    let controller = TestController::builder()
+        .node("jvm", SECRET)
+        .remoting_jar(common::java_echo_engine_jar())
+        .peer(testkit::Peer::Hold)
+        .start()
+        .await;
+    let url = controller.url();
+    let agent = AgentProcess::start(
+        &["-url", &url, "-name", "jvm", "--class-sharing-after", "1s"],
+        &[("JENKINS_SECRET", SECRET)],
+    );
+    common::until_online(&controller, "jvm", true, LONG).await;
+    let cds = agent.work_dir.join("remoting/engines/cds");
+    let archive = || {
+        std::fs::read_dir(&cds).ok().and_then(|dir| {
+            dir.filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|x| x == "jsa"))
+        })
+    };
+    eventually("the archive is made", Duration::from_secs(60), || {
+        archive().is_some()
+    })
+    .await;
+    let archive = archive().unwrap();
+    let failed: Vec<_> = std::fs::read_dir(&cds)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "failed"))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+
+    // A new channel, a new engine: started with the archive, and mapping it.
+    let accepts = accepted(&controller.log());
+    assert!(controller.disconnect("jvm"));
+    controller
+        .wait_for(|log| accepted(log) == accepts + 1, LONG)
+        .await;
+    let mut client = control::client::connect(&agent.socket()).await.unwrap();
+    let pid = loop {
+        match client.request(control::Request::Status).await.unwrap() {
+            control::Response::Status(status)
+                if status.phase == control::Phase::Online && status.engine_pid.is_some() =>
+            {
+                break status.engine_pid.unwrap();
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        cmdline.contains(&format!("-XX:SharedArchiveFile={}", archive.display())),
+        "{cmdline}"
+    );
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(
+        maps.contains(&*archive.to_string_lossy()),
+        "the engine JVM did not map {}:\n{}",
+        archive.display(),
+        agent.log()
+    );
+    assert!(controller.is_online("jvm"));
     controller.shutdown().await;
 }

@@ -1317,6 +1317,92 @@ async fn a_return_during_the_move_to_the_borrower_follows_it() {
     borrower.shutdown().await;
 }
 
+/// A borrow that arrives while the agent is on its way home (here: a
+/// return waiting for a build at the borrower) is queued, shown in status,
+/// and carried out from home; `borrow --wait` answers once it is done.
+#[tokio::test]
+async fn a_borrow_during_the_return_is_queued_and_carried_out_from_home() {
+    let dir = temp_dir("queued");
+    let started = dir.join("build-started");
+    let build = format!("touch {}; sleep 2", started.display());
+    let lender = home(Peer::Hold).await;
+    let borrower = borrower(Peer::script(move |mut channel: Channel| {
+        let build = build.clone();
+        async move {
+            start_build(&mut channel, &build).await;
+            while let Some(Ok(_)) = channel.framed.next().await {}
+        }
+    }))
+    .await;
+    let agent = start_agent(&lender, &[]);
+    let socket = agent.socket();
+    wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
+    lend(&socket, &borrower, None, None, When::Now).await;
+    borrower.wait_for(|log| accepted(log) == 1, LONG).await;
+    common::eventually("the build at the borrower started", LONG, || {
+        started.exists()
+    })
+    .await;
+    let reply = request(
+        &socket,
+        Request::Return {
+            when: When::Idle,
+            wait: None,
+        },
+    )
+    .await;
+    assert!(reply.is_ok(), "{reply:?}");
+    // Borrowed, a return pending: the borrow waits behind it.
+    let queued = tokio::spawn({
+        let agent_socket = agent.socket();
+        let borrower_url = borrower.url();
+        async move {
+            let secret_file = temp_dir("secret").join("borrower-secret");
+            std::fs::write(&secret_file, BORROWER_SECRET).unwrap();
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_jnlp-agent"))
+                .arg("ctl")
+                .arg("--socket")
+                .arg(agent_socket)
+                .args(["borrow", "--url", &borrower_url, "--name", "guest-mac"])
+                .arg("--secret-file")
+                .arg(&secret_file)
+                .args(["--wait", "60s"])
+                .output()
+                .await
+                .unwrap()
+        }
+    });
+    let waiting = wait_status(&socket, "the borrow queued", |s| s.queued.is_some()).await;
+    assert_eq!(waiting.placement, Placement::Borrowed, "{waiting:?}");
+    assert_eq!(
+        waiting
+            .queued
+            .as_ref()
+            .and_then(|q| q.controller_url.clone()),
+        Some(borrower.url())
+    );
+    assert!(
+        waiting.pending.is_some(),
+        "the return is still pending: {waiting:?}"
+    );
+    let lender_accepts = accepted(&lender.log());
+    let out = queued.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Home first (one more channel there), then the borrower again.
+    assert_eq!(accepted(&lender.log()), lender_accepts + 1);
+    assert_eq!(accepted(&borrower.log()), 2);
+    assert!(borrower.is_online("guest-mac"));
+    let now = status(&socket).await;
+    assert_eq!(now.placement, Placement::Borrowed, "{now:?}");
+    assert!(now.queued.is_none() && now.pending.is_none(), "{now:?}");
+    lender.shutdown().await;
+    borrower.shutdown().await;
+}
+
 /// The parent of `pid`, from `/proc`.
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -664,6 +664,10 @@ pub struct Status {
     pub idle_deadline_ms: Option<u64>,
     /// A borrow or return accepted but waiting for the agent to be idle.
     pub pending: Option<Pending>,
+    /// A borrow that arrived while the agent was returning home (asked to,
+    /// or by its lease's end): carried out from home, after the return.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<Pending>,
     /// What keeps the agent from leaving.
     pub busy: Busy,
     /// The engine (remoting.jar) process.

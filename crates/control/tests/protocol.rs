@@ -41,6 +41,11 @@ fn busy_status() -> Status {
             controller_url: Some("https://a.example/".into()),
             since_ms: 1_700_000_100_000,
         }),
+        queued: Some(Pending {
+            action: PendingAction::Borrow,
+            controller_url: Some("https://c.example/".into()),
+            since_ms: 1_700_000_200_000,
+        }),
         busy: Busy {
             requests_in_flight: 2,
             build_processes: 1,

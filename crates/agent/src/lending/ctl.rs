@@ -421,6 +421,16 @@ fn describe(status: &Status, now_ms: u64) -> String {
             ),
         ));
     }
+    if let Some(queued) = &status.queued {
+        lines.push((
+            "queued",
+            format!(
+                "borrow to {} once home (accepted {})",
+                queued.controller_url.as_deref().unwrap_or("?"),
+                ago(queued.since_ms, now_ms)
+            ),
+        ));
+    }
     let busy = &status.busy;
     let activity = busy
         .last_activity_ms
@@ -792,6 +802,11 @@ mod tests {
                 controller_url: Some("https://a.example/".into()),
                 since_ms: now - 5_000,
             }),
+            queued: Some(Pending {
+                action: PendingAction::Borrow,
+                controller_url: Some("https://c.example/".into()),
+                since_ms: now - 2_000,
+            }),
             busy: Busy {
                 requests_in_flight: 1,
                 build_processes: 2,
@@ -821,6 +836,7 @@ transport   WebSocket (the TCP agent port is disabled)
 home        https://a.example/
 lease       ends in 1h 57m
 pending     return to https://a.example/ when idle (accepted 5 s ago)
+queued      borrow to https://c.example/ once home (accepted 2 s ago)
 busy        yes: 1 request in flight, 2 build processes, last activity 3 s ago
 engine      pid 4242, remoting 3283.v92c105e0f819
 traffic     1.5 MiB in 12 commands to the controller (3.0 MiB/s now), 512 B in 1 command from it (0 B/s now)

@@ -61,6 +61,10 @@ pub struct Core {
     /// A move is under way (decided, the target being connected or the old
     /// channel closed): orders that arrive now are queued behind it.
     pub moving: bool,
+    /// That move goes home (asked for, or the lease's own end).
+    pub heading_home: bool,
+    /// A borrow accepted while going home, and when: pending once home.
+    pub next_borrow: Option<(BorrowRequest, u64)>,
 }
 
 /// Shared between the supervisor and the control socket.
@@ -221,6 +225,14 @@ impl Hub {
             since_ms: core.since_ms,
             lease_deadline_ms: core.lease.as_ref().and_then(Lease::deadline_ms),
             idle_deadline_ms: core.idle_deadline_ms,
+            queued: core
+                .next_borrow
+                .as_ref()
+                .map(|(request, since_ms)| Pending {
+                    action: PendingAction::Borrow,
+                    controller_url: Some(target_label(&request.target)),
+                    since_ms: *since_ms,
+                }),
             pending: core.pending.as_ref().map(|(command, since_ms)| Pending {
                 action: match command {
                     Command::Borrow(_) => PendingAction::Borrow,
@@ -279,10 +291,23 @@ impl crate::lending::control_server::Handler for Hub {
         let label = target_label(&request.target);
         {
             let mut core = self.core();
-            let returning = core.moving
-                && core.lease.is_some()
-                && matches!(core.pending, Some((Command::Return(_), _)));
-            if let (Some(lease), false) = (&core.lease, returning) {
+            // On the way home (a return asked for, or the lease ending by
+            // itself): the borrow is queued and carried out from home.
+            let returning = core.lease.is_some()
+                && (core.heading_home || matches!(core.pending, Some((Command::Return(_), _))));
+            if returning {
+                if core.next_borrow.as_ref().is_some_and(|(queued, _)| {
+                    queued.target == request.target && queued.name == request.name
+                }) {
+                    return Ok(format!("already queued to go to {label} once home"));
+                }
+                core.next_borrow = Some((request.clone(), busy::now_ms()));
+                drop(core);
+                self.wake.notify_one();
+                self.emit(EventKind::BorrowAccepted);
+                return Ok(format!("accepted: will go to {label} once home"));
+            }
+            if let Some(lease) = &core.lease {
                 if lease.same_as(&request) {
                     return Ok(format!("already lent to {label}"));
                 }
@@ -325,6 +350,8 @@ impl crate::lending::control_server::Handler for Hub {
         {
             let mut core = self.core();
             let pending_borrow = matches!(core.pending, Some((Command::Borrow(_), _)));
+            // A return cancels a borrow queued behind the move home.
+            core.next_borrow = None;
             if core.lease.is_none() && !pending_borrow {
                 return Err("not lent: the agent is at home".into());
             }

@@ -429,12 +429,12 @@ enum Inbound {
         /// The request.
         request: Request,
     },
-    /// A request refused at once with this reply.
+    /// A request refused at once with this error.
     Refuse {
         /// Its id.
         id: u64,
-        /// The error reply.
-        reply: Reply,
+        /// Why.
+        message: String,
     },
     /// Nothing to do; logged with this reason.
     Ignore {
@@ -535,7 +535,7 @@ impl Session {
                 match id {
                     Some(id) => Inbound::Refuse {
                         id,
-                        reply: Reply::error(format!("bad request: {err}")),
+                        message: format!("bad request: {err}"),
                     },
                     None => Inbound::Ignore {
                         reason: format!("not a lender message: {err}"),
@@ -606,16 +606,15 @@ fn admit(id: u64, request: Request) -> Inbound {
     match request {
         Request::Events => Inbound::Refuse {
             id,
-            reply: Reply::error(
-                "events is not served over the lender link: the link streams every event anyway",
-            ),
+            message: "events is not served over the lender link: the link streams every event \
+                      anyway"
+                .into(),
         },
         Request::Borrow(borrow) if borrow.secret_file.is_some() => Inbound::Refuse {
             id,
-            reply: Reply::error(
-                "secret_file is refused over the lender link: the agent reads no file a remote \
-                 peer names; send secret",
-            ),
+            message: "secret_file is refused over the lender link: the agent reads no file a \
+                      remote peer names; send secret"
+                .into(),
         },
         request => Inbound::Request { id, request },
     }
@@ -947,8 +946,9 @@ async fn serve(
                     Inbound::Ignore { reason } => {
                         warn!(reason = %echo(&reason), "ignored a message from the lender");
                     }
-                    Inbound::Refuse { id, reply } => {
-                        warn!(id, reply = ?reply, "refused a request from the lender");
+                    Inbound::Refuse { id, message } => {
+                        warn!(id, %message, "refused a request from the lender");
+                        let reply = Reply::Error(message);
                         outgoing.extend(frame(&AgentMessage::Reply { id, reply }));
                     }
                     Inbound::Request { id, request } => {
@@ -1202,10 +1202,7 @@ mod tests {
             Inbound::Request { id: 1, request: ok }
         );
         let refused = |inbound: Inbound, id: u64, says: &str| match inbound {
-            Inbound::Refuse {
-                id: got,
-                reply: Reply::Error(message),
-            } => {
+            Inbound::Refuse { id: got, message } => {
                 assert_eq!(got, id);
                 assert!(message.contains(says), "{message}");
             }

@@ -43,6 +43,20 @@ pub fn agent_bin() -> PathBuf {
 }
 
 /// A fresh directory under the target dir.
+/// The engine jars cached in an agent's `remoting/engines` directory.
+#[allow(dead_code)]
+pub fn cached_jars(engines: &Path) -> Vec<PathBuf> {
+    let mut jars: Vec<PathBuf> = std::fs::read_dir(engines)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "jar"))
+                .collect()
+        })
+        .unwrap_or_default();
+    jars.sort();
+    jars
+}
+
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "jnlp-agent-test-{name}-{}-{}",

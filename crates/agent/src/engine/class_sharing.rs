@@ -1,0 +1,440 @@
+//! Class-data sharing (AppCDS) for the engine JVM: remoting's classes, and
+//! the JDK classes it loads, parsed and verified once and then mapped from
+//! an archive at every start. Measured with a remoting.jar built from
+//! jenkinsci/remoting: start to the engine's preamble 190-226 ms -> 140-161
+//! ms (README, "Engine start-up").
+//!
+//! Per jar (by its content-named file) and per JVM, in `<engines>/cds/`:
+//! 1. the first engine of a jar records the classes it loads
+//!    (`-XX:DumpLoadedClassList`) while it starts and serves;
+//! 2. after [`ClassSharing::record_for`] (or at the next start, if that
+//!    engine ended first), `java -Xshare:dump` makes `<key>.jsa` from that
+//!    list, in the background;
+//! 3. later engines start with `-XX:SharedArchiveFile=<key>.jsa
+//!    -Xshare:auto`: a JVM that cannot map it runs without it.
+//!
+//! It stays out of the way: nothing is added when the user's JVM options
+//! mention class sharing or logging (theirs win), when the JVM's version is
+//! unknown or older than 11 (no `release` file beside it, e.g. macOS's
+//! `/usr/bin/java` stub), or once a dump failed for that key
+//! (`<key>.failed` says why). The JVM's own warnings are sent to stderr
+//! (`-Xlog:all=warning:stderr`): its stdout is the channel.
+
+use std::collections::HashSet;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt as _;
+use tracing::{debug, info};
+
+/// How long a dump may take before it is given up (it takes about a
+/// second for remoting).
+const DUMP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Options of the user's that mean they manage sharing or logging.
+const USER_MANAGED: &[&str] = &[
+    "-Xshare",
+    "SharedArchiveFile",
+    "SharedClassListFile",
+    "DumpLoadedClassList",
+    "ArchiveClassesAtExit",
+    "AutoCreateSharedArchive",
+    "-Xlog",
+];
+/// The user's options that the dump must share with the runs: the
+/// collector and the object layout decide whether an archive maps.
+fn layout_option(opt: &str) -> bool {
+    (opt.starts_with("-XX:+Use") && opt.ends_with("GC"))
+        || opt.contains("UseCompressedOops")
+        || opt.contains("UseCompressedClassPointers")
+        || opt.starts_with("-Xmx")
+        || opt.starts_with("-XX:MaxHeapSize")
+}
+
+/// Archives for engine JVMs, kept in one directory.
+#[derive(Debug, Clone)]
+pub struct ClassSharing {
+    dir: PathBuf,
+    enabled: bool,
+    /// How long a first engine records its classes before the dump.
+    record_for: Duration,
+    /// Keys being recorded or dumped by this process.
+    busy: Arc<Mutex<HashSet<String>>>,
+}
+
+/// What an engine start does about sharing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Nothing (off, unsupported, the user's own options, or in progress).
+    Nothing,
+    /// Maps this archive.
+    Use(PathBuf),
+    /// Records its classes to this list; an archive is dumped from it.
+    Record(Recording),
+    /// An earlier engine's list is there: dump it now, start plainly.
+    DumpOnly(Recording),
+}
+
+/// A list being recorded, and what to make of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recording {
+    key: String,
+    list: PathBuf,
+    java: PathBuf,
+    jar: PathBuf,
+    layout: Vec<String>,
+}
+
+impl Plan {
+    /// For the log: `off`, `archive` (started with it), `recording` or
+    /// `dumping`.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Plan::Nothing => "off",
+            Plan::Use(_) => "archive",
+            Plan::Record(_) => "recording",
+            Plan::DumpOnly(_) => "dumping",
+        }
+    }
+
+    /// The JVM options this plan adds (before `-jar`).
+    pub fn options(&self) -> Vec<String> {
+        match self {
+            Plan::Nothing | Plan::DumpOnly(_) => Vec::new(),
+            Plan::Use(archive) => vec![
+                format!("-XX:SharedArchiveFile={}", archive.display()),
+                "-Xshare:auto".into(),
+                "-Xlog:disable".into(),
+                "-Xlog:all=warning:stderr".into(),
+            ],
+            Plan::Record(recording) => vec![
+                format!("-XX:DumpLoadedClassList={}", recording.list.display()),
+                "-Xlog:disable".into(),
+                "-Xlog:all=warning:stderr".into(),
+            ],
+        }
+    }
+}
+
+impl ClassSharing {
+    /// Archives in `dir`; `enabled` false plans nothing.
+    pub fn new(dir: PathBuf, enabled: bool, record_for: Duration) -> Self {
+        Self {
+            dir,
+            enabled,
+            record_for,
+            busy: Arc::default(),
+        }
+    }
+
+    /// What to do for an engine of `jar` started by `java` with the user's
+    /// `java_opts`.
+    pub fn plan(&self, java: &Path, jar: &Path, java_opts: &[String]) -> Plan {
+        if !self.enabled
+            || java_opts
+                .iter()
+                .any(|opt| USER_MANAGED.iter().any(|m| opt.contains(m)))
+        {
+            return Plan::Nothing;
+        }
+        let Some(key) = archive_key(java, jar) else {
+            return Plan::Nothing;
+        };
+        let archive = self.dir.join(format!("{key}.jsa"));
+        if archive.is_file() {
+            return Plan::Use(archive);
+        }
+        if self.dir.join(format!("{key}.failed")).exists() {
+            return Plan::Nothing;
+        }
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if busy.contains(&key) {
+            return Plan::Nothing;
+        }
+        if std::fs::create_dir_all(&self.dir).is_err() {
+            return Plan::Nothing;
+        }
+        busy.insert(key.clone());
+        let list = self.dir.join(format!("{key}.classlist"));
+        let recording = Recording {
+            list: list.clone(),
+            java: java.to_owned(),
+            jar: jar.to_owned(),
+            layout: java_opts
+                .iter()
+                .filter(|o| layout_option(o))
+                .cloned()
+                .collect(),
+            key,
+        };
+        if list.is_file() {
+            Plan::DumpOnly(recording)
+        } else {
+            Plan::Record(recording)
+        }
+    }
+
+    /// Once the engine started (or failed to): makes the archive in the
+    /// background when the plan calls for it, after the recording time.
+    pub fn started(&self, plan: Plan, ok: bool) {
+        let (recording, wait) = match plan {
+            Plan::Record(recording) => (recording, self.record_for),
+            Plan::DumpOnly(recording) => (recording, Duration::ZERO),
+            Plan::Nothing | Plan::Use(_) => return,
+        };
+        if !ok {
+            // A JVM that would not start with it: no list, try again later.
+            self.release(&recording.key);
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            this.dump(&recording).await;
+            this.release(&recording.key);
+        });
+    }
+
+    fn release(&self, key: &str) {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    async fn dump(&self, recording: &Recording) {
+        let key = &recording.key;
+        let archive = self.dir.join(format!("{key}.jsa"));
+        let tmp = self
+            .dir
+            .join(format!(".{key}-{}.jsa.tmp", rand::random::<u32>()));
+        let list = match whole_lines(&recording.list) {
+            Ok(list) if !list.is_empty() => list,
+            Ok(_) => return debug!(key, "no classes recorded yet"),
+            Err(err) => return debug!(%err, key, "cannot read the recorded class list"),
+        };
+        let frozen = self
+            .dir
+            .join(format!(".{key}-{}.classlist", rand::random::<u32>()));
+        if let Err(err) = std::fs::write(&frozen, &list) {
+            return debug!(%err, key, "cannot copy the recorded class list");
+        }
+        let mut command = tokio::process::Command::new(&recording.java);
+        command
+            .args(&recording.layout)
+            .arg("-Xshare:dump")
+            .arg(format!("-XX:SharedClassListFile={}", frozen.display()))
+            .arg(format!("-XX:SharedArchiveFile={}", tmp.display()))
+            .args(["-Xlog:disable", "-Xlog:all=error:stderr"])
+            .arg("-cp")
+            .arg(&recording.jar)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(DUMP_TIMEOUT, async {
+            let mut child = command.spawn()?;
+            let mut errors = Vec::new();
+            if let Some(stderr) = child.stderr.take() {
+                let _ = stderr.take(16 * 1024).read_to_end(&mut errors).await;
+            }
+            Ok::<_, std::io::Error>((child.wait().await?, errors))
+        })
+        .await;
+        let _ = std::fs::remove_file(&frozen);
+        let failure = match outcome {
+            Ok(Ok((status, _))) if status.success() => match std::fs::rename(&tmp, &archive) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&recording.list);
+                    let ms = started.elapsed().as_millis() as u64;
+                    return info!(key, ms, "class-data sharing archive made for the engine");
+                }
+                Err(err) => format!("cannot keep the archive: {err}"),
+            },
+            Ok(Ok((status, errors))) => format!(
+                "java -Xshare:dump {status}: {}",
+                String::from_utf8_lossy(&errors).trim()
+            ),
+            Ok(Err(err)) => format!("cannot run java -Xshare:dump: {err}"),
+            Err(_) => format!("java -Xshare:dump took over {DUMP_TIMEOUT:?}"),
+        };
+        let _ = std::fs::remove_file(&tmp);
+        // Never again for this jar and JVM: engines start as they would
+        // without it.
+        debug!(key, %failure, "no class-data sharing for this engine");
+        let _ = std::fs::write(self.dir.join(format!("{key}.failed")), failure);
+    }
+}
+
+/// `remoting-<sha>-<jvm>`: the jar's content name and the JVM's identity
+/// (its real path, its `release` file, the launcher's size and time), or
+/// `None` when the JVM is not known to be 11 or newer.
+fn archive_key(java: &Path, jar: &Path) -> Option<String> {
+    let java = std::fs::canonicalize(java).ok()?;
+    let release_file = java.parent()?.parent()?.join("release");
+    let mut release = String::new();
+    std::fs::File::open(&release_file)
+        .ok()?
+        .take(64 * 1024)
+        .read_to_string(&mut release)
+        .ok()?;
+    if java_major(&release)? < 11 {
+        return None;
+    }
+    let meta = std::fs::metadata(&java).ok()?;
+    let mut jvm = Sha256::new();
+    jvm.update(java.as_os_str().as_encoded_bytes());
+    jvm.update(release.as_bytes());
+    jvm.update(meta.len().to_le_bytes());
+    if let Ok(modified) = meta.modified() {
+        jvm.update(format!("{modified:?}").as_bytes());
+    }
+    let jvm = hex::encode(&jvm.finalize()[..8]);
+    let stem = jar.file_stem()?.to_str()?;
+    Some(format!("{stem}-{jvm}"))
+}
+
+/// The major version in a JDK `release` file (`JAVA_VERSION="17.0.15"`,
+/// or `"1.8.0_402"` for 8).
+fn java_major(release: &str) -> Option<u32> {
+    let version = release
+        .lines()
+        .find_map(|line| line.strip_prefix("JAVA_VERSION="))?
+        .trim()
+        .trim_matches('"');
+    let mut parts = version.split(['.', '_', '-', '+']);
+    match parts.next()?.parse().ok()? {
+        1 => parts.next()?.parse().ok(),
+        major => Some(major),
+    }
+}
+
+/// The file up to its last newline (a JVM may be writing the rest).
+fn whole_lines(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(64 * 1024 * 1024)
+        .read_to_end(&mut bytes)?;
+    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    bytes.truncate(end);
+    Ok(bytes)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn java_versions_are_read_from_release_files() {
+        assert_eq!(java_major("JAVA_VERSION=\"17.0.15\"\n"), Some(17));
+        assert_eq!(
+            java_major("IMPLEMENTOR=\"x\"\nJAVA_VERSION=\"21\""),
+            Some(21)
+        );
+        assert_eq!(java_major("JAVA_VERSION=\"1.8.0_402\""), Some(8));
+        assert_eq!(java_major("JAVA_VERSION=\"25-ea\""), Some(25));
+        assert_eq!(java_major("OTHER=1"), None);
+        assert_eq!(java_major("JAVA_VERSION=\"\""), None);
+    }
+
+    /// A fake JDK layout: `<home>/bin/java` and `<home>/release`.
+    fn jdk(version: Option<&str>) -> PathBuf {
+        let home = std::env::temp_dir().join(format!(
+            "jnlp-agent-jdk-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(home.join("bin")).unwrap();
+        std::fs::write(home.join("bin/java"), b"#!/bin/sh\n").unwrap();
+        if let Some(version) = version {
+            std::fs::write(
+                home.join("release"),
+                format!("JAVA_VERSION=\"{version}\"\n"),
+            )
+            .unwrap();
+        }
+        home.join("bin/java")
+    }
+
+    #[tokio::test]
+    async fn plans_follow_the_jvm_the_user_and_the_archives() {
+        let dir = std::env::temp_dir().join(format!(
+            "jnlp-agent-cds-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let sharing = ClassSharing::new(dir.clone(), true, Duration::from_secs(60));
+        let jar = Path::new("/cache/remoting-abc.jar");
+        let none: [String; 0] = [];
+        // Unknown or old JVMs, and the user's own options: nothing added.
+        assert_eq!(sharing.plan(&jdk(None), jar, &none), Plan::Nothing);
+        assert_eq!(
+            sharing.plan(&jdk(Some("1.8.0_402")), jar, &none),
+            Plan::Nothing
+        );
+        let java = jdk(Some("17.0.15"));
+        for user in ["-Xshare:off", "-XX:SharedArchiveFile=/x.jsa", "-Xlog:gc"] {
+            assert_eq!(sharing.plan(&java, jar, &[user.to_owned()]), Plan::Nothing);
+        }
+        let off = ClassSharing::new(dir.clone(), false, Duration::from_secs(60));
+        assert_eq!(off.plan(&java, jar, &none), Plan::Nothing);
+        // First: record, keeping the collector for the dump; only once.
+        let opts = ["-XX:+UseSerialGC".to_owned(), "-Dx=y".to_owned()];
+        let Plan::Record(recording) = sharing.plan(&java, jar, &opts) else {
+            panic!("records first");
+        };
+        assert_eq!(recording.layout, ["-XX:+UseSerialGC"]);
+        assert!(
+            recording.key.starts_with("remoting-abc-"),
+            "{}",
+            recording.key
+        );
+        let record = Plan::Record(recording.clone());
+        assert!(record.options()[0].starts_with("-XX:DumpLoadedClassList="));
+        assert!(record
+            .options()
+            .contains(&"-Xlog:all=warning:stderr".to_owned()));
+        assert_eq!(
+            sharing.plan(&java, jar, &opts),
+            Plan::Nothing,
+            "in progress"
+        );
+        // A failed start gives the key back; a list left by an engine that
+        // ended is dumped at the next start.
+        sharing.started(record, false);
+        std::fs::write(&recording.list, "java/lang/Object id: 0\n").unwrap();
+        assert!(matches!(sharing.plan(&java, jar, &opts), Plan::DumpOnly(_)));
+        sharing.release(&recording.key);
+        // An archive is used, with warnings kept off the channel.
+        std::fs::write(dir.join(format!("{}.jsa", recording.key)), b"").unwrap();
+        let Plan::Use(archive) = sharing.plan(&java, jar, &opts) else {
+            panic!("uses the archive");
+        };
+        let used = Plan::Use(archive.clone()).options();
+        assert_eq!(
+            used[0],
+            format!("-XX:SharedArchiveFile={}", archive.display())
+        );
+        assert!(used.contains(&"-Xshare:auto".to_owned()));
+        // A failed dump is not retried.
+        std::fs::remove_file(&archive).unwrap();
+        std::fs::write(dir.join(format!("{}.failed", recording.key)), b"no").unwrap();
+        assert_eq!(sharing.plan(&java, jar, &opts), Plan::Nothing);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn only_whole_lines_of_a_list_being_written_are_used() {
+        let path = std::env::temp_dir().join(format!("jnlp-agent-list-{}", std::process::id()));
+        std::fs::write(&path, "a id: 1\nb id: 2\nc id").unwrap();
+        assert_eq!(whole_lines(&path).unwrap(), b"a id: 1\nb id: 2\n");
+        std::fs::write(&path, "partial").unwrap();
+        assert!(whole_lines(&path).unwrap().is_empty());
+        std::fs::remove_file(path).unwrap();
+    }
+}
