@@ -214,8 +214,19 @@ impl Contender {
                 if let Some(opts) = &opts {
                     envs.push(("JENKINS_JAVA_OPTS", opts.as_str()));
                 }
+                // No class-sharing archive: its background dump would land
+                // in the middle of a transfer (benches/engine_start.rs
+                // measures it).
                 Process::Agent(AgentProcess::start(
-                    &["-url", &url, "-name", NODE, "-secret", SECRET],
+                    &[
+                        "-url",
+                        &url,
+                        "-name",
+                        NODE,
+                        "-secret",
+                        SECRET,
+                        "--no-class-sharing",
+                    ],
                     &envs,
                 ))
             }
