@@ -33,6 +33,7 @@
 //! | `BENCH_WINDOW` | 1048576 | the controller side's window when it sends |
 //! | `BENCH_JAVA_OPTS` | none | JVM options for both JVMs (`JENKINS_JAVA_OPTS` for the agent), e.g. `-Dhudson.remoting.Channel.pipeWindowSize=4194304` for the engine's window |
 //! | `BENCH_AGENT_JAVA_OPTS` | unset | the agent's engine only (`JENKINS_JAVA_OPTS`, replacing the agent's own JVM defaults); `none` passes an empty one |
+//! | `BENCH_TRANSPORT` | tcp | `websocket`: the agent reaches the controller with `-webSocket` (the direct path stays JNLP4) |
 //! | `BENCH_TIMEOUT_S` | 300 | limit per transfer |
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -80,6 +81,7 @@ struct Settings {
     window: u64,
     java_opts: Vec<String>,
     agent_java_opts: Option<String>,
+    web_socket: bool,
     timeout: Duration,
 }
 
@@ -105,6 +107,7 @@ impl Settings {
                     o
                 }
             }),
+            web_socket: std::env::var("BENCH_TRANSPORT").is_ok_and(|t| t == "websocket"),
             timeout: Duration::from_secs(env_u64("BENCH_TIMEOUT_S", 300)),
         }
     }
@@ -217,18 +220,19 @@ impl Contender {
                 // No class-sharing archive: its background dump would land
                 // in the middle of a transfer (benches/engine_start.rs
                 // measures it).
-                Process::Agent(AgentProcess::start(
-                    &[
-                        "-url",
-                        &url,
-                        "-name",
-                        NODE,
-                        "-secret",
-                        SECRET,
-                        "--no-class-sharing",
-                    ],
-                    &envs,
-                ))
+                let mut args = vec![
+                    "-url",
+                    &url,
+                    "-name",
+                    NODE,
+                    "-secret",
+                    SECRET,
+                    "--no-class-sharing",
+                ];
+                if settings.web_socket {
+                    args.push("-webSocket");
+                }
+                Process::Agent(AgentProcess::start(&args, &envs))
             }
             Path::Direct => {
                 let stderr = common::temp_dir("windowed-direct").join("stderr.txt");
@@ -450,6 +454,9 @@ async fn run() {
     );
     if !settings.java_opts.is_empty() {
         println!("JVM options: {}", settings.java_opts.join(" "));
+    }
+    if settings.web_socket {
+        println!("the agent connects over a WebSocket (-webSocket)");
     }
     if let Some(opts) = &settings.agent_java_opts {
         println!("the agent's engine JVM options: {opts:?}");

@@ -195,3 +195,23 @@ proptest! {
         prop_assert_eq!(decoded, chunks);
     }
 }
+
+/// Messages that have all arrived are handed over in one read (a write to
+/// the engine and a wake-up for it per read, not per 8 KiB message); a
+/// close after them still ends the stream once they are read.
+#[test]
+fn messages_already_arrived_come_in_one_read() {
+    runtime().block_on(async {
+        let (mut channel, mut server) = connected().await;
+        let message = Bytes::from(vec![7u8; 8194]);
+        for _ in 0..4 {
+            server.feed(Message::Binary(message.clone())).await.unwrap();
+        }
+        // In memory: once the close is sent, all of it waits on the client's side.
+        server.close(None).await.unwrap();
+        let mut buf = vec![0u8; 256 * 1024];
+        let n = channel.read(&mut buf).await.unwrap();
+        assert_eq!(n, 4 * 8194);
+        assert_eq!(channel.read(&mut buf).await.unwrap(), 0);
+    });
+}

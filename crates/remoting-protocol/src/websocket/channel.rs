@@ -321,19 +321,27 @@ where
         n
     }
 
-    /// One read: buffered message bytes, else the next binary message,
-    /// meanwhile keeping the connection alive.
+    /// One read: buffered message bytes, and then as many further binary
+    /// messages as have already arrived and fit (one message is one chunk,
+    /// at most 8 KiB: taking them one per read would cost the bridge a
+    /// write to the engine, and the engine a wake-up, per chunk); with
+    /// nothing buffered, waits for the next message, meanwhile keeping the
+    /// connection alive.
     fn poll_read_inner(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let mut filled = false;
         loop {
             if !self.incoming.is_empty() {
                 let n = self.incoming.len().min(buf.remaining());
                 buf.put_slice(&self.incoming[..n]);
                 self.incoming.advance(n);
-                return Poll::Ready(Ok(()));
+                if buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                filled = true;
             }
             if self.read_done {
                 return Poll::Ready(Ok(()));
@@ -341,10 +349,17 @@ where
             self.poll_keepalive(cx)?;
             // A ping's pong is queued here and flushed by the next poll.
             let message = match Pin::new(&mut self.ws).poll_next(cx) {
+                Poll::Pending if filled => return Poll::Ready(Ok(())),
                 Poll::Pending => return self.poll_idle(cx),
                 Poll::Ready(None) => {
                     self.read_done = true;
                     continue;
+                }
+                Poll::Ready(Some(Err(err))) if filled => {
+                    // What was read is delivered; the next read fails.
+                    let err = read_error(err);
+                    self.read_failed = Some((err.kind(), err.to_string()));
+                    return Poll::Ready(Ok(()));
                 }
                 Poll::Ready(Some(Err(err))) => return Poll::Ready(Err(read_error(err))),
                 Poll::Ready(Some(Ok(message))) => message,
@@ -353,10 +368,14 @@ where
             match message {
                 Message::Binary(data) => self.incoming = data,
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                Message::Text(_) if filled => {
+                    self.read_failed = Some((io::ErrorKind::InvalidData, TEXT_MESSAGE.into()));
+                    return Poll::Ready(Ok(()));
+                }
                 Message::Text(_) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        "the controller sent a text WebSocket message; the channel carries only binary messages",
+                        TEXT_MESSAGE,
                     )))
                 }
                 Message::Close(frame) => {
@@ -375,6 +394,9 @@ where
         }
     }
 }
+
+const TEXT_MESSAGE: &str =
+    "the controller sent a text WebSocket message; the channel carries only binary messages";
 
 impl<S> AsyncRead for WsChannel<S>
 where
