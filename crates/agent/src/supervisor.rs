@@ -598,7 +598,6 @@ impl<'a> Supervisor<'a> {
             self.home_settings.borrow_give_up,
             self.home_settings.lease_grace,
         );
-        busy::reap_orphans_now_and_then(&crate::engine::live_engines());
         let pending = self.hub.core().pending.clone();
         let lease = self.lease.as_ref();
         if pending.is_none() && lease.is_none() {

@@ -251,6 +251,8 @@ impl ClassSharing {
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => command(&java).spawn()?,
                 spawned => spawned?,
             };
+            // Ours, not a build; and only its `wait` below may reap it.
+            let _helper = child.id().map(super::Helper::register);
             let mut errors = Vec::new();
             if let Some(stderr) = child.stderr.take() {
                 let _ = stderr.take(16 * 1024).read_to_end(&mut errors).await;

@@ -10,6 +10,7 @@
 
 pub mod bridge;
 pub mod busy;
+pub mod census;
 pub mod class_sharing;
 mod jar_cache;
 pub mod processes;
@@ -50,14 +51,34 @@ pub const DEFAULT_JAVA_OPTS: &[&str] = &[
 /// Largest engine jar accepted from a controller (remoting.jar is ~1.5 MB).
 pub const MAX_ENGINE_JAR: usize = 64 * 1024 * 1024;
 
-/// Engines alive in this process: they are not build processes, whatever
-/// phase their session is in. Registered at spawn, removed when stopped or
-/// dropped.
+/// Engines alive in this process, and the agent's own helper processes:
+/// they are not build processes, whatever phase their session is in, and
+/// the orphan reaper leaves them to whoever waits for them. Registered at
+/// spawn, removed when stopped or dropped.
 static LIVE_ENGINES: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
 
 /// The pids of the engines alive now.
 pub fn live_engines() -> Vec<u32> {
     LIVE_ENGINES.lock().map(|v| v.clone()).unwrap_or_default()
+}
+
+/// A helper process of the agent's own (not an engine), kept out of the
+/// build-process census and away from the orphan reaper while this lives.
+#[derive(Debug)]
+pub struct Helper(u32);
+
+impl Helper {
+    /// Registers `pid` until the returned value is dropped.
+    pub fn register(pid: u32) -> Self {
+        register(pid, true);
+        Self(pid)
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        register(self.0, false);
+    }
 }
 
 fn register(pid: u32, alive: bool) {

@@ -75,6 +75,11 @@ const MAX_SOCKET_PATH: usize = 107;
 pub trait Handler: Send + Sync + 'static {
     /// The agent's current state.
     fn status(&self) -> Status;
+    /// Waits (briefly) until [`Handler::status`] can report what is
+    /// counted in the background (build processes) as of now.
+    fn settle(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
+    }
     /// Queue a borrow. `request.secret` is always set (the server reads a
     /// `secret_file` itself) and the request is already validated.
     fn borrow(&self, request: BorrowRequest) -> Result<String, String>;
@@ -549,7 +554,10 @@ impl Connection {
 
     async fn handle(&self, request: Request) -> Next {
         match request {
-            Request::Status => Next::Reply(Reply::Ok(Response::Status(self.handler.status()))),
+            Request::Status => {
+                self.handler.settle().await;
+                Next::Reply(Reply::Ok(Response::Status(self.handler.status())))
+            }
             Request::Events => Next::Events,
             Request::Borrow(mut borrow) => {
                 if let Some(file) = borrow.secret_file.take() {

@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, Notify};
 
 use crate::engine::bridge::Traffic;
 use crate::engine::busy;
+use crate::engine::census::{Census, Count};
 use crate::lending::{target_label, Lease};
 
 /// A move asked for on the control socket, waiting to be carried out.
@@ -79,6 +80,8 @@ pub struct Hub {
     activity_window: Duration,
     /// The current throughput, from the byte counters.
     rates: Mutex<RateMeter>,
+    /// Build processes, counted off the runtime's thread.
+    census: Census,
 }
 
 /// Throughput over the last whole window of at least [`RATE_WINDOW`]:
@@ -92,6 +95,10 @@ struct RateMeter {
     /// Bytes per second from the controller over the last window.
     from_controller: u64,
 }
+
+/// How long a `status` request waits at most for a fresh count of build
+/// processes (one is taken within about 200 ms of the first request).
+const SETTLE_LIMIT: Duration = Duration::from_secs(1);
 
 /// How long a throughput window lasts.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
@@ -115,6 +122,7 @@ impl Hub {
             wake: Notify::new(),
             activity_window,
             rates: Mutex::new(RateMeter::default()),
+            census: Census::new(),
         };
         Arc::new(hub)
     }
@@ -157,12 +165,16 @@ impl Hub {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The busy signals now.
+    /// The busy signals now. Without a recent count of build processes
+    /// (the first call after a pause) the agent counts as busy: a move
+    /// waits a moment for the count rather than trusting an old one.
     pub fn busy(&self) -> Busy {
-        let engines = crate::engine::live_engines();
         let activity = &self.traffic.activity;
         let requests_in_flight = activity.requests_in_flight();
-        let build_processes = busy::build_processes(&engines).len() as u64;
+        let (build_processes, counted) = match self.census.builds() {
+            Count::Fresh(builds) => (builds, true),
+            Count::Stale(builds) => (builds, false),
+        };
         let last_activity_ms = activity.last_activity_ms();
         let recent = last_activity_ms.is_some_and(|t| {
             busy::now_ms().saturating_sub(t) < self.activity_window.as_millis() as u64
@@ -171,7 +183,7 @@ impl Hub {
             requests_in_flight,
             build_processes,
             last_activity_ms,
-            busy: requests_in_flight > 0 || build_processes > 0 || recent,
+            busy: requests_in_flight > 0 || build_processes > 0 || recent || !counted,
         }
     }
 
@@ -281,6 +293,17 @@ impl Hub {
 impl crate::lending::control_server::Handler for Hub {
     fn status(&self) -> Status {
         self.snapshot()
+    }
+
+    fn settle(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+            while matches!(self.census.builds(), Count::Stale(_))
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
     }
 
     fn borrow(&self, request: BorrowRequest) -> Result<String, String> {
