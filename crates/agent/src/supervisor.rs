@@ -348,7 +348,7 @@ impl<'a> Supervisor<'a> {
                             match (connected, intent) {
                                 // Work started here while the target was being
                                 // connected: this place keeps the agent for now.
-                                (Ok(prepared), Some(Intent::WhenQuiet)) if self.hub.busy().busy => {
+                                (Ok(prepared), Some(Intent::WhenQuiet)) if self.hub.busy_to_move().busy => {
                                     info!("work started while the target was being connected: not leaving yet");
                                     let mut candidate = candidate;
                                     self.abandoning.push(agent.abandon(prepared, &mut candidate.continuity));
@@ -604,7 +604,7 @@ impl<'a> Supervisor<'a> {
             // At home with nothing asked: no need to look at /proc.
             return None;
         }
-        let busy = self.hub.busy();
+        let busy = self.hub.busy_to_move();
         if busy.busy {
             self.idle_since = Instant::now();
         }

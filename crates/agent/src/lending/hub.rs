@@ -165,10 +165,24 @@ impl Hub {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The busy signals now. Without a recent count of build processes
-    /// (the first call after a pause) the agent counts as busy: a move
-    /// waits a moment for the count rather than trusting an old one.
+    /// The busy signals now, with the latest count of build processes
+    /// (see [`Hub::settle`](crate::lending::control_server::Handler::settle)
+    /// for a fresh one).
     pub fn busy(&self) -> Busy {
+        self.busy_counted().0
+    }
+
+    /// The busy signals to decide a move on: without a recent count of
+    /// build processes (the first call after a pause) the agent counts as
+    /// busy, so a move waits a moment for the count rather than trusting an
+    /// old one.
+    pub fn busy_to_move(&self) -> Busy {
+        let (mut busy, counted) = self.busy_counted();
+        busy.busy |= !counted;
+        busy
+    }
+
+    fn busy_counted(&self) -> (Busy, bool) {
         let activity = &self.traffic.activity;
         let requests_in_flight = activity.requests_in_flight();
         let (build_processes, counted) = match self.census.builds() {
@@ -179,12 +193,13 @@ impl Hub {
         let recent = last_activity_ms.is_some_and(|t| {
             busy::now_ms().saturating_sub(t) < self.activity_window.as_millis() as u64
         });
-        Busy {
+        let busy = Busy {
             requests_in_flight,
             build_processes,
             last_activity_ms,
-            busy: requests_in_flight > 0 || build_processes > 0 || recent || !counted,
-        }
+            busy: requests_in_flight > 0 || build_processes > 0 || recent,
+        };
+        (busy, counted)
     }
 
     /// Changes the phase (and records when).
@@ -406,6 +421,20 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_move_waits_for_a_fresh_count_of_build_processes() {
+        use crate::lending::control_server::Handler as _;
+        let hub = Hub::new(Arc::new(Traffic::default()), None, Duration::from_secs(5));
+        // Nobody asked before: no count yet, so not idle enough to move.
+        assert!(hub.busy_to_move().busy);
+        // A status request waits for the count.
+        hub.settle().await;
+        assert!(matches!(hub.census.builds(), Count::Fresh(_)));
+        // Shown as counted (other tests' processes may be counted here).
+        let shown = hub.busy();
+        assert_eq!(shown.busy, shown.build_processes > 0, "{shown:?}");
+    }
 
     #[test]
     fn throughput_is_measured_over_whole_windows() {

@@ -873,6 +873,7 @@ async fn serve(
     // between (an event may repeat what the hello already says).
     let mut events = handler.subscribe();
     let mut session = Session::new(Instant::now(), config.ping_interval, config.welcome_timeout);
+    handler.settle().await;
     let hello = session.hello(
         &config.node,
         &config.labels,
@@ -976,6 +977,9 @@ async fn serve(
                 outgoing.extend(frame(&AgentMessage::Reply { id, reply }));
             }
             _ = status_tick.tick() => {
+                // A fresh count of build processes: the pool lends only
+                // agents that report idle.
+                handler.settle().await;
                 let status = session.on_status(handler.status(), false);
                 outgoing.extend(status.as_ref().and_then(frame));
             }
