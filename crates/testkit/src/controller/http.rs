@@ -59,6 +59,12 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                // As Jenkins' web port does: Jetty's ServerConnector sets
+                // TCP_NODELAY on every accepted connection by default
+                // (`acceptedTcpNoDelay`), so a WebSocket's small frames
+                // (remoting's acks) are not held back by Nagle. The TCP
+                // agent port (`TcpSlaveAgentListener`) does not.
+                let _ = stream.set_nodelay(true);
                 let span = tracing::debug_span!("controller-http", %peer);
                 shared
                     .tracker
