@@ -140,7 +140,12 @@ impl ClassSharing {
         {
             return Plan::Nothing;
         }
-        let Some(key) = archive_key(java, jar) else {
+        let layout: Vec<String> = java_opts
+            .iter()
+            .filter(|o| layout_option(o))
+            .cloned()
+            .collect();
+        let Some(key) = archive_key(java, jar, &layout) else {
             return Plan::Nothing;
         };
         let archive = self.dir.join(format!("{key}.jsa"));
@@ -163,11 +168,7 @@ impl ClassSharing {
             list: list.clone(),
             java: java.to_owned(),
             jar: jar.to_owned(),
-            layout: java_opts
-                .iter()
-                .filter(|o| layout_option(o))
-                .cloned()
-                .collect(),
+            layout,
             key,
         };
         if list.is_file() {
@@ -285,10 +286,11 @@ impl ClassSharing {
     }
 }
 
-/// `remoting-<sha>-<jvm>`: the jar's content name and the JVM's identity
-/// (its real path, its `release` file, the launcher's size and time), or
-/// `None` when the JVM is not known to be 11 or newer.
-fn archive_key(java: &Path, jar: &Path) -> Option<String> {
+/// `remoting-<sha>-<jvm>`: the jar's content name, and the JVM's identity
+/// (its real path, its `release` file, the launcher's size and time) with
+/// the options an archive must match (`layout`); `None` when the JVM is
+/// not known to be 11 or newer.
+fn archive_key(java: &Path, jar: &Path, layout: &[String]) -> Option<String> {
     let java = std::fs::canonicalize(java).ok()?;
     let release_file = java.parent()?.parent()?.join("release");
     let mut release = String::new();
@@ -307,6 +309,10 @@ fn archive_key(java: &Path, jar: &Path) -> Option<String> {
     jvm.update(meta.len().to_le_bytes());
     if let Ok(modified) = meta.modified() {
         jvm.update(format!("{modified:?}").as_bytes());
+    }
+    for opt in layout {
+        jvm.update(b"\0");
+        jvm.update(opt.as_bytes());
     }
     let jvm = hex::encode(&jvm.finalize()[..8]);
     let stem = jar.file_stem()?.to_str()?;
@@ -404,6 +410,13 @@ mod tests {
             panic!("records first");
         };
         assert_eq!(recording.layout, ["-XX:+UseSerialGC"]);
+        // Another collector needs an archive of its own.
+        let g1 = ["-XX:+UseG1GC".to_owned()];
+        let Plan::Record(other) = sharing.plan(&java, jar, &g1) else {
+            panic!("records for G1 too");
+        };
+        assert_ne!(other.key, recording.key);
+        sharing.release(&other.key);
         assert!(
             recording.key.starts_with("remoting-abc-"),
             "{}",
