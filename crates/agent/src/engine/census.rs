@@ -69,10 +69,21 @@ impl Census {
         if taken != 0 && now.saturating_sub(taken) <= FRESH_MS {
             return Count::Fresh(builds);
         }
-        if let Some(thread) = self.thread() {
-            thread.unpark();
+        match self.thread() {
+            Some(thread) => {
+                thread.unpark();
+                Count::Stale(builds)
+            }
+            // No thread to count on: count here rather than never.
+            None => {
+                let builds = busy::build_processes(&super::live_engines()).len() as u64;
+                self.shared.builds.store(builds, Ordering::Relaxed);
+                self.shared
+                    .taken_ms
+                    .store(busy::now_ms(), Ordering::Relaxed);
+                Count::Fresh(builds)
+            }
         }
-        Count::Stale(builds)
     }
 
     fn thread(&self) -> Option<&Thread> {
