@@ -358,7 +358,7 @@ impl<'a> Supervisor<'a> {
                                         self.home_continuity = candidate.continuity;
                                     }
                                     decided = None;
-                                    self.set_moving(None);
+                                    self.set_moving(false);
                                     self.hub.set_phase(Phase::Draining);
                                     self.hub.emit(EventKind::MoveDeferred);
                                 }
@@ -373,7 +373,7 @@ impl<'a> Supervisor<'a> {
                                 }
                                 (Err(err), _) => {
                                     decided = None;
-                                    self.set_moving(None);
+                                    self.set_moving(false);
                                     match lending {
                                         true => self.borrow_failed(&err, candidate).await,
                                         false => {
@@ -410,7 +410,7 @@ impl<'a> Supervisor<'a> {
                             }
                         }
                         decided = None;
-                        self.set_moving(None);
+                        self.set_moving(false);
                         self.hub.set_phase(Phase::Draining);
                         self.hub.emit(EventKind::MoveDeferred);
                     }
@@ -430,7 +430,7 @@ impl<'a> Supervisor<'a> {
                     {
                         decided = self.decide(went_online.get());
                         if let Some(decision) = &decided {
-                            self.set_moving(Some(&decision.to));
+                            self.set_moving(true);
                             let candidate = match &decision.to {
                                 Move::Lend(_) => self.candidate.take(),
                                 Move::Home(_) => Some(Candidate {
@@ -511,7 +511,7 @@ impl<'a> Supervisor<'a> {
                         continue;
                     }
                     // The session ended on its own before the target was ready.
-                    None => self.set_moving(None),
+                    None => self.set_moving(false),
                 }
             }
             match result {
@@ -579,7 +579,7 @@ impl<'a> Supervisor<'a> {
                 }
                 let decided = self.decide(false);
                 if let Some(decided) = decided {
-                    self.set_moving(Some(&decided.to));
+                    self.set_moving(true);
                     let candidate = match decided.to {
                         Move::Lend(_) => self.candidate.take(),
                         Move::Home(_) => None,
@@ -660,11 +660,9 @@ impl<'a> Supervisor<'a> {
 
     /// Records that a move is under way (from now) or not, for the `moved`
     /// event and for orders that arrive meanwhile.
-    fn set_moving(&mut self, to: Option<&Move>) {
-        self.move_started = to.map(|_| Instant::now());
-        let mut core = self.hub.core();
-        core.moving = to.is_some();
-        core.heading_home = matches!(to, Some(Move::Home(_)));
+    fn set_moving(&mut self, moving: bool) {
+        self.move_started = moving.then(Instant::now);
+        self.hub.core().moving = moving;
     }
 
     /// Starts checking the borrower of a newly pending borrow, and forgets
@@ -864,7 +862,6 @@ impl<'a> Supervisor<'a> {
                 }
             }
             core.moving = false;
-            core.heading_home = false;
             core.idle_deadline_ms = self
                 .lease
                 .as_ref()

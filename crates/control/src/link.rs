@@ -115,6 +115,30 @@ pub enum LenderMessage {
     },
 }
 
+/// The automatic labels for an OS and architecture as Rust names them
+/// (`std::env::consts`): the names themselves plus the aliases people write
+/// in Jenkins (`arm64` for `aarch64`, `amd64` for `x86_64`), so that
+/// `macos && arm64` finds an Apple silicon Mac.
+pub fn platform_labels(os: &str, arch: &str) -> Vec<String> {
+    let mut labels = Vec::new();
+    for name in [os, arch] {
+        if !name.is_empty() {
+            labels.push(name.to_owned());
+        }
+    }
+    let alias = match arch {
+        "aarch64" => Some("arm64"),
+        "x86_64" => Some("amd64"),
+        "x86" => Some("i386"),
+        _ => None,
+    };
+    labels.extend(alias.map(str::to_owned));
+    if os == "macos" {
+        labels.push("mac".to_owned());
+    }
+    labels
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -171,5 +195,18 @@ mod tests {
                 .unwrap(),
             LenderMessage::Welcome { lender: "x".into() }
         );
+    }
+
+    #[test]
+    fn platform_labels_add_common_aliases() {
+        assert_eq!(
+            platform_labels("macos", "aarch64"),
+            ["macos", "aarch64", "arm64", "mac"]
+        );
+        assert_eq!(
+            platform_labels("linux", "x86_64"),
+            ["linux", "x86_64", "amd64"]
+        );
+        assert!(platform_labels("", "").is_empty());
     }
 }

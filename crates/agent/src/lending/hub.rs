@@ -62,8 +62,6 @@ pub struct Core {
     /// A move is under way (decided, the target being connected or the old
     /// channel closed): orders that arrive now are queued behind it.
     pub moving: bool,
-    /// That move goes home (asked for, or the lease's own end).
-    pub heading_home: bool,
     /// A borrow accepted while going home, and when: pending once home.
     pub next_borrow: Option<(BorrowRequest, u64)>,
 }
@@ -330,9 +328,10 @@ impl crate::lending::control_server::Handler for Hub {
         {
             let mut core = self.core();
             // On the way home (a return asked for, or the lease ending by
-            // itself): the borrow is queued and carried out from home.
+            // itself; a lent agent moves nowhere else): the borrow is queued
+            // and carried out from home.
             let returning = core.lease.is_some()
-                && (core.heading_home || matches!(core.pending, Some((Command::Return(_), _))));
+                && (core.moving || matches!(core.pending, Some((Command::Return(_), _))));
             if returning {
                 if core.next_borrow.as_ref().is_some_and(|(queued, _)| {
                     queued.target == request.target && queued.name == request.name

@@ -114,26 +114,11 @@ pub fn is_label(label: &str) -> bool {
 }
 
 /// The labels every agent announces about itself: its OS and architecture
-/// as Rust names them (`std::env::consts`), with the aliases the lender
-/// derives too (`jnlp-lender`'s `pool::agent::platform_labels`: `arm64`,
-/// `amd64`, `i386`, `mac`), then the Linux distribution's `ID` from
+/// with their aliases ([`control::link::platform_labels`], which the lender
+/// also derives from the hello), then the Linux distribution's `ID` from
 /// `os_release` (the text of `/etc/os-release`) when there is one.
 pub fn automatic_labels(os: &str, arch: &str, os_release: Option<&str>) -> Vec<String> {
-    let mut labels: Vec<String> = [os, arch]
-        .into_iter()
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect();
-    let alias = match arch {
-        "aarch64" => Some("arm64"),
-        "x86_64" => Some("amd64"),
-        "x86" => Some("i386"),
-        _ => None,
-    };
-    labels.extend(alias.map(str::to_owned));
-    if os == "macos" {
-        labels.push("mac".to_owned());
-    }
+    let mut labels = control::link::platform_labels(os, arch);
     labels.extend(os_release.and_then(distribution));
     labels
 }

@@ -76,7 +76,7 @@ pub struct Agent {
     /// Its node name at home.
     pub name: String,
     /// Everything an expression can match: its declared labels, its
-    /// platform labels ([`platform_labels`]) and its own name (a Jenkins
+    /// platform labels ([`control::link::platform_labels`]) and its own name (a Jenkins
     /// node's name is one of its labels).
     pub labels: BTreeSet<String>,
     /// Whether its link to the lender is up.
@@ -110,36 +110,12 @@ impl Agent {
     pub fn labels_for(hello: &AgentHello) -> BTreeSet<String> {
         let mut labels = hello.labels.clone();
         labels.insert(hello.name.clone());
-        labels.extend(platform_labels(
+        labels.extend(control::link::platform_labels(
             hello.os.as_deref().unwrap_or(""),
             hello.arch.as_deref().unwrap_or(""),
         ));
         labels
     }
-}
-
-/// The automatic labels for an OS and architecture as Rust names them
-/// (`std::env::consts`): the names themselves plus the aliases people write
-/// in Jenkins (`arm64` for `aarch64`, `amd64` for `x86_64`), so that
-/// `macos && arm64` finds an Apple silicon Mac.
-pub fn platform_labels(os: &str, arch: &str) -> Vec<String> {
-    let mut labels = Vec::new();
-    for name in [os, arch] {
-        if !name.is_empty() {
-            labels.push(name.to_owned());
-        }
-    }
-    let alias = match arch {
-        "aarch64" => Some("arm64"),
-        "x86_64" => Some("amd64"),
-        "x86" => Some("i386"),
-        _ => None,
-    };
-    labels.extend(alias.map(str::to_owned));
-    if os == "macos" {
-        labels.push("mac".to_owned());
-    }
-    labels
 }
 
 #[cfg(test)]
@@ -170,19 +146,6 @@ mod tests {
             AgentReport::from_status(&status).place,
             Place::Borrowed { url: String::new() }
         );
-    }
-
-    #[test]
-    fn platform_labels_add_common_aliases() {
-        assert_eq!(
-            platform_labels("macos", "aarch64"),
-            ["macos", "aarch64", "arm64", "mac"]
-        );
-        assert_eq!(
-            platform_labels("linux", "x86_64"),
-            ["linux", "x86_64", "amd64"]
-        );
-        assert!(platform_labels("", "").is_empty());
     }
 
     #[test]

@@ -50,7 +50,7 @@ use control::When;
 mod agent;
 mod lease;
 
-pub use agent::{platform_labels, Agent, AgentHello, AgentReport, Place};
+pub use agent::{Agent, AgentHello, AgentReport, Place};
 pub use lease::{
     Attempt, Borrower, EndReason, Lease, LeaseId, LeaseRequest, LeaseState, ReturnCause, Secret,
 };
