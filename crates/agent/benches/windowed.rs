@@ -10,14 +10,16 @@
 //!   downloads the jar the test controller serves as `remoting.jar` and runs
 //!   it as its stdio engine, with the agent's own JVM defaults;
 //! - **direct** (the baseline, agent.jar's equivalent): the same jar with
-//!   `-direct`, doing JNLP4-connect and TLS in Java, plain `java -jar`.
+//!   `-direct`, doing JNLP4-connect and TLS in Java, plain `java -jar`; or
+//!   with `-websocket`, a WebSocket in Java.
 //!
 //! Both run side by side, each against its own test controller, and the
 //! transfers alternate between them (bridge, direct; controller → engine,
 //! engine → controller), so background load hits both alike. Reported:
 //! median throughput each way, PING round trips under a running stream
 //! (p50/p99: the ack path), idle round trips, CPU seconds per GiB (the
-//! agent's, the JVM's) from `/proc/PID/stat`, idle RSS (agent and every
+//! agent's, the JVM's, and the test controllers', i.e. this process's) from
+//! `/proc/PID/stat`, idle RSS (agent and every
 //! process under it, i.e. the engine JVM; the direct JVM), and bridge ÷
 //! direct.
 //!
@@ -33,7 +35,7 @@
 //! | `BENCH_WINDOW` | 1048576 | the controller side's window when it sends |
 //! | `BENCH_JAVA_OPTS` | none | JVM options for both JVMs (`JENKINS_JAVA_OPTS` for the agent), e.g. `-Dhudson.remoting.Channel.pipeWindowSize=4194304` for the engine's window |
 //! | `BENCH_AGENT_JAVA_OPTS` | unset | the agent's engine only (`JENKINS_JAVA_OPTS`, replacing the agent's own JVM defaults); `none` passes an empty one |
-//! | `BENCH_TRANSPORT` | tcp | `websocket`: the agent reaches the controller with `-webSocket` (the direct path stays JNLP4) |
+//! | `BENCH_TRANSPORT` | tcp | `websocket`: both paths reach the controller over a WebSocket, the agent with `-webSocket`, the direct JVM with the JDK's WebSocket client (as agent.jar's `-webSocket` does with Tyrus) |
 //! | `BENCH_TIMEOUT_S` | 300 | limit per transfer |
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -167,6 +169,7 @@ struct Run {
     mb_per_s: f64,
     agent_cpu_per_gib: f64,
     engine_cpu_per_gib: f64,
+    controller_cpu_per_gib: f64,
     round_trips: Vec<Duration>,
 }
 
@@ -236,13 +239,19 @@ impl Contender {
             }
             Path::Direct => {
                 let stderr = common::temp_dir("windowed-direct").join("stderr.txt");
+                let target = if settings.web_socket {
+                    let ws = format!("ws://127.0.0.1:{}/wsagents/", controller.http_addr().port());
+                    vec!["-websocket".to_owned(), ws]
+                } else {
+                    let port = controller.agent_addr().port().to_string();
+                    vec!["-direct".to_owned(), "127.0.0.1".to_owned(), port]
+                };
                 let child = std::fs::File::create(&stderr).and_then(|log| {
                     tokio::process::Command::new("java")
                         .args(&settings.java_opts)
                         .arg("-jar")
                         .arg(jar_file)
-                        .args(["-direct", "127.0.0.1"])
-                        .arg(controller.agent_addr().port().to_string())
+                        .args(&target)
                         .args([NODE, SECRET])
                         .stdin(Stdio::null())
                         .stdout(Stdio::null())
@@ -337,21 +346,24 @@ impl Contender {
     /// One transfer; a failure is recorded and ends this contender's runs.
     async fn transfer(&mut self, config: &TransferConfig, record: bool) {
         let (agent_before, engine_before) = self.cpu();
+        let controller_before = common::proc_cpu_seconds(std::process::id());
         let Some(session) = self.session.as_mut() else {
             return;
         };
         match session.transfer(config).await {
             Ok(report) => {
                 let (agent_after, engine_after) = self.cpu();
+                let controller_after = common::proc_cpu_seconds(std::process::id());
                 let gib = report.bytes as f64 / GIB;
                 let run = Run {
                     mb_per_s: report.mb_per_s(),
                     agent_cpu_per_gib: (agent_after - agent_before) / gib,
                     engine_cpu_per_gib: (engine_after - engine_before) / gib,
+                    controller_cpu_per_gib: (controller_after - controller_before) / gib,
                     round_trips: report.round_trips,
                 };
                 println!(
-                    "  {:?} {}: {} MiB in {:.2} s = {:.0} MB/s, agent CPU {:.2} s/GiB, JVM CPU {:.2} s/GiB, {} pings p99 {}{}",
+                    "  {:?} {}: {} MiB in {:.2} s = {:.0} MB/s, agent CPU {:.2} s/GiB, JVM CPU {:.2} s/GiB, controller CPU {:.2} s/GiB, {} pings p99 {}{}",
                     self.path,
                     config.direction,
                     report.bytes >> 20,
@@ -359,6 +371,7 @@ impl Contender {
                     run.mb_per_s,
                     run.agent_cpu_per_gib,
                     run.engine_cpu_per_gib,
+                    run.controller_cpu_per_gib,
                     run.round_trips.len(),
                     ms(percentile(&run.round_trips, 0.99)),
                     if record { "" } else { " (warm-up)" },
@@ -456,7 +469,7 @@ async fn run() {
         println!("JVM options: {}", settings.java_opts.join(" "));
     }
     if settings.web_socket {
-        println!("the agent connects over a WebSocket (-webSocket)");
+        println!("both connect over a WebSocket (the agent with -webSocket, the direct JVM with the JDK's client)");
     }
     if let Some(opts) = &settings.agent_java_opts {
         println!("the agent's engine JVM options: {opts:?}");
@@ -607,6 +620,16 @@ fn report(settings: &Settings, bridge: &Results, direct: &Results) {
             bt.map_or("-".into(), |v| format!("{v:.2}")),
             dt.map_or("-".into(), |v| format!("{v:.2}")),
             ratio(bt, dt),
+        );
+        let (bc, dc) = (
+            median(b.iter().map(|r| r.controller_cpu_per_gib)),
+            median(d.iter().map(|r| r.controller_cpu_per_gib)),
+        );
+        row(
+            &format!("test controller CPU s/GiB, {direction}"),
+            bc.map_or("-".into(), |v| format!("{v:.2}")),
+            dc.map_or("-".into(), |v| format!("{v:.2}")),
+            ratio(bc, dc),
         );
     }
     for (label, b, d) in [

@@ -654,3 +654,84 @@ async fn the_next_engine_maps_the_class_sharing_archive() {
     assert!(controller.is_online("jvm"));
     controller.shutdown().await;
 }
+
+/// The windowed benchmark's four paths work end to end with small
+/// transfers: the Java windowed engine through the agent (JNLP4 and
+/// `-webSocket`) and on its own (`-direct`, `-websocket`: agent.jar's
+/// paths). The controller's side counts every byte each way, then the
+/// engine answers pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_windowed_benchmark_paths_stream_both_ways() {
+    use testkit::windowed::{self, Direction, TransferConfig};
+    let jar = common::java_windowed_engine_jar().expect("the JDK is a test dependency");
+    let jar_file = temp_dir("windowed-e2e").join("windowed.jar");
+    std::fs::write(&jar_file, &jar).unwrap();
+    for (bridge, web_socket) in [(true, false), (true, true), (false, false), (false, true)] {
+        let (peer, mut sessions) = windowed::peer();
+        let controller = TestController::builder()
+            .node("windowed", SECRET)
+            .remoting_jar(jar.clone())
+            .peer(peer)
+            .start()
+            .await;
+        let url = controller.url();
+        let mut agent = None;
+        let mut direct = None;
+        if bridge {
+            let mut args = vec!["-url", &url, "-name", "windowed", "--no-class-sharing"];
+            if web_socket {
+                args.push("-webSocket");
+            }
+            agent = Some(AgentProcess::start(&args, &[("JENKINS_SECRET", SECRET)]));
+        } else {
+            let target = if web_socket {
+                let ws = format!("ws://127.0.0.1:{}/wsagents/", controller.http_addr().port());
+                vec!["-websocket".to_owned(), ws]
+            } else {
+                let port = controller.agent_addr().port().to_string();
+                vec!["-direct".to_owned(), "127.0.0.1".to_owned(), port]
+            };
+            direct = Some(
+                tokio::process::Command::new("java")
+                    .arg("-jar")
+                    .arg(&jar_file)
+                    .args(&target)
+                    .args(["windowed", SECRET])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("java starts"),
+            );
+        }
+        let what = format!("bridge={bridge} web_socket={web_socket}");
+        let mut session = tokio::time::timeout(Duration::from_secs(60), sessions.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{what}: no channel; {}",
+                    agent.as_ref().map(|a| a.log()).unwrap_or_default()
+                )
+            })
+            .expect("a session");
+        // A transfer ends Ok only once the controller has received every
+        // byte (from the engine) or every ack (for what it sent).
+        for direction in [Direction::ToEngine, Direction::ToController] {
+            let mut config = TransferConfig::new(direction, 8 << 20);
+            config.ping_every = Some(Duration::from_millis(1));
+            config.deadline = LONG;
+            if let Err(e) = session.transfer(&config).await {
+                panic!("{what} {direction}: {e}");
+            }
+        }
+        let idle = session
+            .round_trips(3, Duration::from_millis(1), LONG)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: idle pings: {e}"));
+        assert_eq!(idle.len(), 3, "{what}");
+        session.quit().await;
+        drop(agent);
+        drop(direct);
+        controller.shutdown().await;
+    }
+}

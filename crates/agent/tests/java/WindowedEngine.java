@@ -15,6 +15,12 @@
 //   path, the baseline. The JVM performs JNLP4-connect itself (PROTOCOL.md
 //   2: protocol line, ACK, TLS, headers, OK, capability) and runs the same
 //   protocol over the TLS stream, with no bridge.
+// - `java -jar windowed.jar -websocket URL NODE SECRET`: agent.jar's
+//   `-webSocket` path, the baseline over a WebSocket (the JDK's client, where
+//   agent.jar has Tyrus). As remoting's Engine.runWebSocket: the node, secret
+//   and capability in the upgrade's headers, one binary message per chunk
+//   (header and payload), each send waited for, and every message handled
+//   on the thread that received it.
 //
 // Flow control, as remoting's PipeWindow/ProxyOutputStream: the sender has
 // at most `hudson.remoting.Channel.pipeWindowSize` (default 1 MiB) unacked
@@ -28,10 +34,16 @@
 import java.io.*;
 import java.net.InetSocketAddress;
 import java.net.Socket;
+import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.WebSocket;
 import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
 import java.security.cert.X509Certificate;
+import java.time.Duration;
 import java.util.Arrays;
+import java.util.concurrent.CompletionStage;
+import java.util.concurrent.TimeUnit;
 import javax.net.ssl.SSLContext;
 import javax.net.ssl.SSLEngine;
 import javax.net.ssl.SSLSocket;
@@ -65,6 +77,12 @@ public class WindowedEngine {
                 System.exit(2);
             }
             direct(args[1], Integer.parseInt(args[2]), args[3], args[4]);
+        } else if (args.length > 0 && args[0].equals("-websocket")) {
+            if (args.length != 4) {
+                System.err.println("usage: java -jar windowed.jar -websocket URL NODE SECRET");
+                System.exit(2);
+            }
+            webSocket(args[1], args[2], args[3]);
         } else {
             stdio();
         }
@@ -137,6 +155,17 @@ public class WindowedEngine {
         tls.setSoTimeout(0);
         new WindowedEngine(in, out).serve();
     }
+    static void webSocket(String url, String node, String secret) throws Exception {
+        HttpClient.newHttpClient()
+                .newWebSocketBuilder()
+                .header("Node-Name", node)
+                .header("Secret-Key", secret)
+                .header("X-Remoting-Capability", CAPABILITY)
+                .connectTimeout(Duration.ofMillis(HANDSHAKE_TIMEOUT_MS))
+                .buildAsync(URI.create(url), new WebSocketTransport())
+                .get(HANDSHAKE_TIMEOUT_MS, TimeUnit.MILLISECONDS);
+        Thread.currentThread().join(); // the listener serves until the end
+    }
 
     static String json(String s) {
         return s.replace("\\", "\\\\").replace("\"", "\\\"");
@@ -145,8 +174,7 @@ public class WindowedEngine {
     /** Reads commands until EOF, then exits. */
     void serve() throws IOException {
         DataInputStream data = new DataInputStream(in);
-        byte[] command = new byte[64 * 1024];
-        int len = 0;
+        Command command = new Command();
         while (true) {
             int header;
             try {
@@ -156,15 +184,109 @@ public class WindowedEngine {
                 return;
             }
             int n = header & 0x7fff;
-            if (len + n > command.length) {
-                if (len + n > MAX_COMMAND) throw new IOException("a command of more than " + MAX_COMMAND + " bytes");
-                command = Arrays.copyOf(command, Math.max(command.length * 2, len + n));
-            }
-            data.readFully(command, len, n);
-            len += n;
+            data.readFully(command.room(n), command.len, n);
+            command.len += n;
             if ((header & 0x8000) != 0) continue;
-            handle(ByteBuffer.wrap(command, 0, len));
+            handle(command.take());
+        }
+    }
+
+    /** A command being joined from its chunks. */
+    static final class Command {
+        byte[] bytes = new byte[64 * 1024];
+        int len;
+
+        /** The buffer, with room for `n` more bytes at `len`. */
+        byte[] room(int n) throws IOException {
+            if (len + n > bytes.length) {
+                if (len + n > MAX_COMMAND) throw new IOException("a command of more than " + MAX_COMMAND + " bytes");
+                bytes = Arrays.copyOf(bytes, Math.max(bytes.length * 2, len + n));
+            }
+            return bytes;
+        }
+
+        ByteBuffer take() {
+            ByteBuffer whole = ByteBuffer.wrap(bytes, 0, len);
             len = 0;
+            return whole;
+        }
+    }
+
+    /** The WebSocket side of `-websocket`: each message one chunk. */
+    static final class WebSocketTransport implements WebSocket.Listener {
+        private final ByteBuffer message = ByteBuffer.allocate(2 + MAX_CHUNK);
+        private final Command command = new Command();
+        private WindowedEngine engine;
+
+        @Override
+        public void onOpen(WebSocket ws) {
+            engine = new WindowedEngine(InputStream.nullInputStream(), new MessageOutput(ws));
+            ws.request(1);
+        }
+
+        @Override
+        public CompletionStage<?> onBinary(WebSocket ws, ByteBuffer data, boolean last) {
+            try {
+                if (data.remaining() > message.remaining()) throw new IOException("a message of more than one chunk");
+                message.put(data);
+                if (last) {
+                    message.flip();
+                    chunk();
+                    message.clear();
+                }
+            } catch (IOException e) {
+                e.printStackTrace();
+                System.exit(1);
+            }
+            ws.request(1);
+            return null;
+        }
+
+        private void chunk() throws IOException {
+            if (message.remaining() < 2) throw new IOException("a message shorter than a chunk header");
+            int header = message.getShort() & 0xffff;
+            int n = header & 0x7fff;
+            if (n != message.remaining()) throw new IOException("a chunk of " + n + " bytes in a message of " + message.remaining());
+            message.get(command.room(n), command.len, n);
+            command.len += n;
+            if ((header & 0x8000) == 0) engine.handle(command.take());
+        }
+
+        @Override
+        public CompletionStage<?> onClose(WebSocket ws, int status, String reason) {
+            System.exit(0);
+            return null;
+        }
+
+        @Override
+        public void onError(WebSocket ws, Throwable error) {
+            error.printStackTrace();
+            System.exit(1);
+        }
+    }
+
+    /** Sends what `send` wrote, on each flush, one binary message per chunk, each waited for. */
+    static final class MessageOutput extends ByteArrayOutputStream {
+        private final WebSocket ws;
+
+        MessageOutput(WebSocket ws) {
+            super(2 + MAX_CHUNK);
+            this.ws = ws;
+        }
+
+        @Override
+        public void flush() throws IOException {
+            int off = 0;
+            while (off + 2 <= count) {
+                int n = ((buf[off] & 0x7f) << 8) | (buf[off + 1] & 0xff);
+                try {
+                    ws.sendBinary(ByteBuffer.wrap(buf, off, 2 + n), true).get(5, TimeUnit.MINUTES);
+                } catch (Exception e) {
+                    throw new IOException(e);
+                }
+                off += 2 + n;
+            }
+            reset();
         }
     }
 
