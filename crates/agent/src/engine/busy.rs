@@ -19,9 +19,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::engine::processes::{self, ProcessTable as _};
 
+const USER_REQUEST: &str = "hudson.remoting.UserRequest";
 /// Commands the controller sends that expect a `Response`.
 const REQUESTS: &[&str] = &[
-    "hudson.remoting.UserRequest",
+    USER_REQUEST,
     "hudson.remoting.RemoteInvocationHandler$RPCRequest",
 ];
 const RESPONSE: &str = "hudson.remoting.Response";
@@ -60,7 +61,7 @@ impl Activity {
     }
 
     fn touch_unless_ping(&self, class: Option<&str>, head: &[u8]) {
-        if class == Some(RESPONSE) || is_ping(head) {
+        if class == Some(RESPONSE) || is_ping(class, head) {
             return;
         }
         self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
@@ -86,11 +87,13 @@ impl Activity {
 /// (anything it expects an answer to, pings aside): what cancels a move
 /// that is about to happen.
 pub fn is_work_request(class: Option<&str>, head: &[u8]) -> bool {
-    class.is_some_and(|c| REQUESTS.contains(&c)) && !is_ping(head)
+    class.is_some_and(|c| REQUESTS.contains(&c)) && !is_ping(class, head)
 }
 
-fn is_ping(head: &[u8]) -> bool {
-    head.windows(PING_MARKER.len()).any(|w| w == PING_MARKER)
+/// A ping is a `UserRequest` carrying the ping callable. Only those heads
+/// are searched: this runs for every command on the data path.
+fn is_ping(class: Option<&str>, head: &[u8]) -> bool {
+    class == Some(USER_REQUEST) && memchr::memmem::find(head, PING_MARKER).is_some()
 }
 
 /// Milliseconds since the Unix epoch.
@@ -255,6 +258,23 @@ mod tests {
         assert_eq!(a.last_activity_ms(), None);
         a.seen_from_controller(Some("hudson.remoting.ProxyOutputStream$Chunk"), b"");
         assert!(a.last_activity_ms().is_some());
+    }
+
+    #[test]
+    fn only_a_user_request_is_a_ping() {
+        // A build's output may well mention the ping class.
+        let a = Activity::default();
+        a.seen_from_engine(
+            Some("hudson.remoting.ProxyOutputStream$Chunk"),
+            b"...hudson.remoting.PingThread$Ping...",
+        );
+        assert!(a.last_activity_ms().is_some());
+        let ping = b"...hudson.remoting.PingThread$Ping...";
+        assert!(!is_work_request(Some("hudson.remoting.UserRequest"), ping));
+        assert!(is_work_request(
+            Some("hudson.remoting.RemoteInvocationHandler$RPCRequest"),
+            ping
+        ));
     }
 
     #[tokio::test]
