@@ -187,12 +187,7 @@ fn report_unknown(count: usize) {
 /// Reaps zombies re-parented to us (as subreaper), leaving alone the
 /// children tokio waits for itself (`keep`).
 pub fn reap_orphans(keep: &[u32]) {
-    processes::reap_orphans(
-        &processes::os(),
-        marker_variable(),
-        std::process::id(),
-        keep,
-    );
+    processes::reap_orphans(&processes::os(), std::process::id(), keep);
 }
 
 /// [`reap_orphans`], at most once a second: called from a fast tick, and a

@@ -40,16 +40,20 @@ impl ProcessTable for Linux {
 
 /// One process, `None` if it is gone.
 fn read_proc(pid: u32, marker: &[u8]) -> Option<Proc> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (state, ppid) = parse_stat(&stat)?;
-    let mark = match std::fs::read(format!("/proc/{pid}/environ")) {
-        Ok(environ) if environ_has(&environ, marker) => Mark::Ours,
-        // Kernel threads and zombies read as empty: they are not ours.
-        Ok(_) => Mark::NotOurs,
-        Err(err) if err.kind() == ErrorKind::NotFound => return None,
-        Err(err) if err.raw_os_error() == Some(nix::libc::ESRCH) => return None,
-        // EACCES, EPERM: another user's. Anything else: cannot tell either.
-        Err(_) => Mark::Unknown,
+    let stat = read_small(&format!("/proc/{pid}/stat"), 512).ok()?;
+    let (state, ppid) = parse_stat(std::str::from_utf8(&stat).ok()?)?;
+    let mark = if marker.is_empty() {
+        Mark::NotOurs
+    } else {
+        match read_small(&format!("/proc/{pid}/environ"), 4096) {
+            Ok(environ) if environ_has(&environ, marker) => Mark::Ours,
+            // Kernel threads and zombies read as empty: they are not ours.
+            Ok(_) => Mark::NotOurs,
+            Err(err) if err.kind() == ErrorKind::NotFound => return None,
+            Err(err) if err.raw_os_error() == Some(nix::libc::ESRCH) => return None,
+            // EACCES, EPERM: another user's. Anything else: cannot tell either.
+            Err(_) => Mark::Unknown,
+        }
     };
     Some(Proc {
         pid,
@@ -57,6 +61,29 @@ fn read_proc(pid: u32, marker: &[u8]) -> Option<Proc> {
         zombie: state == "Z" || state == "X",
         mark,
     })
+}
+
+/// A `/proc` file whole. They report a size of 0, so `std::fs::read`
+/// asks for the size and position first and then reads 32 bytes at a
+/// time; here a buffer of `likely` bytes takes most in one read.
+fn read_small(path: &str, likely: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0; likely.max(1)];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// The state and the parent from `/proc/PID/stat`. The command name is in
@@ -93,6 +120,14 @@ mod tests {
     }
 
     #[test]
+    fn a_proc_file_is_read_whole_whatever_the_first_guess() {
+        let whole = std::fs::read("/proc/self/environ").unwrap();
+        assert_eq!(read_small("/proc/self/environ", 1).unwrap(), whole);
+        assert_eq!(read_small("/proc/self/environ", 1 << 20).unwrap(), whole);
+        assert!(read_small("/proc/self/no-such-file", 16).is_err());
+    }
+
+    #[test]
     fn stat_fields_come_after_the_command_name() {
         assert_eq!(parse_stat("42 (a) b) (c) S 7 42 42 0 -1"), Some(("S", 7)));
         assert_eq!(parse_stat("9 (zombie) Z 1 9"), Some(("Z", 1)));
@@ -109,5 +144,10 @@ mod tests {
         assert_eq!(mine.ppid, nix::unistd::getppid().as_raw() as u32);
         assert!(!mine.zombie);
         assert!(Linux.rss_kib(me).is_some_and(|kib| kib > 0));
+        // Without a marker: the same parents, no environment read.
+        let bare = Linux.scan(&[]);
+        let mine = bare.iter().find(|p| p.pid == me).unwrap();
+        assert_eq!(mine.ppid, nix::unistd::getppid().as_raw() as u32);
+        assert!(bare.iter().all(|p| p.mark == Mark::NotOurs));
     }
 }

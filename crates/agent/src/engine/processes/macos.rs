@@ -44,10 +44,14 @@ impl ProcessTable for MacOs {
             .iter()
             .filter_map(|(pid, process)| {
                 let pid = pid.as_u32();
-                let mark = match procargs2(pid) {
-                    Some(buf) => procargs2::mark(&buf, marker),
-                    None if !exists(pid) => return None,
-                    None => Mark::Unknown,
+                let mark = if marker.is_empty() {
+                    Mark::NotOurs
+                } else {
+                    match procargs2(pid) {
+                        Some(buf) => procargs2::mark(&buf, marker),
+                        None if !exists(pid) => return None,
+                        None => Mark::Unknown,
+                    }
                 };
                 Some(Proc {
                     pid,

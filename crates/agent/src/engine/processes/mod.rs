@@ -103,7 +103,8 @@ pub struct Proc {
 pub trait ProcessTable {
     /// Every process now, each with its parent and whether it carries
     /// `marker`, the whole `NAME=value` variable. Nothing is cached: each
-    /// call asks the OS afresh.
+    /// call asks the OS afresh. With an empty `marker` no environment is
+    /// read (the costly part) and every process is [`Mark::NotOurs`].
     fn scan(&self, marker: &[u8]) -> Vec<Proc>;
 
     /// A process's resident memory in KiB (`None`: it cannot be read).
@@ -234,7 +235,7 @@ pub async fn end_all(
     }
     let deadline = tokio::time::Instant::now() + grace;
     loop {
-        reap_orphans(table, marker, root, keep);
+        reap_orphans(table, root, keep);
         let procs = table.scan(marker);
         let mut left = census_of(&procs, root, keep).builds;
         for &pid in &first.builds {
@@ -254,15 +255,16 @@ pub async fn end_all(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    reap_orphans(table, marker, root, keep);
+    reap_orphans(table, root, keep);
     first.builds.len()
 }
 
 /// Reaps the zombies whose parent is `root` (this process: as a subreaper
 /// it adopts orphans), leaving alone the children tokio waits for itself
 /// (`keep`).
-pub fn reap_orphans(table: &impl ProcessTable, marker: &[u8], root: u32, keep: &[u32]) {
-    for proc in table.scan(marker) {
+pub fn reap_orphans(table: &impl ProcessTable, root: u32, keep: &[u32]) {
+    // Parents and states are enough: no environment is read.
+    for proc in table.scan(&[]) {
         if proc.ppid == root && proc.zombie && !keep.contains(&proc.pid) {
             if let Ok(pid) = i32::try_from(proc.pid) {
                 let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
