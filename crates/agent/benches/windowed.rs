@@ -23,6 +23,9 @@
 //! process under it, i.e. the engine JVM; the direct JVM), and bridge ÷
 //! direct.
 //!
+//! Last, each of issue 10's goals, met or not on this run (one run is
+//! noisy: judge over several).
+//!
 //! `cargo bench -p jnlp-agent --bench windowed` (builds in release; needs a
 //! JDK). Environment:
 //!
@@ -567,11 +570,6 @@ fn report(settings: &Settings, bridge: &Results, direct: &Results) {
             &direct.to_controller,
         ),
     ] {
-        let pooled = |runs: &[Run]| -> Vec<Duration> {
-            runs.iter()
-                .flat_map(|r| r.round_trips.iter().copied())
-                .collect()
-        };
         let (bp, dp) = (pooled(b), pooled(d));
         row(
             &format!("ping under {direction} p50/p99 ms"),
@@ -672,6 +670,57 @@ fn report(settings: &Settings, bridge: &Results, direct: &Results) {
             println!("{name}: {failure}");
         }
     }
+    goals(bridge, direct);
+}
+
+/// Issue 10's goals, judged on this run: met, not met, or not measured.
+fn goals(bridge: &Results, direct: &Results) {
+    println!();
+    println!("goals (this run):");
+    let verdict = |met: Option<bool>| match met {
+        Some(true) => "met",
+        Some(false) => "NOT met",
+        None => "not measured",
+    };
+    for (direction, b, d) in [
+        (Direction::ToEngine, &bridge.to_engine, &direct.to_engine),
+        (
+            Direction::ToController,
+            &bridge.to_controller,
+            &direct.to_controller,
+        ),
+    ] {
+        let r = median(b.iter().map(|r| r.mb_per_s))
+            .zip(median(d.iter().map(|r| r.mb_per_s)))
+            .map(|(b, d)| b / d);
+        println!(
+            "  throughput {direction} >= 1.1x direct: {} ({})",
+            verdict(r.map(|r| r >= 1.1)),
+            r.map_or("-".into(), |r| format!("{r:.2}x"))
+        );
+        let diff = percentile(&pooled(b), 0.99)
+            .zip(percentile(&pooled(d), 0.99))
+            .map(|(b, d)| (b.as_secs_f64() - d.as_secs_f64()) * 1e3);
+        println!(
+            "  p99 round trip under a stream {direction} <= direct + 1 ms: {} ({})",
+            verdict(diff.map(|ms| ms <= 1.0)),
+            diff.map_or("-".into(), |ms| format!("{ms:+.2} ms"))
+        );
+        let cpu = median(b.iter().map(|r| r.agent_cpu_per_gib));
+        println!(
+            "  agent CPU {direction} <= 0.5 s/GiB: {} ({})",
+            verdict(cpu.map(|c| c <= 0.5)),
+            cpu.map_or("-".into(), |c| format!("{c:.2} s/GiB"))
+        );
+    }
+    let rss = bridge
+        .idle_rss
+        .map(|(agent, engine)| (agent + engine) as f64 / 1024.0);
+    println!(
+        "  idle RSS, agent + engine < 60 MiB: {} ({})",
+        verdict(rss.map(|mib| mib < 60.0)),
+        rss.map_or("-".into(), |mib| format!("{mib:.1} MiB"))
+    );
 }
 
 /// A cell's text, or why it is empty ("timed out" or "failed").
@@ -697,6 +746,13 @@ fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     } else {
         (values[mid - 1] + values[mid]) / 2.0
     })
+}
+
+/// The round trips of all runs together.
+fn pooled(runs: &[Run]) -> Vec<Duration> {
+    runs.iter()
+        .flat_map(|r| r.round_trips.iter().copied())
+        .collect()
 }
 
 /// Nearest-rank percentile.
