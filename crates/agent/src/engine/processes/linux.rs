@@ -41,7 +41,7 @@ impl ProcessTable for Linux {
 /// One process, `None` if it is gone.
 fn read_proc(pid: u32, marker: &[u8]) -> Option<Proc> {
     let stat = read_small(&format!("/proc/{pid}/stat"), 512).ok()?;
-    let (state, ppid) = parse_stat(std::str::from_utf8(&stat).ok()?)?;
+    let (state, ppid) = parse_stat(&stat)?;
     let mark = if marker.is_empty() {
         Mark::NotOurs
     } else {
@@ -87,10 +87,13 @@ fn read_small(path: &str, likely: usize) -> std::io::Result<Vec<u8>> {
 }
 
 /// The state and the parent from `/proc/PID/stat`. The command name is in
-/// parentheses and may contain anything, parentheses and spaces included,
-/// so the fields are read after its last `)`.
-fn parse_stat(stat: &str) -> Option<(&str, u32)> {
-    let (_, rest) = stat.rsplit_once(')')?;
+/// parentheses and may hold any bytes the process set (`prctl`), UTF-8 or
+/// not, parentheses and spaces included, so the fields are read after its
+/// last `)`. Before, a name that was not UTF-8 hid its process from the
+/// count of builds.
+fn parse_stat(stat: &[u8]) -> Option<(&str, u32)> {
+    let end = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[end + 1..]).ok()?;
     let mut fields = rest.split_whitespace();
     let state = fields.next()?;
     let ppid = fields.next()?.parse().ok()?;
@@ -129,10 +132,11 @@ mod tests {
 
     #[test]
     fn stat_fields_come_after_the_command_name() {
-        assert_eq!(parse_stat("42 (a) b) (c) S 7 42 42 0 -1"), Some(("S", 7)));
-        assert_eq!(parse_stat("9 (zombie) Z 1 9"), Some(("Z", 1)));
-        assert_eq!(parse_stat("9 (cut"), None);
-        assert_eq!(parse_stat("9 (x) R"), None);
+        assert_eq!(parse_stat(b"42 (a) b) (c) S 7 42 42 0 -1"), Some(("S", 7)));
+        assert_eq!(parse_stat(b"9 (zombie) Z 1 9"), Some(("Z", 1)));
+        assert_eq!(parse_stat(b"9 (\xff\xfebuild) S 3 9"), Some(("S", 3)));
+        assert_eq!(parse_stat(b"9 (cut"), None);
+        assert_eq!(parse_stat(b"9 (x) R"), None);
     }
 
     #[test]
