@@ -131,6 +131,23 @@ mod tests {
     }
 
     #[test]
+    fn a_process_whose_name_is_not_utf8_is_found() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = std::env::temp_dir().join(format!("jnlp-agent-comm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The kernel names a process after the file it executes.
+        let name = dir.join(std::ffi::OsStr::from_bytes(b"build-\xff\xfe"));
+        let _ = std::fs::remove_file(&name);
+        std::os::unix::fs::symlink("/bin/sleep", &name).unwrap();
+        let mut child = std::process::Command::new(&name).arg("30").spawn().unwrap();
+        let found = Linux.scan(&[]).iter().any(|p| p.pid == child.id());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(found, "the child named with bytes that are not UTF-8");
+    }
+
+    #[test]
     fn stat_fields_come_after_the_command_name() {
         assert_eq!(parse_stat(b"42 (a) b) (c) S 7 42 42 0 -1"), Some(("S", 7)));
         assert_eq!(parse_stat(b"9 (zombie) Z 1 9"), Some(("Z", 1)));
