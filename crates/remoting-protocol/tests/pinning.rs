@@ -100,3 +100,45 @@ async fn mismatch_is_recognisable_from_a_plain_io_error() {
     );
     server.await.unwrap();
 }
+
+/// The controller, not the agent, picks the cipher suite (Java 11+ servers
+/// use their own order): an agent that prefers AES-128 still gets the
+/// controller's first choice, so no preference of ours can make the test
+/// controller cheaper than a real one.
+#[tokio::test]
+async fn the_controller_picks_the_cipher_suite() {
+    use rustls::crypto::ring::{cipher_suite, default_provider};
+    let mut provider = default_provider();
+    provider.cipher_suites = vec![
+        cipher_suite::TLS13_AES_128_GCM_SHA256,
+        cipher_suite::TLS13_AES_256_GCM_SHA384,
+    ];
+    let provider = std::sync::Arc::new(provider);
+    let verifier = remoting_protocol::tls::PinnedIdentityVerifier::new(
+        TestIdentity::shared().identity().clone(),
+        provider.clone(),
+    )
+    .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+        .with_no_client_auth();
+    let acceptor = tokio_rustls::TlsAcceptor::from(TestIdentity::shared().server_config());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        acceptor.accept(tcp).await.map(|_| ())
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+    assert_eq!(suite, rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+    server.await.unwrap().unwrap();
+}

@@ -83,9 +83,12 @@ impl TestIdentity {
 
     /// TLS server configuration for the agent port: this certificate, and a
     /// client certificate requested but not required, as the controller does.
+    /// The server picks the cipher suite by its own order, as Java 11 and
+    /// later do (JDK-8168261), whatever the agent prefers; its order is
+    /// rustls's, AES-256-GCM first, which is also the JDK's for TLS 1.3.
     pub fn server_config(&self) -> Arc<ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ServerConfig::builder_with_provider(provider.clone())
+        let mut config = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .expect("protocol versions")
             .with_client_cert_verifier(Arc::new(OptionalClientCert { provider }))
@@ -94,6 +97,7 @@ impl TestIdentity {
                 PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone())),
             )
             .expect("server certificate");
+        config.ignore_client_order = true;
         Arc::new(config)
     }
 }
