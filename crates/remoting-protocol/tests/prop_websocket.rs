@@ -215,3 +215,28 @@ fn messages_already_arrived_come_in_one_read() {
         assert_eq!(channel.read(&mut buf).await.unwrap(), 0);
     });
 }
+
+/// A text message behind binary ones already arrived: the binary bytes are
+/// delivered whole, and the next read fails with the text message's error.
+#[test]
+fn an_error_after_arrived_messages_comes_with_the_next_read() {
+    runtime().block_on(async {
+        let (mut channel, mut server) = connected().await;
+        let message = Bytes::from(vec![7u8; 8194]);
+        server.feed(Message::Binary(message.clone())).await.unwrap();
+        server.feed(Message::Binary(message)).await.unwrap();
+        server.send(Message::Text("no".into())).await.unwrap();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0;
+        let err = loop {
+            match channel.read(&mut buf).await {
+                Ok(0) => panic!("ended without the error"),
+                Ok(n) => got += n,
+                Err(err) => break err,
+            }
+        };
+        assert_eq!(got, 2 * 8194, "every binary byte before the error");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("text WebSocket message"), "{err}");
+    });
+}

@@ -321,6 +321,16 @@ where
         n
     }
 
+    /// Ends reading with `err`. Bytes already put in the caller's buffer
+    /// (`filled`) are delivered first; the error comes with the next read.
+    fn fail(&mut self, err: io::Error, filled: bool) -> Poll<io::Result<()>> {
+        if !filled {
+            return Poll::Ready(Err(err));
+        }
+        self.read_failed = Some((err.kind(), err.to_string()));
+        Poll::Ready(Ok(()))
+    }
+
     /// One read: buffered message bytes, and then as many further binary
     /// messages as have already arrived and fit (one message is one chunk,
     /// at most 8 KiB: taking them one per read would cost the bridge a
@@ -346,7 +356,9 @@ where
             if self.read_done {
                 return Poll::Ready(Ok(()));
             }
-            self.poll_keepalive(cx)?;
+            if let Err(err) = self.poll_keepalive(cx) {
+                return self.fail(err, filled);
+            }
             // A ping's pong is queued here and flushed by the next poll.
             let message = match Pin::new(&mut self.ws).poll_next(cx) {
                 Poll::Pending if filled => return Poll::Ready(Ok(())),
@@ -355,28 +367,20 @@ where
                     self.read_done = true;
                     continue;
                 }
-                Poll::Ready(Some(Err(err))) if filled => {
-                    // What was read is delivered; the next read fails.
-                    let err = read_error(err);
-                    self.read_failed = Some((err.kind(), err.to_string()));
-                    return Poll::Ready(Ok(()));
-                }
-                Poll::Ready(Some(Err(err))) => return Poll::Ready(Err(read_error(err))),
+                Poll::Ready(Some(Err(err))) => return self.fail(read_error(err), filled),
                 Poll::Ready(Some(Ok(message))) => message,
             };
             self.last_heard = Instant::now();
             match message {
                 Message::Binary(data) => self.incoming = data,
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-                Message::Text(_) if filled => {
-                    self.read_failed = Some((io::ErrorKind::InvalidData, TEXT_MESSAGE.into()));
-                    return Poll::Ready(Ok(()));
-                }
                 Message::Text(_) => {
-                    return Poll::Ready(Err(io::Error::new(
+                    let err = io::Error::new(
                         io::ErrorKind::InvalidData,
-                        TEXT_MESSAGE,
-                    )))
+                        "the controller sent a text WebSocket message; the channel carries only \
+                         binary messages",
+                    );
+                    return self.fail(err, filled);
                 }
                 Message::Close(frame) => {
                     debug!(?frame, "the controller closed the WebSocket connection");
@@ -394,9 +398,6 @@ where
         }
     }
 }
-
-const TEXT_MESSAGE: &str =
-    "the controller sent a text WebSocket message; the channel carries only binary messages";
 
 impl<S> AsyncRead for WsChannel<S>
 where
