@@ -155,18 +155,18 @@ pub fn descendants(root: u32) -> Vec<u32> {
 /// builds): live descendants of this agent (on Linux it is a child
 /// subreaper, so orphans stay below it), and processes anywhere that carry
 /// this agent's [`SESSION_ENV`] marker (they left the tree). Asked afresh on
-/// every call: the supervisor samples it once a tick.
+/// every call; the zombies among our children are reaped from the same
+/// scan (see [`reap_orphans`]).
 ///
 /// Processes whose environment cannot be read count when they are below
 /// the agent and are only logged (at debug) when they are not; see
 /// [`processes`] for why.
 pub fn build_processes(engines: &[u32]) -> Vec<u32> {
-    let census = processes::census(
-        &processes::os(),
-        marker_variable(),
-        std::process::id(),
-        engines,
-    );
+    let me = std::process::id();
+    let procs = processes::os().scan(marker_variable());
+    // The reaper needs no scan of its own while builds are being counted.
+    processes::reap_zombies(&procs, me, engines);
+    let census = processes::census_of(&procs, me, engines);
     report_unknown(census.unknown.len());
     census.builds
 }

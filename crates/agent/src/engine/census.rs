@@ -7,7 +7,8 @@
 //! pending, `status`), and at once when asked after a pause. A count older
 //! than [`FRESH_MS`] is not trusted: the agent counts as busy until a fresh one
 //! arrives, so a move never rests on an old count. The thread also reaps
-//! orphaned zombies (the agent is their subreaper) about once a second.
+//! orphaned zombies (the agent is their subreaper): from each count's scan,
+//! and about once a second when no count is wanted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -113,12 +114,14 @@ impl Default for Census {
 fn count_forever(shared: &Shared) {
     loop {
         let engines = super::live_engines();
-        busy::reap_orphans_now_and_then(&engines);
         let wanted = shared.wanted_ms.load(Ordering::Relaxed);
         if busy::now_ms().saturating_sub(wanted) <= INTEREST_MS {
+            // Reaps orphans too, from the same scan.
             let builds = busy::build_processes(&engines).len() as u64;
             shared.builds.store(builds, Ordering::Relaxed);
             shared.taken_ms.store(busy::now_ms(), Ordering::Relaxed);
+        } else {
+            busy::reap_orphans_now_and_then(&engines);
         }
         std::thread::park_timeout(EVERY);
     }

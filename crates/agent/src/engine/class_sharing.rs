@@ -1,8 +1,8 @@
 //! Class-data sharing (AppCDS) for the engine JVM: remoting's classes, and
 //! the JDK classes it loads, parsed and verified once and then mapped from
 //! an archive at every start. Measured with a remoting.jar built from
-//! jenkinsci/remoting: start to the engine's preamble 190-226 ms -> 140-161
-//! ms (README, "Engine start-up").
+//! jenkinsci/remoting: start to the engine's preamble, median 317-336 ms ->
+//! 240-249 ms (README, "Engine start-up").
 //!
 //! Per jar (by its content-named file) and per JVM, in `<engines>/cds/`:
 //! 1. the first engine of a jar records the classes it loads

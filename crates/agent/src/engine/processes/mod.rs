@@ -235,8 +235,8 @@ pub async fn end_all(
     }
     let deadline = tokio::time::Instant::now() + grace;
     loop {
-        reap_orphans(table, root, keep);
         let procs = table.scan(marker);
+        reap_zombies(&procs, root, keep);
         let mut left = census_of(&procs, root, keep).builds;
         for &pid in &first.builds {
             if !left.contains(&pid) && procs.iter().any(|p| p.pid == pid && !p.zombie) {
@@ -264,7 +264,12 @@ pub async fn end_all(
 /// (`keep`).
 pub fn reap_orphans(table: &impl ProcessTable, root: u32, keep: &[u32]) {
     // Parents and states are enough: no environment is read.
-    for proc in table.scan(&[]) {
+    reap_zombies(&table.scan(&[]), root, keep);
+}
+
+/// [`reap_orphans`] over a scan already taken.
+pub fn reap_zombies(procs: &[Proc], root: u32, keep: &[u32]) {
+    for proc in procs {
         if proc.ppid == root && proc.zombie && !keep.contains(&proc.pid) {
             if let Ok(pid) = i32::try_from(proc.pid) {
                 let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
