@@ -361,6 +361,18 @@ async fn a_vanished_borrower_sends_it_home() {
 }
 
 /// Sends one command whose payload makes the fake engine start `command`.
+/// A controller side that starts `build` on the agent's engine as soon as
+/// the agent connects (each time), then holds the channel.
+fn running(build: String) -> Peer {
+    Peer::script(move |mut channel: Channel| {
+        let build = build.clone();
+        async move {
+            start_build(&mut channel, &build).await;
+            while let Some(Ok(_)) = channel.framed.next().await {}
+        }
+    })
+}
+
 async fn start_build(channel: &mut Channel, command: &str) {
     let mut wire = BytesMut::new();
     put_command(&mut wire, format!("fake-engine:spawn {command}").as_bytes());
@@ -378,25 +390,11 @@ async fn a_busy_agent_leaves_only_after_the_build_unless_now() {
         started.display(),
         marker.display()
     );
-    let lender = home(Peer::script(move |mut channel: Channel| {
-        let build = build.clone();
-        async move {
-            start_build(&mut channel, &build).await;
-            while let Some(Ok(_)) = channel.framed.next().await {}
-        }
-    }))
-    .await;
+    let lender = home(running(build)).await;
     // The borrower starts a long build that `now` must cut, and writes its pid.
     let pid_file = dir.join("long-build.pid");
     let long = format!("echo $$ > {}; exec sleep 60", pid_file.display());
-    let borrower = borrower(Peer::script(move |mut channel: Channel| {
-        let long = long.clone();
-        async move {
-            start_build(&mut channel, &long).await;
-            while let Some(Ok(_)) = channel.framed.next().await {}
-        }
-    }))
-    .await;
+    let borrower = borrower(running(long)).await;
     let agent = start_agent(&lender, &[]);
     let socket = agent.socket();
     common::eventually("the build started", LONG, || started.exists()).await;
@@ -635,14 +633,7 @@ async fn an_expired_lease_outlasting_its_grace_goes_home_anyway() {
     let pid_file = dir.join("build.pid");
     let long = format!("echo $$ > {}; exec sleep 60", pid_file.display());
     let lender = home(Peer::Hold).await;
-    let borrower = borrower(Peer::script(move |mut channel: Channel| {
-        let long = long.clone();
-        async move {
-            start_build(&mut channel, &long).await;
-            while let Some(Ok(_)) = channel.framed.next().await {}
-        }
-    }))
-    .await;
+    let borrower = borrower(running(long)).await;
     let agent = start_agent(&lender, &["--lease-grace", "1s"]);
     let socket = agent.socket();
     wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
@@ -1195,11 +1186,7 @@ async fn a_lending_job_on_the_agent_learns_whether_the_borrower_works() {
 /// after the return. Status shows what it costs.
 #[tokio::test]
 async fn warm_engines_serve_the_next_place() {
-    let lender = home(Peer::script(|mut channel: Channel| async move {
-        start_build(&mut channel, "sleep 1").await;
-        while let Some(Ok(_)) = channel.framed.next().await {}
-    }))
-    .await;
+    let lender = home(running("sleep 1".into())).await;
     let borrower = borrower(Peer::Hold).await;
     let agent = start_agent(&lender, &["--quiet-period", "200ms"]);
     let socket = agent.socket();
@@ -1326,14 +1313,7 @@ async fn a_borrow_during_the_return_is_queued_and_carried_out_from_home() {
     let started = dir.join("build-started");
     let build = format!("touch {}; sleep 2", started.display());
     let lender = home(Peer::Hold).await;
-    let borrower = borrower(Peer::script(move |mut channel: Channel| {
-        let build = build.clone();
-        async move {
-            start_build(&mut channel, &build).await;
-            while let Some(Ok(_)) = channel.framed.next().await {}
-        }
-    }))
-    .await;
+    let borrower = borrower(running(build)).await;
     let agent = start_agent(&lender, &[]);
     let socket = agent.socket();
     wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
@@ -1444,14 +1424,7 @@ async fn a_detached_build_is_tracked_by_its_marker_and_others_are_left_alone() {
         pid_file.display(),
         pid_file.display()
     );
-    let lender = home(Peer::script(move |mut channel: Channel| {
-        let build = build.clone();
-        async move {
-            start_build(&mut channel, &build).await;
-            while let Some(Ok(_)) = channel.framed.next().await {}
-        }
-    }))
-    .await;
+    let lender = home(running(build)).await;
     let borrower = borrower(Peer::Hold).await;
     // Not ours: no marker, and another agent's marker.
     let mut strangers = Vec::new();
