@@ -93,8 +93,7 @@ pub(super) async fn run(
             // The controller drops the channel: the peer is told as if kicked.
             kicked.cancel();
             let _ = timeout(KICK_GRACE, peer).await;
-            shared.unregister(&node, connection);
-            shared.record(ControllerEvent::ChannelClosed { node, how });
+            shared.close(node, connection, how);
             return;
         }
         Woke::Kicked => {
@@ -114,8 +113,7 @@ pub(super) async fn run(
     } else {
         ChannelEnd::PeerFinished
     };
-    shared.unregister(&node, connection);
-    shared.record(ControllerEvent::ChannelClosed { node, how });
+    shared.close(node, connection, how);
 }
 
 fn run_peer(peer: &Peer, channel: Channel) -> BoxFuture<'static, ()> {

@@ -722,16 +722,25 @@ impl Shared {
         }
     }
 
-    /// Marks `node` offline if `connection` still owns its channel.
-    fn unregister(&self, node: &str, connection: u64) {
-        let mut state = self.state();
-        if state
-            .channels
-            .get(node)
-            .is_some_and(|c| c.connection == connection)
+    /// Marks `node` offline if `connection` still owns its channel, and
+    /// records [`ControllerEvent::ChannelClosed`] in the same step: the log
+    /// never shows a new channel accepted between the old one going
+    /// offline and the record of its end.
+    fn close(&self, node: String, connection: u64, how: ChannelEnd) {
         {
-            state.channels.remove(node);
+            let mut state = self.state();
+            if state
+                .channels
+                .get(&node)
+                .is_some_and(|c| c.connection == connection)
+            {
+                state.channels.remove(&node);
+            }
+            let event = ControllerEvent::ChannelClosed { node, how };
+            tracing::debug!(?event, "controller event");
+            state.log.push(event);
         }
+        self.changed.send_modify(|version| *version += 1);
     }
 }
 
