@@ -3,7 +3,8 @@
 //!
 //! [`dial`] returns a connected [`TcpStream`] positioned where the protocol
 //! starts (the JNLP4 handshake, or TLS and the WebSocket upgrade):
-//! `TCP_NODELAY` set, keepalive as asked, and for a proxy the `CONNECT`
+//! `TCP_NODELAY` set, keepalive as asked, at most `UNSENT_LIMIT` bytes
+//! left unsent in the kernel (Linux), and for a proxy the `CONNECT`
 //! exchange done without losing or inventing a byte.
 
 use std::io;
@@ -20,6 +21,16 @@ use crate::settings::{Credentials, HostPort};
 /// Largest proxy answer head (status line and headers) accepted. Real ones
 /// are a few hundred bytes.
 pub const MAX_PROXY_RESPONSE_HEAD: usize = 8 * 1024;
+
+/// Bytes the kernel may hold unsent for a connection (`TCP_NOTSENT_LOWAT`,
+/// Linux). Without it the send buffer grows to megabytes, and whatever the
+/// engine sends next (an answer, an ack) waits behind all of it: with the
+/// engine's 4 MiB window on a 1 Gbit/s link, 32 ms. Bytes in flight are not
+/// limited, so a long fat link still fills; only the queue in front of it
+/// is. Measured with the windowed benchmark (README, "Queues in front of
+/// the controller").
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub const UNSENT_LIMIT: u32 = 128 * 1024;
 
 /// Text from the network is echoed in errors only up to this many characters.
 const MAX_ECHOED_CHARS: usize = 64;
@@ -295,6 +306,17 @@ impl ConnectFailure {
     }
 }
 
+/// Sets `UNSENT_LIMIT` (Linux). A kernel without the option (before 3.12) only
+/// queues more, so its refusal is noted and the connection goes on.
+fn limit_unsent(socket: &TcpSocket) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(err) = socket2::SockRef::from(socket).set_tcp_notsent_lowat(UNSENT_LIMIT) {
+        tracing::debug!(%err, "TCP_NOTSENT_LOWAT not set");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = socket;
+}
+
 /// Resolves `host` and tries its addresses in order.
 async fn connect_tcp(host: &str, port: u16, keep_alive: bool) -> Result<TcpStream, ConnectFailure> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
@@ -315,6 +337,7 @@ async fn connect_tcp(host: &str, port: u16, keep_alive: bool) -> Result<TcpStrea
             .set_keepalive(keep_alive)
             .map_err(ConnectFailure::Socket)?;
         socket.set_nodelay(true).map_err(ConnectFailure::Socket)?;
+        limit_unsent(&socket);
         match socket.connect(addr).await {
             Ok(stream) => return Ok(stream),
             Err(err) => {
@@ -634,6 +657,17 @@ mod tests {
             let socket = TcpSocket::from_std_stream(stream.into_std().unwrap());
             assert_eq!(socket.keepalive().unwrap(), keep_alive);
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn connections_limit_what_the_kernel_holds_unsent() {
+        let echo = echo_server().await;
+        let direct = dial(&target(echo), &ProxyChoice::Direct, TIMEOUT, true)
+            .await
+            .unwrap();
+        let unsent = socket2::SockRef::from(&direct).tcp_notsent_lowat().unwrap();
+        assert_eq!(unsent, UNSENT_LIMIT);
     }
 
     #[tokio::test]
