@@ -534,9 +534,6 @@ fn report(settings: &Settings, bridge: &Results, direct: &Results) {
         settings.bytes >> 20,
         settings.runs
     );
-    let row = |label: &str, b: String, d: String, ratio: String| {
-        println!("{label:<42} {b:>24} {d:>24} {ratio:>16}");
-    };
     row(
         "",
         "bridge (agent)".into(),
@@ -592,42 +589,27 @@ fn report(settings: &Settings, bridge: &Results, direct: &Results) {
             &direct.to_controller,
         ),
     ] {
-        let agent = median(b.iter().map(|r| r.agent_cpu_per_gib));
-        row(
+        let cpu = |runs: &[Run], of: fn(&Run) -> f64| median(runs.iter().map(of));
+        let engine = cpu(d, |r| r.engine_cpu_per_gib);
+        cpu_row(
             &format!("agent CPU s/GiB, {direction}"),
-            agent.map_or("-".into(), |v| format!("{v:.2}")),
-            "-".into(),
-            String::new(),
+            cpu(b, |r| r.agent_cpu_per_gib),
+            None,
         );
-        let (bj, dj) = (
-            median(b.iter().map(|r| r.engine_cpu_per_gib)),
-            median(d.iter().map(|r| r.engine_cpu_per_gib)),
-        );
-        row(
+        cpu_row(
             &format!("JVM CPU s/GiB, {direction}"),
-            bj.map_or("-".into(), |v| format!("{v:.2}")),
-            dj.map_or("-".into(), |v| format!("{v:.2}")),
-            ratio(bj, dj),
+            cpu(b, |r| r.engine_cpu_per_gib),
+            engine,
         );
-        let (bt, dt) = (
-            median(b.iter().map(|r| r.agent_cpu_per_gib + r.engine_cpu_per_gib)),
-            dj,
-        );
-        row(
+        cpu_row(
             &format!("agent+JVM CPU s/GiB, {direction}"),
-            bt.map_or("-".into(), |v| format!("{v:.2}")),
-            dt.map_or("-".into(), |v| format!("{v:.2}")),
-            ratio(bt, dt),
+            cpu(b, |r| r.agent_cpu_per_gib + r.engine_cpu_per_gib),
+            engine,
         );
-        let (bc, dc) = (
-            median(b.iter().map(|r| r.controller_cpu_per_gib)),
-            median(d.iter().map(|r| r.controller_cpu_per_gib)),
-        );
-        row(
+        cpu_row(
             &format!("test controller CPU s/GiB, {direction}"),
-            bc.map_or("-".into(), |v| format!("{v:.2}")),
-            dc.map_or("-".into(), |v| format!("{v:.2}")),
-            ratio(bc, dc),
+            cpu(b, |r| r.controller_cpu_per_gib),
+            cpu(d, |r| r.controller_cpu_per_gib),
         );
     }
     for (label, b, d) in [
@@ -787,6 +769,23 @@ fn p99_diff(bridge: &[Duration], direct: &[Duration]) -> String {
         (Some(b), Some(d)) => format!("{:+.2} ms p99", (b.as_secs_f64() - d.as_secs_f64()) * 1e3),
         _ => String::new(),
     }
+}
+
+/// One row of the report: label, bridge, direct, ratio.
+fn row(label: &str, b: String, d: String, ratio: String) {
+    println!("{label:<42} {b:>24} {d:>24} {ratio:>16}");
+}
+
+/// A row of CPU seconds per GiB: bridge, direct (`-` when it has none of
+/// this kind) and their ratio.
+fn cpu_row(label: &str, bridge: Option<f64>, direct: Option<f64>) {
+    let seconds = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+    row(
+        label,
+        seconds(bridge),
+        seconds(direct),
+        ratio(bridge, direct),
+    );
 }
 
 fn ratio(bridge: Option<f64>, direct: Option<f64>) -> String {
