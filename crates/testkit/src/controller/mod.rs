@@ -664,8 +664,18 @@ impl Shared {
     }
 
     fn record(&self, event: ControllerEvent) {
+        self.change_and_record(|_| {}, event);
+    }
+
+    /// Applies `change` to the state and logs `event` under one lock, so
+    /// that no other event comes between them.
+    fn change_and_record(&self, change: impl FnOnce(&mut State), event: ControllerEvent) {
         tracing::debug!(?event, "controller event");
-        self.state().log.push(event);
+        {
+            let mut state = self.state();
+            change(&mut state);
+            state.log.push(event);
+        }
         self.changed.send_modify(|version| *version += 1);
     }
 
@@ -727,8 +737,7 @@ impl Shared {
     /// never shows a new channel accepted between the old one going
     /// offline and the record of its end.
     fn close(&self, node: String, connection: u64, how: ChannelEnd) {
-        {
-            let mut state = self.state();
+        let offline = |state: &mut State| {
             if state
                 .channels
                 .get(&node)
@@ -736,11 +745,14 @@ impl Shared {
             {
                 state.channels.remove(&node);
             }
-            let event = ControllerEvent::ChannelClosed { node, how };
-            tracing::debug!(?event, "controller event");
-            state.log.push(event);
-        }
-        self.changed.send_modify(|version| *version += 1);
+        };
+        self.change_and_record(
+            offline,
+            ControllerEvent::ChannelClosed {
+                node: node.clone(),
+                how,
+            },
+        );
     }
 }
 
