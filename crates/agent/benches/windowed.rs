@@ -21,7 +21,7 @@
 //! agent's, the JVM's, and the test controllers', i.e. this process's) from
 //! `/proc/PID/stat`, idle RSS (agent and every
 //! process under it, i.e. the engine JVM; the direct JVM), and bridge ÷
-//! direct.
+//! direct; and the CPU-bound ceiling of bridge ÷ direct (see `ceiling`).
 //!
 //! Last, each of issue 10's goals, met or not on this run (one run is
 //! noisy: judge over several).
@@ -612,6 +612,30 @@ fn report(settings: &Settings, bridge: &Results, direct: &Results) {
             cpu(d, |r| r.controller_cpu_per_gib),
         );
     }
+    for (direction, b, d) in [
+        (Direction::ToEngine, &bridge.to_engine, &direct.to_engine),
+        (
+            Direction::ToController,
+            &bridge.to_controller,
+            &direct.to_controller,
+        ),
+    ] {
+        let busy = |share: fn(&Ceiling) -> f64| {
+            ceiling(b, d).map_or("-".into(), |c| format!("{:.0}%", share(&c) * 100.0))
+        };
+        row(
+            &format!("cores kept busy, {direction}"),
+            busy(|c| c.bridge_busy),
+            busy(|c| c.direct_busy),
+            String::new(),
+        );
+        row(
+            &format!("CPU-bound ceiling of the ratio, {direction}"),
+            String::new(),
+            String::new(),
+            ceiling(b, d).map_or(String::new(), |c| format!("<= {:.2}x", c.ratio)),
+        );
+    }
     for (label, b, d) in [
         (
             "idle RSS MiB, agent+JVM, at start",
@@ -676,9 +700,15 @@ fn goals(bridge: &Results, direct: &Results) {
             .zip(median(d.iter().map(|r| r.mb_per_s)))
             .map(|(b, d)| b / d);
         println!(
-            "  throughput {direction} >= 1.1x direct: {} ({})",
+            "  throughput {direction} >= 1.1x direct: {} ({}; {})",
             verdict(r.map(|r| r >= 1.1)),
-            r.map_or("-".into(), |r| format!("{r:.2}x"))
+            r.map_or("-".into(), |r| format!("{r:.2}x")),
+            ceiling(b, d).map_or("-".into(), |c| format!(
+                "1.1x needs {:.0}% of the cores busy, the bridge kept {:.0}%, direct {:.0}%",
+                110.0 / c.ratio,
+                c.bridge_busy * 100.0,
+                c.direct_busy * 100.0
+            )),
         );
         let diff = percentile(&pooled(b), 0.99)
             .zip(percentile(&pooled(d), 0.99))
@@ -703,6 +733,36 @@ fn goals(bridge: &Results, direct: &Results) {
         verdict(rss.map(|mib| mib < 60.0)),
         rss.map_or("-".into(), |mib| format!("{mib:.1} MiB"))
     );
+}
+
+/// What the machine allows: the most the bridge's throughput could be, as a
+/// multiple of the direct path's, if its processes kept every core busy at
+/// the CPU per GiB they spent (cores ÷ (bridge CPU per GiB, all three
+/// processes, × direct GiB per second)); and the share of the cores each
+/// path kept busy (GiB per second × CPU per GiB ÷ cores). Both paths are
+/// bound by CPU here, so a ratio of 1.1 needs the bridge to keep 1.1 ÷
+/// ceiling of the cores busy: near or above what either path manages, the
+/// goal needs less CPU per byte, not better scheduling.
+struct Ceiling {
+    ratio: f64,
+    bridge_busy: f64,
+    direct_busy: f64,
+}
+
+fn ceiling(bridge: &[Run], direct: &[Run]) -> Option<Ceiling> {
+    let cores = std::thread::available_parallelism().ok()?.get() as f64;
+    let total = |r: &Run| r.agent_cpu_per_gib + r.engine_cpu_per_gib + r.controller_cpu_per_gib;
+    let gib_per_s = |runs: &[Run]| median(runs.iter().map(|r| r.mb_per_s)).map(|mb| mb * 1e6 / GIB);
+    let (bridge_cpu, direct_cpu) = (
+        median(bridge.iter().map(total))?,
+        median(direct.iter().map(total))?,
+    );
+    let (bridge_rate, direct_rate) = (gib_per_s(bridge)?, gib_per_s(direct)?);
+    (bridge_cpu > 0.0 && direct_rate > 0.0).then(|| Ceiling {
+        ratio: cores / (bridge_cpu * direct_rate),
+        bridge_busy: bridge_rate * bridge_cpu / cores,
+        direct_busy: direct_rate * direct_cpu / cores,
+    })
 }
 
 /// A cell's text, or why it is empty ("timed out" or "failed").
