@@ -244,9 +244,95 @@ async fn killed_engine_is_replaced_and_leaves_no_orphans() {
     )
     .unwrap();
     let log = controller.wait_for(|log| accepted(log) == 2, LONG).await;
-    // With no engine to cooperate, the agent drops TCP without close_notify:
-    // the controller takes the node offline before the agent is back, so
-    // the new connection needs no cookie and nothing is refused.
+    assert_offline_before_the_reconnect(&log);
+    eventually("the first engine's child is gone", LONG, || {
+        !alive(child_pid)
+    })
+    .await;
+    let new_pids = read_pids(&pid_file, LONG).await;
+    assert_ne!(new_pids[0], engine_pid, "a fresh engine");
+    assert!(alive(new_pids[0]));
+    drop(agent);
+    controller.shutdown().await;
+}
+
+/// The engine dies alone (no child holds its output open) while the bridge
+/// runs, so the agent reads the end of its output: the connection is still
+/// dropped without a TLS close_notify, or a real controller would keep a
+/// ghost channel (PROTOCOL.md 5).
+#[tokio::test]
+async fn an_engine_dying_alone_is_not_answered_with_close_notify() {
+    // The controller's side: one command through the echo engine (so the
+    // bridge is up), then reading on, as the controller does, until the end.
+    let (bridged_tx, bridged) = tokio::sync::oneshot::channel();
+    let bridged_tx = std::sync::Mutex::new(Some(bridged_tx));
+    let peer = testkit::Peer::script(move |mut channel: Channel| {
+        let bridged_tx = bridged_tx.lock().unwrap().take();
+        async move {
+            let mut wire = BytesMut::new();
+            remoting_protocol::chunk::put_command(&mut wire, b"ping");
+            let chunk = remoting_protocol::ChunkCodec
+                .decode(&mut wire)
+                .unwrap()
+                .unwrap();
+            if channel.framed.send(chunk).await.is_err() {
+                return;
+            }
+            let echoed = channel.framed.next().await;
+            if let (Some(Ok(_)), Some(tx)) = (echoed, bridged_tx) {
+                let _ = tx.send(());
+            }
+            while let Some(Ok(_)) = channel.framed.next().await {}
+        }
+    });
+    let controller = TestController::builder()
+        .node("n3b", SECRET)
+        .remoting_jar(b"jar".to_vec())
+        .peer(peer)
+        .start()
+        .await;
+    let dir = temp_dir("pids");
+    let pid_file = dir.join("engine.pid");
+    let cmd = engine(&format!("--pid-file {} echo", pid_file.display()));
+    let url = controller.url();
+    let agent = AgentProcess::start(
+        &[
+            "-url",
+            &url,
+            "-name",
+            "n3b",
+            "-secret",
+            SECRET,
+            "--engine-command",
+            &cmd,
+        ],
+        &[],
+    );
+    tokio::time::timeout(LONG, bridged)
+        .await
+        .expect("a command through the bridge")
+        .expect("echoed");
+    let engine_pid = read_pids(&pid_file, LONG).await[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(engine_pid as i32),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    let log = controller.wait_for(|log| accepted(log) == 2, LONG).await;
+    assert_offline_before_the_reconnect(&log);
+    drop(agent);
+    controller.shutdown().await;
+}
+
+/// With no engine to cooperate, the agent drops TCP without close_notify:
+/// the controller takes the node offline before the agent is back, so the
+/// new connection needs no cookie and nothing is refused.
+fn assert_offline_before_the_reconnect(log: &[ControllerEvent]) {
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e, ControllerEvent::CloseNotifyIgnored { .. })),
+        "close_notify sent: {log:#?}"
+    );
     let closed_at = log
         .iter()
         .position(|e| {
@@ -272,15 +358,6 @@ async fn killed_engine_is_replaced_and_leaves_no_orphans() {
     assert!(!log
         .iter()
         .any(|e| matches!(e, ControllerEvent::Refused { .. })));
-    eventually("the first engine's child is gone", LONG, || {
-        !alive(child_pid)
-    })
-    .await;
-    let new_pids = read_pids(&pid_file, LONG).await;
-    assert_ne!(new_pids[0], engine_pid, "a fresh engine");
-    assert!(alive(new_pids[0]));
-    drop(agent);
-    controller.shutdown().await;
 }
 
 /// SIGTERM: the channel closes, the engine and its children end, exit 0.

@@ -305,8 +305,10 @@ where
             };
             let n = read.map_err(BridgeError::Engine)?;
             if n == 0 {
-                // Pass the end on; the controller may already be gone.
-                let _ = writer.shutdown().await;
+                // The connection is left as it is: the session ends it. Shutting
+                // the writer down here would send a TLS close_notify, which a
+                // real controller ignores, keeping a ghost channel
+                // (PROTOCOL.md 5).
                 return Ok(if leaving {
                     UpEnd::NoBoundary
                 } else {
@@ -468,6 +470,32 @@ mod tests {
         );
     }
 
+    /// The engine's output ending is passed on by the session, which closes
+    /// TCP without a TLS close_notify: shutting the connection's writer here
+    /// would send one, and a real controller would keep a ghost channel
+    /// (PROTOCOL.md 5).
+    #[tokio::test]
+    async fn the_engine_ending_leaves_the_connection_to_the_session() {
+        let (mut agent_side, mut controller) = duplex(64 * 1024);
+        let (engine_out_w, engine_out) = duplex(64 * 1024);
+        let (engine_in, _engine_in_r) = duplex(64 * 1024);
+        drop(engine_out_w);
+        let departure = Departure::new();
+        let end = run(
+            &mut agent_side,
+            BytesMut::new(),
+            engine_out,
+            BytesMut::new(),
+            engine_in,
+            Arc::new(Traffic::default()),
+            &departure,
+        )
+        .await
+        .unwrap();
+        assert_eq!(end, BridgeEnd::EngineClosed);
+        silent(&mut controller).await;
+    }
+
     /// A bridge between in-memory pipes: (controller side, engine stdout
     /// writer, engine stdin reader, the departure, the running bridge).
     struct Rig {
@@ -530,14 +558,14 @@ mod tests {
         got
     }
 
-    /// Nothing is readable within a short wait.
+    /// Nothing is readable within a short wait, not even the end.
     async fn silent(from: &mut tokio::io::DuplexStream) {
         let mut byte = [0u8; 1];
         assert!(
             tokio::time::timeout(Duration::from_millis(200), from.read(&mut byte))
                 .await
                 .is_err(),
-            "unexpected bytes"
+            "unexpected bytes or end of stream"
         );
     }
 
