@@ -29,6 +29,27 @@ async fn controller(node: &str) -> TestController {
         .await
 }
 
+/// The agent for `node`, with `cmd` as its engine and the test secret.
+fn agent_with_engine(url: &str, node: &str, cmd: &str) -> AgentProcess {
+    AgentProcess::start(
+        &[
+            "-url",
+            url,
+            "-name",
+            node,
+            "-secret",
+            SECRET,
+            "--engine-command",
+            cmd,
+        ],
+        &[],
+    )
+}
+
+fn sigkill(pid: u32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+}
+
 fn engine(mode: &str) -> String {
     format!("{} {mode}", fake_engine().display())
 }
@@ -93,19 +114,7 @@ async fn a_gigabyte_each_way_arrives_intact() {
         .await;
     let url = controller.url();
     let cmd = engine("echo");
-    let _agent = AgentProcess::start(
-        &[
-            "-url",
-            &url,
-            "-name",
-            "big",
-            "-secret",
-            SECRET,
-            "--engine-command",
-            &cmd,
-        ],
-        &[],
-    );
+    let _agent = agent_with_engine(&url, "big", &cmd);
     let verdict = tokio::time::timeout(Duration::from_secs(300), verdict)
         .await
         .expect("1 GiB each way within 5 minutes")
@@ -121,19 +130,7 @@ async fn controller_restart_on_the_same_ports_reconnects() {
     let (http, agent_port) = (first.http_addr().port(), first.agent_addr().port());
     let url = first.url();
     let cmd = engine("echo");
-    let agent = AgentProcess::start(
-        &[
-            "-url",
-            &url,
-            "-name",
-            "n1",
-            "-secret",
-            SECRET,
-            "--engine-command",
-            &cmd,
-        ],
-        &[],
-    );
+    let agent = agent_with_engine(&url, "n1", &cmd);
     first.wait_for(|log| accepted(log) == 1, LONG).await;
     first.shutdown().await;
 
@@ -219,30 +216,14 @@ async fn killed_engine_is_replaced_and_leaves_no_orphans() {
         pid_file.display()
     ));
     let url = controller.url();
-    let agent = AgentProcess::start(
-        &[
-            "-url",
-            &url,
-            "-name",
-            "n3",
-            "-secret",
-            SECRET,
-            "--engine-command",
-            &cmd,
-        ],
-        &[],
-    );
+    let agent = agent_with_engine(&url, "n3", &cmd);
     controller.wait_for(|log| accepted(log) == 1, LONG).await;
     let pids = read_pids(&pid_file, LONG).await;
     let (engine_pid, child_pid) = (pids[0], pids[1]);
     assert!(alive(engine_pid) && alive(child_pid));
     std::fs::remove_file(&pid_file).unwrap();
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(engine_pid as i32),
-        Signal::SIGKILL,
-    )
-    .unwrap();
+    sigkill(engine_pid);
     let log = controller.wait_for(|log| accepted(log) == 2, LONG).await;
     assert_offline_before_the_reconnect(&log);
     eventually("the first engine's child is gone", LONG, || {
@@ -295,29 +276,13 @@ async fn an_engine_dying_alone_is_not_answered_with_close_notify() {
     let pid_file = dir.join("engine.pid");
     let cmd = engine(&format!("--pid-file {} echo", pid_file.display()));
     let url = controller.url();
-    let agent = AgentProcess::start(
-        &[
-            "-url",
-            &url,
-            "-name",
-            "n3b",
-            "-secret",
-            SECRET,
-            "--engine-command",
-            &cmd,
-        ],
-        &[],
-    );
+    let agent = agent_with_engine(&url, "n3b", &cmd);
     tokio::time::timeout(LONG, bridged)
         .await
         .expect("a command through the bridge")
         .expect("echoed");
     let engine_pid = read_pids(&pid_file, LONG).await[0];
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(engine_pid as i32),
-        Signal::SIGKILL,
-    )
-    .unwrap();
+    sigkill(engine_pid);
     let log = controller.wait_for(|log| accepted(log) == 2, LONG).await;
     assert_offline_before_the_reconnect(&log);
     drop(agent);
