@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn, Instrument as _};
 
 use crate::departure::{Departure, Intent};
 use crate::engine::busy;
-use crate::lending::hub::{Command, Hub};
+use crate::lending::hub::{Command, Hub, Quietness};
 use crate::lending::{Lease, StateFile};
 use crate::session::{Agent, Continuity, Online, Prepared, Route, SessionError};
 use crate::settings::Settings;
@@ -129,6 +129,19 @@ impl Decision {
 /// How long to wait before trying again to connect home ahead of a return
 /// that failed (the agent stays where it is meanwhile).
 const RETRY_MOVE: Duration = Duration::from_secs(5);
+
+/// A target connected for a move when quiet, waiting for a fresh count of
+/// build processes to tell whether this place is quiet (at most
+/// [`SETTLE_LIMIT`]: under load the census can lag the connection).
+struct Settling {
+    candidate: Candidate,
+    prepared: Prepared,
+    until: Instant,
+}
+
+/// How long a connected target waits for a fresh count before the move is
+/// put off as if work had started.
+const SETTLE_LIMIT: Duration = Duration::from_secs(1);
 
 /// A place the agent may move to, checked and connected ahead of the move
 /// while the agent still serves where it is (make before break).
@@ -291,6 +304,7 @@ impl<'a> Supervisor<'a> {
             let mut warming: Option<Ahead<'a, ()>> = None;
             let mut connecting: Option<Ahead<'a, Prepared>> = None;
             let mut ready: Option<(Candidate, Prepared)> = None;
+            let mut settling: Option<Settling> = None;
             let result = {
                 let hub = self.hub.clone();
                 let (agent, state) = (self.agent, self.state.clone());
@@ -346,21 +360,15 @@ impl<'a> Supervisor<'a> {
                             let intent = decided.as_ref().map(|d| d.intent);
                             let lending = matches!(decided.as_ref().map(|d| &d.to), Some(Move::Lend(_)));
                             match (connected, intent) {
-                                // Work started here while the target was being
-                                // connected: this place keeps the agent for now.
-                                (Ok(prepared), Some(Intent::WhenQuiet)) if self.hub.busy_to_move().busy => {
-                                    info!("work started while the target was being connected: not leaving yet");
-                                    let mut candidate = candidate;
-                                    self.abandoning.push(agent.abandon(prepared, &mut candidate.continuity));
-                                    if lending {
-                                        self.candidate = Some(candidate);
-                                    } else {
-                                        self.home_continuity = candidate.continuity;
-                                    }
-                                    decided = None;
-                                    self.set_moving(false);
-                                    self.hub.set_phase(Phase::Draining);
-                                    self.hub.emit(EventKind::MoveDeferred);
+                                // Whether work started here while the target
+                                // was being connected is decided below, on a
+                                // fresh count of build processes.
+                                (Ok(prepared), Some(Intent::WhenQuiet)) => {
+                                    settling = Some(Settling {
+                                        candidate,
+                                        prepared,
+                                        until: Instant::now() + SETTLE_LIMIT,
+                                    });
                                 }
                                 (Ok(prepared), Some(intent)) => {
                                     // Online at the target: now leave here.
@@ -394,6 +402,29 @@ impl<'a> Supervisor<'a> {
                             departure.request(Intent::Now);
                             self.hub.set_phase(Phase::Leaving);
                             continue;
+                        }
+                    }
+                    if let Some(pending) = settling.take() {
+                        let lending =
+                            matches!(decided.as_ref().map(|d| &d.to), Some(Move::Lend(_)));
+                        match self.hub.quiet_to_move() {
+                            Quietness::Unknown if Instant::now() < pending.until => {
+                                settling = Some(pending)
+                            }
+                            Quietness::Quiet => {
+                                // Online at the target and quiet here: now leave.
+                                departure.request(Intent::WhenQuiet);
+                                self.hub.set_phase(Phase::Leaving);
+                                ready = Some((pending.candidate, pending.prepared));
+                            }
+                            // Work started here while the target was being
+                            // connected (or still no count to tell): this
+                            // place keeps the agent for now.
+                            Quietness::Busy | Quietness::Unknown => {
+                                info!("work started while the target was being connected: not leaving yet");
+                                self.defer_prepared(pending, lending);
+                                decided = None;
+                            }
                         }
                     }
                     if ready.is_some() && departure.intent() == Intent::Stay {
@@ -471,6 +502,7 @@ impl<'a> Supervisor<'a> {
             // ended is dropped (its engine with it); the decision is made again.
             drop(checking);
             drop(connecting);
+            drop(settling);
             drop(warming);
             if borrowed {
                 self.away_continuity = continuity;
@@ -660,6 +692,26 @@ impl<'a> Supervisor<'a> {
 
     /// Records that a move is under way (from now) or not, for the `moved`
     /// event and for orders that arrive meanwhile.
+    /// Closes the target's fresh channel again (a move put off: work
+    /// started here) and keeps what it was connected with for the next try.
+    fn defer_prepared(&mut self, pending: Settling, lending: bool) {
+        let Settling {
+            mut candidate,
+            prepared,
+            ..
+        } = pending;
+        self.abandoning
+            .push(self.agent.abandon(prepared, &mut candidate.continuity));
+        if lending {
+            self.candidate = Some(candidate);
+        } else {
+            self.home_continuity = candidate.continuity;
+        }
+        self.set_moving(false);
+        self.hub.set_phase(Phase::Draining);
+        self.hub.emit(EventKind::MoveDeferred);
+    }
+
     fn set_moving(&mut self, moving: bool) {
         self.move_started = moving.then(Instant::now);
         self.hub.core().moving = moving;

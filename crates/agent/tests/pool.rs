@@ -398,12 +398,16 @@ async fn twenty_concurrent_requests_lend_three_machines_once_each() {
     }
     assert!(home.is_online("gpu-01"));
     let online = nodes.iter().filter(|n| borrower.is_online(n)).count();
-    let accepted = borrower
-        .log()
+    let log = borrower.log();
+    let accepted = log
         .iter()
         .filter(|e| matches!(e, testkit::ControllerEvent::Accepted { .. }))
         .count();
-    assert_eq!((online, accepted), (3, 3), "each machine lent once");
+    assert_eq!(
+        (online, accepted),
+        (3, 3),
+        "each machine lent once; the borrower saw {log:#?}; the leases: {active:#?}"
+    );
     drop(agents);
     pool.stop().await;
     home.shutdown().await;

@@ -94,6 +94,17 @@ struct RateMeter {
     from_controller: u64,
 }
 
+/// What [`Hub::quiet_to_move`] finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quietness {
+    /// A request in flight, a build process, or recent traffic.
+    Busy,
+    /// None of those, on a fresh count.
+    Quiet,
+    /// None of those, but the count of build processes is too old to trust.
+    Unknown,
+}
+
 /// How long a `status` request waits at most for a fresh count of build
 /// processes (one is taken within about 200 ms of the first request).
 const SETTLE_LIMIT: Duration = Duration::from_secs(1);
@@ -178,6 +189,16 @@ impl Hub {
         let (mut busy, counted) = self.busy_counted();
         busy.busy |= !counted;
         busy
+    }
+
+    /// Whether the agent may leave now on a move when quiet: work here,
+    /// quiet, or not known until a fresh count of build processes arrives.
+    pub fn quiet_to_move(&self) -> Quietness {
+        match self.busy_counted() {
+            (busy, _) if busy.busy => Quietness::Busy,
+            (_, false) => Quietness::Unknown,
+            (_, true) => Quietness::Quiet,
+        }
     }
 
     fn busy_counted(&self) -> (Busy, bool) {
@@ -420,6 +441,26 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+
+    /// No count yet is not work: a move connected under load waits for the
+    /// count instead of being put off (and flapping the target's node).
+    #[tokio::test]
+    async fn no_count_yet_is_unknown_not_busy() {
+        use crate::lending::control_server::Handler as _;
+        let hub = Hub::new(Arc::new(Traffic::default()), None, Duration::from_secs(5));
+        assert_eq!(hub.quiet_to_move(), Quietness::Unknown);
+        hub.settle().await;
+        let counted = if hub.busy().build_processes > 0 {
+            Quietness::Busy
+        } else {
+            Quietness::Quiet
+        };
+        assert_eq!(hub.quiet_to_move(), counted);
+        hub.traffic
+            .activity
+            .seen_from_controller(Some("hudson.remoting.UserRequest"), b"");
+        assert_eq!(hub.quiet_to_move(), Quietness::Busy);
+    }
 
     #[tokio::test]
     async fn a_move_waits_for_a_fresh_count_of_build_processes() {
