@@ -620,8 +620,11 @@ fn report(settings: &Settings, bridge: &Results, direct: &Results) {
             &direct.to_controller,
         ),
     ] {
+        let ceiling = ceiling(b, d);
         let busy = |share: fn(&Ceiling) -> f64| {
-            ceiling(b, d).map_or("-".into(), |c| format!("{:.0}%", share(&c) * 100.0))
+            ceiling
+                .as_ref()
+                .map_or("-".into(), |c| format!("{:.0}%", share(c) * 100.0))
         };
         row(
             &format!("cores kept busy, {direction}"),
@@ -633,7 +636,7 @@ fn report(settings: &Settings, bridge: &Results, direct: &Results) {
             &format!("CPU-bound ceiling of the ratio, {direction}"),
             String::new(),
             String::new(),
-            ceiling(b, d).map_or(String::new(), |c| format!("<= {:.2}x", c.ratio)),
+            ceiling.map_or(String::new(), |c| format!("<= {:.2}x", c.ratio)),
         );
     }
     for (label, b, d) in [
