@@ -690,8 +690,6 @@ impl<'a> Supervisor<'a> {
         None
     }
 
-    /// Records that a move is under way (from now) or not, for the `moved`
-    /// event and for orders that arrive meanwhile.
     /// Closes the target's fresh channel again (a move put off: work
     /// started here) and keeps what it was connected with for the next try.
     fn defer_prepared(&mut self, pending: Settling, lending: bool) {
@@ -712,6 +710,8 @@ impl<'a> Supervisor<'a> {
         self.hub.emit(EventKind::MoveDeferred);
     }
 
+    /// Records that a move is under way (from now) or not, for the `moved`
+    /// event and for orders that arrive meanwhile.
     fn set_moving(&mut self, moving: bool) {
         self.move_started = moving.then(Instant::now);
         self.hub.core().moving = moving;
