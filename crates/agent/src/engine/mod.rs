@@ -48,10 +48,11 @@ const FROM_ENGINE_PIPE_SIZE: i32 = 128 * 1024;
 /// "Engine JVM defaults"):
 /// - a 4 MiB send window per stream (remoting's default is 1 MiB, read by
 ///   the sending JVM): a stream moves at most a window per round trip, so
-///   over a 20 ms link 52 MB/s becomes 210 MB/s; on loopback engine ->
-///   controller went from 0.87x to 1.02x of agent.jar's path. It costs the
-///   p99 of an answer under such a stream, which waits up to a window
-///   behind it (README, "Through a real JVM engine");
+///   over a 20 ms link 52 MB/s becomes 210 MB/s (on loopback it went from
+///   0.87x to 1.02x of agent.jar's path before the queue limit, and makes
+///   little difference since). It costs the p99 of an answer under such a
+///   stream, which waits up to a window behind it (README, "Through a real
+///   JVM engine");
 /// - the serial collector: an engine's heap is small and its work is I/O,
 ///   so G1's own threads and remembered sets only cost memory (idle RSS
 ///   1-3 MiB lower, throughput unchanged).
