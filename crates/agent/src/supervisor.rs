@@ -636,20 +636,18 @@ impl<'a> Supervisor<'a> {
             // At home with nothing asked: no need to look at /proc.
             return None;
         }
-        let busy = self.hub.busy_to_move();
-        if busy.busy {
+        let busy = self.hub.quiet_to_move() != Quietness::Quiet;
+        if busy {
             self.idle_since = Instant::now();
         }
         match pending {
             Some((Command::Borrow(request), _))
-                if self.candidate.is_some() && (request.when == When::Now || !busy.busy) =>
+                if self.candidate.is_some() && (request.when == When::Now || !busy) =>
             {
                 let when = request.when;
                 return Some(Decision::when(Move::Lend(request), when));
             }
-            Some((Command::Return(when), _))
-                if lease.is_some() && (when == When::Now || !busy.busy) =>
-            {
+            Some((Command::Return(when), _)) if lease.is_some() && (when == When::Now || !busy) => {
                 return Some(Decision::when(Move::Home(ReturnReason::Requested), when));
             }
             _ => {}
@@ -659,7 +657,7 @@ impl<'a> Supervisor<'a> {
             .deadline_ms()
             .is_some_and(|deadline| deadline <= busy::now_ms())
         {
-            if !busy.busy {
+            if !busy {
                 return Some(Decision::quiet(Move::Home(ReturnReason::LeaseExpired)));
             }
             let expired = *self.lease_expired_at.get_or_insert_with(Instant::now);

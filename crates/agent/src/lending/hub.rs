@@ -181,18 +181,10 @@ impl Hub {
         self.busy_counted().0
     }
 
-    /// The busy signals to decide a move on: without a recent count of
-    /// build processes (the first call after a pause) the agent counts as
-    /// busy, so a move waits a moment for the count rather than trusting an
+    /// Whether the agent may leave now: work here, quiet, or not known until
+    /// a fresh count of build processes arrives. A move is decided only on
+    /// `Quiet`, so it waits a moment for the count rather than trusting an
     /// old one.
-    pub fn busy_to_move(&self) -> Busy {
-        let (mut busy, counted) = self.busy_counted();
-        busy.busy |= !counted;
-        busy
-    }
-
-    /// Whether the agent may leave now on a move when quiet: work here,
-    /// quiet, or not known until a fresh count of build processes arrives.
     pub fn quiet_to_move(&self) -> Quietness {
         match self.busy_counted() {
             (busy, _) if busy.busy => Quietness::Busy,
@@ -467,7 +459,7 @@ mod tests {
         use crate::lending::control_server::Handler as _;
         let hub = Hub::new(Arc::new(Traffic::default()), None, Duration::from_secs(5));
         // Nobody asked before: no count yet, so not idle enough to move.
-        assert!(hub.busy_to_move().busy);
+        assert_ne!(hub.quiet_to_move(), Quietness::Quiet);
         // A status request waits for the count.
         hub.settle().await;
         assert!(matches!(hub.census.builds(), Count::Fresh(_)));
