@@ -11,6 +11,7 @@
 //!   over HTTPS) with a node table, cookies and scripted peers.
 //! - [`proxy`]: an HTTP `CONNECT` (and absolute-form) proxy, optionally
 //!   over TLS and with credentials, that can freeze its tunnels.
+//! - [`delay_line`]: a TCP forwarder adding a round trip (no `netem` here).
 //! - [`web_pki`]: a test CA and a server certificate for `localhost`.
 //! - [`fake_engine`]: a program speaking the engine's stdio preamble, then
 //!   echoing or replaying chunks.
@@ -19,6 +20,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod controller;
+pub mod delay_line;
 pub mod fake_engine;
 pub mod fixtures;
 pub mod identity;
