@@ -627,6 +627,10 @@ async fn read_side(
     let mut round_trips = Vec::new();
     let mut acked = 0u64;
     let mut received = 0u64;
+    // Pings are stamped with their sending time; one stamped before this
+    // transfer was answered too late for the last one, and its round trip
+    // would count the pause between transfers.
+    let began = nanos_since(epoch);
     loop {
         match next_message(stream, partial).await? {
             Message::Ack { stream, bytes } if stream == id => {
@@ -651,8 +655,7 @@ async fn read_side(
                 }
             }
             Message::Pong { token } => {
-                let sent = Duration::from_nanos(token);
-                round_trips.push(epoch.elapsed().saturating_sub(sent));
+                round_trips.extend(pong_round_trip(token, began, nanos_since(epoch)));
             }
             // Stragglers of an earlier stream.
             Message::Ack { .. } | Message::Data { .. } => {}
@@ -707,6 +710,13 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// The round trip of the PING stamped `token`, answered at `now` during a
+/// transfer that began at `began` (all nanoseconds since the session's
+/// epoch); `None` for a PING of an earlier transfer.
+fn pong_round_trip(token: u64, began: u64, now: u64) -> Option<Duration> {
+    (token >= began).then(|| Duration::from_nanos(now.saturating_sub(token)))
+}
+
 fn nanos_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
@@ -722,6 +732,21 @@ fn unexpected(message: &Message) -> SessionError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_pong_of_an_earlier_transfer_is_not_a_round_trip() {
+        // Sent 1 ms into the transfer that began at 5 s, answered at 5.003 s.
+        assert_eq!(
+            pong_round_trip(5_001_000_000, 5_000_000_000, 5_003_000_000),
+            Some(Duration::from_millis(2))
+        );
+        // Sent before it (the last transfer's), answered during it: its
+        // round trip would count the pause between the two.
+        assert_eq!(
+            pong_round_trip(4_999_000_000, 5_000_000_000, 5_003_000_000),
+            None
+        );
+    }
 
     #[test]
     fn messages_round_trip() {
