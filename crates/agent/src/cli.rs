@@ -55,7 +55,7 @@
 //! | `-text`, `-tcp FILE`, `-connectTo HOST:PORT` | | refused: launch modes other than an inbound agent. |
 //! | | `JENKINS_JAVA_BIN` | `java.java_bin` |
 //! | | `JAVA_HOME` | `java.java_home` |
-//! | | `JENKINS_JAVA_OPTS`, else `JAVA_OPTS` | `java.java_opts`, split on whitespace; when neither is set, `engine::DEFAULT_JAVA_OPTS`. |
+//! | | `JENKINS_JAVA_OPTS`, else `JAVA_OPTS` | `java.java_opts`, split on whitespace; when neither is set, `engine::DEFAULT_JAVA_OPTS` and `java.sized_window` (the engine's window from the round trip, `engine::window`). |
 //! | | `REMOTING_OPTS` | split on whitespace and put before the command-line options, as the image's script does. |
 //!
 //! Our own options (double-dash only):
@@ -545,8 +545,8 @@ Environment (jenkins/inbound-agent image), used when the option is absent:
   JENKINS_DIRECT_CONNECTION   -direct       JENKINS_INSTANCE_IDENTITY  -instanceIdentity
   JENKINS_PROTOCOLS           -protocols    REMOTING_OPTS              extra options
   JENKINS_JAVA_BIN, JAVA_HOME, JENKINS_JAVA_OPTS (else JAVA_OPTS): how to start the engine JVM;
-                              with neither set: -Dhudson.remoting.Channel.pipeWindowSize=4194304
-                              -XX:+UseSerialGC (any option of yours replaces both)
+                              with neither set: -XX:+UseSerialGC and a send window sized from
+                              the round trip to the controller (any option of yours replaces both)
 
   JENKINS_WEB_SOCKET=true     -webSocket
 
@@ -1111,6 +1111,10 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         Some(_) => return Err(CliError::BadLogFormat),
     };
     // The user's options replace our defaults whole.
+    let sized_window = env
+        .get("JENKINS_JAVA_OPTS")
+        .or_else(|| env.get("JAVA_OPTS"))
+        .is_none();
     let java_opts = match env
         .get("JENKINS_JAVA_OPTS")
         .or_else(|| env.get("JAVA_OPTS"))
@@ -1158,6 +1162,7 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
             java_bin: env.get("JENKINS_JAVA_BIN").map(PathBuf::from),
             java_home: env.get("JAVA_HOME").map(PathBuf::from),
             java_opts,
+            sized_window,
         },
         engine_jar: args.engine_jar,
         engine_command,

@@ -467,7 +467,7 @@ impl Agent {
             // Another controller version, or it died waiting.
             spare.engine.stop(ENGINE_STOP_GRACE).await;
         }
-        self.start_engine(&route.settings, jar).await
+        self.start_engine(route, target, jar).await
     }
 
     /// Everything up to an accepted connection with an engine waiting for it.
@@ -821,10 +821,13 @@ impl Agent {
 
     async fn start_engine(
         &self,
-        settings: &Settings,
+        route: &Route,
+        target: &Target,
         jar: PathBuf,
     ) -> Result<ReadyEngine, SessionError> {
+        let settings = &route.settings;
         let mut sharing = Plan::Nothing;
+        let mut window = None;
         let mut spec = match &settings.engine_command {
             Some(argv) => EngineSpec {
                 argv: argv.clone(),
@@ -835,6 +838,15 @@ impl Agent {
                 sharing = self.sharing.plan(&java, &jar, &settings.java.java_opts);
                 let mut opts = settings.java.java_opts.clone();
                 opts.extend(sharing.options());
+                if settings.java.sized_window {
+                    let rtt = match &target.controller_url {
+                        Some(url) => route.http.round_trip(url).await,
+                        None => None,
+                    };
+                    let chosen = crate::engine::window::for_round_trip(rtt);
+                    opts.extend(crate::engine::window::java_option(chosen));
+                    window = Some((chosen, rtt));
+                }
                 EngineSpec::java(
                     &java,
                     &opts,
@@ -852,6 +864,10 @@ impl Agent {
                 pid = ready.engine.pid(),
                 ms = spawned.elapsed().as_millis() as u64,
                 class_sharing = sharing.describe(),
+                window = window.map(|(bytes, _)| bytes),
+                round_trip_us = window
+                    .and_then(|(_, rtt)| rtt)
+                    .map(|d| d.as_micros() as u64),
                 "engine ready"
             );
         }

@@ -97,6 +97,9 @@ pub struct JavaSettings {
     /// `JENKINS_JAVA_OPTS` (else `JAVA_OPTS`), split on whitespace; the
     /// measured `engine::DEFAULT_JAVA_OPTS` when neither is set.
     pub java_opts: Vec<String>,
+    /// Neither is set: each engine also gets a send window sized from the
+    /// round trip to its controller (`engine::window`).
+    pub sized_window: bool,
 }
 
 /// How the channel reaches the controller.

@@ -627,6 +627,69 @@ async fn a_real_jvm_engine_from_the_controllers_jar() {
     controller.shutdown().await;
 }
 
+/// The pid and command line of the engine the agent serves with, once it
+/// is online (its control socket is up by then).
+async fn online_engine(agent: &AgentProcess) -> (u32, String) {
+    let mut client = control::client::connect(&agent.socket()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + LONG;
+    let pid = loop {
+        match client.request(control::Request::Status).await.unwrap() {
+            control::Response::Status(status)
+                if status.phase == control::Phase::Online && status.engine_pid.is_some() =>
+            {
+                break status.engine_pid.unwrap();
+            }
+            _ if tokio::time::Instant::now() > deadline => {
+                panic!("not online with an engine:\n{}", agent.log())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    (pid, String::from_utf8_lossy(&cmdline).replace('\0', " "))
+}
+
+/// With no JVM options of the user's, the engine's send window follows
+/// the round trip to the controller: remoting's own (no option) on
+/// loopback, 4 MiB across a 20 ms round trip (a delay line in front of the
+/// web port, where the agent measures it); the user's options replace it.
+#[tokio::test]
+async fn the_engine_window_follows_the_round_trip() {
+    const WINDOW: &str = "-Dhudson.remoting.Channel.pipeWindowSize=";
+    let controller = TestController::builder()
+        .node("rtt", SECRET)
+        .remoting_jar(common::java_echo_engine_jar())
+        .peer(testkit::Peer::Hold)
+        .start()
+        .await;
+    let line =
+        testkit::delay_line::DelayLine::start(controller.http_addr(), Duration::from_millis(10))
+            .await;
+    let far = format!("http://{}/", line.addr());
+    for (url, opts, want) in [
+        (controller.url(), None, None),
+        (far.clone(), None, Some("4194304")),
+        (far, Some("-Dtest.marker=1"), None),
+    ] {
+        let mut env = vec![("JENKINS_SECRET", SECRET)];
+        env.extend(opts.map(|o| ("JAVA_OPTS", o)));
+        let agent =
+            AgentProcess::start(&["-url", &url, "-name", "rtt", "--no-class-sharing"], &env);
+        common::until_online(&controller, "rtt", true, LONG).await;
+        let (_, cmdline) = online_engine(&agent).await;
+        let window = cmdline.split(' ').find_map(|arg| arg.strip_prefix(WINDOW));
+        assert_eq!(window, want, "{url} {opts:?}: {cmdline}\n{}", agent.log());
+        assert_eq!(
+            cmdline.contains("-XX:+UseSerialGC"),
+            opts.is_none(),
+            "{cmdline}"
+        );
+        drop(agent);
+        common::until_online(&controller, "rtt", false, LONG).await;
+    }
+    controller.shutdown().await;
+}
+
 /// Class-data sharing with a real JVM: the jar's first engine records the
 /// classes it loads, the archive is made in the background, and the next
 /// engine maps it (its `/proc/PID/maps` shows the file) and still serves.
@@ -669,19 +732,7 @@ async fn the_next_engine_maps_the_class_sharing_archive() {
     controller
         .wait_for(|log| accepted(log) == accepts + 1, LONG)
         .await;
-    let mut client = control::client::connect(&agent.socket()).await.unwrap();
-    let pid = loop {
-        match client.request(control::Request::Status).await.unwrap() {
-            control::Response::Status(status)
-                if status.phase == control::Phase::Online && status.engine_pid.is_some() =>
-            {
-                break status.engine_pid.unwrap();
-            }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    let (pid, cmdline) = online_engine(&agent).await;
     assert!(
         cmdline.contains(&format!("-XX:SharedArchiveFile={}", archive.display())),
         "{cmdline}"

@@ -704,16 +704,20 @@ fn java_settings_come_from_the_environment() {
     );
     assert_eq!(s.java.java_home.as_deref(), Some(Path::new("/opt/java")));
     assert_eq!(s.java.java_opts, ["-Xmx1g", "-Dx=y"]);
+    assert!(!s.java.sized_window);
     let s = settings_env(&with_basics(&[]), &[("JAVA_OPTS", "-Xmx9g")]);
     assert_eq!(s.java.java_opts, ["-Xmx9g"]);
     // Without either (empty counts as unset, as in the images' scripts),
     // the measured defaults; any option of the user's replaces them all.
     let s = settings_env(&with_basics(&[]), &[]);
     assert_eq!(s.java.java_opts, crate::engine::DEFAULT_JAVA_OPTS);
+    assert!(s.java.sized_window);
     let s = settings_env(&with_basics(&[]), &[("JAVA_OPTS", " ")]);
     assert_eq!(s.java.java_opts, crate::engine::DEFAULT_JAVA_OPTS);
+    assert!(s.java.sized_window);
     let s = settings_env(&with_basics(&[]), &[("JAVA_OPTS", "-Dx=y")]);
     assert_eq!(s.java.java_opts, ["-Dx=y"]);
+    assert!(!s.java.sized_window);
 }
 
 #[test]

@@ -14,6 +14,7 @@ pub mod census;
 pub mod class_sharing;
 mod jar_cache;
 pub mod processes;
+pub mod window;
 
 pub use jar_cache::JarCache;
 
@@ -46,20 +47,12 @@ const FROM_ENGINE_PIPE_SIZE: i32 = 128 * 1024;
 /// `JENKINS_JAVA_OPTS`, no `JAVA_OPTS`); any option of the user's replaces
 /// all of them. Each was measured with the windowed benchmark (README,
 /// "Engine JVM defaults"):
-/// - a 4 MiB send window per stream (remoting's default is 1 MiB, read by
-///   the sending JVM): a stream moves at most a window per round trip, so
-///   over a 20 ms link 52 MB/s becomes 210 MB/s (on loopback it went from
-///   0.87x to 1.02x of agent.jar's path before the queue limit, and makes
-///   little difference since). It costs the p99 of an answer under such a
-///   stream, which waits up to a window behind it (README, "Through a real
-///   JVM engine");
 /// - the serial collector: an engine's heap is small and its work is I/O,
 ///   so G1's own threads and remembered sets only cost memory (idle RSS
-///   1-3 MiB lower, throughput unchanged).
-pub const DEFAULT_JAVA_OPTS: &[&str] = &[
-    "-Dhudson.remoting.Channel.pipeWindowSize=4194304",
-    "-XX:+UseSerialGC",
-];
+///   1-3 MiB lower, throughput unchanged);
+/// - and, added per engine, its send window sized from the round trip to
+///   its controller ([`window`]).
+pub const DEFAULT_JAVA_OPTS: &[&str] = &["-XX:+UseSerialGC"];
 
 /// Largest engine jar accepted from a controller (remoting.jar is ~1.5 MB).
 pub const MAX_ENGINE_JAR: usize = 64 * 1024 * 1024;
@@ -372,7 +365,7 @@ mod tests {
         let explicit = JavaSettings {
             java_bin: Some("/opt/j/bin/java".into()),
             java_home: Some(dir.clone()),
-            java_opts: vec![],
+            ..Default::default()
         };
         assert_eq!(
             find_java(&explicit, None).unwrap(),

@@ -47,6 +47,16 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The `User-Agent` header.
+/// Timed requests in [`ControllerHttp::round_trip`], after the one that
+/// opens the connection.
+const ROUND_TRIPS: usize = 2;
+/// Limit per request of [`ControllerHttp::round_trip`]: a slower answer
+/// says enough (the link is slow or the controller busy) and a start must
+/// not wait longer for it.
+const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Body bytes read from a round-trip answer (the page is headers only).
+const ROUND_TRIP_BODY: usize = 16 * 1024;
+
 const USER_AGENT: &str = concat!("jnlp-agent/", env!("CARGO_PKG_VERSION"));
 
 /// Proxy variables reqwest reads, in its order (per URL scheme).
@@ -223,6 +233,36 @@ impl ControllerHttp {
             "discovered the agent port"
         );
         Ok(endpoint)
+    }
+
+    /// The round trip to the controller, for sizing the engine's window
+    /// (`engine::window`): the least of [`ROUND_TRIPS`] requests for
+    /// discovery's page (headers only, the cheapest the controller
+    /// serves) on a kept-alive connection, after one that may open it
+    /// (and its TLS). An HTTP round trip, so that it crosses whatever the
+    /// channel will (a proxy, a userspace relay), and an upper bound: it
+    /// includes the controller's time to answer. `None` if a request fails
+    /// or takes [`ROUND_TRIP_TIMEOUT`].
+    pub async fn round_trip(&self, controller_url: &str) -> Option<Duration> {
+        let url = discovery::listener_url(controller_url).ok()?;
+        let mut least: Option<Duration> = None;
+        for timed in [false].into_iter().chain([true; ROUND_TRIPS]) {
+            let started = std::time::Instant::now();
+            let mut response = self
+                .get(&url, self.credentials.as_ref(), Some(ROUND_TRIP_TIMEOUT))
+                .await
+                .ok()?;
+            // Read to the end, so that the connection serves the next one.
+            let mut left = ROUND_TRIP_BODY;
+            while let Ok(Some(chunk)) = response.chunk().await {
+                left = left.checked_sub(chunk.len())?;
+            }
+            let took = started.elapsed();
+            if timed {
+                least = Some(least.map_or(took, |l| l.min(took)));
+            }
+        }
+        least
     }
 
     /// [`ControllerHttp::discover`] on each URL in order (`-url` is

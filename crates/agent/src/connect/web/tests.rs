@@ -847,3 +847,34 @@ async fn plain_http_server_on_https_is_a_tls_error() {
     let err = client(config()).discover(&url).await.unwrap_err();
     assert!(matches!(err, HttpError::Tls { .. }), "{err:?}");
 }
+
+/// The round trip is an HTTP one, so it crosses what the channel will
+/// cross: here a delay line of 10 ms each way in front of the web port
+/// (the least of the timed requests, which reuse one connection).
+#[tokio::test]
+async fn the_round_trip_to_the_controller_is_measured_over_http() {
+    let controller = testkit::TestController::builder().start().await;
+    let near = client(config())
+        .round_trip(&controller.url())
+        .await
+        .expect("measured");
+    assert!(near < Duration::from_millis(20), "{near:?}");
+    let line =
+        testkit::delay_line::DelayLine::start(controller.http_addr(), Duration::from_millis(10))
+            .await;
+    let far = client(config())
+        .round_trip(&format!("http://{}/", line.addr()))
+        .await
+        .expect("measured");
+    assert!(far >= Duration::from_millis(20), "{far:?}");
+    assert!(
+        far < Duration::from_millis(20) + near + Duration::from_secs(1),
+        "{far:?}"
+    );
+}
+
+#[tokio::test]
+async fn no_round_trip_without_an_answer() {
+    assert_eq!(client(config()).round_trip(&closed_url().await).await, None);
+    assert_eq!(client(config()).round_trip("not a url").await, None);
+}

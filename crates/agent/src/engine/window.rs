@@ -1,0 +1,81 @@
+//! The engine's send window per stream, sized from the round trip to the
+//! controller.
+//!
+//! remoting lets a stream have at most `hudson.remoting.Channel.pipeWindowSize`
+//! unacknowledged bytes in flight, read once by the *sending* JVM (1 MiB by
+//! default), so a stream moves at most a window per round trip. A larger
+//! window pays on a long link (at 20 ms, 52 MB/s with 1 MiB, 210 MB/s with
+//! 4 MiB) and costs on a short one: an answer the engine sends waits behind
+//! the stream that fills it, a window deep (README, "Engine window").
+//! So the window is the smallest that lets a stream reach [`STREAM_RATE`]
+//! over the measured round trip, between remoting's default and
+//! [`LARGEST`]; unmeasured, [`LARGEST`].
+
+use std::time::Duration;
+
+/// remoting's system property for the window.
+pub const PROPERTY: &str = "hudson.remoting.Channel.pipeWindowSize";
+/// remoting's default window, agent.jar's.
+pub const REMOTING_DEFAULT: u32 = 1 << 20;
+/// The largest window chosen: what the receiving controller may have to
+/// hold per stream, and enough for 210 MB/s at 20 ms.
+pub const LARGEST: u32 = 4 << 20;
+/// The rate, bytes per second, a stream should be able to reach: about
+/// what the agent moves toward the controller on this project's test rig.
+const STREAM_RATE: f64 = 250e6;
+
+/// The window for a round trip of `rtt` (`None`: not measured): the
+/// smallest power of two from [`REMOTING_DEFAULT`] up to [`LARGEST`] that
+/// covers `rtt` × [`STREAM_RATE`].
+pub fn for_round_trip(rtt: Option<Duration>) -> u32 {
+    let Some(rtt) = rtt else {
+        return LARGEST;
+    };
+    let needed = rtt.as_secs_f64() * STREAM_RATE;
+    let mut window = REMOTING_DEFAULT;
+    while f64::from(window) < needed && window < LARGEST {
+        window *= 2;
+    }
+    window
+}
+
+/// The JVM option that sets `window`, or none for remoting's default (the
+/// engine then starts as agent.jar would).
+pub fn java_option(window: u32) -> Option<String> {
+    (window != REMOTING_DEFAULT).then(|| format!("-D{PROPERTY}={window}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(ms: f64) -> Option<Duration> {
+        Some(Duration::from_secs_f64(ms / 1000.0))
+    }
+
+    #[test]
+    fn short_links_keep_remoting_s_window() {
+        for rtt in [0.0, 0.05, 1.0, 4.0] {
+            assert_eq!(for_round_trip(ms(rtt)), REMOTING_DEFAULT, "{rtt} ms");
+        }
+        assert_eq!(java_option(for_round_trip(ms(0.1))), None);
+    }
+
+    #[test]
+    fn longer_links_get_the_window_their_round_trip_needs() {
+        assert_eq!(for_round_trip(ms(4.5)), 2 << 20);
+        assert_eq!(for_round_trip(ms(8.0)), 2 << 20);
+        assert_eq!(for_round_trip(ms(9.0)), 4 << 20);
+        assert_eq!(for_round_trip(ms(20.0)), 4 << 20);
+        assert_eq!(for_round_trip(ms(300.0)), LARGEST);
+        assert_eq!(
+            java_option(for_round_trip(ms(20.0))).as_deref(),
+            Some("-Dhudson.remoting.Channel.pipeWindowSize=4194304")
+        );
+    }
+
+    #[test]
+    fn unmeasured_is_the_largest() {
+        assert_eq!(for_round_trip(None), LARGEST);
+    }
+}
