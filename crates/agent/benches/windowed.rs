@@ -40,6 +40,7 @@
 //! | `BENCH_AGENT_JAVA_OPTS` | unset | the agent's engine only (`JENKINS_JAVA_OPTS`, replacing the agent's own JVM defaults); `none` passes an empty one |
 //! | `BENCH_TRANSPORT` | tcp | `websocket`: both paths reach the controller over a WebSocket, the agent with `-webSocket`, the direct JVM with the JDK's WebSocket client (as agent.jar's `-webSocket` does with Tyrus) |
 //! | `BENCH_TIMEOUT_S` | 300 | limit per transfer |
+//! | `BENCH_RTT_MS` | 0 | a round trip added in front of both controllers' ports, for both paths (`testkit::delay_line`: half each way; this kernel has no `netem`) |
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -50,6 +51,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::AgentProcess;
+use testkit::delay_line::DelayLine;
 use testkit::windowed::{self, Direction, Session, TransferConfig};
 use testkit::TestController;
 
@@ -88,6 +90,8 @@ struct Settings {
     agent_java_opts: Option<String>,
     web_socket: bool,
     timeout: Duration,
+    /// Added each way in front of the controllers' ports.
+    one_way: Duration,
 }
 
 impl Settings {
@@ -114,6 +118,7 @@ impl Settings {
             }),
             web_socket: std::env::var("BENCH_TRANSPORT").is_ok_and(|t| t == "websocket"),
             timeout: Duration::from_secs(env_u64("BENCH_TIMEOUT_S", 300)),
+            one_way: Duration::from_micros(env_u64("BENCH_RTT_MS", 0) * 500),
         }
     }
 
@@ -195,6 +200,8 @@ struct Contender {
     process: Process,
     session: Option<Session>,
     results: Results,
+    /// In front of the web and agent ports, with `BENCH_RTT_MS`.
+    _delay_lines: Vec<DelayLine>,
 }
 
 impl Contender {
@@ -211,10 +218,20 @@ impl Contender {
             .peer(peer)
             .start()
             .await;
+        // Both ports behind a delay line when a round trip is asked for
+        // (zero: the controller's own ports).
+        let (web, agent_port, delay_lines) = if settings.one_way.is_zero() {
+            (controller.http_addr(), controller.agent_addr(), Vec::new())
+        } else {
+            let web = DelayLine::start(controller.http_addr(), settings.one_way).await;
+            let agent = DelayLine::start(controller.agent_addr(), settings.one_way).await;
+            (web.addr(), agent.addr(), vec![web, agent])
+        };
+        let url = format!("http://{web}/");
+        let tunnel = agent_port.to_string();
         let started = Instant::now();
         let process = match path {
             Path::Bridge => {
-                let url = controller.url();
                 let opts = match &settings.agent_java_opts {
                     Some(opts) => Some(opts.clone()),
                     None => (!settings.java_opts.is_empty()).then(|| settings.java_opts.join(" ")),
@@ -237,16 +254,18 @@ impl Contender {
                 ];
                 if settings.web_socket {
                     args.push("-webSocket");
+                } else if !delay_lines.is_empty() {
+                    args.extend(["-tunnel", &tunnel]);
                 }
                 Process::Agent(AgentProcess::start(&args, &envs))
             }
             Path::Direct => {
                 let stderr = common::temp_dir("windowed-direct").join("stderr.txt");
                 let target = if settings.web_socket {
-                    let ws = format!("ws://127.0.0.1:{}/wsagents/", controller.http_addr().port());
+                    let ws = format!("ws://{web}/wsagents/");
                     vec!["-websocket".to_owned(), ws]
                 } else {
-                    let port = controller.agent_addr().port().to_string();
+                    let port = agent_port.port().to_string();
                     vec!["-direct".to_owned(), "127.0.0.1".to_owned(), port]
                 };
                 let child = std::fs::File::create(&stderr).and_then(|log| {
@@ -278,6 +297,7 @@ impl Contender {
             process,
             session: None,
             results: Results::default(),
+            _delay_lines: delay_lines,
         };
         if let Process::Missing(reason) = &contender.process {
             let reason = reason.clone();
@@ -412,6 +432,7 @@ impl Contender {
             mut process,
             session,
             results,
+            _delay_lines,
         } = self;
         let mut leftovers = Vec::new();
         if let Some(root) = process.root() {
@@ -477,6 +498,12 @@ async fn run() {
     if let Some(opts) = &settings.agent_java_opts {
         println!("the agent's engine JVM options: {opts:?}");
     }
+    if !settings.one_way.is_zero() {
+        println!(
+            "round trip added in front of both controllers: {} ms",
+            (settings.one_way * 2).as_millis()
+        );
+    }
     let Some(jar) = common::java_windowed_engine_jar() else {
         println!("windowed benchmark: no JDK (javac/jar) to build the engine; skipped");
         return;
@@ -486,6 +513,22 @@ async fn run() {
 
     let mut bridge = Contender::start(Path::Bridge, &jar, &jar_file, &settings).await;
     let mut direct = Contender::start(Path::Direct, &jar, &jar_file, &settings).await;
+    if let Process::Agent(agent) = &bridge.process {
+        // What the agent measured and chose (its JVM options are its own
+        // unless BENCH_*JAVA_OPTS replace them).
+        let ready = agent
+            .log()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|v| v["fields"]["message"] == "engine ready");
+        if let Some(ready) = ready {
+            let fields = &ready["fields"];
+            println!(
+                "the agent's engine: window {} (round trip measured: {} us)",
+                fields["window"], fields["round_trip_us"]
+            );
+        }
+    }
     tokio::time::sleep(SETTLE).await;
     for contender in [&mut bridge, &mut direct] {
         if contender.session.is_some() {
