@@ -826,8 +826,17 @@ impl Agent {
         jar: PathBuf,
     ) -> Result<ReadyEngine, SessionError> {
         let settings = &route.settings;
+        // Measured first: the window is a JVM option, fixed at start.
+        let window = if settings.engine_command.is_none() && settings.java.sized_window {
+            let rtt = match &target.controller_url {
+                Some(url) => route.http.round_trip(url).await,
+                None => None,
+            };
+            Some((crate::engine::window::for_round_trip(rtt), rtt))
+        } else {
+            None
+        };
         let mut sharing = Plan::Nothing;
-        let mut window = None;
         let mut spec = match &settings.engine_command {
             Some(argv) => EngineSpec {
                 argv: argv.clone(),
@@ -838,14 +847,8 @@ impl Agent {
                 sharing = self.sharing.plan(&java, &jar, &settings.java.java_opts);
                 let mut opts = settings.java.java_opts.clone();
                 opts.extend(sharing.options());
-                if settings.java.sized_window {
-                    let rtt = match &target.controller_url {
-                        Some(url) => route.http.round_trip(url).await,
-                        None => None,
-                    };
-                    let chosen = crate::engine::window::for_round_trip(rtt);
-                    opts.extend(crate::engine::window::java_option(chosen));
-                    window = Some((chosen, rtt));
+                if let Some((bytes, _)) = window {
+                    opts.extend(crate::engine::window::java_option(bytes));
                 }
                 EngineSpec::java(
                     &java,

@@ -25,7 +25,7 @@ pub const MAX_PROXY_RESPONSE_HEAD: usize = 8 * 1024;
 /// Bytes the kernel may hold unsent for a connection (`TCP_NOTSENT_LOWAT`,
 /// Linux). Without it the send buffer grows to megabytes, and whatever the
 /// engine sends next (an answer, an ack) waits behind all of it: with the
-/// engine's 4 MiB window on a 1 Gbit/s link, 32 ms. Bytes in flight are not
+/// 4 MiB window of a long link's engine at 1 Gbit/s, 32 ms. Bytes in flight are not
 /// limited, so a long fat link still fills; only the queue in front of it
 /// is. Measured with the windowed benchmark (README, "Queues in front of
 /// the controller").
