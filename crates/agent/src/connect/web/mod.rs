@@ -50,10 +50,10 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
 /// Timed requests in [`ControllerHttp::round_trip`], after the one that
 /// opens the connection.
 const ROUND_TRIPS: usize = 2;
-/// Limit per request of [`ControllerHttp::round_trip`]: a slower answer
-/// says enough (the link is slow or the controller busy) and a start must
-/// not wait longer for it.
-const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Limit for all of [`ControllerHttp::round_trip`]: an engine start waits
+/// for it, and a slower answer says enough (a long link, or a busy
+/// controller: either way the largest window).
+const ROUND_TRIP_BUDGET: Duration = Duration::from_secs(1);
 /// Body bytes read from a round-trip answer (the page is headers only).
 const ROUND_TRIP_BODY: usize = 16 * 1024;
 
@@ -242,27 +242,30 @@ impl ControllerHttp {
     /// (and its TLS). An HTTP round trip, so that it crosses whatever the
     /// channel will (a proxy, a userspace relay), and an upper bound: it
     /// includes the controller's time to answer. `None` if a request fails
-    /// or takes [`ROUND_TRIP_TIMEOUT`].
+    /// or all take more than [`ROUND_TRIP_BUDGET`].
     pub async fn round_trip(&self, controller_url: &str) -> Option<Duration> {
         let url = discovery::listener_url(controller_url).ok()?;
-        let mut least: Option<Duration> = None;
-        for timed in [false].into_iter().chain([true; ROUND_TRIPS]) {
-            let started = std::time::Instant::now();
-            let mut response = self
-                .get(&url, self.credentials.as_ref(), Some(ROUND_TRIP_TIMEOUT))
-                .await
-                .ok()?;
-            // Read to the end, so that the connection serves the next one.
-            let mut left = ROUND_TRIP_BODY;
-            while let Ok(Some(chunk)) = response.chunk().await {
-                left = left.checked_sub(chunk.len())?;
+        let measure = async {
+            let mut least: Option<Duration> = None;
+            for timed in [false].into_iter().chain([true; ROUND_TRIPS]) {
+                let started = std::time::Instant::now();
+                let mut response = self.get(&url, self.credentials.as_ref(), None).await.ok()?;
+                // Read to the end, so that the connection serves the next one.
+                let mut left = ROUND_TRIP_BODY;
+                while let Ok(Some(chunk)) = response.chunk().await {
+                    left = left.checked_sub(chunk.len())?;
+                }
+                let took = started.elapsed();
+                if timed {
+                    least = Some(least.map_or(took, |l| l.min(took)));
+                }
             }
-            let took = started.elapsed();
-            if timed {
-                least = Some(least.map_or(took, |l| l.min(took)));
-            }
-        }
-        least
+            least
+        };
+        tokio::time::timeout(ROUND_TRIP_BUDGET, measure)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// [`ControllerHttp::discover`] on each URL in order (`-url` is

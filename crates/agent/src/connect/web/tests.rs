@@ -877,4 +877,22 @@ async fn the_round_trip_to_the_controller_is_measured_over_http() {
 async fn no_round_trip_without_an_answer() {
     assert_eq!(client(config()).round_trip(&closed_url().await).await, None);
     assert_eq!(client(config()).round_trip("not a url").await, None);
+    // A controller that accepts and never answers holds an engine start
+    // up for the budget only, not the request timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            open.push(s);
+        }
+    });
+    let started = std::time::Instant::now();
+    assert_eq!(client(config()).round_trip(&url).await, None);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    held.abort();
 }
