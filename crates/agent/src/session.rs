@@ -190,6 +190,8 @@ struct ReadyEngine {
     engine: Engine,
     jar: PathBuf,
     remoting_version: Option<String>,
+    /// The send window the agent sized for it, if it did.
+    window: Option<control::EngineWindow>,
     capability: Capability,
     /// Bytes the engine wrote after its preamble (normally none).
     buffered: BytesMut,
@@ -304,6 +306,8 @@ pub struct Online {
     pub node: String,
     /// The engine's remoting version, from its jar.
     pub remoting_version: Option<String>,
+    /// The engine's send window, if the agent sized it.
+    pub engine_window: Option<control::EngineWindow>,
     /// How the channel reaches the controller.
     pub transport: control::Transport,
     /// The WebSocket was chosen because the TCP agent port is disabled.
@@ -388,6 +392,7 @@ impl Agent {
             controller_url: target.controller_url.clone(),
             node: target.name.clone(),
             remoting_version: ready.remoting_version.clone(),
+            engine_window: ready.window,
             transport: target.transport(),
             transport_fallback: matches!(target.via, Via::WebSocket { fallback: true, .. }),
         });
@@ -832,7 +837,10 @@ impl Agent {
                 Some(url) => route.http.round_trip(url).await,
                 None => None,
             };
-            Some((crate::engine::window::for_round_trip(rtt), rtt))
+            Some(control::EngineWindow {
+                bytes: crate::engine::window::for_round_trip(rtt),
+                round_trip_us: rtt.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            })
         } else {
             None
         };
@@ -847,8 +855,8 @@ impl Agent {
                 sharing = self.sharing.plan(&java, &jar, &settings.java.java_opts);
                 let mut opts = settings.java.java_opts.clone();
                 opts.extend(sharing.options());
-                if let Some((bytes, _)) = window {
-                    opts.extend(crate::engine::window::java_option(bytes));
+                if let Some(window) = window {
+                    opts.extend(crate::engine::window::java_option(window.bytes));
                 }
                 EngineSpec::java(
                     &java,
@@ -861,16 +869,15 @@ impl Agent {
         };
         spec.control_socket = self.control_socket.clone();
         let spawned = std::time::Instant::now();
-        let started = self.announced_engine(&spec, jar).await;
-        if let Ok(ready) = &started {
+        let mut started = self.announced_engine(&spec, jar).await;
+        if let Ok(ready) = &mut started {
+            ready.window = window;
             info!(
                 pid = ready.engine.pid(),
                 ms = spawned.elapsed().as_millis() as u64,
                 class_sharing = sharing.describe(),
-                window = window.map(|(bytes, _)| bytes),
-                round_trip_us = window
-                    .and_then(|(_, rtt)| rtt)
-                    .map(|d| d.as_micros() as u64),
+                window = window.map(|w| w.bytes),
+                round_trip_us = window.and_then(|w| w.round_trip_us),
                 "engine ready"
             );
         }
@@ -923,6 +930,7 @@ impl Agent {
         Ok(ReadyEngine {
             engine,
             remoting_version: crate::engine::remoting_version(&jar),
+            window: None,
             jar,
             capability: preamble.capability,
             buffered: buf,

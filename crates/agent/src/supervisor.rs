@@ -938,6 +938,7 @@ fn mark_online(hub: &Hub, online: &Online) {
         core.controller_url = online.controller_url.clone();
         core.node_name = Some(online.node.clone());
         core.remoting_version = online.remoting_version.clone();
+        core.engine_window = online.engine_window;
         core.transport = Some(online.transport);
         core.transport_fallback = online.transport_fallback;
         core.last_error = None;

@@ -627,17 +627,18 @@ async fn a_real_jvm_engine_from_the_controllers_jar() {
     controller.shutdown().await;
 }
 
-/// The pid and command line of the engine the agent serves with, once it
-/// is online (its control socket is up by then).
-async fn online_engine(agent: &AgentProcess) -> (u32, String) {
+/// The agent's status and its engine's command line, once it is online
+/// (its control socket is up by then).
+async fn online_engine(agent: &AgentProcess) -> (control::Status, String) {
     let mut client = control::client::connect(&agent.socket()).await.unwrap();
     let deadline = tokio::time::Instant::now() + LONG;
-    let pid = loop {
+    let (status, pid) = loop {
         match client.request(control::Request::Status).await.unwrap() {
             control::Response::Status(status)
                 if status.phase == control::Phase::Online && status.engine_pid.is_some() =>
             {
-                break status.engine_pid.unwrap();
+                let pid = status.engine_pid.unwrap();
+                break (status, pid);
             }
             _ if tokio::time::Instant::now() > deadline => {
                 panic!("not online with an engine:\n{}", agent.log())
@@ -646,7 +647,7 @@ async fn online_engine(agent: &AgentProcess) -> (u32, String) {
         }
     };
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    (pid, String::from_utf8_lossy(&cmdline).replace('\0', " "))
+    (status, String::from_utf8_lossy(&cmdline).replace('\0', " "))
 }
 
 /// With no JVM options of the user's, the engine's send window follows
@@ -669,16 +670,27 @@ async fn the_engine_window_follows_the_round_trip() {
     for (url, opts, want) in [
         (controller.url(), None, None),
         (far.clone(), None, Some("4194304")),
-        (far, Some("-Dtest.marker=1"), None),
+        (far.clone(), Some("-Dtest.marker=1"), None),
     ] {
         let mut env = vec![("JENKINS_SECRET", SECRET)];
         env.extend(opts.map(|o| ("JAVA_OPTS", o)));
         let agent =
             AgentProcess::start(&["-url", &url, "-name", "rtt", "--no-class-sharing"], &env);
         common::until_online(&controller, "rtt", true, LONG).await;
-        let (_, cmdline) = online_engine(&agent).await;
+        let (status, cmdline) = online_engine(&agent).await;
         let window = cmdline.split(' ').find_map(|arg| arg.strip_prefix(WINDOW));
         assert_eq!(window, want, "{url} {opts:?}: {cmdline}\n{}", agent.log());
+        // What `ctl status` shows: the window and the round trip behind it.
+        match (opts, status.engine_window) {
+            (Some(_), shown) => assert_eq!(shown, None),
+            (None, Some(shown)) => {
+                let bytes = want.map_or(1 << 20, |w| w.parse().unwrap());
+                assert_eq!(shown.bytes, bytes);
+                let rtt = shown.round_trip_us.expect("measured");
+                assert_eq!(rtt >= 20_000, url == far, "{rtt} us to {url}");
+            }
+            (None, None) => panic!("no window in the status"),
+        }
         assert_eq!(
             cmdline.contains("-XX:+UseSerialGC"),
             opts.is_none(),
@@ -732,7 +744,8 @@ async fn the_next_engine_maps_the_class_sharing_archive() {
     controller
         .wait_for(|log| accepted(log) == accepts + 1, LONG)
         .await;
-    let (pid, cmdline) = online_engine(&agent).await;
+    let (status, cmdline) = online_engine(&agent).await;
+    let pid = status.engine_pid.unwrap();
     assert!(
         cmdline.contains(&format!("-XX:SharedArchiveFile={}", archive.display())),
         "{cmdline}"

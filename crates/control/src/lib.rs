@@ -674,6 +674,10 @@ pub struct Status {
     pub engine_pid: Option<u32>,
     /// The engine's remoting version.
     pub remoting_version: Option<String>,
+    /// The engine's send window per stream, when the agent sized it
+    /// (no JVM options of the user's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_window: Option<EngineWindow>,
     /// Bytes sent to controllers since the agent started.
     pub bytes_to_controller: u64,
     /// Bytes received from controllers since the agent started.
@@ -707,6 +711,17 @@ pub struct Status {
     /// costs only a handshake; absent with `--no-warm-engine`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_engine: Option<WarmEngine>,
+}
+
+/// The send window per stream the agent gave its engine
+/// (`hudson.remoting.Channel.pipeWindowSize`), and why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineWindow {
+    /// The window, bytes.
+    pub bytes: u32,
+    /// The round trip to the controller it was sized for (microseconds);
+    /// `None`: it could not be measured, and the window is the largest.
+    pub round_trip_us: Option<u64>,
 }
 
 /// An engine started ahead of a move.

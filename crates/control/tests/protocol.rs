@@ -54,6 +54,10 @@ fn busy_status() -> Status {
         },
         engine_pid: Some(4242),
         remoting_version: Some("3283.v92c105e0f819".into()),
+        engine_window: Some(control::EngineWindow {
+            bytes: 2 << 20,
+            round_trip_us: Some(4_600),
+        }),
         bytes_to_controller: 1024,
         bytes_from_controller: 2048,
         commands_to_controller: 3,

@@ -449,12 +449,22 @@ fn describe(status: &Status, now_ms: u64) -> String {
             },
         ),
     ));
-    let engine = match (status.engine_pid, &status.remoting_version) {
+    let mut engine = match (status.engine_pid, &status.remoting_version) {
         (Some(pid), Some(version)) => format!("pid {pid}, remoting {version}"),
         (Some(pid), None) => format!("pid {pid}"),
         (None, Some(version)) => format!("not running (remoting {version})"),
         (None, None) => "not running".to_owned(),
     };
+    if let (Some(window), Some(_)) = (status.engine_window, status.engine_pid) {
+        let sized_for = match window.round_trip_us {
+            Some(us) => format!("for a {:.1} ms round trip", us as f64 / 1000.0),
+            None => "the round trip could not be measured".to_owned(),
+        };
+        engine.push_str(&format!(
+            ", window {} per stream ({sized_for})",
+            bytes(u64::from(window.bytes))
+        ));
+    }
     lines.push(("engine", engine));
     if let Some(warm) = &status.warm_engine {
         let memory = warm
@@ -815,6 +825,10 @@ mod tests {
             },
             engine_pid: Some(4242),
             remoting_version: Some("3283.v92c105e0f819".into()),
+            engine_window: Some(control::EngineWindow {
+                bytes: 1 << 20,
+                round_trip_us: Some(420),
+            }),
             bytes_to_controller: 1_572_864,
             bytes_from_controller: 512,
             commands_to_controller: 12,
@@ -838,7 +852,7 @@ lease       ends in 1h 57m
 pending     return to https://a.example/ when idle (accepted 5 s ago)
 queued      borrow to https://c.example/ once home (accepted 2 s ago)
 busy        yes: 1 request in flight, 2 build processes, last activity 3 s ago
-engine      pid 4242, remoting 3283.v92c105e0f819
+engine      pid 4242, remoting 3283.v92c105e0f819, window 1.0 MiB per stream (for a 0.4 ms round trip)
 traffic     1.5 MiB in 12 commands to the controller (3.0 MiB/s now), 512 B in 1 command from it (0 B/s now)
 "
         );
@@ -848,6 +862,21 @@ traffic     1.5 MiB in 12 commands to the controller (3.0 MiB/s now), 512 B in 1
             "{text}"
         );
         assert!(text.contains("engine      not running\n"), "{text}");
+        let unmeasured = Status {
+            engine_pid: Some(7),
+            engine_window: Some(control::EngineWindow {
+                bytes: 4 << 20,
+                round_trip_us: None,
+            }),
+            ..Status::default()
+        };
+        assert!(
+            describe(&unmeasured, 0).contains(
+                "engine      pid 7, window 4.0 MiB per stream (the round trip could not be measured)\n"
+            ),
+            "{}",
+            describe(&unmeasured, 0)
+        );
     }
 
     #[test]

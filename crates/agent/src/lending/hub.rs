@@ -53,6 +53,8 @@ pub struct Core {
     pub idle_deadline_ms: Option<u64>,
     /// The connected engine's remoting version.
     pub remoting_version: Option<String>,
+    /// The engine's send window, when the agent sized it.
+    pub engine_window: Option<control::EngineWindow>,
     /// How the live (or last) connection reaches its controller.
     pub transport: Option<control::Transport>,
     /// That is a WebSocket because the TCP agent port was disabled.
@@ -285,6 +287,7 @@ impl Hub {
             busy,
             engine_pid: core.engine_pid,
             remoting_version: core.remoting_version,
+            engine_window: core.engine_window,
             bytes_to_controller: self
                 .traffic
                 .to_controller
