@@ -443,8 +443,8 @@ impl Agent {
                     ..
                 }) => {
                     let how = bridge::close_unserved(&mut stream, read_buf).await;
-                    let tcp = stream.get_mut().0.get_mut();
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, tcp.shutdown()).await;
+                    // TCP's end only (a ChannelStream sends no close_notify).
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
                     how
                 }
                 Link::WebSocket { mut channel, .. } => {
@@ -607,9 +607,9 @@ impl Agent {
                 .await;
                 // Whatever ended it: a plain TCP close, never a TLS
                 // close_notify (which the controller would ignore,
-                // keeping a ghost channel).
-                let tcp = stream.get_mut().0.get_mut();
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, tcp.shutdown()).await;
+                // keeping a ghost channel); a ChannelStream's shutdown is
+                // only the former.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
                 end
             }
             Link::WebSocket { mut channel, .. } => {

@@ -760,7 +760,10 @@ async fn close_notify_leaves_a_ghost_until_the_ping_timeout() {
         .await
         .unwrap();
     controller.wait_for(accepted(NODE, false), T).await;
-    timeout(T, first.stream.shutdown()).await.unwrap().unwrap();
+    timeout(T, first.stream.tls_mut().shutdown())
+        .await
+        .unwrap()
+        .unwrap();
     drop(first);
     let ignored = ControllerEvent::CloseNotifyIgnored { node: NODE.into() };
     controller.wait_for(|log| log.contains(&ignored), T).await;
@@ -797,6 +800,37 @@ async fn close_notify_leaves_a_ghost_until_the_ping_timeout() {
     controller.shutdown().await;
 }
 
+/// Shutting the channel's stream down (`ChannelStream`, what the agent's
+/// bridge and session hold) ends TCP and sends no close_notify: the node
+/// goes offline at once, with a slow ping that would keep a ghost for
+/// minutes, and the node can connect again.
+#[tokio::test]
+async fn a_channel_stream_shutdown_is_a_tcp_close_not_a_ghost() {
+    let controller = TestController::builder()
+        .node(NODE, SECRET)
+        .ping_timeout(Duration::from_secs(600))
+        .start()
+        .await;
+    let mut first = connect(&controller, HandshakeConfig::new(NODE, SECRET))
+        .await
+        .unwrap();
+    controller.wait_for(accepted(NODE, false), T).await;
+    timeout(T, first.stream.shutdown()).await.unwrap().unwrap();
+    let log = controller
+        .wait_for(
+            |log| log.contains(&closed(NODE, ChannelEnd::ConnectionLost)),
+            T,
+        )
+        .await;
+    assert!(!controller.is_online(NODE));
+    let ignored = ControllerEvent::CloseNotifyIgnored { node: NODE.into() };
+    assert!(!log.contains(&ignored), "{log:?}");
+    let _again = connect(&controller, HandshakeConfig::new(NODE, SECRET))
+        .await
+        .unwrap();
+    controller.shutdown().await;
+}
+
 /// A ghost is taken over by its own cookie, like any live channel.
 #[tokio::test]
 async fn a_ghosts_cookie_takes_it_over() {
@@ -805,7 +839,10 @@ async fn a_ghosts_cookie_takes_it_over() {
         .await
         .unwrap();
     let cookie = first.cookie.clone();
-    timeout(T, first.stream.shutdown()).await.unwrap().unwrap();
+    timeout(T, first.stream.tls_mut().shutdown())
+        .await
+        .unwrap()
+        .unwrap();
     let ignored = ControllerEvent::CloseNotifyIgnored { node: NODE.into() };
     controller.wait_for(|log| log.contains(&ignored), T).await;
     let _second = connect(&controller, with_cookie(NODE, SECRET, cookie))

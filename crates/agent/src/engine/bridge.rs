@@ -305,10 +305,10 @@ where
             };
             let n = read.map_err(BridgeError::Engine)?;
             if n == 0 {
-                // The connection is left as it is: the session ends it. Shutting
-                // the writer down here would send a TLS close_notify, which a
-                // real controller ignores, keeping a ghost channel
-                // (PROTOCOL.md 5).
+                // The connection is left as it is: the session ends it as its
+                // transport needs (JNLP4: TCP's end, never a TLS close_notify,
+                // which a real controller ignores, keeping a ghost channel,
+                // PROTOCOL.md 5; a WebSocket: its close frame).
                 return Ok(if leaving {
                     UpEnd::NoBoundary
                 } else {

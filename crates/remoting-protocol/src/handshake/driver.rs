@@ -7,7 +7,6 @@ use bytes::BytesMut;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
@@ -15,7 +14,7 @@ use crate::capability::Capability;
 use crate::identity::InstanceIdentity;
 use crate::tls::{client_config, identity_mismatch};
 
-use super::{Event, Handshake, HandshakeConfig, HandshakeError, Phase};
+use super::{ChannelStream, Event, Handshake, HandshakeConfig, HandshakeError, Phase};
 
 /// Read granularity while handshaking; frames are small.
 const READ_RESERVE: usize = 8 * 1024;
@@ -25,8 +24,8 @@ const FALLBACK_SERVER_NAME: &str = "jenkins-agent-port";
 
 /// An accepted connection, ready for the chunk stream.
 pub struct Connected<S> {
-    /// The TLS stream to the controller.
-    pub stream: TlsStream<S>,
+    /// The TLS stream to the controller, closed at the TCP level only.
+    pub stream: ChannelStream<S>,
     /// Channel bytes that arrived with the handshake's last frame.
     pub read_buf: BytesMut,
     /// The controller's cookie for this channel.
@@ -37,7 +36,7 @@ pub struct Connected<S> {
 
 impl<S> Connected<S> {
     /// The stream framed with `codec`, keeping the bytes already read.
-    pub fn into_framed<C>(self, codec: C) -> Framed<TlsStream<S>, C>
+    pub fn into_framed<C>(self, codec: C) -> Framed<ChannelStream<S>, C>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -98,7 +97,7 @@ where
 
     match pump(&mut hs, &mut stream, &mut buf).await? {
         Event::Accepted { cookie, capability } => Ok(Connected {
-            stream,
+            stream: ChannelStream::new(stream),
             read_buf: buf,
             cookie,
             capability,
