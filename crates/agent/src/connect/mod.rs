@@ -1,7 +1,8 @@
 //! How the agent reaches a controller.
 //!
 //! - [`web`]: the controller's web port over HTTP(S): discovery of the TCP
-//!   agent port, JNLP files, the engine jar, the WebSocket readiness check.
+//!   agent port, JNLP files, the engine jar, the WebSocket readiness check,
+//!   and the round trip that sizes the engine's window (`engine::window`).
 //! - [`proxy`]: which HTTP proxy, if any, stands in the way (`*_proxy`,
 //!   `no_proxy`, `-proxyCredentials`).
 //! - [`dial`]: a TCP connection, direct or through a proxy's `CONNECT`.
