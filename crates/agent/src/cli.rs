@@ -1111,14 +1111,11 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         Some(_) => return Err(CliError::BadLogFormat),
     };
     // The user's options replace our defaults whole.
-    let sized_window = env
+    let user_java_opts = env
         .get("JENKINS_JAVA_OPTS")
-        .or_else(|| env.get("JAVA_OPTS"))
-        .is_none();
-    let java_opts = match env
-        .get("JENKINS_JAVA_OPTS")
-        .or_else(|| env.get("JAVA_OPTS"))
-    {
+        .or_else(|| env.get("JAVA_OPTS"));
+    let sized_window = user_java_opts.is_none();
+    let java_opts = match user_java_opts {
         Some(opts) => opts.split_whitespace().map(str::to_owned).collect(),
         None => crate::engine::DEFAULT_JAVA_OPTS
             .iter()

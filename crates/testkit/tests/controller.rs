@@ -746,20 +746,29 @@ async fn shutdown_closes_channels_and_frees_the_ports() {
     controller.shutdown().await;
 }
 
+/// A controller whose ping gives a ghost up after `ping_timeout`, with
+/// [`NODE`] connected and accepted.
+async fn online_with_ping_timeout(
+    ping_timeout: Duration,
+) -> (TestController, Connected<TcpStream>) {
+    let controller = TestController::builder()
+        .node(NODE, SECRET)
+        .ping_timeout(ping_timeout)
+        .start()
+        .await;
+    let connected = connect(&controller, HandshakeConfig::new(NODE, SECRET))
+        .await
+        .unwrap();
+    controller.wait_for(accepted(NODE, false), T).await;
+    (controller, connected)
+}
+
 /// PROTOCOL.md 5, row 1: a TLS close_notify (then FIN) leaves a ghost that
 /// keeps the node online and refuses a new connection without the cookie,
 /// until the controller's ping gives up.
 #[tokio::test]
 async fn close_notify_leaves_a_ghost_until_the_ping_timeout() {
-    let controller = TestController::builder()
-        .node(NODE, SECRET)
-        .ping_timeout(Duration::from_millis(1500))
-        .start()
-        .await;
-    let mut first = connect(&controller, HandshakeConfig::new(NODE, SECRET))
-        .await
-        .unwrap();
-    controller.wait_for(accepted(NODE, false), T).await;
+    let (controller, mut first) = online_with_ping_timeout(Duration::from_millis(1500)).await;
     timeout(T, first.stream.tls_mut().shutdown())
         .await
         .unwrap()
@@ -806,15 +815,7 @@ async fn close_notify_leaves_a_ghost_until_the_ping_timeout() {
 /// minutes, and the node can connect again.
 #[tokio::test]
 async fn a_channel_stream_shutdown_is_a_tcp_close_not_a_ghost() {
-    let controller = TestController::builder()
-        .node(NODE, SECRET)
-        .ping_timeout(Duration::from_secs(600))
-        .start()
-        .await;
-    let mut first = connect(&controller, HandshakeConfig::new(NODE, SECRET))
-        .await
-        .unwrap();
-    controller.wait_for(accepted(NODE, false), T).await;
+    let (controller, mut first) = online_with_ping_timeout(Duration::from_secs(600)).await;
     timeout(T, first.stream.shutdown()).await.unwrap().unwrap();
     let log = controller
         .wait_for(

@@ -33,11 +33,6 @@ impl<S> ChannelStream<S> {
         Self { tls }
     }
 
-    /// The connection under TLS.
-    pub fn io_mut(&mut self) -> &mut S {
-        self.tls.get_mut().0
-    }
-
     /// TLS itself, whose shutdown sends a `close_notify` that a real
     /// controller ignores (a ghost node): for tests of that.
     pub fn tls_mut(&mut self) -> &mut TlsStream<S> {
