@@ -1,14 +1,15 @@
 //! `jnlp-lender`: the pool service and its command line.
 //!
 //! - `serve`: the HTTP API and the agents' links ([`lender::server`]);
-//! - `token create`: a bearer token for an agent or an API client;
+//! - `token create`, `token list`, `token revoke`: bearer tokens for agents
+//!   and API clients;
 //! - `lease`, `return`, `agents`, `leases`: clients of the HTTP API, for
 //!   people and jobs (`--lender URL --token-file F`, or
 //!   `JNLP_LENDER_URL` and `JNLP_LENDER_TOKEN_FILE`);
 //! - `labels check`: try a label expression locally.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -75,9 +76,14 @@ struct ServeArgs {
     /// on loopback only, unless --insecure-listen.
     #[arg(long, default_value = "127.0.0.1:8765")]
     listen: String,
-    /// The SQLite database file.
+    /// The SQLite database file. It must hold a pool already (made by
+    /// `token create` or `serve --init`): a missing or empty file is
+    /// refused, so that a typo cannot start an empty pool.
     #[arg(long, default_value = "jnlp-lender.db")]
     db: PathBuf,
+    /// Create the database if it does not hold a pool yet.
+    #[arg(long)]
+    init: bool,
     /// PEM certificate chain for HTTPS.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -107,7 +113,8 @@ struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Create a token for an agent or an API client; it is printed once.
+    /// Create a token for an agent or an API client; it is shown once.
+    /// Creates the database if needed.
     Create {
         /// The SQLite database file.
         #[arg(long, default_value = "jnlp-lender.db")]
@@ -118,6 +125,29 @@ enum TokenCommand {
         /// For this API client.
         #[arg(long)]
         client: Option<String>,
+        /// Write the token to this new file (mode 0600; an existing file is
+        /// not overwritten) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List the tokens (never a token itself): id, kind, name, created, last
+    /// used, revoked.
+    List {
+        /// The SQLite database file.
+        #[arg(long, default_value = "jnlp-lender.db")]
+        db: PathBuf,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke every token of NAME; a running server refuses them within a
+    /// second and closes their links and event streams.
+    Revoke {
+        /// The SQLite database file.
+        #[arg(long, default_value = "jnlp-lender.db")]
+        db: PathBuf,
+        /// The agent's or client's name.
+        name: String,
     },
 }
 
@@ -192,9 +222,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Labels(LabelsCommand::Check { expr, labels }) => labels_check(&expr, &labels),
-        Command::Token(TokenCommand::Create { db, agent, client }) => {
-            report(token_create(&db, agent, client))
-        }
+        Command::Token(TokenCommand::Create {
+            db,
+            agent,
+            client,
+            out,
+        }) => report(token_create(&db, agent, client, out.as_deref())),
+        Command::Token(TokenCommand::List { db, json }) => report(token_list(&db, json)),
+        Command::Token(TokenCommand::Revoke { db, name }) => report(token_revoke(&db, &name)),
         Command::Serve(args) => runtime(serve(args)),
         Command::Lease(args) => {
             // Checked here, so that a typo fails before any round trip.
@@ -234,9 +269,10 @@ fn runtime(future: impl std::future::Future<Output = anyhow::Result<ExitCode>>) 
 }
 
 fn token_create(
-    db: &std::path::Path,
+    db: &Path,
     agent: Option<String>,
     client: Option<String>,
+    out: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     let (kind, name) = match (agent, client) {
         (Some(name), None) => (TokenKind::Agent, name),
@@ -244,17 +280,99 @@ fn token_create(
         _ => anyhow::bail!("give exactly one of --agent and --client"),
     };
     tokens::check_name(&name).map_err(anyhow::Error::msg)?;
-    let mut store = SqliteStore::open(db).with_context(|| format!("opening {}", db.display()))?;
     let token = tokens::generate(kind);
-    store
-        .add_token(&TokenRecord {
-            hash: tokens::hash(&token),
-            principal: Principal { kind, name },
-            created_ms: control::now_ms(),
+    // The file first: a token stored but not delivered would be a token
+    // nobody has.
+    let written = out
+        .map(|path| write_new_private(path, &format!("{token}\n")).map(|()| path))
+        .transpose()?;
+    let mut store = SqliteStore::open(db)?;
+    let stored = store.add_token(&TokenRecord {
+        hash: tokens::hash(&token),
+        principal: Principal { kind, name },
+        created_ms: control::now_ms(),
+    });
+    if let Err(err) = stored {
+        if let Some(path) = written {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(anyhow::Error::new(err).context("storing the token"));
+    }
+    match written {
+        Some(path) => eprintln!(
+            "jnlp-lender: token written to {} (mode 0600); only its hash is stored",
+            path.display()
+        ),
+        None => {
+            println!("{token}");
+            eprintln!("jnlp-lender: keep this token now; only its hash is stored");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `path` readable by its owner only and writes `text`; an existing
+/// file is an error, never overwritten.
+fn write_new_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(|err| {
+        if err.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow::anyhow!(
+                "{} already exists; not overwriting it (remove it, or choose another --out)",
+                path.display()
+            )
+        } else {
+            anyhow::Error::new(err).context(format!("creating {}", path.display()))
+        }
+    })?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn token_list(db: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let store = SqliteStore::open_existing(db)?;
+    let tokens = store.tokens()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&tokens)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let time = |ms: Option<u64>| {
+        ms.map_or("-".to_owned(), |ms| {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                .to_string()
         })
-        .context("storing the token")?;
-    println!("{token}");
-    eprintln!("jnlp-lender: keep this token now; only its hash is stored");
+    };
+    println!("ID\tKIND\tNAME\tCREATED\tLAST USED\tREVOKED");
+    for token in &tokens {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            token.id,
+            token.kind,
+            token.name,
+            time(Some(token.created_ms)),
+            time(token.last_used_ms),
+            time(token.revoked_ms)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token_revoke(db: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    let mut store = SqliteStore::open_existing(db)?;
+    let count = store.revoke(name, control::now_ms())?;
+    if count == 0 {
+        eprintln!("jnlp-lender: no valid token named {name:?} (see `jnlp-lender token list`)");
+        return Ok(ExitCode::from(1));
+    }
+    eprintln!("jnlp-lender: revoked {count} token(s) of {name:?}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -266,6 +384,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     let mut config = Config::new(args.listen, args.db);
+    config.init = args.init;
     config.tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         _ => None,

@@ -79,6 +79,29 @@ pub struct TokenRecord {
     pub created_ms: u64,
 }
 
+/// A stored token as `jnlp-lender token list` shows it: never the token,
+/// nor its whole hash.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenInfo {
+    /// The first 12 hex digits of its hash: tells tokens of one name apart.
+    pub id: String,
+    /// `agent` or `client`.
+    pub kind: &'static str,
+    /// The agent's node name, or the client's name.
+    pub name: String,
+    /// When it was made (Unix ms).
+    pub created_ms: u64,
+    /// When it was last used, to the minute (Unix ms); `None`: never.
+    pub last_used_ms: Option<u64>,
+    /// When it was revoked (Unix ms); `None`: it is valid.
+    pub revoked_ms: Option<u64>,
+}
+
+/// The id [`TokenInfo`] shows for a hash.
+pub fn short_id(hash: &str) -> String {
+    hash.chars().take(12).collect()
+}
+
 /// A new random token for `kind`. The caller shows it once and stores only
 /// its [`hash`].
 pub fn generate(kind: TokenKind) -> String {

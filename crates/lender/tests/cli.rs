@@ -48,6 +48,7 @@ fn serve_refuses_plain_http_beyond_loopback() {
     let db = std::env::temp_dir().join(format!("jnlp-lender-cli-{}.db", std::process::id()));
     let out = run(&[
         "serve",
+        "--init",
         "--listen",
         "0.0.0.0:0",
         "--db",

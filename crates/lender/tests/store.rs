@@ -155,7 +155,7 @@ fn sqlite_reopened_after_a_restart_gives_the_same_leases_and_queue() {
     };
     // "Restart": a new process opens the file and rebuilds the pool.
     let mut store = ok(SqliteStore::open(&scratch.db()));
-    assert_eq!(ok(store.schema_version()), 2);
+    assert_eq!(ok(store.schema_version()), 3);
     let snapshot = ok(store.load());
     assert_eq!(snapshot, before);
     let mut pool = ok(Pool::restore(PoolConfig::default(), snapshot));
@@ -230,7 +230,9 @@ fn a_newer_schema_is_refused() {
         ok(conn.pragma_update(None, "user_version", 7));
     }
     match SqliteStore::open(&scratch.db()) {
-        Err(StoreError::NewerSchema { found: 7, known: 2 }) => {}
+        Err(StoreError::NewerSchema {
+            found: 7, known: 3, ..
+        }) => {}
         other => panic!("{other:?}"),
     }
 }

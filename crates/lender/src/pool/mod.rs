@@ -173,6 +173,14 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         self.leases.is_empty() && self.agents.is_empty() && self.audit.is_empty()
     }
+
+    /// Adds `later`'s changes after these (a lease or agent in both is
+    /// written twice, the later state last).
+    pub fn extend(&mut self, later: Changes) {
+        self.leases.extend(later.leases);
+        self.agents.extend(later.agents);
+        self.audit.extend(later.audit);
+    }
 }
 
 /// What a pool is rebuilt from after a restart.
@@ -224,7 +232,11 @@ pub enum PoolError {
 }
 
 /// The pool. See the module docs for its rules.
-#[derive(Debug)]
+///
+/// `Clone` lets the server try a client's change on a copy and keep it only
+/// once the store has it: a change the store refuses leaves the pool exactly
+/// as it was.
+#[derive(Debug, Clone)]
 pub struct Pool {
     config: PoolConfig,
     agents: BTreeMap<String, Agent>,
@@ -359,6 +371,17 @@ impl Pool {
     /// The earliest queue deadline: when to call [`Pool::expire_queue`].
     pub fn next_deadline(&self) -> Option<u64> {
         self.queue().map(|lease| lease.deadline_ms).min()
+    }
+
+    /// The id the next request gets.
+    pub fn next_id(&self) -> LeaseId {
+        self.next_id
+    }
+
+    /// Never hands out ids below `id` again: ids a refused change used (and
+    /// nobody was told of) stay used.
+    pub fn skip_ids_to(&mut self, id: LeaseId) {
+        self.next_id = self.next_id.max(id);
     }
 
     /// The next thing to do, oldest first.

@@ -2,9 +2,8 @@
 //!
 //! Each [`Input`] (an API call, a link coming up or going down, a message
 //! from an agent) is applied to the pool, then [`Driver::settle`] commits
-//! the pool's changes to the store (before any order goes out, so a
-//! reservation is on disk before its `borrow` is sent), publishes them as
-//! events and carries out the pool's decisions:
+//! the pool's changes to the store, publishes them as events and carries
+//! out the pool's decisions:
 //!
 //! - `Lend` → `borrow` (with `wait`) on the agent's link; its reply
 //!   confirms the lease (`ok`) or fails the reservation (`error`, the reason
@@ -13,16 +12,33 @@
 //!   report of being home ends the lease;
 //! - `Ended` → counted in the metrics.
 //!
+//! # Durable before acknowledged
+//!
+//! - A client's change (a lease request, a return) is tried on a copy of
+//!   the pool. The copy replaces the pool only once the store has committed
+//!   its changes; then the client is answered. A change the store refuses
+//!   (a database locked by another process, a full disk) is answered 503
+//!   and leaves the pool exactly as it was; the ids it used are not handed
+//!   out again.
+//! - What agents report is a fact, not a request: it is applied at once.
+//!   If the store refuses it, it waits (with everything after it) for the
+//!   next commit, and until then no decision is carried out: no `borrow` is
+//!   sent for a reservation that is not on disk.
+//! - A commit runs on a blocking thread. While it waits, the driver still
+//!   answers reads (leases, agents, metrics) from the pool, which holds only
+//!   what is committed or reported; other inputs wait their turn, in order.
+//!
 //! A timer wakes the driver for queue deadlines ([`Pool::next_deadline`]),
-//! and every tick to reclaim idle agents, to fail borrows whose reply is
-//! overdue, and to forget old ended leases (the store keeps them).
+//! and every tick to retry a refused commit, to reclaim idle agents, to
+//! fail borrows whose reply is overdue, and to forget old ended leases (the
+//! store keeps them).
 //!
 //! On hello the driver reconciles what it remembers with what the agent
 //! says: the agent's place wins (it is the authority on where it is), the
 //! lender's leases win (it is the authority on leases); every
 //! disagreement is logged.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,15 +49,14 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::metrics::Metrics;
+use super::metrics::{ChangeKind, Metrics};
 use super::Config;
 use crate::api::{end_kind, AgentView, LeaseView};
 use crate::pool::{
     AgentHello, AgentReport, Changes, Decision, LeaseId, LeaseRequest, LeaseState, Outcome, Place,
     Pool, PoolError,
 };
-use crate::store::Store;
-use crate::tokens::Principal;
+use crate::store::{Store, StoreError};
 
 /// Ended leases stay in memory this long for `GET /v1/leases`; the store
 /// keeps them for good.
@@ -49,8 +64,9 @@ const KEEP_ENDED_MS: u64 = 60 * 60 * 1000;
 /// A borrow's reply may come this long after its `wait` before the borrow
 /// counts as failed.
 const REPLY_GRACE: Duration = Duration::from_secs(30);
-/// At most this many tokens are remembered after a lookup.
-const TOKEN_CACHE: usize = 4096;
+/// Inputs set aside while a commit waits; beyond this the driver stops
+/// reading inputs until the commit is done.
+const MAX_DEFERRED: usize = 4096;
 
 /// Something for the driver to apply.
 #[derive(Debug)]
@@ -80,19 +96,16 @@ pub(crate) enum Input {
 /// An API call and where to send its answer.
 #[derive(Debug)]
 pub(crate) enum ApiCall {
-    Authenticate {
-        hash: String,
-        reply: oneshot::Sender<Option<Principal>>,
-    },
     Lease {
         request: Box<LeaseRequest>,
         reply: oneshot::Sender<Result<(StatusCode, LeaseView), ApiError>>,
     },
+    /// A lease the pool holds (the server looks in the store for others).
     GetLease {
         id: LeaseId,
-        client: String,
-        reply: oneshot::Sender<Result<LeaseView, ApiError>>,
+        reply: oneshot::Sender<Option<LeaseView>>,
     },
+    /// The leases the pool holds for `client` (every open one).
     Leases {
         client: String,
         reply: oneshot::Sender<Vec<LeaseView>>,
@@ -109,6 +122,20 @@ pub(crate) enum ApiCall {
     Metrics {
         reply: oneshot::Sender<String>,
     },
+}
+
+impl ApiCall {
+    /// Whether the call only reads, so that it can be answered while a
+    /// commit waits.
+    fn is_read(&self) -> bool {
+        matches!(
+            self,
+            ApiCall::GetLease { .. }
+                | ApiCall::Leases { .. }
+                | ApiCall::Agents { .. }
+                | ApiCall::Metrics { .. }
+        )
+    }
 }
 
 /// An API call refused: the status, the message and maybe the lease.
@@ -167,15 +194,23 @@ enum PendingKind {
 #[derive(Debug)]
 pub(crate) struct Driver {
     pool: Pool,
-    store: StoreBox,
+    /// `None` only while a commit has it on a blocking thread.
+    store: Option<StoreBox>,
     links: HashMap<String, Link>,
     /// By (agent, link, request id).
     pending: BTreeMap<(String, u64, u64), Pending>,
-    tokens: HashMap<String, Principal>,
     events: broadcast::Sender<Arc<ServerEvent>>,
     metrics: Metrics,
-    /// Changes the store refused, retried with the next commit.
+    /// Reported changes the store refused, retried with the next commit;
+    /// no decision is carried out while there are any.
     unsaved: Changes,
+    /// The last commit failed (for the metrics: `unsaved` is empty while
+    /// its retry is under way).
+    failing: bool,
+    /// Inputs that arrived while a commit waited, in order.
+    deferred: VecDeque<Input>,
+    /// Every input sender is gone.
+    inputs_closed: bool,
     reclaim_after: Option<Duration>,
     borrow_wait: Duration,
     tick: Duration,
@@ -205,13 +240,15 @@ impl Driver {
         let tick = config.tick.max(Duration::from_millis(10));
         Driver {
             pool,
-            store: StoreBox(store),
+            store: Some(StoreBox(store)),
             links: HashMap::new(),
             pending: BTreeMap::new(),
-            tokens: HashMap::new(),
             events,
             metrics: Metrics::default(),
             unsaved: Changes::default(),
+            failing: false,
+            deferred: VecDeque::new(),
+            inputs_closed: false,
             reclaim_after: config.reclaim_after,
             borrow_wait: config.borrow_wait,
             tick,
@@ -223,19 +260,29 @@ impl Driver {
     /// writes the last changes.
     pub async fn run(mut self, mut inputs: mpsc::Receiver<Input>, cancel: CancellationToken) {
         loop {
-            let wake = self.next_wake();
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                input = inputs.recv() => match input {
-                    Some(input) => self.apply(input),
-                    None => break,
-                },
-                () = sleep_until(wake) => self.on_timer(),
+            let input = match self.deferred.pop_front() {
+                Some(input) => Some(input),
+                None if self.inputs_closed => break,
+                None => {
+                    let wake = self.next_wake();
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        input = inputs.recv() => match input {
+                            Some(input) => Some(input),
+                            None => break,
+                        },
+                        () = sleep_until(wake) => None,
+                    }
+                }
+            };
+            match input {
+                Some(input) => self.apply(input, &mut inputs).await,
+                None => self.on_timer(),
             }
-            self.settle();
+            self.settle(&mut inputs).await;
         }
         self.links.clear();
-        self.commit();
+        self.commit(&mut inputs).await;
         tracing::info!("driver stopped");
     }
 
@@ -289,10 +336,10 @@ impl Driver {
         self.pool.forget_ended(now.saturating_sub(KEEP_ENDED_MS));
     }
 
-    fn apply(&mut self, input: Input) {
+    async fn apply(&mut self, input: Input, inputs: &mut mpsc::Receiver<Input>) {
         let now = now_ms();
         match input {
-            Input::Api(call) => self.api(call, now),
+            Input::Api(call) => self.api(call, inputs, now).await,
             Input::LinkUp {
                 node,
                 link,
@@ -469,41 +516,66 @@ impl Driver {
 
     // ---- API ----
 
-    fn api(&mut self, call: ApiCall, now: u64) {
+    async fn api(&mut self, call: ApiCall, inputs: &mut mpsc::Receiver<Input>, now: u64) {
         match call {
-            ApiCall::Authenticate { hash, reply } => {
-                let _ = reply.send(self.authenticate(hash));
-            }
             ApiCall::Lease { request, reply } => {
                 let client = request.client.clone();
-                let result = self.pool.request_lease(*request, now);
-                // On disk (and the borrow sent) before the caller hears of it.
-                self.settle();
-                let answer = match result {
-                    Ok(Outcome::Reserved { lease, .. }) => {
-                        self.view(lease).map(|v| (StatusCode::CREATED, v))
-                    }
-                    Ok(Outcome::Queued { lease, .. }) => {
-                        self.view(lease).map(|v| (StatusCode::ACCEPTED, v))
-                    }
-                    Ok(Outcome::Ended { lease, reason }) => Err(ApiError {
-                        status: StatusCode::CONFLICT,
-                        message: reason.to_string(),
-                        lease: self.view(lease).ok().map(Box::new),
-                        allow: None,
-                    }),
-                    Err(PoolError::InvalidRequest(message)) => {
-                        Err(ApiError::new(StatusCode::BAD_REQUEST, message))
-                    }
-                    Err(err) => Err(ApiError::new(StatusCode::CONFLICT, err.to_string())),
-                };
+                let answer = self
+                    .change(inputs, |pool| pool.request_lease(*request, now))
+                    .await
+                    .and_then(|result| self.lease_answer(result));
+                // The borrow goes out before the caller hears of it.
+                self.settle(inputs).await;
                 if let Ok((status, view)) = &answer {
                     tracing::info!(lease = view.id, %client, state = %view.state, agent = ?view.agent, %status, "lease requested");
                 }
                 let _ = reply.send(answer);
             }
-            ApiCall::GetLease { id, client, reply } => {
-                let _ = reply.send(self.own_view(id, &client));
+            ApiCall::Return {
+                id,
+                client,
+                when,
+                reply,
+            } => {
+                let answer = match self.pool.lease(id) {
+                    Some(lease) if lease.request.client == client => {
+                        let returned = self
+                            .change(inputs, |pool| pool.return_lease(id, when, now))
+                            .await
+                            .and_then(|result| {
+                                result.map_err(|err| match err {
+                                    PoolError::WrongState { .. } => {
+                                        ApiError::new(StatusCode::CONFLICT, err.to_string())
+                                    }
+                                    other => {
+                                        ApiError::new(StatusCode::NOT_FOUND, other.to_string())
+                                    }
+                                })
+                            });
+                        returned.and_then(|()| {
+                            tracing::info!(lease = id, %client, ?when, "lease returned by its client");
+                            self.pool.lease(id).map(LeaseView::of).ok_or_else(|| {
+                                ApiError::new(StatusCode::NOT_FOUND, format!("no lease {id}"))
+                            })
+                        })
+                    }
+                    _ => Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("no open lease {id} of client {client:?}"),
+                    )),
+                };
+                self.settle(inputs).await;
+                let _ = reply.send(answer);
+            }
+            read => self.read(read),
+        }
+    }
+
+    /// Answers a call that only reads the pool.
+    fn read(&self, call: ApiCall) {
+        match call {
+            ApiCall::GetLease { id, reply } => {
+                let _ = reply.send(self.pool.lease(id).map(LeaseView::of));
             }
             ApiCall::Leases { client, reply } => {
                 let views = self
@@ -514,102 +586,93 @@ impl Driver {
                     .collect();
                 let _ = reply.send(views);
             }
-            ApiCall::Return {
-                id,
-                client,
-                when,
-                reply,
-            } => {
-                let answer = self.own_view(id, &client).and_then(|_| {
-                    self.pool
-                        .return_lease(id, when, now)
-                        .map_err(|err| match err {
-                            PoolError::WrongState { .. } => {
-                                ApiError::new(StatusCode::CONFLICT, err.to_string())
-                            }
-                            other => ApiError::new(StatusCode::NOT_FOUND, other.to_string()),
-                        })
-                });
-                let answer = answer.and_then(|()| {
-                    tracing::info!(lease = id, %client, ?when, "lease returned by its client");
-                    self.settle();
-                    self.view(id)
-                });
-                let _ = reply.send(answer);
-            }
             ApiCall::Agents { reply } => {
                 let _ = reply.send(self.pool.agents().map(AgentView::of).collect());
             }
             ApiCall::Metrics { reply } => {
-                let _ = reply.send(self.metrics.render(&self.pool, self.links.len()));
+                let unsaved = self.failing || !self.unsaved.is_empty();
+                let _ = reply.send(self.metrics.render(&self.pool, self.links.len(), unsaved));
+            }
+            ApiCall::Lease { .. } | ApiCall::Return { .. } => {
+                tracing::error!("a change was taken for a read; dropped");
             }
         }
     }
 
-    fn authenticate(&mut self, hash: String) -> Option<Principal> {
-        if let Some(principal) = self.tokens.get(&hash) {
-            return Some(principal.clone());
-        }
-        match self.store.0.token(&hash) {
-            Ok(Some(principal)) => {
-                if self.tokens.len() >= TOKEN_CACHE {
-                    self.tokens.clear();
-                }
-                self.tokens.insert(hash, principal.clone());
-                Some(principal)
+    fn lease_answer(
+        &self,
+        result: Result<Outcome, PoolError>,
+    ) -> Result<(StatusCode, LeaseView), ApiError> {
+        let view = |id| {
+            self.pool
+                .lease(id)
+                .map(LeaseView::of)
+                .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no lease {id}")))
+        };
+        match result {
+            Ok(Outcome::Reserved { lease, .. }) => view(lease).map(|v| (StatusCode::CREATED, v)),
+            Ok(Outcome::Queued { lease, .. }) => view(lease).map(|v| (StatusCode::ACCEPTED, v)),
+            Ok(Outcome::Ended { lease, reason }) => Err(ApiError {
+                status: StatusCode::CONFLICT,
+                message: reason.to_string(),
+                lease: view(lease).ok().map(Box::new),
+                allow: None,
+            }),
+            Err(PoolError::InvalidRequest(message)) => {
+                Err(ApiError::new(StatusCode::BAD_REQUEST, message))
             }
-            Ok(None) => None,
-            Err(err) => {
-                tracing::error!(%err, "token lookup failed");
-                None
-            }
+            Err(err) => Err(ApiError::new(StatusCode::CONFLICT, err.to_string())),
         }
     }
 
-    fn view(&self, id: LeaseId) -> Result<LeaseView, ApiError> {
-        if let Some(lease) = self.pool.lease(id) {
-            return Ok(LeaseView::of(lease));
+    /// A client's change: tried on a copy of the pool, kept only once the
+    /// store has committed it (with any reported changes still unsaved).
+    /// Refused by the store: 503, and the pool is as before (but for the
+    /// lease ids the copy used, which are never handed out again).
+    async fn change<T>(
+        &mut self,
+        inputs: &mut mpsc::Receiver<Input>,
+        apply: impl FnOnce(&mut Pool) -> T,
+    ) -> Result<T, ApiError> {
+        let mut copy = self.pool.clone();
+        let result = apply(&mut copy);
+        let mut batch = self.unsaved.clone();
+        batch.extend(copy.take_changes());
+        if batch.is_empty() {
+            self.pool = copy;
+            return Ok(result);
         }
-        match self.store.0.lease(id) {
-            Ok(Some(lease)) => Ok(LeaseView::of(&lease)),
-            Ok(None) => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no lease {id}"),
-            )),
-            Err(err) => {
-                tracing::error!(%err, lease = id, "lease lookup failed");
+        match self.write(batch, inputs).await {
+            Ok(batch) => {
+                self.unsaved = Changes::default();
+                self.failing = false;
+                self.pool = copy;
+                self.publish(&batch);
+                Ok(result)
+            }
+            Err((_, err)) => {
+                self.pool.skip_ids_to(copy.next_id());
+                self.metrics.store_failed(ChangeKind::Client);
+                tracing::error!(%err, "the database refused a client's change; it was not made");
                 Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the database failed; see the lender's log",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the lender could not store this change in its database, so it did not \
+                     make it (see the lender's log); try again later",
                 ))
             }
-        }
-    }
-
-    /// The lease if it is `client`'s; another client's lease is "not
-    /// found", so that ids tell nothing.
-    fn own_view(&self, id: LeaseId, client: &str) -> Result<LeaseView, ApiError> {
-        match self.view(id) {
-            Ok(view) if view.client == client => Ok(view),
-            Ok(_) => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no lease {id} of client {client:?}"),
-            )),
-            Err(err) if err.status == StatusCode::NOT_FOUND => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no lease {id} of client {client:?}"),
-            )),
-            Err(err) => Err(err),
         }
     }
 
     // ---- after each input ----
 
     /// Commits, then carries out decisions until there are none (carrying
-    /// one out may fail a borrow, which makes more).
-    fn settle(&mut self) {
+    /// one out may fail a borrow, which makes more). Carries out nothing
+    /// while the store refuses the changes behind the decisions.
+    async fn settle(&mut self, inputs: &mut mpsc::Receiver<Input>) {
         loop {
-            self.commit();
+            if !self.commit(inputs).await {
+                return;
+            }
             let Some(decision) = self.pool.poll_decision() else {
                 break;
             };
@@ -617,12 +680,34 @@ impl Driver {
         }
     }
 
-    fn commit(&mut self) {
+    /// Commits what changed (and what the store refused before); whether
+    /// everything is on disk now.
+    async fn commit(&mut self, inputs: &mut mpsc::Receiver<Input>) -> bool {
         let changes = self.pool.take_changes();
         if changes.is_empty() && self.unsaved.is_empty() {
-            return;
+            return true;
         }
-        self.metrics.observe(&changes);
+        let mut batch = std::mem::take(&mut self.unsaved);
+        batch.extend(changes);
+        match self.write(batch, inputs).await {
+            Ok(batch) => {
+                self.failing = false;
+                self.publish(&batch);
+                true
+            }
+            Err((batch, err)) => {
+                self.failing = true;
+                tracing::error!(%err, "cannot write to the database; retrying with the next change, carrying out nothing until then");
+                self.metrics.store_failed(ChangeKind::Reported);
+                self.unsaved = batch;
+                false
+            }
+        }
+    }
+
+    /// Events and metrics for changes now on disk.
+    fn publish(&mut self, changes: &Changes) {
+        self.metrics.observe(changes);
         for lease in &changes.leases {
             let _ = self
                 .events
@@ -633,13 +718,56 @@ impl Driver {
                 .events
                 .send(Arc::new(ServerEvent::Agent(AgentView::of(agent))));
         }
-        let mut batch = std::mem::take(&mut self.unsaved);
-        batch.leases.extend(changes.leases);
-        batch.agents.extend(changes.agents);
-        batch.audit.extend(changes.audit);
-        if let Err(err) = self.store.0.commit(&batch) {
-            tracing::error!(%err, "cannot write to the database; retrying with the next change");
-            self.unsaved = batch;
+    }
+
+    /// Writes `batch` on a blocking thread, answering reads meanwhile and
+    /// setting other inputs aside; gives the batch back on success.
+    async fn write(
+        &mut self,
+        batch: Changes,
+        inputs: &mut mpsc::Receiver<Input>,
+    ) -> Result<Changes, (Changes, StoreError)> {
+        let Some(StoreBox(mut store)) = self.store.take() else {
+            let lost = StoreError::Io {
+                path: "(lost)".into(),
+                source: std::io::Error::other("the store was lost when a commit panicked"),
+            };
+            return Err((batch, lost));
+        };
+        let job = tokio::task::spawn_blocking(move || {
+            let result = store.commit(&batch);
+            (store, batch, result)
+        });
+        tokio::pin!(job);
+        let joined = loop {
+            tokio::select! {
+                biased;
+                joined = &mut job => break joined,
+                input = inputs.recv(), if !self.inputs_closed && self.deferred.len() < MAX_DEFERRED => {
+                    match input {
+                        Some(Input::Api(call)) if call.is_read() => self.read(call),
+                        Some(other) => self.deferred.push_back(other),
+                        None => self.inputs_closed = true,
+                    }
+                }
+            }
+        };
+        match joined {
+            Ok((store, batch, result)) => {
+                self.store = Some(StoreBox(store));
+                match result {
+                    Ok(()) => Ok(batch),
+                    Err(err) => Err((batch, err)),
+                }
+            }
+            // The store went with the panic: every later commit fails too.
+            Err(err) => Err((
+                Changes::default(),
+                StoreError::Io {
+                    path: "(lost)".into(),
+                    source: std::io::Error::other(format!("the commit panicked: {err}")),
+                },
+            )),
         }
     }
 

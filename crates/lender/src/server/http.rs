@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
-    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE,
+    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE,
+    RETRY_AFTER as RETRY_AFTER_HEADER, WWW_AUTHENTICATE,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -26,9 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::driver::{ApiCall, ApiError, Input, ServerEvent};
 use super::{link, Shared};
-use crate::api::{ErrorBody, LeaseBody, MAX_BODY};
+use crate::api::{ErrorBody, LeaseBody, LeaseView, MAX_BODY};
 use crate::labels::Expr;
 use crate::pool::{Borrower, LeaseId, LeaseRequest, Secret};
+use crate::store::LeaseFilter;
 use crate::tokens::{self, Principal, TokenKind, MAX_TOKEN};
 
 /// A response body: a whole JSON document or an event stream.
@@ -41,6 +43,12 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 const EVENT_KEEPALIVE: Duration = Duration::from_secs(15);
 /// Event chunks buffered for a slow reader before events are skipped.
 const EVENT_QUEUE: usize = 64;
+/// Leases `GET /v1/leases` lists unless `limit` says otherwise, and the
+/// most it lists.
+const DEFAULT_LIST: usize = 100;
+const MAX_LIST: usize = 1000;
+/// What a 503 tells a client to wait before trying again, in seconds.
+const RETRY_AFTER: &str = "5";
 /// The longest secret file the lender reads.
 const MAX_SECRET_FILE: u64 = control::MAX_SECRET_FILE;
 
@@ -91,12 +99,7 @@ async fn route(
         })?;
         let client = authenticate(shared, request.headers(), TokenKind::Client).await?;
         return if method == Method::GET {
-            let view = call(shared, |reply| ApiCall::GetLease {
-                id,
-                client: client.name,
-                reply,
-            })
-            .await??;
+            let view = get_lease(shared, id, &client.name).await?;
             Ok(json(StatusCode::OK, &view))
         } else {
             let when = if query_flag(request.uri().query(), "now")? {
@@ -121,11 +124,8 @@ async fn route(
             if method == Method::POST {
                 create_lease(shared, client, request).await
             } else {
-                let views = call(shared, |reply| ApiCall::Leases {
-                    client: client.name,
-                    reply,
-                })
-                .await?;
+                let query = ListQuery::parse(request.uri().query())?;
+                let views = list_leases(shared, client.name, query).await?;
                 Ok(json(StatusCode::OK, &views))
             }
         }
@@ -138,7 +138,8 @@ async fn route(
         "/v1/events" => {
             allowed("GET")?;
             let client = authenticate(shared, request.headers(), TokenKind::Client).await?;
-            Ok(events(shared, client))
+            let hash = tokens::hash(bearer(request.headers())?);
+            Ok(events(shared, client, hash))
         }
         "/metrics" => {
             allowed("GET")?;
@@ -156,6 +157,132 @@ async fn route(
             format!("no such endpoint: {path}"),
         )),
     }
+}
+
+/// A read of the database failed: the client may try again.
+fn unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the lender cannot read its database (see the lender's log); try again later",
+    )
+}
+
+/// `GET /v1/leases/{id}`: from the pool, else from the store (a lease that
+/// ended and was forgotten, or ended before a restart); another client's
+/// lease is "not found", so that ids tell nothing.
+async fn get_lease(shared: &Shared, id: LeaseId, client: &str) -> Result<LeaseView, ApiError> {
+    let view = match call(shared, |reply| ApiCall::GetLease { id, reply }).await? {
+        Some(view) => Some(view),
+        None => shared
+            .reader
+            .lease(id)
+            .await
+            .map_err(|err| {
+                tracing::error!(%err, lease = id, "lease lookup failed");
+                unavailable()
+            })?
+            .map(|lease| LeaseView::of(&lease)),
+    };
+    view.filter(|view| view.client == client).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no lease {id} of client {client:?}"),
+        )
+    })
+}
+
+/// The query of `GET /v1/leases`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ListQuery {
+    filter: LeaseFilter,
+    limit: usize,
+}
+
+impl ListQuery {
+    /// `state=open|ended|all` (default `all`), `limit=1..=MAX_LIST`
+    /// (default [`DEFAULT_LIST`]).
+    fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+        let mut parsed = ListQuery {
+            filter: LeaseFilter::All,
+            limit: DEFAULT_LIST,
+        };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "state" => {
+                    parsed.filter = match value {
+                        "all" => LeaseFilter::All,
+                        "open" => LeaseFilter::Open,
+                        "ended" => LeaseFilter::Ended,
+                        other => {
+                            return Err(bad(format!(
+                                "`state` must be open, ended or all, not {other:?}"
+                            )))
+                        }
+                    }
+                }
+                "limit" => {
+                    parsed.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIST).contains(n))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "`limit` must be a number from 1 to {MAX_LIST}, not {value:?}"
+                            ))
+                        })?;
+                }
+                other => {
+                    return Err(bad(format!(
+                        "unknown query parameter {other:?}; known: state, limit"
+                    )))
+                }
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// `GET /v1/leases`: the client's newest leases that pass the filter, in id
+/// order. Open leases come from the pool (it holds every one), ended ones
+/// from the store, so they stay listed across restarts.
+async fn list_leases(
+    shared: &Shared,
+    client: String,
+    query: ListQuery,
+) -> Result<Vec<LeaseView>, ApiError> {
+    let mut views: std::collections::BTreeMap<LeaseId, LeaseView> =
+        std::collections::BTreeMap::new();
+    if query.filter != LeaseFilter::Ended {
+        let open = call(shared, |reply| ApiCall::Leases {
+            client: client.clone(),
+            reply,
+        })
+        .await?;
+        views.extend(
+            open.into_iter()
+                .filter(|view| view.state != "ended")
+                .map(|view| (view.id, view)),
+        );
+    }
+    if query.filter != LeaseFilter::Open {
+        let ended = shared
+            .reader
+            .leases(client, LeaseFilter::Ended, query.limit)
+            .await
+            .map_err(|err| {
+                tracing::error!(%err, "listing ended leases failed");
+                unavailable()
+            })?;
+        for lease in ended {
+            views
+                .entry(lease.id)
+                .or_insert_with(|| LeaseView::of(&lease));
+        }
+    }
+    let skip = views.len().saturating_sub(query.limit);
+    Ok(views.into_values().skip(skip).collect())
 }
 
 /// Sends a call to the driver and waits for its answer.
@@ -178,6 +305,21 @@ async fn call<T>(
     rx.await.map_err(|_| unavailable())
 }
 
+/// The bearer token of a request.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
+    let value = headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing `Authorization: Bearer <token>`"))?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN)
+        .ok_or_else(|| unauthorized("malformed Authorization header; expected `Bearer <token>`"))
+}
+
 /// The principal of the request's bearer token, which must be of `kind`.
 pub(crate) async fn authenticate(
     shared: &Shared,
@@ -185,19 +327,16 @@ pub(crate) async fn authenticate(
     kind: TokenKind,
 ) -> Result<Principal, ApiError> {
     let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
-    let value = headers
-        .get(AUTHORIZATION)
-        .ok_or_else(|| unauthorized("missing `Authorization: Bearer <token>`"))?;
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN)
-        .ok_or_else(|| unauthorized("malformed Authorization header; expected `Bearer <token>`"))?;
+    let token = bearer(headers)?;
     let hash = tokens::hash(token);
-    let principal = call(shared, |reply| ApiCall::Authenticate { hash, reply })
-        .await?
+    let principal = shared
+        .tokens
+        .principal(&hash, &shared.tracker)
+        .await
+        .map_err(|err| {
+            tracing::error!(%err, "token lookup failed");
+            unavailable()
+        })?
         .ok_or_else(|| unauthorized("unknown token"))?;
     if principal.kind != kind {
         let what = match kind {
@@ -368,13 +507,17 @@ fn query_flag(query: Option<&str>, name: &str) -> Result<bool, ApiError> {
 
 /// `GET /v1/events`: a stream of the client's lease changes and every
 /// agent change, as `event: lease|agent` with the view as `data`.
-fn events(shared: &Shared, client: Principal) -> Response<Body> {
+fn events(shared: &Arc<Shared>, client: Principal, hash: String) -> Response<Body> {
     let events = shared.events.subscribe();
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     let cancel = shared.cancel.child_token();
+    let revoked = Revoked {
+        shared: shared.clone(),
+        hash,
+    };
     shared
         .tracker
-        .spawn(forward_events(events, tx, client.name, cancel));
+        .spawn(forward_events(events, tx, client.name, revoked, cancel));
     let mut response = Response::new(EventBody { rx }.boxed_unsync());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -382,17 +525,45 @@ fn events(shared: &Shared, client: Principal) -> Response<Body> {
     response
 }
 
+/// Tells a long-lived connection that its token was revoked.
+pub(crate) struct Revoked {
+    pub shared: Arc<Shared>,
+    pub hash: String,
+}
+
+impl Revoked {
+    /// Returns once the token is revoked.
+    pub async fn wait(&self) {
+        let mut revocations = self.shared.tokens.revocations();
+        loop {
+            if self.shared.tokens.is_revoked(&self.hash) {
+                return;
+            }
+            if revocations.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
 async fn forward_events(
     mut events: broadcast::Receiver<Arc<ServerEvent>>,
     tx: mpsc::Sender<Bytes>,
     client: String,
+    revoked: Revoked,
     cancel: CancellationToken,
 ) {
     let mut keepalive = tokio::time::interval(EVENT_KEEPALIVE);
+    let revocation = revoked.wait();
+    tokio::pin!(revocation);
     loop {
         let chunk = tokio::select! {
             () = cancel.cancelled() => return,
             () = tx.closed() => return,
+            () = &mut revocation => {
+                tracing::info!(%client, "event stream closed: its token was revoked");
+                return;
+            }
             _ = keepalive.tick() => Bytes::from_static(b":\n\n"),
             event = events.recv() => match event {
                 Ok(event) => match event.as_ref() {
@@ -467,6 +638,9 @@ pub(crate) fn error_response(err: ApiError) -> Response<Body> {
     let headers = response.headers_mut();
     if err.status == StatusCode::UNAUTHORIZED {
         headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if err.status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(RETRY_AFTER_HEADER, HeaderValue::from_static(RETRY_AFTER));
     }
     if let Some(methods) = err.allow {
         headers.insert(ALLOW, HeaderValue::from_static(methods));

@@ -38,9 +38,9 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument as _;
 
 use super::driver::{ApiError, Input};
-use super::http::{authenticate, error_response, full, Body};
+use super::http::{authenticate, bearer, error_response, full, Body, Revoked};
 use super::Shared;
-use crate::tokens::TokenKind;
+use crate::tokens::{self, TokenKind};
 
 /// Orders buffered for one agent; a link that falls this far behind is
 /// dropped by the driver.
@@ -63,6 +63,13 @@ pub(crate) async fn upgrade(
         Ok(principal) => principal.name,
         Err(err) => return error_response(err),
     };
+    let revoked = match bearer(request.headers()) {
+        Ok(token) => Revoked {
+            shared: shared.clone(),
+            hash: tokens::hash(token),
+        },
+        Err(err) => return error_response(err),
+    };
     let Some(key) = websocket_key(&request) else {
         return error_response(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -74,7 +81,7 @@ pub(crate) async fn upgrade(
     let span = tracing::info_span!("link", %agent, link);
     shared
         .tracker
-        .spawn(session(shared.clone(), on_upgrade, agent, link).instrument(span));
+        .spawn(session(shared.clone(), on_upgrade, agent, link, revoked).instrument(span));
 
     let mut response = Response::new(full(Vec::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -130,7 +137,13 @@ impl Close {
     }
 }
 
-async fn session(shared: Arc<Shared>, on_upgrade: OnUpgrade, agent: String, link: u64) {
+async fn session(
+    shared: Arc<Shared>,
+    on_upgrade: OnUpgrade,
+    agent: String,
+    link: u64,
+    revoked: Revoked,
+) {
     let cancel = shared.cancel.child_token();
     let upgraded = tokio::select! {
         () = cancel.cancelled() => return,
@@ -195,9 +208,15 @@ async fn session(shared: Arc<Shared>, on_upgrade: OnUpgrade, agent: String, link
     }
 
     let mut last_seen = Instant::now();
+    let revocation = revoked.wait();
+    tokio::pin!(revocation);
     let close = loop {
         tokio::select! {
             () = cancel.cancelled() => break Some(Close::new(CloseCode::Away, "the lender is shutting down")),
+            () = &mut revocation => {
+                tracing::warn!("the agent's token was revoked; closing its link");
+                break Some(Close::new(CloseCode::Policy, "this agent's token was revoked"));
+            }
             () = sleep_until(last_seen + idle_limit) => {
                 tracing::warn!("link silent for three ping intervals; closing it");
                 break Some(Close::new(CloseCode::Away, "no traffic for three ping intervals"));

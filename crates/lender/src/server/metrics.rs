@@ -9,6 +9,8 @@
 //! | `jnlp_lender_lease_wait_seconds` | summary | `quantile` 0.5, 0.9, 0.99 over the last 1,024 leases |
 //! | `jnlp_lender_borrow_failures_total` | counter | |
 //! | `jnlp_lender_leases_ended_total` | counter | `reason`: returned, reclaimed, agent_left, timed_out, failed, cancelled |
+//! | `jnlp_lender_store_failures_total` | counter | `change`: client (refused, answered 503), reported (kept, retried) |
+//! | `jnlp_lender_store_unsaved` | gauge | 1 while reported changes wait for the database (nothing is decided meanwhile) |
 //!
 //! Counters start at zero with each process.
 
@@ -43,6 +45,17 @@ pub(crate) struct Metrics {
     wait_count: u64,
     /// Leases seen active, so that each wait is counted once.
     active: HashSet<LeaseId>,
+    /// Commits the store refused: a client's change, a reported one.
+    store_failures: [u64; 2],
+}
+
+/// Whose change a refused commit held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChangeKind {
+    /// A client's request: refused with 503.
+    Client,
+    /// What agents or timers changed: kept and retried.
+    Reported,
 }
 
 impl Metrics {
@@ -73,14 +86,38 @@ impl Metrics {
             .count() as u64;
     }
 
+    /// Counts a commit the store refused.
+    pub fn store_failed(&mut self, kind: ChangeKind) {
+        self.store_failures[kind as usize] += 1;
+    }
+
     /// Counts an ended lease.
     pub fn ended(&mut self, reason: &EndReason) {
         *self.ended.entry(end_kind(reason)).or_default() += 1;
     }
 
     /// The text for `GET /metrics`.
-    pub fn render(&self, pool: &Pool, links: usize) -> String {
+    pub fn render(&self, pool: &Pool, links: usize, unsaved: bool) -> String {
         let mut out = String::new();
+        header(
+            &mut out,
+            "jnlp_lender_store_failures_total",
+            "counter",
+            "Commits the database refused.",
+        );
+        for (change, n) in ["client", "reported"].iter().zip(self.store_failures) {
+            let _ = writeln!(
+                out,
+                "jnlp_lender_store_failures_total{{change=\"{change}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "jnlp_lender_store_unsaved",
+            "gauge",
+            "1 while reported changes wait for the database.",
+        );
+        let _ = writeln!(out, "jnlp_lender_store_unsaved {}", u8::from(unsaved));
         let mut agents: BTreeMap<&str, u64> = AGENT_STATES.iter().map(|s| (*s, 0)).collect();
         for agent in pool.agents() {
             *agents.entry(agent_state(agent)).or_default() += 1;

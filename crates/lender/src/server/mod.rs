@@ -19,6 +19,8 @@
 //! - this module: [`Config`], [`start`], the listener (plain HTTP on
 //!   loopback, TLS otherwise) and the shared state of connections;
 //! - `driver`: the task that owns the pool and the store;
+//! - `reader`: reads from the store that never wait behind a commit;
+//! - `auth`: the token book (lookups, revocation, last use);
 //! - `http`: routes, bearer tokens, bounded JSON bodies, server-sent
 //!   events;
 //! - `link`: the agents' WebSocket (`GET /v1/link`);
@@ -40,12 +42,14 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::pool::{Pool, PoolConfig, PoolError};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{SqliteStore, Store, StoreError, BUSY_TIMEOUT};
 
+mod auth;
 mod driver;
 mod http;
 mod link;
 mod metrics;
+mod reader;
 
 pub use driver::ServerEvent;
 
@@ -74,6 +78,13 @@ pub struct Config {
     pub listen: String,
     /// The SQLite database.
     pub db: PathBuf,
+    /// Create the database if it holds no pool yet; without it, a missing
+    /// or empty file is refused (a typo in `--db` must not start an empty
+    /// pool).
+    pub init: bool,
+    /// How long a commit waits for a lock another process holds on the
+    /// database before the change is refused.
+    pub db_busy_timeout: Duration,
     /// HTTPS; without it the server listens on loopback only, unless
     /// `insecure_listen`.
     pub tls: Option<TlsFiles>,
@@ -104,6 +115,8 @@ impl Config {
         Config {
             listen: listen.into(),
             db: db.into(),
+            init: false,
+            db_busy_timeout: BUSY_TIMEOUT,
             tls: None,
             insecure_listen: false,
             reclaim_after: None,
@@ -149,6 +162,9 @@ pub enum ServerError {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub driver: mpsc::Sender<driver::Input>,
+    /// Reads that do not wait behind a commit.
+    pub reader: reader::ReadStore,
+    pub tokens: Arc<auth::TokenBook>,
     pub events: broadcast::Sender<Arc<ServerEvent>>,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
@@ -190,10 +206,15 @@ impl Running {
     }
 }
 
-/// Opens the database, rebuilds the pool from it, binds the listener and
-/// starts serving.
+/// Opens the database (creating it only with `init`), rebuilds the pool
+/// from it, binds the listener and starts serving.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
-    let store = SqliteStore::open(&config.db)?;
+    let mut store = if config.init {
+        SqliteStore::open(&config.db)?
+    } else {
+        SqliteStore::open_existing(&config.db)?
+    };
+    store.set_busy_timeout(config.db_busy_timeout)?;
     start_with_store(config, Box::new(store)).await
 }
 
@@ -213,6 +234,8 @@ pub async fn start_with_store(
 
     let snapshot = store.load()?;
     let pool = Pool::restore(config.pool.clone(), snapshot)?;
+    let reads = reader::ReadStore::new(store.reader()?);
+    let tokens = auth::TokenBook::new(reads.clone(), reader::ReadStore::new(store.reader()?));
     tracing::info!(
         %addr,
         tls = tls.is_some(),
@@ -231,8 +254,11 @@ pub async fn start_with_store(
             .run(inputs_rx, cancel.clone())
             .instrument(tracing::info_span!("driver")),
     );
+    tracker.spawn(tokens.clone().watch_revocations(cancel.clone()));
     let shared = Arc::new(Shared {
         driver: inputs_tx,
+        reader: reads,
+        tokens,
         events,
         cancel: cancel.clone(),
         tracker: tracker.clone(),

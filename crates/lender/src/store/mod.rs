@@ -7,18 +7,26 @@
 //! ([`Store::load`]). [`SqliteStore`] is the default (one file);
 //! [`MemoryStore`] serves tests.
 //!
+//! A commit may wait (a database locked by another process waits up to its
+//! busy timeout), and the server must still answer reads meanwhile, so a
+//! store hands out a [`Store::reader`]: a second handle on the same data
+//! (SQLite: a second connection; in WAL mode readers never wait behind a
+//! writer) that sees only what was committed.
+//!
 //! Borrower secrets are stored while a lease may still need them (to send
 //! `borrow` again after a restart) and dropped once it ended. Bearer tokens
 //! are stored as their SHA-256 only ([`crate::tokens`]).
 
+use std::path::{Path, PathBuf};
+
 use crate::pool::{AuditEntry, Changes, Lease, LeaseId, Snapshot};
-use crate::tokens::{Principal, TokenRecord};
+use crate::tokens::{Principal, TokenInfo, TokenRecord};
 
 mod memory;
 mod sqlite;
 
 pub use memory::MemoryStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, BUSY_TIMEOUT};
 
 /// An audit entry with its place in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +37,19 @@ pub struct AuditRecord {
     pub entry: AuditEntry,
 }
 
+/// Which leases [`Store::leases`] lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseFilter {
+    /// Every lease.
+    All,
+    /// Leases not ended yet.
+    Open,
+    /// Ended leases only.
+    Ended,
+}
+
 /// Storage for the pool.
-pub trait Store {
+pub trait Store: Send {
     /// Writes a batch of changes, all or nothing.
     fn commit(&mut self, changes: &Changes) -> Result<(), StoreError>;
 
@@ -44,6 +63,15 @@ pub trait Store {
     /// The waiting requests, oldest first.
     fn queue(&self) -> Result<Vec<Lease>, StoreError>;
 
+    /// `client`'s leases that pass `filter`, newest first, at most `limit`
+    /// (ended ones without their secret).
+    fn leases(
+        &self,
+        client: &str,
+        filter: LeaseFilter,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError>;
+
     /// Audit entries after position `after` (0: from the start), oldest
     /// first, at most `limit`.
     fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
@@ -51,28 +79,92 @@ pub trait Store {
     /// Adds a bearer token (its hash).
     fn add_token(&mut self, token: &TokenRecord) -> Result<(), StoreError>;
 
-    /// Whom the token with this hash ([`crate::tokens::hash`]) speaks for.
+    /// Whom the token with this hash ([`crate::tokens::hash`]) speaks for;
+    /// `None` for an unknown or revoked token.
     fn token(&self, hash: &str) -> Result<Option<Principal>, StoreError>;
+
+    /// Every token ever made, revoked ones included, oldest first.
+    fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError>;
+
+    /// The hashes of the revoked tokens.
+    fn revoked(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Revokes every token named `name` not revoked yet; how many.
+    fn revoke(&mut self, name: &str, at_ms: u64) -> Result<usize, StoreError>;
+
+    /// Notes that the token with this hash was used at `at_ms`.
+    fn token_used(&mut self, hash: &str, at_ms: u64) -> Result<(), StoreError>;
+
+    /// A second handle on the same data, for reads that must not wait
+    /// behind a commit of this one.
+    fn reader(&self) -> Result<Box<dyn Store>, StoreError>;
+
+    /// Where the data lives, for messages.
+    fn location(&self) -> &Path;
 }
 
-/// Why the store failed.
+/// Why the store failed. Every variant names the database, so that a
+/// message in a log or on a terminal says which file to look at.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// SQLite refused (a locked or broken file, a full disk).
-    #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    #[error("database {}: {source}", path.display())]
+    Sqlite {
+        /// The database.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
     /// The database file or its directory.
-    #[error("database file: {0}")]
-    Io(#[from] std::io::Error),
+    #[error("database {}: {source}", path.display())]
+    Io {
+        /// The database.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
     /// A row that does not read back (edited by hand, or a bug).
-    #[error("database holds a bad row: {0}")]
-    Corrupt(String),
+    #[error("database {} holds a bad row: {detail}", path.display())]
+    Corrupt {
+        /// The database.
+        path: PathBuf,
+        /// Which row, and what is wrong.
+        detail: String,
+    },
     /// The file was written by a newer lender.
-    #[error("database schema version {found} is newer than this lender's ({known})")]
+    #[error(
+        "database {} has schema version {found}, newer than this lender's ({known}); \
+         run the newer lender",
+        path.display()
+    )]
     NewerSchema {
+        /// The database.
+        path: PathBuf,
         /// The file's version.
         found: u32,
         /// The newest this build knows.
         known: u32,
+    },
+    /// No database where one was expected (a typo in `--db`?).
+    #[error(
+        "database {} {what}; check --db, or give --init to start a new, empty pool there",
+        path.display()
+    )]
+    NotAPool {
+        /// The path.
+        path: PathBuf,
+        /// `does not exist`, `is an empty file`, ...
+        what: &'static str,
+    },
+    /// `PRAGMA quick_check` found damage.
+    #[error(
+        "database {} is damaged ({detail}); restore it from a backup",
+        path.display()
+    )]
+    Damaged {
+        /// The database.
+        path: PathBuf,
+        /// What the check said first.
+        detail: String,
     },
 }

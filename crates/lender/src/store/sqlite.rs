@@ -1,6 +1,13 @@
 //! The SQLite store: one file, schema created and migrated on open.
+//!
+//! [`SqliteStore::open`] creates the file (`token create`, `serve --init`);
+//! [`SqliteStore::open_existing`] refuses a path that holds no pool (missing,
+//! empty, no schema), so that a typo in `--db` cannot start an empty pool
+//! that answers every client with 401, and checks the file first
+//! (`PRAGMA quick_check`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use control::Transport;
@@ -12,8 +19,8 @@ use crate::pool::{
     Agent, Attempt, AuditEntry, Borrower, Changes, EndReason, Lease, LeaseId, LeaseRequest,
     LeaseState, Place, ReturnCause, Secret, Snapshot,
 };
-use crate::store::{AuditRecord, Store, StoreError};
-use crate::tokens::{Principal, TokenKind, TokenRecord};
+use crate::store::{AuditRecord, LeaseFilter, Store, StoreError};
+use crate::tokens::{short_id, Principal, TokenInfo, TokenKind, TokenRecord};
 
 /// The schema, one entry per version; `PRAGMA user_version` says how many
 /// have been applied. Append, never edit.
@@ -65,42 +72,181 @@ CREATE TABLE tokens (
     created_ms INTEGER NOT NULL
 );
 "#,
+    r#"
+ALTER TABLE tokens ADD COLUMN last_used_ms INTEGER; -- to the minute
+ALTER TABLE tokens ADD COLUMN revoked_ms INTEGER;   -- NULL: valid
+CREATE INDEX tokens_by_name ON tokens (name);
+CREATE INDEX leases_by_client ON leases (client, id);
+"#,
 ];
+
+/// How long a write waits for a lock another connection holds before the
+/// change is refused.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a read waits; in WAL mode readers wait only for recovery.
+const READ_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a row or a statement failed, before the file's name is added.
+#[derive(Debug)]
+enum Fault {
+    Sqlite(rusqlite::Error),
+    Corrupt(String),
+}
+
+impl From<rusqlite::Error> for Fault {
+    fn from(err: rusqlite::Error) -> Self {
+        Fault::Sqlite(err)
+    }
+}
+
+type Res<T> = Result<T, Fault>;
 
 /// Leases and agents in one SQLite file (WAL journal). On Unix the file is
 /// made readable by its owner only, since it holds borrower secrets.
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
+    path: PathBuf,
+    /// The name of a shared in-memory database (tests), for readers.
+    memory: Option<String>,
 }
+
+/// Tells in-memory databases apart.
+static NEXT_MEMORY: AtomicU64 = AtomicU64::new(1);
 
 impl SqliteStore {
     /// Opens (or creates) the database at `path` and brings its schema up to
     /// date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
+        let conn = Connection::open(path).map_err(|err| sqlite_error(path, err))?;
         restrict_permissions(path)?;
-        Self::init(conn)
+        Self::init(conn, path.to_owned(), None)
     }
 
-    /// A database in memory (for tests of this type itself).
+    /// Opens the database at `path`, which must already hold a pool (made by
+    /// [`SqliteStore::open`]): a missing or empty file, or one without the
+    /// lender's tables, is refused. The file is checked with `PRAGMA
+    /// quick_check` first.
+    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        let not_a_pool = |what| StoreError::NotAPool {
+            path: path.to_owned(),
+            what,
+        };
+        match std::fs::metadata(path) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Err(not_a_pool("does not exist"))
+            }
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+            Ok(meta) if !meta.is_file() => return Err(not_a_pool("is not a file")),
+            Ok(meta) if meta.len() == 0 => return Err(not_a_pool("is an empty file")),
+            Ok(_) => {}
+        }
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(|err| sqlite_error(path, err))?;
+        quick_check(&conn).map_err(|fault| at(path, fault))?;
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|err| sqlite_error(path, err))?;
+        if version == 0 {
+            return Err(not_a_pool("holds no pool (no lender tables)"));
+        }
+        restrict_permissions(path)?;
+        Self::init(conn, path.to_owned(), None)
+    }
+
+    /// A database in memory (for tests of this type itself); its readers
+    /// share it.
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        Self::init(Connection::open_in_memory()?)
+        let name = format!(
+            "file:jnlp-lender-{}-{}?mode=memory&cache=shared",
+            std::process::id(),
+            NEXT_MEMORY.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = PathBuf::from(":memory:");
+        let conn = Connection::open_with_flags(&name, memory_flags())
+            .map_err(|err| sqlite_error(&path, err))?;
+        Self::init(conn, path, Some(name))
     }
 
-    fn init(mut conn: Connection) -> Result<Self, StoreError> {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        migrate(&mut conn)?;
-        Ok(SqliteStore { conn })
+    fn init(
+        mut conn: Connection,
+        path: PathBuf,
+        memory: Option<String>,
+    ) -> Result<Self, StoreError> {
+        let setup = |conn: &mut Connection| -> Res<()> {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            Ok(())
+        };
+        setup(&mut conn).map_err(|fault| at(&path, fault))?;
+        migrate(&mut conn, &path)?;
+        Ok(SqliteStore { conn, path, memory })
+    }
+
+    /// How long a commit waits for a lock held by another connection before
+    /// it fails ([`BUSY_TIMEOUT`] unless set).
+    pub fn set_busy_timeout(&mut self, timeout: Duration) -> Result<(), StoreError> {
+        self.conn
+            .busy_timeout(timeout)
+            .map_err(|err| sqlite_error(&self.path, err))
     }
 
     /// The schema version of the open file.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
-        Ok(self
-            .conn
-            .pragma_query_value(None, "user_version", |row| row.get(0))?)
+        self.conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|err| self.error(err.into()))
+    }
+
+    fn error(&self, fault: Fault) -> StoreError {
+        at(&self.path, fault)
+    }
+}
+
+fn memory_flags() -> rusqlite::OpenFlags {
+    rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+        | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+        | rusqlite::OpenFlags::SQLITE_OPEN_URI
+        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+}
+
+fn sqlite_error(path: &Path, source: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn at(path: &Path, fault: Fault) -> StoreError {
+    match fault {
+        Fault::Sqlite(source) => sqlite_error(path, source),
+        Fault::Corrupt(detail) => StoreError::Corrupt {
+            path: path.to_owned(),
+            detail,
+        },
+    }
+}
+
+/// `PRAGMA quick_check`: `ok`, or the first problem it names.
+fn quick_check(conn: &Connection) -> Res<()> {
+    let mut stmt = conn.prepare("PRAGMA quick_check")?;
+    let mut rows = stmt.query([])?;
+    let first: Option<String> = match rows.next()? {
+        Some(row) => Some(row.get(0)?),
+        None => None,
+    };
+    match first.as_deref() {
+        Some("ok") | None => Ok(()),
+        Some(problem) => Err(Fault::Corrupt(format!("quick_check: {problem}"))),
     }
 }
 
@@ -108,7 +254,12 @@ impl SqliteStore {
 fn restrict_permissions(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::PermissionsExt;
     if path.exists() {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| StoreError::Io {
+                path: path.to_owned(),
+                source,
+            },
+        )?;
     }
     Ok(())
 }
@@ -118,17 +269,26 @@ fn restrict_permissions(_path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let known = MIGRATIONS.len() as u32;
-    let found: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let found: u32 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|err| sqlite_error(path, err))?;
     if found > known {
-        return Err(StoreError::NewerSchema { found, known });
+        return Err(StoreError::NewerSchema {
+            path: path.to_owned(),
+            found,
+            known,
+        });
     }
     for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", version as u32 + 1)?;
-        tx.commit()?;
+        let apply = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", version as u32 + 1)?;
+            tx.commit()
+        };
+        apply(conn).map_err(|err| sqlite_error(path, err))?;
     }
     Ok(())
 }
@@ -147,8 +307,8 @@ fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(what.to_string())
+fn corrupt(what: impl std::fmt::Display) -> Fault {
+    Fault::Corrupt(what.to_string())
 }
 
 fn place_url(place: &Place) -> Option<&str> {
@@ -184,7 +344,7 @@ fn state_detail(state: &LeaseState) -> Option<Value> {
     }
 }
 
-fn state_from(name: &str, detail: Option<&str>) -> Result<LeaseState, StoreError> {
+fn state_from(name: &str, detail: Option<&str>) -> Res<LeaseState> {
     let detail: Value = match detail {
         Some(text) => serde_json::from_str(text).map_err(corrupt)?,
         None => Value::Null,
@@ -225,7 +385,7 @@ fn transport_name(transport: Option<Transport>) -> Option<&'static str> {
     })
 }
 
-fn transport_from(name: Option<String>) -> Result<Option<Transport>, StoreError> {
+fn transport_from(name: Option<String>) -> Res<Option<Transport>> {
     match name.as_deref() {
         None => Ok(None),
         Some("tcp") => Ok(Some(Transport::Tcp)),
@@ -244,7 +404,7 @@ fn attempts_json(attempts: &[Attempt]) -> String {
     .to_string()
 }
 
-fn attempts_from(text: &str) -> Result<Vec<Attempt>, StoreError> {
+fn attempts_from(text: &str) -> Res<Vec<Attempt>> {
     let value: Value = serde_json::from_str(text).map_err(corrupt)?;
     let items = value
         .as_array()
@@ -307,7 +467,7 @@ impl LeaseRow {
         })
     }
 
-    fn into_lease(self) -> Result<Lease, StoreError> {
+    fn into_lease(self) -> Res<Lease> {
         let requirements = Expr::parse(&self.requirements)
             .map_err(|err| corrupt(format!("lease {}: requirements: {err}", self.id)))?;
         let millis = |v: i64| Duration::from_millis(uint(v));
@@ -336,7 +496,7 @@ impl LeaseRow {
     }
 }
 
-fn write_lease(tx: &Transaction<'_>, lease: &Lease) -> Result<(), StoreError> {
+fn write_lease(tx: &Transaction<'_>, lease: &Lease) -> Res<()> {
     let ended = matches!(lease.state, LeaseState::Ended(_));
     let request = &lease.request;
     let secret = (!ended).then(|| request.borrower.secret.expose());
@@ -368,7 +528,7 @@ fn write_lease(tx: &Transaction<'_>, lease: &Lease) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn write_agent(tx: &Transaction<'_>, agent: &Agent) -> Result<(), StoreError> {
+fn write_agent(tx: &Transaction<'_>, agent: &Agent) -> Res<()> {
     let labels = Value::Array(agent.labels.iter().cloned().map(Value::String).collect());
     tx.execute(
         "INSERT OR REPLACE INTO agents \
@@ -387,7 +547,7 @@ fn write_agent(tx: &Transaction<'_>, agent: &Agent) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn write_audit(tx: &Transaction<'_>, entry: &AuditEntry) -> Result<(), StoreError> {
+fn write_audit(tx: &Transaction<'_>, entry: &AuditEntry) -> Res<()> {
     tx.execute(
         "INSERT INTO audit (at_ms, lease, agent, action, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
@@ -402,7 +562,7 @@ fn write_audit(tx: &Transaction<'_>, entry: &AuditEntry) -> Result<(), StoreErro
 }
 
 impl SqliteStore {
-    fn leases_where(&self, condition: &str) -> Result<Vec<Lease>, StoreError> {
+    fn leases_where(&self, condition: &str) -> Res<Vec<Lease>> {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {LEASE_COLUMNS} FROM leases WHERE {condition} ORDER BY id"
         ))?;
@@ -410,7 +570,7 @@ impl SqliteStore {
         rows.map(|row| row?.into_lease()).collect()
     }
 
-    fn agents(&self) -> Result<Vec<Agent>, StoreError> {
+    fn agents(&self) -> Res<Vec<Agent>> {
         let mut stmt = self.conn.prepare(
             "SELECT name, labels, place_url, busy, idle_since_ms, last_seen_ms, last_lent_ms \
              FROM agents ORDER BY name",
@@ -445,13 +605,8 @@ impl SqliteStore {
         })
         .collect()
     }
-}
 
-impl Store for SqliteStore {
-    fn commit(&mut self, changes: &Changes) -> Result<(), StoreError> {
-        if changes.is_empty() {
-            return Ok(());
-        }
+    fn commit_batch(&mut self, changes: &Changes) -> Res<()> {
         let tx = self.conn.transaction()?;
         for agent in &changes.agents {
             write_agent(&tx, agent)?;
@@ -466,7 +621,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn load(&self) -> Result<Snapshot, StoreError> {
+    fn load_snapshot(&self) -> Res<Snapshot> {
         let max_id: Option<i64> = self
             .conn
             .query_row("SELECT MAX(id) FROM leases", [], |row| row.get(0))?;
@@ -477,7 +632,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn lease(&self, id: LeaseId) -> Result<Option<Lease>, StoreError> {
+    fn one_lease(&self, id: LeaseId) -> Res<Option<Lease>> {
         let row = self
             .conn
             .query_row(
@@ -489,11 +644,22 @@ impl Store for SqliteStore {
         row.map(LeaseRow::into_lease).transpose()
     }
 
-    fn queue(&self) -> Result<Vec<Lease>, StoreError> {
-        self.leases_where("state = 'queued'")
+    fn client_leases(&self, client: &str, filter: LeaseFilter, limit: usize) -> Res<Vec<Lease>> {
+        let condition = match filter {
+            LeaseFilter::All => "",
+            LeaseFilter::Open => "AND state <> 'ended'",
+            LeaseFilter::Ended => "AND state = 'ended'",
+        };
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {LEASE_COLUMNS} FROM leases WHERE client = ?1 {condition} \
+             ORDER BY id DESC LIMIT ?2"
+        ))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![client, limit], LeaseRow::read)?;
+        rows.map(|row| row?.into_lease()).collect()
     }
 
-    fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+    fn audit_after(&self, after: u64, limit: usize) -> Res<Vec<AuditRecord>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, at_ms, lease, agent, action, detail FROM audit \
              WHERE id > ?1 ORDER BY id LIMIT ?2",
@@ -514,24 +680,11 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn add_token(&mut self, token: &TokenRecord) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO tokens (hash, kind, name, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                token.hash,
-                token.principal.kind.as_str(),
-                token.principal.name,
-                int(token.created_ms),
-            ],
-        )?;
-        Ok(())
-    }
-
-    fn token(&self, hash: &str) -> Result<Option<Principal>, StoreError> {
+    fn find_token(&self, hash: &str) -> Res<Option<Principal>> {
         let row = self
             .conn
             .query_row(
-                "SELECT kind, name FROM tokens WHERE hash = ?1",
+                "SELECT kind, name FROM tokens WHERE hash = ?1 AND revoked_ms IS NULL",
                 [hash],
                 |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
             )
@@ -542,5 +695,150 @@ impl Store for SqliteStore {
             Ok(Principal { kind, name })
         })
         .transpose()
+    }
+
+    fn all_tokens(&self) -> Res<Vec<TokenInfo>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT hash, kind, name, created_ms, last_used_ms, revoked_ms FROM tokens \
+             ORDER BY created_ms, rowid",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, Option<i64>>(4)?,
+                row.get::<_, Option<i64>>(5)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (hash, kind, name, created, used, revoked) = row?;
+            let kind =
+                TokenKind::parse(&kind).ok_or_else(|| corrupt(format!("token kind {kind:?}")))?;
+            Ok(TokenInfo {
+                id: short_id(&hash),
+                kind: kind.as_str(),
+                name,
+                created_ms: uint(created),
+                last_used_ms: used.map(uint),
+                revoked_ms: revoked.map(uint),
+            })
+        })
+        .collect()
+    }
+
+    fn revoked_hashes(&self) -> Res<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT hash FROM tokens WHERE revoked_ms IS NOT NULL")?;
+        let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl Store for SqliteStore {
+    fn commit(&mut self, changes: &Changes) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.commit_batch(changes)
+            .map_err(|fault| self.error(fault))
+    }
+
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        self.load_snapshot().map_err(|fault| self.error(fault))
+    }
+
+    fn lease(&self, id: LeaseId) -> Result<Option<Lease>, StoreError> {
+        self.one_lease(id).map_err(|fault| self.error(fault))
+    }
+
+    fn queue(&self) -> Result<Vec<Lease>, StoreError> {
+        self.leases_where("state = 'queued'")
+            .map_err(|fault| self.error(fault))
+    }
+
+    fn leases(
+        &self,
+        client: &str,
+        filter: LeaseFilter,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        self.client_leases(client, filter, limit)
+            .map_err(|fault| self.error(fault))
+    }
+
+    fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.audit_after(after, limit)
+            .map_err(|fault| self.error(fault))
+    }
+
+    fn add_token(&mut self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO tokens (hash, kind, name, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    token.hash,
+                    token.principal.kind.as_str(),
+                    token.principal.name,
+                    int(token.created_ms),
+                ],
+            )
+            .map_err(|err| self.error(err.into()))?;
+        Ok(())
+    }
+
+    fn token(&self, hash: &str) -> Result<Option<Principal>, StoreError> {
+        self.find_token(hash).map_err(|fault| self.error(fault))
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        self.all_tokens().map_err(|fault| self.error(fault))
+    }
+
+    fn revoked(&self) -> Result<Vec<String>, StoreError> {
+        self.revoked_hashes().map_err(|fault| self.error(fault))
+    }
+
+    fn revoke(&mut self, name: &str, at_ms: u64) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "UPDATE tokens SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms IS NULL",
+                params![name, int(at_ms)],
+            )
+            .map_err(|err| self.error(err.into()))
+    }
+
+    fn token_used(&mut self, hash: &str, at_ms: u64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE tokens SET last_used_ms = ?2 WHERE hash = ?1",
+                params![hash, int(at_ms)],
+            )
+            .map_err(|err| self.error(err.into()))?;
+        Ok(())
+    }
+
+    fn reader(&self) -> Result<Box<dyn Store>, StoreError> {
+        let conn = match &self.memory {
+            Some(name) => Connection::open_with_flags(name, memory_flags()),
+            None => Connection::open_with_flags(
+                &self.path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ),
+        }
+        .and_then(|conn| conn.busy_timeout(READ_BUSY_TIMEOUT).map(|()| conn))
+        .map_err(|err| self.error(err.into()))?;
+        Ok(Box::new(SqliteStore {
+            conn,
+            path: self.path.clone(),
+            memory: self.memory.clone(),
+        }))
+    }
+
+    fn location(&self) -> &Path {
+        &self.path
     }
 }
