@@ -84,6 +84,10 @@ struct ServeArgs {
     /// Create the database if it does not hold a pool yet.
     #[arg(long)]
     init: bool,
+    /// How long a change may wait for a lock another process holds on the
+    /// database before it is refused (503).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    db_busy_timeout: Duration,
     /// PEM certificate chain for HTTPS.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -385,6 +389,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .init();
     let mut config = Config::new(args.listen, args.db);
     config.init = args.init;
+    config.db_busy_timeout = args.db_busy_timeout;
     config.tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         _ => None,
