@@ -97,9 +97,11 @@ impl Client {
             .await
     }
 
-    /// `GET /v1/leases`: this client's leases.
-    pub async fn leases(&self) -> Result<Vec<LeaseView>, ClientError> {
-        self.exchange::<(), _>(reqwest::Method::GET, "/v1/leases", None)
+    /// `GET /v1/leases?state=STATE&limit=N`: this client's newest leases
+    /// in `state` (`open`, `ended`, `all`).
+    pub async fn leases(&self, state: &str, limit: usize) -> Result<Vec<LeaseView>, ClientError> {
+        let path = format!("/v1/leases?state={state}&limit={limit}");
+        self.exchange::<(), _>(reqwest::Method::GET, &path, None)
             .await
     }
 

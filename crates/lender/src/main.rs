@@ -60,8 +60,15 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List this client's leases.
+    /// List this client's newest leases, ended ones included (kept for
+    /// good by the lender).
     Leases {
+        /// Which: open (not ended), ended, or all.
+        #[arg(long, default_value = "all", value_parser = ["open", "ended", "all"])]
+        state: String,
+        /// At most this many (1 to 1000), the newest.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -244,7 +251,11 @@ fn main() -> ExitCode {
         }
         Command::Return { id, now, client } => runtime(return_lease(id, now, client)),
         Command::Agents { client } => runtime(agents(client)),
-        Command::Leases { client } => runtime(leases(client)),
+        Command::Leases {
+            state,
+            limit,
+            client,
+        } => runtime(leases(state, limit, client)),
     }
 }
 
@@ -526,8 +537,8 @@ async fn agents(args: ClientArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn leases(args: ClientArgs) -> anyhow::Result<ExitCode> {
-    let leases = client(&args)?.leases().await?;
+async fn leases(state: String, limit: u16, args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let leases = client(&args)?.leases(&state, limit.into()).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&leases)?);
     } else {
