@@ -270,6 +270,77 @@ async fn ctl_talks_to_a_running_agent_and_the_socket_goes_with_it() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The agent's reserve of connections for peers that are not builds
+/// (`OWNER_CONNECTIONS` in the control server), which this test is.
+const OWNER_CONNECTIONS: usize = 16;
+
+#[tokio::test]
+async fn ctl_status_gets_through_100_idle_connections_which_are_then_closed() {
+    const FLOOD: usize = 100;
+    let dir = socket_dir("flood");
+    let socket = dir.join("control.sock");
+    let s = socket.to_str().unwrap();
+    let mut agent = agent_at(&socket).await;
+
+    // Each idle connection records the first line the agent sends it.
+    let first_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut readers = Vec::new();
+    for _ in 0..FLOOD {
+        let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let first_lines = std::sync::Arc::clone(&first_lines);
+        readers.push(tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt as _;
+            let mut lines = tokio::io::BufReader::new(stream).lines();
+            let line = lines.next_line().await.ok().flatten();
+            let eof = matches!(lines.next_line().await, Ok(None));
+            first_lines.lock().unwrap().push((line, eof));
+        }));
+    }
+    let count = |what: &str| {
+        first_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(line, eof)| *eof && line.as_deref().is_some_and(|l| l.contains(what)))
+            .count()
+    };
+    // All sorted: the reserve holds the newest, the rest made room.
+    let evicted = "idle the longest";
+    eventually("the oldest idle connections are closed", LONG, || {
+        count(evicted) == FLOOD - OWNER_CONNECTIONS
+    })
+    .await;
+
+    let asked = std::time::Instant::now();
+    let out = ctl(&["--socket", s, "status"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    eventually("ctl's connection took an idle one's place", LONG, || {
+        count(evicted) == FLOOD - OWNER_CONNECTIONS + 1
+    })
+    .await;
+
+    // The rest are closed when the idle timeout (10 s) passes.
+    let timed_out = "no request within 10s; closing the connection";
+    eventually("the idle connections time out", LONG, || {
+        count(timed_out) == OWNER_CONNECTIONS - 1
+    })
+    .await;
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    assert_eq!(first_lines.lock().unwrap().len(), FLOOD);
+
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(LONG).await;
+    assert!(status.success(), "{status:?}; log:\n{}", agent.log());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn ctl_usage_errors_exit_2() {
     for args in [
