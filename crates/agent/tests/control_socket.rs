@@ -341,6 +341,106 @@ async fn ctl_status_gets_through_100_idle_connections_which_are_then_closed() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Writes `content` to `path` with `mode`, whatever the umask.
+fn write_with_mode(path: &Path, content: &str, mode: u32) {
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test]
+async fn secret_files_other_users_can_read_are_warned_about() {
+    let dir = socket_dir("exposed");
+    let socket = dir.join("control.sock");
+    let s = socket.to_str().unwrap();
+    let agent_secret = dir.join("agent-secret");
+    write_with_mode(&agent_secret, "agent-s3cret-value\n", 0o644);
+    let at = format!("@{}", agent_secret.display());
+    let mut agent = AgentProcess::start(
+        &[
+            "-url",
+            "http://127.0.0.1:1/",
+            "-name",
+            "mac-01",
+            "-secret",
+            &at,
+            "--control-socket",
+            s,
+        ],
+        &[],
+    );
+    eventually("the control socket appears", LONG, || socket.exists()).await;
+    let warning = |path: &Path, mode: &str| {
+        format!(
+            "{0} holds a secret but other users can read it (mode {mode}); run `chmod 600 {0}`",
+            path.display()
+        )
+    };
+    agent
+        .wait_log(&warning(&agent_secret, "0644"), 1, LONG)
+        .await;
+
+    // A borrow's secret file: ctl warns whoever runs it, the agent logs it.
+    let borrow_secret = dir.join("borrow-secret");
+    write_with_mode(&borrow_secret, "borrow-s3cret-value", 0o604);
+    let out = ctl(
+        &[
+            "--socket",
+            s,
+            "borrow",
+            "--url",
+            "http://127.0.0.1:1/",
+            "--name",
+            "mac-01",
+            "--secret-file",
+            borrow_secret.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let expected = warning(&borrow_secret, "0604");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("warning: {expected}")),
+        "{}",
+        text(&out)
+    );
+    agent.wait_log(&expected, 1, LONG).await;
+
+    // A private file is not worth a word.
+    write_with_mode(&borrow_secret, "borrow-s3cret-value", 0o600);
+    let out = ctl(
+        &[
+            "--socket",
+            s,
+            "borrow",
+            "--url",
+            "http://127.0.0.1:1/",
+            "--name",
+            "mac-01",
+            "--secret-file",
+            borrow_secret.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{}",
+        text(&out)
+    );
+
+    agent.signal(Signal::SIGTERM);
+    agent.wait_exit(LONG).await;
+    let log = agent.log();
+    assert!(
+        !log.contains("s3cret-value"),
+        "a secret reached the log:\n{log}"
+    );
+    assert_eq!(
+        agent.count("holds a secret but other users can read it"),
+        2,
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn ctl_usage_errors_exit_2() {
     for args in [

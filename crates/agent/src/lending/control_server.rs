@@ -74,6 +74,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use control::frame::{read_line_bounded, write_json_line, FrameError};
+use control::secret_file::{readable_by_others, ReadableByOthers};
 use control::{
     parse_request, BorrowRequest, Event, EventKind, Phase, Placement, Reply, Request, Response,
     Status, When, MAX_LINE, MAX_SECRET_FILE,
@@ -816,7 +817,12 @@ impl Connection {
                     })
                     .await;
                     match read {
-                        Ok(Ok(secret)) => borrow.secret = Some(secret),
+                        Ok(Ok((secret, exposed))) => {
+                            if let Some(exposed) = exposed {
+                                warn!(path = %exposed.path.display(), "{exposed}");
+                            }
+                            borrow.secret = Some(secret);
+                        }
                         Ok(Err(message)) => return Next::Reply(Reply::Error(message)),
                         Err(err) => {
                             return Next::Reply(Reply::error(format!(
@@ -1079,11 +1085,15 @@ async fn outcome(
     }
 }
 
-/// The secret in `path` (at most [`MAX_SECRET_FILE`] bytes, trimmed). A
-/// peer the agent does not `trust` may only name a file it owns: the agent
-/// would otherwise send any file it can read to a controller of the peer's
-/// choosing.
-fn read_secret_file(path: &Path, peer_uid: u32, trusted: bool) -> Result<String, String> {
+/// The secret in `path` (at most [`MAX_SECRET_FILE`] bytes, trimmed), and
+/// whether other users can read the file. A peer the agent does not
+/// `trust` may only name a file it owns: the agent would otherwise send any
+/// file it can read to a controller of the peer's choosing.
+fn read_secret_file(
+    path: &Path,
+    peer_uid: u32,
+    trusted: bool,
+) -> Result<(String, Option<ReadableByOthers>), String> {
     let shown = path.display();
     // Non-blocking open: a FIFO named here must not wedge the agent.
     let file = OpenOptions::new()
@@ -1116,7 +1126,7 @@ fn read_secret_file(path: &Path, peer_uid: u32, trusted: bool) -> Result<String,
     if secret.is_empty() {
         return Err(format!("secret_file {shown} is empty"));
     }
-    Ok(secret.to_owned())
+    Ok((secret.to_owned(), readable_by_others(path, &meta)))
 }
 
 #[cfg(test)]
@@ -1490,12 +1500,24 @@ mod tests {
         let file = dir.join("secret");
         fs::write(&file, "x").unwrap();
         let own = Uid::effective().as_raw();
-        assert_eq!(read_secret_file(&file, own, false), Ok("x".into()));
+        fs::set_permissions(&file, Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_secret_file(&file, own, false), Ok(("x".into(), None)));
         let err = read_secret_file(&file, own.wrapping_add(1), false).unwrap_err();
         assert!(err.contains("must belong to the requesting user"), "{err}");
         assert_eq!(
             read_secret_file(&file, own.wrapping_add(1), true),
-            Ok("x".into())
+            Ok(("x".into(), None))
+        );
+        // Read all the same, but reported when others can read it.
+        fs::set_permissions(&file, Permissions::from_mode(0o644)).unwrap();
+        let (secret, exposed) = read_secret_file(&file, own, false).unwrap();
+        assert_eq!(secret, "x");
+        assert_eq!(
+            exposed,
+            Some(ReadableByOthers {
+                path: file.clone(),
+                mode: 0o644
+            })
         );
         fs::write(&file, vec![b'a'; MAX_SECRET_FILE as usize + 1]).unwrap();
         assert!(read_secret_file(&file, own, true)
