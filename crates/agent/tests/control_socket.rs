@@ -296,6 +296,20 @@ async fn ctl_status_gets_through_100_idle_connections_which_are_then_closed() {
             first_lines.lock().unwrap().push((line, eof));
         }));
     }
+    // ctl's connection queues behind all of them, and still gets in (the
+    // bound is generous for a loaded machine: it was over 60 s).
+    let asked = std::time::Instant::now();
+    let out = ctl(&["--socket", s, "status"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    // Every idle connection is closed with a reason: the oldest to make
+    // room as newer ones came, the last few when the idle timeout (10 s)
+    // passed.
     let count = |what: &str| {
         first_lines
             .lock()
@@ -304,32 +318,19 @@ async fn ctl_status_gets_through_100_idle_connections_which_are_then_closed() {
             .filter(|(line, eof)| *eof && line.as_deref().is_some_and(|l| l.contains(what)))
             .count()
     };
-    // All sorted: the reserve holds the newest, the rest made room.
     let evicted = "idle the longest";
-    eventually("the oldest idle connections are closed", LONG, || {
-        count(evicted) == FLOOD - OWNER_CONNECTIONS
-    })
-    .await;
-
-    let asked = std::time::Instant::now();
-    let out = ctl(&["--socket", s, "status"], &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        asked.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        asked.elapsed()
-    );
-    eventually("ctl's connection took an idle one's place", LONG, || {
-        count(evicted) == FLOOD - OWNER_CONNECTIONS + 1
-    })
-    .await;
-
-    // The rest are closed when the idle timeout (10 s) passes.
     let timed_out = "no request within 10s; closing the connection";
-    eventually("the idle connections time out", LONG, || {
-        count(timed_out) == OWNER_CONNECTIONS - 1
+    eventually("every idle connection is closed", LONG, || {
+        count(evicted) + count(timed_out) == FLOOD
     })
     .await;
+    // Unless accepting 100 connections took 10 s, only those held in the
+    // owner's reserve at the end timed out.
+    assert!(
+        count(evicted) >= FLOOD - OWNER_CONNECTIONS,
+        "{:?}",
+        first_lines.lock().unwrap()
+    );
     for reader in readers {
         reader.await.unwrap();
     }

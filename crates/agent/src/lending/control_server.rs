@@ -109,6 +109,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections being checked and sorted (credentials, group, process
 /// scan) at once; beyond it the listener's backlog holds the rest.
 const MAX_UNSORTED: usize = 64;
+/// How often a flood's evictions and refusals are logged, at most: one
+/// line per connection would let any peer fill the log.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// How long one reply may take to write before the client is dropped: a
 /// client that does not read must not hold a connection slot forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -330,6 +333,8 @@ impl ControlServer {
             slots: Mutex::new(Slots::new(max_connections, owner_connections)),
             classifier: Classifier::new(build_scan),
             idle_timeout,
+            evictions: Tally::default(),
+            refusals: Tally::default(),
         });
         let unsorted = Arc::new(Semaphore::new(MAX_UNSORTED));
         loop {
@@ -420,6 +425,8 @@ struct Shared {
     slots: Mutex<Slots>,
     classifier: Classifier,
     idle_timeout: Duration,
+    evictions: Tally,
+    refusals: Tally,
 }
 
 impl Shared {
@@ -427,6 +434,25 @@ impl Shared {
     /// is a single step, so none is ever half done).
     fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Counts events that are logged at most every [`REPORT_EVERY`].
+#[derive(Default)]
+struct Tally(Mutex<(Option<Instant>, u64)>);
+
+impl Tally {
+    /// Counts one at `now`; returns how many to report when a report is
+    /// due.
+    fn count(&self, now: Instant) -> Option<u64> {
+        let mut tally = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (last, count) = &mut *tally;
+        *count += 1;
+        if last.is_some_and(|last| now.duration_since(last) < REPORT_EVERY) {
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(count))
     }
 }
 
@@ -715,8 +741,15 @@ impl Connection {
         drop(unsorted);
         let slot = match admission {
             Admission::Admitted { id, evicted } => {
-                if evicted {
-                    info!(class = ?self.class, "control socket full; closed the connection idle the longest");
+                if let Some(count) = evicted
+                    .then(|| shared.evictions.count(Instant::now()))
+                    .flatten()
+                {
+                    info!(
+                        class = ?self.class,
+                        count,
+                        "control socket full: closed the connections idle the longest to make room"
+                    );
                 }
                 Slot {
                     shared: &shared,
@@ -724,10 +757,13 @@ impl Connection {
                 }
             }
             Admission::Full => {
-                warn!(
-                    class = ?self.class,
-                    "control socket: too many busy connections; refused one"
-                );
+                if let Some(count) = shared.refusals.count(Instant::now()) {
+                    warn!(
+                        class = ?self.class,
+                        count,
+                        "control socket: every connection busy; refused new ones"
+                    );
+                }
                 let reply = Reply::error("too many control connections; try again later");
                 self.send(&mut stream, &reply).await;
                 return;
@@ -738,6 +774,7 @@ impl Connection {
         let mut reader = BufReader::new(reader);
         let mut line = String::new();
         let idle_timeout = shared.idle_timeout;
+        let mut idle_until = tokio::time::Instant::now() + idle_timeout;
         loop {
             let read = tokio::select! {
                 () = self.cancel.cancelled() => return,
@@ -747,8 +784,8 @@ impl Connection {
                     self.send(&mut writer, &Reply::error(message)).await;
                     return;
                 }
-                read = tokio::time::timeout(
-                    idle_timeout,
+                read = tokio::time::timeout_at(
+                    idle_until,
                     read_line_bounded(&mut reader, &mut line, MAX_LINE),
                 ) => match read {
                     Ok(read) => read,
@@ -763,10 +800,14 @@ impl Connection {
                     }
                 },
             };
+            // A blank line is no request: the connection stays idle, and
+            // its deadline stands.
+            if matches!(read, Ok(Some(()))) && line.trim().is_empty() {
+                continue;
+            }
             slot.busy();
             let next = match read {
                 Ok(None) => return,
-                Ok(Some(())) if line.trim().is_empty() => continue,
                 Ok(Some(())) => match parse_request(&line) {
                     Ok(request) => self.handle(request).await,
                     Err(err) => {
@@ -793,6 +834,7 @@ impl Connection {
                         return;
                     }
                     slot.idle();
+                    idle_until = tokio::time::Instant::now() + idle_timeout;
                 }
                 // Busy for good: a stream is never idle.
                 Next::Events => return self.stream_events(reader, writer).await,
@@ -1603,9 +1645,19 @@ mod tests {
         assert!(events.next_event().await.unwrap().is_none());
     }
 
+    type ReplyLines = tokio::io::Lines<BufReader<OwnedReadHalf>>;
+
+    /// The next line, or `None` at EOF; panics after `within`.
+    async fn next_line(lines: &mut ReplyLines, within: Duration) -> Option<String> {
+        tokio::time::timeout(within, lines.next_line())
+            .await
+            .expect("no line in time")
+            .unwrap_or(None)
+    }
+
     /// A raw connection: request lines out, reply lines in.
     struct Raw {
-        lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+        lines: ReplyLines,
         writer: OwnedWriteHalf,
     }
 
@@ -1624,10 +1676,7 @@ mod tests {
 
         /// The next line, or `None` at EOF; panics after `within`.
         async fn line(&mut self, within: Duration) -> Option<String> {
-            tokio::time::timeout(within, self.lines.next_line())
-                .await
-                .expect("no line in time")
-                .unwrap_or(None)
+            next_line(&mut self.lines, within).await
         }
 
         /// Sends `line`, returns the reply.
@@ -1657,6 +1706,17 @@ mod tests {
                 }
             });
         (server, builds)
+    }
+
+    #[test]
+    fn floods_are_reported_in_tallies() {
+        let tally = Tally::default();
+        let t0 = Instant::now();
+        assert_eq!(tally.count(t0), Some(1));
+        assert_eq!(tally.count(t0 + Duration::from_secs(1)), None);
+        assert_eq!(tally.count(t0 + REPORT_EVERY / 2), None);
+        assert_eq!(tally.count(t0 + REPORT_EVERY), Some(3));
+        assert_eq!(tally.count(t0 + REPORT_EVERY), None);
     }
 
     #[tokio::test]
@@ -1786,21 +1846,42 @@ mod tests {
         let mut waiting = Raw::connect(&path).await;
         let wait = "{\"version\":1,\"command\":\"return\",\"when\":\"now\",\"wait\":\"1m\"}\n";
         waiting.writer.write_all(wait.as_bytes()).await.unwrap();
+        // The stream and the wait both listen for events.
+        let deadline = Instant::now() + PROMPTLY;
+        while handler.events.receiver_count() < 2 {
+            assert!(Instant::now() < deadline, "the return does not wait");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         // Silent from the start, and silent after a request.
+        let since = Instant::now();
         let mut silent = Raw::connect(&path).await;
         let mut asked_once = Raw::connect(&path).await;
         asked_once.status_ok().await;
-        // A request line never finished counts as no request.
+        // Half a request line, or blank lines, are no request.
         let mut partial = Raw::connect(&path).await;
         partial.writer.write_all(b"{\"version\":1,").await.unwrap();
+        let (blank_reader, mut blank_writer) =
+            UnixStream::connect(&path).await.unwrap().into_split();
+        let mut blank = BufReader::new(blank_reader).lines();
+        let blank_lines = tokio::spawn(async move {
+            while blank_writer.write_all(b"\n\r\n  \n").await.is_ok() {
+                tokio::time::sleep(timeout / 4).await;
+            }
+        });
 
-        let since = Instant::now();
         let expected = "{\"error\":\"no request within 300ms; closing the connection\"}";
-        for raw in [&mut silent, &mut asked_once, &mut partial] {
-            assert_eq!(raw.line(PROMPTLY).await.as_deref(), Some(expected));
-            assert_eq!(raw.line(PROMPTLY).await, None);
+        for lines in [
+            &mut silent.lines,
+            &mut asked_once.lines,
+            &mut partial.lines,
+            &mut blank,
+        ] {
+            assert_eq!(next_line(lines, PROMPTLY).await.as_deref(), Some(expected));
+            assert_eq!(next_line(lines, PROMPTLY).await, None);
         }
-        assert!(since.elapsed() >= timeout / 2, "{:?}", since.elapsed());
+        // Not before its time: `silent` connected after `since`.
+        assert!(since.elapsed() >= timeout, "{:?}", since.elapsed());
+        blank_lines.abort();
 
         // Well past the timeout, the stream and the wait are still served.
         tokio::time::sleep(timeout * 2).await;
