@@ -1017,8 +1017,16 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
     if let Some(j) = &jnlp_url {
         values::check_http_url(j.from, &j.value)?;
     }
+    let mut exposed_secret_files = Vec::new();
     let secret = secret
-        .map(|s| values::secret(s.from, &s.value, s.from == "-secret"))
+        .map(|s| {
+            values::secret(
+                s.from,
+                &s.value,
+                s.from == "-secret",
+                &mut exposed_secret_files,
+            )
+        })
         .transpose()?;
     let credentials = credentials
         .map(|c| values::credentials(c.from, &c.value))
@@ -1104,6 +1112,7 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
             })),
         name.as_ref().map(|n| n.value.as_str()),
         jnlp_url.as_ref().map(|j| j.value.as_str()),
+        &mut exposed_secret_files,
     )?;
     let log_format = match args.log_format.as_deref() {
         None | Some("text") => LogFormat::Text,
@@ -1176,6 +1185,7 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         state_file: args.state_file,
         log_format,
         lender,
+        exposed_secret_files,
     })
 }
 
@@ -1187,6 +1197,7 @@ fn lender(
     labels: Option<Sourced<Vec<String>>>,
     name: Option<&str>,
     jnlp_url: Option<&str>,
+    exposed: &mut Vec<control::secret_file::ReadableByOthers>,
 ) -> Result<Option<LenderSettings>, CliError> {
     const LENDER: &str = "--lender (or JNLP_AGENT_LENDER)";
     let Some(url) = url else {
@@ -1203,7 +1214,7 @@ fn lender(
         .ok_or(CliError::LenderNeedsName { lender: url.from })?;
     Ok(Some(LenderSettings {
         url: values::lender_url(url.from, &url.value)?,
-        token: values::token_file(token_file.from, &token_file.value)?,
+        token: values::token_file(token_file.from, &token_file.value, exposed)?,
         node,
         labels: match labels {
             Some(labels) => values::labels(labels.from, &labels.value)?,

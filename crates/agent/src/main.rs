@@ -97,6 +97,9 @@ async fn serve(settings: settings::Settings, work: WorkDir) -> anyhow::Result<()
         work_dir = ?work.root,
         "jnlp-agent starting"
     );
+    for exposed in &settings.exposed_secret_files {
+        tracing::warn!(path = %exposed.path.display(), "{exposed}");
+    }
     // Detached build processes stay our descendants: busy detection sees
     // them and a move ends them.
     // Tests disable the subreaper to check that the session marker alone

@@ -219,4 +219,7 @@ pub struct Settings {
     pub reconnect_max_delay: Duration,
     /// `--lender URL` with its token and labels; `None` keeps no link.
     pub lender: Option<LenderSettings>,
+    /// The secret and token files read (`-secret @FILE`, the lender token
+    /// file) that other users can read: warned about once logging is up.
+    pub exposed_secret_files: Vec<control::secret_file::ReadableByOthers>,
 }

@@ -270,6 +270,178 @@ async fn ctl_talks_to_a_running_agent_and_the_socket_goes_with_it() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The agent's reserve of connections for peers that are not builds
+/// (`OWNER_CONNECTIONS` in the control server), which this test is.
+const OWNER_CONNECTIONS: usize = 16;
+
+#[tokio::test]
+async fn ctl_status_gets_through_100_idle_connections_which_are_then_closed() {
+    const FLOOD: usize = 100;
+    let dir = socket_dir("flood");
+    let socket = dir.join("control.sock");
+    let s = socket.to_str().unwrap();
+    let mut agent = agent_at(&socket).await;
+
+    // Each idle connection records the first line the agent sends it.
+    let first_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut readers = Vec::new();
+    for _ in 0..FLOOD {
+        let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let first_lines = std::sync::Arc::clone(&first_lines);
+        readers.push(tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt as _;
+            let mut lines = tokio::io::BufReader::new(stream).lines();
+            let line = lines.next_line().await.ok().flatten();
+            let eof = matches!(lines.next_line().await, Ok(None));
+            first_lines.lock().unwrap().push((line, eof));
+        }));
+    }
+    // ctl's connection queues behind all of them, and still gets in (the
+    // bound is generous for a loaded machine: it was over 60 s).
+    let asked = std::time::Instant::now();
+    let out = ctl(&["--socket", s, "status"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    // Every idle connection is closed with a reason: the oldest to make
+    // room as newer ones came, the last few when the idle timeout (10 s)
+    // passed.
+    let count = |what: &str| {
+        first_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(line, eof)| *eof && line.as_deref().is_some_and(|l| l.contains(what)))
+            .count()
+    };
+    let evicted = "idle the longest";
+    let timed_out = "no request within 10s; closing the connection";
+    eventually("every idle connection is closed", LONG, || {
+        count(evicted) + count(timed_out) == FLOOD
+    })
+    .await;
+    // Unless accepting 100 connections took 10 s, only those held in the
+    // owner's reserve at the end timed out.
+    assert!(
+        count(evicted) >= FLOOD - OWNER_CONNECTIONS,
+        "{:?}",
+        first_lines.lock().unwrap()
+    );
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    assert_eq!(first_lines.lock().unwrap().len(), FLOOD);
+
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(LONG).await;
+    assert!(status.success(), "{status:?}; log:\n{}", agent.log());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes `content` to `path` with `mode`, whatever the umask.
+fn write_with_mode(path: &Path, content: &str, mode: u32) {
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test]
+async fn secret_files_other_users_can_read_are_warned_about() {
+    let dir = socket_dir("exposed");
+    let socket = dir.join("control.sock");
+    let s = socket.to_str().unwrap();
+    let agent_secret = dir.join("agent-secret");
+    write_with_mode(&agent_secret, "agent-s3cret-value\n", 0o644);
+    let at = format!("@{}", agent_secret.display());
+    let mut agent = AgentProcess::start(
+        &[
+            "-url",
+            "http://127.0.0.1:1/",
+            "-name",
+            "mac-01",
+            "-secret",
+            &at,
+            "--control-socket",
+            s,
+        ],
+        &[],
+    );
+    eventually("the control socket appears", LONG, || socket.exists()).await;
+    let warning = |path: &Path, mode: &str| {
+        format!(
+            "{0} holds a secret but other users can read it (mode {mode}); run `chmod 600 {0}`",
+            path.display()
+        )
+    };
+    agent
+        .wait_log(&warning(&agent_secret, "0644"), 1, LONG)
+        .await;
+
+    // A borrow's secret file: ctl warns whoever runs it, the agent logs it.
+    let borrow_secret = dir.join("borrow-secret");
+    write_with_mode(&borrow_secret, "borrow-s3cret-value", 0o604);
+    let out = ctl(
+        &[
+            "--socket",
+            s,
+            "borrow",
+            "--url",
+            "http://127.0.0.1:1/",
+            "--name",
+            "mac-01",
+            "--secret-file",
+            borrow_secret.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let expected = warning(&borrow_secret, "0604");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("warning: {expected}")),
+        "{}",
+        text(&out)
+    );
+    agent.wait_log(&expected, 1, LONG).await;
+
+    // A private file is not worth a word.
+    write_with_mode(&borrow_secret, "borrow-s3cret-value", 0o600);
+    let out = ctl(
+        &[
+            "--socket",
+            s,
+            "borrow",
+            "--url",
+            "http://127.0.0.1:1/",
+            "--name",
+            "mac-01",
+            "--secret-file",
+            borrow_secret.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{}",
+        text(&out)
+    );
+
+    agent.signal(Signal::SIGTERM);
+    agent.wait_exit(LONG).await;
+    let log = agent.log();
+    assert!(
+        !log.contains("s3cret-value"),
+        "a secret reached the log:\n{log}"
+    );
+    assert_eq!(
+        agent.count("holds a secret but other users can read it"),
+        2,
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn ctl_usage_errors_exit_2() {
     for args in [

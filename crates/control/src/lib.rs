@@ -18,6 +18,16 @@
 //! - A connection carries any number of request/reply pairs, in order,
 //!   until the client closes it, except `events`, after which the
 //!   connection only streams events.
+//! - A connection that sends no complete request line for 10 s (after
+//!   connecting or after its last reply) gets an `error` line and is
+//!   closed; one carrying out a request (an `events` stream, a `borrow` or
+//!   `return` with `wait`) is never idle. When the agent's connection slots
+//!   are full, a newcomer takes the place of the connection idle the
+//!   longest, which gets an `error` line; only when every connection is
+//!   busy is the newcomer refused with an `error` line. Build processes on
+//!   the agent and other peers have separate slots, so builds cannot keep
+//!   the owner out. A client that holds a connection between requests
+//!   must reconnect when it finds it closed.
 //!
 //! # Requests
 //!
@@ -115,6 +125,8 @@
 //!   agent's server and the client;
 //! - [`client`]: an async client ([`client::connect`]), used by
 //!   `jnlp-agent ctl`.
+//! - [`secret_file`]: whether a file holding a secret or a token is
+//!   readable by other users, and the warning to give.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -125,6 +137,7 @@ use serde::{Deserialize, Serialize};
 pub mod client;
 pub mod frame;
 pub mod link;
+pub mod secret_file;
 
 /// The protocol version this crate speaks; every request carries it.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -380,6 +380,71 @@ fn secret_from_a_file_loses_its_trailing_newline() {
 }
 
 #[test]
+fn secret_and_token_files_others_can_read_are_reported() {
+    use control::secret_file::ReadableByOthers;
+    use std::os::unix::fs::PermissionsExt as _;
+    let secret = TempFile::new("exposed-secret", format!("{SECRET}\n").as_bytes());
+    let token = TempFile::new("exposed-token", TOKEN.as_bytes());
+    let chmod = |file: &TempFile, mode| {
+        std::fs::set_permissions(&file.0, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let at = secret.at();
+    let token_path = token.0.to_str().unwrap();
+    let args = [
+        "-url",
+        "http://c/",
+        "-secret",
+        &at,
+        "-name",
+        "n",
+        "--lender",
+        "https://pool.example/",
+        "--lender-token-file",
+        token_path,
+    ];
+    chmod(&secret, 0o600);
+    chmod(&token, 0o640);
+    assert_eq!(settings(&args).exposed_secret_files, []);
+
+    chmod(&secret, 0o644);
+    chmod(&token, 0o604);
+    let s = settings(&args);
+    // Still used: a warning, not a refusal.
+    assert_eq!(s.secret, Some(Secret::new(SECRET)));
+    assert_eq!(s.lender.unwrap().token, Secret::new(TOKEN));
+    assert_eq!(
+        s.exposed_secret_files,
+        [
+            ReadableByOthers {
+                path: secret.0.clone(),
+                mode: 0o644
+            },
+            ReadableByOthers {
+                path: token.0.clone(),
+                mode: 0o604
+            }
+        ]
+    );
+    // The token file from the environment is checked too.
+    let from_env = settings_env(
+        &["-url", "http://c/", "-secret", SECRET, "-name", "n"],
+        &[
+            ("JNLP_AGENT_LENDER", "https://pool.example/"),
+            ("JNLP_AGENT_LENDER_TOKEN_FILE", token_path),
+        ],
+    );
+    assert_eq!(from_env.exposed_secret_files.len(), 1);
+    assert_eq!(from_env.exposed_secret_files[0].path, token.0);
+    // A literal secret names no file.
+    chmod(&secret, 0o600);
+    let literal = settings_env(
+        &["-url", "http://c/", "-name", "n"],
+        &[("JENKINS_SECRET", SECRET)],
+    );
+    assert_eq!(literal.exposed_secret_files, []);
+}
+
+#[test]
 fn jenkins_secret_is_never_a_file_name() {
     let s = settings_env(
         &["-url", "http://c/", "-name", "n"],

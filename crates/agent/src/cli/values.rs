@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
+use control::secret_file::{readable_by_others, ReadableByOthers};
 
 use super::CliError;
 use crate::settings::{CertPem, Credentials, HostPort, Secret, Tunnel};
@@ -205,12 +206,18 @@ fn iso8601(text: &str) -> Option<Duration> {
 
 /// `-secret S` or `-secret @FILE` (the file holds the secret alone; trailing
 /// newline trimmed). `files` is false for `JENKINS_SECRET`, which the image's
-/// script passes on literally.
-pub(super) fn secret(option: &'static str, value: &str, files: bool) -> Result<Secret, CliError> {
+/// script passes on literally. A file other users can read is added to
+/// `exposed`.
+pub(super) fn secret(
+    option: &'static str,
+    value: &str,
+    files: bool,
+    exposed: &mut Vec<ReadableByOthers>,
+) -> Result<Secret, CliError> {
     let Some(path) = value.strip_prefix('@').filter(|_| files) else {
         return Ok(Secret::new(value));
     };
-    let text = read_small_file(option, Path::new(path))?;
+    let text = read_secret_file(option, Path::new(path), exposed)?;
     let secret = text.trim();
     let invalid = |why: &str| CliError::ReadFile {
         option,
@@ -288,9 +295,14 @@ pub(super) fn lender_url(option: &'static str, value: &str) -> Result<String, Cl
     Ok(value.to_owned())
 }
 
-/// `--lender-token-file FILE`: the token alone in the file, trimmed.
-pub(super) fn token_file(option: &'static str, path: &Path) -> Result<Secret, CliError> {
-    let text = read_small_file(option, path)?;
+/// `--lender-token-file FILE`: the token alone in the file, trimmed. A
+/// file other users can read is added to `exposed`.
+pub(super) fn token_file(
+    option: &'static str,
+    path: &Path,
+    exposed: &mut Vec<ReadableByOthers>,
+) -> Result<Secret, CliError> {
+    let text = read_secret_file(option, path, exposed)?;
     let token = text.trim();
     let invalid = |why: &str| CliError::ReadFile {
         option,
@@ -378,15 +390,36 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// [`read_small_file`] for a file holding a secret: one other users can
+/// read is added to `exposed`, for a warning once logging is up.
+fn read_secret_file(
+    option: &'static str,
+    path: &Path,
+    exposed: &mut Vec<ReadableByOthers>,
+) -> Result<String, CliError> {
+    let (text, meta) = read_file(option, path)?;
+    exposed.extend(readable_by_others(path, &meta));
+    Ok(text)
+}
+
 fn read_small_file(option: &'static str, path: &Path) -> Result<String, CliError> {
+    read_file(option, path).map(|(text, _)| text)
+}
+
+/// A small UTF-8 file's text, with the metadata of the file opened.
+fn read_file(option: &'static str, path: &Path) -> Result<(String, std::fs::Metadata), CliError> {
     let fail = |source| CliError::ReadFile {
         option,
         path: path.to_owned(),
         source,
     };
     let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|f| f.take(FILE_LIMIT + 1).read_to_end(&mut bytes))
+    let meta = File::open(path)
+        .and_then(|f| {
+            let meta = f.metadata()?;
+            f.take(FILE_LIMIT + 1).read_to_end(&mut bytes)?;
+            Ok(meta)
+        })
         .map_err(fail)?;
     if bytes.len() as u64 > FILE_LIMIT {
         return Err(fail(io::Error::new(
@@ -394,10 +427,11 @@ fn read_small_file(option: &'static str, path: &Path) -> Result<String, CliError
             "the file is larger than 64 KiB",
         )));
     }
-    String::from_utf8(bytes).map_err(|_| {
+    let text = String::from_utf8(bytes).map_err(|_| {
         fail(io::Error::new(
             io::ErrorKind::InvalidData,
             "the file is not UTF-8 text",
         ))
-    })
+    })?;
+    Ok((text, meta))
 }

@@ -171,6 +171,19 @@ pub fn build_processes(engines: &[u32]) -> Vec<u32> {
     census.builds
 }
 
+/// The build processes as [`build_processes`] finds them, without reaping
+/// anything: for telling whether a given process (a control socket's
+/// peer) is a build.
+pub fn build_processes_now(engines: &[u32]) -> Vec<u32> {
+    processes::census(
+        &processes::os(),
+        marker_variable(),
+        std::process::id(),
+        engines,
+    )
+    .builds
+}
+
 /// Logs the number of unreadable processes outside the agent's tree when
 /// it changes (it is sampled every tick).
 fn report_unknown(count: usize) {

@@ -32,6 +32,35 @@
 //! group database, not read from the peer process, which could have dropped
 //! or gained groups since it started: the database is what an administrator
 //! edits.) A refused peer gets one error line and is closed.
+//!
+//! # Connection slots
+//!
+//! Every build step on the agent may run `jnlp-agent ctl` as the agent's
+//! own user, so any number of connections can come from builds; they must
+//! never keep the owner (the admin's shell, the lender's tooling) out. So:
+//!
+//! - a connection that sends no complete request line within
+//!   [`IDLE_TIMEOUT`] (10 s) of connecting or of its last reply gets an
+//!   error line and is closed. One carrying out a request (an `events`
+//!   stream, a `borrow` or `return` with `wait`) is busy, not idle;
+//! - peers are sorted as they connect: a build (a process below an engine,
+//!   or carrying the agent's session marker, as [`crate::engine::busy`]
+//!   counts them) or the owner (anyone else allowed in, or a peer whose pid
+//!   is unknown). Builds share [`MAX_CONNECTIONS`] slots; the owner has
+//!   [`OWNER_CONNECTIONS`] more of its own, which builds never get;
+//! - when a newcomer's pool is full, the connection in that pool idle the
+//!   longest is closed (with an error line) to make room: it had nothing
+//!   in progress. Only when every connection in the pool is busy is the
+//!   newcomer told to try again later.
+//!
+//! Reserved slots rather than evicting builds for the owner alone: builds
+//! may hold busy connections (64 `events` streams) that nothing can evict,
+//! and the owner must still get in. Eviction within each pool on top means
+//! neither pool is locked by idle connections for even the idle timeout.
+//! What is left is the owner's own pool filled with busy connections by
+//! the owner (or a control group member), which the owner can end.
+//! Sorting a peer takes a process scan; one scan serves every connection
+//! accepted before it began, so a burst costs one scan, not one each.
 
 use std::fs::{self, OpenOptions, Permissions};
 use std::io::{self, Read as _};
@@ -41,9 +70,11 @@ use std::os::unix::fs::{
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use control::frame::{read_line_bounded, write_json_line, FrameError};
+use control::secret_file::{readable_by_others, ReadableByOthers};
 use control::{
     parse_request, BorrowRequest, Event, EventKind, Phase, Placement, Reply, Request, Response,
     Status, When, MAX_LINE, MAX_SECRET_FILE,
@@ -58,8 +89,29 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument as _};
 
-/// Connections served at once; more are told to try again and closed.
+use slots::{Admission, Class, Slots};
+
+mod slots;
+
+/// Connections from builds served at once; beyond it, the build connection
+/// idle the longest is closed, or when all are busy the newcomer is told to
+/// try again.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections reserved for peers that are not builds (the owner's shell,
+/// the lender's tooling): a few commands at a time, an `events` watcher or
+/// two, a waiting borrow.
+pub const OWNER_CONNECTIONS: usize = 16;
+/// How long a connection may take to send a complete request line, after
+/// connecting or after its last reply. `ctl` and any client library write
+/// a request at once, so 10 s is far beyond a loaded machine's delays, yet
+/// it bounds how long a forgotten or hostile connection holds a slot.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections being checked and sorted (credentials, group, process
+/// scan) at once; beyond it the listener's backlog holds the rest.
+const MAX_UNSORTED: usize = 64;
+/// How often a flood's evictions and refusals are logged, at most: one
+/// line per connection would let any peer fill the log.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// How long one reply may take to write before the client is dropped: a
 /// client that does not read must not hold a connection slot forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -157,14 +209,30 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Cont
     }
 }
 
+/// The pids of the build processes now (see [`crate::engine::busy`]).
+type BuildScan = Arc<dyn Fn() -> Vec<u32> + Send + Sync>;
+
 /// A bound control socket, ready to [`serve`](ControlServer::serve).
 /// Dropping it (or the end of `serve`) removes the socket file.
-#[derive(Debug)]
 pub struct ControlServer {
     listener: UnixListener,
     socket: SocketFile,
     access: Arc<Access>,
     max_connections: usize,
+    owner_connections: usize,
+    idle_timeout: Duration,
+    build_scan: BuildScan,
+}
+
+impl std::fmt::Debug for ControlServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlServer")
+            .field("socket", &self.socket)
+            .field("max_connections", &self.max_connections)
+            .field("owner_connections", &self.owner_connections)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ControlServer {
@@ -230,6 +298,11 @@ impl ControlServer {
                 group,
             }),
             max_connections: MAX_CONNECTIONS,
+            owner_connections: OWNER_CONNECTIONS,
+            idle_timeout: IDLE_TIMEOUT,
+            build_scan: Arc::new(|| {
+                crate::engine::busy::build_processes_now(&crate::engine::live_engines())
+            }),
         })
     }
 
@@ -248,11 +321,30 @@ impl ControlServer {
             socket,
             access,
             max_connections,
+            owner_connections,
+            idle_timeout,
+            build_scan,
         } = self;
         info!(path = %socket.path.display(), "control socket listening");
         let tracker = TaskTracker::new();
-        let slots = Arc::new(Semaphore::new(max_connections));
+        let shared = Arc::new(Shared {
+            handler,
+            access,
+            slots: Mutex::new(Slots::new(max_connections, owner_connections)),
+            classifier: Classifier::new(build_scan),
+            idle_timeout,
+            evictions: Tally::default(),
+            refusals: Tally::default(),
+        });
+        let unsorted = Arc::new(Semaphore::new(MAX_UNSORTED));
         loop {
+            // Taken before accepting: a flood waits in the backlog, not in
+            // tasks and file descriptors of ours.
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = Arc::clone(&unsorted).acquire_owned() => permit,
+            };
+            let Ok(permit) = permit else { break };
             let accepted = tokio::select! {
                 () = shutdown.cancelled() => break,
                 accepted = listener.accept() => accepted,
@@ -267,6 +359,7 @@ impl ControlServer {
                     }
                 }
             };
+            let accepted_at = Instant::now();
             let peer = match stream.peer_cred() {
                 Ok(peer) => peer,
                 Err(err) => {
@@ -275,30 +368,15 @@ impl ControlServer {
                 }
             };
             let span = tracing::info_span!("control", peer_uid = peer.uid(), peer_pid = peer.pid());
-            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                let _enter = span.enter();
-                warn!(
-                    max_connections,
-                    "control socket: too many connections; refused one"
-                );
-                // A short line into a fresh socket's empty buffer does not
-                // block, so the accept loop never waits on a client.
-                let line = control::reply_line(&Reply::error(
-                    "too many control connections; try again later",
-                )) + "\n";
-                let _ = stream.try_write(line.as_bytes());
-                continue;
-            };
             let connection = Connection {
-                handler: Arc::clone(&handler),
-                access: Arc::clone(&access),
+                shared: Arc::clone(&shared),
                 peer,
                 cancel: shutdown.child_token(),
+                class: Class::Owner,
             };
             tracker.spawn(
                 async move {
-                    connection.run(stream).await;
-                    drop(slot);
+                    connection.run(stream, permit, accepted_at).await;
                 }
                 .instrument(span),
             );
@@ -311,11 +389,141 @@ impl ControlServer {
         debug!("control socket closed");
     }
 
-    /// A lower connection limit, to test the limit.
+    /// A lower limit of build connections, to test the limit.
     #[cfg(test)]
     fn with_max_connections(mut self, max: usize) -> Self {
         self.max_connections = max;
         self
+    }
+
+    /// Another number of owner connections, to test the reserve.
+    #[cfg(test)]
+    fn with_owner_connections(mut self, max: usize) -> Self {
+        self.owner_connections = max;
+        self
+    }
+
+    /// A shorter idle timeout, to test it.
+    #[cfg(test)]
+    fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Another census of builds, to make peers builds or not.
+    #[cfg(test)]
+    fn with_build_scan(mut self, scan: impl Fn() -> Vec<u32> + Send + Sync + 'static) -> Self {
+        self.build_scan = Arc::new(scan);
+        self
+    }
+}
+
+/// What every connection of one server shares.
+struct Shared {
+    handler: Arc<dyn Handler>,
+    access: Arc<Access>,
+    slots: Mutex<Slots>,
+    classifier: Classifier,
+    idle_timeout: Duration,
+    evictions: Tally,
+    refusals: Tally,
+}
+
+impl Shared {
+    /// The slots, whatever a panicking holder left (every change to them
+    /// is a single step, so none is ever half done).
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Counts events that are logged at most every [`REPORT_EVERY`].
+#[derive(Default)]
+struct Tally(Mutex<(Option<Instant>, u64)>);
+
+impl Tally {
+    /// Counts one at `now`; returns how many to report when a report is
+    /// due.
+    fn count(&self, now: Instant) -> Option<u64> {
+        let mut tally = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (last, count) = &mut *tally;
+        *count += 1;
+        if last.is_some_and(|last| now.duration_since(last) < REPORT_EVERY) {
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(count))
+    }
+}
+
+/// Tells builds from the owner. One process scan answers for every
+/// connection accepted before the scan began (such a peer was already
+/// running, so the scan saw it), so a burst of connections waits for one
+/// scan, not one each.
+struct Classifier {
+    scan: BuildScan,
+    last: tokio::sync::Mutex<Option<(Instant, Arc<[u32]>)>>,
+}
+
+impl Classifier {
+    fn new(scan: BuildScan) -> Self {
+        Self {
+            scan,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The class of the peer process `pid`, which connected before
+    /// `accepted_at`. A peer whose pid is unknown counts as the owner:
+    /// keeping the owner out is the worse mistake.
+    async fn classify(&self, pid: Option<i32>, accepted_at: Instant) -> Class {
+        let Some(pid) = pid.and_then(|pid| u32::try_from(pid).ok()) else {
+            return Class::Owner;
+        };
+        let mut last = self.last.lock().await;
+        let builds = match &*last {
+            Some((began, builds)) if *began >= accepted_at => Arc::clone(builds),
+            _ => {
+                let began = Instant::now();
+                let scan = Arc::clone(&self.scan);
+                let builds: Arc<[u32]> = match tokio::task::spawn_blocking(move || scan()).await {
+                    Ok(builds) => builds.into(),
+                    Err(err) => {
+                        warn!(%err, "control socket: the process scan failed; peers count as the owner");
+                        Arc::from(Vec::new())
+                    }
+                };
+                *last = Some((began, Arc::clone(&builds)));
+                builds
+            }
+        };
+        if builds.contains(&pid) {
+            Class::Build
+        } else {
+            Class::Owner
+        }
+    }
+}
+
+/// A connection's slot, given back on drop.
+struct Slot<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Slot<'_> {
+    fn busy(&self) {
+        self.shared.slots().busy(self.id);
+    }
+
+    fn idle(&self) {
+        self.shared.slots().idle(self.id, Instant::now());
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.shared.slots().release(self.id);
     }
 }
 
@@ -481,10 +689,11 @@ fn is_member(uid: Uid, gid: Gid) -> bool {
 
 /// One client connection.
 struct Connection {
-    handler: Arc<dyn Handler>,
-    access: Arc<Access>,
+    shared: Arc<Shared>,
     peer: UCred,
     cancel: CancellationToken,
+    /// Known once sorted (see [`Classifier`]).
+    class: Class,
 }
 
 /// What to do after a request. Lives for one request, so its size does not
@@ -496,8 +705,19 @@ enum Next {
 }
 
 impl Connection {
-    async fn run(self, mut stream: UnixStream) {
-        if !self.access.allows(&self.peer).await {
+    /// Checks the peer, sorts it and gives it a slot (giving back the
+    /// `unsorted` permit), then serves its requests.
+    async fn run(
+        mut self,
+        mut stream: UnixStream,
+        unsorted: tokio::sync::OwnedSemaphorePermit,
+        accepted_at: Instant,
+    ) {
+        let allowed = tokio::select! {
+            () = self.cancel.cancelled() => return,
+            allowed = self.shared.access.allows(&self.peer) => allowed,
+        };
+        if !allowed {
             warn!(
                 uid = self.peer.uid(),
                 "control socket: peer not allowed; closing"
@@ -509,18 +729,85 @@ impl Connection {
             self.send(&mut stream, &Reply::error(message)).await;
             return;
         }
-        debug!("control connection");
+        let shared = Arc::clone(&self.shared);
+        self.class = tokio::select! {
+            () = self.cancel.cancelled() => return,
+            class = shared.classifier.classify(self.peer.pid(), accepted_at) => class,
+        };
+        let evict = CancellationToken::new();
+        let admission = shared
+            .slots()
+            .admit(self.class, Instant::now(), evict.clone());
+        drop(unsorted);
+        let slot = match admission {
+            Admission::Admitted { id, evicted } => {
+                if let Some(count) = evicted
+                    .then(|| shared.evictions.count(Instant::now()))
+                    .flatten()
+                {
+                    info!(
+                        class = ?self.class,
+                        count,
+                        "control socket full: closed the connections idle the longest to make room"
+                    );
+                }
+                Slot {
+                    shared: &shared,
+                    id,
+                }
+            }
+            Admission::Full => {
+                if let Some(count) = shared.refusals.count(Instant::now()) {
+                    warn!(
+                        class = ?self.class,
+                        count,
+                        "control socket: every connection busy; refused new ones"
+                    );
+                }
+                let reply = Reply::error("too many control connections; try again later");
+                self.send(&mut stream, &reply).await;
+                return;
+            }
+        };
+        debug!(class = ?self.class, "control connection");
         let (reader, mut writer) = stream.into_split();
         let mut reader = BufReader::new(reader);
         let mut line = String::new();
+        let idle_timeout = shared.idle_timeout;
+        let mut idle_until = tokio::time::Instant::now() + idle_timeout;
         loop {
             let read = tokio::select! {
                 () = self.cancel.cancelled() => return,
-                read = read_line_bounded(&mut reader, &mut line, MAX_LINE) => read,
+                () = evict.cancelled() => {
+                    let message = "the control socket is full and this connection was idle \
+                                   the longest; closing it (reconnect to send a request)";
+                    self.send(&mut writer, &Reply::error(message)).await;
+                    return;
+                }
+                read = tokio::time::timeout_at(
+                    idle_until,
+                    read_line_bounded(&mut reader, &mut line, MAX_LINE),
+                ) => match read {
+                    Ok(read) => read,
+                    Err(_) => {
+                        debug!("control connection idle; closing");
+                        let message = format!(
+                            "no request within {}; closing the connection",
+                            humantime::format_duration(idle_timeout)
+                        );
+                        self.send(&mut writer, &Reply::error(message)).await;
+                        return;
+                    }
+                },
             };
+            // A blank line is no request: the connection stays idle, and
+            // its deadline stands.
+            if matches!(read, Ok(Some(()))) && line.trim().is_empty() {
+                continue;
+            }
+            slot.busy();
             let next = match read {
                 Ok(None) => return,
-                Ok(Some(())) if line.trim().is_empty() => continue,
                 Ok(Some(())) => match parse_request(&line) {
                     Ok(request) => self.handle(request).await,
                     Err(err) => {
@@ -546,29 +833,38 @@ impl Connection {
                     if !self.send(&mut writer, &reply).await {
                         return;
                     }
+                    slot.idle();
+                    idle_until = tokio::time::Instant::now() + idle_timeout;
                 }
+                // Busy for good: a stream is never idle.
                 Next::Events => return self.stream_events(reader, writer).await,
             }
         }
     }
 
     async fn handle(&self, request: Request) -> Next {
+        let handler = &*self.shared.handler;
         match request {
             Request::Status => {
-                self.handler.settle().await;
-                Next::Reply(Reply::Ok(Response::Status(self.handler.status())))
+                handler.settle().await;
+                Next::Reply(Reply::Ok(Response::Status(handler.status())))
             }
             Request::Events => Next::Events,
             Request::Borrow(mut borrow) => {
                 if let Some(file) = borrow.secret_file.take() {
-                    let trusted = self.access.trusts(self.peer.uid());
+                    let trusted = self.shared.access.trusts(self.peer.uid());
                     let peer_uid = self.peer.uid();
                     let read = tokio::task::spawn_blocking(move || {
                         read_secret_file(&file, peer_uid, trusted)
                     })
                     .await;
                     match read {
-                        Ok(Ok(secret)) => borrow.secret = Some(secret),
+                        Ok(Ok((secret, exposed))) => {
+                            if let Some(exposed) = exposed {
+                                warn!(path = %exposed.path.display(), "{exposed}");
+                            }
+                            borrow.secret = Some(secret);
+                        }
                         Ok(Err(message)) => return Next::Reply(Reply::Error(message)),
                         Err(err) => {
                             return Next::Reply(Reply::error(format!(
@@ -580,23 +876,13 @@ impl Connection {
                 // A build on this agent that waits for a move that itself
                 // holds up would wait forever: it gets the outcome of the
                 // check instead (the move follows once it ends).
-                let from_a_build = borrow.when == When::Idle && self.peer_is_a_build();
-                Next::Reply(carry_out_borrow(&*self.handler, borrow, from_a_build).await)
+                let from_a_build = borrow.when == When::Idle && self.class == Class::Build;
+                Next::Reply(carry_out_borrow(handler, borrow, from_a_build).await)
             }
             Request::Return { when, wait } => {
-                Next::Reply(carry_out_return(&*self.handler, when, wait).await)
+                Next::Reply(carry_out_return(handler, when, wait).await)
             }
         }
-    }
-
-    /// Whether the peer is a build process on this agent (a job step that
-    /// runs `ctl`).
-    fn peer_is_a_build(&self) -> bool {
-        self.peer.pid().is_some_and(|pid| {
-            u32::try_from(pid).is_ok_and(|pid| {
-                crate::engine::busy::build_processes(&crate::engine::live_engines()).contains(&pid)
-            })
-        })
     }
 
     /// After `events`: a `subscribed` event with the current status, then
@@ -609,11 +895,11 @@ impl Connection {
     ) {
         // Subscribe before reading the status, so nothing falls between
         // (an event may repeat what the status already shows).
-        let mut events = self.handler.subscribe();
+        let mut events = self.shared.handler.subscribe();
         let first = Event {
             at_ms: control::now_ms(),
             kind: EventKind::Subscribed,
-            status: self.handler.status(),
+            status: self.shared.handler.status(),
         };
         if !self
             .send(&mut writer, &Reply::Ok(Response::Event(first)))
@@ -841,11 +1127,15 @@ async fn outcome(
     }
 }
 
-/// The secret in `path` (at most [`MAX_SECRET_FILE`] bytes, trimmed). A
-/// peer the agent does not `trust` may only name a file it owns: the agent
-/// would otherwise send any file it can read to a controller of the peer's
-/// choosing.
-fn read_secret_file(path: &Path, peer_uid: u32, trusted: bool) -> Result<String, String> {
+/// The secret in `path` (at most [`MAX_SECRET_FILE`] bytes, trimmed), and
+/// whether other users can read the file. A peer the agent does not
+/// `trust` may only name a file it owns: the agent would otherwise send any
+/// file it can read to a controller of the peer's choosing.
+fn read_secret_file(
+    path: &Path,
+    peer_uid: u32,
+    trusted: bool,
+) -> Result<(String, Option<ReadableByOthers>), String> {
     let shown = path.display();
     // Non-blocking open: a FIFO named here must not wedge the agent.
     let file = OpenOptions::new()
@@ -878,7 +1168,7 @@ fn read_secret_file(path: &Path, peer_uid: u32, trusted: bool) -> Result<String,
     if secret.is_empty() {
         return Err(format!("secret_file {shown} is empty"));
     }
-    Ok(secret.to_owned())
+    Ok((secret.to_owned(), readable_by_others(path, &meta)))
 }
 
 #[cfg(test)]
@@ -889,7 +1179,7 @@ mod tests {
     use control::client::{self, ClientError};
     use control::{Phase, Placement, Target};
     use std::os::unix::fs::FileTypeExt as _;
-    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
     /// Records orders; the status and the event channel are the test's.
@@ -1252,12 +1542,24 @@ mod tests {
         let file = dir.join("secret");
         fs::write(&file, "x").unwrap();
         let own = Uid::effective().as_raw();
-        assert_eq!(read_secret_file(&file, own, false), Ok("x".into()));
+        fs::set_permissions(&file, Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_secret_file(&file, own, false), Ok(("x".into(), None)));
         let err = read_secret_file(&file, own.wrapping_add(1), false).unwrap_err();
         assert!(err.contains("must belong to the requesting user"), "{err}");
         assert_eq!(
             read_secret_file(&file, own.wrapping_add(1), true),
-            Ok("x".into())
+            Ok(("x".into(), None))
+        );
+        // Read all the same, but reported when others can read it.
+        fs::set_permissions(&file, Permissions::from_mode(0o644)).unwrap();
+        let (secret, exposed) = read_secret_file(&file, own, false).unwrap();
+        assert_eq!(secret, "x");
+        assert_eq!(
+            exposed,
+            Some(ReadableByOthers {
+                path: file.clone(),
+                mode: 0o644
+            })
         );
         fs::write(&file, vec![b'a'; MAX_SECRET_FILE as usize + 1]).unwrap();
         assert!(read_secret_file(&file, own, true)
@@ -1343,33 +1645,262 @@ mod tests {
         assert!(events.next_event().await.unwrap().is_none());
     }
 
+    type ReplyLines = tokio::io::Lines<BufReader<OwnedReadHalf>>;
+
+    /// The next line, or `None` at EOF; panics after `within`.
+    async fn next_line(lines: &mut ReplyLines, within: Duration) -> Option<String> {
+        tokio::time::timeout(within, lines.next_line())
+            .await
+            .expect("no line in time")
+            .unwrap_or(None)
+    }
+
+    /// A raw connection: request lines out, reply lines in.
+    struct Raw {
+        lines: ReplyLines,
+        writer: OwnedWriteHalf,
+    }
+
+    const STATUS: &str = "{\"version\":1,\"command\":\"status\"}\n";
+    /// Long enough for any reply on a loaded machine, short enough to fail.
+    const PROMPTLY: Duration = Duration::from_secs(10);
+
+    impl Raw {
+        async fn connect(path: &Path) -> Self {
+            let (reader, writer) = UnixStream::connect(path).await.unwrap().into_split();
+            Self {
+                lines: BufReader::new(reader).lines(),
+                writer,
+            }
+        }
+
+        /// The next line, or `None` at EOF; panics after `within`.
+        async fn line(&mut self, within: Duration) -> Option<String> {
+            next_line(&mut self.lines, within).await
+        }
+
+        /// Sends `line`, returns the reply.
+        async fn request(&mut self, line: &str) -> String {
+            self.writer.write_all(line.as_bytes()).await.unwrap();
+            self.line(PROMPTLY).await.expect("a reply")
+        }
+
+        async fn status_ok(&mut self) {
+            let reply = self.request(STATUS).await;
+            assert!(reply.starts_with("{\"ok\":{\"status\""), "{reply}");
+        }
+    }
+
+    /// A server whose peers (all this process) are builds while the
+    /// returned flag is set, and the owner otherwise.
+    fn server_with_build_switch(path: &Path) -> (ControlServer, Arc<AtomicBool>) {
+        let builds = Arc::new(AtomicBool::new(true));
+        let flag = Arc::clone(&builds);
+        let server = ControlServer::bind(path, None)
+            .unwrap()
+            .with_build_scan(move || {
+                if flag.load(Ordering::SeqCst) {
+                    vec![std::process::id()]
+                } else {
+                    Vec::new()
+                }
+            });
+        (server, builds)
+    }
+
+    #[test]
+    fn floods_are_reported_in_tallies() {
+        let tally = Tally::default();
+        let t0 = Instant::now();
+        assert_eq!(tally.count(t0), Some(1));
+        assert_eq!(tally.count(t0 + Duration::from_secs(1)), None);
+        assert_eq!(tally.count(t0 + REPORT_EVERY / 2), None);
+        assert_eq!(tally.count(t0 + REPORT_EVERY), Some(3));
+        assert_eq!(tally.count(t0 + REPORT_EVERY), None);
+    }
+
     #[tokio::test]
-    async fn connections_beyond_the_limit_are_told_to_retry() {
+    async fn the_owner_gets_in_past_64_idle_build_connections() {
+        let dir = test_dir("flood");
+        let path = dir.join("control.sock");
+        let (server, builds) = server_with_build_switch(&path);
+        let running = start(server, FakeHandler::new());
+        // Every build slot taken by a connection that asked once and idles.
+        let mut flood = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut raw = Raw::connect(&path).await;
+            raw.status_ok().await;
+            flood.push(raw);
+        }
+        // One more build: the build connection idle the longest makes room.
+        let mut newcomer = Raw::connect(&path).await;
+        newcomer.status_ok().await;
+        let evicted = flood[0].line(PROMPTLY).await.unwrap();
+        assert!(
+            evicted.starts_with("{\"error\":") && evicted.contains("idle the longest"),
+            "{evicted}"
+        );
+        assert_eq!(flood[0].line(PROMPTLY).await, None);
+
+        builds.store(false, Ordering::SeqCst);
+        let asked = Instant::now();
+        let mut owner = client::connect(&path).await.unwrap();
+        owner.request(Request::Status).await.unwrap();
+        assert!(asked.elapsed() < PROMPTLY, "{:?}", asked.elapsed());
+        // The builds' connections are all still there.
+        for raw in &mut flood[1..] {
+            raw.status_ok().await;
+        }
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn busy_builds_cannot_take_the_owners_slots() {
+        let dir = test_dir("busy");
+        let path = dir.join("control.sock");
+        let (server, builds) = server_with_build_switch(&path);
+        let running = start(server.with_max_connections(2), FakeHandler::new());
+        // Two builds stream events: busy, so nothing can evict them.
+        let mut streams = Vec::new();
+        for _ in 0..2 {
+            let stream = client::connect(&path).await.unwrap().events().await;
+            let mut stream = stream.unwrap();
+            // Subscribed: the server has taken the request.
+            stream.next_event().await.unwrap().unwrap();
+            streams.push(stream);
+        }
+        let mut third = Raw::connect(&path).await;
+        let reply = third.request(STATUS).await;
+        assert_eq!(
+            reply,
+            "{\"error\":\"too many control connections; try again later\"}"
+        );
+        builds.store(false, Ordering::SeqCst);
+        let mut owner = client::connect(&path).await.unwrap();
+        owner.request(Request::Status).await.unwrap();
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn owner_connections_beyond_the_reserve_evict_the_idle_or_are_told_to_retry() {
         let dir = test_dir("limit");
         let path = dir.join("control.sock");
         let server = ControlServer::bind(&path, None)
             .unwrap()
-            .with_max_connections(1);
+            .with_build_scan(Vec::new)
+            .with_owner_connections(1);
         let running = start(server, FakeHandler::new());
-        let mut first = client::connect(&path).await.unwrap();
-        first.request(Request::Status).await.unwrap();
+        // An idle owner connection gives way to the next one.
+        let mut first = Raw::connect(&path).await;
+        first.status_ok().await;
         let mut second = client::connect(&path).await.unwrap();
-        let err = second.request(Request::Status).await.unwrap_err();
+        second.request(Request::Status).await.unwrap();
+        let line = first.line(PROMPTLY).await.unwrap();
+        assert!(line.contains("idle the longest"), "{line}");
+        drop(second);
+
+        // A busy one does not: the newcomer is told to retry.
+        let events = client::connect(&path).await.unwrap().events().await;
+        let mut events = events.unwrap();
+        events.next_event().await.unwrap().unwrap();
+        let mut refused = client::connect(&path).await.unwrap();
+        let err = refused.request(Request::Status).await.unwrap_err();
         assert!(
             err.to_string().contains("too many control connections"),
             "{err}"
         );
-        drop(first);
-        // The slot comes back once the first connection is gone.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // The slot comes back once the stream is gone.
+        drop(events);
+        let deadline = Instant::now() + PROMPTLY;
         loop {
-            let mut third = client::connect(&path).await.unwrap();
-            match third.request(Request::Status).await {
+            let mut again = client::connect(&path).await.unwrap();
+            match again.request(Request::Status).await {
                 Ok(_) => break,
-                Err(err) => assert!(std::time::Instant::now() < deadline, "{err}"),
+                Err(err) => assert!(Instant::now() < deadline, "{err}"),
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_but_streams_and_waits_are_not() {
+        let dir = test_dir("idle");
+        let path = dir.join("control.sock");
+        let timeout = Duration::from_millis(300);
+        let handler = FakeHandler::new();
+        let server = ControlServer::bind(&path, None)
+            .unwrap()
+            .with_idle_timeout(timeout);
+        let running = start(server, handler.clone());
+
+        let mut events = client::connect(&path)
+            .await
+            .unwrap()
+            .events()
+            .await
+            .unwrap();
+        events.next_event().await.unwrap().unwrap();
+        // Not home yet: a return with `wait` waits for the move.
+        handler.status.lock().unwrap().phase = Phase::Connecting;
+        let mut waiting = Raw::connect(&path).await;
+        let wait = "{\"version\":1,\"command\":\"return\",\"when\":\"now\",\"wait\":\"1m\"}\n";
+        waiting.writer.write_all(wait.as_bytes()).await.unwrap();
+        // The stream and the wait both listen for events.
+        let deadline = Instant::now() + PROMPTLY;
+        while handler.events.receiver_count() < 2 {
+            assert!(Instant::now() < deadline, "the return does not wait");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Silent from the start, and silent after a request.
+        let since = Instant::now();
+        let mut silent = Raw::connect(&path).await;
+        let mut asked_once = Raw::connect(&path).await;
+        asked_once.status_ok().await;
+        // Half a request line, or blank lines, are no request.
+        let mut partial = Raw::connect(&path).await;
+        partial.writer.write_all(b"{\"version\":1,").await.unwrap();
+        let (blank_reader, mut blank_writer) =
+            UnixStream::connect(&path).await.unwrap().into_split();
+        let mut blank = BufReader::new(blank_reader).lines();
+        let blank_lines = tokio::spawn(async move {
+            while blank_writer.write_all(b"\n\r\n  \n").await.is_ok() {
+                tokio::time::sleep(timeout / 4).await;
+            }
+        });
+
+        let expected = "{\"error\":\"no request within 300ms; closing the connection\"}";
+        for lines in [
+            &mut silent.lines,
+            &mut asked_once.lines,
+            &mut partial.lines,
+            &mut blank,
+        ] {
+            assert_eq!(next_line(lines, PROMPTLY).await.as_deref(), Some(expected));
+            assert_eq!(next_line(lines, PROMPTLY).await, None);
+        }
+        // Not before its time: `silent` connected after `since`.
+        assert!(since.elapsed() >= timeout, "{:?}", since.elapsed());
+        blank_lines.abort();
+
+        // Well past the timeout, the stream and the wait are still served.
+        tokio::time::sleep(timeout * 2).await;
+        handler
+            .events
+            .send(Event {
+                at_ms: 2,
+                kind: EventKind::Moved { ms: 5 },
+                status: Status {
+                    phase: Phase::Online,
+                    controller_url: Some("https://a.example/".into()),
+                    ..Status::default()
+                },
+            })
+            .unwrap();
+        let event = events.next_event().await.unwrap().unwrap();
+        assert_eq!(event.kind, EventKind::Moved { ms: 5 });
+        let reply = waiting.line(PROMPTLY).await.unwrap();
+        assert!(reply.contains("online at https://a.example/"), "{reply}");
         running.stop().await;
     }
     // Peers of other users: see tests/control_socket.rs, which runs the

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use control::client::{self, ClientError};
+use control::secret_file::{readable_by_others, ReadableByOthers};
 use control::{
     BorrowRequest, Event, PendingAction, Phase, Placement, Request, Response, Status, Target, When,
     MAX_SECRET_FILE,
@@ -208,7 +209,12 @@ fn parse(args: Vec<OsString>, stdin: &mut dyn io::Read) -> Result<(PathBuf, Acti
             wait,
         }),
         Command::Borrow(args) => {
-            Action::Order(Request::Borrow(borrow_request(args, stdin).map_err(usage)?))
+            let request = borrow_request(args, stdin).map_err(usage)?;
+            if let Some(exposed) = exposed_secret_file(&request) {
+                // The agent logs it too, but whoever runs ctl can fix it.
+                eprintln!("warning: {exposed}");
+            }
+            Action::Order(Request::Borrow(request))
         }
     };
     Ok((socket, action))
@@ -256,6 +262,14 @@ fn borrow_request(args: BorrowArgs, stdin: &mut dyn io::Read) -> Result<BorrowRe
     };
     request.validate()?;
     Ok(request)
+}
+
+/// The request's `secret_file`, when other users can read it. Nothing when
+/// it cannot be inspected: the agent's refusal will say why.
+fn exposed_secret_file(request: &BorrowRequest) -> Option<ReadableByOthers> {
+    let path = request.secret_file.as_deref()?;
+    let meta = std::fs::metadata(path).ok()?;
+    readable_by_others(path, &meta)
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, String> {

@@ -206,8 +206,13 @@ impl StateFile {
 
     /// Where the agent was when it stopped; no file means home.
     pub fn load(&self) -> anyhow::Result<Option<Lease>> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
+        let text = match read_noting_exposure(&self.path) {
+            Ok((text, exposed)) => {
+                if let Some(exposed) = exposed {
+                    tracing::warn!(path = %exposed.path.display(), "{exposed}");
+                }
+                text
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(err) => {
                 return Err(err)
@@ -268,6 +273,19 @@ impl StateFile {
         std::fs::File::open(dir)?.sync_all()?;
         Ok(())
     }
+}
+
+/// A file's text, and whether other users can read it: the state file
+/// holds a borrow's secret and the controllers' cookies.
+fn read_noting_exposure(
+    path: &Path,
+) -> std::io::Result<(String, Option<control::secret_file::ReadableByOthers>)> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok((text, control::secret_file::readable_by_others(path, &meta)))
 }
 
 #[cfg(test)]
@@ -336,6 +354,23 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         std::fs::write(file.path(), b"{not json").unwrap();
         assert!(file.load().unwrap_err().to_string().contains("not valid"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_file_others_can_read_is_noted() {
+        let dir = std::env::temp_dir().join(format!("jnlp-agent-exposed-{}", std::process::id()));
+        let file = StateFile::new(dir.join("state.json"));
+        file.save(Some(&lease())).unwrap();
+        assert_eq!(read_noting_exposure(file.path()).unwrap().1, None);
+        let open = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(file.path(), open).unwrap();
+        let (_, exposed) = read_noting_exposure(file.path()).unwrap();
+        assert_eq!(exposed.unwrap().mode, 0o644);
+        // Still loaded; the next save writes it private again.
+        assert_eq!(file.load().unwrap(), Some(lease()));
+        file.save(Some(&lease())).unwrap();
+        assert_eq!(read_noting_exposure(file.path()).unwrap().1, None);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
