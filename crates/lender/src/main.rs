@@ -402,7 +402,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.init = args.init;
     config.db_busy_timeout = args.db_busy_timeout;
     config.tls = match (args.tls_cert, args.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (Some(cert), Some(key)) => {
+            if let Ok(meta) = std::fs::metadata(&key) {
+                if let Some(warning) = control::secret_file::readable_by_others(&key, &meta) {
+                    tracing::warn!("{warning}");
+                }
+            }
+            Some(TlsFiles { cert, key })
+        }
         _ => None,
     };
     config.insecure_listen = args.insecure_listen;
@@ -437,7 +444,18 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Warns on stderr when a token or secret file can be read by other users
+/// (the file is still used).
+fn warn_if_exposed(path: &Path) {
+    if let Ok(meta) = std::fs::metadata(path) {
+        if let Some(warning) = control::secret_file::readable_by_others(path, &meta) {
+            eprintln!("jnlp-lender: warning: {warning}");
+        }
+    }
+}
+
 fn client(args: &ClientArgs) -> anyhow::Result<Client> {
+    warn_if_exposed(&args.token_file);
     let ca = args
         .ca_cert
         .as_ref()
@@ -452,6 +470,7 @@ fn client(args: &ClientArgs) -> anyhow::Result<Client> {
 
 async fn lease(args: LeaseArgs) -> anyhow::Result<ExitCode> {
     let api = client(&args.client)?;
+    warn_if_exposed(&args.secret_file);
     let secret = read_small_file(&args.secret_file)?;
     let transport = match (args.web_socket, args.tcp) {
         (true, _) => Some(Transport::WebSocket),

@@ -335,3 +335,42 @@ fn token_create_out_writes_a_private_new_file_and_list_and_revoke_never_show_a_t
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("--init") || text(&out.stderr).contains("does not exist"));
 }
+
+#[cfg(unix)]
+#[test]
+fn a_token_or_secret_file_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = Dir::new("exposed");
+    let token = dir.path("team.token");
+    std::fs::write(&token, "jlc_0123456789abcdef").unwrap_or_else(|err| panic!("{err}"));
+    let mode = |path: &str, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|err| panic!("{err}"))
+    };
+    let leases = |token: &str| {
+        run(&[
+            "leases",
+            "--lender",
+            "http://127.0.0.1:1",
+            "--token-file",
+            token,
+        ])
+    };
+    mode(&token, 0o644);
+    let out = leases(&token);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "warning: {token} holds a secret but other users can read it (mode 0644); run `chmod 600 {token}`"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("jlc_0123456789abcdef"), "{stderr}");
+    mode(&token, 0o600);
+    let out = leases(&token);
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+}
