@@ -23,6 +23,9 @@
 //! - `channel`: what both transports do with an accepted connection:
 //!   register it, run the built-in or scripted peer, wait for the end,
 //!   unregister and record it.
+//! - `jenkins`: the Jenkins HTTP API stand-in (users and permissions,
+//!   nodes, queue, scheduler, `why` texts); [`JenkinsHandle`] drives it
+//!   from the test side.
 //! - `channel_end`: how an accepted channel ends, with the real stack's
 //!   rules (PROTOCOL.md 5): `close_notify` ignored, a plain TCP close or a
 //!   `Channel$CloseCommand` noticed at once, ghosts dropped by the ping timeout.
@@ -34,14 +37,18 @@ mod agent_port;
 mod channel;
 mod channel_end;
 mod http;
+pub mod jenkins;
 mod websocket;
 
 pub use channel_end::{ChannelEnd, ChannelStream};
+pub use jenkins::auth::Permission;
+pub use jenkins::{BuildRecord, BuildState, JobKind, JobSpec, Mode, NodeConfig};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -51,14 +58,16 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 use remoting_protocol::{ChunkCodec, InstanceIdentity};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::identity::TestIdentity;
 
-/// `X-Jenkins` on every HTTP response.
+/// `X-Jenkins` on every HTTP response, unless
+/// [`ControllerBuilder::jenkins_version`] or [`JenkinsHandle::set_version`]
+/// say otherwise.
 pub const JENKINS_VERSION: &str = "2.500-test";
 /// `X-Remoting-Minimum-Version` on the discovery response and the WebSocket
 /// upgrade, unless [`ControllerBuilder::remoting_minimum_version`] says otherwise.
@@ -130,6 +139,28 @@ pub enum ControllerEvent {
         /// in the order hyper lists them.
         headers: Vec<(String, String)>,
     },
+    /// A node was added ([`JenkinsHandle::create_node`], or a create route
+    /// over HTTP; not the builder's nodes, which are there from the start).
+    NodeCreated {
+        /// The node.
+        node: String,
+    },
+    /// A node was removed (`doDelete`); its channel, if any, is being closed.
+    NodeDeleted {
+        /// The node.
+        node: String,
+    },
+    /// The scheduler started a build (the record as it started).
+    BuildStarted(BuildRecord),
+    /// A build finished normally.
+    BuildFinished(BuildRecord),
+    /// A build's node lost its channel (or was deleted) mid-build.
+    BuildCut(BuildRecord),
+    /// A queue item was cancelled (test side or `queue/cancelItem`).
+    ItemCancelled {
+        /// The queue id.
+        queue_id: u64,
+    },
 }
 
 /// What the controller does with an accepted channel.
@@ -189,18 +220,13 @@ impl fmt::Debug for Channel {
     }
 }
 
-/// A node the controller knows.
-#[derive(Debug, Clone)]
-struct NodeSpec {
-    secret: String,
-    /// Refuse every connection with `FATAL: {reason}`.
-    fatal: Option<String>,
-}
-
 /// Builds a [`TestController`].
 #[derive(Debug)]
 pub struct ControllerBuilder {
-    nodes: HashMap<String, NodeSpec>,
+    nodes: Vec<jenkins::Node>,
+    jenkins_version: String,
+    jenkins_key: Option<Vec<u8>>,
+    security: jenkins::auth::Security,
     identity: Option<TestIdentity>,
     http_port: u16,
     agent_port: u16,
@@ -234,7 +260,10 @@ pub const DEFAULT_WEB_SOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 impl Default for ControllerBuilder {
     fn default() -> Self {
         Self {
-            nodes: HashMap::new(),
+            nodes: Vec::new(),
+            jenkins_version: JENKINS_VERSION.to_owned(),
+            jenkins_key: None,
+            security: jenkins::auth::Security::default(),
             identity: None,
             http_port: 0,
             agent_port: 0,
@@ -260,22 +289,58 @@ impl Default for ControllerBuilder {
 impl ControllerBuilder {
     /// A node that connects with `secret`.
     pub fn node(mut self, name: &str, secret: &str) -> Self {
-        let spec = NodeSpec {
-            secret: secret.to_owned(),
-            fatal: None,
-        };
-        self.nodes.insert(name.to_owned(), spec);
+        self.nodes.retain(|n| n.config.name != name);
+        self.nodes
+            .push(jenkins::Node::new(NodeConfig::new(name), secret.to_owned()));
+        self
+    }
+
+    /// A node as Jenkins would have it configured (labels, mode, executors),
+    /// whose secret is `hex(HMAC-SHA256(key, name))` like a node created
+    /// over HTTP ([`TestController::node_secret`]).
+    pub fn agent(mut self, config: NodeConfig) -> Self {
+        self.nodes.retain(|n| n.config.name != config.name);
+        // The secret is filled in at start, once the key is known.
+        self.nodes.push(jenkins::Node::new(config, String::new()));
+        self
+    }
+
+    /// `X-Jenkins` (default [`JENKINS_VERSION`]): decides the routes
+    /// served (`createItem` with XML from 2.539, `jenkins-agent.jnlp` from 2.264).
+    pub fn jenkins_version(mut self, version: &str) -> Self {
+        self.jenkins_version = version.to_owned();
+        self
+    }
+
+    /// The key node secrets are derived from (default: random per start);
+    /// two controllers with the same key give the same secrets, as a
+    /// restarted Jenkins does.
+    pub fn jenkins_key(mut self, key: &[u8]) -> Self {
+        self.jenkins_key = Some(key.to_vec());
+        self
+    }
+
+    /// A user with an API token and global permissions. With at least one
+    /// user the controller is secured: anonymous callers get only
+    /// [`ControllerBuilder::anonymous`]'s permissions (none by default).
+    pub fn user(mut self, name: &str, api_token: &str, permissions: &[Permission]) -> Self {
+        self.security.add_user(name, api_token, permissions);
+        self
+    }
+
+    /// What anonymous callers may do on a secured controller.
+    pub fn anonymous(mut self, permissions: &[Permission]) -> Self {
+        self.security.set_anonymous(permissions);
         self
     }
 
     /// A node whose connections are refused with `FATAL: {reason}`. Its JNLP
     /// file carries a random (hex) secret.
     pub fn fatal_node(mut self, name: &str, reason: &str) -> Self {
-        let spec = NodeSpec {
-            secret: random_hex(32),
-            fatal: Some(reason.to_owned()),
-        };
-        self.nodes.insert(name.to_owned(), spec);
+        self.nodes.retain(|n| n.config.name != name);
+        let mut node = jenkins::Node::new(NodeConfig::new(name), random_hex(32));
+        node.fatal = Some(reason.to_owned());
+        self.nodes.push(node);
         self
     }
 
@@ -426,6 +491,20 @@ impl ControllerBuilder {
             self.jnlp_host.as_deref(),
             &self.remoting_minimum_version,
         );
+        let jenkins_key = self
+            .jenkins_key
+            .unwrap_or_else(|| random_hex(32).into_bytes());
+        let mut model = jenkins::Model::new(self.jenkins_version);
+        model.security = self.security;
+        // Configured nodes are there from the start: no `NodeCreated`.
+        for mut node in self.nodes {
+            if node.secret.is_empty() {
+                node.secret = jenkins::node_secret(&jenkins_key, &node.config.name);
+            }
+            model.nodes.insert(node.config.name.clone(), node);
+        }
+        let builds_dir = builds_dir();
+        let (finish_after, finish_rx) = mpsc::unbounded_channel();
         let login_status = ::http::StatusCode::from_u16(self.login_status)
             .unwrap_or_else(|e| panic!("login_status {}: {e}", self.login_status));
         let shared = Arc::new(Shared {
@@ -440,7 +519,8 @@ impl ControllerBuilder {
             agent_port: agent_addr.port(),
             tls: identity.server_config(),
             identity,
-            nodes: self.nodes,
+            jenkins_key,
+            builds_dir,
             tcp_disabled: self.tcp_disabled,
             protocols,
             http_headers,
@@ -466,12 +546,21 @@ impl ControllerBuilder {
             },
             remoting_minimum_version: self.remoting_minimum_version,
             close_answer: crate::fixtures::controller_close_command().into(),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                log: Vec::new(),
+                jenkins: model,
+                channels: HashMap::new(),
+                taken_over: HashSet::new(),
+            }),
             changed: watch::Sender::new(0),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             next_connection: AtomicU64::new(1),
+            finish_after,
         });
+        shared
+            .tracker
+            .spawn(finish_builds(shared.clone(), finish_rx));
         shared.tracker.spawn(http::serve(shared.clone(), http));
         shared
             .tracker
@@ -568,13 +657,21 @@ impl TestController {
         pred: impl Fn(&[ControllerEvent]) -> bool,
         timeout: Duration,
     ) -> Vec<ControllerEvent> {
-        let mut changes = self.shared.changed.subscribe();
+        Self::wait_on(&self.shared, pred, timeout).await
+    }
+
+    async fn wait_on(
+        shared: &Shared,
+        pred: impl Fn(&[ControllerEvent]) -> bool,
+        timeout: Duration,
+    ) -> Vec<ControllerEvent> {
+        let mut changes = shared.changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             // Mark the version seen before reading the log, so an event
             // recorded in between still wakes us.
             changes.borrow_and_update();
-            let log = self.log();
+            let log = shared.state().log.clone();
             if pred(&log) {
                 return log;
             }
@@ -595,11 +692,212 @@ impl TestController {
         self.shared.tracker.close();
         self.shared.tracker.wait().await;
     }
+
+    /// The secret `node` connects with (None: no such node).
+    pub fn node_secret(&self, node: &str) -> Option<String> {
+        self.shared.secret_of(node)
+    }
+
+    /// The Jenkins side, driven from the test: versions, users, nodes,
+    /// the queue and builds.
+    pub fn jenkins(&self) -> JenkinsHandle {
+        JenkinsHandle {
+            shared: self.shared.clone(),
+        }
+    }
 }
 
 impl Drop for TestController {
     fn drop(&mut self) {
         self.shared.shutdown.cancel();
+        // Ends every build process still waiting for its marker.
+        let _ = std::fs::remove_dir_all(&self.shared.builds_dir);
+    }
+}
+
+/// Drives the controller's Jenkins side from a test (a cheap clone).
+///
+/// ```no_run
+/// # async fn demo() {
+/// use testkit::controller::{JobSpec, Mode, NodeConfig, Permission};
+/// let controller = testkit::TestController::builder()
+///     .jenkins_version("2.541.1")
+///     .user("lender", "token", Permission::LENDER)
+///     .start()
+///     .await;
+/// let jenkins = controller.jenkins();
+/// jenkins.create_node(NodeConfig::new("mac1").labels("macos arm64").mode(Mode::Exclusive)).unwrap();
+/// let item = jenkins.queue(JobSpec::pipeline("app").label("macos && arm64"));
+/// // ... an agent connects as mac1 with controller.node_secret("mac1") ...
+/// let build = jenkins.wait_started(item, std::time::Duration::from_secs(10)).await;
+/// jenkins.finish_build(item);
+/// # let _ = build;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct JenkinsHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for JenkinsHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JenkinsHandle")
+            .field("url", &self.shared.url)
+            .finish()
+    }
+}
+
+impl JenkinsHandle {
+    /// The version `X-Jenkins` says (and the routes follow).
+    pub fn version(&self) -> String {
+        self.shared.state().jenkins.version.clone()
+    }
+
+    /// Changes the version, as an upgrade would.
+    pub fn set_version(&self, version: &str) {
+        self.shared.state().jenkins.version = version.to_owned();
+    }
+
+    /// Adds (or replaces) a user with an API token and permissions.
+    pub fn add_user(&self, name: &str, api_token: &str, permissions: &[Permission]) {
+        self.shared
+            .state()
+            .jenkins
+            .security
+            .add_user(name, api_token, permissions);
+    }
+
+    /// Replaces a user's permissions; false if there is no such user.
+    pub fn grant(&self, name: &str, permissions: &[Permission]) -> bool {
+        self.shared
+            .state()
+            .jenkins
+            .security
+            .grant(name, permissions)
+    }
+
+    /// Adds a node (as an administrator would); `Err` with Jenkins' text
+    /// if the name is taken.
+    pub fn create_node(&self, config: NodeConfig) -> Result<(), String> {
+        self.shared.create_node(config)
+    }
+
+    /// Deletes a node, closing its channel; false if there is none.
+    pub fn delete_node(&self, name: &str) -> bool {
+        self.shared.delete_node(name)
+    }
+
+    /// Whether the node exists.
+    pub fn has_node(&self, name: &str) -> bool {
+        self.shared.state().jenkins.nodes.contains_key(name)
+    }
+
+    /// Takes a node temporarily offline with `message` (Some), or brings it
+    /// back (None); false if there is no such node.
+    pub fn set_temporarily_offline(&self, name: &str, message: Option<&str>) -> bool {
+        self.shared.set_temporarily_offline(name, "admin", message)
+    }
+
+    /// The node's temporary offline description, if it is temporarily offline.
+    pub fn temporarily_offline(&self, name: &str) -> Option<String> {
+        self.shared
+            .state()
+            .jenkins
+            .nodes
+            .get(name)
+            .and_then(|n| n.temporarily_offline.as_ref())
+            .map(|c| c.description.clone())
+    }
+
+    /// Whether every executor of the node is idle (None: no such node).
+    pub fn idle(&self, name: &str) -> Option<bool> {
+        self.shared
+            .state()
+            .jenkins
+            .nodes
+            .get(name)
+            .map(|n| n.is_idle())
+    }
+
+    /// Queues a job; returns its queue id. The scheduler runs at once.
+    pub fn queue(&self, job: JobSpec) -> u64 {
+        let now = jenkins::now_ms();
+        let id = self
+            .shared
+            .update(|state, _| state.jenkins.enqueue(job, now));
+        self.shared.maintain();
+        id
+    }
+
+    /// Cancels a queued item; false if it is not queued (any more).
+    pub fn cancel(&self, queue_id: u64) -> bool {
+        self.shared.update(|state, events| {
+            let cancelled = state.jenkins.cancel(queue_id);
+            if cancelled {
+                events.push(ControllerEvent::ItemCancelled { queue_id });
+            }
+            cancelled
+        })
+    }
+
+    /// Queue ids still waiting, oldest first.
+    pub fn queued(&self) -> Vec<u64> {
+        self.shared
+            .state()
+            .jenkins
+            .queue
+            .iter()
+            .map(|i| i.id)
+            .collect()
+    }
+
+    /// The item's `why` as `Accept-Language: en` (or `de`) would show it.
+    pub fn why(&self, queue_id: u64, lang: jenkins::messages::Lang) -> Option<String> {
+        let state = self.shared.state();
+        let online = |name: &str| state.channels.contains_key(name);
+        let item = state.jenkins.queue.iter().find(|i| i.id == queue_id)?;
+        Some(state.jenkins.why(item, &online, lang))
+    }
+
+    /// Finishes the build of `queue_id` normally; false if it is not running.
+    pub fn finish_build(&self, queue_id: u64) -> bool {
+        self.shared.finish_build(queue_id)
+    }
+
+    /// Every build so far, in start order.
+    pub fn builds(&self) -> Vec<BuildRecord> {
+        self.shared.state().jenkins.builds.clone()
+    }
+
+    /// The build of `queue_id`, if it started.
+    pub fn build(&self, queue_id: u64) -> Option<BuildRecord> {
+        self.shared
+            .state()
+            .jenkins
+            .builds
+            .iter()
+            .find(|b| b.queue_id == queue_id)
+            .cloned()
+    }
+
+    /// Waits until the item's build has started; panics with the log after `timeout`.
+    pub async fn wait_started(&self, queue_id: u64, timeout: Duration) -> BuildRecord {
+        let log = TestController::wait_on(
+            &self.shared,
+            |log| {
+                log.iter().any(
+                    |e| matches!(e, ControllerEvent::BuildStarted(b) if b.queue_id == queue_id),
+                )
+            },
+            timeout,
+        )
+        .await;
+        log.into_iter()
+            .find_map(|e| match e {
+                ControllerEvent::BuildStarted(b) if b.queue_id == queue_id => Some(b),
+                _ => None,
+            })
+            .expect("the predicate found it")
     }
 }
 
@@ -610,11 +908,22 @@ struct LiveChannel {
     connection: u64,
     cookie: String,
     kicked: CancellationToken,
+    /// Builds for the built-in peers to start on the agent.
+    work: mpsc::UnboundedSender<Work>,
 }
 
-#[derive(Debug, Default)]
+/// Something the controller asks a built-in peer to do on its channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Work {
+    /// Send one command (a `fake-engine:spawn` build) to the agent.
+    Command(Vec<u8>),
+}
+
+#[derive(Debug)]
 struct State {
     log: Vec<ControllerEvent>,
+    /// The Jenkins side: node table (secrets included), queue, builds, users.
+    jenkins: jenkins::Model,
     channels: HashMap<String, LiveChannel>,
     /// Connections whose channel another connection took over with its cookie.
     taken_over: HashSet<u64>,
@@ -630,7 +939,10 @@ struct Shared {
     agent_port: u16,
     identity: TestIdentity,
     tls: Arc<rustls::ServerConfig>,
-    nodes: HashMap<String, NodeSpec>,
+    /// Node secrets are `hex(HMAC-SHA256(jenkins_key, name))`.
+    jenkins_key: Vec<u8>,
+    /// Where running builds' markers live (see [`Shared::start_builds`]).
+    builds_dir: PathBuf,
     tcp_disabled: bool,
     protocols: Vec<String>,
     http_headers: http::StaticHeaders,
@@ -653,6 +965,23 @@ struct Shared {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     next_connection: AtomicU64,
+    /// Queue ids of builds whose duration is up.
+    finish_after: mpsc::UnboundedSender<u64>,
+}
+
+/// Finishes builds whose duration is up, until shutdown.
+async fn finish_builds(shared: Arc<Shared>, mut due: mpsc::UnboundedReceiver<u64>) {
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            id = due.recv() => match id {
+                Some(id) => {
+                    shared.finish_build(id);
+                }
+                None => return,
+            },
+        }
+    }
 }
 
 impl Shared {
@@ -692,7 +1021,8 @@ impl Shared {
     /// the old channel is kicked and unregistered here, under the lock, so
     /// two reconnections cannot both take it over.
     fn judge(&self, node: &str, secret: Option<&str>, cookie: Option<&str>) -> Verdict {
-        let Some(spec) = self.nodes.get(node) else {
+        let mut state = self.state();
+        let Some(spec) = state.jenkins.nodes.get(node) else {
             return Verdict::Refuse(Refusal::UnknownNode);
         };
         if let Some(reason) = &spec.fatal {
@@ -701,7 +1031,6 @@ impl Shared {
         if secret != Some(spec.secret.as_str()) {
             return Verdict::Refuse(Refusal::BadSecret);
         }
-        let mut state = self.state();
         match state.channels.get(node) {
             None => Verdict::Accept { took_over: false },
             Some(live) if cookie == Some(live.cookie.as_str()) => {
@@ -735,25 +1064,244 @@ impl Shared {
     /// Marks `node` offline if `connection` still owns its channel, and
     /// records [`ControllerEvent::ChannelClosed`] in the same step: the log
     /// never shows a new channel accepted between the old one going
-    /// offline and the record of its end.
+    /// offline and the record of its end. Builds running on the node are
+    /// cut (recorded right after), and the scheduler runs again.
     fn close(&self, node: String, connection: u64, how: ChannelEnd) {
-        let offline = |state: &mut State| {
+        let now = jenkins::now_ms();
+        {
+            let mut state = self.state();
+            let mut cut = Vec::new();
             if state
                 .channels
                 .get(&node)
                 .is_some_and(|c| c.connection == connection)
             {
                 state.channels.remove(&node);
+                cut = state.jenkins.cut_builds_on(&node, now);
+                if let Some(spec) = state.jenkins.nodes.get_mut(&node) {
+                    spec.disconnected = Some(jenkins::OfflineCause {
+                        class: "hudson.slaves.OfflineCause$ChannelTermination",
+                        description: "Connection was broken".to_owned(),
+                        timestamp_ms: now,
+                    });
+                }
             }
-        };
-        self.change_and_record(
-            offline,
-            ControllerEvent::ChannelClosed {
+            tracing::debug!(%node, ?how, "controller event: channel closed");
+            state.log.push(ControllerEvent::ChannelClosed {
                 node: node.clone(),
                 how,
-            },
-        );
+            });
+            state.log.extend(cut);
+        }
+        self.changed.send_modify(|version| *version += 1);
+        self.maintain();
     }
+
+    /// The secret `node` connects with.
+    fn secret_of(&self, node: &str) -> Option<String> {
+        self.state()
+            .jenkins
+            .nodes
+            .get(node)
+            .map(|n| n.secret.clone())
+    }
+
+    /// Runs `change` on the state and records what it returns, under one lock.
+    fn update<T>(&self, change: impl FnOnce(&mut State, &mut Vec<ControllerEvent>) -> T) -> T {
+        let (out, recorded) = {
+            let mut state = self.state();
+            let mut events = Vec::new();
+            let out = change(&mut state, &mut events);
+            let recorded = !events.is_empty();
+            for event in events {
+                tracing::debug!(?event, "controller event");
+                state.log.push(event);
+            }
+            (out, recorded)
+        };
+        if recorded {
+            self.changed.send_modify(|version| *version += 1);
+        }
+        out
+    }
+
+    /// One scheduling round, then the started builds are sent to their
+    /// agents (see [`Shared::start_builds`]).
+    fn maintain(&self) {
+        let now = jenkins::now_ms();
+        let started = self.update(|state, events| {
+            let channels = &state.channels;
+            let online = |name: &str| channels.contains_key(name);
+            let started = state.jenkins.maintain(&online, now, events);
+            started
+                .into_iter()
+                .map(|s| {
+                    let work = channels.get(&s.node).map(|c| c.work.clone());
+                    (s, work)
+                })
+                .collect::<Vec<_>>()
+        });
+        self.start_builds(started);
+    }
+
+    /// A build runs on the agent as a process: the built-in peer sends
+    /// `fake-engine:spawn` with a shell loop that lasts until the build's
+    /// marker file appears (the build finished or was cut) or the
+    /// controller's build directory goes away (shutdown), so the agent's
+    /// busy detection sees a build process and channel traffic, as with a
+    /// real build. A build with a duration is finished by a timer.
+    fn start_builds(
+        self: &Shared,
+        started: Vec<(jenkins::Started, Option<mpsc::UnboundedSender<Work>>)>,
+    ) {
+        for (build, work) in started {
+            let dir = self.builds_dir.display().to_string();
+            let marker = format!("{dir}/{}", build.queue_id);
+            // One hour at most, even if nothing ever ends it.
+            let script = format!(
+                "i=0; while [ -d '{dir}' ] && [ ! -e '{marker}' ] && [ $i -lt 36000 ]; do sleep 0.1; i=$((i+1)); done"
+            );
+            let mut command = crate::fake_engine::SPAWN_PREFIX.to_vec();
+            command.extend_from_slice(script.as_bytes());
+            if let Some(work) = work {
+                let _ = work.send(Work::Command(command));
+            }
+            if let Some(after) = build.duration {
+                let token = self.shutdown.clone();
+                let finish = self.finish_after.clone();
+                let id = build.queue_id;
+                self.tracker.spawn(async move {
+                    tokio::select! {
+                        () = token.cancelled() => {}
+                        () = tokio::time::sleep(after) => {
+                            let _ = finish.send(id);
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// Ends a running build normally; false if it is not running.
+    fn finish_build(&self, queue_id: u64) -> bool {
+        let now = jenkins::now_ms();
+        let ended = self.update(|state, events| {
+            let ended = state
+                .jenkins
+                .end_build(queue_id, jenkins::BuildState::Finished, now);
+            if let Some(record) = &ended {
+                events.push(ControllerEvent::BuildFinished(record.clone()));
+            }
+            ended.is_some()
+        });
+        if ended {
+            self.release_build_process(queue_id);
+            self.maintain();
+        }
+        ended
+    }
+
+    /// Lets the build's process on the agent end.
+    fn release_build_process(&self, queue_id: u64) {
+        let _ = std::fs::write(self.builds_dir.join(queue_id.to_string()), b"");
+    }
+
+    /// Adds a node; `Err` (Jenkins' text) if the name is taken.
+    fn create_node(&self, config: NodeConfig) -> Result<(), String> {
+        let secret = jenkins::node_secret(&self.jenkins_key, &config.name);
+        let created = self.update(|state, events| {
+            if state.jenkins.nodes.contains_key(&config.name) {
+                return Err(format!("Agent called ‘{}’ already exists", config.name));
+            }
+            events.push(ControllerEvent::NodeCreated {
+                node: config.name.clone(),
+            });
+            state
+                .jenkins
+                .nodes
+                .insert(config.name.clone(), jenkins::Node::new(config, secret));
+            Ok(())
+        });
+        if created.is_ok() {
+            self.maintain();
+        }
+        created
+    }
+
+    /// Removes a node: its builds are cut and its channel closed at once
+    /// (`Nodes.removeNode`). False if there is no such node.
+    fn delete_node(&self, name: &str) -> bool {
+        let now = jenkins::now_ms();
+        let cut = self.update(|state, events| {
+            state.jenkins.nodes.remove(name)?;
+            let cut = state.jenkins.cut_builds_on(name, now);
+            let ids: Vec<u64> = cut
+                .iter()
+                .filter_map(|e| match e {
+                    ControllerEvent::BuildCut(b) => Some(b.queue_id),
+                    _ => None,
+                })
+                .collect();
+            events.push(ControllerEvent::NodeDeleted {
+                node: name.to_owned(),
+            });
+            events.extend(cut);
+            if let Some(live) = state.channels.get(name) {
+                live.kicked.cancel();
+            }
+            Some(ids)
+        });
+        match cut {
+            Some(ids) => {
+                for id in ids {
+                    self.release_build_process(id);
+                }
+                self.maintain();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sets or clears a node's temporary offline cause (`message` None:
+    /// back online). False if there is no such node.
+    fn set_temporarily_offline(&self, name: &str, by: &str, message: Option<&str>) -> bool {
+        let now = jenkins::now_ms();
+        let found = self.update(|state, _| match state.jenkins.nodes.get_mut(name) {
+            Some(node) => {
+                node.temporarily_offline = message.map(|m| jenkins::OfflineCause {
+                    class: "hudson.slaves.OfflineCause$UserCause",
+                    description: match m.trim() {
+                        "" => format!("Disconnected by {by}"),
+                        m => format!("Disconnected by {by} : {m}"),
+                    },
+                    timestamp_ms: now,
+                });
+                true
+            }
+            None => false,
+        });
+        if found {
+            self.maintain();
+        }
+        found
+    }
+}
+
+/// A fresh directory (0700) for build markers.
+fn builds_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("testkit-builds-{}", random_hex(8)));
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(&dir)
+        .unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    assert!(
+        !dir.display().to_string().contains('\''),
+        "the build directory is quoted in a shell command"
+    );
+    dir
 }
 
 /// The controller's answer to a connection's headers.
