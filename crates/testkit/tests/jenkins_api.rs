@@ -614,6 +614,31 @@ async fn why_texts_in_english_and_german_and_what_the_queue_exports() {
         why_of(&de, third),
         "Warte auf den nächsten freien Build-Prozessor auf macos"
     );
+    // The label endpoint, percent-encoded as Jenkins builds its URLs.
+    let label = get(&c, Some(LENDER), "label/macos%26%26arm64/api/json")
+        .await
+        .json();
+    assert_eq!(label["name"], "macos&&arm64");
+    assert_eq!(
+        label["nodes"],
+        serde_json::json!([{"_class": "hudson.slaves.DumbSlave", "nodeName": "m1"}])
+    );
+    assert_eq!(
+        (
+            label["busyExecutors"].as_u64(),
+            label["idleExecutors"].as_u64()
+        ),
+        (Some(1), Some(0))
+    );
+    assert_eq!(label["offline"], false);
+    let none = get(&c, Some(LENDER), "label/linux/api/json").await.json();
+    assert_eq!(
+        (
+            none["offline"].as_bool(),
+            none["nodes"].as_array().map(Vec::len)
+        ),
+        (Some(true), Some(0))
+    );
     drop(m1);
     c.shutdown().await;
 }
@@ -823,9 +848,7 @@ async fn temporary_offline_holds_builds_back_until_toggled_online() {
 
     let item = jenkins.queue(JobSpec::freestyle("j").label("x"));
     assert_eq!(
-        jenkins
-            .why(item, testkit::controller::jenkins::messages::Lang::En)
-            .as_deref(),
+        jenkins.why(item, testkit::controller::Lang::En).as_deref(),
         Some("‘n1’ is offline")
     );
     assert!(jenkins.build(item).is_none());

@@ -42,6 +42,7 @@ mod websocket;
 
 pub use channel_end::{ChannelEnd, ChannelStream};
 pub use jenkins::auth::Permission;
+pub use jenkins::messages::Lang;
 pub use jenkins::{BuildRecord, BuildState, JobKind, JobSpec, Mode, NodeConfig};
 
 use std::collections::{HashMap, HashSet};
@@ -716,6 +717,10 @@ impl Drop for TestController {
 }
 
 /// Drives the controller's Jenkins side from a test (a cheap clone).
+///
+/// Builds reach the agent through the built-in [`Peer::Hold`] (the
+/// default): a [`Peer::Script`] or [`Peer::Echo`] owns its channel, so with
+/// those a build is only recorded, not sent.
 ///
 /// ```no_run
 /// # async fn demo() {

@@ -13,6 +13,7 @@
 //! | `POST computer/N/changeOfflineCause` | Agent/Disconnect | 302; idempotent |
 //! | `POST computer/N/toggleOffline` | Connect (to online) / Disconnect | 302 |
 //! | `POST computer/N/doDisconnect` | Agent/Disconnect | 302; closes the channel |
+//! | `GET label/EXPR/api/json` | Overall/Read | name, nodes, executors, offline (JENKINS-REST.md 1.3; no clouds, no load statistics) |
 //! | `GET queue/api/json`, `queue/item/ID/api/json` | Overall/Read (+ Job/Read per item) | JENKINS-REST.md 1.1 |
 //! | `POST queue/cancelItem?id=N` | Job/Cancel | 204; 404 unknown (or unreadable); 422 without Cancel |
 //!
@@ -108,6 +109,7 @@ pub(in crate::controller) fn route(
             };
             Route::NodeAction(percent_decode(name)?, action)
         }
+        ["label", expression, "api", "json"] => Route::Label(percent_decode(expression)?),
         ["queue", "api", "json"] => Route::Queue,
         ["queue", "item", id, "api", "json"] => Route::QueueItem(id.parse().ok()),
         ["queue", "cancelItem"] => Route::Cancel,
@@ -132,6 +134,7 @@ pub(in crate::controller) fn route(
         (Route::Computers, true, _) => api.computers(),
         (Route::Computer(name), true, _) => api.computer(&name),
         (Route::Jnlp(name, new_name), true, _) => api.jnlp(&name, new_name, &query),
+        (Route::Label(expression), true, _) => api.label(&expression),
         (Route::Queue, true, _) => api.queue(),
         (Route::QueueItem(id), true, _) => api.queue_item(id),
         (Route::CreateForm, _, true) => api.create_form(&form()),
@@ -162,6 +165,7 @@ enum Route {
     CreateForm,
     CreateXml,
     NodeAction(String, NodeAction),
+    Label(String),
     Queue,
     QueueItem(Option<u64>),
     Cancel,
@@ -452,6 +456,55 @@ impl Api<'_> {
             name,
             query.get("encrypt").is_some_and(|v| v == "true"),
         )
+    }
+
+    /// `Jenkins.getLabel`: any expression (or, failing to parse, one atom).
+    fn label(&self, expression: &str) -> Response<Body> {
+        let Some(label) = super::labels::Label::for_job(expression) else {
+            return not_found();
+        };
+        let value = {
+            let state = self.shared.state();
+            let model = &state.jenkins;
+            let online = |name: &str| state.channels.contains_key(name);
+            let nodes = model.label_nodes(&label);
+            let (mut total, mut busy) = (0, 0);
+            for name in &nodes {
+                if let Some(node) = model.nodes.get(*name) {
+                    if online(name) {
+                        total += node.executors.len();
+                        busy += node.executors.iter().filter(|e| e.is_some()).count();
+                    }
+                }
+            }
+            let class = match &label {
+                super::labels::Label::Atom(_) => "hudson.model.labels.LabelAtom",
+                super::labels::Label::Not(_) => "hudson.model.labels.LabelExpression$Not",
+                super::labels::Label::Paren(_) => "hudson.model.labels.LabelExpression$Paren",
+                super::labels::Label::And(..) => "hudson.model.labels.LabelExpression$And",
+                super::labels::Label::Or(..) => "hudson.model.labels.LabelExpression$Or",
+                super::labels::Label::Implies(..) => "hudson.model.labels.LabelExpression$Implies",
+                super::labels::Label::Iff(..) => "hudson.model.labels.LabelExpression$Iff",
+            };
+            json!({
+                "_class": class,
+                "actions": [],
+                "busyExecutors": busy,
+                "clouds": [],
+                "description": "",
+                "idleExecutors": model.idle_executors(Some(&label), &online),
+                "name": label.name(),
+                "nodes": nodes.iter().map(|n| if *n == super::BUILT_IN {
+                    json!({"_class": "hudson.model.Hudson", "nodeName": ""})
+                } else {
+                    json!({"_class": "hudson.slaves.DumbSlave", "nodeName": n})
+                }).collect::<Vec<_>>(),
+                "offline": model.label_offline(&label, &online),
+                "tiedJobs": [],
+                "totalExecutors": total,
+            })
+        };
+        self.json(value, |_| {})
     }
 
     fn item_json(
