@@ -914,3 +914,47 @@ async fn cancel_item_over_http() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reconnection_that_takes_the_channel_over_cuts_its_builds() {
+    let c = controller("2.541.1").await;
+    let jenkins = c.jenkins();
+    jenkins.create_node(NodeConfig::new("n1")).unwrap();
+    let secret = c.node_secret("n1").unwrap();
+    let _first = connect(&c, "n1", &secret).await;
+    let item = jenkins.queue(JobSpec::freestyle("j"));
+    jenkins.wait_started(item, T).await;
+    let mut config = HandshakeConfig::new("n1", &secret);
+    config.cookie = c.current_cookie("n1");
+    let tcp = TcpStream::connect(c.agent_addr()).await.unwrap();
+    let _second = timeout(
+        T,
+        handshake::connect(tcp, "127.0.0.1", c.identity(), config),
+    )
+    .await
+    .unwrap()
+    .expect("taken over");
+    let log = c
+        .wait_for(
+            |log| {
+                log.iter().any(|e| {
+                    matches!(
+                        e,
+                        ControllerEvent::Accepted {
+                            took_over: true,
+                            ..
+                        }
+                    )
+                })
+            },
+            T,
+        )
+        .await;
+    assert!(
+        log.iter()
+            .any(|e| matches!(e, ControllerEvent::BuildCut(b) if b.queue_id == item)),
+        "{log:#?}"
+    );
+    assert_eq!(jenkins.idle("n1"), Some(true));
+    c.shutdown().await;
+}

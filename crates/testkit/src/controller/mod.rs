@@ -1024,29 +1024,44 @@ impl Shared {
     /// Decides on a connection's node, secret and cookie (JNLP4 headers or
     /// WebSocket upgrade headers), as the controller does. On a cookie match
     /// the old channel is kicked and unregistered here, under the lock, so
-    /// two reconnections cannot both take it over.
+    /// two reconnections cannot both take it over; builds running on the
+    /// old channel are cut, as its closing fails them in Jenkins.
     fn judge(&self, node: &str, secret: Option<&str>, cookie: Option<&str>) -> Verdict {
-        let mut state = self.state();
-        let Some(spec) = state.jenkins.nodes.get(node) else {
-            return Verdict::Refuse(Refusal::UnknownNode);
-        };
-        if let Some(reason) = &spec.fatal {
-            return Verdict::Refuse(Refusal::Fatal(reason.clone()));
-        }
-        if secret != Some(spec.secret.as_str()) {
-            return Verdict::Refuse(Refusal::BadSecret);
-        }
-        match state.channels.get(node) {
-            None => Verdict::Accept { took_over: false },
-            Some(live) if cookie == Some(live.cookie.as_str()) => {
-                if let Some(old) = state.channels.remove(node) {
-                    state.taken_over.insert(old.connection);
-                    old.kicked.cancel();
-                }
-                Verdict::Accept { took_over: true }
+        let mut cut = Vec::new();
+        let verdict = {
+            let mut state = self.state();
+            let Some(spec) = state.jenkins.nodes.get(node) else {
+                return Verdict::Refuse(Refusal::UnknownNode);
+            };
+            if let Some(reason) = &spec.fatal {
+                return Verdict::Refuse(Refusal::Fatal(reason.clone()));
             }
-            Some(_) => Verdict::Refuse(Refusal::AlreadyConnected),
+            if secret != Some(spec.secret.as_str()) {
+                return Verdict::Refuse(Refusal::BadSecret);
+            }
+            match state.channels.get(node) {
+                None => Verdict::Accept { took_over: false },
+                Some(live) if cookie == Some(live.cookie.as_str()) => {
+                    if let Some(old) = state.channels.remove(node) {
+                        state.taken_over.insert(old.connection);
+                        old.kicked.cancel();
+                    }
+                    cut = state.jenkins.cut_builds_on(node, jenkins::now_ms());
+                    state.log.extend(cut.iter().cloned());
+                    Verdict::Accept { took_over: true }
+                }
+                Some(_) => Verdict::Refuse(Refusal::AlreadyConnected),
+            }
+        };
+        if !cut.is_empty() {
+            self.changed.send_modify(|version| *version += 1);
+            for event in &cut {
+                if let ControllerEvent::BuildCut(build) = event {
+                    self.release_build_process(build.queue_id);
+                }
+            }
         }
+        verdict
     }
 
     /// Marks `node` online with this connection's channel. Replaces (and
@@ -1073,9 +1088,9 @@ impl Shared {
     /// cut (recorded right after), and the scheduler runs again.
     fn close(&self, node: String, connection: u64, how: ChannelEnd) {
         let now = jenkins::now_ms();
+        let mut cut = Vec::new();
         {
             let mut state = self.state();
-            let mut cut = Vec::new();
             if state
                 .channels
                 .get(&node)
@@ -1096,9 +1111,14 @@ impl Shared {
                 node: node.clone(),
                 how,
             });
-            state.log.extend(cut);
+            state.log.extend(cut.iter().cloned());
         }
         self.changed.send_modify(|version| *version += 1);
+        for event in &cut {
+            if let ControllerEvent::BuildCut(build) = event {
+                self.release_build_process(build.queue_id);
+            }
+        }
         self.maintain();
     }
 
