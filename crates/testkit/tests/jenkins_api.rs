@@ -958,3 +958,62 @@ async fn a_reconnection_that_takes_the_channel_over_cuts_its_builds() {
     assert_eq!(jenkins.idle("n1"), Some(true));
     c.shutdown().await;
 }
+
+#[tokio::test]
+async fn config_xml_reads_and_relabels_a_node() {
+    let c = controller("2.541.1").await;
+    let jenkins = c.jenkins();
+    assert_eq!(
+        post_xml(&c, LENDER, "computer/createItem", &slave_xml("r1", "mac"))
+            .await
+            .status,
+        200
+    );
+    let _agent = connect(&c, "r1", &c.node_secret("r1").unwrap()).await;
+    let item = jenkins.queue(JobSpec::freestyle("j").label("linux"));
+    assert_eq!(
+        jenkins.why(item, testkit::controller::Lang::En).as_deref(),
+        Some("There are no nodes with the label ‘linux’")
+    );
+
+    let xml = get(&c, Some(LENDER), "computer/r1/config.xml").await;
+    assert_eq!(xml.status, 200);
+    assert!(xml.body.contains("<label>mac</label>"), "{}", xml.body);
+    let relabelled = xml
+        .body
+        .replace("<label>mac</label>", "<label>mac linux</label>");
+    jenkins.add_user("reader", "r3ad", &[Permission::OverallRead]);
+    let denied = get(&c, Some(("reader", "r3ad")), "computer/r1/config.xml").await;
+    assert_eq!(
+        denied.header("x-required-permission"),
+        Some("hudson.model.Computer.ExtendedRead")
+    );
+    let wrong = post_xml(&c, LENDER, "computer/r1/config.xml", "<project/>").await;
+    assert_eq!(wrong.status, 400);
+    assert_eq!(
+        post_xml(&c, LENDER, "computer/r1/config.xml", &relabelled)
+            .await
+            .status,
+        200
+    );
+    // The relabelled node takes the waiting item.
+    jenkins.wait_started(item, T).await;
+    let node = get(
+        &c,
+        Some(LENDER),
+        "computer/r1/api/json?tree=assignedLabels[name]",
+    )
+    .await
+    .json();
+    assert_eq!(
+        node["assignedLabels"],
+        serde_json::json!([{"name": "linux"}, {"name": "mac"}, {"name": "r1"}])
+    );
+    assert_eq!(
+        post_xml(&c, LENDER, "computer/r9/config.xml", &relabelled)
+            .await
+            .status,
+        404
+    );
+    c.shutdown().await;
+}

@@ -1253,6 +1253,34 @@ impl Shared {
         created
     }
 
+    /// Replaces a node's configuration (labels, mode, executors, ...);
+    /// running builds keep their executors. False if there is no such node.
+    fn reconfigure_node(&self, config: NodeConfig) -> bool {
+        let found = self.update(|state, _| match state.jenkins.nodes.get_mut(&config.name) {
+            Some(node) => {
+                let wanted = config.num_executors as usize;
+                // Shrink only by idle executors, as Jenkins lets busy ones finish.
+                while node.executors.len() > wanted {
+                    match node.executors.iter().rposition(Option::is_none) {
+                        Some(i) => {
+                            node.executors.remove(i);
+                        }
+                        None => break,
+                    }
+                }
+                node.executors
+                    .resize(wanted.max(node.executors.len()), None);
+                node.config = config;
+                true
+            }
+            None => false,
+        });
+        if found {
+            self.maintain();
+        }
+        found
+    }
+
     /// Removes a node: its builds are cut and its channel closed at once
     /// (`Nodes.removeNode`). False if there is no such node.
     fn delete_node(&self, name: &str) -> bool {

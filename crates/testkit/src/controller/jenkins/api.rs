@@ -9,6 +9,7 @@
 //! | `GET computer/N/jenkins-agent.jnlp` (>= 2.264), `slave-agent.jnlp` | Overall/Read, Agent/Connect | the JNLP file, secret first |
 //! | `POST computer/doCreateItem` (form `name`, `type`, `json`) | Agent/Create | 302; 400 for a bad or taken name |
 //! | `POST computer/createItem` (`<slave>` XML, >= 2.539) | Agent/Create | 200; 400 if taken. Before 2.539 the route exists for the "New Node" wizard and answers 400 `No mode given` |
+//! | `GET`/`POST computer/N/config.xml` | Agent/ExtendedRead / Agent/Configure | the `<slave>` XML / 200 (400 `Node types do not match` for another root) |
 //! | `POST computer/N/doDelete` | Agent/Delete | 302; 404 if missing; the channel closes at once |
 //! | `POST computer/N/changeOfflineCause` | Agent/Disconnect | 302; idempotent |
 //! | `POST computer/N/toggleOffline` | Connect (to online) / Disconnect | 302 |
@@ -99,6 +100,7 @@ pub(in crate::controller) fn route(
         ["computer", name, file @ ("jenkins-agent.jnlp" | "slave-agent.jnlp")] => {
             Route::Jnlp(percent_decode(name)?, *file == "jenkins-agent.jnlp")
         }
+        ["computer", name, "config.xml"] => Route::ConfigXml(percent_decode(name)?),
         ["computer", name, action] => {
             let action = match *action {
                 "doDelete" => NodeAction::Delete,
@@ -134,6 +136,8 @@ pub(in crate::controller) fn route(
         (Route::Computers, true, _) => api.computers(),
         (Route::Computer(name), true, _) => api.computer(&name),
         (Route::Jnlp(name, new_name), true, _) => api.jnlp(&name, new_name, &query),
+        (Route::ConfigXml(name), true, _) => api.config_xml(&name),
+        (Route::ConfigXml(name), _, true) => api.update_config_xml(&name, body),
         (Route::Label(expression), true, _) => api.label(&expression),
         (Route::Queue, true, _) => api.queue(),
         (Route::QueueItem(id), true, _) => api.queue_item(id),
@@ -165,6 +169,7 @@ enum Route {
     CreateForm,
     CreateXml,
     NodeAction(String, NodeAction),
+    ConfigXml(String),
     Label(String),
     Queue,
     QueueItem(Option<u64>),
@@ -456,6 +461,48 @@ impl Api<'_> {
             name,
             query.get("encrypt").is_some_and(|v| v == "true"),
         )
+    }
+
+    /// `GET computer/N/config.xml` (Agent/ExtendedRead): the `<slave>` XML.
+    fn config_xml(&self, name: &str) -> Response<Body> {
+        if let Some(denied) = self.require(Permission::ComputerExtendedRead) {
+            return denied;
+        }
+        let Some(config) = self
+            .shared
+            .state()
+            .jenkins
+            .nodes
+            .get(name)
+            .map(|n| n.config.clone())
+        else {
+            return not_found();
+        };
+        with_type(
+            Response::new(Full::new(Bytes::from(slave_xml(&config)))),
+            "application/xml",
+        )
+    }
+
+    /// `POST computer/N/config.xml` (Agent/Configure): replaces the node's
+    /// configuration, keeping its class. Assumption: the node keeps the
+    /// name in the URL (renaming through the XML is not modelled).
+    fn update_config_xml(&self, name: &str, body: &Bytes) -> Response<Body> {
+        if let Some(denied) = self.require(Permission::ComputerConfigure) {
+            return denied;
+        }
+        if !self.shared.state().jenkins.nodes.contains_key(name) {
+            return not_found();
+        }
+        let Some(mut config) = parse_slave_xml(&String::from_utf8_lossy(body)) else {
+            return html_error(StatusCode::BAD_REQUEST, "Node types do not match");
+        };
+        config.name = name.to_owned();
+        if self.shared.reconfigure_node(config) {
+            Response::new(Full::new(Bytes::new()))
+        } else {
+            not_found()
+        }
     }
 
     /// `Jenkins.getLabel`: any expression (or, failing to parse, one atom).
@@ -1021,6 +1068,27 @@ fn parse_slave_xml(xml: &str) -> Option<NodeConfig> {
     Some(config)
 }
 
+/// A node's configuration as XStream writes a `DumbSlave`.
+fn slave_xml(config: &NodeConfig) -> String {
+    let mode = match config.mode {
+        Mode::Normal => "NORMAL",
+        Mode::Exclusive => "EXCLUSIVE",
+    };
+    let launcher = if config.inbound {
+        "<launcher class=\"hudson.slaves.JNLPLauncher\">\n    <workDirSettings>\n      <disabled>false</disabled>\n      <internalDir>remoting</internalDir>\n      <failIfWorkDirIsMissing>false</failIfWorkDirIsMissing>\n    </workDirSettings>\n    <webSocket>false</webSocket>\n  </launcher>"
+    } else {
+        "<launcher class=\"hudson.slaves.CommandLauncher\"/>"
+    };
+    format!(
+        "<?xml version='1.1' encoding='UTF-8'?>\n<slave>\n  <name>{}</name>\n  <description>{}</description>\n  <remoteFS>{}</remoteFS>\n  <numExecutors>{}</numExecutors>\n  <mode>{mode}</mode>\n  <retentionStrategy class=\"hudson.slaves.RetentionStrategy$Always\"/>\n  {launcher}\n  <label>{}</label>\n  <nodeProperties/>\n</slave>",
+        xml_escape(&config.name),
+        xml_escape(&config.description),
+        xml_escape(&config.remote_fs),
+        config.num_executors,
+        xml_escape(&config.labels),
+    )
+}
+
 fn xml_unescape(text: &str) -> String {
     text.replace("&lt;", "<")
         .replace("&gt;", ">")
@@ -1060,6 +1128,11 @@ mod tests {
         assert_eq!(config.labels, "macos arm64");
         assert!(config.inbound);
         assert!(parse_slave_xml("<project/>").is_none());
+        assert_eq!(
+            parse_slave_xml(&super::slave_xml(&config)),
+            Some(config),
+            "round trip"
+        );
         assert!(parse_slave_xml("<slave><mode>SOMETIMES</mode></slave>").is_none());
     }
 
