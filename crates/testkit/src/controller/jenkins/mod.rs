@@ -324,7 +324,7 @@ impl Model {
     }
 
     /// Whether the node's computer is offline: temporarily, or no channel.
-    pub(crate) fn offline(&self, name: &str, online: &dyn Fn(&str) -> bool) -> bool {
+    fn node_offline(&self, name: &str, online: &dyn Fn(&str) -> bool) -> bool {
         self.nodes
             .get(name)
             .map_or(true, |n| n.temporarily_offline.is_some() || !online(name))
@@ -366,9 +366,12 @@ impl Model {
         nodes
     }
 
+    /// Like `node_offline`, but the built-in node counts as online: Jenkins
+    /// keeps its computer even with no executors
+    /// (`AbstractCIBase.updateComputer`). Assumption: the built-in node is
+    /// configured with 0 executors, as recommended.
     fn is_offline(&self, name: &str, online: &dyn Fn(&str) -> bool) -> bool {
-        // The built-in node is always online (with no executors).
-        name != BUILT_IN && self.offline(name, online)
+        name != BUILT_IN && self.node_offline(name, online)
     }
 
     /// `Label.isOffline()`: every matching node offline, or none at all.
@@ -402,7 +405,7 @@ impl Model {
             }
             _ => {}
         }
-        if self.offline(name, online) {
+        if self.node_offline(name, online) {
             return Some(Cause::NodeOffline(name.clone()));
         }
         None
