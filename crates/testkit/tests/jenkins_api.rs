@@ -454,6 +454,15 @@ async fn a_node_created_over_rest_connects_over_jnlp4_and_websocket() {
     );
     let tcp_secret = secret_from_jnlp(&c, LENDER, "jenkins-agent.jnlp", "tcp1").await;
     let ws_secret = secret_from_jnlp(&c, LENDER, "jenkins-agent.jnlp", "ws1").await;
+    // The launcher's webSocket flag shows in the JNLP file, nowhere else.
+    let file = get(&c, Some(LENDER), "computer/ws1/jenkins-agent.jnlp")
+        .await
+        .body;
+    let parsed = remoting_protocol::jnlp::parse_jnlp(file.as_bytes()).unwrap();
+    assert_eq!(
+        (parsed.name.as_str(), parsed.options[0].as_str()),
+        ("ws1", "-webSocket")
+    );
 
     let _tcp = connect(&c, "tcp1", &tcp_secret).await;
     let addr = c.http_addr();

@@ -254,10 +254,17 @@ fn discovery(shared: &Shared) -> Response<Body> {
 
 /// A node's JNLP file (the caller checked the node, version and permission).
 pub(super) fn jnlp(shared: &Shared, name: &str, encrypt: bool) -> Response<Body> {
-    let Some(secret) = shared.secret_of(name) else {
+    let Some((secret, web_socket)) = ({
+        let state = shared.state();
+        state
+            .jenkins
+            .nodes
+            .get(name)
+            .map(|n| (n.secret.clone(), n.config.web_socket))
+    }) else {
         return not_found();
     };
-    let xml = jnlp_xml(&shared.url, &secret, name, &shared.jnlp_options);
+    let xml = jnlp_xml(&shared.url, &secret, name, web_socket, &shared.jnlp_options);
     if !encrypt {
         return with_type(
             Response::new(Full::new(Bytes::from(xml))),
@@ -281,10 +288,15 @@ pub(super) fn jnlp(shared: &Shared, name: &str, encrypt: bool) -> Response<Body>
 }
 
 /// The JNLP file in the shape Jenkins serves it.
-fn jnlp_xml(url: &str, secret: &str, name: &str, options: &[String]) -> String {
+/// As `jenkins-agent.jnlp.jelly`: secret, name, `-webSocket` when the
+/// node's launcher says so, then `-url`.
+fn jnlp_xml(url: &str, secret: &str, name: &str, web_socket: bool, options: &[String]) -> String {
     let mut arguments = String::new();
-    for argument in [secret, name, "-url", url]
+    let web_socket: &[&str] = if web_socket { &["-webSocket"] } else { &[] };
+    for argument in [secret, name]
         .into_iter()
+        .chain(web_socket.iter().copied())
+        .chain(["-url", url])
         .chain(options.iter().map(String::as_str))
     {
         arguments.push_str("    <argument>");
@@ -375,7 +387,7 @@ mod tests {
     #[test]
     fn jnlp_xml_parses_back_with_escaped_arguments() {
         let options = vec!["-workDir".to_owned(), "/tmp/a&b <c>".to_owned()];
-        let xml = jnlp_xml("http://127.0.0.1:1/", "00ff", "n\"1", &options);
+        let xml = jnlp_xml("http://127.0.0.1:1/", "00ff", "n\"1", false, &options);
         let parsed = remoting_protocol::jnlp::parse_jnlp(xml.as_bytes()).unwrap();
         assert_eq!(parsed.secret, "00ff");
         assert_eq!(parsed.name, "n\"1");

@@ -716,15 +716,17 @@ impl Api<'_> {
         if let Some(fs) = text("remoteFS") {
             config.remote_fs = fs;
         }
-        config.inbound = json
-            .get("launcher")
-            .and_then(Value::as_object)
-            .is_some_and(|l| {
-                l.get("$class")
-                    .or_else(|| l.get("stapler-class"))
-                    .and_then(Value::as_str)
-                    == Some("hudson.slaves.JNLPLauncher")
-            });
+        let launcher = json.get("launcher").and_then(Value::as_object);
+        config.inbound = launcher.is_some_and(|l| {
+            l.get("$class")
+                .or_else(|| l.get("stapler-class"))
+                .and_then(Value::as_str)
+                == Some("hudson.slaves.JNLPLauncher")
+        });
+        config.web_socket = config.inbound
+            && launcher
+                .and_then(|l| l.get("webSocket"))
+                .is_some_and(|w| w.as_bool() == Some(true) || w.as_str() == Some("true"));
         match self.shared.create_node(config) {
             Ok(()) => redirect(&format!("{}computer/", self.shared.url)),
             Err(reason) => html_error(StatusCode::BAD_REQUEST, &reason),
@@ -1065,6 +1067,7 @@ fn parse_slave_xml(xml: &str) -> Option<NodeConfig> {
         config.remote_fs = fs;
     }
     config.inbound = rest.contains("<launcher class=\"hudson.slaves.JNLPLauncher\"");
+    config.web_socket = config.inbound && field("webSocket").is_some_and(|w| w.trim() == "true");
     Some(config)
 }
 
@@ -1075,9 +1078,9 @@ fn slave_xml(config: &NodeConfig) -> String {
         Mode::Exclusive => "EXCLUSIVE",
     };
     let launcher = if config.inbound {
-        "<launcher class=\"hudson.slaves.JNLPLauncher\">\n    <workDirSettings>\n      <disabled>false</disabled>\n      <internalDir>remoting</internalDir>\n      <failIfWorkDirIsMissing>false</failIfWorkDirIsMissing>\n    </workDirSettings>\n    <webSocket>false</webSocket>\n  </launcher>"
+        format!("<launcher class=\"hudson.slaves.JNLPLauncher\">\n    <workDirSettings>\n      <disabled>false</disabled>\n      <internalDir>remoting</internalDir>\n      <failIfWorkDirIsMissing>false</failIfWorkDirIsMissing>\n    </workDirSettings>\n    <webSocket>{}</webSocket>\n  </launcher>", config.web_socket)
     } else {
-        "<launcher class=\"hudson.slaves.CommandLauncher\"/>"
+        "<launcher class=\"hudson.slaves.CommandLauncher\"/>".to_owned()
     };
     format!(
         "<?xml version='1.1' encoding='UTF-8'?>\n<slave>\n  <name>{}</name>\n  <description>{}</description>\n  <remoteFS>{}</remoteFS>\n  <numExecutors>{}</numExecutors>\n  <mode>{mode}</mode>\n  <retentionStrategy class=\"hudson.slaves.RetentionStrategy$Always\"/>\n  {launcher}\n  <label>{}</label>\n  <nodeProperties/>\n</slave>",
@@ -1127,6 +1130,7 @@ mod tests {
         assert_eq!(config.mode, Mode::Exclusive);
         assert_eq!(config.labels, "macos arm64");
         assert!(config.inbound);
+        assert!(config.web_socket);
         assert!(parse_slave_xml("<project/>").is_none());
         assert_eq!(
             parse_slave_xml(&super::slave_xml(&config)),

@@ -98,6 +98,9 @@ pub struct NodeConfig {
     pub remote_fs: String,
     /// The launcher is a `JNLPLauncher` (an inbound agent).
     pub inbound: bool,
+    /// The launcher's `webSocket` flag: only puts `-webSocket` in the JNLP
+    /// file (the controller does not enforce a transport).
+    pub web_socket: bool,
 }
 
 impl NodeConfig {
@@ -111,6 +114,7 @@ impl NodeConfig {
             description: String::new(),
             remote_fs: "/home/jenkins/agent".to_owned(),
             inbound: true,
+            web_socket: false,
         }
     }
 
@@ -123,6 +127,12 @@ impl NodeConfig {
     /// Sets the mode.
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Sets the launcher's `webSocket` flag.
+    pub fn web_socket(mut self, on: bool) -> Self {
+        self.web_socket = on;
         self
     }
 
