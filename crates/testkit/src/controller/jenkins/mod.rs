@@ -15,7 +15,8 @@
 //! - `messages`: the `why` texts (en, de).
 //! - `auth`: users, tokens, permissions and their implication chains.
 //! - `api`: the HTTP routes (`/api/json`, `/computer/...`, `/queue/...`,
-//!   `/whoAmI/api/json`), JSON and `tree=`.
+//!   `/label/...`, `/whoAmI/api/json`) and their JSON.
+//! - `wire`: form parameters, `tree=` filtering, `<slave>` XML.
 //!
 //! # What is modelled, and what is not
 //!
@@ -33,6 +34,7 @@ mod api;
 pub mod auth;
 pub mod labels;
 pub mod messages;
+mod wire;
 
 pub(super) use api::route;
 
