@@ -8,7 +8,9 @@
 //! - [`fixtures`]: the recorded transcripts.
 //! - [`controller`]: [`controller::TestController`], discovery HTTP, the
 //!   JNLP4 server side and the WebSocket endpoint (`wsagents/`, optionally
-//!   over HTTPS) with a node table, cookies and scripted peers.
+//!   over HTTPS) with a node table, cookies and scripted peers, and a
+//!   Jenkins HTTP API stand-in (users and permissions, node routes, queue,
+//!   `why` texts, a scheduler running builds on connected agents).
 //! - [`proxy`]: an HTTP `CONNECT` (and absolute-form) proxy, optionally
 //!   over TLS and with credentials, that can freeze its tunnels.
 //! - [`delay_line`]: a TCP forwarder adding a round trip (no `netem` here).
@@ -29,7 +31,9 @@ pub mod replay;
 pub mod web_pki;
 pub mod windowed;
 
-pub use controller::{Channel, ControllerBuilder, ControllerEvent, Peer, TestController};
+pub use controller::{
+    Channel, ControllerBuilder, ControllerEvent, JenkinsHandle, Peer, TestController,
+};
 pub use identity::TestIdentity;
 
 /// A stand-in `remoting.jar` for the test controller to serve: a zip whose

@@ -168,7 +168,7 @@ fn hello(shared: &Shared, tcp: &TcpStream) -> String {
          Server: {}\r\n\
          Remoting-Minimum-Version: {}\r\n",
         shared.protocols.join(", "),
-        super::JENKINS_VERSION,
+        shared.state().jenkins.version.clone(),
         shared.session,
         addr(tcp.peer_addr()),
         addr(tcp.local_addr()),

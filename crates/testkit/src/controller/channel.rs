@@ -13,7 +13,9 @@ use remoting_protocol::ChunkCodec;
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
 
-use super::{Channel, ChannelEnd, ChannelStream, ControllerEvent, LiveChannel, Peer, Shared};
+use tokio::sync::mpsc;
+
+use super::{Channel, ChannelEnd, ChannelStream, ControllerEvent, LiveChannel, Peer, Shared, Work};
 
 /// How long a kicked peer gets to wind down before its channel is dropped.
 pub(super) const KICK_GRACE: Duration = Duration::from_millis(500);
@@ -35,12 +37,14 @@ pub(super) async fn run(
 ) {
     let connection = shared.connection_id();
     let kicked = shared.shutdown.child_token();
+    let (work, work_rx) = mpsc::unbounded_channel();
     shared.register(
         &node,
         LiveChannel {
             connection,
             cookie: cookie.clone(),
             kicked: kicked.clone(),
+            work,
         },
     );
     shared.record(ControllerEvent::Accepted {
@@ -48,6 +52,8 @@ pub(super) async fn run(
         cookie,
         took_over,
     });
+    // The node is online: queued builds may start on it.
+    shared.maintain();
 
     // Through parts, so that bytes already buffered are decoded before the
     // next read is awaited.
@@ -60,7 +66,7 @@ pub(super) async fn run(
         framed,
         kicked: kicked.clone(),
     };
-    let mut peer = run_peer(&shared.peer, channel);
+    let mut peer = run_peer(&shared.peer, channel, work_rx);
     let ghost_timed_out = async {
         signals.ghost.cancelled().await;
         tracing::debug!(%node, "close_notify ignored: the channel stays until the ping timeout");
@@ -116,19 +122,31 @@ pub(super) async fn run(
     shared.close(node, connection, how);
 }
 
-fn run_peer(peer: &Peer, channel: Channel) -> BoxFuture<'static, ()> {
+/// Builds reach the built-in peers only: a script owns its channel.
+fn run_peer(
+    peer: &Peer,
+    channel: Channel,
+    work: mpsc::UnboundedReceiver<Work>,
+) -> BoxFuture<'static, ()> {
     match peer {
-        Peer::Hold => hold(channel).boxed(),
+        Peer::Hold => hold(channel, work).boxed(),
         Peer::Echo => echo(channel).boxed(),
         Peer::Script(script) => script(channel),
     }
 }
 
-/// [`Peer::Hold`]: read and discard until EOF, an error, or kicked.
-async fn hold(mut channel: Channel) {
+/// [`Peer::Hold`]: read and discard until EOF, an error, or kicked; send
+/// the commands of builds the scheduler starts on this node.
+async fn hold(mut channel: Channel, mut work: mpsc::UnboundedReceiver<Work>) {
     loop {
         tokio::select! {
             () = channel.kicked.cancelled() => break,
+            Some(Work::Command(payload)) = work.recv() => {
+                if let Err(err) = send_command(&mut channel, &payload).await {
+                    tracing::debug!(%err, "sending a build failed");
+                    return;
+                }
+            }
             item = channel.framed.next() => match item {
                 Some(Ok(_)) => {}
                 Some(Err(err)) => {
@@ -165,6 +183,21 @@ async fn echo(mut channel: Channel) {
         }
     }
     let _ = timeout(CLOSE_TIMEOUT, channel.framed.close()).await;
+}
+
+/// Sends `payload` as one command (as many chunks as it takes).
+async fn send_command(channel: &mut Channel, payload: &[u8]) -> Result<(), String> {
+    use tokio_util::codec::Decoder as _;
+    let mut wire = BytesMut::new();
+    remoting_protocol::chunk::put_command(&mut wire, payload);
+    while let Some(chunk) = ChunkCodec.decode(&mut wire).map_err(|e| e.to_string())? {
+        channel
+            .framed
+            .feed(chunk)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    channel.framed.flush().await.map_err(|e| e.to_string())
 }
 
 fn has_whole_chunk(buf: &[u8]) -> bool {

@@ -1,7 +1,8 @@
 //! The controller's web port: the readiness check (`login`), discovery
 //! (`tcpSlaveAgentListener/`), JNLP files (plain and `?encrypt=true`), the
 //! remoting jar, and the WebSocket agent endpoint (`wsagents/`, in
-//! `websocket`). Every response carries `X-Jenkins` and
+//! `websocket`). The Jenkins API routes (`jenkins::route`) are tried first.
+//! Every response carries `X-Jenkins`, `X-Jenkins-Session` and
 //! `X-Instance-Identity`, as Jenkins pages do.
 
 use std::convert::Infallible;
@@ -17,9 +18,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument as _;
 
-use super::{websocket, ControllerEvent, Shared, TestIdentity, JENKINS_VERSION};
+use super::{jenkins, websocket, ControllerEvent, Shared, TestIdentity};
 
-type Body = Full<Bytes>;
+pub(super) type Body = Full<Bytes>;
 
 /// Header values fixed at start, validated once (a bad one is a test bug).
 #[derive(Debug)]
@@ -98,9 +99,9 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let token = shared.shutdown.clone();
-    let service = service_fn(move |mut request: Request<Incoming>| {
+    let service = service_fn(move |request: Request<Incoming>| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(respond(&shared, &mut request)) }
+        async move { Ok::<_, Infallible>(respond(&shared, request).await) }
     });
     // With upgrades, so that `wsagents/` can take the connection over.
     let conn = hyper::server::conn::http1::Builder::new()
@@ -116,21 +117,41 @@ where
     }
 }
 
+/// Largest request body read (a node's XML or form is a few KiB).
+const MAX_BODY: usize = 1 << 20;
+
 /// Answers one request and records it.
-fn respond(shared: &Arc<Shared>, request: &mut Request<Incoming>) -> Response<Body> {
+async fn respond(shared: &Arc<Shared>, mut request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     if path == "/wsagents/" && request.method() == Method::GET {
-        return websocket::upgrade(shared, request, |response| common_headers(shared, response));
+        return websocket::upgrade(shared, &mut request, |response| {
+            common_headers(shared, response)
+        });
     }
-    let mut response = if request.method() == Method::GET || request.method() == Method::HEAD {
-        let since = request
-            .headers()
-            .get(http::header::IF_MODIFIED_SINCE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok());
-        route(shared, &path, request.uri().query(), since)
+    let (parts, body) = request.into_parts();
+    let body = if parts.method == Method::POST {
+        use http_body_util::BodyExt as _;
+        match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+            Ok(collected) => Some(collected.to_bytes()),
+            Err(_) => None,
+        }
     } else {
-        not_found()
+        Some(Bytes::new())
+    };
+    let mut response = match body {
+        None => text(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large\n"),
+        Some(body) => match jenkins::route(shared, &parts, &body) {
+            Some(response) => response,
+            None if parts.method == Method::GET || parts.method == Method::HEAD => {
+                let since = parts
+                    .headers
+                    .get(http::header::IF_MODIFIED_SINCE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| httpdate::parse_http_date(v).ok());
+                route(shared, &path, since)
+            }
+            None => not_found(),
+        },
     };
     common_headers(shared, &mut response);
     shared.record(ControllerEvent::Http {
@@ -142,15 +163,27 @@ fn respond(shared: &Arc<Shared>, request: &mut Request<Incoming>) -> Response<Bo
 
 /// What every controller page carries.
 fn common_headers(shared: &Shared, response: &mut Response<Body>) {
+    let version = shared.state().jenkins.version.clone();
     let headers = response.headers_mut();
-    headers.insert("x-jenkins", HeaderValue::from_static(JENKINS_VERSION));
+    if let Ok(version) = HeaderValue::from_str(&version) {
+        headers.insert("x-jenkins", version);
+    }
+    if let Ok(session) = HeaderValue::from_str(&shared.session) {
+        headers.insert("x-jenkins-session", session);
+    }
     headers.insert("x-instance-identity", shared.http_headers.identity.clone());
+}
+
+/// A plain-text answer.
+pub(super) fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    with_type(response, "text/plain;charset=utf-8")
 }
 
 fn route(
     shared: &Shared,
     path: &str,
-    query: Option<&str>,
     if_modified_since: Option<std::time::SystemTime>,
 ) -> Response<Body> {
     if path == "/tcpSlaveAgentListener/" {
@@ -189,17 +222,6 @@ fn route(
             .insert(http::header::LAST_MODIFIED, last_modified);
         return response;
     }
-    if let Some(rest) = path.strip_prefix("/computer/") {
-        if let Some((name, file)) = rest.split_once('/') {
-            if file == "jenkins-agent.jnlp" || file == "slave-agent.jnlp" {
-                if let Some(name) = percent_decode(name) {
-                    let encrypt =
-                        query.is_some_and(|q| q.split('&').any(|kv| kv == "encrypt=true"));
-                    return jnlp(shared, &name, encrypt);
-                }
-            }
-        }
-    }
     not_found()
 }
 
@@ -230,11 +252,19 @@ fn discovery(shared: &Shared) -> Response<Body> {
     response
 }
 
-fn jnlp(shared: &Shared, name: &str, encrypt: bool) -> Response<Body> {
-    let Some(spec) = shared.nodes.get(name) else {
+/// A node's JNLP file (the caller checked the node, version and permission).
+pub(super) fn jnlp(shared: &Shared, name: &str, encrypt: bool) -> Response<Body> {
+    let Some((secret, web_socket)) = ({
+        let state = shared.state();
+        state
+            .jenkins
+            .nodes
+            .get(name)
+            .map(|n| (n.secret.clone(), n.config.web_socket))
+    }) else {
         return not_found();
     };
-    let xml = jnlp_xml(&shared.url, &spec.secret, name, &shared.jnlp_options);
+    let xml = jnlp_xml(&shared.url, &secret, name, web_socket, &shared.jnlp_options);
     if !encrypt {
         return with_type(
             Response::new(Full::new(Bytes::from(xml))),
@@ -242,7 +272,7 @@ fn jnlp(shared: &Shared, name: &str, encrypt: bool) -> Response<Body> {
         );
     }
     let iv: [u8; remoting_protocol::jnlp::IV_LEN] = rand::random();
-    match remoting_protocol::jnlp::encrypt_jnlp(&spec.secret, iv, xml.as_bytes()) {
+    match remoting_protocol::jnlp::encrypt_jnlp(&secret, iv, xml.as_bytes()) {
         Ok(body) => with_type(
             Response::new(Full::new(Bytes::from(body))),
             "application/octet-stream",
@@ -258,10 +288,15 @@ fn jnlp(shared: &Shared, name: &str, encrypt: bool) -> Response<Body> {
 }
 
 /// The JNLP file in the shape Jenkins serves it.
-fn jnlp_xml(url: &str, secret: &str, name: &str, options: &[String]) -> String {
+/// As `jenkins-agent.jnlp.jelly`: secret, name, `-webSocket` when the
+/// node's launcher says so, then `-url`.
+fn jnlp_xml(url: &str, secret: &str, name: &str, web_socket: bool, options: &[String]) -> String {
     let mut arguments = String::new();
-    for argument in [secret, name, "-url", url]
+    let web_socket: &[&str] = if web_socket { &["-webSocket"] } else { &[] };
+    for argument in [secret, name]
         .into_iter()
+        .chain(web_socket.iter().copied())
+        .chain(["-url", url])
         .chain(options.iter().map(String::as_str))
     {
         arguments.push_str("    <argument>");
@@ -292,7 +327,7 @@ fn jnlp_xml(url: &str, secret: &str, name: &str, options: &[String]) -> String {
     )
 }
 
-fn xml_escape(text: &str) -> String {
+pub(super) fn xml_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -308,7 +343,7 @@ fn xml_escape(text: &str) -> String {
 }
 
 /// `%XX` decoding of a path segment; `None` if malformed or not UTF-8.
-fn percent_decode(segment: &str) -> Option<String> {
+pub(super) fn percent_decode(segment: &str) -> Option<String> {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -329,14 +364,17 @@ fn percent_decode(segment: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn with_type(mut response: Response<Body>, content_type: &'static str) -> Response<Body> {
+pub(super) fn with_type(
+    mut response: Response<Body>,
+    content_type: &'static str,
+) -> Response<Body> {
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
-fn not_found() -> Response<Body> {
+pub(super) fn not_found() -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from_static(b"Not Found\n")));
     *response.status_mut() = StatusCode::NOT_FOUND;
     with_type(response, "text/plain")
@@ -349,7 +387,7 @@ mod tests {
     #[test]
     fn jnlp_xml_parses_back_with_escaped_arguments() {
         let options = vec!["-workDir".to_owned(), "/tmp/a&b <c>".to_owned()];
-        let xml = jnlp_xml("http://127.0.0.1:1/", "00ff", "n\"1", &options);
+        let xml = jnlp_xml("http://127.0.0.1:1/", "00ff", "n\"1", false, &options);
         let parsed = remoting_protocol::jnlp::parse_jnlp(xml.as_bytes()).unwrap();
         assert_eq!(parsed.secret, "00ff");
         assert_eq!(parsed.name, "n\"1");

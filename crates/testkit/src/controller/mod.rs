@@ -23,6 +23,10 @@
 //! - `channel`: what both transports do with an accepted connection:
 //!   register it, run the built-in or scripted peer, wait for the end,
 //!   unregister and record it.
+//! - `jenkins`: the Jenkins HTTP API stand-in (users and permissions,
+//!   nodes, queue, scheduler, `why` texts), as a model with no I/O.
+//! - `jenkins_side`: that model in motion (scheduler rounds, builds sent to
+//!   agents, node changes and their events) and [`JenkinsHandle`].
 //! - `channel_end`: how an accepted channel ends, with the real stack's
 //!   rules (PROTOCOL.md 5): `close_notify` ignored, a plain TCP close or a
 //!   `Channel$CloseCommand` noticed at once, ghosts dropped by the ping timeout.
@@ -34,14 +38,21 @@ mod agent_port;
 mod channel;
 mod channel_end;
 mod http;
+pub mod jenkins;
+mod jenkins_side;
 mod websocket;
 
 pub use channel_end::{ChannelEnd, ChannelStream};
+pub use jenkins::auth::Permission;
+pub use jenkins::messages::Lang;
+pub use jenkins::{BuildRecord, BuildState, JobKind, JobSpec, Mode, NodeConfig};
+pub use jenkins_side::JenkinsHandle;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -51,14 +62,16 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 use remoting_protocol::{ChunkCodec, InstanceIdentity};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::identity::TestIdentity;
 
-/// `X-Jenkins` on every HTTP response.
+/// `X-Jenkins` on every HTTP response, unless
+/// [`ControllerBuilder::jenkins_version`] or [`JenkinsHandle::set_version`]
+/// say otherwise.
 pub const JENKINS_VERSION: &str = "2.500-test";
 /// `X-Remoting-Minimum-Version` on the discovery response and the WebSocket
 /// upgrade, unless [`ControllerBuilder::remoting_minimum_version`] says otherwise.
@@ -130,6 +143,28 @@ pub enum ControllerEvent {
         /// in the order hyper lists them.
         headers: Vec<(String, String)>,
     },
+    /// A node was added ([`JenkinsHandle::create_node`], or a create route
+    /// over HTTP; not the builder's nodes, which are there from the start).
+    NodeCreated {
+        /// The node.
+        node: String,
+    },
+    /// A node was removed (`doDelete`); its channel, if any, is being closed.
+    NodeDeleted {
+        /// The node.
+        node: String,
+    },
+    /// The scheduler started a build (the record as it started).
+    BuildStarted(BuildRecord),
+    /// A build finished normally.
+    BuildFinished(BuildRecord),
+    /// A build's node lost its channel (or was deleted) mid-build.
+    BuildCut(BuildRecord),
+    /// A queue item was cancelled (test side or `queue/cancelItem`).
+    ItemCancelled {
+        /// The queue id.
+        queue_id: u64,
+    },
 }
 
 /// What the controller does with an accepted channel.
@@ -189,18 +224,13 @@ impl fmt::Debug for Channel {
     }
 }
 
-/// A node the controller knows.
-#[derive(Debug, Clone)]
-struct NodeSpec {
-    secret: String,
-    /// Refuse every connection with `FATAL: {reason}`.
-    fatal: Option<String>,
-}
-
 /// Builds a [`TestController`].
 #[derive(Debug)]
 pub struct ControllerBuilder {
-    nodes: HashMap<String, NodeSpec>,
+    nodes: Vec<jenkins::Node>,
+    jenkins_version: String,
+    jenkins_key: Option<Vec<u8>>,
+    security: jenkins::auth::Security,
     identity: Option<TestIdentity>,
     http_port: u16,
     agent_port: u16,
@@ -234,7 +264,10 @@ pub const DEFAULT_WEB_SOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 impl Default for ControllerBuilder {
     fn default() -> Self {
         Self {
-            nodes: HashMap::new(),
+            nodes: Vec::new(),
+            jenkins_version: JENKINS_VERSION.to_owned(),
+            jenkins_key: None,
+            security: jenkins::auth::Security::default(),
             identity: None,
             http_port: 0,
             agent_port: 0,
@@ -260,22 +293,58 @@ impl Default for ControllerBuilder {
 impl ControllerBuilder {
     /// A node that connects with `secret`.
     pub fn node(mut self, name: &str, secret: &str) -> Self {
-        let spec = NodeSpec {
-            secret: secret.to_owned(),
-            fatal: None,
-        };
-        self.nodes.insert(name.to_owned(), spec);
+        self.nodes.retain(|n| n.config.name != name);
+        self.nodes
+            .push(jenkins::Node::new(NodeConfig::new(name), secret.to_owned()));
+        self
+    }
+
+    /// A node as Jenkins would have it configured (labels, mode, executors),
+    /// whose secret is `hex(HMAC-SHA256(key, name))` like a node created
+    /// over HTTP ([`TestController::node_secret`]).
+    pub fn agent(mut self, config: NodeConfig) -> Self {
+        self.nodes.retain(|n| n.config.name != config.name);
+        // The secret is filled in at start, once the key is known.
+        self.nodes.push(jenkins::Node::new(config, String::new()));
+        self
+    }
+
+    /// `X-Jenkins` (default [`JENKINS_VERSION`]): decides the routes
+    /// served (`createItem` with XML from 2.539, `jenkins-agent.jnlp` from 2.264).
+    pub fn jenkins_version(mut self, version: &str) -> Self {
+        self.jenkins_version = version.to_owned();
+        self
+    }
+
+    /// The key node secrets are derived from (default: random per start);
+    /// two controllers with the same key give the same secrets, as a
+    /// restarted Jenkins does.
+    pub fn jenkins_key(mut self, key: &[u8]) -> Self {
+        self.jenkins_key = Some(key.to_vec());
+        self
+    }
+
+    /// A user with an API token and global permissions. With at least one
+    /// user the controller is secured: anonymous callers get only
+    /// [`ControllerBuilder::anonymous`]'s permissions (none by default).
+    pub fn user(mut self, name: &str, api_token: &str, permissions: &[Permission]) -> Self {
+        self.security.add_user(name, api_token, permissions);
+        self
+    }
+
+    /// What anonymous callers may do on a secured controller.
+    pub fn anonymous(mut self, permissions: &[Permission]) -> Self {
+        self.security.set_anonymous(permissions);
         self
     }
 
     /// A node whose connections are refused with `FATAL: {reason}`. Its JNLP
     /// file carries a random (hex) secret.
     pub fn fatal_node(mut self, name: &str, reason: &str) -> Self {
-        let spec = NodeSpec {
-            secret: random_hex(32),
-            fatal: Some(reason.to_owned()),
-        };
-        self.nodes.insert(name.to_owned(), spec);
+        self.nodes.retain(|n| n.config.name != name);
+        let mut node = jenkins::Node::new(NodeConfig::new(name), random_hex(32));
+        node.fatal = Some(reason.to_owned());
+        self.nodes.push(node);
         self
     }
 
@@ -426,6 +495,20 @@ impl ControllerBuilder {
             self.jnlp_host.as_deref(),
             &self.remoting_minimum_version,
         );
+        let jenkins_key = self
+            .jenkins_key
+            .unwrap_or_else(|| random_hex(32).into_bytes());
+        let mut model = jenkins::Model::new(self.jenkins_version);
+        model.security = self.security;
+        // Configured nodes are there from the start: no `NodeCreated`.
+        for mut node in self.nodes {
+            if node.secret.is_empty() {
+                node.secret = jenkins::node_secret(&jenkins_key, &node.config.name);
+            }
+            model.nodes.insert(node.config.name.clone(), node);
+        }
+        let builds_dir = jenkins_side::builds_dir();
+        let (finish_after, finish_rx) = mpsc::unbounded_channel();
         let login_status = ::http::StatusCode::from_u16(self.login_status)
             .unwrap_or_else(|e| panic!("login_status {}: {e}", self.login_status));
         let shared = Arc::new(Shared {
@@ -440,7 +523,8 @@ impl ControllerBuilder {
             agent_port: agent_addr.port(),
             tls: identity.server_config(),
             identity,
-            nodes: self.nodes,
+            jenkins_key,
+            builds_dir,
             tcp_disabled: self.tcp_disabled,
             protocols,
             http_headers,
@@ -466,12 +550,21 @@ impl ControllerBuilder {
             },
             remoting_minimum_version: self.remoting_minimum_version,
             close_answer: crate::fixtures::controller_close_command().into(),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                log: Vec::new(),
+                jenkins: model,
+                channels: HashMap::new(),
+                taken_over: HashSet::new(),
+            }),
             changed: watch::Sender::new(0),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             next_connection: AtomicU64::new(1),
+            finish_after,
         });
+        shared
+            .tracker
+            .spawn(jenkins_side::finish_builds(shared.clone(), finish_rx));
         shared.tracker.spawn(http::serve(shared.clone(), http));
         shared
             .tracker
@@ -568,13 +661,21 @@ impl TestController {
         pred: impl Fn(&[ControllerEvent]) -> bool,
         timeout: Duration,
     ) -> Vec<ControllerEvent> {
-        let mut changes = self.shared.changed.subscribe();
+        Self::wait_on(&self.shared, pred, timeout).await
+    }
+
+    async fn wait_on(
+        shared: &Shared,
+        pred: impl Fn(&[ControllerEvent]) -> bool,
+        timeout: Duration,
+    ) -> Vec<ControllerEvent> {
+        let mut changes = shared.changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             // Mark the version seen before reading the log, so an event
             // recorded in between still wakes us.
             changes.borrow_and_update();
-            let log = self.log();
+            let log = shared.state().log.clone();
             if pred(&log) {
                 return log;
             }
@@ -595,11 +696,26 @@ impl TestController {
         self.shared.tracker.close();
         self.shared.tracker.wait().await;
     }
+
+    /// The secret `node` connects with (None: no such node).
+    pub fn node_secret(&self, node: &str) -> Option<String> {
+        self.shared.secret_of(node)
+    }
+
+    /// The Jenkins side, driven from the test: versions, users, nodes,
+    /// the queue and builds.
+    pub fn jenkins(&self) -> JenkinsHandle {
+        JenkinsHandle {
+            shared: self.shared.clone(),
+        }
+    }
 }
 
 impl Drop for TestController {
     fn drop(&mut self) {
         self.shared.shutdown.cancel();
+        // Ends every build process still waiting for its marker.
+        let _ = std::fs::remove_dir_all(&self.shared.builds_dir);
     }
 }
 
@@ -610,11 +726,22 @@ struct LiveChannel {
     connection: u64,
     cookie: String,
     kicked: CancellationToken,
+    /// Builds for the built-in peers to start on the agent.
+    work: mpsc::UnboundedSender<Work>,
 }
 
-#[derive(Debug, Default)]
+/// Something the controller asks a built-in peer to do on its channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Work {
+    /// Send one command (a `fake-engine:spawn` build) to the agent.
+    Command(Vec<u8>),
+}
+
+#[derive(Debug)]
 struct State {
     log: Vec<ControllerEvent>,
+    /// The Jenkins side: node table (secrets included), queue, builds, users.
+    jenkins: jenkins::Model,
     channels: HashMap<String, LiveChannel>,
     /// Connections whose channel another connection took over with its cookie.
     taken_over: HashSet<u64>,
@@ -630,7 +757,10 @@ struct Shared {
     agent_port: u16,
     identity: TestIdentity,
     tls: Arc<rustls::ServerConfig>,
-    nodes: HashMap<String, NodeSpec>,
+    /// Node secrets are `hex(HMAC-SHA256(jenkins_key, name))`.
+    jenkins_key: Vec<u8>,
+    /// Where running builds' markers live (see [`Shared::start_builds`]).
+    builds_dir: PathBuf,
     tcp_disabled: bool,
     protocols: Vec<String>,
     http_headers: http::StaticHeaders,
@@ -653,6 +783,8 @@ struct Shared {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     next_connection: AtomicU64,
+    /// Queue ids of builds whose duration is up.
+    finish_after: mpsc::UnboundedSender<u64>,
 }
 
 impl Shared {
@@ -690,29 +822,44 @@ impl Shared {
     /// Decides on a connection's node, secret and cookie (JNLP4 headers or
     /// WebSocket upgrade headers), as the controller does. On a cookie match
     /// the old channel is kicked and unregistered here, under the lock, so
-    /// two reconnections cannot both take it over.
+    /// two reconnections cannot both take it over; builds running on the
+    /// old channel are cut, as its closing fails them in Jenkins.
     fn judge(&self, node: &str, secret: Option<&str>, cookie: Option<&str>) -> Verdict {
-        let Some(spec) = self.nodes.get(node) else {
-            return Verdict::Refuse(Refusal::UnknownNode);
-        };
-        if let Some(reason) = &spec.fatal {
-            return Verdict::Refuse(Refusal::Fatal(reason.clone()));
-        }
-        if secret != Some(spec.secret.as_str()) {
-            return Verdict::Refuse(Refusal::BadSecret);
-        }
-        let mut state = self.state();
-        match state.channels.get(node) {
-            None => Verdict::Accept { took_over: false },
-            Some(live) if cookie == Some(live.cookie.as_str()) => {
-                if let Some(old) = state.channels.remove(node) {
-                    state.taken_over.insert(old.connection);
-                    old.kicked.cancel();
-                }
-                Verdict::Accept { took_over: true }
+        let mut cut = Vec::new();
+        let verdict = {
+            let mut state = self.state();
+            let Some(spec) = state.jenkins.nodes.get(node) else {
+                return Verdict::Refuse(Refusal::UnknownNode);
+            };
+            if let Some(reason) = &spec.fatal {
+                return Verdict::Refuse(Refusal::Fatal(reason.clone()));
             }
-            Some(_) => Verdict::Refuse(Refusal::AlreadyConnected),
+            if secret != Some(spec.secret.as_str()) {
+                return Verdict::Refuse(Refusal::BadSecret);
+            }
+            match state.channels.get(node) {
+                None => Verdict::Accept { took_over: false },
+                Some(live) if cookie == Some(live.cookie.as_str()) => {
+                    if let Some(old) = state.channels.remove(node) {
+                        state.taken_over.insert(old.connection);
+                        old.kicked.cancel();
+                    }
+                    cut = state.jenkins.cut_builds_on(node, jenkins::now_ms());
+                    state.log.extend(cut.iter().cloned());
+                    Verdict::Accept { took_over: true }
+                }
+                Some(_) => Verdict::Refuse(Refusal::AlreadyConnected),
+            }
+        };
+        if !cut.is_empty() {
+            self.changed.send_modify(|version| *version += 1);
+            for event in &cut {
+                if let ControllerEvent::BuildCut(build) = event {
+                    self.release_build_process(build.queue_id);
+                }
+            }
         }
+        verdict
     }
 
     /// Marks `node` online with this connection's channel. Replaces (and
@@ -735,24 +882,51 @@ impl Shared {
     /// Marks `node` offline if `connection` still owns its channel, and
     /// records [`ControllerEvent::ChannelClosed`] in the same step: the log
     /// never shows a new channel accepted between the old one going
-    /// offline and the record of its end.
+    /// offline and the record of its end. Builds running on the node are
+    /// cut (recorded right after), and the scheduler runs again.
     fn close(&self, node: String, connection: u64, how: ChannelEnd) {
-        let offline = |state: &mut State| {
+        let now = jenkins::now_ms();
+        let mut cut = Vec::new();
+        {
+            let mut state = self.state();
             if state
                 .channels
                 .get(&node)
                 .is_some_and(|c| c.connection == connection)
             {
                 state.channels.remove(&node);
+                cut = state.jenkins.cut_builds_on(&node, now);
+                if let Some(spec) = state.jenkins.nodes.get_mut(&node) {
+                    spec.disconnected = Some(jenkins::OfflineCause {
+                        class: "hudson.slaves.OfflineCause$ChannelTermination",
+                        description: "Connection was broken".to_owned(),
+                        timestamp_ms: now,
+                    });
+                }
             }
-        };
-        self.change_and_record(
-            offline,
-            ControllerEvent::ChannelClosed {
+            tracing::debug!(%node, ?how, "controller event: channel closed");
+            state.log.push(ControllerEvent::ChannelClosed {
                 node: node.clone(),
                 how,
-            },
-        );
+            });
+            state.log.extend(cut.iter().cloned());
+        }
+        self.changed.send_modify(|version| *version += 1);
+        for event in &cut {
+            if let ControllerEvent::BuildCut(build) = event {
+                self.release_build_process(build.queue_id);
+            }
+        }
+        self.maintain();
+    }
+
+    /// The secret `node` connects with.
+    fn secret_of(&self, node: &str) -> Option<String> {
+        self.state()
+            .jenkins
+            .nodes
+            .get(node)
+            .map(|n| n.secret.clone())
     }
 }
 

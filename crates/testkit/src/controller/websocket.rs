@@ -180,9 +180,9 @@ fn decide(
     }
     if cookie.is_some_and(|c| normalised_cookie(c).is_none()) {
         // Jenkins decodes it after the name and secret checks and fails.
-        return match shared.nodes.get(node) {
+        return match shared.secret_of(node) {
             None => refuse(StatusCode::BAD_REQUEST, &format!("No such agent: {node}\n")),
-            Some(spec) if spec.secret != secret => refuse(StatusCode::FORBIDDEN, ""),
+            Some(known) if known != secret => refuse(StatusCode::FORBIDDEN, ""),
             Some(_) => refuse(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Connection-Cookie is not hexadecimal\n",
