@@ -678,8 +678,10 @@ impl<'a> Supervisor<'a> {
             return Some(Decision::now(Move::Home(ReturnReason::BorrowerGone)));
         }
         if let Some(idle) = lease.request.idle_return {
-            let deadline =
-                busy::now_ms() + idle.saturating_sub(self.idle_since.elapsed()).as_millis() as u64;
+            let deadline = control::ms_after(
+                busy::now_ms(),
+                idle.saturating_sub(self.idle_since.elapsed()),
+            );
             self.hub.core().idle_deadline_ms = Some(deadline);
             if online && self.idle_since.elapsed() >= idle {
                 return Some(Decision::quiet(Move::Home(ReturnReason::Idle)));
@@ -916,7 +918,7 @@ impl<'a> Supervisor<'a> {
                 .lease
                 .as_ref()
                 .and_then(|lease| lease.request.idle_return)
-                .map(|idle| busy::now_ms() + idle.as_millis() as u64);
+                .map(|idle| control::ms_after(busy::now_ms(), idle));
             core.since_ms = busy::now_ms();
         }
         self.lease_expired_at = None;

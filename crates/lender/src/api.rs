@@ -20,8 +20,16 @@
 //! Errors are `{"error": "..."}` ([`ErrorBody`]) with a 4xx status: 400
 //! malformed JSON or an invalid request, 401 a missing or unknown token, 403
 //! a token of the wrong kind, 404 an unknown lease, 405 a wrong method, 409
-//! a lease in a state that does not allow it, 413 a body over [`MAX_BODY`].
-//! A refused request changes nothing.
+//! a lease in a state that does not allow it, 413 a body over [`MAX_BODY`],
+//! 429 a request that would wait while its client already has
+//! `--max-queued-per-client` requests waiting. A refused request changes
+//! nothing.
+//!
+//! Limits on a lease request: the borrower's URL http(s) (scheme in any
+//! case), at most [`control::MAX_URL`] bytes, without NUL, CR or LF; its node
+//! name as Jenkins accepts it ([`control::check_node_name`]); `lease` and
+//! `idle_return` at most [`crate::pool::MAX_LEASE`] (30 days), `wait` at
+//! most [`crate::pool::MAX_WAIT`] (24 hours).
 //!
 //! ```text
 //! POST /v1/leases

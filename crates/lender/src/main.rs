@@ -94,6 +94,10 @@ struct ServeArgs {
     /// At most this many agents per borrower URL.
     #[arg(long)]
     max_per_borrower: Option<usize>,
+    /// At most this many requests of one client wait in the queue; the next
+    /// one that would wait gets 429.
+    #[arg(long, default_value_t = lender::pool::DEFAULT_MAX_QUEUED_PER_CLIENT)]
+    max_queued_per_client: usize,
     /// How long an agent has to come online at the borrower.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     borrow_wait: Duration,
@@ -274,6 +278,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.reclaim_after = args.reclaim_after;
     config.pool = PoolConfig {
         max_per_borrower: args.max_per_borrower,
+        max_queued_per_client: args.max_queued_per_client,
         ..PoolConfig::default()
     };
     config.borrow_wait = args.borrow_wait;
@@ -360,7 +365,7 @@ async fn lease(args: LeaseArgs) -> anyhow::Result<ExitCode> {
             .map(|a| format!(", agent {a}"))
             .unwrap_or_default()
     );
-    let limit = args.wait + args.move_timeout;
+    let limit = args.wait.saturating_add(args.move_timeout);
     let lease = api
         .wait_settled(lease.id, Duration::from_millis(500), limit)
         .await?;

@@ -53,6 +53,7 @@ mod lease;
 pub use agent::{Agent, AgentHello, AgentReport, Place};
 pub use lease::{
     Attempt, Borrower, EndReason, Lease, LeaseId, LeaseRequest, LeaseState, ReturnCause, Secret,
+    MAX_LEASE, MAX_WAIT,
 };
 
 /// Limits the pool applies.
@@ -64,13 +65,22 @@ pub struct PoolConfig {
     /// A lease gives up after borrows failed on this many agents (a wrong
     /// secret fails everywhere; it should not cycle the whole pool).
     pub max_attempts: usize,
+    /// At most this many requests of one API client wait in the queue; a
+    /// request that would wait beyond it is refused
+    /// ([`PoolError::TooManyQueued`]), so one client cannot fill the
+    /// lender's memory and database.
+    pub max_queued_per_client: usize,
 }
+
+/// [`PoolConfig::max_queued_per_client`] by default.
+pub const DEFAULT_MAX_QUEUED_PER_CLIENT: usize = 100;
 
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             max_per_borrower: None,
             max_attempts: 3,
+            max_queued_per_client: DEFAULT_MAX_QUEUED_PER_CLIENT,
         }
     }
 }
@@ -217,6 +227,18 @@ pub enum PoolError {
         agent: String,
         /// The lease it already has.
         lease: Option<LeaseId>,
+    },
+    /// The client already has its limit of requests waiting in the queue,
+    /// and this one would wait too.
+    #[error(
+        "client {client:?} already has {limit} requests waiting in the queue, its limit; \
+         wait for some to be served or withdraw them (DELETE /v1/leases/ID)"
+    )]
+    TooManyQueued {
+        /// The API client.
+        client: String,
+        /// The limit ([`PoolConfig::max_queued_per_client`]).
+        limit: usize,
     },
     /// A snapshot breaks the pool's invariants.
     #[error("inconsistent pool state: {0}")]
@@ -609,6 +631,16 @@ impl Pool {
     /// the reason.
     pub fn request_lease(&mut self, request: LeaseRequest, now: u64) -> Result<Outcome, PoolError> {
         request.validate().map_err(PoolError::InvalidRequest)?;
+        let limit = self.config.max_queued_per_client;
+        // Refused before anything changes (no id taken) if it would wait
+        // beyond the client's limit; served at once, it never queues.
+        let would_wait = request.wait > Duration::ZERO && self.pick_for(&request, &[]).is_none();
+        if would_wait && self.queued_of(&request.client) >= limit {
+            return Err(PoolError::TooManyQueued {
+                client: request.client,
+                limit,
+            });
+        }
         let id = self.next_id;
         self.next_id += 1;
         let deadline_ms = now.saturating_add(ms(request.wait));
@@ -884,18 +916,28 @@ impl Pool {
     /// name; none if its borrower is at its cap.
     fn pick(&self, id: LeaseId) -> Option<String> {
         let lease = self.leases.get(&id)?;
-        if self.at_cap(&lease.request.borrower.url) {
+        self.pick_for(&lease.request, &lease.attempts)
+    }
+
+    /// [`Pool::pick`] for a request, skipping the agents already `tried`.
+    fn pick_for(&self, request: &LeaseRequest, tried: &[Attempt]) -> Option<String> {
+        if self.at_cap(&request.borrower.url) {
             return None;
         }
         self.agents
             .values()
             .filter(|agent| {
                 agent.is_free()
-                    && !lease.tried(&agent.name)
-                    && lease.request.requirements.matches(&agent.labels)
+                    && !tried.iter().any(|a| a.agent == agent.name)
+                    && request.requirements.matches(&agent.labels)
             })
             .min_by_key(|agent| (agent.last_lent_ms, agent.name.as_str()))
             .map(|agent| agent.name.clone())
+    }
+
+    /// How many of `client`'s requests wait in the queue.
+    fn queued_of(&self, client: &str) -> usize {
+        self.queue().filter(|l| l.request.client == client).count()
     }
 
     /// Ties `agent` to lease `id`: the one place that does, and it refuses

@@ -242,7 +242,7 @@ async fn create_lease(
     let request = LeaseRequest {
         requirements,
         borrower: Borrower {
-            url: borrower.url,
+            url: control::normalize_scheme(&borrower.url),
             node_name: borrower.name,
             secret: Secret::new(secret.trim()),
             transport: borrower.transport,
