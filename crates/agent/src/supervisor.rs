@@ -66,7 +66,9 @@ impl Backoff {
     /// The next wait.
     pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
-        self.next = (self.next * 2).min(self.max);
+        // Saturating: a `--reconnect-max-delay` near `Duration::MAX` must
+        // not overflow the doubling.
+        self.next = self.next.saturating_mul(2).min(self.max);
         base.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
     }
 
@@ -588,7 +590,7 @@ impl<'a> Supervisor<'a> {
             // Wait before the next attempt, still serving commands.
             self.hub.set_phase(Phase::BackingOff);
             let delay = backoff.next_delay();
-            info!(delay = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)), "reconnecting");
+            info!(delay = %humantime::format_duration(Duration::from_millis(control::duration_ms(delay))), "reconnecting");
             let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);
             loop {
@@ -986,6 +988,14 @@ pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_backoff_saturates_instead_of_overflowing() {
+        let mut b = Backoff::new(Duration::MAX / 2 + Duration::from_secs(1), Duration::MAX);
+        for _ in 0..3 {
+            assert!(b.next_delay() <= Duration::MAX);
+        }
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {

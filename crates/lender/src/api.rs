@@ -93,8 +93,9 @@ pub struct BorrowerBody {
     /// The node's secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
-    /// A file on the lender's host holding the secret; only under the
-    /// lender's `--secret-dir`.
+    /// A file on the lender's host holding the secret, relative to the
+    /// client's own directory `CLIENT/` under the lender's `--secret-dir`
+    /// (`..`, absolute paths and symbolic links leading out are refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
     /// `tcp` or `web_socket`; absent: the agent chooses.

@@ -101,7 +101,8 @@ struct ServeArgs {
     /// How long an agent has to come online at the borrower.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     borrow_wait: Duration,
-    /// A directory whose files lease requests may name as secret_file.
+    /// A directory of per-client directories: a lease request of client C
+    /// may name a file under DIR/C/ as secret_file (relative to DIR/C/).
     #[arg(long)]
     secret_dir: Option<PathBuf>,
     /// The lender's name, told to agents.

@@ -6,7 +6,7 @@
 //! refused request changes nothing.
 
 use std::convert::Infallible;
-use std::path::Path;
+use std::path::{Component, Path};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -227,7 +227,9 @@ async fn create_lease(
     let borrower = body.borrower;
     let secret = match (borrower.secret, borrower.secret_file) {
         (Some(secret), None) => secret,
-        (None, Some(path)) => read_secret_file(shared.secret_dir.as_deref(), &path).await?,
+        (None, Some(path)) => {
+            read_secret_file(shared.secret_dir.as_deref(), &client.name, &path).await?
+        }
         (Some(_), Some(_)) => {
             return Err(bad(
                 "give either borrower.secret or borrower.secret_file, not both".into(),
@@ -291,10 +293,16 @@ async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, ApiErro
     }
 }
 
-/// Reads a borrower's secret from a file under the lender's secret
-/// directory: anywhere else would let a client send any file the lender can
-/// read to a URL of its choice.
-async fn read_secret_file(dir: Option<&Path>, path: &Path) -> Result<String, ApiError> {
+/// Reads a borrower's secret from a file in the client's own directory
+/// under the lender's secret directory, `DIR/CLIENT/`: anywhere else would
+/// let a client send a file the lender can read (another client's secret,
+/// `/etc/passwd`) to a URL of its choice. `path` is relative to that
+/// directory; `..`, absolute paths and symlinks leading out are refused.
+async fn read_secret_file(
+    dir: Option<&Path>,
+    client: &str,
+    path: &Path,
+) -> Result<String, ApiError> {
     let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
     let Some(dir) = dir else {
         return Err(bad(
@@ -302,40 +310,61 @@ async fn read_secret_file(dir: Option<&Path>, path: &Path) -> Result<String, Api
                 .into(),
         ));
     };
-    let outside = || {
-        bad(format!(
-            "borrower.secret_file must be a file under the lender's secret directory {}",
-            dir.display()
-        ))
-    };
-    let dir = tokio::fs::canonicalize(dir).await.map_err(|_| outside())?;
-    let file = tokio::fs::canonicalize(dir.join(path)).await.map_err(|_| {
-        bad(format!(
-            "cannot read borrower.secret_file {}",
-            path.display()
-        ))
-    })?;
-    if !file.starts_with(&dir) {
-        return Err(outside());
-    }
-    let meta = tokio::fs::metadata(&file).await.map_err(|_| {
-        bad(format!(
-            "cannot read borrower.secret_file {}",
-            path.display()
-        ))
-    })?;
-    if !meta.is_file() || meta.len() > MAX_SECRET_FILE {
+    // Token names are free text: only one that is a plain file name can
+    // name a directory of its own.
+    let plain = !matches!(client, "" | "." | "..") && !client.contains(['/', '\0']);
+    if !plain {
         return Err(bad(format!(
-            "borrower.secret_file {} is not a file of at most {MAX_SECRET_FILE} bytes",
-            path.display()
+            "client {client:?} has no secret directory (its name is not a file name); send the secret"
         )));
     }
-    let text = tokio::fs::read_to_string(&file).await.map_err(|_| {
+    let own = dir.join(client);
+    let shown = path.display();
+    if path.is_absolute() {
+        return Err(bad(format!(
+            "borrower.secret_file must be relative to your directory {}, not the absolute path {shown}",
+            own.display()
+        )));
+    }
+    let plain_path = path
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !plain_path || path.as_os_str().is_empty() {
+        return Err(bad(format!(
+            "borrower.secret_file must name a file in your directory {} without `..`, not {shown}",
+            own.display()
+        )));
+    }
+    let own_real = tokio::fs::canonicalize(&own).await.map_err(|_| {
         bad(format!(
-            "cannot read borrower.secret_file {}",
-            path.display()
+            "client {client:?} has no secret directory {}; the lender's operator creates it",
+            own.display()
         ))
     })?;
+    let unreadable = || {
+        bad(format!(
+            "cannot read borrower.secret_file {shown} in {}",
+            own.display()
+        ))
+    };
+    let file = tokio::fs::canonicalize(own.join(path))
+        .await
+        .map_err(|_| unreadable())?;
+    if !file.starts_with(&own_real) {
+        return Err(bad(format!(
+            "borrower.secret_file {shown} leads out of your directory {} (a symbolic link); refused",
+            own.display()
+        )));
+    }
+    let meta = tokio::fs::metadata(&file).await.map_err(|_| unreadable())?;
+    if !meta.is_file() || meta.len() > MAX_SECRET_FILE {
+        return Err(bad(format!(
+            "borrower.secret_file {shown} is not a file of at most {MAX_SECRET_FILE} bytes"
+        )));
+    }
+    let text = tokio::fs::read_to_string(&file)
+        .await
+        .map_err(|_| unreadable())?;
     Ok(text.trim().to_owned())
 }
 

@@ -94,7 +94,8 @@ pub struct Config {
     pub tick: Duration,
     /// The lender's name, sent in `welcome`.
     pub name: String,
-    /// Where `secret_file` in a lease request may point; `None`: refused.
+    /// Where `secret_file` in a lease request may point: client `C` names
+    /// files under `secret_dir/C/` only; `None`: refused.
     pub secret_dir: Option<PathBuf>,
 }
 
