@@ -108,6 +108,11 @@ struct ServeArgs {
     /// The lender's name, told to agents.
     #[arg(long, default_value = "jnlp-lender")]
     name: String,
+    /// At most this many connections not yet authenticated (one more closes
+    /// the oldest of them). Default: a quarter of the open-files limit,
+    /// between 64 and 4096.
+    #[arg(long)]
+    max_unauthenticated: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,7 +275,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    let open_files = server::raise_open_files_limit();
     let mut config = Config::new(args.listen, args.db);
+    config.max_unauthenticated = args
+        .max_unauthenticated
+        .unwrap_or_else(|| server::default_max_unauthenticated(open_files));
     config.tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         _ => None,

@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::driver::{ApiCall, ApiError, Input, ServerEvent};
-use super::{link, Shared};
+use super::{link, Shared, Ticket};
 use crate::api::{ErrorBody, LeaseBody, MAX_BODY};
 use crate::labels::Expr;
 use crate::pool::{Borrower, LeaseId, LeaseRequest, Secret};
@@ -89,7 +89,7 @@ async fn route(
                 format!("no lease {rest:?}: ids are numbers"),
             )
         })?;
-        let client = authenticate(shared, request.headers(), TokenKind::Client).await?;
+        let client = authenticate(shared, &request, TokenKind::Client).await?;
         return if method == Method::GET {
             let view = call(shared, |reply| ApiCall::GetLease {
                 id,
@@ -117,7 +117,7 @@ async fn route(
     match path.as_str() {
         "/v1/leases" => {
             allowed("GET, POST")?;
-            let client = authenticate(shared, request.headers(), TokenKind::Client).await?;
+            let client = authenticate(shared, &request, TokenKind::Client).await?;
             if method == Method::POST {
                 create_lease(shared, client, request).await
             } else {
@@ -131,18 +131,18 @@ async fn route(
         }
         "/v1/agents" => {
             allowed("GET")?;
-            authenticate(shared, request.headers(), TokenKind::Client).await?;
+            authenticate(shared, &request, TokenKind::Client).await?;
             let views = call(shared, |reply| ApiCall::Agents { reply }).await?;
             Ok(json(StatusCode::OK, &views))
         }
         "/v1/events" => {
             allowed("GET")?;
-            let client = authenticate(shared, request.headers(), TokenKind::Client).await?;
+            let client = authenticate(shared, &request, TokenKind::Client).await?;
             Ok(events(shared, client))
         }
         "/metrics" => {
             allowed("GET")?;
-            authenticate(shared, request.headers(), TokenKind::Client).await?;
+            authenticate(shared, &request, TokenKind::Client).await?;
             let text = call(shared, |reply| ApiCall::Metrics { reply }).await?;
             let mut response = Response::new(full(text));
             response.headers_mut().insert(
@@ -179,11 +179,14 @@ async fn call<T>(
 }
 
 /// The principal of the request's bearer token, which must be of `kind`.
-pub(crate) async fn authenticate(
+/// Once it passes, the request's connection counts as authenticated (no
+/// longer capped nor timed out as such).
+pub(crate) async fn authenticate<B>(
     shared: &Shared,
-    headers: &HeaderMap,
+    request: &Request<B>,
     kind: TokenKind,
 ) -> Result<Principal, ApiError> {
+    let headers = request.headers();
     let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
     let value = headers
         .get(AUTHORIZATION)
@@ -208,6 +211,9 @@ pub(crate) async fn authenticate(
             StatusCode::FORBIDDEN,
             format!("this {} token cannot {what}", principal.kind.as_str()),
         ));
+    }
+    if let Some(ticket) = request.extensions().get::<Arc<Ticket>>() {
+        ticket.authenticated();
     }
     Ok(principal)
 }
