@@ -946,7 +946,8 @@ fn requests_over_the_duration_limits_or_with_bad_names_are_refused() {
     let mut pool = pool_with(&[("mac-01", &["macos"])]);
     let day = Duration::from_secs(86_400);
     let eons = Duration::from_secs(500_000_000 * 365 * 86_400);
-    let cases: Vec<(Box<dyn Fn(&mut lender::pool::LeaseRequest)>, &str)> = vec![
+    type Tweak<'a> = Box<dyn Fn(&mut lender::pool::LeaseRequest) + 'a>;
+    let cases: Vec<(Tweak<'_>, &str)> = vec![
         (
             Box::new(|r| r.lease = Some(30 * day + Duration::from_secs(1))),
             "`lease` must be at most 30days",
