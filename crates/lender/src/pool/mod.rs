@@ -37,6 +37,10 @@
 //! - **The agent enforces its lease.** The lease time and idle return travel
 //!   in the `borrow`; the agent goes home by itself, and its report ends the
 //!   lease. The pool only decides; a lender that goes away strands nobody.
+//! - **Per-client queue limit.** A request that would wait while its
+//!   client already has [`PoolConfig::max_queued_per_client`] requests
+//!   waiting is refused ([`PoolError::TooManyQueued`]) before anything
+//!   changes; one served at once, or not waiting at all, is not held back.
 //! - **Reclaim.** An agent idle at a borrower for longer than a given age
 //!   may be sent home for a waiting request it satisfies from another
 //!   borrower ([`Pool::reclaim`]); once home it serves the queue like any
@@ -634,8 +638,9 @@ impl Pool {
         let limit = self.config.max_queued_per_client;
         // Refused before anything changes (no id taken) if it would wait
         // beyond the client's limit; served at once, it never queues.
-        let would_wait = request.wait > Duration::ZERO && self.pick_for(&request, &[]).is_none();
-        if would_wait && self.queued_of(&request.client) >= limit {
+        // (The agents are scanned only for a client at its limit.)
+        let at_limit = request.wait > Duration::ZERO && self.queued_of(&request.client) >= limit;
+        if at_limit && self.pick_for(&request, &[]).is_none() {
             return Err(PoolError::TooManyQueued {
                 client: request.client,
                 limit,
