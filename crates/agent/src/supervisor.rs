@@ -66,7 +66,9 @@ impl Backoff {
     /// The next wait.
     pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
-        self.next = (self.next * 2).min(self.max);
+        // Saturating: a `--reconnect-max-delay` near `Duration::MAX` must
+        // not overflow the doubling.
+        self.next = self.next.saturating_mul(2).min(self.max);
         base.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
     }
 
@@ -588,7 +590,7 @@ impl<'a> Supervisor<'a> {
             // Wait before the next attempt, still serving commands.
             self.hub.set_phase(Phase::BackingOff);
             let delay = backoff.next_delay();
-            info!(delay = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)), "reconnecting");
+            info!(delay = %humantime::format_duration(Duration::from_millis(control::duration_ms(delay))), "reconnecting");
             let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);
             loop {
@@ -678,8 +680,10 @@ impl<'a> Supervisor<'a> {
             return Some(Decision::now(Move::Home(ReturnReason::BorrowerGone)));
         }
         if let Some(idle) = lease.request.idle_return {
-            let deadline =
-                busy::now_ms() + idle.saturating_sub(self.idle_since.elapsed()).as_millis() as u64;
+            let deadline = control::ms_after(
+                busy::now_ms(),
+                idle.saturating_sub(self.idle_since.elapsed()),
+            );
             self.hub.core().idle_deadline_ms = Some(deadline);
             if online && self.idle_since.elapsed() >= idle {
                 return Some(Decision::quiet(Move::Home(ReturnReason::Idle)));
@@ -916,7 +920,7 @@ impl<'a> Supervisor<'a> {
                 .lease
                 .as_ref()
                 .and_then(|lease| lease.request.idle_return)
-                .map(|idle| busy::now_ms() + idle.as_millis() as u64);
+                .map(|idle| control::ms_after(busy::now_ms(), idle));
             core.since_ms = busy::now_ms();
         }
         self.lease_expired_at = None;
@@ -984,6 +988,14 @@ pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_backoff_saturates_instead_of_overflowing() {
+        let mut b = Backoff::new(Duration::MAX / 2 + Duration::from_secs(1), Duration::MAX);
+        for _ in 0..3 {
+            assert!(b.next_delay() <= Duration::MAX);
+        }
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {

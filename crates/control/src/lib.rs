@@ -152,6 +152,9 @@ pub const SOCKET_ENV: &str = "JNLP_AGENT_CONTROL_SOCKET";
 /// The longest secret file the agent reads, in bytes.
 pub const MAX_SECRET_FILE: u64 = 64 * 1024;
 
+/// The longest URL a [`Target`] accepts, in bytes.
+pub const MAX_URL: usize = 2048;
+
 /// A request, as sent on the wire inside an [`Envelope`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
@@ -289,9 +292,7 @@ impl BorrowRequest {
     /// Checks what the types cannot: exactly one of `secret` and
     /// `secret_file`, absolute paths, non-zero durations, a usable target.
     pub fn validate(&self) -> Result<(), String> {
-        if self.name.trim().is_empty() {
-            return Err("borrow: `name` must not be empty".into());
-        }
+        check_node_name(&self.name).map_err(|rule| format!("borrow: `name` {rule}"))?;
         match (&self.secret, &self.secret_file) {
             (Some(_), Some(_)) => {
                 return Err("borrow: give either `secret` or `secret_file`, not both".into())
@@ -392,15 +393,94 @@ impl Target {
 }
 
 fn check_url(field: &str, url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"));
-    match rest {
+    if url.len() > MAX_URL {
+        return Err(format!(
+            "target: `{field}` is {} bytes long; at most {MAX_URL} are accepted",
+            url.len()
+        ));
+    }
+    if url.contains(['\0', '\r', '\n']) {
+        return Err(format!("target: `{field}` must not contain NUL, CR or LF"));
+    }
+    match after_scheme(url) {
         Some(rest) if !rest.is_empty() && !url.contains(char::is_whitespace) => Ok(()),
         _ => Err(format!(
             "target: `{field}` must be an http(s) URL, not {url:?}"
         )),
     }
+}
+
+/// The URL after `http://` or `https://`, the scheme in any case (RFC 3986
+/// makes schemes case-insensitive).
+fn after_scheme(url: &str) -> Option<&str> {
+    ["https://", "http://"].iter().find_map(|scheme| {
+        let head = url.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme)
+            .then(|| &url[scheme.len()..])
+    })
+}
+
+/// `url` with an `http://` or `https://` scheme in lower case (`HTTPS://b/`
+/// becomes `https://b/`), so that every later comparison and parser sees one
+/// spelling; any other text is returned as it is.
+pub fn normalize_scheme(url: &str) -> String {
+    match after_scheme(url) {
+        Some(rest) => {
+            let scheme_len = url.len() - rest.len();
+            format!("{}{rest}", url[..scheme_len].to_ascii_lowercase())
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The longest node name Jenkins-side checks here accept, in bytes.
+pub const MAX_NODE_NAME: usize = 255;
+
+/// Characters Jenkins' `checkGoodName` refuses in a node name.
+const BAD_NAME_CHARS: &str = "?*/\\%!@#$^&|<>[]:;";
+
+/// Checks a node name as Jenkins' `checkGoodName` does (a name it would
+/// refuse could never come online): not empty, at most [`MAX_NODE_NAME`]
+/// bytes, no control characters, none of `?*/\%!@#$^&|<>[]:;`, not `.` or
+/// `..`, no trailing `.`. The error names the rule broken.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_NODE_NAME {
+        return Err(format!(
+            "is {} bytes long; at most {MAX_NODE_NAME} are accepted",
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    if let Some(bad) = name.chars().find(|c| BAD_NAME_CHARS.contains(*c)) {
+        return Err(format!(
+            "must not contain {bad:?} (Jenkins refuses any of {BAD_NAME_CHARS})"
+        ));
+    }
+    if matches!(name.trim(), "." | "..") {
+        return Err("must not be `.` or `..`".into());
+    }
+    if name.ends_with('.') {
+        return Err("must not end with `.`".into());
+    }
+    Ok(())
+}
+
+/// A duration in whole milliseconds, `u64::MAX` for any longer one (a
+/// `Duration` holds up to 2^64 seconds; `as u64` would wrap).
+pub fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `start_ms` plus `duration`, in Unix ms, saturating instead of
+/// overflowing: a peer's huge duration means "never", not a panic or a time
+/// in the past.
+pub fn ms_after(start_ms: u64, duration: Duration) -> u64 {
+    start_ms.saturating_add(duration_ms(duration))
 }
 
 /// [`Target`]'s wire form: flat optional fields, checked on conversion so a
@@ -426,8 +506,12 @@ impl TryFrom<TargetRepr> for Target {
     fn try_from(repr: TargetRepr) -> Result<Self, String> {
         let direct_only = repr.instance_identity.is_some() || repr.engine_jar.is_some();
         match (repr.url, repr.jnlp_url, repr.direct) {
-            (Some(url), None, None) if !direct_only => Ok(Target::Url { url }),
-            (None, Some(url), None) if !direct_only => Ok(Target::JnlpUrl { url }),
+            (Some(url), None, None) if !direct_only => Ok(Target::Url {
+                url: normalize_scheme(&url),
+            }),
+            (None, Some(url), None) if !direct_only => Ok(Target::JnlpUrl {
+                url: normalize_scheme(&url),
+            }),
             (None, None, Some(address)) => match (repr.instance_identity, repr.engine_jar) {
                 (Some(instance_identity), Some(engine_jar)) => Ok(Target::Direct {
                     address,
@@ -894,8 +978,7 @@ pub fn now_ms() -> u64 {
 
 /// `time` as Unix milliseconds (0 before the epoch).
 pub fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    time.duration_since(UNIX_EPOCH).map_or(0, duration_ms)
 }
 
 /// One JSON line (without the newline) for any value of this crate, e.g. to
@@ -906,4 +989,81 @@ pub fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|err| {
         serde_json::json!({ "error": format!("cannot serialize: {err}") }).to_string()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_follow_jenkins_check_good_name() {
+        for good in [
+            "mac-01",
+            "lent node",
+            "a.b",
+            "ü-node",
+            &"n".repeat(MAX_NODE_NAME),
+        ] {
+            assert_eq!(check_node_name(good), Ok(()), "{good:?}");
+        }
+        let refused = [
+            ("", "empty"),
+            ("  ", "empty"),
+            (&"n".repeat(MAX_NODE_NAME + 1), "at most 255"),
+            ("a\u{7}b", "control"),
+            ("a\nb", "control"),
+            (".", "`.` or `..`"),
+            ("..", "`.` or `..`"),
+            ("node.", "end with"),
+        ];
+        for (name, rule) in refused {
+            let err = check_node_name(name).expect_err(name);
+            assert!(err.contains(rule), "{name:?}: {err}");
+        }
+        for bad in "?*/\\%!@#$^&|<>[]:;".chars() {
+            let name = format!("a{bad}b");
+            let err = check_node_name(&name).expect_err(&name);
+            assert!(err.contains(&format!("{bad:?}")), "{name:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn urls_are_bounded_single_line_and_take_the_scheme_in_any_case() {
+        let url = |url: &str| Target::Url { url: url.into() }.validate();
+        assert_eq!(url("HTTPS://b.example/"), Ok(()));
+        assert_eq!(url("Http://b.example/"), Ok(()));
+        let long = format!("https://b.example/{}", "x".repeat(MAX_URL));
+        assert!(url(&long).is_err_and(|e| e.contains("at most 2048")));
+        let just = format!("https://b.example/{}", "x".repeat(MAX_URL - 18));
+        assert_eq!(just.len(), MAX_URL);
+        assert_eq!(url(&just), Ok(()));
+        for bad in ["https://b\0/", "https://b/\r", "https://b/\nx"] {
+            assert!(
+                url(bad).is_err_and(|e| e.contains("NUL, CR or LF")),
+                "{bad:?}"
+            );
+        }
+        assert!(url("ftp://b/").is_err());
+        assert!(url("HTTPS://").is_err());
+        assert_eq!(
+            normalize_scheme("HTTPS://B.example/X"),
+            "https://B.example/X"
+        );
+        assert_eq!(normalize_scheme("ftp://b/"), "ftp://b/");
+        // Read off the wire, the scheme arrives in lower case.
+        let target: Target = serde_json::from_str(r#"{"url":"HtTpS://b.example/"}"#)
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(target.describe(), "https://b.example/");
+    }
+
+    #[test]
+    fn huge_durations_saturate_instead_of_wrapping() {
+        assert_eq!(duration_ms(Duration::MAX), u64::MAX);
+        let eons = Duration::from_secs(500_000_000 * 365 * 86_400);
+        assert_eq!(ms_after(now_ms(), Duration::MAX), u64::MAX);
+        assert_eq!(ms_after(1, eons), duration_ms(eons) + 1);
+        assert_eq!(ms_after(u64::MAX / 2, eons), u64::MAX);
+        assert_eq!(ms_after(u64::MAX - 1, Duration::from_secs(1)), u64::MAX);
+        assert_eq!(ms_after(1_000, Duration::from_millis(500)), 1_500);
+    }
 }

@@ -96,7 +96,11 @@ fn request(rng: &mut StdRng, requirements: Expr, wait: Duration) -> LeaseRequest
 }
 
 fn new_pool(rng: &mut StdRng) -> Pool {
-    let mut pool = Pool::new(PoolConfig::default());
+    // One client fills the queue to 500 here: no per-client limit.
+    let mut pool = Pool::new(PoolConfig {
+        max_queued_per_client: usize::MAX,
+        ..PoolConfig::default()
+    });
     for i in 0..AGENTS {
         pool.agent_connected(agent_hello(rng, i), 0);
     }

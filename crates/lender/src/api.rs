@@ -20,8 +20,16 @@
 //! Errors are `{"error": "..."}` ([`ErrorBody`]) with a 4xx status: 400
 //! malformed JSON or an invalid request, 401 a missing or unknown token, 403
 //! a token of the wrong kind, 404 an unknown lease, 405 a wrong method, 409
-//! a lease in a state that does not allow it, 413 a body over [`MAX_BODY`].
-//! A refused request changes nothing.
+//! a lease in a state that does not allow it, 413 a body over [`MAX_BODY`],
+//! 429 a request that would wait while its client already has
+//! `--max-queued-per-client` requests waiting. A refused request changes
+//! nothing.
+//!
+//! Limits on a lease request: the borrower's URL http(s) (scheme in any
+//! case), at most [`control::MAX_URL`] bytes, without NUL, CR or LF; its node
+//! name as Jenkins accepts it ([`control::check_node_name`]); `lease` and
+//! `idle_return` at most [`crate::pool::MAX_LEASE`] (30 days), `wait` at
+//! most [`crate::pool::MAX_WAIT`] (24 hours).
 //!
 //! ```text
 //! POST /v1/leases
@@ -85,8 +93,9 @@ pub struct BorrowerBody {
     /// The node's secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
-    /// A file on the lender's host holding the secret; only under the
-    /// lender's `--secret-dir`.
+    /// A file on the lender's host holding the secret, relative to the
+    /// client's own directory `CLIENT/` under the lender's `--secret-dir`
+    /// (`..`, absolute paths and symbolic links leading out are refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
     /// `tcp` or `web_socket`; absent: the agent chooses.

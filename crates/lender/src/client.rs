@@ -126,11 +126,12 @@ impl Client {
         every: Duration,
         limit: Duration,
     ) -> Result<LeaseView, ClientError> {
-        let deadline = tokio::time::Instant::now() + limit;
+        // A limit past what an `Instant` holds: no limit.
+        let deadline = tokio::time::Instant::now().checked_add(limit);
         loop {
             let lease = self.get_lease(id).await?;
             let settled = !matches!(lease.state.as_str(), "queued" | "reserved");
-            if settled || tokio::time::Instant::now() >= deadline {
+            if settled || deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return Ok(lease);
             }
             tokio::time::sleep(every).await;

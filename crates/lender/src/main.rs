@@ -111,15 +111,25 @@ struct ServeArgs {
     /// At most this many agents per borrower URL.
     #[arg(long)]
     max_per_borrower: Option<usize>,
+    /// At most this many requests of one client wait in the queue; the next
+    /// one that would wait gets 429.
+    #[arg(long, default_value_t = lender::pool::DEFAULT_MAX_QUEUED_PER_CLIENT)]
+    max_queued_per_client: usize,
     /// How long an agent has to come online at the borrower.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     borrow_wait: Duration,
-    /// A directory whose files lease requests may name as secret_file.
+    /// A directory of per-client directories: a lease request of client C
+    /// may name a file under DIR/C/ as secret_file (relative to DIR/C/).
     #[arg(long)]
     secret_dir: Option<PathBuf>,
     /// The lender's name, told to agents.
     #[arg(long, default_value = "jnlp-lender")]
     name: String,
+    /// At most this many connections not yet authenticated (one more closes
+    /// the oldest of them). Default: a quarter of the open-files limit,
+    /// between 64 and 4096.
+    #[arg(long)]
+    max_unauthenticated: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -398,9 +408,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    let open_files = server::raise_open_files_limit();
     let mut config = Config::new(args.listen, args.db);
     config.init = args.init;
     config.db_busy_timeout = args.db_busy_timeout;
+    config.max_unauthenticated = args
+        .max_unauthenticated
+        .unwrap_or_else(|| server::default_max_unauthenticated(open_files));
     config.tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => {
             if let Ok(meta) = std::fs::metadata(&key) {
@@ -416,6 +430,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.reclaim_after = args.reclaim_after;
     config.pool = PoolConfig {
         max_per_borrower: args.max_per_borrower,
+        max_queued_per_client: args.max_queued_per_client,
         ..PoolConfig::default()
     };
     config.borrow_wait = args.borrow_wait;
@@ -514,7 +529,7 @@ async fn lease(args: LeaseArgs) -> anyhow::Result<ExitCode> {
             .map(|a| format!(", agent {a}"))
             .unwrap_or_default()
     );
-    let limit = args.wait + args.move_timeout;
+    let limit = args.wait.saturating_add(args.move_timeout);
     let lease = api
         .wait_settled(lease.id, Duration::from_millis(500), limit)
         .await?;

@@ -830,7 +830,7 @@ proptest! {
 
     #[test]
     fn random_operations_keep_one_lease_per_agent(ops in prop::collection::vec(op(), 1..80)) {
-        let mut pool = Pool::new(PoolConfig { max_per_borrower: Some(3), max_attempts: 2 });
+        let mut pool = Pool::new(PoolConfig { max_per_borrower: Some(3), max_attempts: 2, ..PoolConfig::default() });
         for (name, labels) in AGENTS {
             pool.agent_connected(hello(name, labels), T0);
         }
@@ -887,4 +887,121 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_client_at_its_queue_limit_is_refused_and_nothing_changes() {
+    let config = PoolConfig {
+        max_queued_per_client: 3,
+        ..PoolConfig::default()
+    };
+    let mut pool = Pool::new(config);
+    pool.agent_connected(hello("mac-01", &["macos"]), T0);
+    decisions(&mut pool);
+    // Three wait for gpu, which nobody has.
+    for i in 0..3 {
+        let outcome = pool.request_lease(request("gpu", B, 60), T0 + i);
+        assert!(matches!(outcome, Ok(Outcome::Queued { .. })), "{outcome:?}");
+    }
+    let _ = pool.take_changes();
+    let before = pool.snapshot();
+    let refused = pool.request_lease(request("gpu", B, 60), T0 + 10);
+    assert_eq!(
+        refused,
+        Err(PoolError::TooManyQueued {
+            client: "team-b".into(),
+            limit: 3
+        })
+    );
+    assert_eq!(pool.snapshot(), before, "a refused request changes nothing");
+    assert!(pool.take_changes().is_empty());
+    assert_eq!(pool.queue().count(), 3);
+
+    // Served at once, it never queues: allowed at the limit.
+    let served = pool.request_lease(request("macos", B, 60), T0 + 11);
+    assert!(matches!(served, Ok(Outcome::Reserved { .. })), "{served:?}");
+    // Not waiting at all: it ends at once, allowed too.
+    let now = pool.request_lease(request("gpu", B, 0), T0 + 12);
+    assert!(matches!(now, Ok(Outcome::Ended { .. })), "{now:?}");
+    // Another client has its own limit.
+    let mut other = request("gpu", B, 60);
+    other.client = "team-a".into();
+    assert!(matches!(
+        pool.request_lease(other, T0 + 13),
+        Ok(Outcome::Queued { .. })
+    ));
+    // Ids were not spent on the refusal: 1..=3 queued, then 4, 5, 6.
+    assert_eq!(pool.queue().map(|l| l.id).collect::<Vec<_>>(), [1, 2, 3, 6]);
+    // One withdrawn, the client may queue again.
+    assert_eq!(pool.return_lease(1, When::Idle, T0 + 14), Ok(()));
+    assert!(matches!(
+        pool.request_lease(request("gpu", B, 60), T0 + 15),
+        Ok(Outcome::Queued { .. })
+    ));
+    check(&pool);
+}
+
+#[test]
+fn requests_over_the_duration_limits_or_with_bad_names_are_refused() {
+    let mut pool = pool_with(&[("mac-01", &["macos"])]);
+    let day = Duration::from_secs(86_400);
+    let eons = Duration::from_secs(500_000_000 * 365 * 86_400);
+    type Tweak<'a> = Box<dyn Fn(&mut lender::pool::LeaseRequest) + 'a>;
+    let cases: Vec<(Tweak<'_>, &str)> = vec![
+        (
+            Box::new(|r| r.lease = Some(30 * day + Duration::from_secs(1))),
+            "`lease` must be at most 30days",
+        ),
+        (
+            Box::new(move |r| r.lease = Some(eons)),
+            "`lease` must be at most",
+        ),
+        (
+            Box::new(|r| r.idle_return = Some(Duration::MAX)),
+            "`idle_return` must be at most",
+        ),
+        (
+            Box::new(|r| r.wait = day + Duration::from_secs(1)),
+            "`wait` must be at most 1day",
+        ),
+        (Box::new(move |r| r.wait = eons), "`wait` must be at most"),
+        (
+            Box::new(|r| r.borrower.node_name = "a/b".into()),
+            "node name must not contain '/'",
+        ),
+        (
+            Box::new(|r| r.borrower.node_name = "..".into()),
+            "node name must not be `.` or `..`",
+        ),
+        (
+            Box::new(|r| r.borrower.node_name = "n".repeat(256)),
+            "at most 255",
+        ),
+        (
+            Box::new(|r| r.borrower.url = format!("{B}{}", "x".repeat(2048))),
+            "at most 2048",
+        ),
+        (
+            Box::new(|r| r.borrower.url = format!("{B}\r\nX-Evil: 1")),
+            "NUL, CR or LF",
+        ),
+    ];
+    for (tweak, message) in cases {
+        let mut request = request("macos", B, 60);
+        tweak(&mut request);
+        match pool.request_lease(request, T0) {
+            Err(PoolError::InvalidRequest(text)) => assert!(text.contains(message), "{text}"),
+            other => panic!("expected {message:?}, got {other:?}"),
+        }
+    }
+    assert_eq!(pool.leases().count(), 0);
+    // At the limits exactly: accepted.
+    let mut request = request("macos", B, 86_400);
+    request.lease = Some(30 * day);
+    request.idle_return = Some(30 * day);
+    assert!(matches!(
+        pool.request_lease(request, T0),
+        Ok(Outcome::Reserved { .. })
+    ));
+    check(&pool);
 }

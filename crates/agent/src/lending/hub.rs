@@ -204,7 +204,7 @@ impl Hub {
         };
         let last_activity_ms = activity.last_activity_ms();
         let recent = last_activity_ms.is_some_and(|t| {
-            busy::now_ms().saturating_sub(t) < self.activity_window.as_millis() as u64
+            busy::now_ms().saturating_sub(t) < control::duration_ms(self.activity_window)
         });
         let busy = Busy {
             requests_in_flight,

@@ -35,7 +35,7 @@ impl Lease {
     pub fn deadline_ms(&self) -> Option<u64> {
         self.request
             .lease
-            .map(|lease| self.started_ms + lease.as_millis() as u64)
+            .map(|lease| control::ms_after(self.started_ms, lease))
     }
 
     /// The borrower as shown to people: its URL or `HOST:PORT`.
@@ -404,5 +404,16 @@ mod tests {
         assert_eq!(s.work_dir, home.work_dir);
         assert!(s.credentials.is_none());
         assert_eq!(lease().deadline_ms(), Some(3_601_000));
+    }
+
+    #[test]
+    fn a_huge_lease_ends_never_instead_of_panicking_or_wrapping() {
+        let mut huge = lease();
+        huge.request.lease = Some(std::time::Duration::MAX);
+        assert_eq!(huge.deadline_ms(), Some(u64::MAX));
+        // 500 million years fits in u64 ms but not after a late start.
+        huge.request.lease = Some(std::time::Duration::from_secs(500_000_000 * 365 * 86_400));
+        huge.started_ms = u64::MAX - 1_000;
+        assert_eq!(huge.deadline_ms(), Some(u64::MAX));
     }
 }

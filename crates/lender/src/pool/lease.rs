@@ -68,17 +68,24 @@ pub struct LeaseRequest {
     pub wait: Duration,
 }
 
+/// The longest `lease` (and `idle_return`) a request may ask for.
+pub const MAX_LEASE: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// The longest `wait` in the queue a request may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+
 impl LeaseRequest {
-    /// Checks what the types cannot: the borrower's URL, name and secret,
-    /// non-zero durations.
+    /// Checks what the types cannot: the borrower's URL (as
+    /// [`Target::validate`]: http(s), at most [`control::MAX_URL`] bytes, one
+    /// line), node name (as Jenkins accepts it) and secret, durations longer
+    /// than zero and at most [`MAX_LEASE`] (`lease`, `idle_return`) or
+    /// [`MAX_WAIT`] (`wait`).
     pub fn validate(&self) -> Result<(), String> {
         Target::Url {
             url: self.borrower.url.clone(),
         }
         .validate()?;
-        if self.borrower.node_name.trim().is_empty() {
-            return Err("the borrower's node name must not be empty".into());
-        }
+        control::check_node_name(&self.borrower.node_name)
+            .map_err(|rule| format!("the borrower's node name {rule}"))?;
         if self.borrower.secret.expose().is_empty() {
             return Err("the borrower's node secret must not be empty".into());
         }
@@ -86,6 +93,18 @@ impl LeaseRequest {
             if value == Some(Duration::ZERO) {
                 return Err(format!("`{field}` must be longer than zero"));
             }
+            if value.is_some_and(|v| v > MAX_LEASE) {
+                return Err(format!(
+                    "`{field}` must be at most {}",
+                    humantime::format_duration(MAX_LEASE)
+                ));
+            }
+        }
+        if self.wait > MAX_WAIT {
+            return Err(format!(
+                "`wait` must be at most {}",
+                humantime::format_duration(MAX_WAIT)
+            ));
         }
         Ok(())
     }

@@ -37,6 +37,10 @@
 //! - **The agent enforces its lease.** The lease time and idle return travel
 //!   in the `borrow`; the agent goes home by itself, and its report ends the
 //!   lease. The pool only decides; a lender that goes away strands nobody.
+//! - **Per-client queue limit.** A request that would wait while its
+//!   client already has [`PoolConfig::max_queued_per_client`] requests
+//!   waiting is refused ([`PoolError::TooManyQueued`]) before anything
+//!   changes; one served at once, or not waiting at all, is not held back.
 //! - **Reclaim.** An agent idle at a borrower for longer than a given age
 //!   may be sent home for a waiting request it satisfies from another
 //!   borrower ([`Pool::reclaim`]); once home it serves the queue like any
@@ -53,6 +57,7 @@ mod lease;
 pub use agent::{Agent, AgentHello, AgentReport, Place};
 pub use lease::{
     Attempt, Borrower, EndReason, Lease, LeaseId, LeaseRequest, LeaseState, ReturnCause, Secret,
+    MAX_LEASE, MAX_WAIT,
 };
 
 /// Limits the pool applies.
@@ -64,13 +69,22 @@ pub struct PoolConfig {
     /// A lease gives up after borrows failed on this many agents (a wrong
     /// secret fails everywhere; it should not cycle the whole pool).
     pub max_attempts: usize,
+    /// At most this many requests of one API client wait in the queue; a
+    /// request that would wait beyond it is refused
+    /// ([`PoolError::TooManyQueued`]), so one client cannot fill the
+    /// lender's memory and database.
+    pub max_queued_per_client: usize,
 }
+
+/// [`PoolConfig::max_queued_per_client`] by default.
+pub const DEFAULT_MAX_QUEUED_PER_CLIENT: usize = 100;
 
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             max_per_borrower: None,
             max_attempts: 3,
+            max_queued_per_client: DEFAULT_MAX_QUEUED_PER_CLIENT,
         }
     }
 }
@@ -225,6 +239,18 @@ pub enum PoolError {
         agent: String,
         /// The lease it already has.
         lease: Option<LeaseId>,
+    },
+    /// The client already has its limit of requests waiting in the queue,
+    /// and this one would wait too.
+    #[error(
+        "client {client:?} already has {limit} requests waiting in the queue, its limit; \
+         wait for some to be served or withdraw them (DELETE /v1/leases/ID)"
+    )]
+    TooManyQueued {
+        /// The API client.
+        client: String,
+        /// The limit ([`PoolConfig::max_queued_per_client`]).
+        limit: usize,
     },
     /// A snapshot breaks the pool's invariants.
     #[error("inconsistent pool state: {0}")]
@@ -632,6 +658,17 @@ impl Pool {
     /// the reason.
     pub fn request_lease(&mut self, request: LeaseRequest, now: u64) -> Result<Outcome, PoolError> {
         request.validate().map_err(PoolError::InvalidRequest)?;
+        let limit = self.config.max_queued_per_client;
+        // Refused before anything changes (no id taken) if it would wait
+        // beyond the client's limit; served at once, it never queues.
+        // (The agents are scanned only for a client at its limit.)
+        let at_limit = request.wait > Duration::ZERO && self.queued_of(&request.client) >= limit;
+        if at_limit && self.pick_for(&request, &[]).is_none() {
+            return Err(PoolError::TooManyQueued {
+                client: request.client,
+                limit,
+            });
+        }
         let id = self.next_id;
         self.next_id += 1;
         let deadline_ms = now.saturating_add(ms(request.wait));
@@ -907,18 +944,28 @@ impl Pool {
     /// name; none if its borrower is at its cap.
     fn pick(&self, id: LeaseId) -> Option<String> {
         let lease = self.leases.get(&id)?;
-        if self.at_cap(&lease.request.borrower.url) {
+        self.pick_for(&lease.request, &lease.attempts)
+    }
+
+    /// [`Pool::pick`] for a request, skipping the agents already `tried`.
+    fn pick_for(&self, request: &LeaseRequest, tried: &[Attempt]) -> Option<String> {
+        if self.at_cap(&request.borrower.url) {
             return None;
         }
         self.agents
             .values()
             .filter(|agent| {
                 agent.is_free()
-                    && !lease.tried(&agent.name)
-                    && lease.request.requirements.matches(&agent.labels)
+                    && !tried.iter().any(|a| a.agent == agent.name)
+                    && request.requirements.matches(&agent.labels)
             })
             .min_by_key(|agent| (agent.last_lent_ms, agent.name.as_str()))
             .map(|agent| agent.name.clone())
+    }
+
+    /// How many of `client`'s requests wait in the queue.
+    fn queued_of(&self, client: &str) -> usize {
+        self.queue().filter(|l| l.request.client == client).count()
     }
 
     /// Ties `agent` to lease `id`: the one place that does, and it refuses

@@ -230,6 +230,17 @@ fn now_ms() -> u64 {
     control::now_ms()
 }
 
+/// `duration` from now; a duration past what an `Instant` holds (a queue
+/// deadline 500 million years away) is a year from now, re-checked then,
+/// instead of a panic.
+fn after(duration: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(duration.min(FAR)).unwrap_or(now)
+}
+
+/// The furthest the driver sleeps at once.
+const FAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 impl Driver {
     pub fn new(
         pool: Pool,
@@ -252,7 +263,7 @@ impl Driver {
             reclaim_after: config.reclaim_after,
             borrow_wait: config.borrow_wait,
             tick,
-            next_tick: Instant::now() + tick,
+            next_tick: after(tick),
         }
     }
 
@@ -290,7 +301,7 @@ impl Driver {
         let mut wake = self.next_tick;
         if let Some(deadline) = self.pool.next_deadline() {
             let in_ms = deadline.saturating_sub(now_ms());
-            wake = wake.min(Instant::now() + Duration::from_millis(in_ms));
+            wake = wake.min(after(Duration::from_millis(in_ms)));
         }
         wake
     }
@@ -304,7 +315,7 @@ impl Driver {
         if instant < self.next_tick {
             return;
         }
-        self.next_tick = instant + self.tick;
+        self.next_tick = after(self.tick);
         if let Some(min_idle) = self.reclaim_after {
             if self.pool.queue().next().is_some() {
                 for reclaim in self.pool.reclaim(now, min_idle) {
@@ -328,7 +339,7 @@ impl Driver {
                 let reason = format!(
                     "no reply from agent {} within {}",
                     key.0,
-                    humantime::format_duration(self.borrow_wait + REPLY_GRACE)
+                    humantime::format_duration(self.borrow_wait.saturating_add(REPLY_GRACE))
                 );
                 self.on_reply(&key.0, pending, Reply::Error(reason), now);
             }
@@ -621,6 +632,10 @@ impl Driver {
             Err(PoolError::InvalidRequest(message)) => {
                 Err(ApiError::new(StatusCode::BAD_REQUEST, message))
             }
+            Err(err @ PoolError::TooManyQueued { .. }) => Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                err.to_string(),
+            )),
             Err(err) => Err(ApiError::new(StatusCode::CONFLICT, err.to_string())),
         }
     }
@@ -815,7 +830,7 @@ impl Driver {
                     Pending {
                         lease,
                         kind,
-                        overdue: Instant::now() + self.borrow_wait + REPLY_GRACE,
+                        overdue: after(self.borrow_wait.saturating_add(REPLY_GRACE)),
                     },
                 );
             }

@@ -6,7 +6,7 @@
 //! refused request changes nothing.
 
 use std::convert::Infallible;
-use std::path::Path;
+use std::path::{Component, Path};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::driver::{ApiCall, ApiError, Input, ServerEvent};
-use super::{link, Shared};
+use super::{link, Shared, Ticket};
 use crate::api::{ErrorBody, LeaseBody, LeaseView, MAX_BODY};
 use crate::labels::Expr;
 use crate::pool::{Borrower, LeaseId, LeaseRequest, Secret};
@@ -97,7 +97,7 @@ async fn route(
                 format!("no lease {rest:?}: ids are numbers"),
             )
         })?;
-        let client = authenticate(shared, request.headers(), TokenKind::Client).await?;
+        let client = authenticate(shared, &request, TokenKind::Client).await?;
         return if method == Method::GET {
             let view = get_lease(shared, id, &client.name).await?;
             Ok(json(StatusCode::OK, &view))
@@ -120,7 +120,7 @@ async fn route(
     match path.as_str() {
         "/v1/leases" => {
             allowed("GET, POST")?;
-            let client = authenticate(shared, request.headers(), TokenKind::Client).await?;
+            let client = authenticate(shared, &request, TokenKind::Client).await?;
             if method == Method::POST {
                 create_lease(shared, client, request).await
             } else {
@@ -131,19 +131,19 @@ async fn route(
         }
         "/v1/agents" => {
             allowed("GET")?;
-            authenticate(shared, request.headers(), TokenKind::Client).await?;
+            authenticate(shared, &request, TokenKind::Client).await?;
             let views = call(shared, |reply| ApiCall::Agents { reply }).await?;
             Ok(json(StatusCode::OK, &views))
         }
         "/v1/events" => {
             allowed("GET")?;
-            let client = authenticate(shared, request.headers(), TokenKind::Client).await?;
+            let client = authenticate(shared, &request, TokenKind::Client).await?;
             let hash = tokens::hash(bearer(request.headers())?);
             Ok(events(shared, client, hash))
         }
         "/metrics" => {
             allowed("GET")?;
-            authenticate(shared, request.headers(), TokenKind::Client).await?;
+            authenticate(shared, &request, TokenKind::Client).await?;
             let text = call(shared, |reply| ApiCall::Metrics { reply }).await?;
             let mut response = Response::new(full(text));
             response.headers_mut().insert(
@@ -321,11 +321,14 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 /// The principal of the request's bearer token, which must be of `kind`.
-pub(crate) async fn authenticate(
+/// Once it passes, the request's connection counts as authenticated (no
+/// longer capped nor timed out as such).
+pub(crate) async fn authenticate<B>(
     shared: &Shared,
-    headers: &HeaderMap,
+    request: &Request<B>,
     kind: TokenKind,
 ) -> Result<Principal, ApiError> {
+    let headers = request.headers();
     let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
     let token = bearer(headers)?;
     let hash = tokens::hash(token);
@@ -348,6 +351,9 @@ pub(crate) async fn authenticate(
             format!("this {} token cannot {what}", principal.kind.as_str()),
         ));
     }
+    if let Some(ticket) = request.extensions().get::<Arc<Ticket>>() {
+        ticket.authenticated();
+    }
     Ok(principal)
 }
 
@@ -366,7 +372,9 @@ async fn create_lease(
     let borrower = body.borrower;
     let secret = match (borrower.secret, borrower.secret_file) {
         (Some(secret), None) => secret,
-        (None, Some(path)) => read_secret_file(shared.secret_dir.as_deref(), &path).await?,
+        (None, Some(path)) => {
+            read_secret_file(shared.secret_dir.as_deref(), &client.name, &path).await?
+        }
         (Some(_), Some(_)) => {
             return Err(bad(
                 "give either borrower.secret or borrower.secret_file, not both".into(),
@@ -381,7 +389,7 @@ async fn create_lease(
     let request = LeaseRequest {
         requirements,
         borrower: Borrower {
-            url: borrower.url,
+            url: control::normalize_scheme(&borrower.url),
             node_name: borrower.name,
             secret: Secret::new(secret.trim()),
             transport: borrower.transport,
@@ -430,10 +438,16 @@ async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, ApiErro
     }
 }
 
-/// Reads a borrower's secret from a file under the lender's secret
-/// directory: anywhere else would let a client send any file the lender can
-/// read to a URL of its choice.
-async fn read_secret_file(dir: Option<&Path>, path: &Path) -> Result<String, ApiError> {
+/// Reads a borrower's secret from a file in the client's own directory
+/// under the lender's secret directory, `DIR/CLIENT/`: anywhere else would
+/// let a client send a file the lender can read (another client's secret,
+/// `/etc/passwd`) to a URL of its choice. `path` is relative to that
+/// directory; `..`, absolute paths and symlinks leading out are refused.
+async fn read_secret_file(
+    dir: Option<&Path>,
+    client: &str,
+    path: &Path,
+) -> Result<String, ApiError> {
     let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
     let Some(dir) = dir else {
         return Err(bad(
@@ -441,40 +455,61 @@ async fn read_secret_file(dir: Option<&Path>, path: &Path) -> Result<String, Api
                 .into(),
         ));
     };
-    let outside = || {
-        bad(format!(
-            "borrower.secret_file must be a file under the lender's secret directory {}",
-            dir.display()
-        ))
-    };
-    let dir = tokio::fs::canonicalize(dir).await.map_err(|_| outside())?;
-    let file = tokio::fs::canonicalize(dir.join(path)).await.map_err(|_| {
-        bad(format!(
-            "cannot read borrower.secret_file {}",
-            path.display()
-        ))
-    })?;
-    if !file.starts_with(&dir) {
-        return Err(outside());
-    }
-    let meta = tokio::fs::metadata(&file).await.map_err(|_| {
-        bad(format!(
-            "cannot read borrower.secret_file {}",
-            path.display()
-        ))
-    })?;
-    if !meta.is_file() || meta.len() > MAX_SECRET_FILE {
+    // Token names are free text: only one that is a plain file name can
+    // name a directory of its own.
+    let plain = !matches!(client, "" | "." | "..") && !client.contains(['/', '\0']);
+    if !plain {
         return Err(bad(format!(
-            "borrower.secret_file {} is not a file of at most {MAX_SECRET_FILE} bytes",
-            path.display()
+            "client {client:?} has no secret directory (its name is not a file name); send the secret"
         )));
     }
-    let text = tokio::fs::read_to_string(&file).await.map_err(|_| {
+    let own = dir.join(client);
+    let shown = path.display();
+    if path.is_absolute() {
+        return Err(bad(format!(
+            "borrower.secret_file must be relative to your directory {}, not the absolute path {shown}",
+            own.display()
+        )));
+    }
+    let plain_path = path
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !plain_path || path.as_os_str().is_empty() {
+        return Err(bad(format!(
+            "borrower.secret_file must name a file in your directory {} without `..`, not {shown}",
+            own.display()
+        )));
+    }
+    let own_real = tokio::fs::canonicalize(&own).await.map_err(|_| {
         bad(format!(
-            "cannot read borrower.secret_file {}",
-            path.display()
+            "client {client:?} has no secret directory {}; the lender's operator creates it",
+            own.display()
         ))
     })?;
+    let unreadable = || {
+        bad(format!(
+            "cannot read borrower.secret_file {shown} in {}",
+            own.display()
+        ))
+    };
+    let file = tokio::fs::canonicalize(own.join(path))
+        .await
+        .map_err(|_| unreadable())?;
+    if !file.starts_with(&own_real) {
+        return Err(bad(format!(
+            "borrower.secret_file {shown} leads out of your directory {} (a symbolic link); refused",
+            own.display()
+        )));
+    }
+    let meta = tokio::fs::metadata(&file).await.map_err(|_| unreadable())?;
+    if !meta.is_file() || meta.len() > MAX_SECRET_FILE {
+        return Err(bad(format!(
+            "borrower.secret_file {shown} is not a file of at most {MAX_SECRET_FILE} bytes"
+        )));
+    }
+    let text = tokio::fs::read_to_string(&file)
+        .await
+        .map_err(|_| unreadable())?;
     Ok(text.trim().to_owned())
 }
 

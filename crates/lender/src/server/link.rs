@@ -59,7 +59,7 @@ pub(crate) async fn upgrade(
     shared: &Arc<Shared>,
     mut request: Request<Incoming>,
 ) -> Response<Body> {
-    let agent = match authenticate(shared, request.headers(), TokenKind::Agent).await {
+    let agent = match authenticate(shared, &request, TokenKind::Agent).await {
         Ok(principal) => principal.name,
         Err(err) => return error_response(err),
     };

@@ -23,6 +23,8 @@
 //! - `auth`: the token book (lookups, revocation, last use);
 //! - `http`: routes, bearer tokens, bounded JSON bodies, server-sent
 //!   events;
+//! - `admission`: the cap and the shorter timeout on connections not yet
+//!   authenticated, and the open-files limit;
 //! - `link`: the agents' WebSocket (`GET /v1/link`);
 //! - `metrics`: the Prometheus text.
 
@@ -44,6 +46,7 @@ use tracing::Instrument as _;
 use crate::pool::{Pool, PoolConfig, PoolError};
 use crate::store::{SqliteStore, Store, StoreError, BUSY_TIMEOUT};
 
+mod admission;
 mod auth;
 mod driver;
 mod http;
@@ -51,11 +54,17 @@ mod link;
 mod metrics;
 mod reader;
 
+pub use admission::{
+    default_max_unauthenticated, raise_open_files_limit, DEFAULT_MAX_UNAUTHENTICATED,
+};
 pub use driver::ServerEvent;
+
+use admission::{Admission, Ticket, UNAUTHENTICATED_TIMEOUT};
 
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request's head.
+/// How long an authenticated client may take to send a request's head (an
+/// unauthenticated one has [`UNAUTHENTICATED_TIMEOUT`] in all).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Inputs waiting for the driver before senders wait.
 const INPUT_QUEUE: usize = 1024;
@@ -105,8 +114,12 @@ pub struct Config {
     pub tick: Duration,
     /// The lender's name, sent in `welcome`.
     pub name: String,
-    /// Where `secret_file` in a lease request may point; `None`: refused.
+    /// Where `secret_file` in a lease request may point: client `C` names
+    /// files under `secret_dir/C/` only; `None`: refused.
     pub secret_dir: Option<PathBuf>,
+    /// At most this many connections not yet authenticated; one more
+    /// closes the oldest of them.
+    pub max_unauthenticated: usize,
 }
 
 impl Config {
@@ -126,6 +139,7 @@ impl Config {
             tick: Duration::from_secs(1),
             name: "jnlp-lender".into(),
             secret_dir: None,
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
         }
     }
 }
@@ -172,6 +186,7 @@ pub(crate) struct Shared {
     pub lender_name: String,
     pub secret_dir: Option<PathBuf>,
     pub next_link: AtomicU64,
+    pub admission: Arc<Admission>,
 }
 
 /// A running server; [`Running::shutdown`] stops it.
@@ -241,6 +256,7 @@ pub async fn start_with_store(
         tls = tls.is_some(),
         leases = pool.leases().count(),
         agents = pool.agents().count(),
+        max_unauthenticated = config.max_unauthenticated,
         "lender listening"
     );
 
@@ -266,6 +282,7 @@ pub async fn start_with_store(
         lender_name: config.name.clone(),
         secret_dir: config.secret_dir.clone(),
         next_link: AtomicU64::new(1),
+        admission: Admission::new(config.max_unauthenticated),
     });
     tracker.spawn(accept_loop(shared, listener, tls).instrument(tracing::info_span!("accept")));
     Ok(Running {
@@ -351,22 +368,39 @@ async fn accept_loop(
     }
 }
 
+/// One connection: unauthenticated (capped, timed out) until a request on
+/// it passes bearer authentication.
 async fn connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
+    let close = shared.cancel.child_token();
+    let ticket = Arc::new(shared.admission.admit(close.clone()));
+    tokio::select! {
+        () = close.cancelled() => {
+            tracing::debug!("closed: shutting down, or making room for a newer unauthenticated connection");
+        }
+        () = ticket.expired(UNAUTHENTICATED_TIMEOUT) => {
+            tracing::debug!("closed: not authenticated in time");
+        }
+        () = serve(shared.clone(), stream, tls, ticket.clone()) => {}
+    }
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    ticket: Arc<Ticket>,
+) {
     let _ = stream.set_nodelay(true);
     match tls {
-        None => serve_http(shared, stream).await,
+        None => serve_http(shared, stream, ticket).await,
         Some(config) => {
             let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-            let handshake = tokio::select! {
-                () = shared.cancel.cancelled() => return,
-                handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept) => handshake,
-            };
-            match handshake {
-                Ok(Ok(tls)) => serve_http(shared, tls).await,
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+                Ok(Ok(tls)) => serve_http(shared, tls, ticket).await,
                 Ok(Err(err)) => tracing::debug!(%err, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
@@ -374,12 +408,16 @@ async fn connection(
     }
 }
 
-async fn serve_http<S>(shared: Arc<Shared>, stream: S)
+async fn serve_http<S>(shared: Arc<Shared>, stream: S, ticket: Arc<Ticket>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let cancel = shared.cancel.clone();
-    let service = service_fn(move |request| http::handle(shared.clone(), request));
+    // Each request carries the connection's ticket, for `authenticate`.
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(ticket.clone());
+        http::handle(shared.clone(), request)
+    });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)

@@ -233,7 +233,11 @@ pub async fn end_all(
     for &pid in &first.builds {
         table.end(pid, false);
     }
-    let deadline = tokio::time::Instant::now() + grace;
+    // A grace past what an `Instant` holds: a year, as good as forever here.
+    let now = tokio::time::Instant::now();
+    let deadline = now
+        .checked_add(grace)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
     loop {
         let procs = table.scan(marker);
         reap_zombies(&procs, root, keep);
