@@ -33,6 +33,10 @@ impl Server {
                 "127.0.0.1:0",
                 "--db-busy-timeout",
                 "300ms",
+                // Every request waits in the queue: far more than the
+                // default 100 per client.
+                "--max-queued-per-client",
+                "100000",
                 "--db",
             ])
             .arg(db)
