@@ -42,7 +42,7 @@ impl Served {
             .arg("-c")
             .arg(format!("ulimit {ulimit} 1024 && exec \"$0\" \"$@\""))
             .arg(env!("CARGO_BIN_EXE_jnlp-lender"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .args(["serve", "--init", "--listen", "127.0.0.1:0", "--db"])
             .arg(db)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
