@@ -51,7 +51,8 @@
 //! | `-auth U:P` | | accepted and ignored: agent.jar ignores it too ("unused"). |
 //! | `-webSocket` | `JENKINS_WEB_SOCKET=true` | `web_socket`: the channel runs over a WebSocket on the web port instead of the TCP agent port. Excludes `-direct`, `-tunnel`, `-credentials`, `-noKeepAlive`, and more than one `-url` (as in agent.jar). |
 //! | `-webSocketHeader NAME=VALUE` (repeatable) | | `web_socket_headers`, in order, on the upgrade request; needs `-webSocket`. The name must be a valid header name. |
-//! | `-agentLog FILE`, `-loggingConfig FILE` | | refused: not supported yet (logs go to stderr and the work dir's logs; see `--log-format`, `RUST_LOG`). |
+//! | `-agentLog FILE`, alias `-slaveLog` | | `agent_log`: the agent's log (in `--log-format`, including the engine's stderr, which is forwarded into it) goes to FILE instead of stderr, appended; FILE is created mode 0600 if missing. The work dir's rotated logs are then not written, as agent.jar writes no `remoting.log` with it. See "agent.jar's logging" below. |
+//! | `-loggingConfig FILE` | | must be an existing file; every engine JVM gets `-Djava.util.logging.config.file=FILE` (made absolute), after `JENKINS_JAVA_OPTS`/`JAVA_OPTS` or our defaults, unless those options set that property already: the user's own wins. |
 //! | `-text`, `-tcp FILE`, `-connectTo HOST:PORT` | | refused: launch modes other than an inbound agent. |
 //! | | `JENKINS_JAVA_BIN` | `java.java_bin` |
 //! | | `JAVA_HOME` | `java.java_home` |
@@ -81,6 +82,27 @@
 //!
 //! Anything else starting with `-` is refused with the closest known
 //! spelling as a hint.
+//!
+//! # agent.jar's logging
+//!
+//! Read in jenkinsci/remoting (`Launcher`, `jnlp.Main`, `Engine` and
+//! `WorkDirManager.setupLogging`): `-agentLog FILE` (alias `-slaveLog`)
+//! replaces `System.err` with a tee to stderr and to FILE, opened truncated
+//! by a `FileOutputStream`, and turns off the work dir's `remoting.log`;
+//! java.util.logging's console handler writes to `System.err`, so the log
+//! lands in FILE. `-loggingConfig FILE` sets `java.util.logging.config.file`
+//! and `setupLogging` reads FILE (a missing file fails the start).
+//!
+//! Here the agent's log is what agent.jar's JUL log was, and the engine
+//! JVM, where agent.jar's remoting runs, does its own java.util.logging.
+//! So `-agentLog` moves the agent's log (which carries the engine's stderr
+//! lines) to FILE, and `-loggingConfig` goes to the engine JVM as the
+//! system property. Deliberate differences: FILE is appended to, not
+//! truncated (a restart keeps the previous run's lines, as the rotated logs
+//! do), and stderr no longer gets the log (the user asked for a file; a
+//! service manager capturing stderr too would store every line twice).
+//! Assumed: nothing in a container image or node page depends on stderr
+//! still carrying the log when `-agentLog` is given.
 //!
 //! # Layout
 //!
@@ -240,9 +262,6 @@ const fn unsupported(
     }
 }
 
-const LOG_ADVICE: &str = "logs go to stderr (see --log-format; RUST_LOG filters) and, with \
-     -workDir, to its logs directory";
-
 const INBOUND_ONLY: &str = "it selects another launch mode (stdin/stdout, listening, raw TCP); \
      only inbound agents (-url, -jnlpUrl, -direct) are implemented";
 
@@ -296,8 +315,10 @@ const SPECS: &[Spec] = &[
     jar("webSocket", Flag),
     // Reverse proxies' auth tokens travel in these.
     sensitive(jar("webSocketHeader", Value)),
-    unsupported("agentLog", "-agentLog", Value, LOG_ADVICE),
-    unsupported("loggingConfig", "-loggingConfig", Value, LOG_ADVICE),
+    jar("agentLog", Value),
+    // agent.jar's older spelling, still accepted there.
+    alias("slaveLog", Value, "agentLog"),
+    jar("loggingConfig", Value),
     unsupported("text", "-text", Flag, INBOUND_ONLY),
     unsupported("tcp", "-tcp", Value, INBOUND_ONLY),
     unsupported("connectTo", "-connectTo", Value, INBOUND_ONLY),
@@ -553,7 +574,12 @@ Environment (jenkins/inbound-agent image), used when the option is absent:
 Ours: JNLP_AGENT_LENDER (--lender), JNLP_AGENT_LENDER_TOKEN_FILE (--lender-token-file),
 JNLP_AGENT_LABELS (--labels).
 
-Not supported yet (refused): -agentLog, -loggingConfig, -text, -tcp, -connectTo. Ignored: -headless, -ping, -auth.";
+-agentLog FILE: the log (with the engine's stderr) goes to FILE, appended, instead of stderr
+and the work dir's logs.
+-loggingConfig FILE: every engine JVM gets -Djava.util.logging.config.file=FILE, unless
+JENKINS_JAVA_OPTS/JAVA_OPTS set that property already (yours wins).
+
+Refused (other launch modes): -text, -tcp, -connectTo. Ignored: -headless, -ping, -auth.";
 
 /// Jenkins inbound agent: a native drop-in for `java -jar agent.jar`.
 #[derive(Debug, Parser)]
@@ -668,6 +694,18 @@ struct Args {
     /// Extra header on the WebSocket upgrade request, NAME=VALUE; repeatable.
     #[arg(long = "webSocketHeader", value_name = "NAME=VALUE", action = ArgAction::Append, allow_hyphen_values = true)]
     web_socket_header: Vec<String>,
+
+    /// Write the log (and the engine's stderr) to FILE, appended, instead of stderr (alias -slaveLog).
+    #[arg(long = "agentLog", value_name = "FILE", allow_hyphen_values = true)]
+    agent_log: Option<PathBuf>,
+
+    /// java.util.logging properties for the engine JVM (-Djava.util.logging.config.file).
+    #[arg(
+        long = "loggingConfig",
+        value_name = "FILE",
+        allow_hyphen_values = true
+    )]
+    logging_config: Option<PathBuf>,
 
     /// Cache directory for jar files sent by the controller.
     #[arg(long = "jar-cache", value_name = "DIR", allow_hyphen_values = true)]
@@ -860,6 +898,9 @@ fn require(
 fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
 }
+
+/// The JVM option `-loggingConfig` becomes (agent.jar sets this property).
+const JUL_CONFIG_FILE: &str = "-Djava.util.logging.config.file=";
 
 const POSITIONAL_SECRET: &str = "SECRET (positional)";
 const POSITIONAL_NAME: &str = "NAME (positional)";
@@ -1124,13 +1165,21 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         .get("JENKINS_JAVA_OPTS")
         .or_else(|| env.get("JAVA_OPTS"));
     let sized_window = user_java_opts.is_none();
-    let java_opts = match user_java_opts {
+    let mut java_opts: Vec<String> = match user_java_opts {
         Some(opts) => opts.split_whitespace().map(str::to_owned).collect(),
         None => crate::engine::DEFAULT_JAVA_OPTS
             .iter()
             .map(|&opt| opt.to_owned())
             .collect(),
     };
+    if let Some(config) = args.logging_config {
+        let config = values::logging_config(&config)?;
+        // The user's own property wins: they set it on purpose, and the JVM
+        // would take whichever comes last.
+        if !java_opts.iter().any(|o| o.starts_with(JUL_CONFIG_FILE)) {
+            java_opts.push(format!("{JUL_CONFIG_FILE}{}", config.display()));
+        }
+    }
 
     Ok(Settings {
         urls,
@@ -1184,6 +1233,7 @@ fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
         class_sharing_after,
         state_file: args.state_file,
         log_format,
+        agent_log: args.agent_log,
         lender,
         exposed_secret_files,
     })

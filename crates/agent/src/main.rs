@@ -82,7 +82,11 @@ fn main() -> ExitCode {
 
 async fn run(settings: settings::Settings) -> anyhow::Result<()> {
     let work = WorkDir::prepare(&settings)?;
-    let _log_guard = workdir::init_logging(settings.log_format, work.logs.as_deref())?;
+    let _log_guard = workdir::init_logging(
+        settings.log_format,
+        work.logs.as_deref(),
+        settings.agent_log.as_deref(),
+    )?;
     let result = serve(settings, work).await;
     if let Err(err) = &result {
         tracing::error!("{}", describe(err));

@@ -189,6 +189,9 @@ pub struct Settings {
     pub engine_command: Option<Vec<String>>,
     /// `--log-format`.
     pub log_format: LogFormat,
+    /// `-agentLog FILE`: the log goes to FILE (appended) instead of stderr
+    /// and the work dir's rotated files.
+    pub agent_log: Option<PathBuf>,
     /// `--control-socket PATH` (default `<workDir>/<internalDir>/control.sock`).
     pub control_socket: Option<PathBuf>,
     /// `--control-group GROUP`: open the control socket to this group.

@@ -147,22 +147,49 @@ pub static LOGGING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 /// Keeps the log file writer alive; drop it last to flush.
 pub type LogGuard = Option<tracing_appender::non_blocking::WorkerGuard>;
 
-/// Logs to stderr (text or JSON) and, with a work directory, to rotated files.
-/// `RUST_LOG` refines the level (default `info`).
-pub fn init_logging(format: LogFormat, logs: Option<&Path>) -> anyhow::Result<LogGuard> {
+/// Logs to stderr (text or JSON) or, with `-agentLog`, to `agent_log`
+/// instead; and, with a work directory, to rotated files. `RUST_LOG`
+/// refines the level (default `info`).
+pub fn init_logging(
+    format: LogFormat,
+    logs: Option<&Path>,
+    agent_log: Option<&Path>,
+) -> anyhow::Result<LogGuard> {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let stderr = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_writer(std::io::stderr)
-            .with_filter(filter())
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_filter(filter())
-            .boxed(),
+    let main = match agent_log {
+        Some(path) => {
+            // Written synchronously, one record per write on an O_APPEND
+            // file: nothing is lost at exit, and other writers' lines stay
+            // whole.
+            let file = std::sync::Arc::new(open_agent_log(path)?);
+            match format {
+                LogFormat::Text => tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(file)
+                    .with_filter(filter())
+                    .boxed(),
+                LogFormat::Json => tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(file)
+                    .with_filter(filter())
+                    .boxed(),
+            }
+        }
+        None => match format {
+            LogFormat::Text => tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr)
+                .with_filter(filter())
+                .boxed(),
+            LogFormat::Json => tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+                .with_filter(filter())
+                .boxed(),
+        },
     };
+    // agent.jar writes no remoting.log with -agentLog either.
+    let logs = logs.filter(|_| agent_log.is_none());
     let (file, guard) = match logs {
         Some(dir) => {
             let appender = tracing_appender::rolling::Builder::new()
@@ -183,12 +210,30 @@ pub fn init_logging(format: LogFormat, logs: Option<&Path>) -> anyhow::Result<Lo
         None => (None, None),
     };
     tracing_subscriber::registry()
-        .with(stderr)
+        .with(main)
         .with(file)
         .try_init()
         .context("logging was already set up")?;
     LOGGING.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(guard)
+}
+
+/// Opens `-agentLog FILE` for appending, creating it mode 0600 (the log
+/// names nodes and controllers; it is nobody else's business).
+pub fn open_agent_log(path: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot open the agent log {} (-agentLog): check that its directory exists and \
+                 that this user may write there",
+                path.display()
+            )
+        })
 }
 
 #[cfg(test)]

@@ -279,6 +279,20 @@ pub enum CliError {
         max: usize,
     },
 
+    /// `-loggingConfig FILE` whose file is missing or not a regular file:
+    /// refused at start rather than left to the engine JVM, which would
+    /// fail only once connected.
+    #[error(
+        "-loggingConfig {}: {reason}; give the path of a java.util.logging properties file",
+        .path.display()
+    )]
+    LoggingConfig {
+        /// The file as given.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+
     /// `--engine-command` with nothing but whitespace.
     #[error("--engine-command needs a command: a program and its arguments separated by spaces")]
     EmptyEngineCommand,

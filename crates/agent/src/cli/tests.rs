@@ -1052,10 +1052,8 @@ fn bad_urls() {
 }
 
 #[test]
-fn unsupported_options_are_refused_by_name() {
+fn other_launch_modes_are_refused_by_name() {
     for (args, option) in [
-        (vec!["-agentLog", "/tmp/log"], "-agentLog"),
-        (vec!["-loggingConfig", "/l.properties"], "-loggingConfig"),
         (vec!["-text"], "-text"),
         (vec!["-tcp", "/port"], "-tcp"),
         (vec!["-connectTo", "c:1"], "-connectTo"),
@@ -1070,6 +1068,125 @@ fn unsupported_options_are_refused_by_name() {
         let message = err.to_string();
         assert!(
             message.contains(option) && message.contains("not supported yet"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn agent_log_names_the_file_in_every_spelling() {
+    assert_eq!(settings(&with_basics(&[])).agent_log, None);
+    for args in [
+        ["-agentLog", "/var/log/agent.log"],
+        ["--agentLog", "/var/log/agent.log"],
+        ["-slaveLog", "/var/log/agent.log"],
+        ["-agentLog=/var/log/agent.log", "-noKeepAlive"],
+    ] {
+        let s = settings(&with_basics(&args));
+        assert_eq!(
+            s.agent_log.as_deref(),
+            Some(Path::new("/var/log/agent.log")),
+            "{args:?}"
+        );
+    }
+    // The file is opened at start by the binary (tests/cli_config.rs), not
+    // here: parsing reads only @FILE arguments.
+    let s = settings(&with_basics(&["-agentLog", "a.log", "-agentLog", "b.log"]));
+    assert_eq!(s.agent_log.as_deref(), Some(Path::new("b.log")));
+    assert!(matches!(
+        error(&with_basics(&["-agentLog"])),
+        CliError::Usage(_)
+    ));
+}
+
+const JUL: &str = "-Djava.util.logging.config.file=";
+
+#[test]
+fn logging_config_goes_to_the_engine_jvm_after_the_users_options() {
+    let config = TempFile::new("logging", b"handlers=java.util.logging.ConsoleHandler\n");
+    let path = config.0.to_str().unwrap();
+    let want = format!("{JUL}{path}");
+    // Without options of the user's: after our defaults, which stay (as
+    // does the sized window: the property is no option of the user's).
+    let s = settings(&with_basics(&["-loggingConfig", path]));
+    let mut defaults: Vec<String> = crate::engine::DEFAULT_JAVA_OPTS
+        .iter()
+        .map(|&o| o.to_owned())
+        .collect();
+    defaults.push(want.clone());
+    assert_eq!(s.java.java_opts, defaults);
+    assert!(s.java.sized_window);
+    // With them: after them.
+    for var in ["JENKINS_JAVA_OPTS", "JAVA_OPTS"] {
+        let s = settings_env(&with_basics(&["-loggingConfig", path]), &[(var, "-Xmx1g")]);
+        assert_eq!(
+            s.java.java_opts,
+            ["-Xmx1g".to_owned(), want.clone()],
+            "{var}"
+        );
+    }
+    // The user's own property wins, whatever our option says.
+    let s = settings_env(
+        &with_basics(&["-loggingConfig", path]),
+        &[(
+            "JAVA_OPTS",
+            "-Djava.util.logging.config.file=/mine.properties",
+        )],
+    );
+    assert_eq!(
+        s.java.java_opts,
+        ["-Djava.util.logging.config.file=/mine.properties"]
+    );
+    // Without the option, nothing is added.
+    let s = settings(&with_basics(&[]));
+    assert!(!s.java.java_opts.iter().any(|o| o.starts_with(JUL)));
+}
+
+#[test]
+fn a_relative_logging_config_is_made_absolute() {
+    let config = TempFile::new("relative", b"");
+    let dir = config.0.parent().unwrap().to_owned();
+    let name = config.0.file_name().unwrap().to_str().unwrap();
+    // `absolute` joins the current directory: give it a path relative to
+    // it that reaches the file.
+    let cwd = std::env::current_dir().unwrap();
+    let up = cwd.components().count().saturating_sub(1);
+    let relative: PathBuf = std::iter::repeat("..")
+        .take(up)
+        .collect::<PathBuf>()
+        .join(dir.strip_prefix("/").unwrap())
+        .join(name);
+    let s = settings(&with_basics(&[
+        "-loggingConfig",
+        relative.to_str().unwrap(),
+    ]));
+    let opt = s.java.java_opts.last().unwrap();
+    let given = opt.strip_prefix(JUL).unwrap();
+    assert!(Path::new(given).is_absolute(), "{opt}");
+    assert_eq!(
+        std::fs::canonicalize(given).unwrap(),
+        std::fs::canonicalize(&config.0).unwrap()
+    );
+}
+
+#[test]
+fn a_missing_or_odd_logging_config_is_refused_by_name() {
+    let missing = std::env::temp_dir().join(format!("jnlp-agent-no-such-{}", std::process::id()));
+    let dir = std::env::temp_dir();
+    for (path, reason) in [
+        (missing.as_path(), "no such file"),
+        (dir.as_path(), "not a regular file"),
+    ] {
+        let err = error(&with_basics(&["-loggingConfig", path.to_str().unwrap()]));
+        assert!(
+            matches!(&err, CliError::LoggingConfig { path: p, .. } if p == path),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("-loggingConfig")
+                && message.contains(&*path.to_string_lossy())
+                && message.contains(reason),
             "{message}"
         );
     }
@@ -1228,6 +1345,8 @@ fn help_and_version() {
             " -url <URL>",
             " -workDir <DIR>",
             " -jar-cache <DIR>",
+            " -agentLog <FILE>",
+            " -loggingConfig <FILE>",
             "--engine-jar",
             "JENKINS_URL",
         ] {
@@ -1235,6 +1354,8 @@ fn help_and_version() {
         }
         assert!(!text.contains("--url <URL>"), "{text}");
         assert!(!text.ends_with('\n'));
+        // Only other launch modes are refused now.
+        assert!(!text.contains("Not supported yet"), "{text}");
     }
     // Help wins over an otherwise incomplete command line, as in agent.jar.
     assert!(matches!(

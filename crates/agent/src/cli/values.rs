@@ -323,6 +323,31 @@ pub(super) fn token_file(
     Ok(Secret::new(token))
 }
 
+/// `-loggingConfig FILE`: an existing regular file, made absolute because
+/// the engine JVM resolves a relative path against its own working
+/// directory, not ours. Its contents are the JVM's business.
+pub(super) fn logging_config(path: &Path) -> Result<PathBuf, CliError> {
+    let refuse = |reason: String| CliError::LoggingConfig {
+        path: path.to_owned(),
+        reason,
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => return Err(refuse("not a regular file".to_owned())),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            return Err(refuse("no such file".to_owned()))
+        }
+        Err(err) => return Err(refuse(format!("cannot use the file: {err}"))),
+    }
+    let absolute = std::path::absolute(path)
+        .map_err(|err| refuse(format!("cannot make the path absolute: {err}")))?;
+    if absolute.to_str().is_none() {
+        // It travels in a JVM option, which is text.
+        return Err(refuse("the path is not valid UTF-8".to_owned()));
+    }
+    Ok(absolute)
+}
+
 /// `--labels` (repeatable) / `JNLP_AGENT_LABELS`: labels separated by
 /// spaces or commas, each a label-expression atom; duplicates dropped,
 /// order kept.
