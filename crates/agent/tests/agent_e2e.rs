@@ -841,3 +841,117 @@ async fn the_windowed_benchmark_paths_stream_both_ways() {
         controller.shutdown().await;
     }
 }
+
+/// `-agentLog FILE`: the agent's log and what the engine writes to stderr
+/// go to FILE (created 0600, appended to by the next run) and not to
+/// stderr.
+#[tokio::test]
+async fn agent_log_takes_the_log_and_the_engines_stderr_off_stderr() {
+    use std::os::unix::fs::PermissionsExt as _;
+    const MARKER: &str = "engine-stderr-marker";
+    let controller = controller("logged").await;
+    let url = controller.url();
+    let dir = temp_dir("agent-log");
+    // An engine that says something on stderr, then serves.
+    let script = dir.join("engine.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"{MARKER} $$\" >&2\nexec {} echo\n",
+            fake_engine().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let log = dir.join("agent.log");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let count = |text: &str, needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    for run in 1..=2 {
+        let agent = AgentProcess::start(
+            &[
+                "-url",
+                &url,
+                "-name",
+                "logged",
+                "-secret",
+                SECRET,
+                "-agentLog",
+                log.to_str().unwrap(),
+                "--engine-command",
+                script.to_str().unwrap(),
+            ],
+            &[],
+        );
+        eventually("connected and the engine's line, in the file", LONG, || {
+            let text = log_text();
+            count(&text, "\"connected\"") == run && count(&text, MARKER) == run
+        })
+        .await;
+        assert!(controller.is_online("logged"));
+        let text = log_text();
+        // JSON records, as --log-format says; the engine's line among them.
+        let marker = text.lines().find(|l| l.contains(MARKER)).unwrap();
+        assert!(
+            marker.starts_with('{') && marker.contains("\"engine\""),
+            "{marker}"
+        );
+        assert!(!text.contains(SECRET), "the secret reached the log");
+        // Nothing on stderr: neither the agent's lines nor the engine's.
+        assert!(
+            !agent.log().contains("connected") && !agent.log().contains(MARKER),
+            "stderr:\n{}",
+            agent.log()
+        );
+        // agent.jar writes no remoting.log with -agentLog; nor do we.
+        let rotated = std::fs::read_dir(agent.work_dir.join("remoting/logs"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(rotated, 0, "rotated logs written beside -agentLog");
+        drop(agent);
+        common::until_online(&controller, "logged", false, LONG).await;
+    }
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+    controller.shutdown().await;
+}
+
+/// `-loggingConfig FILE` reaches the engine JVM's command line as the
+/// system property, with the user's own JVM options kept.
+#[tokio::test]
+async fn logging_config_reaches_the_engine_jvm() {
+    let controller = TestController::builder()
+        .node("jul", SECRET)
+        .remoting_jar(common::java_echo_engine_jar())
+        .peer(testkit::Peer::Hold)
+        .start()
+        .await;
+    let dir = temp_dir("jul");
+    let config = dir.join("logging.properties");
+    std::fs::write(
+        &config,
+        "handlers=java.util.logging.ConsoleHandler\n.level=INFO\n",
+    )
+    .unwrap();
+    let url = controller.url();
+    let agent = AgentProcess::start(
+        &[
+            "-url",
+            &url,
+            "-name",
+            "jul",
+            "--no-class-sharing",
+            "-loggingConfig",
+            config.to_str().unwrap(),
+        ],
+        &[("JENKINS_SECRET", SECRET), ("JAVA_OPTS", "-Dtest.marker=1")],
+    );
+    common::until_online(&controller, "jul", true, LONG).await;
+    let (_, cmdline) = online_engine(&agent).await;
+    let args: Vec<&str> = cmdline.split(' ').collect();
+    let want = format!("-Djava.util.logging.config.file={}", config.display());
+    assert!(args.contains(&want.as_str()), "{cmdline}\n{}", agent.log());
+    assert!(args.contains(&"-Dtest.marker=1"), "{cmdline}");
+    assert!(controller.is_online("jul"));
+    drop(agent);
+    controller.shutdown().await;
+}

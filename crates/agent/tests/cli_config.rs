@@ -132,3 +132,71 @@ fn a_missing_controller_is_refused_without_showing_the_secret() {
     assert!(run.stderr.contains("-url"), "{}", run.stderr);
     assert!(!run.stderr.contains(SECRET), "{}", run.stderr);
 }
+
+/// A fresh directory for one test (under the system temp dir; removed at
+/// the end).
+fn scratch(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "jnlp-agent-cli-config-{tag}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_missing_logging_config_is_refused_at_start_by_name() {
+    let dir = scratch("jul");
+    let missing = dir.join("logging.properties");
+    let run = agent(&[
+        "-url",
+        "http://c:8080",
+        "-secret",
+        SECRET,
+        "-name",
+        "n",
+        "-loggingConfig",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with("error: -loggingConfig ")
+            && run.stderr.contains(missing.to_str().unwrap())
+            && run.stderr.contains("no such file"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains(SECRET), "{}", run.stderr);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An agent log that cannot be opened stops the start with a message naming
+/// it, before any connection is tried (the controller URL leads nowhere).
+#[test]
+fn an_agent_log_that_cannot_be_opened_is_named() {
+    let dir = scratch("agentlog");
+    let log = dir.join("no-such-dir").join("agent.log");
+    let run = agent(&[
+        "-url",
+        "http://127.0.0.1:9/",
+        "-secret",
+        SECRET,
+        "-name",
+        "n",
+        "-workDir",
+        dir.join("work").to_str().unwrap(),
+        "-agentLog",
+        log.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with("error: cannot open the agent log ")
+            && run.stderr.contains(log.to_str().unwrap())
+            && run.stderr.contains("-agentLog"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains(SECRET), "{}", run.stderr);
+    let _ = std::fs::remove_dir_all(dir);
+}
