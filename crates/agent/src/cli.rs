@@ -51,7 +51,7 @@
 //! | `-auth U:P` | | accepted and ignored: agent.jar ignores it too ("unused"). |
 //! | `-webSocket` | `JENKINS_WEB_SOCKET=true` | `web_socket`: the channel runs over a WebSocket on the web port instead of the TCP agent port. Excludes `-direct`, `-tunnel`, `-credentials`, `-noKeepAlive`, and more than one `-url` (as in agent.jar). |
 //! | `-webSocketHeader NAME=VALUE` (repeatable) | | `web_socket_headers`, in order, on the upgrade request; needs `-webSocket`. The name must be a valid header name. |
-//! | `-agentLog FILE`, alias `-slaveLog` | | `agent_log`: the agent's log (in `--log-format`, including the engine's stderr, which is forwarded into it) goes to FILE instead of stderr, appended; FILE is created mode 0600 if missing. The work dir's rotated logs are then not written, as agent.jar writes no `remoting.log` with it. See "agent.jar's logging" below. |
+//! | `-agentLog FILE` | | `agent_log`: the agent's log (in `--log-format`, including the engine's stderr, which is forwarded into it) goes to FILE instead of stderr, appended; FILE is created mode 0600 if missing. The work dir's rotated logs are then not written, as agent.jar writes no `remoting.log` with it. See "agent.jar's logging" below. |
 //! | `-loggingConfig FILE` | | must be an existing file; every engine JVM gets `-Djava.util.logging.config.file=FILE` (made absolute), after `JENKINS_JAVA_OPTS`/`JAVA_OPTS` or our defaults, unless those options set that property already: the user's own wins. |
 //! | `-text`, `-tcp FILE`, `-connectTo HOST:PORT` | | refused: launch modes other than an inbound agent. |
 //! | | `JENKINS_JAVA_BIN` | `java.java_bin` |
@@ -86,7 +86,7 @@
 //! # agent.jar's logging
 //!
 //! Read in jenkinsci/remoting (`Launcher`, `jnlp.Main`, `Engine` and
-//! `WorkDirManager.setupLogging`): `-agentLog FILE` (alias `-slaveLog`)
+//! `WorkDirManager.setupLogging`): `-agentLog FILE`
 //! replaces `System.err` with a tee to stderr and to FILE, opened truncated
 //! by a `FileOutputStream`, and turns off the work dir's `remoting.log`;
 //! java.util.logging's console handler writes to `System.err`, so the log
@@ -101,8 +101,12 @@
 //! truncated (a restart keeps the previous run's lines, as the rotated logs
 //! do), and stderr no longer gets the log (the user asked for a file; a
 //! service manager capturing stderr too would store every line twice).
-//! Assumed: nothing in a container image or node page depends on stderr
-//! still carrying the log when `-agentLog` is given.
+//! The error that ends the agent is logged to FILE and also printed on
+//! stderr (`error: ...`), so that whoever started it sees why it stopped.
+//! Assumed: nothing in a container
+//! image or node page depends on stderr still carrying the log when
+//! `-agentLog` is given. The images' `jenkins-agent` script has no variable
+//! for either option; `REMOTING_OPTS` carries them (as it does here).
 //!
 //! # Layout
 //!
@@ -316,8 +320,6 @@ const SPECS: &[Spec] = &[
     // Reverse proxies' auth tokens travel in these.
     sensitive(jar("webSocketHeader", Value)),
     jar("agentLog", Value),
-    // agent.jar's older spelling, still accepted there.
-    alias("slaveLog", Value, "agentLog"),
     jar("loggingConfig", Value),
     unsupported("text", "-text", Flag, INBOUND_ONLY),
     unsupported("tcp", "-tcp", Value, INBOUND_ONLY),
@@ -695,7 +697,7 @@ struct Args {
     #[arg(long = "webSocketHeader", value_name = "NAME=VALUE", action = ArgAction::Append, allow_hyphen_values = true)]
     web_socket_header: Vec<String>,
 
-    /// Write the log (and the engine's stderr) to FILE, appended, instead of stderr (alias -slaveLog).
+    /// Write the log (and the engine's stderr) to FILE, appended, instead of stderr.
     #[arg(long = "agentLog", value_name = "FILE", allow_hyphen_values = true)]
     agent_log: Option<PathBuf>,
 

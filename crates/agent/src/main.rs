@@ -71,8 +71,10 @@ fn main() -> ExitCode {
     match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // Once logging is up, `run` has logged it already.
-            if !workdir::LOGGING.load(std::sync::atomic::Ordering::Relaxed) {
+            // Once logging is up, `run` has logged it already; on stderr
+            // unless the log goes to an -agentLog file.
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            if !workdir::LOGGING.load(relaxed) || !workdir::LOG_ON_STDERR.load(relaxed) {
                 eprintln!("error: {}", describe(&err));
             }
             ExitCode::FAILURE

@@ -144,6 +144,11 @@ fn create_writable(dir: &Path) -> anyhow::Result<()> {
 /// through the log when there is one, on stderr before that.
 pub static LOGGING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Whether the log goes to stderr (no `-agentLog`): if not, `main` also
+/// prints the error that ends the agent there, so that whoever started it
+/// sees why it stopped.
+pub static LOG_ON_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Keeps the log file writer alive; drop it last to flush.
 pub type LogGuard = Option<tracing_appender::non_blocking::WorkerGuard>;
 
@@ -214,6 +219,7 @@ pub fn init_logging(
         .with(file)
         .try_init()
         .context("logging was already set up")?;
+    LOG_ON_STDERR.store(agent_log.is_none(), std::sync::atomic::Ordering::Relaxed);
     LOGGING.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(guard)
 }

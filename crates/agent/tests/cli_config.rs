@@ -200,3 +200,34 @@ fn an_agent_log_that_cannot_be_opened_is_named() {
     assert!(!run.stderr.contains(SECRET), "{}", run.stderr);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// With `-agentLog`, the error that ends the agent is in the file and,
+/// once, on stderr; the log lines before it are in the file only.
+#[test]
+fn the_error_that_ends_the_agent_shows_on_stderr_too() {
+    let dir = scratch("fatal");
+    let log = dir.join("agent.log");
+    // Port 9 (discard) on loopback: nothing listens, so the first attempt
+    // fails and -noReconnect ends the agent.
+    let run = agent(&[
+        "-url",
+        "http://127.0.0.1:9/",
+        "-secret",
+        SECRET,
+        "-name",
+        "n",
+        "-noReconnect",
+        "-workDir",
+        dir.join("work").to_str().unwrap(),
+        "-agentLog",
+        log.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("jnlp-agent starting"), "{text}");
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    let error = run.stderr.trim_end().strip_prefix("error: ").unwrap();
+    assert!(text.contains(error), "{error:?} not in\n{text}");
+    assert!(!run.stderr.contains(SECRET) && !text.contains(SECRET));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1079,7 +1079,6 @@ fn agent_log_names_the_file_in_every_spelling() {
     for args in [
         ["-agentLog", "/var/log/agent.log"],
         ["--agentLog", "/var/log/agent.log"],
-        ["-slaveLog", "/var/log/agent.log"],
         ["-agentLog=/var/log/agent.log", "-noKeepAlive"],
     ] {
         let s = settings(&with_basics(&args));
