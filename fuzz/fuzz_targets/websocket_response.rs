@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
             let message = refusal.to_string();
             assert!(
                 message.chars().count() <= MAX_MESSAGE,
-                "a {}-character refusal",
+                "a {}-character refusal: {message}",
                 message.chars().count()
             );
             let _ = refusal.is_fatal();
