@@ -111,15 +111,36 @@ impl Expr {
             depth: 0,
         };
         let expr = parser.iff()?;
-        match parser.peek() {
-            Token {
-                kind: Kind::End, ..
-            } => Ok(expr),
-            token => Err(ParseError::Unexpected {
+        let token = parser.peek();
+        if token.kind != Kind::End {
+            return Err(ParseError::Unexpected {
                 column: token.column,
                 expected: "an operator or the end of the expression",
                 found: token.kind.describe(),
-            }),
+            });
+        }
+        // The canonical form adds parentheses (`a && b || c` nests two
+        // levels) and spaces, so an input within the bounds can print to
+        // one beyond them, which the store could then not read back.
+        let (len, depth) = (expr.to_string().len(), expr.canonical_depth());
+        if len > MAX_LEN || depth > MAX_DEPTH {
+            return Err(ParseError::TooComplex { len, depth });
+        }
+        Ok(expr)
+    }
+
+    /// How deep the canonical form nests parentheses (see `Display`).
+    fn canonical_depth(&self) -> usize {
+        match self {
+            Expr::Label(_) => 0,
+            Expr::Not(inner) => match &**inner {
+                Expr::Not(_) => 1 + inner.canonical_depth(),
+                _ => inner.canonical_depth(),
+            },
+            Expr::And(ops) | Expr::Or(ops) | Expr::Iff(ops) => {
+                1 + ops.iter().map(Expr::canonical_depth).max().unwrap_or(0)
+            }
+            Expr::Implies(a, b) => 1 + a.canonical_depth().max(b.canonical_depth()),
         }
     }
 
@@ -213,6 +234,20 @@ pub enum ParseError {
         /// The character after it.
         found: char,
     },
+    /// Within the bounds as written, but not in canonical form (which puts
+    /// every operator in parentheses and spaces around it): that form is
+    /// what the store keeps and the API shows, so it must parse again.
+    #[error(
+        "label expression too complex: written canonically it is {len} bytes and nests \
+         {depth} levels deep, at most {MAX_LEN} bytes and {MAX_DEPTH} levels; \
+         simplify it or split the requirement"
+    )]
+    TooComplex {
+        /// The canonical form's length in bytes.
+        len: usize,
+        /// The canonical form's deepest nesting of parentheses.
+        depth: usize,
+    },
     /// `a -> b -> c`: Jenkins does not chain `->`, since the two readings
     /// differ.
     #[error(
@@ -229,7 +264,7 @@ impl ParseError {
     /// The column (in characters, from 1) the error points at, if any.
     pub fn column(&self) -> Option<usize> {
         match self {
-            ParseError::TooLong { .. } => None,
+            ParseError::TooLong { .. } | ParseError::TooComplex { .. } => None,
             ParseError::TooDeep { column }
             | ParseError::Unexpected { column, .. }
             | ParseError::BadEscape { column, .. }
@@ -809,10 +844,11 @@ mod tests {
         assert!(matches!(err(&negations), ParseError::TooDeep { .. }));
         let long = "a&&".repeat(MAX_LEN / 3 + 1) + "a";
         assert_eq!(err(&long), ParseError::TooLong { len: long.len() });
-        // The longest chain that fits is one node, not a deep tree.
-        let chain = "a&&".repeat((MAX_LEN - 1) / 3) + "a";
+        // The longest chain that fits (printed too) is one node, not a deep
+        // tree.
+        let chain = "a && ".repeat((MAX_LEN - 3) / 5) + "a";
         assert!(
-            matches!(p(&chain), Expr::And(ops) if ops.as_slice().len() == (MAX_LEN - 1) / 3 + 1)
+            matches!(p(&chain), Expr::And(ops) if ops.as_slice().len() == (MAX_LEN - 3) / 5 + 1)
         );
     }
 
@@ -851,6 +887,34 @@ mod tests {
             assert_eq!(e.to_string(), canonical, "{input}");
             assert_eq!(p(canonical), e, "{canonical}");
         }
+    }
+
+    /// Found by the `label_expr` fuzz target: the canonical form puts every
+    /// operator in parentheses and spaces around it, so an expression within
+    /// the bounds as written printed to one beyond them, which the store
+    /// keeps and then could not read back (the lender refused to start).
+    #[test]
+    fn every_accepted_expression_prints_to_one_that_parses_back() {
+        // Three operators per level of parentheses: 64 levels as written,
+        // 256 when printed.
+        let nested = "(a&&b||c->".repeat(MAX_DEPTH) + "d" + &")".repeat(MAX_DEPTH);
+        // `&&` without spaces: 3 bytes per operand as written, 5 printed.
+        let compact = "a&&".repeat((MAX_LEN - 1) / 3) + "a";
+        // Right at the bounds, printed too.
+        let deepest = "(a&&".repeat(MAX_DEPTH) + "a" + &")".repeat(MAX_DEPTH);
+        let longest = "a && ".repeat((MAX_LEN - 3) / 5) + "a";
+        for input in [&nested, &compact, &deepest, &longest] {
+            if let Ok(e) = Expr::parse(input) {
+                let canonical = e.to_string();
+                assert_eq!(Expr::parse(&canonical), Ok(e), "{canonical}");
+            }
+        }
+        for refused in [&nested, &compact] {
+            let message = err(refused).to_string();
+            assert!(message.contains("too complex"), "{message}");
+            assert!(message.contains("simplify it"), "{message}");
+        }
+        assert!(Expr::parse(&deepest).is_ok() && Expr::parse(&longest).is_ok());
     }
 
     #[test]

@@ -147,11 +147,14 @@ fn invalid_port_message(header: &str, value: &str) -> String {
     }
 }
 
+/// The offered protocols for the message, cut short like every other value
+/// from the network: the list is a header the controller (or whatever
+/// answers in its place) fills at will.
 fn offered_list(offered: &[String]) -> String {
     if offered.is_empty() {
         "nothing".to_owned()
     } else {
-        offered.join(", ")
+        quote(offered.join(", ").as_bytes(), MAX_ECHOED_CHARS)
     }
 }
 
@@ -639,6 +642,30 @@ mod tests {
         let h = with(jenkins_headers(), HEADER_AGENT_PROTOCOLS, "");
         let err = discover(&h).unwrap_err();
         assert!(err.to_string().contains("offers: nothing"), "{err}");
+    }
+
+    /// Found by the `discovery_headers` fuzz target: a long protocol list
+    /// was echoed whole into the refusal, and so into the agent's log.
+    #[test]
+    fn a_long_offer_is_cut_short_in_the_message() {
+        let long = vec!["JNLP2-connect"; 2000].join(", ");
+        let mut h = jenkins_headers();
+        h.insert(
+            HEADER_AGENT_PROTOCOLS,
+            HeaderValue::from_str(&long).unwrap(),
+        );
+        let err = discover(&h).unwrap_err();
+        let message = err.to_string();
+        assert!(message.chars().count() < 400, "{message}");
+        assert!(
+            message.contains("it offers: JNLP2-connect, JNLP2-connect"),
+            "{message}"
+        );
+        assert!(message.contains("…)"), "{message}");
+        // The list itself stays whole for a caller that wants it.
+        assert!(
+            matches!(err, DiscoveryError::Jnlp4NotOffered { offered } if offered.len() == 2000)
+        );
     }
 
     #[test]

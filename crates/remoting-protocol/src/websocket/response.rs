@@ -177,7 +177,8 @@ fn excerpt(body: &[u8]) -> String {
                 space = !out.is_empty();
             }
             c => {
-                if count == EXCERPT_CHARS {
+                // The space before `c` counts too.
+                if count + usize::from(space) + 1 > EXCERPT_CHARS {
                     out.push('…');
                     return out;
                 }
@@ -362,5 +363,23 @@ mod tests {
             "the controller refused the WebSocket upgrade with HTTP 502: Bad Gateway"
         );
         assert!(!other.is_fatal());
+    }
+
+    /// Found by the `websocket_response` fuzz target: a space falling at
+    /// the 200th character stepped the count past the bound, and the rest
+    /// of the body (up to 8 KiB) went into the message.
+    #[test]
+    fn the_excerpt_stays_bounded_when_a_space_falls_at_its_end() {
+        for before in 190..=EXCERPT_CHARS {
+            let body = format!("{} {}", "x".repeat(before), "y".repeat(2000));
+            let Err(Refusal::Other { body, .. }) = check(502, body.as_bytes()) else {
+                panic!("a 502 is Other");
+            };
+            assert!(
+                body.chars().count() <= EXCERPT_CHARS + 1,
+                "{before}: {body}"
+            );
+            assert!(body.ends_with('…'), "{before}: {body}");
+        }
     }
 }
