@@ -37,6 +37,8 @@
 //!
 //! - [`labels`]: Jenkins label expressions: parser, canonical printing,
 //!   evaluation against an agent's labels;
+//! - [`jenkins`]: a client of Jenkins' own HTTP API (queue, nodes,
+//!   secrets) for lending on demand;
 //! - [`pool`]: agents, leases, the queue and every decision about them;
 //! - [`store`]: the storage interface, its SQLite and in-memory
 //!   implementations;
@@ -49,6 +51,7 @@
 
 pub mod api;
 pub mod client;
+pub mod jenkins;
 pub mod labels;
 pub mod pool;
 pub mod server;
