@@ -37,6 +37,7 @@
 //!
 //! - [`labels`]: Jenkins label expressions: parser, canonical printing,
 //!   evaluation against an agent's labels;
+//! - [`controllers`]: registered Jenkins controllers (lending on demand);
 //! - [`jenkins`]: a client of Jenkins' own HTTP API (queue, nodes,
 //!   secrets) for lending on demand;
 //! - [`pool`]: agents, leases, the queue and every decision about them;
@@ -51,6 +52,7 @@
 
 pub mod api;
 pub mod client;
+pub mod controllers;
 pub mod jenkins;
 pub mod labels;
 pub mod pool;

@@ -166,6 +166,8 @@ pub enum ServerEvent {
     Lease(LeaseView),
     /// An agent changed.
     Agent(AgentView),
+    /// A registered controller started failing (or fails differently).
+    ControllerFailing(crate::api::ControllerView),
 }
 
 /// An agent's live link.

@@ -135,6 +135,12 @@ async fn route(
             let views = call(shared, |reply| ApiCall::Agents { reply }).await?;
             Ok(json(StatusCode::OK, &views))
         }
+        "/v1/controllers" => {
+            allowed("GET")?;
+            authenticate(shared, &request, TokenKind::Client).await?;
+            let agents = call(shared, |reply| ApiCall::Agents { reply }).await?;
+            Ok(json(StatusCode::OK, &shared.controllers.views(&agents)))
+        }
         "/v1/events" => {
             allowed("GET")?;
             let client = authenticate(shared, &request, TokenKind::Client).await?;
@@ -605,6 +611,7 @@ async fn forward_events(
                     ServerEvent::Lease(view) if view.client == client => sse("lease", view),
                     ServerEvent::Lease(_) => continue,
                     ServerEvent::Agent(view) => sse("agent", view),
+                    ServerEvent::ControllerFailing(view) => sse("controller_failing", view),
                 },
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     sse("lagged", &serde_json::json!({ "missed": missed }))

@@ -14,6 +14,7 @@ use control::Transport;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use serde_json::{json, Value};
 
+use crate::controllers::{ControllerConfig, ControllerOptions};
 use crate::labels::Expr;
 use crate::pool::{
     Agent, Attempt, AuditEntry, Borrower, Changes, EndReason, Lease, LeaseId, LeaseRequest,
@@ -77,6 +78,16 @@ ALTER TABLE tokens ADD COLUMN last_used_ms INTEGER; -- to the minute
 ALTER TABLE tokens ADD COLUMN revoked_ms INTEGER;   -- NULL: valid
 CREATE INDEX tokens_by_name ON tokens (name);
 CREATE INDEX leases_by_client ON leases (client, id);
+"#,
+    r#"
+CREATE TABLE controllers (
+    name      TEXT PRIMARY KEY,
+    url       TEXT NOT NULL,
+    user      TEXT NOT NULL,
+    api_token TEXT NOT NULL,    -- like borrower secrets: never returned, logged or in an event
+    options   TEXT NOT NULL,    -- JSON: ControllerOptions
+    added_ms  INTEGER NOT NULL
+);
 "#,
 ];
 
@@ -728,6 +739,36 @@ impl SqliteStore {
         .collect()
     }
 
+    fn all_controllers(&self) -> Res<Vec<ControllerConfig>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, url, user, api_token, options, added_ms FROM controllers ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, i64>(5)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (name, url, user, token, options, added) = row?;
+            let options: ControllerOptions = serde_json::from_str(&options)
+                .map_err(|err| corrupt(format!("controller {name:?}: options: {err}")))?;
+            Ok(ControllerConfig {
+                name,
+                url,
+                user,
+                api_token: Secret::new(token),
+                options,
+                added_ms: uint(added),
+            })
+        })
+        .collect()
+    }
+
     fn revoked_hashes(&self) -> Res<Vec<String>> {
         let mut stmt = self
             .conn
@@ -818,6 +859,39 @@ impl Store for SqliteStore {
             )
             .map_err(|err| self.error(err.into()))?;
         Ok(())
+    }
+
+    fn add_controller(&mut self, controller: &ControllerConfig) -> Result<bool, StoreError> {
+        let options = serde_json::to_string(&controller.options)
+            .map_err(|err| self.error(corrupt(format!("controller options: {err}"))))?;
+        let added = self
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO controllers (name, url, user, api_token, options, added_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    controller.name,
+                    controller.url,
+                    controller.user,
+                    controller.api_token.expose(),
+                    options,
+                    int(controller.added_ms),
+                ],
+            )
+            .map_err(|err| self.error(err.into()))?;
+        Ok(added == 1)
+    }
+
+    fn remove_controller(&mut self, name: &str) -> Result<bool, StoreError> {
+        let removed = self
+            .conn
+            .execute("DELETE FROM controllers WHERE name = ?1", params![name])
+            .map_err(|err| self.error(err.into()))?;
+        Ok(removed == 1)
+    }
+
+    fn controllers(&self) -> Result<Vec<ControllerConfig>, StoreError> {
+        self.all_controllers().map_err(|fault| self.error(fault))
     }
 
     fn reader(&self) -> Result<Box<dyn Store>, StoreError> {

@@ -1,0 +1,299 @@
+//! Watching the registered Jenkins controllers (`jnlp-lender controller
+//! add`): one task re-reads the `controllers` table every `--poll` through
+//! the server's store reader (so `controller add/remove` while `serve` runs
+//! is picked up within one poll), and runs one watcher task per controller.
+//! A watcher reads the controller's version and queue every `--poll`
+//! (backing off, up to [`MAX_BACKOFF`], while it fails) and keeps its
+//! [`Status`] for `GET /v1/controllers`; a controller that starts failing
+//! is announced as a `controller_failing` event.
+//!
+//! The API token goes only into the [`JenkinsClient`]'s `Authorization`
+//! header; errors, events and log lines never carry it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use super::driver::ServerEvent;
+use super::reader::ReadStore;
+use crate::api::{AgentView, ControllerView};
+use crate::controllers::ControllerConfig;
+use crate::jenkins::{JenkinsClient, JenkinsError};
+
+/// The shortest poll interval (a zero `--poll` must not spin).
+pub const MIN_POLL: Duration = Duration::from_millis(100);
+/// The longest wait between two polls of a failing controller.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What the last polls of a controller found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Status {
+    /// `None` until the first poll ends.
+    pub ok: Option<bool>,
+    pub last_error: Option<String>,
+    pub version: Option<String>,
+    pub waiting_items: usize,
+    pub polled_ms: Option<u64>,
+    /// Polls failed in a row.
+    pub failures: u32,
+}
+
+/// The controllers as last read from the table, and their statuses.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    inner: Mutex<BTreeMap<String, (ControllerConfig, Status)>>,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, (ControllerConfig, Status)>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every controller as the API shows it; `agents` tells which agents
+    /// are borrowed where.
+    pub fn views(&self, agents: &[AgentView]) -> Vec<ControllerView> {
+        self.lock()
+            .values()
+            .map(|(config, status)| view(config, status, agents))
+            .collect()
+    }
+
+    fn update(&self, name: &str, change: impl FnOnce(&mut Status)) -> Option<ControllerView> {
+        let mut inner = self.lock();
+        let (config, status) = inner.get_mut(name)?;
+        change(status);
+        Some(view(config, status, &[]))
+    }
+}
+
+fn view(config: &ControllerConfig, status: &Status, agents: &[AgentView]) -> ControllerView {
+    let url = same_url(&config.url);
+    ControllerView {
+        name: config.name.clone(),
+        url: config.url.clone(),
+        user: config.user.clone(),
+        state: match status.ok {
+            None => "pending",
+            Some(true) => "ok",
+            Some(false) => "failing",
+        }
+        .to_owned(),
+        last_error: status.last_error.clone(),
+        jenkins_version: status.version.clone(),
+        waiting_items: status.waiting_items,
+        agents_lent: agents
+            .iter()
+            .filter(|a| a.borrower_url.as_deref().map(same_url) == Some(url.clone()))
+            .count(),
+        polled_ms: status.polled_ms,
+        demand: config.options.demand,
+    }
+}
+
+/// A URL compared without its trailing slashes and the case of its scheme
+/// and host.
+fn same_url(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            format!(
+                "{}://{}{path}",
+                scheme.to_ascii_lowercase(),
+                host.to_ascii_lowercase()
+            )
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Re-reads the table every `poll` and keeps one watcher per controller
+/// (restarted when its row changed), until `cancel`.
+pub(crate) async fn run(
+    reader: ReadStore,
+    registry: Arc<Registry>,
+    poll: Duration,
+    events: broadcast::Sender<Arc<ServerEvent>>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    let poll = poll.max(MIN_POLL);
+    let mut watchers: BTreeMap<String, (ControllerConfig, CancellationToken)> = BTreeMap::new();
+    loop {
+        match reader.controllers().await {
+            Ok(configs) => {
+                let configs: BTreeMap<String, ControllerConfig> =
+                    configs.into_iter().map(|c| (c.name.clone(), c)).collect();
+                watchers.retain(|name, (config, stop)| {
+                    let keep = configs.get(name) == Some(config);
+                    if !keep {
+                        stop.cancel();
+                        registry.lock().remove(name);
+                        tracing::info!(controller = %name, "controller removed or changed: watcher stopped");
+                    }
+                    keep
+                });
+                for (name, config) in configs {
+                    if watchers.contains_key(&name) {
+                        continue;
+                    }
+                    let stop = cancel.child_token();
+                    registry
+                        .lock()
+                        .insert(name.clone(), (config.clone(), Status::default()));
+                    match config.client() {
+                        Ok(client) => {
+                            let span = tracing::info_span!("controller", controller = %name, url = %config.url);
+                            tracker.spawn(
+                                watch(
+                                    config.clone(),
+                                    client,
+                                    registry.clone(),
+                                    poll,
+                                    events.clone(),
+                                    stop.clone(),
+                                )
+                                .instrument(span),
+                            );
+                            tracing::info!(controller = %name, url = %config.url, "watching controller");
+                        }
+                        Err(err) => {
+                            // A row edited by hand: say so where users look.
+                            registry.update(&name, |s| {
+                                s.ok = Some(false);
+                                s.last_error = Some(err.to_string());
+                            });
+                            tracing::warn!(controller = %name, %err, "controller cannot be used");
+                        }
+                    }
+                    watchers.insert(name, (config, stop));
+                }
+            }
+            Err(err) => tracing::error!(%err, "cannot read the registered controllers"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+/// Polls one controller until `stop`.
+async fn watch(
+    config: ControllerConfig,
+    client: JenkinsClient,
+    registry: Arc<Registry>,
+    poll: Duration,
+    events: broadcast::Sender<Arc<ServerEvent>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            result = poll_once(&config, &client) => result,
+        };
+        let now = control::now_ms();
+        let mut failing_now = None;
+        let failures = match result {
+            Ok((version, waiting)) => {
+                registry.update(&config.name, |s| {
+                    if s.ok == Some(false) {
+                        tracing::info!("controller recovered");
+                    }
+                    s.ok = Some(true);
+                    s.version = version;
+                    s.waiting_items = waiting;
+                    s.polled_ms = Some(now);
+                    s.failures = 0;
+                });
+                0
+            }
+            Err(err) => {
+                let message = err.to_string();
+                let mut failures = 0;
+                let view = registry.update(&config.name, |s| {
+                    let news = s.ok != Some(false) || s.last_error.as_deref() != Some(&message);
+                    if news {
+                        tracing::warn!(%err, status = ?err.status(), "controller failing");
+                    }
+                    s.ok = Some(false);
+                    s.last_error = Some(message.clone());
+                    s.polled_ms = Some(now);
+                    s.failures = s.failures.saturating_add(1);
+                    failures = s.failures;
+                    failing_now = news.then_some(());
+                });
+                if let (Some(view), Some(())) = (view, failing_now) {
+                    let _ = events.send(Arc::new(ServerEvent::ControllerFailing(view)));
+                }
+                failures
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff(poll, failures)) => {}
+        }
+    }
+}
+
+/// The version, and how many items are demand: buildable, not pending,
+/// queued at least `demand_after` ago.
+async fn poll_once(
+    config: &ControllerConfig,
+    client: &JenkinsClient,
+) -> Result<(Option<String>, usize), JenkinsError> {
+    let root = client.root().await?;
+    let version = root.version.map(|v| v.as_str().to_owned());
+    if !config.options.demand {
+        return Ok((version, 0));
+    }
+    let items = client.queue().await?;
+    let now = control::now_ms();
+    let after = u64::try_from(config.options.demand_after.as_millis()).unwrap_or(u64::MAX);
+    let waiting = items
+        .iter()
+        .filter(|i| i.is_demand() && now.saturating_sub(i.in_queue_since) >= after)
+        .count();
+    Ok((version, waiting))
+}
+
+/// `poll` after a success; doubling with each failure in a row, up to
+/// [`MAX_BACKOFF`] (or `poll`, if longer).
+fn backoff(poll: Duration, failures: u32) -> Duration {
+    let factor = 1u32 << failures.min(16);
+    poll.saturating_mul(factor).min(MAX_BACKOFF.max(poll))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backs_off_to_a_cap() {
+        let poll = Duration::from_secs(5);
+        assert_eq!(backoff(poll, 0), poll);
+        assert_eq!(backoff(poll, 1), Duration::from_secs(10));
+        assert_eq!(backoff(poll, 5), MAX_BACKOFF);
+        assert_eq!(backoff(poll, u32::MAX), MAX_BACKOFF);
+        assert_eq!(
+            backoff(Duration::from_secs(120), 3),
+            Duration::from_secs(120)
+        );
+    }
+
+    #[test]
+    fn urls_compare_loosely() {
+        assert_eq!(
+            same_url("HTTP://B.example:8080/"),
+            same_url("http://b.example:8080")
+        );
+        assert_ne!(same_url("http://b/x/"), same_url("http://b/X"));
+    }
+}
