@@ -155,7 +155,7 @@ fn sqlite_reopened_after_a_restart_gives_the_same_leases_and_queue() {
     };
     // "Restart": a new process opens the file and rebuilds the pool.
     let mut store = ok(SqliteStore::open(&scratch.db()));
-    assert_eq!(ok(store.schema_version()), 4);
+    assert_eq!(ok(store.schema_version()), 5);
     let snapshot = ok(store.load());
     assert_eq!(snapshot, before);
     let mut pool = ok(Pool::restore(PoolConfig::default(), snapshot));
@@ -231,7 +231,7 @@ fn a_newer_schema_is_refused() {
     }
     match SqliteStore::open(&scratch.db()) {
         Err(StoreError::NewerSchema {
-            found: 7, known: 4, ..
+            found: 7, known: 5, ..
         }) => {}
         other => panic!("{other:?}"),
     }

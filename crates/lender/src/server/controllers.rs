@@ -14,16 +14,17 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use super::driver::ServerEvent;
+use super::driver::{Input, ServerEvent};
 use super::reader::ReadStore;
 use crate::api::{AgentView, ControllerView};
 use crate::controllers::ControllerConfig;
 use crate::jenkins::{JenkinsClient, JenkinsError};
+use crate::pool::DemandItem;
 
 /// The shortest poll interval (a zero `--poll` must not spin).
 pub const MIN_POLL: Duration = Duration::from_millis(100);
@@ -63,6 +64,11 @@ impl Registry {
             .values()
             .map(|(config, status)| view(config, status, agents))
             .collect()
+    }
+
+    /// Notes a failure met while lending there (a create refused).
+    pub fn note_error(&self, name: &str, error: &str) {
+        self.update(name, |s| s.last_error = Some(error.to_owned()));
     }
 
     fn update(&self, name: &str, change: impl FnOnce(&mut Status)) -> Option<ControllerView> {
@@ -121,6 +127,7 @@ pub(crate) async fn run(
     registry: Arc<Registry>,
     poll: Duration,
     events: broadcast::Sender<Arc<ServerEvent>>,
+    inputs: mpsc::Sender<Input>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
@@ -158,6 +165,7 @@ pub(crate) async fn run(
                                     registry.clone(),
                                     poll,
                                     events.clone(),
+                                    inputs.clone(),
                                     stop.clone(),
                                 )
                                 .instrument(span),
@@ -192,6 +200,7 @@ async fn watch(
     registry: Arc<Registry>,
     poll: Duration,
     events: broadcast::Sender<Arc<ServerEvent>>,
+    inputs: mpsc::Sender<Input>,
     stop: CancellationToken,
 ) {
     loop {
@@ -202,7 +211,17 @@ async fn watch(
         let now = control::now_ms();
         let mut failing_now = None;
         let failures = match result {
-            Ok((version, waiting)) => {
+            Ok((version, waiting, items)) => {
+                if config.options.demand {
+                    let input = Input::Demand {
+                        config: Box::new(config.clone()),
+                        items,
+                    };
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        _ = inputs.send(input) => {}
+                    }
+                }
                 registry.update(&config.name, |s| {
                     if s.ok == Some(false) {
                         tracing::info!("controller recovered");
@@ -243,16 +262,17 @@ async fn watch(
     }
 }
 
-/// The version, and how many items are demand: buildable, not pending,
-/// queued at least `demand_after` ago.
+/// The version, how many items wait (buildable, not pending, queued at
+/// least `demand_after` ago), and those of them with a label the lender
+/// can read (demand).
 async fn poll_once(
     config: &ControllerConfig,
     client: &JenkinsClient,
-) -> Result<(Option<String>, usize), JenkinsError> {
+) -> Result<(Option<String>, usize, Vec<DemandItem>), JenkinsError> {
     let root = client.root().await?;
     let version = root.version.map(|v| v.as_str().to_owned());
     if !config.options.demand {
-        return Ok((version, 0));
+        return Ok((version, 0, Vec::new()));
     }
     let items = client.queue().await?;
     let now = control::now_ms();
@@ -261,7 +281,8 @@ async fn poll_once(
         .iter()
         .filter(|i| i.is_demand() && now.saturating_sub(i.in_queue_since) >= after)
         .count();
-    Ok((version, waiting))
+    let demand = super::provision::demand_items(config, client, &items, now).await?;
+    Ok((version, waiting, demand))
 }
 
 /// `poll` after a success; doubling with each failure in a row, up to

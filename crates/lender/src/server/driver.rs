@@ -52,11 +52,16 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::{ChangeKind, Metrics};
 use super::Config;
 use crate::api::{end_kind, AgentView, LeaseView};
+use crate::controllers::ControllerConfig;
 use crate::pool::{
     AgentHello, AgentReport, Changes, Decision, LeaseId, LeaseRequest, LeaseState, Outcome, Place,
     Pool, PoolError,
 };
+use crate::pool::{DemandItem, DemandTemplate};
 use crate::store::{Store, StoreError};
+
+use super::controllers::Registry;
+use super::provision::{self, Provisioned};
 
 /// Ended leases stay in memory this long for `GET /v1/leases`; the store
 /// keeps them for good.
@@ -91,6 +96,18 @@ pub(crate) enum Input {
     },
     /// The link is gone.
     LinkDown { node: String, link: u64 },
+    /// A registered controller's waiting items (its watcher read its queue).
+    Demand {
+        config: Box<ControllerConfig>,
+        items: Vec<DemandItem>,
+    },
+    /// A node for an auto-lease was made, or could not be.
+    Provisioned {
+        lease: LeaseId,
+        agent: String,
+        controller: String,
+        result: Result<Provisioned, String>,
+    },
 }
 
 /// An API call and where to send its answer.
@@ -217,6 +234,26 @@ pub(crate) struct Driver {
     borrow_wait: Duration,
     tick: Duration,
     next_tick: Instant,
+    /// Lending on demand: the registered controllers as their watchers
+    /// last sent them.
+    controllers: BTreeMap<String, ControllerConfig>,
+    /// One lock per controller: creates there one at a time.
+    creates: BTreeMap<String, Arc<tokio::sync::Mutex<()>>>,
+    registry: Arc<Registry>,
+    /// Auto-leases whose node is being made.
+    provisioning: std::collections::BTreeSet<LeaseId>,
+    /// For provisioning tasks to report back (weak: the driver must not
+    /// keep its own input channel open).
+    inputs: mpsc::WeakSender<Input>,
+    tracker: tokio_util::task::TaskTracker,
+}
+
+/// What the driver needs to run provisioning tasks.
+#[derive(Debug)]
+pub(crate) struct Wiring {
+    pub registry: Arc<Registry>,
+    pub inputs: mpsc::WeakSender<Input>,
+    pub tracker: tokio_util::task::TaskTracker,
 }
 
 /// The store, with a `Debug` that says nothing.
@@ -249,6 +286,7 @@ impl Driver {
         store: Box<dyn Store + Send>,
         config: &Config,
         events: broadcast::Sender<Arc<ServerEvent>>,
+        wiring: Wiring,
     ) -> Self {
         let tick = config.tick.max(Duration::from_millis(10));
         Driver {
@@ -266,6 +304,12 @@ impl Driver {
             borrow_wait: config.borrow_wait,
             tick,
             next_tick: after(tick),
+            controllers: BTreeMap::new(),
+            creates: BTreeMap::new(),
+            provisioning: std::collections::BTreeSet::new(),
+            registry: wiring.registry,
+            inputs: wiring.inputs,
+            tracker: wiring.tracker,
         }
     }
 
@@ -372,6 +416,13 @@ impl Driver {
                 }
                 self.agent_message(&node, link, *message, now);
             }
+            Input::Demand { config, items } => self.demand(*config, &items, now),
+            Input::Provisioned {
+                lease,
+                agent,
+                controller,
+                result,
+            } => self.provisioned(lease, &agent, &controller, result, now),
             Input::LinkDown { node, link } => {
                 if self.links.get(&node).map(|l| l.id) != Some(link) {
                     return;
@@ -385,6 +436,86 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// A controller's waiting items: the pool keeps one auto-lease each.
+    fn demand(&mut self, config: ControllerConfig, items: &[DemandItem], now: u64) {
+        let name = config.name.clone();
+        let template = DemandTemplate {
+            url: config.url.clone(),
+            max_agents: config.options.max_agents,
+            idle_return: Some(config.options.idle_return),
+        };
+        self.controllers.insert(name.clone(), config);
+        let created = self.pool.demand(&name, &template, items, now);
+        if !created.is_empty() {
+            tracing::info!(controller = %name, leases = ?created, "demand: auto-leases requested");
+        }
+        // Reserved auto-leases whose node nobody is making (the controller
+        // was not polled yet when they were reserved, or a restart lost
+        // the task): make it now.
+        let orphans: Vec<(LeaseId, String)> = self
+            .pool
+            .leases()
+            .filter(|l| {
+                l.state == LeaseState::Reserved
+                    && !self.provisioning.contains(&l.id)
+                    && l.request
+                        .origin
+                        .as_ref()
+                        .is_some_and(|o| o.controller == name && !o.provisioned)
+            })
+            .filter_map(|l| Some((l.id, l.agent.clone()?)))
+            .collect();
+        for (lease, agent) in orphans {
+            self.provision(lease, agent);
+        }
+    }
+
+    fn provisioned(
+        &mut self,
+        lease: LeaseId,
+        agent: &str,
+        controller: &str,
+        result: Result<Provisioned, String>,
+        now: u64,
+    ) {
+        self.provisioning.remove(&lease);
+        match result {
+            Ok(made) => {
+                let node = made.node.clone();
+                if let Err(err) =
+                    self.pool
+                        .provisioned(lease, &made.node, made.secret, made.transport, now)
+                {
+                    // Cancelled meanwhile (the item left the queue): the
+                    // node is not needed.
+                    tracing::info!(lease, %agent, %node, %err, "node made for a lease that no longer wants it");
+                    self.delete_node(controller, &node);
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(lease, %agent, controller, %reason, "cannot make the node; the item is skipped");
+                self.registry.note_error(controller, &reason);
+                if let Err(err) = self.pool.provision_failed(lease, &reason, now) {
+                    tracing::debug!(lease, %err, "provisioning failure for a settled lease");
+                }
+            }
+        }
+    }
+
+    /// Deletes a lent node in a task, unless `--keep-nodes`.
+    fn delete_node(&mut self, controller: &str, node: &str) {
+        let Some(config) = self.controllers.get(controller).cloned() else {
+            return;
+        };
+        if config.options.keep_nodes {
+            tracing::info!(%node, controller, "node kept (--keep-nodes)");
+            return;
+        }
+        let node = node.to_owned();
+        self.tracker
+            .spawn(async move { provision::delete(&config, &node).await });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -809,11 +940,70 @@ impl Driver {
                 tracing::info!(lease, %agent, ?when, "sending return");
                 self.send(&agent, request, lease, PendingKind::Return);
             }
+            Decision::Provision { lease, agent } => self.provision(lease, agent),
             Decision::Ended { lease, reason } => {
                 tracing::info!(lease, reason = end_kind(&reason), %reason, "lease ended");
                 self.metrics.ended(&reason);
+                let made = self.pool.lease(lease).and_then(|l| {
+                    let origin = l.request.origin.as_ref()?;
+                    origin.provisioned.then(|| {
+                        (
+                            origin.controller.clone(),
+                            l.request.borrower.node_name.clone(),
+                        )
+                    })
+                });
+                if let Some((controller, node)) = made {
+                    self.delete_node(&controller, &node);
+                }
             }
         }
+    }
+
+    /// Makes the node for reserved auto-lease `lease` in a task; the result
+    /// comes back as [`Input::Provisioned`].
+    fn provision(&mut self, lease: LeaseId, agent: String) {
+        let Some(l) = self.pool.lease(lease) else {
+            return;
+        };
+        if l.state != LeaseState::Reserved || l.agent.as_deref() != Some(&agent) {
+            return;
+        }
+        let Some(origin) = l.request.origin.clone() else {
+            return;
+        };
+        let Some(config) = self.controllers.get(&origin.controller).cloned() else {
+            // Restarted: the controller's watcher has not reported yet; its
+            // first demand input asks again for every reserved auto-lease.
+            tracing::info!(lease, controller = %origin.controller, "controller not polled yet; provisioning waits");
+            return;
+        };
+        let labels = self
+            .pool
+            .agent(&agent)
+            .map(|a| a.labels.clone())
+            .unwrap_or_default();
+        let creates = self.creates.entry(config.name.clone()).or_default().clone();
+        if !self.provisioning.insert(lease) {
+            return;
+        }
+        let inputs = self.inputs.clone();
+        tracing::info!(lease, %agent, controller = %config.name, "making the node");
+        self.tracker.spawn(async move {
+            let result = provision::provision(&config, lease, &agent, &labels, creates)
+                .await
+                .map_err(|err| err.to_string());
+            if let Some(inputs) = inputs.upgrade() {
+                let _ = inputs
+                    .send(Input::Provisioned {
+                        lease,
+                        agent,
+                        controller: config.name,
+                        result,
+                    })
+                    .await;
+            }
+        });
     }
 
     /// Sends `request` on `agent`'s link. Without a link the order waits

@@ -404,6 +404,7 @@ async fn create_lease(
         lease: body.lease,
         idle_return: body.idle_return,
         wait: body.wait.unwrap_or(Duration::ZERO),
+        origin: None,
     };
     request.validate().map_err(bad)?;
     let (status, view) = call(shared, |reply| ApiCall::Lease {

@@ -22,6 +22,8 @@
 //! - `reader`: reads from the store that never wait behind a commit;
 //! - `controllers`: the registered Jenkins controllers' watchers and
 //!   their status (`GET /v1/controllers`);
+//! - `provision`: lending on demand's I/O: demand from a queue, making
+//!   and deleting lent nodes;
 //! - `auth`: the token book (lookups, revocation, last use);
 //! - `http`: routes, bearer tokens, bounded JSON bodies, server-sent
 //!   events;
@@ -55,6 +57,7 @@ mod driver;
 mod http;
 mod link;
 mod metrics;
+mod provision;
 mod reader;
 
 pub use admission::{
@@ -278,20 +281,26 @@ pub async fn start_with_store(
     let tracker = TaskTracker::new();
     let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
     let (events, _) = broadcast::channel(EVENT_BUFFER);
-    let driver = driver::Driver::new(pool, store, &config, events.clone());
+    let registry = Arc::new(controllers::Registry::default());
+    let wiring = driver::Wiring {
+        registry: registry.clone(),
+        inputs: inputs_tx.downgrade(),
+        tracker: tracker.clone(),
+    };
+    let driver = driver::Driver::new(pool, store, &config, events.clone(), wiring);
     let driver = tokio::spawn(
         driver
             .run(inputs_rx, cancel.clone())
             .instrument(tracing::info_span!("driver")),
     );
     tracker.spawn(tokens.clone().watch_revocations(cancel.clone()));
-    let registry = Arc::new(controllers::Registry::default());
     tracker.spawn(
         controllers::run(
             reader::ReadStore::new(store_reader_for_controllers),
             registry.clone(),
             config.poll,
             events.clone(),
+            inputs_tx.clone(),
             tracker.clone(),
             cancel.clone(),
         )

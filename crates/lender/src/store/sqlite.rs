@@ -89,6 +89,9 @@ CREATE TABLE controllers (
     added_ms  INTEGER NOT NULL
 );
 "#,
+    r#"
+ALTER TABLE leases ADD COLUMN origin TEXT; -- JSON: an auto-lease's controller and queue item; NULL otherwise
+"#,
 ];
 
 /// How long a write waits for a lock another connection holds before the
@@ -432,7 +435,7 @@ fn attempts_from(text: &str) -> Res<Vec<Attempt>> {
 
 const LEASE_COLUMNS: &str = "id, state, state_detail, agent, requirements, borrower_url, \
      borrower_node, borrower_secret, transport, client, lease_ms, idle_return_ms, wait_ms, \
-     requested_ms, deadline_ms, since_ms, attempts";
+     requested_ms, deadline_ms, since_ms, attempts, origin";
 
 /// A lease row as read, before the fallible conversions.
 struct LeaseRow {
@@ -453,6 +456,7 @@ struct LeaseRow {
     deadline_ms: i64,
     since_ms: i64,
     attempts: String,
+    origin: Option<String>,
 }
 
 impl LeaseRow {
@@ -475,6 +479,7 @@ impl LeaseRow {
             deadline_ms: row.get(14)?,
             since_ms: row.get(15)?,
             attempts: row.get(16)?,
+            origin: row.get(17)?,
         })
     }
 
@@ -496,6 +501,12 @@ impl LeaseRow {
                 lease: self.lease_ms.map(millis),
                 idle_return: self.idle_return_ms.map(millis),
                 wait: millis(self.wait_ms),
+                origin: self
+                    .origin
+                    .as_deref()
+                    .map(serde_json::from_str)
+                    .transpose()
+                    .map_err(|err| corrupt(format!("lease {}: origin: {err}", self.id)))?,
             },
             state: state_from(&self.state, self.state_detail.as_deref())?,
             agent: self.agent,
@@ -514,7 +525,7 @@ fn write_lease(tx: &Transaction<'_>, lease: &Lease) -> Res<()> {
     tx.execute(
         &format!(
             "INSERT OR REPLACE INTO leases ({LEASE_COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
         ),
         params![
             int(lease.id),
@@ -534,6 +545,10 @@ fn write_lease(tx: &Transaction<'_>, lease: &Lease) -> Res<()> {
             int(lease.deadline_ms),
             int(lease.since_ms),
             attempts_json(&lease.attempts),
+            request
+                .origin
+                .as_ref()
+                .and_then(|o| serde_json::to_string(o).ok()),
         ],
     )?;
     Ok(())

@@ -1,0 +1,139 @@
+//! Lending on demand through a running lender: a registered test
+//! controller (the testkit's Jenkins API stand-in) queues a labelled job;
+//! the lender makes the node `lent-<agent>` there, sends the agent a
+//! `borrow` naming that node with the controller's own secret for it, and
+//! deletes the node once the agent is home again. A missing Agent/Create
+//! permission shows on the controller and lends nothing. The agents are
+//! fake (they speak the agent link); the real-agent flow is for
+//! `crates/agent/tests`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod server_support;
+
+use std::time::Duration;
+
+use lender::controllers::{ControllerConfig, ControllerOptions};
+use lender::pool::Secret;
+use lender::store::{SqliteStore, Store as _};
+use server_support::*;
+use testkit::controller::{JobSpec, NodeConfig, Permission};
+use testkit::{ControllerEvent, TestController};
+
+const USER: &str = "lender";
+const TOKEN: &str = "0a1b2c3d4e5f";
+
+fn register(db: &std::path::Path, name: &str, url: &str) {
+    let mut store = ok(SqliteStore::open(db));
+    let config = ControllerConfig {
+        name: name.into(),
+        url: url.into(),
+        user: USER.into(),
+        api_token: Secret::new(TOKEN),
+        options: ControllerOptions {
+            demand_after: Duration::ZERO,
+            ..ControllerOptions::default()
+        },
+        added_ms: 0,
+    };
+    assert!(ok(store.add_controller(&config)));
+}
+
+fn has(c: &TestController, event: &ControllerEvent) -> bool {
+    c.log().contains(event)
+}
+
+#[tokio::test]
+async fn a_waiting_build_gets_an_agent_whose_node_the_lender_made_and_deletes() {
+    let mut lender = Lender::start_with("on-demand", |c| c.poll = Duration::from_millis(200)).await;
+    // A node of its own, so that `why` names the label (with no nodes at
+    // all Jenkins does not); the job is a Pipeline: `why` is the only way
+    // to its label.
+    let ci = TestController::builder()
+        .jenkins_version("2.541.1")
+        .user(USER, TOKEN, Permission::LENDER)
+        .agent(NodeConfig::new("ci-linux").labels("linux"))
+        .start()
+        .await;
+    let mac = lender.agent("mac1", &["macos"]).await;
+    let _linux = lender.agent("lin1", &["linux-box"]).await;
+    register(&lender.scratch.db(), "ci", &ci.url());
+    let item = ci
+        .jenkins()
+        .queue(JobSpec::pipeline("build").label("macos"));
+
+    let created = ControllerEvent::NodeCreated {
+        node: "lent-mac1".into(),
+    };
+
+    eventually("node created and borrow sent", || async {
+        (has(&ci, &created) && !mac.state().borrows.is_empty()).then_some(())
+    })
+    .await;
+    let borrow = mac.state().borrows[0].clone();
+    assert_eq!(borrow.name, "lent-mac1");
+    assert_eq!(borrow.secret, ci.node_secret("lent-mac1"));
+    assert_eq!(borrow.idle_return, Some(Duration::from_secs(300)));
+    assert!(ci.jenkins().has_node("lent-mac1"));
+    assert!(!ci
+        .log()
+        .iter()
+        .any(|e| matches!(e, ControllerEvent::NodeCreated { node } if node == "lent-lin1")));
+
+    // Active at the controller, and shown there.
+    let token = lender.team_a.clone();
+    eventually("one agent lent at ci", || async {
+        let (_, list) = lender.call("GET", "/v1/controllers", &token, None).await;
+        let c = list.as_array()?.iter().find(|c| c["name"] == "ci")?.clone();
+        (c["agents_lent"] == 1).then_some(())
+    })
+    .await;
+    assert!(ci.jenkins().queued().contains(&item));
+
+    // The agent comes home (its idle return): the node goes.
+    mac.state().place = None;
+    mac.send_status().await;
+    let deleted = ControllerEvent::NodeDeleted {
+        node: "lent-mac1".into(),
+    };
+    eventually("node deleted", || async {
+        has(&ci, &deleted).then_some(())
+    })
+    .await;
+    assert!(!ci.jenkins().has_node("lent-mac1"));
+    lender.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_create_lends_nothing_and_names_the_permission() {
+    let mut lender =
+        Lender::start_with("on-demand-refused", |c| c.poll = Duration::from_millis(200)).await;
+    let ci = TestController::builder()
+        .jenkins_version("2.541.1")
+        .user(USER, TOKEN, &[Permission::OverallRead, Permission::JobRead])
+        .start()
+        .await;
+    let mac = lender.agent("mac1", &["macos"]).await;
+    register(&lender.scratch.db(), "ci", &ci.url());
+    ci.jenkins()
+        .queue(JobSpec::freestyle("build").label("macos"));
+    let token = lender.team_a.clone();
+    let c = eventually("the refusal shows", || async {
+        let (_, list) = lender.call("GET", "/v1/controllers", &token, None).await;
+        let c = list.as_array()?.iter().find(|c| c["name"] == "ci")?.clone();
+        c["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("hudson.model.Computer.Create"))
+            .then_some(c)
+    })
+    .await;
+    assert_eq!(c["agents_lent"], 0, "{c}");
+    assert!(mac.state().borrows.is_empty());
+    assert!(!ci.jenkins().has_node("lent-mac1"));
+    // The agent is free again.
+    let agents = lender.agents().await;
+    let agent = find_agent(&agents, "mac1").expect("mac1");
+    assert_eq!(agent["state"], "free", "{agent}");
+    assert!(!c.to_string().contains(TOKEN));
+    lender.stop().await;
+}
