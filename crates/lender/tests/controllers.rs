@@ -91,6 +91,12 @@ async fn registered_controllers_show_their_state_and_never_their_token() {
         .await;
     let db = lender.scratch.db();
     let dir = lender.scratch.0.clone();
+    let mut events = ok(tokio::net::TcpStream::connect(lender.addr).await);
+    let request = format!(
+        "GET /v1/events HTTP/1.1\r\nHost: lender\r\nAuthorization: Bearer {}\r\n\r\n",
+        lender.team_a
+    );
+    ok(tokio::io::AsyncWriteExt::write_all(&mut events, request.as_bytes()).await);
 
     // While serving: three controllers, one of them with a wrong token.
     for (name, url, token) in [
@@ -146,6 +152,30 @@ async fn registered_controllers_show_their_state_and_never_their_token() {
             .contains("hudson.model.Hudson.Read"),
         "{c}"
     );
+
+    // Failing controllers were announced, without their tokens.
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        while !(seen.contains("\"name\":\"badtoken\"") && seen.contains("\"name\":\"noperm\"")) {
+            let n = ok(tokio::io::AsyncReadExt::read(&mut events, &mut buf).await);
+            assert!(n > 0, "event stream closed: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .is_ok(),
+        "no controller_failing events: {seen}"
+    );
+    assert!(
+        seen.contains("event: controller_failing\ndata: {"),
+        "{seen}"
+    );
+    for secret in [GOOD_TOKEN, WRONG_TOKEN, NOBODY_TOKEN] {
+        assert!(!seen.contains(secret), "{seen}");
+    }
 
     // The command-line client shows the same.
     let token_file = dir.join("client.token");

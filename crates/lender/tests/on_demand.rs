@@ -13,6 +13,8 @@ mod server_support;
 
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt as _;
+
 use lender::controllers::{ControllerConfig, ControllerOptions};
 use lender::pool::Secret;
 use lender::store::{SqliteStore, Store as _};
@@ -39,6 +41,26 @@ fn register(db: &std::path::Path, name: &str, url: &str) {
     assert!(ok(store.add_controller(&config)));
 }
 
+async fn read_events_until(stream: &mut tokio::net::TcpStream, until: &str) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        while !seen.contains(until) {
+            let n = ok(stream.read(&mut buf).await);
+            assert!(n > 0, "event stream closed: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .is_err()
+    {
+        panic!("no {until:?} in the event stream: {seen}");
+    }
+    seen
+}
+
 fn has(c: &TestController, event: &ControllerEvent) -> bool {
     c.log().contains(event)
 }
@@ -57,6 +79,12 @@ async fn a_waiting_build_gets_an_agent_whose_node_the_lender_made_and_deletes() 
         .await;
     let mac = lender.agent("mac1", &["macos"]).await;
     let _linux = lender.agent("lin1", &["linux-box"]).await;
+    let mut events = ok(tokio::net::TcpStream::connect(lender.addr).await);
+    let request = format!(
+        "GET /v1/events HTTP/1.1\r\nHost: lender\r\nAuthorization: Bearer {}\r\n\r\n",
+        lender.team_a
+    );
+    ok(events.write_all(request.as_bytes()).await);
     register(&lender.scratch.db(), "ci", &ci.url());
     let item = ci
         .jenkins()
@@ -101,6 +129,45 @@ async fn a_waiting_build_gets_an_agent_whose_node_the_lender_made_and_deletes() 
     })
     .await;
     assert!(!ci.jenkins().has_node("lent-mac1"));
+    lender.stop().await;
+}
+
+/// Two items for two labels get two agents, each on its own node; an item
+/// cancelled before its agent arrives sends that agent home.
+#[tokio::test]
+async fn two_labels_get_two_agents_and_a_cancelled_item_frees_its_agent() {
+    let mut lender =
+        Lender::start_with("on-demand-two", |c| c.poll = Duration::from_millis(200)).await;
+    let ci = TestController::builder()
+        .jenkins_version("2.500-test")
+        .user(USER, TOKEN, Permission::LENDER)
+        .agent(NodeConfig::new("ci-linux").labels("linux"))
+        .start()
+        .await;
+    let mac = lender.agent("mac1", &["macos"]).await;
+    let gpu = lender.agent("gpu1", &["gpu"]).await;
+    // gpu1 never answers its borrow: it has not arrived when its item goes.
+    gpu.state().mute = true;
+    register(&lender.scratch.db(), "ci", &ci.url());
+    let jenkins = ci.jenkins();
+    jenkins.queue(JobSpec::freestyle("ios").label("macos"));
+    let ml = jenkins.queue(JobSpec::pipeline("train").label("gpu"));
+    eventually("both borrows sent", || async {
+        (!mac.state().borrows.is_empty() && !gpu.state().borrows.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(mac.state().borrows[0].name, "lent-mac1");
+    assert_eq!(gpu.state().borrows[0].name, "lent-gpu1");
+    assert_eq!(gpu.state().borrows[0].secret, ci.node_secret("lent-gpu1"));
+    // The form route (before 2.539) made both.
+    assert!(jenkins.has_node("lent-mac1") && jenkins.has_node("lent-gpu1"));
+
+    assert!(jenkins.cancel(ml));
+    eventually("gpu1 recalled", || async {
+        (!gpu.state().returns.is_empty()).then_some(())
+    })
+    .await;
+    assert!(mac.state().returns.is_empty());
     lender.stop().await;
 }
 

@@ -10,7 +10,7 @@
 //! The API token goes only into the [`JenkinsClient`]'s `Authorization`
 //! header; errors, events and log lines never carry it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use tracing::Instrument as _;
 
 use super::driver::{Input, ServerEvent};
 use super::reader::ReadStore;
-use crate::api::{AgentView, ControllerView};
+use crate::api::{AgentView, ControllerView, DemandEvent};
 use crate::controllers::ControllerConfig;
 use crate::jenkins::{JenkinsClient, JenkinsError};
 use crate::pool::DemandItem;
@@ -203,6 +203,7 @@ async fn watch(
     inputs: mpsc::Sender<Input>,
     stop: CancellationToken,
 ) {
+    let mut seen: BTreeSet<u64> = BTreeSet::new();
     loop {
         let result = tokio::select! {
             () = stop.cancelled() => return,
@@ -212,6 +213,17 @@ async fn watch(
         let mut failing_now = None;
         let failures = match result {
             Ok((version, waiting, items)) => {
+                // `demand` events for items not seen before.
+                let now_seen: BTreeSet<u64> = items.iter().map(|i| i.queue_id).collect();
+                for item in items.iter().filter(|i| !seen.contains(&i.queue_id)) {
+                    let _ = events.send(Arc::new(ServerEvent::Demand(DemandEvent {
+                        controller: config.name.clone(),
+                        queue_id: item.queue_id,
+                        requirements: item.requirements.to_string(),
+                        in_queue_since_ms: item.in_queue_since_ms,
+                    })));
+                }
+                seen = now_seen;
                 if config.options.demand {
                     let input = Input::Demand {
                         config: Box::new(config.clone()),

@@ -185,6 +185,12 @@ pub enum ServerEvent {
     Agent(AgentView),
     /// A registered controller started failing (or fails differently).
     ControllerFailing(crate::api::ControllerView),
+    /// A registered controller has a new waiting item.
+    Demand(crate::api::DemandEvent),
+    /// A lent node was created.
+    NodeCreated(crate::api::NodeEvent),
+    /// A lent node was deleted.
+    NodeDeleted(crate::api::NodeEvent),
 }
 
 /// An agent's live link.
@@ -491,7 +497,7 @@ impl Driver {
                     // Cancelled meanwhile (the item left the queue): the
                     // node is not needed.
                     tracing::info!(lease, %agent, %node, %err, "node made for a lease that no longer wants it");
-                    self.delete_node(controller, &node);
+                    self.delete_node(controller, &node, Some(lease));
                 }
             }
             Err(reason) => {
@@ -505,7 +511,7 @@ impl Driver {
     }
 
     /// Deletes a lent node in a task, unless `--keep-nodes`.
-    fn delete_node(&mut self, controller: &str, node: &str) {
+    fn delete_node(&mut self, controller: &str, node: &str, lease: Option<LeaseId>) {
         let Some(config) = self.controllers.get(controller).cloned() else {
             return;
         };
@@ -514,8 +520,16 @@ impl Driver {
             return;
         }
         let node = node.to_owned();
-        self.tracker
-            .spawn(async move { provision::delete(&config, &node).await });
+        let events = self.events.clone();
+        self.tracker.spawn(async move {
+            if provision::delete(&config, &node).await {
+                let _ = events.send(Arc::new(ServerEvent::NodeDeleted(crate::api::NodeEvent {
+                    controller: config.name.clone(),
+                    node,
+                    lease,
+                })));
+            }
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -954,7 +968,7 @@ impl Driver {
                     })
                 });
                 if let Some((controller, node)) = made {
-                    self.delete_node(&controller, &node);
+                    self.delete_node(&controller, &node, Some(lease));
                 }
             }
         }
@@ -988,11 +1002,22 @@ impl Driver {
             return;
         }
         let inputs = self.inputs.clone();
+        let events = self.events.clone();
         tracing::info!(lease, %agent, controller = %config.name, "making the node");
         self.tracker.spawn(async move {
             let result = provision::provision(&config, lease, &agent, &labels, creates)
                 .await
                 .map_err(|err| err.to_string());
+            if let Ok(made) = &result {
+                if made.created {
+                    let _ =
+                        events.send(Arc::new(ServerEvent::NodeCreated(crate::api::NodeEvent {
+                            controller: config.name.clone(),
+                            node: made.node.clone(),
+                            lease: Some(lease),
+                        })));
+                }
+            }
             if let Some(inputs) = inputs.upgrade() {
                 let _ = inputs
                     .send(Input::Provisioned {

@@ -613,6 +613,9 @@ async fn forward_events(
                     ServerEvent::Lease(_) => continue,
                     ServerEvent::Agent(view) => sse("agent", view),
                     ServerEvent::ControllerFailing(view) => sse("controller_failing", view),
+                    ServerEvent::Demand(event) => sse("demand", event),
+                    ServerEvent::NodeCreated(event) => sse("node_created", event),
+                    ServerEvent::NodeDeleted(event) => sse("node_deleted", event),
                 },
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     sse("lagged", &serde_json::json!({ "missed": missed }))

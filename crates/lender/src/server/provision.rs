@@ -19,6 +19,8 @@ use crate::pool::{DemandItem, LeaseId, Secret};
 #[derive(Debug)]
 pub(crate) struct Provisioned {
     pub node: String,
+    /// Made now (not reused).
+    pub created: bool,
     pub secret: Secret,
     pub transport: Option<Transport>,
 }
@@ -111,7 +113,7 @@ pub(crate) async fn provision(
         })?;
     let node = config.node_name(agent);
     let web_socket = root.web_socket_only();
-    {
+    let created = {
         let _one_at_a_time = creates.lock().await;
         if client.computer(&node).await?.is_none() {
             let spec = NodeSpec::new(
@@ -124,27 +126,40 @@ pub(crate) async fn provision(
             )?;
             client.create_node(&spec, &version).await?;
             tracing::info!(%node, lease, "node created");
+            true
         } else {
             tracing::info!(%node, lease, "node exists; reused");
+            false
         }
-    }
+    };
     let secret = client.node_secret(&node, &version).await?;
     Ok(Provisioned {
         node,
+        created,
         secret: Secret::new(secret),
         transport: web_socket.then_some(Transport::WebSocket),
     })
 }
 
-/// Deletes a lent node (its agent has gone home).
-pub(crate) async fn delete(config: &ControllerConfig, node: &str) {
+/// Deletes a lent node (its agent has gone home); whether it was deleted
+/// now.
+pub(crate) async fn delete(config: &ControllerConfig, node: &str) -> bool {
     let result = match config.client() {
         Ok(client) => client.delete_node(node).await,
         Err(err) => Err(err),
     };
     match result {
-        Ok(true) => tracing::info!(%node, "node deleted"),
-        Ok(false) => tracing::info!(%node, "node already gone"),
-        Err(err) => tracing::warn!(%node, %err, "cannot delete the node"),
+        Ok(true) => {
+            tracing::info!(%node, "node deleted");
+            true
+        }
+        Ok(false) => {
+            tracing::info!(%node, "node already gone");
+            false
+        }
+        Err(err) => {
+            tracing::warn!(%node, %err, "cannot delete the node");
+            false
+        }
     }
 }
