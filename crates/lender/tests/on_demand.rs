@@ -129,6 +129,16 @@ async fn a_waiting_build_gets_an_agent_whose_node_the_lender_made_and_deletes() 
     })
     .await;
     assert!(!ci.jenkins().has_node("lent-mac1"));
+    let seen = read_events_until(&mut events, "event: node_deleted").await;
+    for needle in [
+        format!("event: demand\ndata: {{\"controller\":\"ci\",\"queue_id\":{item},\"requirements\":\"macos\""),
+        "event: node_created\ndata: {\"controller\":\"ci\",\"node\":\"lent-mac1\"".to_owned(),
+    ] {
+        assert!(seen.contains(&needle), "{needle} in {seen}");
+    }
+    assert!(!seen.contains(TOKEN), "{seen}");
+    let secret = ci.node_secret("lent-mac1").unwrap_or_else(|| "none".into());
+    assert!(!seen.contains(&secret), "{seen}");
     lender.stop().await;
 }
 
