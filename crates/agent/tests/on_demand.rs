@@ -83,15 +83,23 @@ async fn until_logged(c: &TestController, what: &str, pred: impl Fn(&ControllerE
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_labelled_job_runs_on_a_lent_agent_whose_node_the_lender_made() {
+/// Home with mac-01 and box-01, a borrower with the Jenkins API (and a
+/// node of its own, so that `why` names the label), the lender with the
+/// borrower registered with `options`, both agents online at home.
+struct Rig {
+    home: TestController,
+    borrower: TestController,
+    running: lender::server::Running,
+    _agents: Vec<AgentProcess>,
+}
+
+async fn rig(name: &str, options: ControllerOptions) -> Rig {
     let home = TestController::builder()
         .node("mac-01", HOME_SECRET)
         .node("box-01", HOME_SECRET)
         .remoting_jar(testkit::fake_remoting_jar("3301.v4363ddcca_4e7"))
         .start()
         .await;
-    // The borrower has a node of its own, so that `why` names the label.
     let borrower = TestController::builder()
         .jenkins_version("2.541.1")
         .user(USER, API_TOKEN, Permission::LENDER)
@@ -99,8 +107,7 @@ async fn a_labelled_job_runs_on_a_lent_agent_whose_node_the_lender_made() {
         .remoting_jar(testkit::fake_remoting_jar("3355.v388858a_47b_33"))
         .start()
         .await;
-
-    let dir = temp_dir("on-demand");
+    let dir = temp_dir(name);
     let db = dir.join("pool.db");
     let mut files = Vec::new();
     for name in ["mac-01", "box-01"] {
@@ -116,11 +123,7 @@ async fn a_labelled_job_runs_on_a_lent_agent_whose_node_the_lender_made() {
                 url: borrower.url(),
                 user: USER.into(),
                 api_token: Secret::new(API_TOKEN),
-                options: ControllerOptions {
-                    demand_after: Duration::ZERO,
-                    idle_return: Duration::from_secs(3),
-                    ..ControllerOptions::default()
-                },
+                options,
                 added_ms: 0,
             })
             .unwrap());
@@ -131,12 +134,24 @@ async fn a_labelled_job_runs_on_a_lent_agent_whose_node_the_lender_made() {
     config.poll = Duration::from_millis(200);
     let running = server::start(config).await.unwrap();
     let lender = format!("http://{}", running.local_addr());
-    let _mac = start_agent(&home, &lender, "mac-01", "macos", &files[0]);
-    let _box = start_agent(&home, &lender, "box-01", "linux-box", &files[1]);
+    let agents = vec![
+        start_agent(&home, &lender, "mac-01", "macos", &files[0]),
+        start_agent(&home, &lender, "box-01", "linux-box", &files[1]),
+    ];
     until_online(&home, "mac-01", true, LONG).await;
     until_online(&home, "box-01", true, LONG).await;
+    Rig {
+        home,
+        borrower,
+        running,
+        _agents: agents,
+    }
+}
 
-    let jenkins = borrower.jenkins();
+/// The job runs on the lent agent's node, made by the lender; the agent
+/// goes home and the node is deleted; the build was never cut.
+async fn lent_for_one_job(rig: &Rig) {
+    let jenkins = rig.borrower.jenkins();
     let item = jenkins.queue(
         JobSpec::pipeline("app")
             .label("macos")
@@ -144,22 +159,52 @@ async fn a_labelled_job_runs_on_a_lent_agent_whose_node_the_lender_made() {
     );
     let build = jenkins.wait_started(item, LONG).await;
     assert_eq!(build.node, "lent-mac-01");
-    assert!(borrower.log().contains(&ControllerEvent::NodeCreated {
+    assert!(rig.borrower.log().contains(&ControllerEvent::NodeCreated {
         node: "lent-mac-01".into()
     }));
     assert!(!jenkins.has_node("lent-box-01"));
-
-    // The build ends; idle for --idle-return, the agent goes home and the
-    // lender deletes its node.
-    until_logged(&borrower, "node deleted", |e| {
+    until_logged(&rig.borrower, "node deleted", |e| {
         *e == ControllerEvent::NodeDeleted {
             node: "lent-mac-01".into(),
         }
     })
     .await;
-    until_online(&home, "mac-01", true, LONG).await;
+    until_online(&rig.home, "mac-01", true, LONG).await;
     assert!(!jenkins.has_node("lent-mac-01"));
     let build = jenkins.build(item).unwrap();
     assert_eq!(build.state, testkit::controller::BuildState::Finished);
-    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_labelled_job_runs_on_a_lent_agent_whose_node_the_lender_made() {
+    let rig = rig(
+        "on-demand",
+        ControllerOptions {
+            demand_after: Duration::ZERO,
+            idle_return: Duration::from_secs(3),
+            ..ControllerOptions::default()
+        },
+    )
+    .await;
+    // The build ends; idle for --idle-return, the agent goes home.
+    lent_for_one_job(&rig).await;
+    rig.running.shutdown().await;
+}
+
+/// `--one-build`: the agent goes home as soon as its one build is over,
+/// long before the idle return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_build_sends_the_agent_home_after_its_build() {
+    let rig = rig(
+        "on-demand-one",
+        ControllerOptions {
+            demand_after: Duration::ZERO,
+            idle_return: Duration::from_secs(3600),
+            one_build: true,
+            ..ControllerOptions::default()
+        },
+    )
+    .await;
+    lent_for_one_job(&rig).await;
+    rig.running.shutdown().await;
 }

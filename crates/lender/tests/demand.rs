@@ -39,6 +39,7 @@ fn template(max_agents: Option<u32>) -> DemandTemplate {
         url: C.into(),
         max_agents,
         idle_return: Some(Duration::from_secs(300)),
+        one_build: false,
     }
 }
 
@@ -177,5 +178,40 @@ fn a_refused_create_frees_the_agent_and_skips_the_item() {
     // An item no agent matches waits (no agent reserved).
     let ids = pool.demand("ci-b", &template(None), &[item(5, T0, "gpu")], T0 + 3);
     assert_eq!(state(&pool, ids[0]), LeaseState::Queued);
+    check(&pool);
+}
+
+#[test]
+fn one_build_recalls_the_agent_once_its_first_build_is_over() {
+    let mut pool = pool_with(&[("mac1", &["macos"])]);
+    let mut t = template(None);
+    t.one_build = true;
+    let id = pool.demand("ci-b", &t, &[item(1, T0, "macos")], T0)[0];
+    pool.provisioned(id, "lent-mac1", Secret::new("s"), None, T0 + 1)
+        .unwrap();
+    decisions(&mut pool);
+    // Online and idle: no build yet, it stays.
+    pool.agent_reported("mac1", at(C, true, false), T0 + 2)
+        .unwrap();
+    assert_eq!(state(&pool, id), LeaseState::Active);
+    pool.agent_reported("mac1", at(C, true, true), T0 + 3)
+        .unwrap();
+    assert_eq!(state(&pool, id), LeaseState::Active);
+    assert!(
+        pool.lease(id)
+            .unwrap()
+            .request
+            .origin
+            .as_ref()
+            .unwrap()
+            .built
+    );
+    // The build is over: the agent is recalled.
+    pool.agent_reported("mac1", at(C, true, false), T0 + 4)
+        .unwrap();
+    assert!(matches!(state(&pool, id), LeaseState::Returning(_)));
+    assert!(decisions(&mut pool)
+        .iter()
+        .any(|d| matches!(d, Decision::Recall { lease, .. } if *lease == id)));
     check(&pool);
 }

@@ -68,6 +68,12 @@ pub struct Origin {
     /// The node exists and its name and secret are in the borrower.
     #[serde(default)]
     pub provisioned: bool,
+    /// `--one-build`: the lease ends once the first build there is over.
+    #[serde(default)]
+    pub one_build: bool,
+    /// The agent was seen busy there (a build started).
+    #[serde(default)]
+    pub built: bool,
 }
 
 /// What a borrower asks for.

@@ -142,6 +142,8 @@ pub struct DemandTemplate {
     pub max_agents: Option<u32>,
     /// `--idle-return`, enforced by the agent.
     pub idle_return: Option<Duration>,
+    /// `--one-build`: each lease ends once its first build is over.
+    pub one_build: bool,
 }
 
 /// The API client name auto-leases of `controller` are filed under.
@@ -696,7 +698,7 @@ impl Pool {
                 let reason = format!("agent reports being at {url} instead");
                 self.fail_reserved(id, &reason, now);
             }
-            (LeaseState::Active, _) if at_borrower => {}
+            (LeaseState::Active, _) if at_borrower => self.one_build(id, report.busy, now),
             (LeaseState::Active, place) => {
                 let place = place.clone();
                 self.end(id, EndReason::AgentLeft { place }, now);
@@ -1017,6 +1019,8 @@ impl Pool {
                     in_queue_since_ms: item.in_queue_since_ms,
                     max_agents: template.max_agents,
                     provisioned: false,
+                    one_build: template.one_build,
+                    built: false,
                 }),
             };
             match self.request_lease(request, now) {
@@ -1339,6 +1343,26 @@ impl Pool {
         self.record(now, Some(id), agent.as_deref(), "ended", reason.to_string());
         self.decisions
             .push_back(Decision::Ended { lease: id, reason });
+    }
+
+    /// `--one-build`: an active auto-lease whose agent was busy there and
+    /// is idle again has had its build; the agent is recalled.
+    fn one_build(&mut self, id: LeaseId, busy: bool, now: u64) {
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return;
+        };
+        let Some(origin) = lease.request.origin.as_mut().filter(|o| o.one_build) else {
+            return;
+        };
+        if busy {
+            if !origin.built {
+                origin.built = true;
+                self.changed_leases.insert(id);
+                self.record(now, Some(id), None, "building", "one build".into());
+            }
+        } else if origin.built {
+            self.start_return(id, ReturnCause::Requested, When::Idle, now);
+        }
     }
 
     /// Gives free agents to waiting requests, oldest request first.

@@ -451,6 +451,7 @@ impl Driver {
             url: config.url.clone(),
             max_agents: config.options.max_agents,
             idle_return: Some(config.options.idle_return),
+            one_build: config.options.one_build,
         };
         self.controllers.insert(name.clone(), config);
         let created = self.pool.demand(&name, &template, items, now);
