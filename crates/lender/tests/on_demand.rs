@@ -214,3 +214,70 @@ async fn a_refused_create_lends_nothing_and_names_the_permission() {
     assert!(!c.to_string().contains(TOKEN));
     lender.stop().await;
 }
+
+/// Nodes with the lender's prefix and no live lease (left by a lender
+/// restarted mid-lease, say) are deleted once idle; a node whose lease is
+/// still live survives a restart, and goes once its agent is home.
+#[tokio::test]
+async fn a_restarted_lender_reconciles_its_nodes() {
+    let mut lender =
+        Lender::start_with("on-demand-restart", |c| c.poll = Duration::from_millis(200)).await;
+    let ci = TestController::builder()
+        .jenkins_version("2.541.1")
+        .user(USER, TOKEN, Permission::LENDER)
+        .agent(NodeConfig::new("ci-linux").labels("linux"))
+        .agent(NodeConfig::new("lent-ghost").labels("macos"))
+        .start()
+        .await;
+    let mac = lender.agent("mac1", &["macos"]).await;
+    register(&lender.scratch.db(), "ci", &ci.url());
+    // A pipeline waiting on the ghost (offline) node: `why` names it.
+    ci.jenkins()
+        .queue(JobSpec::pipeline("build").label("macos"));
+    let ghost = ControllerEvent::NodeDeleted {
+        node: "lent-ghost".into(),
+    };
+    eventually("the ghost node deleted, mac1 lent", || async {
+        (has(&ci, &ghost) && !mac.state().borrows.is_empty()).then_some(())
+    })
+    .await;
+    assert!(ci.jenkins().has_node("ci-linux"));
+    assert_eq!(mac.state().borrows[0].name, "lent-mac1");
+    let token = lender.team_a.clone();
+    eventually("active", || async {
+        let agents = lender.agents().await;
+        (find_agent(&agents, "mac1")?["state"] == "leased").then_some(())
+    })
+    .await;
+
+    // Restarted mid-lease: the node stays while its lease lives.
+    lender.restart().await;
+    mac.connect(lender.addr).await;
+    lender.wait_connected("mac1").await;
+    let polled = |list: &serde_json::Value| {
+        let c = list.as_array()?.iter().find(|c| c["name"] == "ci")?.clone();
+        (c["state"] == "ok" && c["agents_lent"] == 1).then(|| c["polled_ms"].as_u64())?
+    };
+    let first = eventually("polled after the restart", || async {
+        polled(&lender.call("GET", "/v1/controllers", &token, None).await.1)
+    })
+    .await;
+    // Three more polls (each one reconciles): the node is still there.
+    eventually("three more polls", || async {
+        let last = polled(&lender.call("GET", "/v1/controllers", &token, None).await.1)?;
+        (last >= first + 600).then_some(())
+    })
+    .await;
+    assert!(ci.jenkins().has_node("lent-mac1"));
+    // Home: deleted.
+    mac.state().place = None;
+    mac.send_status().await;
+    let deleted = ControllerEvent::NodeDeleted {
+        node: "lent-mac1".into(),
+    };
+    eventually("node deleted", || async {
+        has(&ci, &deleted).then_some(())
+    })
+    .await;
+    lender.stop().await;
+}

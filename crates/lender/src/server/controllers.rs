@@ -23,7 +23,7 @@ use super::driver::{Input, ServerEvent};
 use super::reader::ReadStore;
 use crate::api::{AgentView, ControllerView, DemandEvent};
 use crate::controllers::ControllerConfig;
-use crate::jenkins::{JenkinsClient, JenkinsError};
+use crate::jenkins::{Computer, JenkinsClient, JenkinsError};
 use crate::pool::DemandItem;
 
 /// The shortest poll interval (a zero `--poll` must not spin).
@@ -212,7 +212,7 @@ async fn watch(
         let now = control::now_ms();
         let mut failing_now = None;
         let failures = match result {
-            Ok((version, waiting, items)) => {
+            Ok((version, waiting, items, nodes)) => {
                 // `demand` events for items not seen before.
                 let now_seen: BTreeSet<u64> = items.iter().map(|i| i.queue_id).collect();
                 for item in items.iter().filter(|i| !seen.contains(&i.queue_id)) {
@@ -228,6 +228,7 @@ async fn watch(
                     let input = Input::Demand {
                         config: Box::new(config.clone()),
                         items,
+                        nodes,
                     };
                     tokio::select! {
                         () = stop.cancelled() => return,
@@ -280,11 +281,11 @@ async fn watch(
 async fn poll_once(
     config: &ControllerConfig,
     client: &JenkinsClient,
-) -> Result<(Option<String>, usize, Vec<DemandItem>), JenkinsError> {
+) -> Result<(Option<String>, usize, Vec<DemandItem>, Vec<Computer>), JenkinsError> {
     let root = client.root().await?;
     let version = root.version.map(|v| v.as_str().to_owned());
     if !config.options.demand {
-        return Ok((version, 0, Vec::new()));
+        return Ok((version, 0, Vec::new(), Vec::new()));
     }
     let items = client.queue().await?;
     let now = control::now_ms();
@@ -294,7 +295,19 @@ async fn poll_once(
         .filter(|i| i.is_demand() && now.saturating_sub(i.in_queue_since) >= after)
         .count();
     let demand = super::provision::demand_items(config, client, &items, now).await?;
-    Ok((version, waiting, demand))
+    // The lender's own nodes, for reconciling (none to look at with
+    // --keep-nodes).
+    let nodes = if config.options.keep_nodes {
+        Vec::new()
+    } else {
+        client
+            .computers()
+            .await?
+            .into_iter()
+            .filter(|c| c.name.starts_with(&config.options.node_prefix))
+            .collect()
+    };
+    Ok((version, waiting, demand, nodes))
 }
 
 /// `poll` after a success; doubling with each failure in a row, up to

@@ -100,6 +100,8 @@ pub(crate) enum Input {
     Demand {
         config: Box<ControllerConfig>,
         items: Vec<DemandItem>,
+        /// Its nodes named with the lender's prefix.
+        nodes: Vec<crate::jenkins::Computer>,
     },
     /// A node for an auto-lease was made, or could not be.
     Provisioned {
@@ -248,6 +250,8 @@ pub(crate) struct Driver {
     registry: Arc<Registry>,
     /// Auto-leases whose node is being made.
     provisioning: std::collections::BTreeSet<LeaseId>,
+    /// Orphan nodes being deleted (not asked twice).
+    deleting: std::collections::BTreeSet<(String, String)>,
     /// For provisioning tasks to report back (weak: the driver must not
     /// keep its own input channel open).
     inputs: mpsc::WeakSender<Input>,
@@ -313,6 +317,7 @@ impl Driver {
             controllers: BTreeMap::new(),
             creates: BTreeMap::new(),
             provisioning: std::collections::BTreeSet::new(),
+            deleting: std::collections::BTreeSet::new(),
             registry: wiring.registry,
             inputs: wiring.inputs,
             tracker: wiring.tracker,
@@ -422,7 +427,15 @@ impl Driver {
                 }
                 self.agent_message(&node, link, *message, now);
             }
-            Input::Demand { config, items } => self.demand(*config, &items, now),
+            Input::Demand {
+                config,
+                items,
+                nodes,
+            } => {
+                let name = config.name.clone();
+                self.demand(*config, &items, now);
+                self.reconcile_nodes(&name, &nodes);
+            }
             Input::Provisioned {
                 lease,
                 agent,
@@ -476,6 +489,50 @@ impl Driver {
             .collect();
         for (lease, agent) in orphans {
             self.provision(lease, agent);
+        }
+    }
+
+    /// Deletes the controller's idle nodes with the lender's prefix that no
+    /// open auto-lease uses or is making (left by a restart mid-lease, or
+    /// by a delete that failed).
+    fn reconcile_nodes(&mut self, controller: &str, nodes: &[crate::jenkins::Computer]) {
+        let Some(config) = self.controllers.get(controller) else {
+            return;
+        };
+        // Forget deletes that are done (the node is no longer listed).
+        self.deleting
+            .retain(|(c, n)| c != controller || nodes.iter().any(|node| node.name == *n));
+        if config.options.keep_nodes || nodes.is_empty() {
+            return;
+        }
+        let mut live = std::collections::BTreeSet::new();
+        for lease in self.pool.leases() {
+            let Some(origin) = lease.request.origin.as_ref() else {
+                continue;
+            };
+            if origin.controller != controller || matches!(lease.state, LeaseState::Ended(_)) {
+                continue;
+            }
+            live.insert(lease.request.borrower.node_name.clone());
+            if let Some(agent) = &lease.agent {
+                live.insert(config.node_name(agent));
+            }
+        }
+        let orphans: Vec<String> = nodes
+            .iter()
+            .filter(|n| {
+                n.idle
+                    && !live.contains(&n.name)
+                    && !self
+                        .deleting
+                        .contains(&(controller.to_owned(), n.name.clone()))
+            })
+            .map(|n| n.name.clone())
+            .collect();
+        for node in orphans {
+            tracing::info!(controller, %node, "lent node without a live lease; deleting it");
+            self.deleting.insert((controller.to_owned(), node.clone()));
+            self.delete_node(controller, &node, None);
         }
     }
 
