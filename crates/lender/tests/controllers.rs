@@ -177,6 +177,15 @@ async fn registered_controllers_show_their_state_and_never_their_token() {
         assert!(!seen.contains(secret), "{seen}");
     }
 
+    let (status, metrics) = lender.raw("GET", "/metrics", Some(&token), None).await;
+    assert_eq!(status, 200);
+    for needle in [
+        "jnlp_lender_controller_errors_total{controller=\"badtoken\",status=\"401\"}",
+        "jnlp_lender_controller_errors_total{controller=\"noperm\",status=\"403\"}",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in {metrics}");
+    }
+
     // The command-line client shows the same.
     let token_file = dir.join("client.token");
     write_private(&token_file, &lender.team_a);

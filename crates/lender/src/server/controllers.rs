@@ -42,6 +42,10 @@ pub(crate) struct Status {
     pub polled_ms: Option<u64>,
     /// Polls failed in a row.
     pub failures: u32,
+    /// Waiting items with a label, by label, at the last poll.
+    pub by_label: BTreeMap<String, usize>,
+    /// Failed polls by HTTP status (`unreachable`, `other`).
+    pub errors: BTreeMap<String, u64>,
 }
 
 /// The controllers as last read from the table, and their statuses.
@@ -69,6 +73,46 @@ impl Registry {
     /// Notes a failure met while lending there (a create refused).
     pub fn note_error(&self, name: &str, error: &str) {
         self.update(name, |s| s.last_error = Some(error.to_owned()));
+    }
+
+    /// The controllers' metrics (see `metrics`).
+    pub fn render_metrics(&self) -> String {
+        use super::metrics::{header, label_value};
+        use std::fmt::Write as _;
+        let inner = self.lock();
+        let mut out = String::new();
+        header(
+            &mut out,
+            "jnlp_lender_demand_waiting_items",
+            "gauge",
+            "Waiting items with a label at each registered controller, at its last poll.",
+        );
+        for (name, (_, status)) in inner.iter() {
+            for (label, n) in &status.by_label {
+                let _ = writeln!(
+                    out,
+                    "jnlp_lender_demand_waiting_items{{controller=\"{}\",label=\"{}\"}} {n}",
+                    label_value(name),
+                    label_value(label)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "jnlp_lender_controller_errors_total",
+            "counter",
+            "Failed polls of registered controllers, by HTTP status.",
+        );
+        for (name, (_, status)) in inner.iter() {
+            for (code, n) in &status.errors {
+                let _ = writeln!(
+                    out,
+                    "jnlp_lender_controller_errors_total{{controller=\"{}\",status=\"{code}\"}} {n}",
+                    label_value(name)
+                );
+            }
+        }
+        out
     }
 
     fn update(&self, name: &str, change: impl FnOnce(&mut Status)) -> Option<ControllerView> {
@@ -213,6 +257,10 @@ async fn watch(
         let mut failing_now = None;
         let failures = match result {
             Ok((version, waiting, items, nodes)) => {
+                let mut by_label: BTreeMap<String, usize> = BTreeMap::new();
+                for item in &items {
+                    *by_label.entry(item.requirements.to_string()).or_default() += 1;
+                }
                 // `demand` events for items not seen before.
                 let now_seen: BTreeSet<u64> = items.iter().map(|i| i.queue_id).collect();
                 for item in items.iter().filter(|i| !seen.contains(&i.queue_id)) {
@@ -242,6 +290,7 @@ async fn watch(
                     s.ok = Some(true);
                     s.version = version;
                     s.waiting_items = waiting;
+                    s.by_label = by_label;
                     s.polled_ms = Some(now);
                     s.failures = 0;
                 });
@@ -259,6 +308,12 @@ async fn watch(
                     s.last_error = Some(message.clone());
                     s.polled_ms = Some(now);
                     s.failures = s.failures.saturating_add(1);
+                    let code = match (&err, err.status()) {
+                        (_, Some(code)) => code.to_string(),
+                        (JenkinsError::Unreachable { .. }, None) => "unreachable".to_owned(),
+                        _ => "other".to_owned(),
+                    };
+                    *s.errors.entry(code).or_default() += 1;
                     failures = s.failures;
                     failing_now = news.then_some(());
                 });

@@ -150,7 +150,8 @@ async fn route(
         "/metrics" => {
             allowed("GET")?;
             authenticate(shared, &request, TokenKind::Client).await?;
-            let text = call(shared, |reply| ApiCall::Metrics { reply }).await?;
+            let mut text = call(shared, |reply| ApiCall::Metrics { reply }).await?;
+            text.push_str(&shared.controllers.render_metrics());
             let mut response = Response::new(full(text));
             response.headers_mut().insert(
                 CONTENT_TYPE,
