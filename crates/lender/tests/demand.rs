@@ -215,3 +215,27 @@ fn one_build_recalls_the_agent_once_its_first_build_is_over() {
         .any(|d| matches!(d, Decision::Recall { lease, .. } if *lease == id)));
     check(&pool);
 }
+
+#[test]
+fn the_oldest_waiting_build_goes_first_across_controllers() {
+    let mut pool = pool_with(&[("m1", &["macos"])]);
+    pool.agent_reported("m1", at(C, true, true), T0).unwrap();
+    // m1 is away (busy, no lease): both wait. ci-b's item is younger but
+    // asked first.
+    let b = pool.demand(
+        "ci-b",
+        &template(None),
+        &[item(1, T0 + 50, "macos")],
+        T0 + 100,
+    )[0];
+    let mut other = template(None);
+    other.url = "http://ci-c.example/".into();
+    let c = pool.demand("ci-c", &other, &[item(1, T0 + 10, "macos")], T0 + 101)[0];
+    assert_eq!(state(&pool, b), LeaseState::Queued);
+    assert_eq!(state(&pool, c), LeaseState::Queued);
+    // m1 comes home: ci-c's older item gets it.
+    pool.agent_reported("m1", home(), T0 + 200).unwrap();
+    assert_eq!(state(&pool, c), LeaseState::Reserved);
+    assert_eq!(state(&pool, b), LeaseState::Queued);
+    check(&pool);
+}

@@ -25,7 +25,9 @@
 //!   lent first, ties by name: wear spreads over the pool and the choice is
 //!   deterministic.
 //! - **Queue.** A request that finds no free agent waits until its deadline,
-//!   first come first served: when an agent becomes free it goes to the
+//!   first come first served (an auto-lease counts from its item's
+//!   `inQueueSince`, so the oldest waiting build goes first across
+//!   controllers): when an agent becomes free it goes to the
 //!   oldest waiting request it satisfies whose borrower is under its cap. So
 //!   a request no agent can serve does not hold up the ones behind it.
 //! - **Two phases.** Reserved (phase one: set aside, `borrow` sent), then
@@ -1370,8 +1372,24 @@ impl Pool {
         if self.queue.is_empty() || !self.agents.values().any(Agent::is_free) {
             return;
         }
-        let waiting: Vec<LeaseId> = self.queue.iter().copied().collect();
-        for id in waiting {
+        // Oldest first: an auto-lease by its item's time in its
+        // controller's queue (so the oldest waiting build across
+        // controllers goes first), any other by its request.
+        let mut waiting: Vec<(u64, LeaseId)> = self
+            .queue
+            .iter()
+            .filter_map(|id| {
+                let lease = self.leases.get(id)?;
+                let since = lease
+                    .request
+                    .origin
+                    .as_ref()
+                    .map_or(lease.requested_ms, |o| o.in_queue_since_ms);
+                Some((since, *id))
+            })
+            .collect();
+        waiting.sort_unstable();
+        for (_, id) in waiting {
             let live = self.leases.get(&id).is_some_and(|l| l.deadline_ms > now);
             if !live {
                 continue;
