@@ -26,6 +26,10 @@ const USER: &str = "lender";
 const TOKEN: &str = "0a1b2c3d4e5f";
 
 fn register(db: &std::path::Path, name: &str, url: &str) {
+    register_with(db, name, url, false);
+}
+
+fn register_with(db: &std::path::Path, name: &str, url: &str, one_build: bool) {
     let mut store = ok(SqliteStore::open(db));
     let config = ControllerConfig {
         name: name.into(),
@@ -34,6 +38,7 @@ fn register(db: &std::path::Path, name: &str, url: &str) {
         api_token: Secret::new(TOKEN),
         options: ControllerOptions {
             demand_after: Duration::ZERO,
+            one_build,
             ..ControllerOptions::default()
         },
         added_ms: 0,
@@ -288,5 +293,58 @@ async fn a_restarted_lender_reconciles_its_nodes() {
         has(&ci, &deleted).then_some(())
     })
     .await;
+    lender.stop().await;
+}
+
+/// Leaving without guessing: before the lender takes an agent away (here:
+/// `--one-build`, its build over), the node is taken temporarily offline
+/// at the controller with a message naming the lender and the lease, and
+/// then the agent is sent home at once (not "when idle").
+#[tokio::test]
+async fn the_node_goes_offline_before_the_agent_is_taken_away() {
+    let mut lender =
+        Lender::start_with("on-demand-leave", |c| c.poll = Duration::from_millis(200)).await;
+    let ci = TestController::builder()
+        .jenkins_version("2.541.1")
+        .user(USER, TOKEN, Permission::LENDER)
+        .agent(NodeConfig::new("ci-linux").labels("linux"))
+        .start()
+        .await;
+    let mac = lender.agent("mac1", &["macos"]).await;
+    register_with(&lender.scratch.db(), "ci", &ci.url(), true);
+    ci.jenkins()
+        .queue(JobSpec::freestyle("build").label("macos"));
+    eventually("borrowed", || async {
+        (!mac.state().borrows.is_empty()).then_some(())
+    })
+    .await;
+    // Its build runs, then ends.
+    mac.state().busy = true;
+    mac.send_status().await;
+    eventually("busy seen", || async {
+        let agents = lender.agents().await;
+        (find_agent(&agents, "mac1")?["busy"] == true).then_some(())
+    })
+    .await;
+    mac.state().busy = false;
+    mac.send_status().await;
+    eventually("sent home", || async {
+        (!mac.state().returns.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(mac.state().returns[0], control::When::Now);
+    let offline_first = ci.log().iter().position(|e| {
+        matches!(e, ControllerEvent::Http { path, status } if path == "/computer/lent-mac1/changeOfflineCause" && *status == 302)
+    });
+    assert!(offline_first.is_some(), "{:?}", ci.log());
+    let deleted = ControllerEvent::NodeDeleted {
+        node: "lent-mac1".into(),
+    };
+    eventually("node deleted", || async {
+        has(&ci, &deleted).then_some(())
+    })
+    .await;
+    let deleted_at = ci.log().iter().position(|e| *e == deleted);
+    assert!(offline_first < deleted_at);
     lender.stop().await;
 }

@@ -103,6 +103,14 @@ pub(crate) enum Input {
         /// Its nodes named with the lender's prefix.
         nodes: Vec<crate::jenkins::Computer>,
     },
+    /// The node of a returning auto-lease is temporarily offline and idle
+    /// at its controller (`Ok`), or that could not be done (`Err`: the
+    /// return goes out as usual).
+    LeaveReady {
+        lease: LeaseId,
+        agent: String,
+        result: Result<(), String>,
+    },
     /// A node for an auto-lease was made, or could not be.
     Provisioned {
         lease: LeaseId,
@@ -250,6 +258,8 @@ pub(crate) struct Driver {
     registry: Arc<Registry>,
     /// Auto-leases whose node is being made.
     provisioning: std::collections::BTreeSet<LeaseId>,
+    /// Returning auto-leases whose node is being taken offline.
+    leaving: std::collections::BTreeSet<LeaseId>,
     /// Orphan nodes being deleted (not asked twice).
     deleting: std::collections::BTreeSet<(String, String)>,
     /// For provisioning tasks to report back (weak: the driver must not
@@ -318,6 +328,7 @@ impl Driver {
             creates: BTreeMap::new(),
             provisioning: std::collections::BTreeSet::new(),
             deleting: std::collections::BTreeSet::new(),
+            leaving: std::collections::BTreeSet::new(),
             registry: wiring.registry,
             inputs: wiring.inputs,
             tracker: wiring.tracker,
@@ -442,6 +453,11 @@ impl Driver {
                 controller,
                 result,
             } => self.provisioned(lease, &agent, &controller, result, now),
+            Input::LeaveReady {
+                lease,
+                agent,
+                result,
+            } => self.leave_ready(lease, &agent, result),
             Input::LinkDown { node, link } => {
                 if self.links.get(&node).map(|l| l.id) != Some(link) {
                     return;
@@ -1004,6 +1020,9 @@ impl Driver {
                 tracing::info!(lease, %agent, borrower = %l.request.borrower.url, "sending borrow");
                 self.send(&agent, request, lease, PendingKind::Borrow);
             }
+            Decision::Recall { lease, agent, when } if self.leave_first(lease, &agent) => {
+                tracing::info!(lease, %agent, ?when, "taking the node offline before the agent leaves");
+            }
             Decision::Recall { lease, agent, when } => {
                 let request = Request::Return {
                     when,
@@ -1030,6 +1049,75 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Leaving without guessing: before an auto-lease's agent is taken
+    /// from its controller, its node there is taken temporarily offline
+    /// (no new build can start), checked idle again (a build that slipped
+    /// in is waited for), and only then the agent is sent home at once.
+    /// Whether a task now does that (the `return` follows on
+    /// [`Input::LeaveReady`]).
+    fn leave_first(&mut self, lease: LeaseId, agent: &str) -> bool {
+        let Some(l) = self.pool.lease(lease) else {
+            return false;
+        };
+        let Some(origin) = l.request.origin.as_ref().filter(|o| o.provisioned) else {
+            return false;
+        };
+        let Some(config) = self.controllers.get(&origin.controller).cloned() else {
+            return false;
+        };
+        if !self.leaving.insert(lease) {
+            // Already under way (a re-sent recall).
+            return true;
+        }
+        let node = l.request.borrower.node_name.clone();
+        let message = format!("jnlp-lender: returning agent {agent} (lease {lease})");
+        let deadline = after(self.borrow_wait);
+        let inputs = self.inputs.clone();
+        let agent = agent.to_owned();
+        let poll = self.tick.max(Duration::from_millis(100));
+        self.tracker.spawn(async move {
+            let result =
+                provision::take_offline_until_idle(&config, &node, &message, poll, deadline)
+                    .await
+                    .map_err(|err| err.to_string());
+            if let Some(inputs) = inputs.upgrade() {
+                let _ = inputs
+                    .send(Input::LeaveReady {
+                        lease,
+                        agent,
+                        result,
+                    })
+                    .await;
+            }
+        });
+        true
+    }
+
+    /// The node is offline and idle (or that failed): the agent goes now
+    /// (or, on failure, as it would have without credentials: when idle).
+    fn leave_ready(&mut self, lease: LeaseId, agent: &str, result: Result<(), String>) {
+        self.leaving.remove(&lease);
+        let returning = self.pool.lease(lease).is_some_and(|l| {
+            matches!(l.state, LeaseState::Returning(_)) && l.agent.as_deref() == Some(agent)
+        });
+        if !returning {
+            return;
+        }
+        let when = match result {
+            Ok(()) => When::Now,
+            Err(reason) => {
+                tracing::warn!(lease, %agent, %reason, "cannot take the node offline first; the agent leaves when idle");
+                When::Idle
+            }
+        };
+        let request = Request::Return {
+            when,
+            wait: Some(self.borrow_wait),
+        };
+        tracing::info!(lease, %agent, ?when, "sending return");
+        self.send(agent, request, lease, PendingKind::Return);
     }
 
     /// Makes the node for reserved auto-lease `lease` in a task; the result

@@ -163,3 +163,30 @@ pub(crate) async fn delete(config: &ControllerConfig, node: &str) -> bool {
         }
     }
 }
+
+/// Takes `node` temporarily offline with `message`, then waits (polling
+/// every `poll`, until `deadline`) for it to be idle: a build that started
+/// before it went offline finishes first.
+pub(crate) async fn take_offline_until_idle(
+    config: &ControllerConfig,
+    node: &str,
+    message: &str,
+    poll: std::time::Duration,
+    deadline: tokio::time::Instant,
+) -> Result<(), JenkinsError> {
+    let client = config.client()?;
+    client.take_offline(node, message).await?;
+    loop {
+        match client.computer(node).await? {
+            None => return Ok(()),
+            Some(c) if c.idle => return Ok(()),
+            Some(_) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(JenkinsError::Setup(format!(
+                "{node} is still busy; the agent leaves when idle"
+            )));
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
