@@ -113,7 +113,7 @@ struct ControllerAddArgs {
     /// The SQLite database file (created if needed).
     #[arg(long, default_value = "jnlp-lender.db")]
     db: PathBuf,
-    /// The controller's root URL, e.g. https://ci.example/.
+    /// The controller's root URL, e.g. `https://ci.example/`.
     #[arg(long)]
     url: String,
     /// The Jenkins user the lender logs in as (needs Overall/Read, Job/Read,

@@ -10,7 +10,17 @@
 //!   recorded), and the pool tries the next agent;
 //! - `Recall` → `return` (with `wait`) on the agent's link; the agent's
 //!   report of being home ends the lease;
-//! - `Ended` → counted in the metrics.
+//! - `Ended` → counted in the metrics; an auto-lease's node is deleted
+//!   (not with `--keep-nodes`);
+//! - `Provision` (lending on demand) → a task makes the node at the
+//!   controller and reads its secret; its result comes back as
+//!   [`Input::Provisioned`] and only then the `borrow` goes out. A `Recall`
+//!   of an auto-lease first takes its node temporarily offline and waits
+//!   for it to be idle ([`Input::LeaveReady`]), then sends `return` now.
+//!
+//! Each registered controller's watcher sends its waiting items
+//! ([`Input::Demand`]); the pool keeps one auto-lease per item, and the
+//! driver deletes idle lent nodes no open auto-lease uses.
 //!
 //! # Durable before acknowledged
 //!
