@@ -149,7 +149,7 @@ fn view(config: &ControllerConfig, status: &Status, agents: &[AgentView]) -> Con
 
 /// A URL compared without its trailing slashes and the case of its scheme
 /// and host.
-fn same_url(url: &str) -> String {
+pub(crate) fn same_url(url: &str) -> String {
     let url = url.trim_end_matches('/');
     match url.split_once("://") {
         Some((scheme, rest)) => {
@@ -272,16 +272,17 @@ async fn watch(
                     })));
                 }
                 seen = now_seen;
-                if config.options.demand {
-                    let input = Input::Demand {
-                        config: Box::new(config.clone()),
-                        items,
-                        nodes,
-                    };
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        _ = inputs.send(input) => {}
-                    }
+                // Sent with --no-demand too (no items): the driver learns
+                // the controller's credentials (a home it may take nodes
+                // offline at).
+                let input = Input::Demand {
+                    config: Box::new(config.clone()),
+                    items,
+                    nodes,
+                };
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = inputs.send(input) => {}
                 }
                 registry.update(&config.name, |s| {
                     if s.ok == Some(false) {

@@ -113,6 +113,13 @@ pub(crate) enum Input {
         /// Its nodes named with the lender's prefix.
         nodes: Vec<crate::jenkins::Computer>,
     },
+    /// The home node of an agent about to be lent is temporarily offline
+    /// and idle (`Ok`), or that could not be done.
+    LendReady {
+        lease: LeaseId,
+        agent: String,
+        result: Result<(), String>,
+    },
     /// The node of a returning auto-lease is temporarily offline and idle
     /// at its controller (`Ok`), or that could not be done (`Err`: the
     /// return goes out as usual).
@@ -270,6 +277,13 @@ pub(crate) struct Driver {
     provisioning: std::collections::BTreeSet<LeaseId>,
     /// Returning auto-leases whose node is being taken offline.
     leaving: std::collections::BTreeSet<LeaseId>,
+    /// Each agent's home URL, as it last said.
+    homes: HashMap<String, String>,
+    /// Reserved leases whose agent's home node is being taken offline.
+    lending: std::collections::BTreeSet<LeaseId>,
+    /// Agents whose home node the lender may have taken offline: brought
+    /// back online once they are home and in no lease.
+    offline_at_home: std::collections::BTreeSet<String>,
     /// Orphan nodes being deleted (not asked twice).
     deleting: std::collections::BTreeSet<(String, String)>,
     /// For provisioning tasks to report back (weak: the driver must not
@@ -339,6 +353,9 @@ impl Driver {
             provisioning: std::collections::BTreeSet::new(),
             deleting: std::collections::BTreeSet::new(),
             leaving: std::collections::BTreeSet::new(),
+            homes: HashMap::new(),
+            lending: std::collections::BTreeSet::new(),
+            offline_at_home: std::collections::BTreeSet::new(),
             registry: wiring.registry,
             inputs: wiring.inputs,
             tracker: wiring.tracker,
@@ -468,6 +485,11 @@ impl Driver {
                 agent,
                 result,
             } => self.leave_ready(lease, &agent, result),
+            Input::LendReady {
+                lease,
+                agent,
+                result,
+            } => self.lend_ready(lease, &agent, result),
             Input::LinkDown { node, link } => {
                 if self.links.get(&node).map(|l| l.id) != Some(link) {
                     return;
@@ -629,6 +651,12 @@ impl Driver {
     ) {
         let report = AgentReport::from_status(status);
         self.reconcile(&node, &report);
+        if let Some(home) = &status.home_url {
+            self.homes.insert(node.clone(), home.clone());
+            // After a restart the lender does not know whether it took the
+            // home node offline: look once.
+            self.offline_at_home.insert(node.clone());
+        }
         if let Some(old) = self.links.insert(
             node.clone(),
             Link {
@@ -707,8 +735,12 @@ impl Driver {
                 // The link refuses a second hello; nothing to do here.
                 Ok(())
             }
-            AgentMessage::Status { status } => self.pool.agent_reported(node, report(&status), now),
+            AgentMessage::Status { status } => {
+                self.note_home(node, &status);
+                self.pool.agent_reported(node, report(&status), now)
+            }
             AgentMessage::Event { event } => {
+                self.note_home(node, &event.status);
                 self.pool.agent_reported(node, report(&event.status), now)
             }
             AgentMessage::Reply { id, reply } => {
@@ -722,6 +754,52 @@ impl Driver {
         if let Err(err) = result {
             tracing::warn!(%node, %err, "agent message not applied");
         }
+        self.back_home(node);
+    }
+
+    fn note_home(&mut self, node: &str, status: &Status) {
+        if let Some(home) = &status.home_url {
+            self.homes.insert(node.to_owned(), home.clone());
+        }
+    }
+
+    /// The registered controller that is `agent`'s home, if any.
+    fn home_controller(&self, agent: &str) -> Option<ControllerConfig> {
+        let home = super::controllers::same_url(self.homes.get(agent)?);
+        self.controllers
+            .values()
+            .find(|c| super::controllers::same_url(&c.url) == home)
+            .cloned()
+    }
+
+    /// An agent home and in no lease whose home node the lender took
+    /// offline: brought back online (only if it is temporarily offline
+    /// with the lender's message).
+    fn back_home(&mut self, agent: &str) {
+        if !self.offline_at_home.contains(agent) {
+            return;
+        }
+        let home_free = self
+            .pool
+            .agent(agent)
+            .is_some_and(|a| a.place == Place::Home && a.lease.is_none());
+        if !home_free {
+            return;
+        }
+        let Some(config) = self.home_controller(agent) else {
+            return;
+        };
+        self.offline_at_home.remove(agent);
+        let node = agent.to_owned();
+        self.tracker.spawn(async move {
+            match provision::bring_online_if_ours(&config, &node).await {
+                Ok(true) => {
+                    tracing::info!(%node, controller = %config.name, "home node back online")
+                }
+                Ok(false) => {}
+                Err(err) => tracing::warn!(%node, %err, "cannot bring the home node back online"),
+            }
+        });
     }
 
     fn on_reply(&mut self, node: &str, pending: Pending, reply: Reply, now: u64) {
@@ -1019,6 +1097,9 @@ impl Driver {
 
     fn decide(&mut self, decision: Decision) {
         match decision {
+            Decision::Lend { lease, agent } if self.lend_first(lease, &agent) => {
+                tracing::info!(lease, %agent, "taking the home node offline before the agent leaves");
+            }
             Decision::Lend { lease, agent } => {
                 let Some(l) = self.pool.lease(lease) else {
                     return;
@@ -1103,6 +1184,70 @@ impl Driver {
             }
         });
         true
+    }
+
+    /// Leaving home without guessing: when the agent's home is a registered
+    /// controller, its node there is taken temporarily offline and checked
+    /// idle before the `borrow` goes out (then with `when: now`). Whether a
+    /// task now does that (the borrow follows on [`Input::LendReady`]).
+    fn lend_first(&mut self, lease: LeaseId, agent: &str) -> bool {
+        let reserved = self
+            .pool
+            .lease(lease)
+            .is_some_and(|l| l.state == LeaseState::Reserved && l.agent.as_deref() == Some(agent));
+        if !reserved || self.pool.agent(agent).map(|a| &a.place) != Some(&Place::Home) {
+            return false;
+        }
+        let Some(config) = self.home_controller(agent) else {
+            return false;
+        };
+        if !self.lending.insert(lease) {
+            return true;
+        }
+        self.offline_at_home.insert(agent.to_owned());
+        let message = format!("jnlp-lender: lending {agent} (lease {lease})");
+        let deadline = after(self.borrow_wait);
+        let poll = self.tick.max(Duration::from_millis(100));
+        let inputs = self.inputs.clone();
+        let agent = agent.to_owned();
+        self.tracker.spawn(async move {
+            let result =
+                provision::take_offline_until_idle(&config, &agent, &message, poll, deadline)
+                    .await
+                    .map_err(|err| err.to_string());
+            if let Some(inputs) = inputs.upgrade() {
+                let _ = inputs
+                    .send(Input::LendReady {
+                        lease,
+                        agent,
+                        result,
+                    })
+                    .await;
+            }
+        });
+        true
+    }
+
+    /// The home node is offline and idle (or that failed): the borrow goes
+    /// out, to leave at once (or, on failure, when idle, as before).
+    fn lend_ready(&mut self, lease: LeaseId, agent: &str, result: Result<(), String>) {
+        self.lending.remove(&lease);
+        let Some(l) = self.pool.lease(lease) else {
+            return;
+        };
+        if l.state != LeaseState::Reserved || l.agent.as_deref() != Some(agent) {
+            self.back_home(agent);
+            return;
+        }
+        let mut borrow = l.borrow_request(Some(self.borrow_wait));
+        match result {
+            Ok(()) => borrow.when = When::Now,
+            Err(reason) => {
+                tracing::warn!(lease, %agent, %reason, "cannot take the home node offline first; the agent leaves when idle");
+            }
+        }
+        tracing::info!(lease, %agent, borrower = %l.request.borrower.url, when = ?borrow.when, "sending borrow");
+        self.send(agent, Request::Borrow(borrow), lease, PendingKind::Borrow);
     }
 
     /// The node is offline and idle (or that failed): the agent goes now

@@ -190,3 +190,20 @@ pub(crate) async fn take_offline_until_idle(
         tokio::time::sleep(poll).await;
     }
 }
+
+/// Brings `node` back online if it is temporarily offline because of the
+/// lender (its cause names `jnlp-lender`); a node someone else took
+/// offline stays so. Whether it was brought online.
+pub(crate) async fn bring_online_if_ours(
+    config: &ControllerConfig,
+    node: &str,
+) -> Result<bool, JenkinsError> {
+    let client = config.client()?;
+    match client.computer(node).await? {
+        Some(c) if c.temporarily_offline && c.offline_cause_reason.contains("jnlp-lender") => {
+            client.toggle_offline(node).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
