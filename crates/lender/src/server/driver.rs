@@ -679,7 +679,9 @@ impl Driver {
             arch: None,
             report,
         };
+        let name = hello.name.clone();
         self.pool.agent_connected(hello, now);
+        self.back_home(&name);
     }
 
     /// Logs where the agent's word and the lender's memory disagree; the
