@@ -92,6 +92,7 @@ fn request(rng: &mut StdRng, requirements: Expr, wait: Duration) -> LeaseRequest
         lease: Some(Duration::from_secs(3600)),
         idle_return: None,
         wait,
+        origin: None,
     }
 }
 

@@ -13,7 +13,8 @@
 //! | `GET /v1/leases/{id}` | | 200 [`LeaseView`], 404 if it is not the caller's |
 //! | `DELETE /v1/leases/{id}[?now=true]` | | 202 [`LeaseView`]: the agent goes home when idle (or now); a queued request is withdrawn |
 //! | `GET /v1/agents` | | 200 `[AgentView]` |
-//! | `GET /v1/events` | | `text/event-stream`: `event: lease` / `event: agent` with a view as `data` |
+//! | `GET /v1/controllers` | | 200 `[ControllerView]`: the registered Jenkins controllers and how lending there goes (never a credential) |
+//! | `GET /v1/events` | | `text/event-stream`: `event: lease` / `event: agent` with a view as `data`; lending on demand adds `demand` ([`DemandEvent`]), `node_created`, `node_deleted` ([`NodeEvent`]) and `controller_failing` ([`ControllerView`]) |
 //! | `GET /metrics` | | Prometheus text |
 //! | `GET /v1/link` | | the agents' WebSocket ([`control::link`]), with an agent token |
 //!
@@ -272,6 +273,64 @@ impl LeaseView {
             ended,
         }
     }
+}
+
+/// A registered controller as the API shows it (`GET /v1/controllers`):
+/// never its API token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerView {
+    /// The lender's name for it.
+    pub name: String,
+    /// Its root URL.
+    pub url: String,
+    /// The Jenkins user the lender logs in as.
+    pub user: String,
+    /// `pending` (not read yet), `ok` (its queue was read at the last
+    /// poll) or `failing` (see `last_error`).
+    pub state: String,
+    /// Why the last poll failed (naming the missing permission on a 403),
+    /// or the last failure before it recovered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// `X-Jenkins` at the last poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jenkins_version: Option<String>,
+    /// Buildable items waiting longer than `demand_after` at the last poll.
+    pub waiting_items: usize,
+    /// Agents of the pool borrowed there now.
+    pub agents_lent: usize,
+    /// When it was last read (unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polled_ms: Option<u64>,
+    /// Whether the lender lends there on demand (`--no-demand`: false).
+    pub demand: bool,
+}
+
+/// `event: demand`: a registered controller has a build waiting for a
+/// label (seen for the first time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DemandEvent {
+    /// The controller's name.
+    pub controller: String,
+    /// The queue item's id there.
+    pub queue_id: u64,
+    /// The label expression it waits for (canonical).
+    pub requirements: String,
+    /// When it was queued (unix ms).
+    pub in_queue_since_ms: u64,
+}
+
+/// `event: node_created` / `event: node_deleted`: the lender made or
+/// removed a lent node at a registered controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    /// The controller's name.
+    pub controller: String,
+    /// The node's name.
+    pub node: String,
+    /// The auto-lease it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseId>,
 }
 
 /// An agent as the API shows it.

@@ -1,5 +1,5 @@
 //! A client of the HTTP API ([`crate::api`]), used by `jnlp-lender lease`,
-//! `return`, `agents` and `leases`.
+//! `return`, `agents`, `leases` and `controllers`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::{AgentView, ErrorBody, LeaseBody, LeaseView};
+use crate::api::{AgentView, ControllerView, ErrorBody, LeaseBody, LeaseView};
 use crate::pool::LeaseId;
 use crate::tokens::MAX_TOKEN;
 
@@ -115,6 +115,12 @@ impl Client {
     /// `GET /v1/agents`.
     pub async fn agents(&self) -> Result<Vec<AgentView>, ClientError> {
         self.exchange::<(), _>(reqwest::Method::GET, "/v1/agents", None)
+            .await
+    }
+
+    /// `GET /v1/controllers`: the registered Jenkins controllers.
+    pub async fn controllers(&self) -> Result<Vec<ControllerView>, ClientError> {
+        self.exchange::<(), _>(reqwest::Method::GET, "/v1/controllers", None)
             .await
     }
 

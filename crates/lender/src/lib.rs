@@ -24,6 +24,12 @@
 //!   thin driver ([`server`]): one task owns the pool and the store and
 //!   applies every input in turn, so no two requests race for an agent.
 //!   State survives restarts in a [`store::Store`] (SQLite by default).
+//! - **Lending on demand.** For registered Jenkins controllers
+//!   ([`controllers`]) the lender reads the queue itself ([`jenkins`]) and
+//!   keeps one auto-lease per waiting build; an auto-lease that reserves
+//!   an agent first has its node made at the controller (the pool asks,
+//!   a task does it), and the node goes when the lease ends. Only
+//!   Jenkins' HTTP API is used: no plugin.
 //! - **Restarts.** A restarted lender rebuilds the pool from the store;
 //!   agents reconnect and say `hello` with their place. The agent's word
 //!   wins about where it is, the lender's about leases; disagreements are
@@ -37,6 +43,9 @@
 //!
 //! - [`labels`]: Jenkins label expressions: parser, canonical printing,
 //!   evaluation against an agent's labels;
+//! - [`controllers`]: registered Jenkins controllers (lending on demand);
+//! - [`jenkins`]: a client of Jenkins' own HTTP API (queue, nodes,
+//!   secrets) for lending on demand;
 //! - [`pool`]: agents, leases, the queue and every decision about them;
 //! - [`store`]: the storage interface, its SQLite and in-memory
 //!   implementations;
@@ -49,6 +58,8 @@
 
 pub mod api;
 pub mod client;
+pub mod controllers;
+pub mod jenkins;
 pub mod labels;
 pub mod pool;
 pub mod server;

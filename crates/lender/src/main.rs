@@ -6,6 +6,8 @@
 //! - `lease`, `return`, `agents`, `leases`: clients of the HTTP API, for
 //!   people and jobs (`--lender URL --token-file F`, or
 //!   `JNLP_LENDER_URL` and `JNLP_LENDER_TOKEN_FILE`);
+//! - `controller add`, `controller remove`: register Jenkins controllers
+//!   to lend to on demand; `controllers`: their state (an API client);
 //! - `labels check`: try a label expression locally.
 
 use std::collections::BTreeSet;
@@ -18,6 +20,7 @@ use clap::{Args, Parser, Subcommand};
 use control::Transport;
 use lender::api::{AgentView, BorrowerBody, LeaseBody, LeaseView};
 use lender::client::{read_small_file, Client, ClientError};
+use lender::controllers::{ControllerConfig, ControllerOptions};
 use lender::labels::Expr;
 use lender::pool::PoolConfig;
 use lender::server::{self, Config, TlsFiles};
@@ -75,6 +78,73 @@ enum Command {
     /// Label expressions.
     #[command(subcommand)]
     Labels(LabelsCommand),
+    /// Register or remove a Jenkins controller to lend to on demand (a
+    /// running `serve` picks the change up within one --poll).
+    #[command(subcommand)]
+    Controller(ControllerCommand),
+    /// List the registered controllers: url, state (pending, ok, failing),
+    /// last error, Jenkins version, waiting items, agents lent there.
+    Controllers {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ControllerCommand {
+    /// Register a controller: the lender reads its queue and lends pooled
+    /// agents to builds waiting for a label, creating and deleting their
+    /// nodes through Jenkins' HTTP API.
+    Add(ControllerAddArgs),
+    /// Remove a registered controller.
+    Remove {
+        /// The controller's name.
+        name: String,
+        /// The SQLite database file.
+        #[arg(long, default_value = "jnlp-lender.db")]
+        db: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ControllerAddArgs {
+    /// The lender's name for it (letters, digits, '-', '_', '.').
+    name: String,
+    /// The SQLite database file (created if needed).
+    #[arg(long, default_value = "jnlp-lender.db")]
+    db: PathBuf,
+    /// The controller's root URL, e.g. `https://ci.example/`.
+    #[arg(long)]
+    url: String,
+    /// The Jenkins user the lender logs in as (needs Overall/Read, Job/Read,
+    /// Agent/Create, Delete, Configure, Connect, Disconnect).
+    #[arg(long)]
+    user: String,
+    /// A file holding that user's API token (stored in the database, never
+    /// shown).
+    #[arg(long)]
+    api_token_file: PathBuf,
+    /// At most this many agents lent there at once.
+    #[arg(long)]
+    max_agents: Option<u32>,
+    /// Lent nodes are named PREFIX + the agent's name.
+    #[arg(long, default_value = lender::controllers::DEFAULT_NODE_PREFIX)]
+    node_prefix: String,
+    /// A lent agent idle this long goes home.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    idle_return: Duration,
+    /// The lease ends when the first build on the node has finished.
+    #[arg(long)]
+    one_build: bool,
+    /// Items waiting at least this long are demand.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    demand_after: Duration,
+    /// Do not read its queue (register the credentials only).
+    #[arg(long)]
+    no_demand: bool,
+    /// Keep lent nodes when their lease ends (default: delete them).
+    #[arg(long)]
+    keep_nodes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +195,10 @@ struct ServeArgs {
     /// The lender's name, told to agents.
     #[arg(long, default_value = "jnlp-lender")]
     name: String,
+    /// How often each registered controller's queue is read (and the
+    /// controllers table re-read).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    poll: Duration,
     /// At most this many connections not yet authenticated (one more closes
     /// the oldest of them). Default: a quarter of the open-files limit,
     /// between 64 and 4096.
@@ -261,6 +335,11 @@ fn main() -> ExitCode {
         }
         Command::Return { id, now, client } => runtime(return_lease(id, now, client)),
         Command::Agents { client } => runtime(agents(client)),
+        Command::Controllers { client } => runtime(controllers(client)),
+        Command::Controller(ControllerCommand::Add(args)) => report(controller_add(args)),
+        Command::Controller(ControllerCommand::Remove { name, db }) => {
+            report(controller_remove(&db, &name))
+        }
         Command::Leases {
             state,
             limit,
@@ -412,6 +491,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = Config::new(args.listen, args.db);
     config.init = args.init;
     config.db_busy_timeout = args.db_busy_timeout;
+    if args.poll < Duration::from_millis(100) {
+        anyhow::bail!("--poll must be at least 100ms");
+    }
+    config.poll = args.poll;
     config.max_unauthenticated = args
         .max_unauthenticated
         .unwrap_or_else(|| server::default_max_unauthenticated(open_files));
@@ -567,6 +650,79 @@ async fn agents(args: ClientArgs) -> anyhow::Result<ExitCode> {
         for agent in &agents {
             println!("{}", agent_line(agent));
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn controller_add(args: ControllerAddArgs) -> anyhow::Result<ExitCode> {
+    let token = read_small_file(&args.api_token_file)?;
+    let token = token.trim();
+    if token.is_empty() {
+        anyhow::bail!(
+            "{} is empty: put the Jenkins user's API token in it",
+            args.api_token_file.display()
+        );
+    }
+    let config = ControllerConfig {
+        name: args.name,
+        url: args.url,
+        user: args.user,
+        api_token: lender::pool::Secret::new(token),
+        options: ControllerOptions {
+            max_agents: args.max_agents,
+            node_prefix: args.node_prefix,
+            idle_return: args.idle_return,
+            one_build: args.one_build,
+            demand_after: args.demand_after,
+            demand: !args.no_demand,
+            keep_nodes: args.keep_nodes,
+        },
+        added_ms: control::now_ms(),
+    };
+    config.check().map_err(anyhow::Error::msg)?;
+    let mut store = SqliteStore::open(&args.db)?;
+    if !store.add_controller(&config)? {
+        anyhow::bail!(
+            "a controller named {:?} is registered already; `jnlp-lender controller remove {}` first to change it",
+            config.name,
+            config.name
+        );
+    }
+    eprintln!(
+        "jnlp-lender: controller {:?} registered ({} as {}); a running lender picks it up within one --poll",
+        config.name, config.url, config.user
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn controller_remove(db: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    let mut store = SqliteStore::open_existing(db)?;
+    if !store.remove_controller(name)? {
+        eprintln!("jnlp-lender: no controller named {name:?} (see `jnlp-lender controllers`)");
+        return Ok(ExitCode::from(1));
+    }
+    eprintln!("jnlp-lender: controller {name:?} removed");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn controllers(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let controllers = client(&args)?.controllers().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&controllers)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("NAME\tSTATE\tVERSION\tWAITING\tLENT\tURL\tLAST ERROR");
+    for c in &controllers {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            c.name,
+            c.state,
+            c.jenkins_version.as_deref().unwrap_or("-"),
+            c.waiting_items,
+            c.agents_lent,
+            c.url,
+            c.last_error.as_deref().unwrap_or("-"),
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -155,7 +155,7 @@ fn sqlite_reopened_after_a_restart_gives_the_same_leases_and_queue() {
     };
     // "Restart": a new process opens the file and rebuilds the pool.
     let mut store = ok(SqliteStore::open(&scratch.db()));
-    assert_eq!(ok(store.schema_version()), 3);
+    assert_eq!(ok(store.schema_version()), 5);
     let snapshot = ok(store.load());
     assert_eq!(snapshot, before);
     let mut pool = ok(Pool::restore(PoolConfig::default(), snapshot));
@@ -231,7 +231,7 @@ fn a_newer_schema_is_refused() {
     }
     match SqliteStore::open(&scratch.db()) {
         Err(StoreError::NewerSchema {
-            found: 7, known: 3, ..
+            found: 7, known: 5, ..
         }) => {}
         other => panic!("{other:?}"),
     }
@@ -259,4 +259,54 @@ fn an_empty_commit_is_a_no_op() {
             ..Snapshot::default()
         }
     );
+}
+
+fn controller(name: &str, token: &str) -> lender::controllers::ControllerConfig {
+    let mut options = lender::controllers::ControllerOptions {
+        max_agents: Some(2),
+        node_prefix: "lent-".into(),
+        one_build: true,
+        ..Default::default()
+    };
+    options.idle_return = std::time::Duration::from_secs(90);
+    lender::controllers::ControllerConfig {
+        name: name.into(),
+        url: format!("http://{name}.example:8080/"),
+        user: "lender".into(),
+        api_token: lender::pool::Secret::new(token),
+        options,
+        added_ms: T0,
+    }
+}
+
+/// Registers, lists (through a reader too: `serve` re-reads the table
+/// there), refuses a second of the same name, removes.
+fn controllers_round_trip(store: &mut dyn Store) {
+    let reader = ok(store.reader());
+    assert_eq!(ok(store.controllers()), []);
+    assert!(ok(store.add_controller(&controller("b", "tok-b"))));
+    assert!(ok(store.add_controller(&controller("a", "tok-a"))));
+    assert!(!ok(store.add_controller(&controller("a", "other"))));
+    let listed = ok(reader.controllers());
+    assert_eq!(listed, [controller("a", "tok-a"), controller("b", "tok-b")]);
+    assert_eq!(listed[0].api_token.expose(), "tok-a");
+    assert!(ok(store.remove_controller("a")));
+    assert!(!ok(store.remove_controller("a")));
+    assert_eq!(ok(reader.controllers()), [controller("b", "tok-b")]);
+}
+
+#[test]
+fn memory_store_keeps_controllers() {
+    controllers_round_trip(&mut MemoryStore::new());
+}
+
+#[test]
+fn sqlite_store_keeps_controllers_across_a_restart() {
+    let scratch = Scratch::new("controllers");
+    {
+        let mut store = ok(SqliteStore::open(&scratch.db()));
+        controllers_round_trip(&mut store);
+    }
+    let store = ok(SqliteStore::open_existing(&scratch.db()));
+    assert_eq!(ok(store.controllers()), [controller("b", "tok-b")]);
 }

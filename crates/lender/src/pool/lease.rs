@@ -50,6 +50,32 @@ pub struct Borrower {
     pub transport: Option<Transport>,
 }
 
+/// Where an auto-lease comes from: a build waiting in the queue of a
+/// registered controller (lending on demand). Its borrower's node and
+/// secret are known only once the node has been made for the reserved
+/// agent ([`crate::pool::Pool::provisioned`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Origin {
+    /// The registered controller's name.
+    pub controller: String,
+    /// The waiting queue item's id there.
+    pub queue_id: u64,
+    /// When it was queued there (unix ms): the oldest is served first.
+    pub in_queue_since_ms: u64,
+    /// At most this many agents held at that controller at once.
+    #[serde(default)]
+    pub max_agents: Option<u32>,
+    /// The node exists and its name and secret are in the borrower.
+    #[serde(default)]
+    pub provisioned: bool,
+    /// `--one-build`: the lease ends once the first build there is over.
+    #[serde(default)]
+    pub one_build: bool,
+    /// The agent was seen busy there (a build started).
+    #[serde(default)]
+    pub built: bool,
+}
+
 /// What a borrower asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseRequest {
@@ -66,6 +92,9 @@ pub struct LeaseRequest {
     pub idle_return: Option<Duration>,
     /// How long the request may wait in the queue; zero: not at all.
     pub wait: Duration,
+    /// Set for an auto-lease (lending on demand); `None` for a request
+    /// made through the API.
+    pub origin: Option<Origin>,
 }
 
 /// The longest `lease` (and `idle_return`) a request may ask for.
@@ -84,10 +113,14 @@ impl LeaseRequest {
             url: self.borrower.url.clone(),
         }
         .validate()?;
-        control::check_node_name(&self.borrower.node_name)
-            .map_err(|rule| format!("the borrower's node name {rule}"))?;
-        if self.borrower.secret.expose().is_empty() {
-            return Err("the borrower's node secret must not be empty".into());
+        // An auto-lease gets its node and secret once an agent is
+        // reserved for it (provisioning).
+        if self.origin.as_ref().map_or(true, |o| o.provisioned) {
+            control::check_node_name(&self.borrower.node_name)
+                .map_err(|rule| format!("the borrower's node name {rule}"))?;
+            if self.borrower.secret.expose().is_empty() {
+                return Err("the borrower's node secret must not be empty".into());
+            }
         }
         for (field, value) in [("lease", self.lease), ("idle_return", self.idle_return)] {
             if value == Some(Duration::ZERO) {

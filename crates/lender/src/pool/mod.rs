@@ -25,7 +25,9 @@
 //!   lent first, ties by name: wear spreads over the pool and the choice is
 //!   deterministic.
 //! - **Queue.** A request that finds no free agent waits until its deadline,
-//!   first come first served: when an agent becomes free it goes to the
+//!   first come first served (an auto-lease counts from its item's
+//!   `inQueueSince`, so the oldest waiting build goes first across
+//!   controllers): when an agent becomes free it goes to the
 //!   oldest waiting request it satisfies whose borrower is under its cap. So
 //!   a request no agent can serve does not hold up the ones behind it.
 //! - **Two phases.** Reserved (phase one: set aside, `borrow` sent), then
@@ -41,6 +43,13 @@
 //!   client already has [`PoolConfig::max_queued_per_client`] requests
 //!   waiting is refused ([`PoolError::TooManyQueued`]) before anything
 //!   changes; one served at once, or not waiting at all, is not held back.
+//! - **Lending on demand.** [`Pool::demand`] keeps one auto-lease (a
+//!   lease with an [`Origin`]) per waiting item of a registered controller,
+//!   and ends the queued or reserved ones whose item left the queue. An
+//!   auto-lease that reserves an agent first asks for its node
+//!   ([`Decision::Provision`]); only [`Pool::provisioned`] (the node's name
+//!   and secret) sends the `borrow`. At most `max_agents` agents are held
+//!   at one controller.
 //! - **Reclaim.** An agent idle at a borrower for longer than a given age
 //!   may be sent home for a waiting request it satisfies from another
 //!   borrower ([`Pool::reclaim`]); once home it serves the queue like any
@@ -56,8 +65,8 @@ mod lease;
 
 pub use agent::{Agent, AgentHello, AgentReport, Place};
 pub use lease::{
-    Attempt, Borrower, EndReason, Lease, LeaseId, LeaseRequest, LeaseState, ReturnCause, Secret,
-    MAX_LEASE, MAX_WAIT,
+    Attempt, Borrower, EndReason, Lease, LeaseId, LeaseRequest, LeaseState, Origin, ReturnCause,
+    Secret, MAX_LEASE, MAX_WAIT,
 };
 
 /// Limits the pool applies.
@@ -115,12 +124,59 @@ pub enum Outcome {
     },
 }
 
+/// A build waiting at a registered controller, as [`Pool::demand`] takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DemandItem {
+    /// The queue item's id there.
+    pub queue_id: u64,
+    /// When it was queued (unix ms).
+    pub in_queue_since_ms: u64,
+    /// The label expression it waits for.
+    pub requirements: crate::labels::Expr,
+}
+
+/// What every auto-lease at one controller shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DemandTemplate {
+    /// The controller's URL (the borrower).
+    pub url: String,
+    /// `--max-agents`.
+    pub max_agents: Option<u32>,
+    /// `--idle-return`, enforced by the agent.
+    pub idle_return: Option<Duration>,
+    /// `--one-build`: each lease ends once its first build is over.
+    pub one_build: bool,
+}
+
+/// The API client name auto-leases of `controller` are filed under.
+pub fn demand_client(controller: &str) -> String {
+    format!("controller:{controller}")
+}
+
+fn outcome_lease(outcome: &Outcome) -> LeaseId {
+    match outcome {
+        Outcome::Reserved { lease, .. }
+        | Outcome::Queued { lease, .. }
+        | Outcome::Ended { lease, .. } => *lease,
+    }
+}
+
 /// Something the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Send `borrow` ([`Lease::borrow_request`]) to `agent`: phase one is
     /// done, the agent is reserved.
     Lend {
+        /// The lease.
+        lease: LeaseId,
+        /// The agent.
+        agent: String,
+    },
+    /// Make the node for an auto-lease's reserved agent at its controller
+    /// (create or reuse `<prefix><agent>`, read its secret), then report
+    /// [`Pool::provisioned`] or [`Pool::provision_failed`]. No `borrow` is
+    /// sent before.
+    Provision {
         /// The lease.
         lease: LeaseId,
         /// The agent.
@@ -526,6 +582,20 @@ impl Pool {
             let id = agent.lease?;
             let lease = self.leases.get(&id)?;
             match (&lease.state, &agent.place) {
+                // An auto-lease whose node is not made yet (a restart
+                // lost the provisioning) asks for it again.
+                (LeaseState::Reserved, Place::Home)
+                    if lease
+                        .request
+                        .origin
+                        .as_ref()
+                        .is_some_and(|o| !o.provisioned) =>
+                {
+                    Some(Decision::Provision {
+                        lease: id,
+                        agent: name.clone(),
+                    })
+                }
                 (LeaseState::Reserved, Place::Home) => Some(Decision::Lend {
                     lease: id,
                     agent: name.clone(),
@@ -630,7 +700,7 @@ impl Pool {
                 let reason = format!("agent reports being at {url} instead");
                 self.fail_reserved(id, &reason, now);
             }
-            (LeaseState::Active, _) if at_borrower => {}
+            (LeaseState::Active, _) if at_borrower => self.one_build(id, report.busy, now),
             (LeaseState::Active, place) => {
                 let place = place.clone();
                 self.end(id, EndReason::AgentLeft { place }, now);
@@ -801,6 +871,176 @@ impl Pool {
         self.place(id, now)
     }
 
+    /// The node for reserved auto-lease `id` exists at its controller:
+    /// its name, secret and transport go into the borrower, and the
+    /// `borrow` is sent ([`Decision::Lend`]).
+    pub fn provisioned(
+        &mut self,
+        id: LeaseId,
+        node_name: &str,
+        secret: Secret,
+        transport: Option<control::Transport>,
+        now: u64,
+    ) -> Result<(), PoolError> {
+        let lease = self.leases.get(&id).ok_or(PoolError::UnknownLease(id))?;
+        let waiting = lease.state == LeaseState::Reserved
+            && lease
+                .request
+                .origin
+                .as_ref()
+                .is_some_and(|o| !o.provisioned);
+        if !waiting {
+            return Err(PoolError::WrongState {
+                lease: id,
+                state: lease.state.name(),
+                action: "provision",
+            });
+        }
+        let mut request = lease.request.clone();
+        request.borrower.node_name = node_name.to_owned();
+        request.borrower.secret = secret;
+        request.borrower.transport = transport;
+        if let Some(origin) = request.origin.as_mut() {
+            origin.provisioned = true;
+        }
+        request.validate().map_err(PoolError::InvalidRequest)?;
+        let agent = lease.agent.clone().unwrap_or_default();
+        if let Some(lease) = self.leases.get_mut(&id) {
+            lease.request = request;
+        }
+        self.changed_leases.insert(id);
+        self.record(
+            now,
+            Some(id),
+            Some(&agent),
+            "provisioned",
+            format!("node {node_name}"),
+        );
+        self.decisions
+            .push_back(Decision::Lend { lease: id, agent });
+        Ok(())
+    }
+
+    /// The node for reserved auto-lease `id` could not be made (refused,
+    /// unreachable): the lease ends, its agent is free again.
+    pub fn provision_failed(
+        &mut self,
+        id: LeaseId,
+        reason: &str,
+        now: u64,
+    ) -> Result<(), PoolError> {
+        match self.state_of(id)? {
+            LeaseState::Reserved => {}
+            state => {
+                return Err(PoolError::WrongState {
+                    lease: id,
+                    state: state.name(),
+                    action: "fail provisioning",
+                })
+            }
+        }
+        self.end(
+            id,
+            EndReason::Failed {
+                message: format!("the node could not be made: {reason}"),
+            },
+            now,
+        );
+        self.serve_queue(now);
+        Ok(())
+    }
+
+    /// The items waiting at controller `controller` now: an auto-lease is
+    /// requested for each one that has none (oldest item first), and the
+    /// queued or reserved auto-leases of items no longer waiting end (a
+    /// reserved one whose `borrow` went out is recalled). Leases whose
+    /// agent is online there (active) are left alone: their item may have
+    /// left the queue by starting on it. Returns the new leases.
+    pub fn demand(
+        &mut self,
+        controller: &str,
+        template: &DemandTemplate,
+        items: &[DemandItem],
+        now: u64,
+    ) -> Vec<LeaseId> {
+        let waiting: BTreeSet<u64> = items.iter().map(|i| i.queue_id).collect();
+        let mut covered = BTreeSet::new();
+        let mut gone = Vec::new();
+        for lease in self.leases.values() {
+            let Some(origin) = lease.request.origin.as_ref() else {
+                continue;
+            };
+            if origin.controller != controller {
+                continue;
+            }
+            // An item served once is not served again (a refused create
+            // skips the item; it does not loop).
+            covered.insert(origin.queue_id);
+            if matches!(lease.state, LeaseState::Ended(_)) {
+                continue;
+            }
+            if !waiting.contains(&origin.queue_id) {
+                gone.push((lease.id, lease.state.clone(), origin.provisioned));
+            }
+        }
+        for (id, state, provisioned) in gone {
+            match state {
+                LeaseState::Queued => self.end(id, EndReason::Cancelled, now),
+                LeaseState::Reserved if !provisioned => {
+                    self.end(id, EndReason::Cancelled, now);
+                    self.serve_queue(now);
+                }
+                LeaseState::Reserved => {
+                    self.start_return(id, ReturnCause::Requested, When::Idle, now)
+                }
+                _ => {}
+            }
+        }
+        let mut fresh: Vec<&DemandItem> = items
+            .iter()
+            .filter(|i| !covered.contains(&i.queue_id))
+            .collect();
+        fresh.sort_by_key(|i| (i.in_queue_since_ms, i.queue_id));
+        let mut created = Vec::new();
+        for item in fresh {
+            let request = LeaseRequest {
+                requirements: item.requirements.clone(),
+                borrower: Borrower {
+                    url: template.url.clone(),
+                    node_name: String::new(),
+                    secret: Secret::new(""),
+                    transport: None,
+                },
+                client: demand_client(controller),
+                lease: None,
+                idle_return: template.idle_return,
+                wait: MAX_WAIT,
+                origin: Some(Origin {
+                    controller: controller.to_owned(),
+                    queue_id: item.queue_id,
+                    in_queue_since_ms: item.in_queue_since_ms,
+                    max_agents: template.max_agents,
+                    provisioned: false,
+                    one_build: template.one_build,
+                    built: false,
+                }),
+            };
+            match self.request_lease(request, now) {
+                Ok(outcome) => created.push(outcome_lease(&outcome)),
+                Err(err) => {
+                    self.record(
+                        now,
+                        None,
+                        None,
+                        "demand-refused",
+                        format!("controller {controller} item {}: {err}", item.queue_id),
+                    );
+                }
+            }
+        }
+        created
+    }
+
     /// Returns lease `id`: a waiting request is withdrawn; an agent reserved
     /// or lent is asked to go home (`when` idle, or now) and the lease ends
     /// once it reports itself there.
@@ -949,7 +1189,7 @@ impl Pool {
 
     /// [`Pool::pick`] for a request, skipping the agents already `tried`.
     fn pick_for(&self, request: &LeaseRequest, tried: &[Attempt]) -> Option<String> {
-        if self.at_cap(&request.borrower.url) {
+        if self.at_cap(&request.borrower.url) || self.origin_at_cap(request) {
             return None;
         }
         self.agents
@@ -961,6 +1201,22 @@ impl Pool {
             })
             .min_by_key(|agent| (agent.last_lent_ms, agent.name.as_str()))
             .map(|agent| agent.name.clone())
+    }
+
+    /// Whether the controller an auto-lease comes from already holds its
+    /// `--max-agents`.
+    fn origin_at_cap(&self, request: &LeaseRequest) -> bool {
+        request
+            .origin
+            .as_ref()
+            .and_then(|o| o.max_agents)
+            .is_some_and(|cap| {
+                self.held
+                    .get(&borrower_key(&request.borrower.url))
+                    .copied()
+                    .unwrap_or(0)
+                    >= cap as usize
+            })
     }
 
     /// How many of `client`'s requests wait in the queue.
@@ -998,10 +1254,22 @@ impl Pool {
         self.queue.remove(&id);
         self.changed_leases.insert(id);
         self.changed_agents.insert(name.to_owned());
+        let provision = lease
+            .request
+            .origin
+            .as_ref()
+            .is_some_and(|o| !o.provisioned);
         self.record(now, Some(id), Some(name), "reserved", detail);
-        self.decisions.push_back(Decision::Lend {
-            lease: id,
-            agent: name.to_owned(),
+        self.decisions.push_back(if provision {
+            Decision::Provision {
+                lease: id,
+                agent: name.to_owned(),
+            }
+        } else {
+            Decision::Lend {
+                lease: id,
+                agent: name.to_owned(),
+            }
         });
         Ok(())
     }
@@ -1079,13 +1347,49 @@ impl Pool {
             .push_back(Decision::Ended { lease: id, reason });
     }
 
+    /// `--one-build`: an active auto-lease whose agent was busy there and
+    /// is idle again has had its build; the agent is recalled.
+    fn one_build(&mut self, id: LeaseId, busy: bool, now: u64) {
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return;
+        };
+        let Some(origin) = lease.request.origin.as_mut().filter(|o| o.one_build) else {
+            return;
+        };
+        if busy {
+            if !origin.built {
+                origin.built = true;
+                self.changed_leases.insert(id);
+                self.record(now, Some(id), None, "building", "one build".into());
+            }
+        } else if origin.built {
+            self.start_return(id, ReturnCause::Requested, When::Idle, now);
+        }
+    }
+
     /// Gives free agents to waiting requests, oldest request first.
     fn serve_queue(&mut self, now: u64) {
         if self.queue.is_empty() || !self.agents.values().any(Agent::is_free) {
             return;
         }
-        let waiting: Vec<LeaseId> = self.queue.iter().copied().collect();
-        for id in waiting {
+        // Oldest first: an auto-lease by its item's time in its
+        // controller's queue (so the oldest waiting build across
+        // controllers goes first), any other by its request.
+        let mut waiting: Vec<(u64, LeaseId)> = self
+            .queue
+            .iter()
+            .filter_map(|id| {
+                let lease = self.leases.get(id)?;
+                let since = lease
+                    .request
+                    .origin
+                    .as_ref()
+                    .map_or(lease.requested_ms, |o| o.in_queue_since_ms);
+                Some((since, *id))
+            })
+            .collect();
+        waiting.sort_unstable();
+        for (_, id) in waiting {
             let live = self.leases.get(&id).is_some_and(|l| l.deadline_ms > now);
             if !live {
                 continue;

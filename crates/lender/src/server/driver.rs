@@ -10,7 +10,17 @@
 //!   recorded), and the pool tries the next agent;
 //! - `Recall` → `return` (with `wait`) on the agent's link; the agent's
 //!   report of being home ends the lease;
-//! - `Ended` → counted in the metrics.
+//! - `Ended` → counted in the metrics; an auto-lease's node is deleted
+//!   (not with `--keep-nodes`);
+//! - `Provision` (lending on demand) → a task makes the node at the
+//!   controller and reads its secret; its result comes back as
+//!   [`Input::Provisioned`] and only then the `borrow` goes out. A `Recall`
+//!   of an auto-lease first takes its node temporarily offline and waits
+//!   for it to be idle ([`Input::LeaveReady`]), then sends `return` now.
+//!
+//! Each registered controller's watcher sends its waiting items
+//! ([`Input::Demand`]); the pool keeps one auto-lease per item, and the
+//! driver deletes idle lent nodes no open auto-lease uses.
 //!
 //! # Durable before acknowledged
 //!
@@ -52,11 +62,16 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::{ChangeKind, Metrics};
 use super::Config;
 use crate::api::{end_kind, AgentView, LeaseView};
+use crate::controllers::ControllerConfig;
 use crate::pool::{
     AgentHello, AgentReport, Changes, Decision, LeaseId, LeaseRequest, LeaseState, Outcome, Place,
     Pool, PoolError,
 };
+use crate::pool::{DemandItem, DemandTemplate};
 use crate::store::{Store, StoreError};
+
+use super::controllers::Registry;
+use super::provision::{self, Provisioned};
 
 /// Ended leases stay in memory this long for `GET /v1/leases`; the store
 /// keeps them for good.
@@ -91,6 +106,35 @@ pub(crate) enum Input {
     },
     /// The link is gone.
     LinkDown { node: String, link: u64 },
+    /// A registered controller's waiting items (its watcher read its queue).
+    Demand {
+        config: Box<ControllerConfig>,
+        items: Vec<DemandItem>,
+        /// Its nodes named with the lender's prefix.
+        nodes: Vec<crate::jenkins::Computer>,
+    },
+    /// The home node of an agent about to be lent is temporarily offline
+    /// and idle (`Ok`), or that could not be done.
+    LendReady {
+        lease: LeaseId,
+        agent: String,
+        result: Result<(), String>,
+    },
+    /// The node of a returning auto-lease is temporarily offline and idle
+    /// at its controller (`Ok`), or that could not be done (`Err`: the
+    /// return goes out as usual).
+    LeaveReady {
+        lease: LeaseId,
+        agent: String,
+        result: Result<(), String>,
+    },
+    /// A node for an auto-lease was made, or could not be.
+    Provisioned {
+        lease: LeaseId,
+        agent: String,
+        controller: String,
+        result: Result<Provisioned, String>,
+    },
 }
 
 /// An API call and where to send its answer.
@@ -166,6 +210,14 @@ pub enum ServerEvent {
     Lease(LeaseView),
     /// An agent changed.
     Agent(AgentView),
+    /// A registered controller started failing (or fails differently).
+    ControllerFailing(crate::api::ControllerView),
+    /// A registered controller has a new waiting item.
+    Demand(crate::api::DemandEvent),
+    /// A lent node was created.
+    NodeCreated(crate::api::NodeEvent),
+    /// A lent node was deleted.
+    NodeDeleted(crate::api::NodeEvent),
 }
 
 /// An agent's live link.
@@ -215,6 +267,37 @@ pub(crate) struct Driver {
     borrow_wait: Duration,
     tick: Duration,
     next_tick: Instant,
+    /// Lending on demand: the registered controllers as their watchers
+    /// last sent them.
+    controllers: BTreeMap<String, ControllerConfig>,
+    /// One lock per controller: creates there one at a time.
+    creates: BTreeMap<String, Arc<tokio::sync::Mutex<()>>>,
+    registry: Arc<Registry>,
+    /// Auto-leases whose node is being made.
+    provisioning: std::collections::BTreeSet<LeaseId>,
+    /// Returning auto-leases whose node is being taken offline.
+    leaving: std::collections::BTreeSet<LeaseId>,
+    /// Each agent's home URL, as it last said.
+    homes: HashMap<String, String>,
+    /// Reserved leases whose agent's home node is being taken offline.
+    lending: std::collections::BTreeSet<LeaseId>,
+    /// Agents whose home node the lender may have taken offline: brought
+    /// back online once they are home and in no lease.
+    offline_at_home: std::collections::BTreeSet<String>,
+    /// Orphan nodes being deleted (not asked twice).
+    deleting: std::collections::BTreeSet<(String, String)>,
+    /// For provisioning tasks to report back (weak: the driver must not
+    /// keep its own input channel open).
+    inputs: mpsc::WeakSender<Input>,
+    tracker: tokio_util::task::TaskTracker,
+}
+
+/// What the driver needs to run provisioning tasks.
+#[derive(Debug)]
+pub(crate) struct Wiring {
+    pub registry: Arc<Registry>,
+    pub inputs: mpsc::WeakSender<Input>,
+    pub tracker: tokio_util::task::TaskTracker,
 }
 
 /// The store, with a `Debug` that says nothing.
@@ -247,6 +330,7 @@ impl Driver {
         store: Box<dyn Store + Send>,
         config: &Config,
         events: broadcast::Sender<Arc<ServerEvent>>,
+        wiring: Wiring,
     ) -> Self {
         let tick = config.tick.max(Duration::from_millis(10));
         Driver {
@@ -264,6 +348,17 @@ impl Driver {
             borrow_wait: config.borrow_wait,
             tick,
             next_tick: after(tick),
+            controllers: BTreeMap::new(),
+            creates: BTreeMap::new(),
+            provisioning: std::collections::BTreeSet::new(),
+            deleting: std::collections::BTreeSet::new(),
+            leaving: std::collections::BTreeSet::new(),
+            homes: HashMap::new(),
+            lending: std::collections::BTreeSet::new(),
+            offline_at_home: std::collections::BTreeSet::new(),
+            registry: wiring.registry,
+            inputs: wiring.inputs,
+            tracker: wiring.tracker,
         }
     }
 
@@ -370,6 +465,31 @@ impl Driver {
                 }
                 self.agent_message(&node, link, *message, now);
             }
+            Input::Demand {
+                config,
+                items,
+                nodes,
+            } => {
+                let name = config.name.clone();
+                self.demand(*config, &items, now);
+                self.reconcile_nodes(&name, &nodes);
+            }
+            Input::Provisioned {
+                lease,
+                agent,
+                controller,
+                result,
+            } => self.provisioned(lease, &agent, &controller, result, now),
+            Input::LeaveReady {
+                lease,
+                agent,
+                result,
+            } => self.leave_ready(lease, &agent, result),
+            Input::LendReady {
+                lease,
+                agent,
+                result,
+            } => self.lend_ready(lease, &agent, result),
             Input::LinkDown { node, link } => {
                 if self.links.get(&node).map(|l| l.id) != Some(link) {
                     return;
@@ -385,6 +505,139 @@ impl Driver {
         }
     }
 
+    /// A controller's waiting items: the pool keeps one auto-lease each.
+    fn demand(&mut self, config: ControllerConfig, items: &[DemandItem], now: u64) {
+        let name = config.name.clone();
+        let template = DemandTemplate {
+            url: config.url.clone(),
+            max_agents: config.options.max_agents,
+            idle_return: Some(config.options.idle_return),
+            one_build: config.options.one_build,
+        };
+        self.controllers.insert(name.clone(), config);
+        let created = self.pool.demand(&name, &template, items, now);
+        if !created.is_empty() {
+            tracing::info!(controller = %name, leases = ?created, "demand: auto-leases requested");
+        }
+        // Reserved auto-leases whose node nobody is making (the controller
+        // was not polled yet when they were reserved, or a restart lost
+        // the task): make it now.
+        let orphans: Vec<(LeaseId, String)> = self
+            .pool
+            .leases()
+            .filter(|l| {
+                l.state == LeaseState::Reserved
+                    && !self.provisioning.contains(&l.id)
+                    && l.request
+                        .origin
+                        .as_ref()
+                        .is_some_and(|o| o.controller == name && !o.provisioned)
+            })
+            .filter_map(|l| Some((l.id, l.agent.clone()?)))
+            .collect();
+        for (lease, agent) in orphans {
+            self.provision(lease, agent);
+        }
+    }
+
+    /// Deletes the controller's idle nodes with the lender's prefix that no
+    /// open auto-lease uses or is making (left by a restart mid-lease, or
+    /// by a delete that failed).
+    fn reconcile_nodes(&mut self, controller: &str, nodes: &[crate::jenkins::Computer]) {
+        let Some(config) = self.controllers.get(controller) else {
+            return;
+        };
+        // Forget deletes that are done (the node is no longer listed).
+        self.deleting
+            .retain(|(c, n)| c != controller || nodes.iter().any(|node| node.name == *n));
+        if config.options.keep_nodes || nodes.is_empty() {
+            return;
+        }
+        let mut live = std::collections::BTreeSet::new();
+        for lease in self.pool.leases() {
+            let Some(origin) = lease.request.origin.as_ref() else {
+                continue;
+            };
+            if origin.controller != controller || matches!(lease.state, LeaseState::Ended(_)) {
+                continue;
+            }
+            live.insert(lease.request.borrower.node_name.clone());
+            if let Some(agent) = &lease.agent {
+                live.insert(config.node_name(agent));
+            }
+        }
+        let orphans: Vec<String> = nodes
+            .iter()
+            .filter(|n| {
+                n.idle
+                    && !live.contains(&n.name)
+                    && !self
+                        .deleting
+                        .contains(&(controller.to_owned(), n.name.clone()))
+            })
+            .map(|n| n.name.clone())
+            .collect();
+        for node in orphans {
+            tracing::info!(controller, %node, "lent node without a live lease; deleting it");
+            self.deleting.insert((controller.to_owned(), node.clone()));
+            self.delete_node(controller, &node, None);
+        }
+    }
+
+    fn provisioned(
+        &mut self,
+        lease: LeaseId,
+        agent: &str,
+        controller: &str,
+        result: Result<Provisioned, String>,
+        now: u64,
+    ) {
+        self.provisioning.remove(&lease);
+        match result {
+            Ok(made) => {
+                let node = made.node.clone();
+                if let Err(err) =
+                    self.pool
+                        .provisioned(lease, &made.node, made.secret, made.transport, now)
+                {
+                    // Cancelled meanwhile (the item left the queue): the
+                    // node is not needed.
+                    tracing::info!(lease, %agent, %node, %err, "node made for a lease that no longer wants it");
+                    self.delete_node(controller, &node, Some(lease));
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(lease, %agent, controller, %reason, "cannot make the node; the item is skipped");
+                self.registry.note_error(controller, &reason);
+                if let Err(err) = self.pool.provision_failed(lease, &reason, now) {
+                    tracing::debug!(lease, %err, "provisioning failure for a settled lease");
+                }
+            }
+        }
+    }
+
+    /// Deletes a lent node in a task, unless `--keep-nodes`.
+    fn delete_node(&mut self, controller: &str, node: &str, lease: Option<LeaseId>) {
+        let Some(config) = self.controllers.get(controller).cloned() else {
+            return;
+        };
+        if config.options.keep_nodes {
+            tracing::info!(%node, controller, "node kept (--keep-nodes)");
+            return;
+        }
+        let node = node.to_owned();
+        let events = self.events.clone();
+        self.tracker.spawn(async move {
+            if provision::delete(&config, &node).await {
+                let _ = events.send(Arc::new(ServerEvent::NodeDeleted(crate::api::NodeEvent {
+                    controller: config.name.clone(),
+                    node,
+                    lease,
+                })));
+            }
+        });
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn link_up(
         &mut self,
@@ -398,6 +651,12 @@ impl Driver {
     ) {
         let report = AgentReport::from_status(status);
         self.reconcile(&node, &report);
+        if let Some(home) = &status.home_url {
+            self.homes.insert(node.clone(), home.clone());
+            // After a restart the lender does not know whether it took the
+            // home node offline: look once.
+            self.offline_at_home.insert(node.clone());
+        }
         if let Some(old) = self.links.insert(
             node.clone(),
             Link {
@@ -420,7 +679,9 @@ impl Driver {
             arch: None,
             report,
         };
+        let name = hello.name.clone();
         self.pool.agent_connected(hello, now);
+        self.back_home(&name);
     }
 
     /// Logs where the agent's word and the lender's memory disagree; the
@@ -476,8 +737,12 @@ impl Driver {
                 // The link refuses a second hello; nothing to do here.
                 Ok(())
             }
-            AgentMessage::Status { status } => self.pool.agent_reported(node, report(&status), now),
+            AgentMessage::Status { status } => {
+                self.note_home(node, &status);
+                self.pool.agent_reported(node, report(&status), now)
+            }
             AgentMessage::Event { event } => {
+                self.note_home(node, &event.status);
                 self.pool.agent_reported(node, report(&event.status), now)
             }
             AgentMessage::Reply { id, reply } => {
@@ -491,6 +756,52 @@ impl Driver {
         if let Err(err) = result {
             tracing::warn!(%node, %err, "agent message not applied");
         }
+        self.back_home(node);
+    }
+
+    fn note_home(&mut self, node: &str, status: &Status) {
+        if let Some(home) = &status.home_url {
+            self.homes.insert(node.to_owned(), home.clone());
+        }
+    }
+
+    /// The registered controller that is `agent`'s home, if any.
+    fn home_controller(&self, agent: &str) -> Option<ControllerConfig> {
+        let home = super::controllers::same_url(self.homes.get(agent)?);
+        self.controllers
+            .values()
+            .find(|c| super::controllers::same_url(&c.url) == home)
+            .cloned()
+    }
+
+    /// An agent home and in no lease whose home node the lender took
+    /// offline: brought back online (only if it is temporarily offline
+    /// with the lender's message).
+    fn back_home(&mut self, agent: &str) {
+        if !self.offline_at_home.contains(agent) {
+            return;
+        }
+        let home_free = self
+            .pool
+            .agent(agent)
+            .is_some_and(|a| a.place == Place::Home && a.lease.is_none());
+        if !home_free {
+            return;
+        }
+        let Some(config) = self.home_controller(agent) else {
+            return;
+        };
+        self.offline_at_home.remove(agent);
+        let node = agent.to_owned();
+        self.tracker.spawn(async move {
+            match provision::bring_online_if_ours(&config, &node).await {
+                Ok(true) => {
+                    tracing::info!(%node, controller = %config.name, "home node back online")
+                }
+                Ok(false) => {}
+                Err(err) => tracing::warn!(%node, %err, "cannot bring the home node back online"),
+            }
+        });
     }
 
     fn on_reply(&mut self, node: &str, pending: Pending, reply: Reply, now: u64) {
@@ -788,6 +1099,9 @@ impl Driver {
 
     fn decide(&mut self, decision: Decision) {
         match decision {
+            Decision::Lend { lease, agent } if self.lend_first(lease, &agent) => {
+                tracing::info!(lease, %agent, "taking the home node offline before the agent leaves");
+            }
             Decision::Lend { lease, agent } => {
                 let Some(l) = self.pool.lease(lease) else {
                     return;
@@ -799,6 +1113,9 @@ impl Driver {
                 tracing::info!(lease, %agent, borrower = %l.request.borrower.url, "sending borrow");
                 self.send(&agent, request, lease, PendingKind::Borrow);
             }
+            Decision::Recall { lease, agent, when } if self.leave_first(lease, &agent) => {
+                tracing::info!(lease, %agent, ?when, "taking the node offline before the agent leaves");
+            }
             Decision::Recall { lease, agent, when } => {
                 let request = Request::Return {
                     when,
@@ -807,11 +1124,214 @@ impl Driver {
                 tracing::info!(lease, %agent, ?when, "sending return");
                 self.send(&agent, request, lease, PendingKind::Return);
             }
+            Decision::Provision { lease, agent } => self.provision(lease, agent),
             Decision::Ended { lease, reason } => {
                 tracing::info!(lease, reason = end_kind(&reason), %reason, "lease ended");
                 self.metrics.ended(&reason);
+                let made = self.pool.lease(lease).and_then(|l| {
+                    let origin = l.request.origin.as_ref()?;
+                    origin.provisioned.then(|| {
+                        (
+                            origin.controller.clone(),
+                            l.request.borrower.node_name.clone(),
+                        )
+                    })
+                });
+                if let Some((controller, node)) = made {
+                    self.delete_node(&controller, &node, Some(lease));
+                }
             }
         }
+    }
+
+    /// Leaving without guessing: before an auto-lease's agent is taken
+    /// from its controller, its node there is taken temporarily offline
+    /// (no new build can start), checked idle again (a build that slipped
+    /// in is waited for), and only then the agent is sent home at once.
+    /// Whether a task now does that (the `return` follows on
+    /// [`Input::LeaveReady`]).
+    fn leave_first(&mut self, lease: LeaseId, agent: &str) -> bool {
+        let Some(l) = self.pool.lease(lease) else {
+            return false;
+        };
+        let Some(origin) = l.request.origin.as_ref().filter(|o| o.provisioned) else {
+            return false;
+        };
+        let Some(config) = self.controllers.get(&origin.controller).cloned() else {
+            return false;
+        };
+        if !self.leaving.insert(lease) {
+            // Already under way (a re-sent recall).
+            return true;
+        }
+        let node = l.request.borrower.node_name.clone();
+        let message = format!("jnlp-lender: returning agent {agent} (lease {lease})");
+        let deadline = after(self.borrow_wait);
+        let inputs = self.inputs.clone();
+        let agent = agent.to_owned();
+        let poll = self.tick.max(Duration::from_millis(100));
+        self.tracker.spawn(async move {
+            let result =
+                provision::take_offline_until_idle(&config, &node, &message, poll, deadline)
+                    .await
+                    .map_err(|err| err.to_string());
+            if let Some(inputs) = inputs.upgrade() {
+                let _ = inputs
+                    .send(Input::LeaveReady {
+                        lease,
+                        agent,
+                        result,
+                    })
+                    .await;
+            }
+        });
+        true
+    }
+
+    /// Leaving home without guessing: when the agent's home is a registered
+    /// controller, its node there is taken temporarily offline and checked
+    /// idle before the `borrow` goes out (then with `when: now`). Whether a
+    /// task now does that (the borrow follows on [`Input::LendReady`]).
+    fn lend_first(&mut self, lease: LeaseId, agent: &str) -> bool {
+        let reserved = self
+            .pool
+            .lease(lease)
+            .is_some_and(|l| l.state == LeaseState::Reserved && l.agent.as_deref() == Some(agent));
+        if !reserved || self.pool.agent(agent).map(|a| &a.place) != Some(&Place::Home) {
+            return false;
+        }
+        let Some(config) = self.home_controller(agent) else {
+            return false;
+        };
+        if !self.lending.insert(lease) {
+            return true;
+        }
+        self.offline_at_home.insert(agent.to_owned());
+        let message = format!("jnlp-lender: lending {agent} (lease {lease})");
+        let deadline = after(self.borrow_wait);
+        let poll = self.tick.max(Duration::from_millis(100));
+        let inputs = self.inputs.clone();
+        let agent = agent.to_owned();
+        self.tracker.spawn(async move {
+            let result =
+                provision::take_offline_until_idle(&config, &agent, &message, poll, deadline)
+                    .await
+                    .map_err(|err| err.to_string());
+            if let Some(inputs) = inputs.upgrade() {
+                let _ = inputs
+                    .send(Input::LendReady {
+                        lease,
+                        agent,
+                        result,
+                    })
+                    .await;
+            }
+        });
+        true
+    }
+
+    /// The home node is offline and idle (or that failed): the borrow goes
+    /// out, to leave at once (or, on failure, when idle, as before).
+    fn lend_ready(&mut self, lease: LeaseId, agent: &str, result: Result<(), String>) {
+        self.lending.remove(&lease);
+        let Some(l) = self.pool.lease(lease) else {
+            return;
+        };
+        if l.state != LeaseState::Reserved || l.agent.as_deref() != Some(agent) {
+            self.back_home(agent);
+            return;
+        }
+        let mut borrow = l.borrow_request(Some(self.borrow_wait));
+        match result {
+            Ok(()) => borrow.when = When::Now,
+            Err(reason) => {
+                tracing::warn!(lease, %agent, %reason, "cannot take the home node offline first; the agent leaves when idle");
+            }
+        }
+        tracing::info!(lease, %agent, borrower = %l.request.borrower.url, when = ?borrow.when, "sending borrow");
+        self.send(agent, Request::Borrow(borrow), lease, PendingKind::Borrow);
+    }
+
+    /// The node is offline and idle (or that failed): the agent goes now
+    /// (or, on failure, as it would have without credentials: when idle).
+    fn leave_ready(&mut self, lease: LeaseId, agent: &str, result: Result<(), String>) {
+        self.leaving.remove(&lease);
+        let returning = self.pool.lease(lease).is_some_and(|l| {
+            matches!(l.state, LeaseState::Returning(_)) && l.agent.as_deref() == Some(agent)
+        });
+        if !returning {
+            return;
+        }
+        let when = match result {
+            Ok(()) => When::Now,
+            Err(reason) => {
+                tracing::warn!(lease, %agent, %reason, "cannot take the node offline first; the agent leaves when idle");
+                When::Idle
+            }
+        };
+        let request = Request::Return {
+            when,
+            wait: Some(self.borrow_wait),
+        };
+        tracing::info!(lease, %agent, ?when, "sending return");
+        self.send(agent, request, lease, PendingKind::Return);
+    }
+
+    /// Makes the node for reserved auto-lease `lease` in a task; the result
+    /// comes back as [`Input::Provisioned`].
+    fn provision(&mut self, lease: LeaseId, agent: String) {
+        let Some(l) = self.pool.lease(lease) else {
+            return;
+        };
+        if l.state != LeaseState::Reserved || l.agent.as_deref() != Some(&agent) {
+            return;
+        }
+        let Some(origin) = l.request.origin.clone() else {
+            return;
+        };
+        let Some(config) = self.controllers.get(&origin.controller).cloned() else {
+            // Restarted: the controller's watcher has not reported yet; its
+            // first demand input asks again for every reserved auto-lease.
+            tracing::info!(lease, controller = %origin.controller, "controller not polled yet; provisioning waits");
+            return;
+        };
+        let labels = self
+            .pool
+            .agent(&agent)
+            .map(|a| a.labels.clone())
+            .unwrap_or_default();
+        let creates = self.creates.entry(config.name.clone()).or_default().clone();
+        if !self.provisioning.insert(lease) {
+            return;
+        }
+        let inputs = self.inputs.clone();
+        let events = self.events.clone();
+        tracing::info!(lease, %agent, controller = %config.name, "making the node");
+        self.tracker.spawn(async move {
+            let result = provision::provision(&config, lease, &agent, &labels, creates)
+                .await
+                .map_err(|err| err.to_string());
+            if let Ok(made) = &result {
+                if made.created {
+                    let _ =
+                        events.send(Arc::new(ServerEvent::NodeCreated(crate::api::NodeEvent {
+                            controller: config.name.clone(),
+                            node: made.node.clone(),
+                            lease: Some(lease),
+                        })));
+                }
+            }
+            if let Some(inputs) = inputs.upgrade() {
+                let _ = inputs
+                    .send(Input::Provisioned {
+                        lease,
+                        agent,
+                        controller: config.name,
+                        result,
+                    })
+                    .await;
+            }
+        });
     }
 
     /// Sends `request` on `agent`'s link. Without a link the order waits

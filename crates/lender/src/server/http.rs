@@ -135,6 +135,12 @@ async fn route(
             let views = call(shared, |reply| ApiCall::Agents { reply }).await?;
             Ok(json(StatusCode::OK, &views))
         }
+        "/v1/controllers" => {
+            allowed("GET")?;
+            authenticate(shared, &request, TokenKind::Client).await?;
+            let agents = call(shared, |reply| ApiCall::Agents { reply }).await?;
+            Ok(json(StatusCode::OK, &shared.controllers.views(&agents)))
+        }
         "/v1/events" => {
             allowed("GET")?;
             let client = authenticate(shared, &request, TokenKind::Client).await?;
@@ -144,7 +150,8 @@ async fn route(
         "/metrics" => {
             allowed("GET")?;
             authenticate(shared, &request, TokenKind::Client).await?;
-            let text = call(shared, |reply| ApiCall::Metrics { reply }).await?;
+            let mut text = call(shared, |reply| ApiCall::Metrics { reply }).await?;
+            text.push_str(&shared.controllers.render_metrics());
             let mut response = Response::new(full(text));
             response.headers_mut().insert(
                 CONTENT_TYPE,
@@ -398,6 +405,7 @@ async fn create_lease(
         lease: body.lease,
         idle_return: body.idle_return,
         wait: body.wait.unwrap_or(Duration::ZERO),
+        origin: None,
     };
     request.validate().map_err(bad)?;
     let (status, view) = call(shared, |reply| ApiCall::Lease {
@@ -605,6 +613,10 @@ async fn forward_events(
                     ServerEvent::Lease(view) if view.client == client => sse("lease", view),
                     ServerEvent::Lease(_) => continue,
                     ServerEvent::Agent(view) => sse("agent", view),
+                    ServerEvent::ControllerFailing(view) => sse("controller_failing", view),
+                    ServerEvent::Demand(event) => sse("demand", event),
+                    ServerEvent::NodeCreated(event) => sse("node_created", event),
+                    ServerEvent::NodeDeleted(event) => sse("node_deleted", event),
                 },
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     sse("lagged", &serde_json::json!({ "missed": missed }))

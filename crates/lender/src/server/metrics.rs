@@ -11,6 +11,10 @@
 //! | `jnlp_lender_leases_ended_total` | counter | `reason`: returned, reclaimed, agent_left, timed_out, failed, cancelled |
 //! | `jnlp_lender_store_failures_total` | counter | `change`: client (refused, answered 503), reported (kept, retried) |
 //! | `jnlp_lender_store_unsaved` | gauge | 1 while reported changes wait for the database (nothing is decided meanwhile) |
+//! | `jnlp_lender_auto_leases` | gauge | `controller`, `state`: auto-leases (lending on demand) not ended |
+//! | `jnlp_lender_demand_served_seconds` | summary (sum, count) | `controller`: from an item's `inQueueSince` to its agent online there |
+//! | `jnlp_lender_demand_waiting_items` | gauge | `controller`, `label`: waiting items with a label, at the last poll |
+//! | `jnlp_lender_controller_errors_total` | counter | `controller`, `status`: failed polls by HTTP status (`unreachable`, `other` without one) |
 //!
 //! Counters start at zero with each process.
 
@@ -47,6 +51,8 @@ pub(crate) struct Metrics {
     active: HashSet<LeaseId>,
     /// Commits the store refused: a client's change, a reported one.
     store_failures: [u64; 2],
+    /// Per controller: (sum ms, count) from `inQueueSince` to active.
+    served: BTreeMap<String, (u64, u64)>,
 }
 
 /// Whose change a refused commit held.
@@ -65,6 +71,12 @@ impl Metrics {
         for lease in &changes.leases {
             match lease.state {
                 LeaseState::Active if self.active.insert(lease.id) => {
+                    if let Some(origin) = &lease.request.origin {
+                        let served = lease.since_ms.saturating_sub(origin.in_queue_since_ms);
+                        let entry = self.served.entry(origin.controller.clone()).or_default();
+                        entry.0 = entry.0.saturating_add(served);
+                        entry.1 += 1;
+                    }
                     let wait = lease.since_ms.saturating_sub(lease.requested_ms);
                     if self.waits.len() == WINDOW {
                         self.waits.pop_front();
@@ -149,6 +161,48 @@ impl Metrics {
         for (state, n) in &leases {
             let _ = writeln!(out, "jnlp_lender_leases{{state=\"{state}\"}} {n}");
         }
+        let mut auto: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for lease in pool.leases() {
+            if let (Some(origin), false) = (
+                &lease.request.origin,
+                matches!(lease.state, LeaseState::Ended(_)),
+            ) {
+                *auto
+                    .entry((origin.controller.as_str(), lease.state.name()))
+                    .or_default() += 1;
+            }
+        }
+        header(
+            &mut out,
+            "jnlp_lender_auto_leases",
+            "gauge",
+            "Auto-leases (lending on demand) not ended, by controller and state.",
+        );
+        for ((controller, state), n) in &auto {
+            let _ = writeln!(
+                out,
+                "jnlp_lender_auto_leases{{controller=\"{}\",state=\"{state}\"}} {n}",
+                label_value(controller)
+            );
+        }
+        header(
+            &mut out,
+            "jnlp_lender_demand_served_seconds",
+            "summary",
+            "From a waiting item's inQueueSince to its agent online at the controller.",
+        );
+        for (controller, (sum, count)) in &self.served {
+            let controller = label_value(controller);
+            let _ = writeln!(
+                out,
+                "jnlp_lender_demand_served_seconds_sum{{controller=\"{controller}\"}} {}",
+                seconds(*sum)
+            );
+            let _ = writeln!(
+                out,
+                "jnlp_lender_demand_served_seconds_count{{controller=\"{controller}\"}} {count}"
+            );
+        }
         header(
             &mut out,
             "jnlp_lender_queue_length",
@@ -211,7 +265,14 @@ impl Metrics {
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+/// A Prometheus label value: `\\`, `"` and newlines escaped.
+pub(crate) fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }

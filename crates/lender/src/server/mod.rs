@@ -20,6 +20,10 @@
 //!   loopback, TLS otherwise) and the shared state of connections;
 //! - `driver`: the task that owns the pool and the store;
 //! - `reader`: reads from the store that never wait behind a commit;
+//! - `controllers`: the registered Jenkins controllers' watchers and
+//!   their status (`GET /v1/controllers`);
+//! - `provision`: lending on demand's I/O: demand from a queue, making
+//!   and deleting lent nodes;
 //! - `auth`: the token book (lookups, revocation, last use);
 //! - `http`: routes, bearer tokens, bounded JSON bodies, server-sent
 //!   events;
@@ -48,10 +52,12 @@ use crate::store::{SqliteStore, Store, StoreError, BUSY_TIMEOUT};
 
 mod admission;
 mod auth;
+mod controllers;
 mod driver;
 mod http;
 mod link;
 mod metrics;
+mod provision;
 mod reader;
 
 pub use admission::{
@@ -70,6 +76,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const INPUT_QUEUE: usize = 1024;
 /// Events kept for slow server-sent-event readers.
 const EVENT_BUFFER: usize = 1024;
+
+/// Default `--poll`.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
 
 /// The certificate and key files for HTTPS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +129,9 @@ pub struct Config {
     /// At most this many connections not yet authenticated; one more
     /// closes the oldest of them.
     pub max_unauthenticated: usize,
+    /// How often each registered controller's queue is read, and the
+    /// `controllers` table re-read.
+    pub poll: Duration,
 }
 
 impl Config {
@@ -140,6 +152,7 @@ impl Config {
             name: "jnlp-lender".into(),
             secret_dir: None,
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
+            poll: DEFAULT_POLL,
         }
     }
 }
@@ -187,6 +200,8 @@ pub(crate) struct Shared {
     pub secret_dir: Option<PathBuf>,
     pub next_link: AtomicU64,
     pub admission: Arc<Admission>,
+    /// The registered controllers and what their watchers found.
+    pub controllers: Arc<controllers::Registry>,
 }
 
 /// A running server; [`Running::shutdown`] stops it.
@@ -251,6 +266,8 @@ pub async fn start_with_store(
     let pool = Pool::restore(config.pool.clone(), snapshot)?;
     let reads = reader::ReadStore::new(store.reader()?);
     let tokens = auth::TokenBook::new(reads.clone(), reader::ReadStore::new(store.reader()?));
+    // Its own handle: a slow table read never holds up token lookups.
+    let store_reader_for_controllers = store.reader()?;
     tracing::info!(
         %addr,
         tls = tls.is_some(),
@@ -264,13 +281,31 @@ pub async fn start_with_store(
     let tracker = TaskTracker::new();
     let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
     let (events, _) = broadcast::channel(EVENT_BUFFER);
-    let driver = driver::Driver::new(pool, store, &config, events.clone());
+    let registry = Arc::new(controllers::Registry::default());
+    let wiring = driver::Wiring {
+        registry: registry.clone(),
+        inputs: inputs_tx.downgrade(),
+        tracker: tracker.clone(),
+    };
+    let driver = driver::Driver::new(pool, store, &config, events.clone(), wiring);
     let driver = tokio::spawn(
         driver
             .run(inputs_rx, cancel.clone())
             .instrument(tracing::info_span!("driver")),
     );
     tracker.spawn(tokens.clone().watch_revocations(cancel.clone()));
+    tracker.spawn(
+        controllers::run(
+            reader::ReadStore::new(store_reader_for_controllers),
+            registry.clone(),
+            config.poll,
+            events.clone(),
+            inputs_tx.clone(),
+            tracker.clone(),
+            cancel.clone(),
+        )
+        .instrument(tracing::info_span!("controllers")),
+    );
     let shared = Arc::new(Shared {
         driver: inputs_tx,
         reader: reads,
@@ -283,6 +318,7 @@ pub async fn start_with_store(
         secret_dir: config.secret_dir.clone(),
         next_link: AtomicU64::new(1),
         admission: Admission::new(config.max_unauthenticated),
+        controllers: registry,
     });
     tracker.spawn(accept_loop(shared, listener, tls).instrument(tracing::info_span!("accept")));
     Ok(Running {

@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::controllers::ControllerConfig;
 use crate::pool::{Lease, LeaseId};
 use crate::store::{LeaseFilter, Store, StoreError};
 use crate::tokens::Principal;
@@ -61,6 +62,11 @@ impl ReadStore {
     ) -> Result<Vec<Lease>, StoreError> {
         self.run(move |store| store.leases(&client, filter, limit))
             .await
+    }
+
+    /// The registered controllers, as `controller add/remove` left them.
+    pub async fn controllers(&self) -> Result<Vec<ControllerConfig>, StoreError> {
+        self.run(|store| store.controllers()).await
     }
 
     pub async fn token(&self, hash: String) -> Result<Option<Principal>, StoreError> {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::controllers::ControllerConfig;
 use crate::pool::{Agent, Changes, Lease, LeaseId, LeaseState, Secret, Snapshot};
 use crate::store::{AuditRecord, LeaseFilter, Store, StoreError};
 use crate::tokens::{short_id, Principal, TokenInfo, TokenRecord};
@@ -22,6 +23,7 @@ struct Inner {
     leases: BTreeMap<LeaseId, Lease>,
     audit: Vec<AuditRecord>,
     tokens: BTreeMap<String, Token>,
+    controllers: BTreeMap<String, ControllerConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -209,6 +211,25 @@ impl Store for MemoryStore {
             token.last_used_ms = Some(at_ms);
         }
         Ok(())
+    }
+
+    fn add_controller(&mut self, controller: &ControllerConfig) -> Result<bool, StoreError> {
+        let mut inner = self.inner();
+        if inner.controllers.contains_key(&controller.name) {
+            return Ok(false);
+        }
+        inner
+            .controllers
+            .insert(controller.name.clone(), controller.clone());
+        Ok(true)
+    }
+
+    fn remove_controller(&mut self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.inner().controllers.remove(name).is_some())
+    }
+
+    fn controllers(&self) -> Result<Vec<ControllerConfig>, StoreError> {
+        Ok(self.inner().controllers.values().cloned().collect())
     }
 
     fn reader(&self) -> Result<Box<dyn Store>, StoreError> {

@@ -15,10 +15,14 @@
 //!
 //! Borrower secrets are stored while a lease may still need them (to send
 //! `borrow` again after a restart) and dropped once it ended. Bearer tokens
-//! are stored as their SHA-256 only ([`crate::tokens`]).
+//! are stored as their SHA-256 only ([`crate::tokens`]). Registered
+//! controllers' API tokens are stored as they are (the lender logs in with
+//! them), like borrower secrets: never returned by a listing meant for
+//! people, never logged.
 
 use std::path::{Path, PathBuf};
 
+use crate::controllers::ControllerConfig;
 use crate::pool::{AuditEntry, Changes, Lease, LeaseId, Snapshot};
 use crate::tokens::{Principal, TokenInfo, TokenRecord};
 
@@ -94,6 +98,16 @@ pub trait Store: Send {
 
     /// Notes that the token with this hash was used at `at_ms`.
     fn token_used(&mut self, hash: &str, at_ms: u64) -> Result<(), StoreError>;
+
+    /// Registers a controller; `false` (nothing changed) if one of that
+    /// name is registered already.
+    fn add_controller(&mut self, controller: &ControllerConfig) -> Result<bool, StoreError>;
+
+    /// Removes the controller named `name`; `false` if there was none.
+    fn remove_controller(&mut self, name: &str) -> Result<bool, StoreError>;
+
+    /// Every registered controller, by name, with its API token.
+    fn controllers(&self) -> Result<Vec<ControllerConfig>, StoreError>;
 
     /// A second handle on the same data, for reads that must not wait
     /// behind a commit of this one.

@@ -14,6 +14,7 @@ use control::Transport;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use serde_json::{json, Value};
 
+use crate::controllers::{ControllerConfig, ControllerOptions};
 use crate::labels::Expr;
 use crate::pool::{
     Agent, Attempt, AuditEntry, Borrower, Changes, EndReason, Lease, LeaseId, LeaseRequest,
@@ -77,6 +78,19 @@ ALTER TABLE tokens ADD COLUMN last_used_ms INTEGER; -- to the minute
 ALTER TABLE tokens ADD COLUMN revoked_ms INTEGER;   -- NULL: valid
 CREATE INDEX tokens_by_name ON tokens (name);
 CREATE INDEX leases_by_client ON leases (client, id);
+"#,
+    r#"
+CREATE TABLE controllers (
+    name      TEXT PRIMARY KEY,
+    url       TEXT NOT NULL,
+    user      TEXT NOT NULL,
+    api_token TEXT NOT NULL,    -- like borrower secrets: never returned, logged or in an event
+    options   TEXT NOT NULL,    -- JSON: ControllerOptions
+    added_ms  INTEGER NOT NULL
+);
+"#,
+    r#"
+ALTER TABLE leases ADD COLUMN origin TEXT; -- JSON: an auto-lease's controller and queue item; NULL otherwise
 "#,
 ];
 
@@ -421,7 +435,7 @@ fn attempts_from(text: &str) -> Res<Vec<Attempt>> {
 
 const LEASE_COLUMNS: &str = "id, state, state_detail, agent, requirements, borrower_url, \
      borrower_node, borrower_secret, transport, client, lease_ms, idle_return_ms, wait_ms, \
-     requested_ms, deadline_ms, since_ms, attempts";
+     requested_ms, deadline_ms, since_ms, attempts, origin";
 
 /// A lease row as read, before the fallible conversions.
 struct LeaseRow {
@@ -442,6 +456,7 @@ struct LeaseRow {
     deadline_ms: i64,
     since_ms: i64,
     attempts: String,
+    origin: Option<String>,
 }
 
 impl LeaseRow {
@@ -464,6 +479,7 @@ impl LeaseRow {
             deadline_ms: row.get(14)?,
             since_ms: row.get(15)?,
             attempts: row.get(16)?,
+            origin: row.get(17)?,
         })
     }
 
@@ -485,6 +501,12 @@ impl LeaseRow {
                 lease: self.lease_ms.map(millis),
                 idle_return: self.idle_return_ms.map(millis),
                 wait: millis(self.wait_ms),
+                origin: self
+                    .origin
+                    .as_deref()
+                    .map(serde_json::from_str)
+                    .transpose()
+                    .map_err(|err| corrupt(format!("lease {}: origin: {err}", self.id)))?,
             },
             state: state_from(&self.state, self.state_detail.as_deref())?,
             agent: self.agent,
@@ -503,7 +525,7 @@ fn write_lease(tx: &Transaction<'_>, lease: &Lease) -> Res<()> {
     tx.execute(
         &format!(
             "INSERT OR REPLACE INTO leases ({LEASE_COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
         ),
         params![
             int(lease.id),
@@ -523,6 +545,10 @@ fn write_lease(tx: &Transaction<'_>, lease: &Lease) -> Res<()> {
             int(lease.deadline_ms),
             int(lease.since_ms),
             attempts_json(&lease.attempts),
+            request
+                .origin
+                .as_ref()
+                .and_then(|o| serde_json::to_string(o).ok()),
         ],
     )?;
     Ok(())
@@ -728,6 +754,36 @@ impl SqliteStore {
         .collect()
     }
 
+    fn all_controllers(&self) -> Res<Vec<ControllerConfig>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, url, user, api_token, options, added_ms FROM controllers ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, i64>(5)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (name, url, user, token, options, added) = row?;
+            let options: ControllerOptions = serde_json::from_str(&options)
+                .map_err(|err| corrupt(format!("controller {name:?}: options: {err}")))?;
+            Ok(ControllerConfig {
+                name,
+                url,
+                user,
+                api_token: Secret::new(token),
+                options,
+                added_ms: uint(added),
+            })
+        })
+        .collect()
+    }
+
     fn revoked_hashes(&self) -> Res<Vec<String>> {
         let mut stmt = self
             .conn
@@ -818,6 +874,39 @@ impl Store for SqliteStore {
             )
             .map_err(|err| self.error(err.into()))?;
         Ok(())
+    }
+
+    fn add_controller(&mut self, controller: &ControllerConfig) -> Result<bool, StoreError> {
+        let options = serde_json::to_string(&controller.options)
+            .map_err(|err| self.error(corrupt(format!("controller options: {err}"))))?;
+        let added = self
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO controllers (name, url, user, api_token, options, added_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    controller.name,
+                    controller.url,
+                    controller.user,
+                    controller.api_token.expose(),
+                    options,
+                    int(controller.added_ms),
+                ],
+            )
+            .map_err(|err| self.error(err.into()))?;
+        Ok(added == 1)
+    }
+
+    fn remove_controller(&mut self, name: &str) -> Result<bool, StoreError> {
+        let removed = self
+            .conn
+            .execute("DELETE FROM controllers WHERE name = ?1", params![name])
+            .map_err(|err| self.error(err.into()))?;
+        Ok(removed == 1)
+    }
+
+    fn controllers(&self) -> Result<Vec<ControllerConfig>, StoreError> {
+        self.all_controllers().map_err(|fault| self.error(fault))
     }
 
     fn reader(&self) -> Result<Box<dyn Store>, StoreError> {

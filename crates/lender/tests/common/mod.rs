@@ -61,6 +61,7 @@ pub fn request(requirements: &str, url: &str, wait_secs: u64) -> LeaseRequest {
         lease: Some(Duration::from_secs(7200)),
         idle_return: Some(Duration::from_secs(1800)),
         wait: Duration::from_secs(wait_secs),
+        origin: None,
     }
 }
 
