@@ -1,0 +1,173 @@
+//! Lending on demand: from a build queued for a label at a registered
+//! controller to that build started on a pooled agent that was idle at
+//! home, as the controller records it (`inQueueSince` to the build's
+//! start). Each run: queue, wait for the start, let the build end, wait for
+//! the agent to be home and the node deleted, again. Prints p50 / p95 / max
+//! and judges the goal: within one `--poll` interval plus 1.5 s.
+//!
+//! Run: `cargo bench -p jnlp-agent --bench on_demand`
+//! (`BENCH_RUNS`, default 20; `BENCH_POLL_MS`, default 2000).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{fake_engine, temp_dir, until_online, AgentProcess};
+use lender::controllers::{ControllerConfig, ControllerOptions};
+use lender::pool::Secret;
+use lender::server::{self, Config};
+use lender::store::{SqliteStore, Store as _};
+use lender::tokens::{self, Principal, TokenKind, TokenRecord};
+use testkit::controller::{BuildState, JobSpec, NodeConfig, Permission};
+use testkit::{ControllerEvent, TestController};
+
+const HOME_SECRET: &str = "5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";
+const USER: &str = "lender";
+const API_TOKEN: &str = "1234abcd5678ef90";
+const LONG: Duration = Duration::from_secs(60);
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LONG;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {LONG:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let runs = env_number("BENCH_RUNS", 20) as usize;
+    let poll = Duration::from_millis(env_number("BENCH_POLL_MS", 2000));
+    let home = TestController::builder()
+        .node("mac-01", HOME_SECRET)
+        .remoting_jar(testkit::fake_remoting_jar("3301.v4363ddcca_4e7"))
+        .start()
+        .await;
+    let ci = TestController::builder()
+        .jenkins_version("2.541.1")
+        .user(USER, API_TOKEN, Permission::LENDER)
+        .agent(NodeConfig::new("ci-linux").labels("linux"))
+        .remoting_jar(testkit::fake_remoting_jar("3355.v388858a_47b_33"))
+        .start()
+        .await;
+    let dir = temp_dir("bench-on-demand");
+    let db = dir.join("pool.db");
+    let token_file = dir.join("mac-01.token");
+    {
+        let mut store = SqliteStore::open(&db).unwrap();
+        let token = tokens::generate(TokenKind::Agent);
+        store
+            .add_token(&TokenRecord {
+                hash: tokens::hash(&token),
+                principal: Principal {
+                    kind: TokenKind::Agent,
+                    name: "mac-01".into(),
+                },
+                created_ms: 0,
+            })
+            .unwrap();
+        std::fs::write(&token_file, token).unwrap();
+        store
+            .add_controller(&ControllerConfig {
+                name: "ci".into(),
+                url: ci.url(),
+                user: USER.into(),
+                api_token: Secret::new(API_TOKEN),
+                options: ControllerOptions {
+                    demand_after: Duration::ZERO,
+                    idle_return: Duration::from_secs(1),
+                    ..ControllerOptions::default()
+                },
+                added_ms: 0,
+            })
+            .unwrap();
+    }
+    let mut config = Config::new("127.0.0.1:0", &db);
+    config.poll = poll;
+    let running = server::start(config).await.unwrap();
+    let lender = format!("http://{}", running.local_addr());
+    let engine = format!("{} echo", fake_engine().display());
+    let url = home.url();
+    let token = token_file.display().to_string();
+    let _agent = AgentProcess::start(
+        &[
+            "-url",
+            &url,
+            "-name",
+            "mac-01",
+            "--engine-command",
+            &engine,
+            "--lender",
+            &lender,
+            "--lender-token-file",
+            &token,
+            "--labels",
+            "macos",
+        ],
+        &[("JENKINS_SECRET", HOME_SECRET), ("RUST_LOG", "warn")],
+    );
+    until_online(&home, "mac-01", true, LONG).await;
+
+    let jenkins = ci.jenkins();
+    let mut waits = Vec::new();
+    for run in 0..runs {
+        let deleted_before = ci
+            .log()
+            .iter()
+            .filter(|e| matches!(e, ControllerEvent::NodeDeleted { .. }))
+            .count();
+        let item = jenkins.queue(
+            JobSpec::pipeline(&format!("app-{run}"))
+                .label("macos")
+                .duration(Duration::from_millis(200)),
+        );
+        let build = jenkins.wait_started(item, LONG).await;
+        let wait = build.started_ms.saturating_sub(build.in_queue_since_ms);
+        println!(
+            "run {run:>2}: queued -> started on {} in {wait} ms",
+            build.node
+        );
+        waits.push(wait);
+        until("the build ends", || {
+            jenkins
+                .build(item)
+                .is_some_and(|b| b.state != BuildState::Running)
+        })
+        .await;
+        until("the node is deleted", || {
+            ci.log()
+                .iter()
+                .filter(|e| matches!(e, ControllerEvent::NodeDeleted { .. }))
+                .count()
+                > deleted_before
+        })
+        .await;
+        until_online(&home, "mac-01", true, LONG).await;
+    }
+    waits.sort_unstable();
+    let at = |q: f64| waits[((waits.len() as f64 * q).ceil() as usize).clamp(1, waits.len()) - 1];
+    let goal = poll.as_millis() as u64 + 1500;
+    println!(
+        "queued -> started, {} runs, --poll {} ms: p50 {} ms, p95 {} ms, max {} ms; goal p95 <= {goal} ms: {}",
+        waits.len(),
+        poll.as_millis(),
+        at(0.5),
+        at(0.95),
+        waits.last().copied().unwrap_or(0),
+        if at(0.95) <= goal { "met" } else { "NOT met" }
+    );
+    running.shutdown().await;
+    home.shutdown().await;
+    ci.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
