@@ -16,12 +16,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{fake_engine, temp_dir, until_online, AgentProcess};
+use common::{fake_engine, lender_token, temp_dir, until_online, AgentProcess};
 use lender::controllers::{ControllerConfig, ControllerOptions};
 use lender::pool::Secret;
 use lender::server::{self, Config};
 use lender::store::{SqliteStore, Store as _};
-use lender::tokens::{self, Principal, TokenKind, TokenRecord};
+use lender::tokens::TokenKind;
 use testkit::controller::{BuildState, JobSpec, NodeConfig, Permission};
 use testkit::{ControllerEvent, TestController};
 
@@ -67,18 +67,8 @@ async fn main() {
     let db = dir.join("pool.db");
     let token_file = dir.join("mac-01.token");
     {
+        let token = lender_token(&db, TokenKind::Agent, "mac-01");
         let mut store = SqliteStore::open(&db).unwrap();
-        let token = tokens::generate(TokenKind::Agent);
-        store
-            .add_token(&TokenRecord {
-                hash: tokens::hash(&token),
-                principal: Principal {
-                    kind: TokenKind::Agent,
-                    name: "mac-01".into(),
-                },
-                created_ms: 0,
-            })
-            .unwrap();
         std::fs::write(&token_file, token).unwrap();
         store
             .add_controller(&ControllerConfig {

@@ -12,12 +12,12 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{fake_engine, temp_dir, until_online, AgentProcess};
+use common::{fake_engine, lender_token, temp_dir, until_online, AgentProcess};
 use lender::controllers::{ControllerConfig, ControllerOptions};
 use lender::pool::Secret;
 use lender::server::{self, Config};
 use lender::store::{SqliteStore, Store as _};
-use lender::tokens::{self, Principal, TokenKind, TokenRecord};
+use lender::tokens::TokenKind;
 use testkit::controller::{JobSpec, NodeConfig, Permission};
 use testkit::{ControllerEvent, TestController};
 
@@ -25,22 +25,6 @@ const HOME_SECRET: &str = "5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";
 const LONG: Duration = Duration::from_secs(60);
 const USER: &str = "lender";
 const API_TOKEN: &str = "1234abcd5678ef90";
-
-fn token(db: &Path, kind: TokenKind, name: &str) -> String {
-    let mut store = SqliteStore::open(db).unwrap();
-    let token = tokens::generate(kind);
-    store
-        .add_token(&TokenRecord {
-            hash: tokens::hash(&token),
-            principal: Principal {
-                kind,
-                name: name.into(),
-            },
-            created_ms: 0,
-        })
-        .unwrap();
-    token
-}
 
 fn start_agent(
     home: &TestController,
@@ -112,7 +96,7 @@ async fn rig(name: &str, options: ControllerOptions) -> Rig {
     let mut files = Vec::new();
     for name in ["mac-01", "box-01"] {
         let file = dir.join(format!("{name}.token"));
-        std::fs::write(&file, token(&db, TokenKind::Agent, name)).unwrap();
+        std::fs::write(&file, lender_token(&db, TokenKind::Agent, name)).unwrap();
         files.push(file);
     }
     {
@@ -234,7 +218,7 @@ async fn a_build_at_home_is_never_cut_and_the_next_one_waits_for_the_agent() {
     let dir = temp_dir("on-demand-home");
     let db = dir.join("pool.db");
     let file = dir.join("mac-01.token");
-    std::fs::write(&file, token(&db, TokenKind::Agent, "mac-01")).unwrap();
+    std::fs::write(&file, lender_token(&db, TokenKind::Agent, "mac-01")).unwrap();
     {
         let mut store = SqliteStore::open(&db).unwrap();
         for (name, url, demand) in [("home", home.url(), false), ("ci", borrower.url(), true)] {

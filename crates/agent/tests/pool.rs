@@ -9,10 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{fake_engine, temp_dir, until_online, AgentProcess};
+use common::{fake_engine, lender_token, temp_dir, until_online, AgentProcess};
 use lender::server::{self, Config, Running};
-use lender::store::{SqliteStore, Store as _};
-use lender::tokens::{self, Principal, TokenKind, TokenRecord};
+use lender::tokens::TokenKind;
 use serde_json::{json, Value};
 use testkit::TestController;
 
@@ -27,22 +26,6 @@ const MACHINES: [(&str, &str); 4] = [
     ("gpu-01", "gpu cuda12"),
     ("box-01", ""),
 ];
-
-fn token(db: &Path, kind: TokenKind, name: &str) -> String {
-    let mut store = SqliteStore::open(db).unwrap();
-    let token = tokens::generate(kind);
-    store
-        .add_token(&TokenRecord {
-            hash: tokens::hash(&token),
-            principal: Principal {
-                kind,
-                name: name.into(),
-            },
-            created_ms: 0,
-        })
-        .unwrap();
-    token
-}
 
 struct Pool {
     running: Option<Running>,
@@ -96,12 +79,12 @@ impl Pool {
 async fn start_pool() -> (Pool, Vec<(String, PathBuf)>) {
     let dir = temp_dir("pool");
     let db = dir.join("pool.db");
-    let client = token(&db, TokenKind::Client, "team-b");
+    let client = lender_token(&db, TokenKind::Client, "team-b");
     let agent_tokens = MACHINES
         .iter()
         .map(|(name, _)| {
             let file = dir.join(format!("{name}.token"));
-            std::fs::write(&file, token(&db, TokenKind::Agent, name)).unwrap();
+            std::fs::write(&file, lender_token(&db, TokenKind::Agent, name)).unwrap();
             ((*name).to_owned(), file)
         })
         .collect();

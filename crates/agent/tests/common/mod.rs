@@ -481,3 +481,23 @@ pub fn proc_descendants(pid: u32) -> Vec<u32> {
     }
     found
 }
+
+/// A bearer token for `name` in the lender database `db`, as `jnlp-lender
+/// token create` makes one.
+pub fn lender_token(db: &Path, kind: lender::tokens::TokenKind, name: &str) -> String {
+    use lender::store::Store as _;
+    use lender::tokens::{self, Principal, TokenRecord};
+    let mut store = lender::store::SqliteStore::open(db).unwrap();
+    let token = tokens::generate(kind);
+    store
+        .add_token(&TokenRecord {
+            hash: tokens::hash(&token),
+            principal: Principal {
+                kind,
+                name: name.into(),
+            },
+            created_ms: 0,
+        })
+        .unwrap();
+    token
+}
