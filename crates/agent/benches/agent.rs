@@ -1,4 +1,4 @@
-//! End-to-end figures for the README, through the real binary, the test
+//! End-to-end figures (docs/performance.md), through the real binary, the test
 //! controller and the fake engine on loopback:
 //!
 //! - bridge throughput, controller → engine, engine → controller, and both

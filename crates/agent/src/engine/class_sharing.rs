@@ -1,8 +1,7 @@
 //! Class-data sharing (AppCDS) for the engine JVM: remoting's classes, and
 //! the JDK classes it loads, parsed and verified once and then mapped from
-//! an archive at every start. Measured with a remoting.jar built from
-//! jenkinsci/remoting: start to the engine's preamble, median 317-336 ms ->
-//! 240-249 ms (README, "Engine start-up").
+//! an archive at every start, which takes about a quarter off the engine's
+//! start (docs/performance.md, "Engine start-up").
 //!
 //! Per jar (by its content-named file) and per JVM, in `<engines>/cds/`:
 //! 1. the first engine of a jar records the classes it loads

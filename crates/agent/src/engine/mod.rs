@@ -38,18 +38,17 @@ const TO_ENGINE_PIPE_SIZE: i32 = 1024 * 1024;
 
 /// Capacity asked for the engine's stdout pipe: smaller, because it is a
 /// queue in front of the controller. What the engine sends waits behind
-/// what fills it, and a full megabyte kept the engine's answers 2–3 ms
-/// late under a stream (README, "Queues in front of the controller").
+/// what fills it, so a full megabyte kept the engine's answers late under a
+/// stream (docs/performance.md, "Queues in front of the controller").
 #[cfg(target_os = "linux")]
 const FROM_ENGINE_PIPE_SIZE: i32 = 128 * 1024;
 
 /// The engine JVM's options when the user gives none (no
 /// `JENKINS_JAVA_OPTS`, no `JAVA_OPTS`); any option of the user's replaces
-/// all of them. Each was measured with the windowed benchmark (README,
-/// "Engine JVM defaults"):
+/// all of them. Each was measured with the windowed benchmark
+/// (docs/performance.md, "Engine JVM defaults"):
 /// - the serial collector: an engine's heap is small and its work is I/O,
-///   so G1's own threads and remembered sets only cost memory (idle RSS
-///   1-3 MiB lower, throughput unchanged);
+///   so G1's own threads and remembered sets only cost memory;
 /// - and, added per engine, its send window sized from the round trip to
 ///   its controller ([`window`]).
 pub const DEFAULT_JAVA_OPTS: &[&str] = &["-XX:+UseSerialGC"];

@@ -4,9 +4,10 @@
 //! remoting lets a stream have at most `hudson.remoting.Channel.pipeWindowSize`
 //! unacknowledged bytes in flight, read once by the *sending* JVM (1 MiB by
 //! default), so a stream moves at most a window per round trip. A larger
-//! window pays on a long link (at 20 ms, 52 MB/s with 1 MiB, 210 MB/s with
-//! 4 MiB) and costs on a short one: an answer the engine sends waits behind
-//! the stream that fills it, a window deep (README, "Engine window").
+//! window pays on a long link (at 20 ms, 1 MiB caps a stream at about
+//! 52 MB/s, 4 MiB at 210 MB/s) and costs on a short one: an answer the
+//! engine sends waits behind the stream that fills it, a window deep
+//! (docs/performance.md, "The engine's window, sized from the round trip").
 //! So the window is the smallest that lets a stream reach [`STREAM_RATE`]
 //! over the measured round trip, between remoting's default and
 //! [`LARGEST`]; unmeasured, [`LARGEST`].
