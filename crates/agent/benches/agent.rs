@@ -38,12 +38,7 @@ const SECRET: &str = "0123456789abcdef0123456789abcdef";
 const CHUNK: usize = 8192;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
+    test_support::bench::block_on(run());
 }
 
 async fn run() {
@@ -237,15 +232,15 @@ async fn transfer(mode: &str, total: usize, flow: Flow, web_socket: bool) -> (f6
     agent
         .wait_log("\"connected\"", 1, Duration::from_secs(60))
         .await;
-    let idle = rss_kib(agent.pid(), "VmRSS");
-    let cpu_before = cpu_seconds(agent.pid());
+    let idle = common::proc_status_kib(agent.pid(), "VmRSS");
+    let cpu_before = common::proc_cpu_seconds(agent.pid());
     start_tx.send(true).unwrap();
     let elapsed = tokio::time::timeout(Duration::from_secs(600), rx)
         .await
         .unwrap()
         .unwrap();
-    let cpu = cpu_seconds(agent.pid()) - cpu_before;
-    let peak = rss_kib(agent.pid(), "VmHWM");
+    let cpu = common::proc_cpu_seconds(agent.pid()) - cpu_before;
+    let peak = common::proc_status_kib(agent.pid(), "VmHWM");
     println!(
         "  [{mode}] {:.2} s, agent CPU {:.2} s ({:.0}% of one core)",
         elapsed.as_secs_f64(),
@@ -255,27 +250,6 @@ async fn transfer(mode: &str, total: usize, flow: Flow, web_socket: bool) -> (f6
     drop(agent);
     controller.shutdown().await;
     (total as f64 / elapsed.as_secs_f64() / 1e6, idle, peak)
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// User + system CPU seconds of a process.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
 }
 
 /// Moves the agent between two controllers `rounds` times with `now`, timing

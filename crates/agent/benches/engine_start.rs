@@ -30,12 +30,7 @@ const NODE: &str = "start";
 const LONG: Duration = Duration::from_secs(120);
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run());
+    test_support::bench::block_on(run());
 }
 
 /// `(ms, class_sharing)` of every "engine ready" line so far.

@@ -14,7 +14,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{fake_engine, lender_token, temp_dir, until_online, AgentProcess};
 use lender::controllers::{ControllerConfig, ControllerOptions};
@@ -32,19 +32,10 @@ const LONG: Duration = Duration::from_secs(60);
 /// How long the agent stays at home before the next build is queued.
 const IDLE: Duration = Duration::from_secs(6);
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use test_support::bench::env_number;
 
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LONG;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {LONG:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn until(what: &str, done: impl FnMut() -> bool) {
+    common::eventually(what, LONG, done).await;
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -63,12 +63,7 @@ mod linux {
     /// Issue 10's goal for the agent's CPU, seconds per GiB.
     const GOAL: f64 = 0.5;
 
-    fn env_u64(name: &str, default: u64) -> u64 {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(default)
-    }
+    use test_support::bench::env_number as env_u64;
 
     /// CPU seconds this thread has used, user and system.
     fn thread_cpu() -> f64 {

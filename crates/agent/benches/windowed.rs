@@ -64,20 +64,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const GIB: f64 = (1u64 << 30) as f64;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run());
+    test_support::bench::block_on(run());
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
+use test_support::bench::env_number as env_u64;
 
 #[derive(Debug, Clone)]
 struct Settings {

@@ -52,6 +52,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use test_support::procfs::proc_status_kib;
+use test_support::Scratch;
+
 const HOME: &str = "https://home.example/";
 const BORROWERS: [&str; 4] = [
     "https://b1.example/",
@@ -69,10 +72,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 type Res<T> = Result<T, String>;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    test_support::bench::env_number(name, default as u64) as usize
 }
 
 // ---- the server process ----
@@ -137,16 +137,11 @@ impl Server {
 
     /// `VmRSS` and `VmHWM` in KiB.
     fn memory(&self) -> Res<(u64, u64)> {
-        let text = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .map_err(|e| format!("/proc/PID/status: {e}"))?;
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| format!("no {name} in /proc/PID/status"))
+        let field = |name: &str| match proc_status_kib(self.pid(), name) {
+            0 => Err(format!("no {name} in /proc/PID/status")),
+            kib => Ok(kib),
         };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
+        Ok((field("VmRSS")?, field("VmHWM")?))
     }
 
     /// `rchar` and `wchar` from `/proc/PID/io`.
@@ -205,15 +200,6 @@ fn lender_binary() -> Res<PathBuf> {
         Ok(candidate)
     } else {
         Err(format!("no {}", candidate.display()))
-    }
-}
-
-/// A directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -552,13 +538,8 @@ async fn run(report: &mut Report) -> Res<()> {
     let mut rng = StdRng::seed_from_u64(9);
 
     let bin = lender_binary()?;
-    let scratch = Scratch(std::env::temp_dir().join(format!(
-        "jnlp-lender-scale-{}-{}",
-        std::process::id(),
-        rng.gen::<u32>()
-    )));
-    std::fs::create_dir_all(&scratch.0).map_err(|e| format!("scratch: {e}"))?;
-    let db = scratch.0.join("lender.db");
+    let scratch = Scratch::new("lender-scale");
+    let db = scratch.db();
 
     // Tokens, straight into the database.
     let client_token = tokens::generate(TokenKind::Client);

@@ -3,40 +3,15 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::*;
 use control::When;
 use lender::pool::{
     Decision, EndReason, LeaseState, Outcome, Pool, PoolConfig, ReturnCause, Snapshot,
 };
 use lender::store::{MemoryStore, SqliteStore, Store, StoreError};
+use test_support::Scratch;
 
 const T0: u64 = 1_700_000_000_000;
-
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("jnlp-lender-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        if let Err(err) = std::fs::create_dir_all(&dir) {
-            panic!("{}: {err}", dir.display());
-        }
-        Scratch(dir)
-    }
-
-    fn db(&self) -> PathBuf {
-        self.0.join("lender.db")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn ok<T, E: std::fmt::Display>(result: Result<T, E>) -> T {
     result.unwrap_or_else(|err| panic!("{err}"))

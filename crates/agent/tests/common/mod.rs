@@ -14,6 +14,13 @@ use tokio::process::{Child, Command};
 pub mod lending;
 pub mod sessions;
 
+// Shared with the lender's tests and the benchmarks (not every test
+// binary uses every one).
+#[allow(unused_imports)]
+pub use test_support::procfs::{alive, proc_cpu_seconds, proc_descendants, proc_status_kib};
+#[allow(unused_imports)]
+pub use test_support::{eventually, lender_token, temp_dir};
+
 /// The fake engine binary, built on demand when a lone `cargo test -p
 /// jnlp-agent` did not build it.
 pub fn fake_engine() -> PathBuf {
@@ -42,7 +49,6 @@ pub fn agent_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_jnlp-agent")))
 }
 
-/// A fresh directory under the target dir.
 /// The engine jars cached in an agent's `remoting/engines` directory.
 #[allow(dead_code)]
 pub fn cached_jars(engines: &Path) -> Vec<PathBuf> {
@@ -55,23 +61,6 @@ pub fn cached_jars(engines: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     jars.sort();
     jars
-}
-
-pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "jnlp-agent-test-{name}-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
-    h.finish()
 }
 
 /// A running agent whose stderr (JSON log lines) is collected.
@@ -194,28 +183,6 @@ impl AgentProcess {
             let _ = tokio::time::timeout(timeout, reader).await;
         }
         status
-    }
-}
-
-/// Whether a process is alive (zombies count as dead).
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        Ok(status) => !status
-            .lines()
-            .any(|l| l.starts_with("State:") && l.contains('Z')),
-        Err(_) => false,
-    }
-}
-
-/// Polls `cond` until true or panics after `timeout`.
-pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not true within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -419,85 +386,4 @@ pub fn java_windowed_engine_jar() -> Option<Vec<u8>> {
         return None;
     }
     std::fs::read(build.join("windowed.jar")).ok()
-}
-
-/// Resident set of a process in KiB (`VmRSS`, or another `/proc/PID/status`
-/// field such as `VmHWM`); 0 when it is gone.
-pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// User + system CPU seconds of a process (its own threads, not its
-/// children); 0 when it is gone.
-pub fn proc_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // USER_HZ is 100 on every Linux the tests run on.
-    ticks / 100.0
-}
-
-/// Every live descendant of `pid` (children, their children, ...), from
-/// the parent ids in `/proc/*/stat`.
-pub fn proc_descendants(pid: u32) -> Vec<u32> {
-    let mut parents = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(child) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-            let parent = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if let Some(parent) = parent {
-                parents.push((child, parent));
-            }
-        }
-    }
-    let mut found = Vec::new();
-    let mut frontier = vec![pid];
-    while let Some(next) = frontier.pop() {
-        for &(child, parent) in &parents {
-            if parent == next && !found.contains(&child) {
-                found.push(child);
-                frontier.push(child);
-            }
-        }
-    }
-    found
-}
-
-/// A bearer token for `name` in the lender database `db`, as `jnlp-lender
-/// token create` makes one.
-pub fn lender_token(db: &Path, kind: lender::tokens::TokenKind, name: &str) -> String {
-    use lender::store::Store as _;
-    use lender::tokens::{self, Principal, TokenRecord};
-    let mut store = lender::store::SqliteStore::open(db).unwrap();
-    let token = tokens::generate(kind);
-    store
-        .add_token(&TokenRecord {
-            hash: tokens::hash(&token),
-            principal: Principal {
-                kind,
-                name: name.into(),
-            },
-            created_ms: 0,
-        })
-        .unwrap();
-    token
 }
