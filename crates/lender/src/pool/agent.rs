@@ -5,19 +5,7 @@ use std::collections::BTreeSet;
 use control::{Phase, Placement, Status};
 
 use crate::pool::lease::LeaseId;
-
-/// Where an agent is. The agent is the authority on this; the pool keeps
-/// the last report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Place {
-    /// At its home (lender) controller.
-    Home,
-    /// At a borrowing controller.
-    Borrowed {
-        /// The borrower's URL.
-        url: String,
-    },
-}
+use crate::pool::place::Place;
 
 /// What an agent says when it connects to the lender.
 #[derive(Debug, Clone, PartialEq, Eq)]
