@@ -1,5 +1,5 @@
-//! The HTTP API: routes, bearer tokens, bounded JSON bodies, server-sent
-//! events. The API itself is documented in [`crate::api`].
+//! The HTTP API: routes, bounded JSON bodies, server-sent events (bearer
+//! tokens: [`super::bearer`]; responses: [`super::respond`]). The API itself is documented in [`crate::api`].
 //!
 //! Every check happens before the driver hears of a request: route (404,
 //! 405), token (401, 403), body size (413), JSON and fields (400). So a
@@ -13,28 +13,23 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{
-    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE,
-    RETRY_AFTER as RETRY_AFTER_HEADER, WWW_AUTHENTICATE,
-};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use hyper::body::{Frame, Incoming};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::bearer::{authenticate, bearer, Revoked};
 use super::driver::{ApiCall, ApiError, Input, ServerEvent};
-use super::{link, Shared, Ticket};
-use crate::api::{ErrorBody, LeaseBody, LeaseView, MAX_BODY};
+use super::respond::{error_response, full, json, unavailable, Body};
+use super::{link, Shared};
+use crate::api::{LeaseBody, LeaseView, MAX_BODY};
 use crate::labels::Expr;
 use crate::pool::{Borrower, LeaseId, LeaseRequest, Secret};
 use crate::store::LeaseFilter;
-use crate::tokens::{self, Principal, TokenKind, MAX_TOKEN};
-
-/// A response body: a whole JSON document or an event stream.
-pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
+use crate::tokens::{self, Principal, TokenKind};
 
 /// How long a client may take to send a request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,8 +42,6 @@ const EVENT_QUEUE: usize = 64;
 /// most it lists.
 const DEFAULT_LIST: usize = 100;
 const MAX_LIST: usize = 1000;
-/// What a 503 tells a client to wait before trying again, in seconds.
-const RETRY_AFTER: &str = "5";
 /// The longest secret file the lender reads.
 const MAX_SECRET_FILE: u64 = control::MAX_SECRET_FILE;
 
@@ -164,14 +157,6 @@ async fn route(
             format!("no such endpoint: {path}"),
         )),
     }
-}
-
-/// A read of the database failed: the client may try again.
-fn unavailable() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the lender cannot read its database (see the lender's log); try again later",
-    )
 }
 
 /// `GET /v1/leases/{id}`: from the pool, else from the store (a lease that
@@ -310,58 +295,6 @@ async fn call<T>(
         .await
         .map_err(|_| unavailable())?;
     rx.await.map_err(|_| unavailable())
-}
-
-/// The bearer token of a request.
-pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
-    let value = headers
-        .get(AUTHORIZATION)
-        .ok_or_else(|| unauthorized("missing `Authorization: Bearer <token>`"))?;
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN)
-        .ok_or_else(|| unauthorized("malformed Authorization header; expected `Bearer <token>`"))
-}
-
-/// The principal of the request's bearer token, which must be of `kind`.
-/// Once it passes, the request's connection counts as authenticated (no
-/// longer capped nor timed out as such).
-pub(crate) async fn authenticate<B>(
-    shared: &Shared,
-    request: &Request<B>,
-    kind: TokenKind,
-) -> Result<Principal, ApiError> {
-    let headers = request.headers();
-    let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
-    let token = bearer(headers)?;
-    let hash = tokens::hash(token);
-    let principal = shared
-        .tokens
-        .principal(&hash, &shared.tracker)
-        .await
-        .map_err(|err| {
-            tracing::error!(%err, "token lookup failed");
-            unavailable()
-        })?
-        .ok_or_else(|| unauthorized("unknown token"))?;
-    if principal.kind != kind {
-        let what = match kind {
-            TokenKind::Agent => "open the agent link; use an agent token",
-            TokenKind::Client => "use the API; use a client token",
-        };
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("this {} token cannot {what}", principal.kind.as_str()),
-        ));
-    }
-    if let Some(ticket) = request.extensions().get::<Arc<Ticket>>() {
-        ticket.authenticated();
-    }
-    Ok(principal)
 }
 
 async fn create_lease(
@@ -568,27 +501,6 @@ fn events(shared: &Arc<Shared>, client: Principal, hash: String) -> Response<Bod
     response
 }
 
-/// Tells a long-lived connection that its token was revoked.
-pub(crate) struct Revoked {
-    pub shared: Arc<Shared>,
-    pub hash: String,
-}
-
-impl Revoked {
-    /// Returns once the token is revoked.
-    pub async fn wait(&self) {
-        let mut revocations = self.shared.tokens.revocations();
-        loop {
-            if self.shared.tokens.is_revoked(&self.hash) {
-                return;
-            }
-            if revocations.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-}
-
 async fn forward_events(
     mut events: broadcast::Receiver<Arc<ServerEvent>>,
     tx: mpsc::Sender<Bytes>,
@@ -656,43 +568,6 @@ impl hyper::body::Body for EventBody {
             .poll_recv(cx)
             .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
     }
-}
-
-// ---- responses ----
-
-pub(crate) fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into()).boxed_unsync()
-}
-
-pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    let text = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    let mut response = Response::new(full(text));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-pub(crate) fn error_response(err: ApiError) -> Response<Body> {
-    let mut response = json(
-        err.status,
-        &ErrorBody {
-            error: err.message,
-            lease: err.lease.map(|lease| *lease),
-        },
-    );
-    let headers = response.headers_mut();
-    if err.status == StatusCode::UNAUTHORIZED {
-        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    if err.status == StatusCode::SERVICE_UNAVAILABLE {
-        headers.insert(RETRY_AFTER_HEADER, HeaderValue::from_static(RETRY_AFTER));
-    }
-    if let Some(methods) = err.allow {
-        headers.insert(ALLOW, HeaderValue::from_static(methods));
-    }
-    response
 }
 
 #[cfg(test)]

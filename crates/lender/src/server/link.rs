@@ -37,8 +37,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument as _;
 
+use super::bearer::{authenticate, bearer, Revoked};
 use super::driver::{ApiError, Input};
-use super::http::{authenticate, bearer, error_response, full, Body, Revoked};
+use super::respond::{error_response, full, Body};
 use super::Shared;
 use crate::tokens::{self, TokenKind};
 

@@ -52,6 +52,7 @@ use crate::store::{SqliteStore, Store, StoreError, BUSY_TIMEOUT};
 
 mod admission;
 mod auth;
+mod bearer;
 mod controllers;
 mod driver;
 mod http;
@@ -59,6 +60,7 @@ mod link;
 mod metrics;
 mod provision;
 mod reader;
+mod respond;
 
 pub use admission::{
     default_max_unauthenticated, raise_open_files_limit, DEFAULT_MAX_UNAUTHENTICATED,
