@@ -270,8 +270,8 @@ mod tests {
     };
     use super::*;
     use crate::fixtures::{self, Direction, Layer};
-    use io::Cursor;
     use bytes::BytesMut;
+    use io::Cursor;
     use remoting_protocol::chunk::{put_command, ChunkHeader};
 
     fn options(mode: Mode) -> Options {
