@@ -1,0 +1,89 @@
+//! One PostgreSQL connection on a thread of its own. The sync client runs
+//! a small runtime inside, which must not be entered from an async task;
+//! the store's callers are both (the driver's blocking thread, the server's
+//! start), so every call is handed to this thread and waited for.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use postgres::Client;
+
+use super::connect::PgTarget;
+
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// What a job runs with: the connection, opened again if it dropped
+/// (unless `reconnect` is off: the leadership lock must not silently
+/// come back on a new session).
+pub(super) struct Worker {
+    target: Arc<PgTarget>,
+    client: Option<Client>,
+    reconnect: bool,
+}
+
+impl Worker {
+    pub fn client(&mut self) -> Result<&mut Client, postgres::Error> {
+        let client = match self.client.take() {
+            // A closed lock connection stays closed: its errors say so.
+            Some(client) if !(client.is_closed() && self.reconnect) => client,
+            _ => self.target.connect()?,
+        };
+        Ok(self.client.insert(client))
+    }
+}
+
+/// The handle: dropping it ends the thread, which closes the connection.
+pub(super) struct Conn {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Conn")
+    }
+}
+
+/// The worker thread is gone (it panicked).
+#[derive(Debug)]
+pub(super) struct Gone;
+
+impl Conn {
+    /// Connects now (so that a wrong URL or password is reported at once)
+    /// and starts the thread.
+    pub fn open(target: Arc<PgTarget>, reconnect: bool) -> Result<Self, postgres::Error> {
+        let client = target.connect()?;
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let mut worker = Worker {
+            target,
+            client: Some(client),
+            reconnect,
+        };
+        std::thread::Builder::new()
+            .name("postgres".into())
+            .spawn(move || {
+                while let Ok(job) = inbox.recv() {
+                    job(&mut worker);
+                }
+            })
+            .map(drop)
+            .unwrap_or_else(|err| {
+                // Every call then fails as `Gone`.
+                tracing::error!(%err, "cannot start a database thread");
+            });
+        Ok(Conn { jobs })
+    }
+
+    /// Runs `job` on the connection's thread and waits for its result.
+    pub fn call<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Worker) -> T + Send + 'static,
+    ) -> Result<T, Gone> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.jobs
+            .send(Box::new(move |worker| {
+                let _ = reply.send(job(worker));
+            }))
+            .map_err(|_| Gone)?;
+        answer.recv().map_err(|_| Gone)
+    }
+}
