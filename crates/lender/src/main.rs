@@ -8,7 +8,10 @@
 //!   `JNLP_LENDER_URL` and `JNLP_LENDER_TOKEN_FILE`);
 //! - `controller add`, `controller remove`: register Jenkins controllers
 //!   to lend to on demand; `controllers`: their state (an API client);
-//! - `labels check`: try a label expression locally.
+//! - `labels check`: try a label expression locally;
+//! - `migrate`: copy a SQLite pool into PostgreSQL.
+//!
+//! `--db` is a SQLite file or a `postgres://` URL ([`cli::db`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -24,8 +27,9 @@ use lender::controllers::{ControllerConfig, ControllerOptions};
 use lender::labels::Expr;
 use lender::pool::PoolConfig;
 use lender::server::{self, Config, TlsFiles};
-use lender::store::{SqliteStore, Store as _};
 use lender::tokens::{self, Principal, TokenKind, TokenRecord};
+
+mod cli;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,12 +40,29 @@ use lender::tokens::{self, Principal, TokenKind, TokenRecord};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// PostgreSQL's password for a `postgres://` --db, in this file (its
+    /// first line); without it, `PGPASSWORD`.
+    #[arg(long, global = true, env = "JNLP_LENDER_DB_PASSWORD_FILE")]
+    db_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the pool service: the HTTP API and the agents' links.
+    /// Run the pool service: the HTTP API and the agents' links. On
+    /// PostgreSQL any number may run on one database: one is active, the
+    /// others stand by (503) and take over when it is gone.
     Serve(ServeArgs),
+    /// Copy a SQLite pool (agents, leases, audit log, tokens, controllers)
+    /// into an empty PostgreSQL database.
+    Migrate {
+        /// The SQLite database file.
+        #[arg(long)]
+        from: PathBuf,
+        /// postgres://USER@HOST[:PORT]/DBNAME (password from
+        /// --db-password-file or PGPASSWORD).
+        #[arg(long)]
+        to: String,
+    },
     /// Manage bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -100,7 +121,7 @@ enum ControllerCommand {
     Remove {
         /// The controller's name.
         name: String,
-        /// The SQLite database file.
+        /// The database: a SQLite file or a postgres:// URL.
         #[arg(long, default_value = "jnlp-lender.db")]
         db: PathBuf,
     },
@@ -110,7 +131,7 @@ enum ControllerCommand {
 struct ControllerAddArgs {
     /// The lender's name for it (letters, digits, '-', '_', '.').
     name: String,
-    /// The SQLite database file (created if needed).
+    /// The database: a SQLite file (created if needed) or a postgres:// URL.
     #[arg(long, default_value = "jnlp-lender.db")]
     db: PathBuf,
     /// The controller's root URL, e.g. `https://ci.example/`.
@@ -153,7 +174,8 @@ struct ServeArgs {
     /// on loopback only, unless --insecure-listen.
     #[arg(long, default_value = "127.0.0.1:8765")]
     listen: String,
-    /// The SQLite database file. It must hold a pool already (made by
+    /// The database: a SQLite file or postgres://USER@HOST[:PORT]/DBNAME
+    /// (`?sslmode=disable|prefer|require|verify-full`). It must hold a pool already (made by
     /// `token create` or `serve --init`): a missing or empty file is
     /// refused, so that a typo cannot start an empty pool.
     #[arg(long, default_value = "jnlp-lender.db")]
@@ -211,7 +233,7 @@ enum TokenCommand {
     /// Create a token for an agent or an API client; it is shown once.
     /// Creates the database if needed.
     Create {
-        /// The SQLite database file.
+        /// The database: a SQLite file or a postgres:// URL.
         #[arg(long, default_value = "jnlp-lender.db")]
         db: PathBuf,
         /// For this agent (it may speak only for itself).
@@ -228,7 +250,7 @@ enum TokenCommand {
     /// List the tokens (never a token itself): id, kind, name, created, last
     /// used, revoked.
     List {
-        /// The SQLite database file.
+        /// The database: a SQLite file or a postgres:// URL.
         #[arg(long, default_value = "jnlp-lender.db")]
         db: PathBuf,
         /// Print JSON instead of lines.
@@ -238,7 +260,7 @@ enum TokenCommand {
     /// Revoke every token of NAME; a running server refuses them within a
     /// second and closes their links and event streams.
     Revoke {
-        /// The SQLite database file.
+        /// The database: a SQLite file or a postgres:// URL.
         #[arg(long, default_value = "jnlp-lender.db")]
         db: PathBuf,
         /// The agent's or client's name.
@@ -315,7 +337,11 @@ enum LabelsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(err) = cli::db::set_password(cli.db_password_file.as_deref()) {
+        return report(Err(err));
+    }
     match cli.command {
+        Command::Migrate { from, to } => report(cli::db::migrate(&from, &to)),
         Command::Labels(LabelsCommand::Check { expr, labels }) => labels_check(&expr, &labels),
         Command::Token(TokenCommand::Create {
             db,
@@ -390,7 +416,7 @@ fn token_create(
     let written = out
         .map(|path| write_new_private(path, &format!("{token}\n")).map(|()| path))
         .transpose()?;
-    let mut store = SqliteStore::open(db)?;
+    let mut store = cli::db::create(db)?;
     let stored = store.add_token(&TokenRecord {
         hash: tokens::hash(&token),
         principal: Principal { kind, name },
@@ -442,7 +468,7 @@ fn write_new_private(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn token_list(db: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let store = SqliteStore::open_existing(db)?;
+    let store = cli::db::open(db)?;
     let tokens = store.tokens()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&tokens)?);
@@ -470,7 +496,7 @@ fn token_list(db: &Path, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn token_revoke(db: &Path, name: &str) -> anyhow::Result<ExitCode> {
-    let mut store = SqliteStore::open_existing(db)?;
+    let mut store = cli::db::open(db)?;
     let count = store.revoke(name, control::now_ms())?;
     if count == 0 {
         eprintln!("jnlp-lender: no valid token named {name:?} (see `jnlp-lender token list`)");
@@ -490,6 +516,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let open_files = server::raise_open_files_limit();
     let mut config = Config::new(args.listen, args.db);
     config.init = args.init;
+    config.db_password = cli::db::password().map(lender::pool::Secret::new);
     config.db_busy_timeout = args.db_busy_timeout;
     if args.poll < Duration::from_millis(100) {
         anyhow::bail!("--poll must be at least 100ms");
@@ -680,7 +707,7 @@ fn controller_add(args: ControllerAddArgs) -> anyhow::Result<ExitCode> {
         added_ms: control::now_ms(),
     };
     config.check().map_err(anyhow::Error::msg)?;
-    let mut store = SqliteStore::open(&args.db)?;
+    let mut store = cli::db::create(&args.db)?;
     if !store.add_controller(&config)? {
         anyhow::bail!(
             "a controller named {:?} is registered already; `jnlp-lender controller remove {}` first to change it",
@@ -696,7 +723,7 @@ fn controller_add(args: ControllerAddArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn controller_remove(db: &Path, name: &str) -> anyhow::Result<ExitCode> {
-    let mut store = SqliteStore::open_existing(db)?;
+    let mut store = cli::db::open(db)?;
     if !store.remove_controller(name)? {
         eprintln!("jnlp-lender: no controller named {name:?} (see `jnlp-lender controllers`)");
         return Ok(ExitCode::from(1));

@@ -1,0 +1,6 @@
+//! The command line's pieces that are not in `main.rs`:
+//!
+//! - `db`: opening `--db` (a SQLite file or a `postgres://` URL, with
+//!   its password) and `migrate`.
+
+pub mod db;
