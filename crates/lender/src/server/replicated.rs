@@ -275,7 +275,8 @@ enum Led {
     SteppedDown,
 }
 
-/// Answers every connection with 503 until `stop`; gives the listener back.
+/// Answers every connection with one 503 until `stop`; gives the listener
+/// back.
 async fn standby_loop(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -299,30 +300,24 @@ async fn standby_loop(
         };
         let tls = tls.clone();
         let reason = reason.clone();
-        let stop = stop.clone();
+        // Not cancelled when this lender takes over: a request already
+        // read gets its 503 (one per connection) rather than a cut.
         tracker.spawn(async move {
             let _ = stream.set_nodelay(true);
-            let served = async {
-                match tls {
-                    None => answer_503(TokioIo::new(stream), reason).await,
-                    Some(config) => {
-                        let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-                        if let Ok(Ok(tls)) =
-                            tokio::time::timeout(super::TLS_HANDSHAKE_TIMEOUT, accept).await
-                        {
-                            answer_503(TokioIo::new(tls), reason).await;
-                        }
+            match tls {
+                None => answer_503(TokioIo::new(stream), reason).await,
+                Some(config) => {
+                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout(super::TLS_HANDSHAKE_TIMEOUT, accept).await
+                    {
+                        answer_503(TokioIo::new(tls), reason).await;
                     }
                 }
-            };
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = served => {}
             }
         });
     }
     tracker.close();
-    tracker.wait().await;
     Some(listener)
 }
 
@@ -346,6 +341,7 @@ where
         async move { Ok::<_, std::convert::Infallible>(response) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(io, service)

@@ -48,29 +48,41 @@ impl std::fmt::Debug for Conn {
 pub(super) struct Gone;
 
 impl Conn {
-    /// Connects now (so that a wrong URL or password is reported at once)
-    /// and starts the thread.
+    /// Connects now (so that a wrong URL or password is reported at once),
+    /// on the connection's own thread.
     pub fn open(target: Arc<PgTarget>, reconnect: bool) -> Result<Self, postgres::Error> {
-        let client = target.connect()?;
         let (jobs, inbox) = mpsc::channel::<Job>();
-        let mut worker = Worker {
-            target,
-            client: Some(client),
-            reconnect,
-        };
-        std::thread::Builder::new()
+        let (opened, first) = mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
             .name("postgres".into())
             .spawn(move || {
+                let client = match target.connect() {
+                    Ok(client) => client,
+                    Err(err) => {
+                        let _ = opened.send(Err(err));
+                        return;
+                    }
+                };
+                let _ = opened.send(Ok(()));
+                let mut worker = Worker {
+                    target,
+                    client: Some(client),
+                    reconnect,
+                };
                 while let Ok(job) = inbox.recv() {
                     job(&mut worker);
                 }
-            })
-            .map(drop)
-            .unwrap_or_else(|err| {
-                // Every call then fails as `Gone`.
-                tracing::error!(%err, "cannot start a database thread");
             });
-        Ok(Conn { jobs })
+        if let Err(err) = spawned {
+            // Every call then fails as `Gone`.
+            tracing::error!(%err, "cannot start a database thread");
+            return Ok(Conn { jobs });
+        }
+        match first.recv() {
+            Ok(Err(err)) => Err(err),
+            // Ok, or the thread died (then calls fail as `Gone`).
+            _ => Ok(Conn { jobs }),
+        }
     }
 
     /// Runs `job` on the connection's thread and waits for its result.
