@@ -271,7 +271,9 @@ enum TokenCommand {
 /// Where the lender is and how to authenticate.
 #[derive(Debug, Args)]
 struct ClientArgs {
-    /// The lender's URL, e.g. `https://lender.example:8765`.
+    /// The lender's URL, e.g. `https://lender.example:8765`; several,
+    /// separated by commas (an active lender and its standbys): each call
+    /// passes over a 503 or a refused connection to the next.
     #[arg(long, env = "JNLP_LENDER_URL")]
     lender: String,
     /// A file holding a client token.

@@ -99,6 +99,35 @@ impl Drop for Serve {
     }
 }
 
+/// Files for the client command (token, secret), removed on drop.
+struct Files(std::path::PathBuf);
+
+impl Files {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("jnlp-lender-takeover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        ok(std::fs::create_dir_all(&dir));
+        Files(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = self.0.join(name);
+        ok(std::fs::write(&path, text));
+        ok(std::fs::set_permissions(
+            &path,
+            std::fs::Permissions::from_mode(0o600),
+        ));
+        path
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn token(db: &str, kind: &str, name: &str) -> String {
     let out = ok(Command::new(BIN)
         .args(["token", "create", kind, name, "--db", db])
@@ -263,17 +292,32 @@ async fn the_standby_takes_over_within_10s_after_sigkill_with_the_lease_and_the_
         "{status} {lease}"
     );
     wait_lease(&first.url(), &ci, 1, "active").await;
-    // Queued: the one mac is lent.
-    let (status, _, queued) = call(
-        &first.url(),
-        "POST",
-        "/v1/leases",
-        &ci,
-        Some(lease_body("mac", "n2")),
-    )
+    // Queued (the one mac is lent), by `jnlp-lender lease --wait` given
+    // the standby first: it passes over the 503 to the active one, and
+    // waits there.
+    let files = Files::new();
+    let secret = files.write("secret", "s3cr3t");
+    let token_file = files.write("token", &ci);
+    let waiting = ok(Command::new(BIN)
+        .args([
+            "lease", "--labels", "mac", "--url", BORROWER_A, "--name", "n2",
+        ])
+        .arg("--secret-file")
+        .arg(&secret)
+        .args(["--wait", "1h", "--web-socket", "--json"])
+        .arg("--lender")
+        .arg(format!("{},{}", second.url(), first.url()))
+        .arg("--token-file")
+        .arg(&token_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn());
+    within(Duration::from_secs(10), "lease 2 queued", || async {
+        let (status, _, lease) = call(&first.url(), "GET", "/v1/leases/2", &ci, None).await;
+        (status == 200 && lease["state"] == "queued").then_some(())
+    })
     .await;
-    assert!(status < 300, "{status} {queued}");
-    assert_eq!(lease_state(&first.url(), &ci, 2).await["state"], "queued");
 
     // kill -9 the active one.
     first.kill();
@@ -294,6 +338,20 @@ async fn the_standby_takes_over_within_10s_after_sigkill_with_the_lease_and_the_
     wait_lease(&second.url(), &ci, 2, "active").await;
     assert!(!a1.state().lent_twice);
     assert_eq!(a1.state().borrows.len(), 2);
+    // The waiting `lease` followed the takeover and reports its lease.
+    let out = ok(tokio::task::spawn_blocking(move || waiting.wait_with_output()).await);
+    let out = ok(out);
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        (printed["id"].clone(), printed["state"].clone()),
+        (json!(2), json!("active"))
+    );
 
     // The former leader comes back: a standby.
     let again = Serve::start(&db, "lender-1");
