@@ -5,8 +5,11 @@
 //!
 //! The lock goes with its session: a lender killed, or cut off from the
 //! database, loses it when PostgreSQL sees the connection close (at once
-//! for a killed process; after TCP keepalive for a vanished host), and a
-//! standby's next [`Leadership::try_acquire`] takes it.
+//! for a killed process; after the session's TCP keepalive, about 6 s, for
+//! a vanished host), and a standby's next [`Leadership::try_acquire`]
+//! takes it. A paused lender keeps its session (its kernel still answers
+//! keepalives): then the epoch keeps it from writing once it wakes after a
+//! takeover, and it steps down at its next check.
 
 use std::sync::Arc;
 
@@ -62,6 +65,13 @@ impl Leadership {
         let holder = holder.to_owned();
         let won = self.call(move |w| {
             let client = w.client()?;
+            // The server's side of the lock's connection: a leader whose
+            // host vanishes (no FIN, no RST) loses the lock in about
+            // 3 + 3 × 1 s, not the system's default of hours.
+            client.batch_execute(
+                "SET tcp_keepalives_idle = 3; SET tcp_keepalives_interval = 1; \
+                 SET tcp_keepalives_count = 3",
+            )?;
             let got: bool = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&schema::LEADER_LOCK])?
                 .get(0);
