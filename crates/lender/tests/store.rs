@@ -479,3 +479,37 @@ fn postgres_a_former_leader_is_fenced_after_a_takeover() {
     ok(second.commit(&changes));
     assert_eq!(ok(second.load()).leases.len(), 1);
 }
+
+/// `sslmode` is honoured: `require` encrypts (the server's certificate not
+/// checked), `verify-full` checks it against `sslrootcert` and the host
+/// name and refuses a certificate it cannot trust.
+#[test]
+fn postgres_sslmode_require_and_verify_full() {
+    let (pg, ca) = TestPg::start_tls();
+    let base = format!("postgres://lender@127.0.0.1:{}/postgres", pg.port());
+    // The server takes TCP over TLS only: `require` connects, `disable` is refused.
+    ok(PgStore::open(&pg_target(&format!(
+        "{base}?sslmode=require"
+    ))));
+    assert!(matches!(
+        PgStore::open(&pg_target(&format!("{base}?sslmode=disable"))),
+        Err(StoreError::Postgres { .. })
+    ));
+    let verified = format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let store = ok(PgStore::open(&pg_target(&verified)));
+    assert_eq!(ok(store.schema_version()), 1);
+    // A CA that did not sign the server's certificate: refused.
+    let other = pg.dir().join("other-ca.crt");
+    let other_key = ok(rcgen::KeyPair::generate());
+    let mut params = ok(rcgen::CertificateParams::new(Vec::<String>::new()));
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ok(std::fs::write(
+        &other,
+        ok(params.self_signed(&other_key)).pem(),
+    ));
+    let untrusted = format!("{base}?sslmode=verify-full&sslrootcert={}", other.display());
+    let Err(err) = PgStore::open(&pg_target(&untrusted)) else {
+        panic!("verify-full accepted a certificate from an unknown CA");
+    };
+    assert!(matches!(err, StoreError::Postgres { .. }), "{err}");
+}

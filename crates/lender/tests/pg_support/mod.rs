@@ -39,6 +39,8 @@ pub struct TestPg {
     port: u16,
     child: Option<Child>,
     fsync: bool,
+    /// `ssl=on` with these certificate and key files.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl TestPg {
@@ -72,6 +74,7 @@ impl TestPg {
             port: free_port()?,
             child: None,
             fsync,
+            tls: None,
         };
         let status = pg
             .command("initdb")
@@ -97,6 +100,49 @@ impl TestPg {
         }
         pg.run()?;
         Ok(pg)
+    }
+
+    /// A cluster with TLS on (`ssl=on`, a server certificate for
+    /// `localhost` and 127.0.0.1 signed by a test CA) that accepts TCP
+    /// connections over TLS only; the CA's PEM file.
+    pub fn start_tls() -> (Self, PathBuf) {
+        let mut pg = Self::start();
+        pg.stop();
+        let ca_key = ok(rcgen::KeyPair::generate());
+        let mut ca_params = ok(rcgen::CertificateParams::new(Vec::<String>::new()));
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ok(ca_params.self_signed(&ca_key));
+        let key = ok(rcgen::KeyPair::generate());
+        let params = ok(rcgen::CertificateParams::new(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+        ]));
+        let cert = ok(params.signed_by(&key, &ca, &ca_key));
+        let write = |name: &str, text: String| {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = pg.dir.join(name);
+            ok(std::fs::write(&path, text));
+            ok(std::fs::set_permissions(
+                &path,
+                std::fs::Permissions::from_mode(0o600),
+            ));
+            if is_root() {
+                let (uid, gid) = nobody();
+                ok(nix::unistd::chown(&path, Some(uid), Some(gid)));
+            }
+            path
+        };
+        let cert_file = write("server.crt", cert.pem());
+        let key_file = write("server.key", key.serialize_pem());
+        let ca_file = write("ca.crt", ca.pem());
+        pg.tls = Some((cert_file, key_file));
+        // TCP only over TLS: a plain connection is refused.
+        ok(std::fs::write(
+            pg.data().join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        ));
+        ok(pg.run());
+        (pg, ca_file)
     }
 
     fn data(&self) -> PathBuf {
@@ -134,6 +180,16 @@ impl TestPg {
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", &format!("fsync={fsync}")])
             .args(["-c", "max_connections=200"])
+            .args(self.tls.iter().flat_map(|(cert, key)| {
+                [
+                    "-c".to_owned(),
+                    "ssl=on".to_owned(),
+                    "-c".to_owned(),
+                    format!("ssl_cert_file={}", cert.display()),
+                    "-c".to_owned(),
+                    format!("ssl_key_file={}", key.display()),
+                ]
+            }))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -228,6 +284,10 @@ impl Drop for TestPg {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn ok<T, E: std::fmt::Display>(result: Result<T, E>) -> T {
+    result.unwrap_or_else(|err| panic!("{err}"))
 }
 
 fn is_root() -> bool {
