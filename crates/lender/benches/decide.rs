@@ -1,7 +1,10 @@
 //! Lease decision time with 1,000 agents: how long `request_lease` (and
 //! serving the queue when an agent comes home) takes, excluding the agent's
 //! move, and what the server's copy of the pool for a client's change costs.
-//! Prints p50 / p99 / max per scenario.
+//! Then the same decision with its commit, as the server makes it durable
+//! before answering: on a SQLite file (`synchronous=FULL`) and on
+//! PostgreSQL (a throwaway cluster, fsync on; skipped with a message when
+//! PostgreSQL is not installed). Prints p50 / p99 / max per scenario.
 //!
 //! Run: `cargo bench -p jnlp-lender --bench decide`.
 
@@ -13,10 +16,16 @@ use lender::labels::Expr;
 use lender::pool::{
     AgentHello, AgentReport, Borrower, LeaseRequest, Outcome, Place, Pool, PoolConfig, Secret,
 };
+use lender::store::{PgStore, PgTarget, SqliteStore, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+#[path = "../tests/pg_support/mod.rs"]
+mod pg_support;
+
 const AGENTS: usize = 1_000;
+/// Decisions timed with their commit, per store.
+const COMMITTED: usize = 1_000;
 const TOOLS: usize = 30;
 const BORROWERS: [&str; 4] = [
     "https://b1.example/",
@@ -238,9 +247,81 @@ fn loaded_pool(rng: &mut StdRng) {
     );
 }
 
+/// A decision and its commit, as the server does before it answers:
+/// `request_lease` on 1,000 idle agents, then the pool's changes (the
+/// lease, the agent, the audit entries) in one transaction. The lease is
+/// returned and the agent comes home untimed (committed too).
+fn committed(rng: &mut StdRng, name: &str, store: &mut dyn Store) -> Result<(), String> {
+    let mut pool = Pool::new(PoolConfig {
+        max_queued_per_client: usize::MAX,
+        ..PoolConfig::default()
+    });
+    for i in 0..AGENTS {
+        pool.agent_connected(agent_hello(rng, i), 0);
+    }
+    while pool.poll_decision().is_some() {}
+    store
+        .commit(&pool.take_changes())
+        .map_err(|e| e.to_string())?;
+    let mut samples = Vec::new();
+    for now in 1..=COMMITTED as u64 {
+        let requirements = requirement(rng);
+        let req = request(rng, requirements, Duration::ZERO);
+        let start = Instant::now();
+        let outcome = pool.request_lease(req, now);
+        store
+            .commit(&pool.take_changes())
+            .map_err(|e| e.to_string())?;
+        samples.push(start.elapsed());
+        while pool.poll_decision().is_some() {}
+        if let Ok(Outcome::Reserved { lease, agent }) = outcome {
+            let _ = pool.return_lease(lease, When::Now, now);
+            let home = AgentReport {
+                place: Place::Home,
+                online: true,
+                busy: false,
+            };
+            let _ = pool.agent_reported(&agent, home, now);
+        }
+        while pool.poll_decision().is_some() {}
+        store
+            .commit(&pool.take_changes())
+            .map_err(|e| e.to_string())?;
+    }
+    report(&mut samples, &format!("request_lease + commit, {name}"));
+    Ok(())
+}
+
+fn stores(rng: &mut StdRng) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("jnlp-lender-decide-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let sqlite = SqliteStore::open(&dir.join("lender.db")).map_err(|e| e.to_string());
+    let outcome =
+        sqlite.and_then(|mut store| committed(rng, "SQLite (synchronous=FULL)", &mut store));
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome?;
+    if pg_support::bin_dir().is_none() {
+        println!(
+            "request_lease + commit, PostgreSQL: skipped (PostgreSQL is not installed: \
+             no /usr/lib/postgresql/*/bin/initdb; apt-get install postgresql)"
+        );
+        return Ok(());
+    }
+    let pg = pg_support::TestPg::start_with(true)?;
+    let url = pg.database("decide");
+    let mut store = PgTarget::parse(&url, None)
+        .and_then(|target| PgStore::open(&target))
+        .map_err(|e| e.to_string())?;
+    committed(rng, "PostgreSQL (fsync on, loopback)", &mut store)
+}
+
 fn main() {
     let mut rng = StdRng::seed_from_u64(9);
     println!("lease decision time, {AGENTS} agents, {TOOLS} tool labels (seed 9)");
     idle_pool(&mut rng);
     loaded_pool(&mut rng);
+    if let Err(err) = stores(&mut rng) {
+        eprintln!("decide bench: {err}");
+        std::process::exit(1);
+    }
 }

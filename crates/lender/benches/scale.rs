@@ -20,9 +20,15 @@
 //!    plus the server's own request-to-active summary from `/metrics`.
 //! 4. Prints a table and kills the server.
 //!
+//! 5. With `SCALE_STORE=postgres`: the same on a throwaway PostgreSQL
+//!    cluster (fsync on, like SQLite's `synchronous=FULL`; skipped with a
+//!    message if PostgreSQL is not installed), then the takeover time: a
+//!    second `serve` on the database stands by, the first is killed with
+//!    SIGKILL, and the time until the standby answers the API is measured.
+//!
 //! Run: `cargo bench -p jnlp-lender --bench scale` (about 3 minutes).
 //! Knobs: `SCALE_AGENTS` (1000), `SCALE_LEASES` (200), `SCALE_IDLE_SECS`
-//! (130). Needs about AGENTS + 300 open files for this process and the
+//! (130), `SCALE_STORE` (`sqlite` or `postgres`). Needs about AGENTS + 300 open files for this process and the
 //! server: if it says so, `ulimit -n 4096` first.
 
 use std::collections::VecDeque;
@@ -39,7 +45,7 @@ use std::time::{Duration, Instant};
 use control::link::{AgentMessage, LenderMessage, LINK_PATH, PING_INTERVAL};
 use control::{Phase, Placement, Reply, Request, Response, Status, Target};
 use futures_util::{SinkExt as _, StreamExt as _};
-use lender::store::{SqliteStore, Store as _};
+use lender::store::{PgStore, PgTarget, SqliteStore, Store};
 use lender::tokens::{self, Principal, TokenKind, TokenRecord};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -54,6 +60,9 @@ use tokio_tungstenite::WebSocketStream;
 
 use test_support::procfs::proc_status_kib;
 use test_support::Scratch;
+
+#[path = "../tests/pg_support/mod.rs"]
+mod pg_support;
 
 const HOME: &str = "https://home.example/";
 const BORROWERS: [&str; 4] = [
@@ -86,7 +95,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(bin: &Path, db: &Path) -> Res<Server> {
+    fn start(bin: &Path, db: &str) -> Res<Server> {
         let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--name", "scale-bench"])
             .arg("--db")
@@ -521,6 +530,10 @@ struct Report {
     idle_proc_io: Option<(u64, u64)>,
     lease_times: Vec<Duration>,
     lease_codes: Vec<u16>,
+    /// `sqlite` or `postgres`.
+    store: String,
+    /// SIGKILL of the active lender → the standby answers the API.
+    takeover: Option<Duration>,
     server_wait: Option<(f64, f64, f64)>,
     notes: Vec<String>,
 }
@@ -539,13 +552,29 @@ async fn run(report: &mut Report) -> Res<()> {
 
     let bin = lender_binary()?;
     let scratch = Scratch::new("lender-scale");
-    let db = scratch.db();
+    let path = scratch.db();
+    let pg = match report.store.as_str() {
+        "sqlite" => None,
+        "postgres" => Some(pg_support::TestPg::start_with(true)?),
+        other => return Err(format!("SCALE_STORE={other}: sqlite or postgres")),
+    };
+    let db = match &pg {
+        Some(pg) => pg.database("scale"),
+        None => path.display().to_string(),
+    };
 
     // Tokens, straight into the database.
     let client_token = tokens::generate(TokenKind::Client);
     let mut specs = Vec::with_capacity(agents);
     {
-        let mut store = SqliteStore::open(&db).map_err(|e| format!("db: {e}"))?;
+        let mut store: Box<dyn Store> = match &pg {
+            Some(_) => Box::new(
+                PgTarget::parse(&db, None)
+                    .and_then(|target| PgStore::open(&target))
+                    .map_err(|e| format!("db: {e}"))?,
+            ),
+            None => Box::new(SqliteStore::open(&path).map_err(|e| format!("db: {e}"))?),
+        };
         store
             .add_token(&token_record(&client_token, TokenKind::Client, "bench"))
             .map_err(|e| format!("token: {e}"))?;
@@ -722,8 +751,43 @@ async fn run(report: &mut Report) -> Res<()> {
         }
     }
     report.rss_after = server.memory().ok();
-    drop(server);
+    if pg.is_some() {
+        report.takeover = Some(takeover(&bin, &db, server, &api).await?);
+    }
     Ok(())
+}
+
+/// Starts a standby on `db`, kills `active` with SIGKILL, and times until
+/// the standby answers `GET /v1/agents` with 200 (the pool loaded from the
+/// database).
+async fn takeover(bin: &Path, db: &str, mut active: Server, api: &Api) -> Res<Duration> {
+    let standby = Server::start(bin, db)?;
+    let url = format!("http://{}/v1/agents", standby.addr);
+    let get = || async {
+        api.http
+            .get(&url)
+            .bearer_auth(&api.token)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let status = get().await;
+    if status != 503 {
+        return Err(format!("the standby answered {status}, not 503"));
+    }
+    let _ = active.child.kill();
+    let killed = Instant::now();
+    let _ = active.child.wait();
+    loop {
+        if get().await == 200 {
+            return Ok(killed.elapsed());
+        }
+        if killed.elapsed() > Duration::from_secs(30) {
+            return Err(format!("no takeover in 30 s: {}", standby.tail()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
@@ -747,7 +811,10 @@ fn print(report: &Report) {
     let na = || "n/a".to_owned();
     let row = |what: &str, value: String| println!("{what:<46} {value}");
     println!();
-    println!("jnlp-lender at scale: {n} agents linked to a `serve` process");
+    println!(
+        "jnlp-lender at scale: {n} agents linked to a `serve` process, on {}",
+        report.store
+    );
     row(
         "links up (connect + hello + welcome, 64 at once)",
         report
@@ -838,6 +905,9 @@ fn print(report: &Report) {
             )
         }),
     );
+    if let Some(takeover) = report.takeover {
+        row("takeover: SIGKILL → standby answers (200)", ms(takeover));
+    }
     for note in &report.notes {
         println!("note: {note}");
     }
@@ -866,8 +936,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let store = std::env::var("SCALE_STORE").unwrap_or_else(|_| "sqlite".into());
+    if store == "postgres" && pg_support::bin_dir().is_none() {
+        eprintln!(
+            "scale bench: SCALE_STORE=postgres skipped: PostgreSQL is not installed \
+             (no /usr/lib/postgresql/*/bin/initdb; apt-get install postgresql)"
+        );
+        return ExitCode::SUCCESS;
+    }
     let mut report = Report {
         agents,
+        store,
         ..Report::default()
     };
     let outcome = runtime.block_on(async {

@@ -1,7 +1,15 @@
 //! A client of the HTTP API ([`crate::api`]), used by `jnlp-lender lease`,
 //! `return`, `agents`, `leases` and `controllers`.
+//!
+//! It may know several lenders (`--lender A,B`: an active one and its
+//! standbys on one PostgreSQL database). Each call goes to the one that
+//! answered last, and passes on to the next over a 503 (a standby, or an
+//! active lender that cannot store) or a connection refused; both mean the
+//! request was not acted on, so sending it again elsewhere is safe.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -15,6 +23,9 @@ use crate::tokens::MAX_TOKEN;
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 /// How long one HTTP exchange may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long [`Client::wait_settled`] keeps polling through a takeover
+/// (no lender answering) past its own limit.
+const TAKEOVER_GRACE: Duration = Duration::from_secs(30);
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,19 +55,33 @@ pub enum ClientError {
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    /// Every lender known, in the order given.
+    bases: Arc<[String]>,
+    /// The one that answered last.
+    current: Arc<AtomicUsize>,
     token: String,
 }
 
 impl Client {
-    /// A client of the lender at `url` (e.g. `https://lender.example:8765`)
-    /// with `token`; `ca_pem` adds a trusted CA (e.g. for a self-signed
-    /// lender certificate).
+    /// A client of the lender at `url` (e.g. `https://lender.example:8765`,
+    /// or several separated by commas) with `token`; `ca_pem` adds a
+    /// trusted CA (e.g. for a self-signed lender certificate).
     pub fn new(url: &str, token: &str, ca_pem: Option<&[u8]>) -> Result<Self, ClientError> {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ClientError::Setup(format!(
-                "the lender URL must be http(s)://HOST:PORT, not {url:?}"
-            )));
+        let bases: Vec<String> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .collect();
+        if bases.is_empty() {
+            return Err(ClientError::Setup("no lender URL given".into()));
+        }
+        for url in &bases {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ClientError::Setup(format!(
+                    "the lender URL must be http(s)://HOST:PORT, not {url:?}"
+                )));
+            }
         }
         let token = token.trim();
         if token.is_empty() || token.len() > MAX_TOKEN || token.contains(char::is_whitespace) {
@@ -70,7 +95,8 @@ impl Client {
         }
         Ok(Client {
             http: builder.build()?,
-            base: url.trim_end_matches('/').to_owned(),
+            bases: bases.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             token: token.to_owned(),
         })
     }
@@ -125,7 +151,9 @@ impl Client {
     }
 
     /// Polls lease `id` every `every` until it is active (or returning or
-    /// ended) or `limit` has passed; returns it as last seen.
+    /// ended) or `limit` has passed; returns it as last seen. While no
+    /// lender answers (a takeover under way) it keeps polling, up to 30 s
+    /// past `limit`.
     pub async fn wait_settled(
         &self,
         id: LeaseId,
@@ -135,7 +163,20 @@ impl Client {
         // A limit past what an `Instant` holds: no limit.
         let deadline = tokio::time::Instant::now().checked_add(limit);
         loop {
-            let lease = self.get_lease(id).await?;
+            let lease = match self.get_lease(id).await {
+                Ok(lease) => lease,
+                Err(err) if err.is_unavailable() => {
+                    let give_up = deadline
+                        .and_then(|d| d.checked_add(TAKEOVER_GRACE))
+                        .is_some_and(|d| tokio::time::Instant::now() >= d);
+                    if give_up {
+                        return Err(err);
+                    }
+                    tokio::time::sleep(every).await;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             let settled = !matches!(lease.state.as_str(), "queued" | "reserved");
             if settled || deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return Ok(lease);
@@ -144,22 +185,57 @@ impl Client {
         }
     }
 
+    /// Which lender answered last (its URL), for messages.
+    pub fn lender(&self) -> &str {
+        let at = self.current.load(Ordering::Relaxed) % self.bases.len();
+        &self.bases[at]
+    }
+
+    /// Sends to the lender that answered last, then to the others in turn
+    /// over a 503 or a connection that cannot be made.
     async fn exchange<B: Serialize, T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|err| ClientError::Decode(err.to_string()))?;
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for step in 0..self.bases.len() {
+            let at = (first + step) % self.bases.len();
+            match self
+                .exchange_with(&self.bases[at], method.clone(), path, body.as_deref())
+                .await
+            {
+                Err(err) if err.is_unavailable() => last = Some(err),
+                other => {
+                    self.current.store(at, Ordering::Relaxed);
+                    return other;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Setup("no lender URL given".into())))
+    }
+
+    async fn exchange_with<T: DeserializeOwned>(
+        &self,
+        base: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<T, ClientError> {
         let mut request = self
             .http
-            .request(method, format!("{}{path}", self.base))
+            .request(method, format!("{base}{path}"))
             .bearer_auth(&self.token);
         if let Some(body) = body {
-            let text =
-                serde_json::to_vec(body).map_err(|err| ClientError::Decode(err.to_string()))?;
             request = request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(text);
+                .body(body.to_vec());
         }
         let mut response = request.send().await?;
         let status = response.status();
@@ -184,6 +260,19 @@ impl Client {
                 message,
                 lease,
             })
+        }
+    }
+}
+
+impl ClientError {
+    /// The lender did not act on the request: a 503 (a standby, or a
+    /// database refusing), or no connection could be made. Another lender
+    /// may be tried.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ClientError::Api { status, .. } => *status == 503,
+            ClientError::Http(err) => err.is_connect(),
+            _ => false,
         }
     }
 }

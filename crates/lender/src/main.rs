@@ -8,7 +8,10 @@
 //!   `JNLP_LENDER_URL` and `JNLP_LENDER_TOKEN_FILE`);
 //! - `controller add`, `controller remove`: register Jenkins controllers
 //!   to lend to on demand; `controllers`: their state (an API client);
-//! - `labels check`: try a label expression locally.
+//! - `labels check`: try a label expression locally;
+//! - `migrate`: copy a SQLite pool into PostgreSQL.
+//!
+//! `--db` is a SQLite file or a `postgres://` URL ([`cli::db`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -24,8 +27,8 @@ use lender::controllers::{ControllerConfig, ControllerOptions};
 use lender::labels::Expr;
 use lender::pool::PoolConfig;
 use lender::server::{self, Config, TlsFiles};
-use lender::store::{SqliteStore, Store as _};
-use lender::tokens::{self, Principal, TokenKind, TokenRecord};
+
+mod cli;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,12 +39,29 @@ use lender::tokens::{self, Principal, TokenKind, TokenRecord};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// PostgreSQL's password for a `postgres://` --db, in this file (its
+    /// first line); without it, `PGPASSWORD`.
+    #[arg(long, global = true, env = "JNLP_LENDER_DB_PASSWORD_FILE")]
+    db_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the pool service: the HTTP API and the agents' links.
+    /// Run the pool service: the HTTP API and the agents' links. On
+    /// PostgreSQL any number may run on one database: one is active, the
+    /// others stand by (503) and take over when it is gone.
     Serve(ServeArgs),
+    /// Copy a SQLite pool (agents, leases, audit log, tokens, controllers)
+    /// into an empty PostgreSQL database.
+    Migrate {
+        /// The SQLite database file.
+        #[arg(long)]
+        from: PathBuf,
+        /// postgres://USER@HOST[:PORT]/DBNAME (password from
+        /// --db-password-file or PGPASSWORD).
+        #[arg(long)]
+        to: String,
+    },
     /// Manage bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -100,7 +120,7 @@ enum ControllerCommand {
     Remove {
         /// The controller's name.
         name: String,
-        /// The SQLite database file.
+        /// The database: a SQLite file or a postgres:// URL.
         #[arg(long, default_value = "jnlp-lender.db")]
         db: PathBuf,
     },
@@ -110,7 +130,7 @@ enum ControllerCommand {
 struct ControllerAddArgs {
     /// The lender's name for it (letters, digits, '-', '_', '.').
     name: String,
-    /// The SQLite database file (created if needed).
+    /// The database: a SQLite file (created if needed) or a postgres:// URL.
     #[arg(long, default_value = "jnlp-lender.db")]
     db: PathBuf,
     /// The controller's root URL, e.g. `https://ci.example/`.
@@ -153,7 +173,8 @@ struct ServeArgs {
     /// on loopback only, unless --insecure-listen.
     #[arg(long, default_value = "127.0.0.1:8765")]
     listen: String,
-    /// The SQLite database file. It must hold a pool already (made by
+    /// The database: a SQLite file or postgres://USER@HOST[:PORT]/DBNAME
+    /// (`?sslmode=disable|prefer|require|verify-full`). It must hold a pool already (made by
     /// `token create` or `serve --init`): a missing or empty file is
     /// refused, so that a typo cannot start an empty pool.
     #[arg(long, default_value = "jnlp-lender.db")]
@@ -211,7 +232,7 @@ enum TokenCommand {
     /// Create a token for an agent or an API client; it is shown once.
     /// Creates the database if needed.
     Create {
-        /// The SQLite database file.
+        /// The database: a SQLite file or a postgres:// URL.
         #[arg(long, default_value = "jnlp-lender.db")]
         db: PathBuf,
         /// For this agent (it may speak only for itself).
@@ -228,7 +249,7 @@ enum TokenCommand {
     /// List the tokens (never a token itself): id, kind, name, created, last
     /// used, revoked.
     List {
-        /// The SQLite database file.
+        /// The database: a SQLite file or a postgres:// URL.
         #[arg(long, default_value = "jnlp-lender.db")]
         db: PathBuf,
         /// Print JSON instead of lines.
@@ -238,7 +259,7 @@ enum TokenCommand {
     /// Revoke every token of NAME; a running server refuses them within a
     /// second and closes their links and event streams.
     Revoke {
-        /// The SQLite database file.
+        /// The database: a SQLite file or a postgres:// URL.
         #[arg(long, default_value = "jnlp-lender.db")]
         db: PathBuf,
         /// The agent's or client's name.
@@ -249,7 +270,9 @@ enum TokenCommand {
 /// Where the lender is and how to authenticate.
 #[derive(Debug, Args)]
 struct ClientArgs {
-    /// The lender's URL, e.g. `https://lender.example:8765`.
+    /// The lender's URL, e.g. `https://lender.example:8765`; several,
+    /// separated by commas (an active lender and its standbys): each call
+    /// passes over a 503 or a refused connection to the next.
     #[arg(long, env = "JNLP_LENDER_URL")]
     lender: String,
     /// A file holding a client token.
@@ -315,16 +338,22 @@ enum LabelsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(err) = cli::db::set_password(cli.db_password_file.as_deref()) {
+        return report(Err(err));
+    }
     match cli.command {
+        Command::Migrate { from, to } => report(cli::db::migrate(&from, &to)),
         Command::Labels(LabelsCommand::Check { expr, labels }) => labels_check(&expr, &labels),
         Command::Token(TokenCommand::Create {
             db,
             agent,
             client,
             out,
-        }) => report(token_create(&db, agent, client, out.as_deref())),
-        Command::Token(TokenCommand::List { db, json }) => report(token_list(&db, json)),
-        Command::Token(TokenCommand::Revoke { db, name }) => report(token_revoke(&db, &name)),
+        }) => report(cli::tokens::create(&db, agent, client, out.as_deref())),
+        Command::Token(TokenCommand::List { db, json }) => report(cli::tokens::list(&db, json)),
+        Command::Token(TokenCommand::Revoke { db, name }) => {
+            report(cli::tokens::revoke(&db, &name))
+        }
         Command::Serve(args) => runtime(serve(args)),
         Command::Lease(args) => {
             // Checked here, so that a typo fails before any round trip.
@@ -372,114 +401,6 @@ fn runtime(future: impl std::future::Future<Output = anyhow::Result<ExitCode>>) 
     report(runtime.block_on(future))
 }
 
-fn token_create(
-    db: &Path,
-    agent: Option<String>,
-    client: Option<String>,
-    out: Option<&Path>,
-) -> anyhow::Result<ExitCode> {
-    let (kind, name) = match (agent, client) {
-        (Some(name), None) => (TokenKind::Agent, name),
-        (None, Some(name)) => (TokenKind::Client, name),
-        _ => anyhow::bail!("give exactly one of --agent and --client"),
-    };
-    tokens::check_name(&name).map_err(anyhow::Error::msg)?;
-    let token = tokens::generate(kind);
-    // The file first: a token stored but not delivered would be a token
-    // nobody has.
-    let written = out
-        .map(|path| write_new_private(path, &format!("{token}\n")).map(|()| path))
-        .transpose()?;
-    let mut store = SqliteStore::open(db)?;
-    let stored = store.add_token(&TokenRecord {
-        hash: tokens::hash(&token),
-        principal: Principal { kind, name },
-        created_ms: control::now_ms(),
-    });
-    if let Err(err) = stored {
-        if let Some(path) = written {
-            let _ = std::fs::remove_file(path);
-        }
-        return Err(anyhow::Error::new(err).context("storing the token"));
-    }
-    match written {
-        Some(path) => eprintln!(
-            "jnlp-lender: token written to {} (mode 0600); only its hash is stored",
-            path.display()
-        ),
-        None => {
-            println!("{token}");
-            eprintln!("jnlp-lender: keep this token now; only its hash is stored");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Creates `path` readable by its owner only and writes `text`; an existing
-/// file is an error, never overwritten.
-fn write_new_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(|err| {
-        if err.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow::anyhow!(
-                "{} already exists; not overwriting it (remove it, or choose another --out)",
-                path.display()
-            )
-        } else {
-            anyhow::Error::new(err).context(format!("creating {}", path.display()))
-        }
-    })?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-fn token_list(db: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let store = SqliteStore::open_existing(db)?;
-    let tokens = store.tokens()?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&tokens)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let time = |ms: Option<u64>| {
-        ms.map_or("-".to_owned(), |ms| {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
-                .to_string()
-        })
-    };
-    println!("ID\tKIND\tNAME\tCREATED\tLAST USED\tREVOKED");
-    for token in &tokens {
-        println!(
-            "{}\t{}\t{}\t{}\t{}\t{}",
-            token.id,
-            token.kind,
-            token.name,
-            time(Some(token.created_ms)),
-            time(token.last_used_ms),
-            time(token.revoked_ms)
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn token_revoke(db: &Path, name: &str) -> anyhow::Result<ExitCode> {
-    let mut store = SqliteStore::open_existing(db)?;
-    let count = store.revoke(name, control::now_ms())?;
-    if count == 0 {
-        eprintln!("jnlp-lender: no valid token named {name:?} (see `jnlp-lender token list`)");
-        return Ok(ExitCode::from(1));
-    }
-    eprintln!("jnlp-lender: revoked {count} token(s) of {name:?}");
-    Ok(ExitCode::SUCCESS)
-}
-
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -490,6 +411,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let open_files = server::raise_open_files_limit();
     let mut config = Config::new(args.listen, args.db);
     config.init = args.init;
+    config.db_password = cli::db::password().map(lender::pool::Secret::new);
     config.db_busy_timeout = args.db_busy_timeout;
     if args.poll < Duration::from_millis(100) {
         anyhow::bail!("--poll must be at least 100ms");
@@ -680,7 +602,7 @@ fn controller_add(args: ControllerAddArgs) -> anyhow::Result<ExitCode> {
         added_ms: control::now_ms(),
     };
     config.check().map_err(anyhow::Error::msg)?;
-    let mut store = SqliteStore::open(&args.db)?;
+    let mut store = cli::db::create(&args.db)?;
     if !store.add_controller(&config)? {
         anyhow::bail!(
             "a controller named {:?} is registered already; `jnlp-lender controller remove {}` first to change it",
@@ -696,7 +618,7 @@ fn controller_add(args: ControllerAddArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn controller_remove(db: &Path, name: &str) -> anyhow::Result<ExitCode> {
-    let mut store = SqliteStore::open_existing(db)?;
+    let mut store = cli::db::open(db)?;
     if !store.remove_controller(name)? {
         eprintln!("jnlp-lender: no controller named {name:?} (see `jnlp-lender controllers`)");
         return Ok(ExitCode::from(1));

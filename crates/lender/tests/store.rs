@@ -1,14 +1,17 @@
-//! The store: both implementations keep the same state, SQLite across a
-//! restart.
+//! The store: every implementation keeps the same state, SQLite and
+//! PostgreSQL (a throwaway cluster, `pg_support`) across a restart; one
+//! suite, run on each.
 
 mod common;
+mod pg_support;
 
 use common::*;
 use control::When;
 use lender::pool::{
     Decision, EndReason, LeaseState, Outcome, Pool, PoolConfig, ReturnCause, Snapshot,
 };
-use lender::store::{MemoryStore, SqliteStore, Store, StoreError};
+use lender::store::{Leadership, MemoryStore, PgStore, PgTarget, SqliteStore, Store, StoreError};
+use pg_support::TestPg;
 use test_support::Scratch;
 
 const T0: u64 = 1_700_000_000_000;
@@ -123,14 +126,30 @@ fn sqlite_store_round_trip() {
 #[test]
 fn sqlite_reopened_after_a_restart_gives_the_same_leases_and_queue() {
     let scratch = Scratch::new("restart");
+    assert_eq!(ok(ok(SqliteStore::open(&scratch.db())).schema_version()), 5);
+    reopened_after_a_restart(|| Box::new(ok(SqliteStore::open(&scratch.db()))));
+}
+
+#[test]
+fn postgres_reopened_after_a_restart_gives_the_same_leases_and_queue() {
+    let pg = TestPg::start();
+    let target = pg_target(&pg.database("restart"));
+    assert_eq!(ok(ok(PgStore::open(&target)).schema_version()), 1);
+    reopened_after_a_restart(|| Box::new(ok(PgStore::open_existing(&target))));
+}
+
+fn pg_target(url: &str) -> PgTarget {
+    ok(PgTarget::parse(url, None))
+}
+
+fn reopened_after_a_restart(open: impl Fn() -> Box<dyn Store>) {
     let before = {
-        let mut store = ok(SqliteStore::open(&scratch.db()));
-        let pool = busy_pool(&mut store);
+        let mut store = open();
+        let pool = busy_pool(store.as_mut());
         as_stored(pool.snapshot())
     };
-    // "Restart": a new process opens the file and rebuilds the pool.
-    let mut store = ok(SqliteStore::open(&scratch.db()));
-    assert_eq!(ok(store.schema_version()), 5);
+    // "Restart": a new process opens the database and rebuilds the pool.
+    let mut store = open();
     let snapshot = ok(store.load());
     assert_eq!(snapshot, before);
     let mut pool = ok(Pool::restore(PoolConfig::default(), snapshot));
@@ -192,7 +211,7 @@ fn sqlite_reopened_after_a_restart_gives_the_same_leases_and_queue() {
     );
     ok(store.commit(&pool.take_changes()));
     drop(store);
-    let store = ok(SqliteStore::open(&scratch.db()));
+    let store = open();
     assert_eq!(ok(store.load()), as_stored(pool.snapshot()));
 }
 
@@ -284,4 +303,188 @@ fn sqlite_store_keeps_controllers_across_a_restart() {
     }
     let store = ok(SqliteStore::open_existing(&scratch.db()));
     assert_eq!(ok(store.controllers()), [controller("b", "tok-b")]);
+}
+
+#[test]
+fn postgres_store_round_trip() {
+    let pg = TestPg::start();
+    let target = pg_target(&pg.database("round_trip"));
+    round_trip(&mut ok(PgStore::open(&target)));
+}
+
+#[test]
+fn postgres_store_keeps_controllers_and_tokens_across_a_restart() {
+    let pg = TestPg::start();
+    let target = pg_target(&pg.database("controllers"));
+    {
+        let mut store = ok(PgStore::open(&target));
+        controllers_round_trip(&mut store);
+        tokens_round_trip(&mut store);
+    }
+    let store = ok(PgStore::open_existing(&target));
+    assert_eq!(ok(store.controllers()), [controller("b", "tok-b")]);
+    assert_eq!(ok(store.tokens()).len(), 2);
+}
+
+#[test]
+fn sqlite_store_keeps_tokens() {
+    tokens_round_trip(&mut ok(SqliteStore::open_in_memory()));
+}
+
+fn tokens_round_trip(store: &mut dyn Store) {
+    use lender::tokens::{Principal, TokenKind, TokenRecord};
+    let record = |hash: &str, name: &str, kind| TokenRecord {
+        hash: hash.into(),
+        principal: Principal {
+            kind,
+            name: name.into(),
+        },
+        created_ms: T0,
+    };
+    ok(store.add_token(&record("aa11", "mac-01", TokenKind::Agent)));
+    ok(store.add_token(&record("bb22", "team-b", TokenKind::Client)));
+    assert!(store
+        .add_token(&record("bb22", "again", TokenKind::Client))
+        .is_err());
+    assert_eq!(
+        ok(store.token("bb22")).map(|p| p.name),
+        Some("team-b".to_owned())
+    );
+    ok(store.token_used("bb22", T0 + 60_000));
+    assert_eq!(ok(store.revoke("mac-01", T0 + 1)), 1);
+    assert_eq!(ok(store.revoke("mac-01", T0 + 2)), 0);
+    assert_eq!(ok(store.token("aa11")), None);
+    assert_eq!(ok(store.revoked()), ["aa11"]);
+    let listed = ok(store.tokens());
+    let names: Vec<_> = listed.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["mac-01", "team-b"]);
+    assert_eq!(listed[0].revoked_ms, Some(T0 + 1));
+    assert_eq!(listed[1].last_used_ms, Some(T0 + 60_000));
+}
+
+#[test]
+fn postgres_refuses_a_database_without_a_pool_and_a_newer_schema() {
+    let pg = TestPg::start();
+    let target = pg_target(&pg.database("empty"));
+    match PgStore::open_existing(&target) {
+        Err(err @ StoreError::NotAPool { .. }) => {
+            let text = err.to_string();
+            assert!(text.contains("--init"), "{text}");
+            assert!(text.contains("/empty"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(ok(PgStore::open(&target)));
+    let sql = "UPDATE lender_schema SET version = 9";
+    let url = pg.url("empty");
+    let mut client = ok(postgres::Client::connect(&url, postgres::NoTls));
+    ok(client.batch_execute(sql));
+    drop(client);
+    match PgStore::open_existing(&target) {
+        Err(StoreError::NewerSchema {
+            found: 9, known: 1, ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn postgres_unreachable_is_a_clear_error() {
+    let pg = TestPg::start();
+    let url = pg.url("nowhere");
+    let port = pg.port();
+    drop(pg);
+    let Err(err) = PgStore::open(&pg_target(&url)) else {
+        panic!("connected to a stopped server");
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("postgres://lender@127.0.0.1:{port}/nowhere")),
+        "{text}"
+    );
+}
+
+/// One leader at a time; a takeover bumps the epoch, and the former
+/// leader's store can then write nothing: fenced in the same transaction.
+#[test]
+fn postgres_a_former_leader_is_fenced_after_a_takeover() {
+    let pg = TestPg::start();
+    let target = pg_target(&pg.database("fenced"));
+    let mut first = ok(PgStore::open(&target));
+    let mut lock_a = ok(Leadership::connect(&target));
+    let mut lock_b = ok(Leadership::connect(&target));
+    let epoch_a = ok(lock_a.try_acquire("a", T0)).unwrap_or_else(|| panic!("a did not lead"));
+    assert_eq!(ok(lock_b.try_acquire("b", T0)), None, "two leaders");
+    first = first.fenced(epoch_a);
+    let mut pool = Pool::new(PoolConfig::default());
+    pool.agent_connected(hello("a1", &["x"]), T0);
+    ok(first.commit(&pool.take_changes()));
+    assert!(lock_a.check().is_ok());
+
+    // a pauses; its lock's session ends (killed, cut off): b takes over.
+    drop(lock_a);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let epoch_b = loop {
+        if let Some(epoch) = ok(lock_b.try_acquire("b", T0 + 1)) {
+            break epoch;
+        }
+        assert!(std::time::Instant::now() < deadline, "b never took over");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(epoch_b > epoch_a);
+
+    // a wakes up and writes: refused, nothing stored.
+    let _ = pool.request_lease(request("x", A, 60), T0 + 2);
+    let changes = pool.take_changes();
+    match first.commit(&changes) {
+        Err(StoreError::Fenced { epoch, current, .. }) => {
+            assert_eq!((epoch, current), (epoch_a, epoch_b));
+        }
+        other => panic!("{other:?}"),
+    }
+    let second = ok(PgStore::open_existing(&target)).fenced(epoch_b);
+    assert_eq!(ok(second.load()).leases, []);
+    // Its readers are fenced too.
+    let mut reader = ok(first.reader());
+    assert!(matches!(
+        reader.token_used("x", T0),
+        Err(StoreError::Fenced { .. })
+    ));
+    let mut second = second;
+    ok(second.commit(&changes));
+    assert_eq!(ok(second.load()).leases.len(), 1);
+}
+
+/// `sslmode` is honoured: `require` encrypts (the server's certificate not
+/// checked), `verify-full` checks it against `sslrootcert` and the host
+/// name and refuses a certificate it cannot trust.
+#[test]
+fn postgres_sslmode_require_and_verify_full() {
+    let (pg, ca) = TestPg::start_tls();
+    let base = format!("postgres://lender@127.0.0.1:{}/postgres", pg.port());
+    // The server takes TCP over TLS only: `require` connects, `disable` is refused.
+    ok(PgStore::open(&pg_target(&format!(
+        "{base}?sslmode=require"
+    ))));
+    assert!(matches!(
+        PgStore::open(&pg_target(&format!("{base}?sslmode=disable"))),
+        Err(StoreError::Postgres { .. })
+    ));
+    let verified = format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let store = ok(PgStore::open(&pg_target(&verified)));
+    assert_eq!(ok(store.schema_version()), 1);
+    // A CA that did not sign the server's certificate: refused.
+    let other = pg.dir().join("other-ca.crt");
+    let other_key = ok(rcgen::KeyPair::generate());
+    let mut params = ok(rcgen::CertificateParams::new(Vec::<String>::new()));
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ok(std::fs::write(
+        &other,
+        ok(params.self_signed(&other_key)).pem(),
+    ));
+    let untrusted = format!("{base}?sslmode=verify-full&sslrootcert={}", other.display());
+    let Err(err) = PgStore::open(&pg_target(&untrusted)) else {
+        panic!("verify-full accepted a certificate from an unknown CA");
+    };
+    assert!(matches!(err, StoreError::Postgres { .. }), "{err}");
 }

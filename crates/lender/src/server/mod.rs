@@ -20,6 +20,8 @@
 //!   loopback, TLS otherwise) and the shared state of connections;
 //! - `driver`: the task that owns the pool and the store;
 //! - `reader`: reads from the store that never wait behind a commit;
+//! - `replicated`: on PostgreSQL, one active lender among many (the
+//!   others standbys answering 503) and takeover;
 //! - `controllers`: the registered Jenkins controllers' watchers and
 //!   their status (`GET /v1/controllers`);
 //! - `provision`: lending on demand's I/O: demand from a queue, making
@@ -47,8 +49,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::pool::Secret;
 use crate::pool::{Pool, PoolConfig, PoolError};
-use crate::store::{SqliteStore, Store, StoreError, BUSY_TIMEOUT};
+use crate::store::{is_postgres_url, PgTarget, SqliteStore, Store, StoreError, BUSY_TIMEOUT};
 
 mod admission;
 mod auth;
@@ -60,6 +63,7 @@ mod link;
 mod metrics;
 mod provision;
 mod reader;
+mod replicated;
 mod respond;
 
 pub use admission::{
@@ -96,8 +100,10 @@ pub struct TlsFiles {
 pub struct Config {
     /// `HOST:PORT` to listen on (port 0: any).
     pub listen: String,
-    /// The SQLite database.
+    /// The SQLite database file, or a `postgres://` URL.
     pub db: PathBuf,
+    /// PostgreSQL's password (unless the URL has one).
+    pub db_password: Option<Secret>,
     /// Create the database if it holds no pool yet; without it, a missing
     /// or empty file is refused (a typo in `--db` must not start an empty
     /// pool).
@@ -142,6 +148,7 @@ impl Config {
         Config {
             listen: listen.into(),
             db: db.into(),
+            db_password: None,
             init: false,
             db_busy_timeout: BUSY_TIMEOUT,
             tls: None,
@@ -241,6 +248,10 @@ impl Running {
 /// Opens the database (creating it only with `init`), rebuilds the pool
 /// from it, binds the listener and starts serving.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
+    if let Some(url) = config.db.to_str().filter(|db| is_postgres_url(db)) {
+        let target = PgTarget::parse(url, config.db_password.as_ref().map(Secret::expose))?;
+        return replicated::start(config, target).await;
+    }
     let mut store = if config.init {
         SqliteStore::open(&config.db)?
     } else {
@@ -257,6 +268,16 @@ pub async fn start_with_store(
 ) -> Result<Running, ServerError> {
     let tls = config.tls.as_ref().map(tls_config).transpose()?;
     let listener = bind(&config.listen, tls.is_some(), config.insecure_listen).await?;
+    start_on(config, store, listener, tls).await
+}
+
+/// Serves the pool in `store` on a bound listener.
+async fn start_on(
+    config: Config,
+    store: Box<dyn Store + Send>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<Running, ServerError> {
     let addr = listener
         .local_addr()
         .map_err(|source| ServerError::Listen {

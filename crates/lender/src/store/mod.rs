@@ -27,8 +27,11 @@ use crate::pool::{AuditEntry, Changes, Lease, LeaseId, Snapshot};
 use crate::tokens::{Principal, TokenInfo, TokenRecord};
 
 mod memory;
+mod postgres;
+mod rows;
 mod sqlite;
 
+pub use self::postgres::{is_postgres_url, Leadership, Lost, PgStore, PgTarget};
 pub use memory::MemoryStore;
 pub use sqlite::{SqliteStore, BUSY_TIMEOUT};
 
@@ -129,6 +132,37 @@ pub enum StoreError {
         /// What SQLite said.
         source: rusqlite::Error,
     },
+    /// PostgreSQL refused, or could not be reached.
+    #[error("database {}: {}", path.display(), pg_detail(source))]
+    Postgres {
+        /// The database (its URL without password).
+        path: PathBuf,
+        /// What the client or the server said.
+        source: ::postgres::Error,
+    },
+    /// A write by a lender that is no longer the active one: another took
+    /// over since (fencing).
+    #[error(
+        "database {}: this lender is no longer the active one (its epoch {epoch}, the \
+         database's {current}); the write was refused",
+        path.display()
+    )]
+    Fenced {
+        /// The database.
+        path: PathBuf,
+        /// This lender's epoch.
+        epoch: i64,
+        /// The database's.
+        current: i64,
+    },
+    /// `--db` looks like a PostgreSQL URL but is not a usable one.
+    #[error("--db {url}: {detail}")]
+    BadUrl {
+        /// The URL, without its password.
+        url: String,
+        /// What is wrong.
+        detail: String,
+    },
     /// The database file or its directory.
     #[error("database {}: {source}", path.display())]
     Io {
@@ -181,4 +215,16 @@ pub enum StoreError {
         /// What the check said first.
         detail: String,
     },
+}
+
+/// A PostgreSQL error with the server's message and code when there is
+/// one (the client's `Display` alone says only "db error").
+fn pg_detail(err: &::postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => match std::error::Error::source(err) {
+            Some(cause) => format!("{err}: {cause}"),
+            None => err.to_string(),
+        },
+    }
 }

@@ -10,15 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use control::Transport;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::controllers::{ControllerConfig, ControllerOptions};
-use crate::labels::Expr;
-use crate::pool::{
-    Agent, Attempt, AuditEntry, Borrower, Changes, EndReason, Lease, LeaseId, LeaseRequest,
-    LeaseState, Place, ReturnCause, Secret, Snapshot,
+use crate::pool::{Agent, AuditEntry, Changes, Lease, LeaseId, LeaseState, Secret, Snapshot};
+use crate::store::rows::{
+    attempts_json, corrupt, duration_ms, int, place_from, place_url, state_detail, transport_name,
+    uint, Corrupt, LeaseRow, LEASE_COLUMNS,
 };
 use crate::store::{AuditRecord, LeaseFilter, Store, StoreError};
 use crate::tokens::{short_id, Principal, TokenInfo, TokenKind, TokenRecord};
@@ -105,6 +104,12 @@ const READ_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 enum Fault {
     Sqlite(rusqlite::Error),
     Corrupt(String),
+}
+
+impl From<Corrupt> for Fault {
+    fn from(err: Corrupt) -> Self {
+        Fault::Corrupt(err.0)
+    }
 }
 
 impl From<rusqlite::Error> for Fault {
@@ -307,158 +312,6 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-// SQLite integers are i64; times and durations here are u64 ms, far below
-// i64::MAX, saturate just in case.
-fn int(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn uint(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn corrupt(what: impl std::fmt::Display) -> Fault {
-    Fault::Corrupt(what.to_string())
-}
-
-fn place_url(place: &Place) -> Option<&str> {
-    match place {
-        Place::Home => None,
-        Place::Borrowed { url } => Some(url),
-    }
-}
-
-fn place_from(url: Option<String>) -> Place {
-    url.map_or(Place::Home, |url| Place::Borrowed { url })
-}
-
-fn state_detail(state: &LeaseState) -> Option<Value> {
-    match state {
-        LeaseState::Queued | LeaseState::Reserved | LeaseState::Active => None,
-        LeaseState::Returning(ReturnCause::Requested) => Some(json!({"kind": "requested"})),
-        LeaseState::Returning(ReturnCause::Reclaimed { for_lease }) => {
-            Some(json!({"kind": "reclaimed", "for_lease": for_lease}))
-        }
-        LeaseState::Ended(reason) => Some(match reason {
-            EndReason::Returned => json!({"kind": "returned"}),
-            EndReason::Reclaimed { for_lease } => {
-                json!({"kind": "reclaimed", "for_lease": for_lease})
-            }
-            EndReason::AgentLeft { place } => {
-                json!({"kind": "agent_left", "url": place_url(place)})
-            }
-            EndReason::TimedOut { message } => json!({"kind": "timed_out", "message": message}),
-            EndReason::Failed { message } => json!({"kind": "failed", "message": message}),
-            EndReason::Cancelled => json!({"kind": "cancelled"}),
-        }),
-    }
-}
-
-fn state_from(name: &str, detail: Option<&str>) -> Res<LeaseState> {
-    let detail: Value = match detail {
-        Some(text) => serde_json::from_str(text).map_err(corrupt)?,
-        None => Value::Null,
-    };
-    let kind = detail["kind"].as_str().unwrap_or_default();
-    let for_lease = || {
-        detail["for_lease"]
-            .as_u64()
-            .ok_or_else(|| corrupt(format!("lease state {detail} without for_lease")))
-    };
-    let message = || detail["message"].as_str().unwrap_or_default().to_owned();
-    Ok(match (name, kind) {
-        ("queued", _) => LeaseState::Queued,
-        ("reserved", _) => LeaseState::Reserved,
-        ("active", _) => LeaseState::Active,
-        ("returning", "requested") => LeaseState::Returning(ReturnCause::Requested),
-        ("returning", "reclaimed") => LeaseState::Returning(ReturnCause::Reclaimed {
-            for_lease: for_lease()?,
-        }),
-        ("ended", "returned") => LeaseState::Ended(EndReason::Returned),
-        ("ended", "reclaimed") => LeaseState::Ended(EndReason::Reclaimed {
-            for_lease: for_lease()?,
-        }),
-        ("ended", "agent_left") => LeaseState::Ended(EndReason::AgentLeft {
-            place: place_from(detail["url"].as_str().map(str::to_owned)),
-        }),
-        ("ended", "timed_out") => LeaseState::Ended(EndReason::TimedOut { message: message() }),
-        ("ended", "failed") => LeaseState::Ended(EndReason::Failed { message: message() }),
-        ("ended", "cancelled") => LeaseState::Ended(EndReason::Cancelled),
-        _ => return Err(corrupt(format!("lease state {name:?} {detail}"))),
-    })
-}
-
-fn transport_name(transport: Option<Transport>) -> Option<&'static str> {
-    transport.map(|t| match t {
-        Transport::Tcp => "tcp",
-        Transport::WebSocket => "web_socket",
-    })
-}
-
-fn transport_from(name: Option<String>) -> Res<Option<Transport>> {
-    match name.as_deref() {
-        None => Ok(None),
-        Some("tcp") => Ok(Some(Transport::Tcp)),
-        Some("web_socket") => Ok(Some(Transport::WebSocket)),
-        Some(other) => Err(corrupt(format!("transport {other:?}"))),
-    }
-}
-
-fn attempts_json(attempts: &[Attempt]) -> String {
-    Value::Array(
-        attempts
-            .iter()
-            .map(|a| json!({"agent": a.agent, "reason": a.reason, "at_ms": a.at_ms}))
-            .collect(),
-    )
-    .to_string()
-}
-
-fn attempts_from(text: &str) -> Res<Vec<Attempt>> {
-    let value: Value = serde_json::from_str(text).map_err(corrupt)?;
-    let items = value
-        .as_array()
-        .ok_or_else(|| corrupt("attempts is not an array"))?;
-    Ok(items
-        .iter()
-        .map(|a| Attempt {
-            agent: a["agent"].as_str().unwrap_or_default().to_owned(),
-            reason: a["reason"].as_str().unwrap_or_default().to_owned(),
-            at_ms: a["at_ms"].as_u64().unwrap_or(0),
-        })
-        .collect())
-}
-
-const LEASE_COLUMNS: &str = "id, state, state_detail, agent, requirements, borrower_url, \
-     borrower_node, borrower_secret, transport, client, lease_ms, idle_return_ms, wait_ms, \
-     requested_ms, deadline_ms, since_ms, attempts, origin";
-
-/// A lease row as read, before the fallible conversions.
-struct LeaseRow {
-    id: i64,
-    state: String,
-    state_detail: Option<String>,
-    agent: Option<String>,
-    requirements: String,
-    borrower_url: String,
-    borrower_node: String,
-    borrower_secret: Option<String>,
-    transport: Option<String>,
-    client: String,
-    lease_ms: Option<i64>,
-    idle_return_ms: Option<i64>,
-    wait_ms: i64,
-    requested_ms: i64,
-    deadline_ms: i64,
-    since_ms: i64,
-    attempts: String,
-    origin: Option<String>,
-}
-
 impl LeaseRow {
     fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(LeaseRow {
@@ -480,40 +333,6 @@ impl LeaseRow {
             since_ms: row.get(15)?,
             attempts: row.get(16)?,
             origin: row.get(17)?,
-        })
-    }
-
-    fn into_lease(self) -> Res<Lease> {
-        let requirements = Expr::parse(&self.requirements)
-            .map_err(|err| corrupt(format!("lease {}: requirements: {err}", self.id)))?;
-        let millis = |v: i64| Duration::from_millis(uint(v));
-        Ok(Lease {
-            id: uint(self.id),
-            request: LeaseRequest {
-                requirements,
-                borrower: Borrower {
-                    url: self.borrower_url,
-                    node_name: self.borrower_node,
-                    secret: Secret::new(self.borrower_secret.unwrap_or_default()),
-                    transport: transport_from(self.transport)?,
-                },
-                client: self.client,
-                lease: self.lease_ms.map(millis),
-                idle_return: self.idle_return_ms.map(millis),
-                wait: millis(self.wait_ms),
-                origin: self
-                    .origin
-                    .as_deref()
-                    .map(serde_json::from_str)
-                    .transpose()
-                    .map_err(|err| corrupt(format!("lease {}: origin: {err}", self.id)))?,
-            },
-            state: state_from(&self.state, self.state_detail.as_deref())?,
-            agent: self.agent,
-            requested_ms: uint(self.requested_ms),
-            deadline_ms: uint(self.deadline_ms),
-            since_ms: uint(self.since_ms),
-            attempts: attempts_from(&self.attempts)?,
         })
     }
 }
@@ -593,7 +412,7 @@ impl SqliteStore {
             "SELECT {LEASE_COLUMNS} FROM leases WHERE {condition} ORDER BY id"
         ))?;
         let rows = stmt.query_map([], LeaseRow::read)?;
-        rows.map(|row| row?.into_lease()).collect()
+        rows.map(|row| Ok(row?.into_lease()?)).collect()
     }
 
     fn agents(&self) -> Res<Vec<Agent>> {
@@ -667,7 +486,7 @@ impl SqliteStore {
                 LeaseRow::read,
             )
             .optional()?;
-        row.map(LeaseRow::into_lease).transpose()
+        Ok(row.map(LeaseRow::into_lease).transpose()?)
     }
 
     fn client_leases(&self, client: &str, filter: LeaseFilter, limit: usize) -> Res<Vec<Lease>> {
@@ -682,7 +501,7 @@ impl SqliteStore {
         ))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = stmt.query_map(params![client, limit], LeaseRow::read)?;
-        rows.map(|row| row?.into_lease()).collect()
+        rows.map(|row| Ok(row?.into_lease()?)).collect()
     }
 
     fn audit_after(&self, after: u64, limit: usize) -> Res<Vec<AuditRecord>> {
@@ -878,7 +697,7 @@ impl Store for SqliteStore {
 
     fn add_controller(&mut self, controller: &ControllerConfig) -> Result<bool, StoreError> {
         let options = serde_json::to_string(&controller.options)
-            .map_err(|err| self.error(corrupt(format!("controller options: {err}"))))?;
+            .map_err(|err| self.error(corrupt(format!("controller options: {err}")).into()))?;
         let added = self
             .conn
             .execute(
