@@ -125,6 +125,8 @@
 //!   agent's server and the client;
 //! - [`client`]: an async client ([`client::connect`]), used by
 //!   `jnlp-agent ctl`.
+//! - [`labels`]: Jenkins labels and label expressions, the one rule the
+//!   agent and the lender share;
 //! - [`secret_file`]: whether a file holding a secret or a token is
 //!   readable by other users, and the warning to give.
 
@@ -136,6 +138,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod client;
 pub mod frame;
+pub mod labels;
 pub mod link;
 pub mod secret_file;
 

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use control::{Transport, When};
-use lender::labels::Expr;
+use control::labels::Expr;
 use lender::pool::{
     AgentHello, AgentReport, Borrower, LeaseRequest, Outcome, Place, Pool, PoolConfig, Secret,
 };

@@ -21,7 +21,7 @@ use control::Transport;
 use lender::api::{AgentView, BorrowerBody, LeaseBody, LeaseView};
 use lender::client::{read_small_file, Client, ClientError};
 use lender::controllers::{ControllerConfig, ControllerOptions};
-use lender::labels::Expr;
+use control::labels::Expr;
 use lender::pool::PoolConfig;
 use lender::server::{self, Config, TlsFiles};
 use lender::store::{SqliteStore, Store as _};

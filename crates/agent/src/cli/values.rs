@@ -349,31 +349,36 @@ pub(super) fn logging_config(path: &Path) -> Result<PathBuf, CliError> {
 }
 
 /// `--labels` (repeatable) / `JNLP_AGENT_LABELS`: labels separated by
-/// spaces or commas, each a label-expression atom; duplicates dropped,
-/// order kept.
+/// whitespace (as Jenkins splits a label string) or commas, each checked by
+/// [`control::labels::check_label`]; duplicates dropped, order kept.
 pub(super) fn labels(option: &'static str, values: &[String]) -> Result<Vec<String>, CliError> {
+    use control::labels::{check_label, split, LabelError};
     let mut out: Vec<String> = Vec::new();
     let words = values
         .iter()
-        .flat_map(|v| v.split(|c: char| c == ',' || c.is_whitespace()))
+        .flat_map(|v| split(v))
+        .flat_map(|w| w.split(','))
         .filter(|w| !w.is_empty());
     for (index, word) in words.enumerate() {
-        if let Some(c) = word
-            .chars()
-            .find(|&c| !crate::lending::link::is_label_char(c))
-        {
-            return Err(CliError::BadLabel {
-                option,
-                index: index + 1,
-                character: c,
-            });
-        }
-        if word.len() > crate::lending::link::MAX_LABEL {
-            return Err(CliError::LabelTooLong {
-                option,
-                index: index + 1,
-                max: crate::lending::link::MAX_LABEL,
-            });
+        let index = index + 1;
+        match check_label(word) {
+            Ok(()) => {}
+            Err(LabelError::BadCharacter { character }) => {
+                return Err(CliError::BadLabel {
+                    option,
+                    index,
+                    character,
+                })
+            }
+            Err(LabelError::TooLong) => {
+                return Err(CliError::LabelTooLong {
+                    option,
+                    index,
+                    max: control::labels::MAX_LABEL,
+                })
+            }
+            // Empty words were skipped above.
+            Err(LabelError::Empty) => continue,
         }
         if !out.iter().any(|l| l == word) {
             out.push(word.to_owned());

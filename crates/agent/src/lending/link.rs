@@ -43,7 +43,8 @@
 //!
 //! # Layout
 //!
-//! - labels: [`automatic_labels`] and the label rules the CLI checks;
+//! - labels: [`automatic_labels`] (the label rules are
+//!   [`control::labels`]);
 //! - [`Session`]: one connection's protocol, without sockets or timers
 //!   (`now` passed in; it says what to send and when to wake);
 //! - [`Link`]: the task that dials, drives a session and reconnects.
@@ -55,6 +56,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use control::link::{AgentMessage, LenderMessage, LINK_PATH, MAX_MESSAGE, PING_INTERVAL};
 use control::{Event, Reply, Request, Response, Status};
+use control::labels::is_label;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -80,8 +82,6 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 /// A link up this long counts as stable: the next reconnect waits the
 /// shortest time again.
 pub const STABLE: Duration = Duration::from_secs(60);
-/// The longest label announced, in bytes.
-pub const MAX_LABEL: usize = 256;
 /// Requests from the lender carried out at once; more get an error reply.
 const MAX_IN_FLIGHT: usize = 64;
 /// Time for TCP to the lender (or its proxy's answer).
@@ -97,21 +97,6 @@ const MAX_ECHOED: usize = 200;
 
 // ---------------------------------------------------------------------------
 // Labels.
-
-/// Whether `c` may appear in a label: the atom characters of Jenkins label
-/// expressions (no whitespace, no `& | ! < > ( ) " '`), and no control
-/// characters.
-pub fn is_label_char(c: char) -> bool {
-    !c.is_whitespace()
-        && !c.is_control()
-        && !matches!(c, '&' | '|' | '!' | '<' | '>' | '(' | ')' | '"' | '\'')
-}
-
-/// Whether `label` can be announced: non-empty, at most [`MAX_LABEL`]
-/// bytes of [`is_label_char`]s.
-pub fn is_label(label: &str) -> bool {
-    !label.is_empty() && label.len() <= MAX_LABEL && label.chars().all(is_label_char)
-}
 
 /// The labels every agent announces about itself: its OS and architecture
 /// with their aliases ([`control::link::platform_labels`], which the lender
@@ -1113,7 +1098,7 @@ mod tests {
         for good in ["x86-64", "xcode16", "os:linux", "a.b_c", "ünï"] {
             assert!(is_label(good), "{good:?}");
         }
-        assert!(!is_label(&"a".repeat(MAX_LABEL + 1)));
+        assert!(!is_label(&"a".repeat(control::labels::MAX_LABEL + 1)));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use control::{BorrowRequest, Target, Transport, When};
 
-use crate::labels::Expr;
+use control::labels::Expr;
 use crate::pool::agent::Place;
 
 /// A lease's id, also the id of the request while it waits in the queue.

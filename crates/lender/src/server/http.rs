@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::driver::{ApiCall, ApiError, Input, ServerEvent};
 use super::{link, Shared, Ticket};
 use crate::api::{ErrorBody, LeaseBody, LeaseView, MAX_BODY};
-use crate::labels::Expr;
+use control::labels::Expr;
 use crate::pool::{Borrower, LeaseId, LeaseRequest, Secret};
 use crate::store::LeaseFilter;
 use crate::tokens::{self, Principal, TokenKind, MAX_TOKEN};

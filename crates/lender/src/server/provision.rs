@@ -12,7 +12,7 @@ use control::Transport;
 use crate::controllers::ControllerConfig;
 use crate::jenkins::why::{self, Wanted};
 use crate::jenkins::{Computer, JenkinsClient, JenkinsError, NodeSpec, QueueItem};
-use crate::labels::Expr;
+use control::labels::Expr;
 use crate::pool::{DemandItem, LeaseId, Secret};
 
 /// A node made for a lease: what the `borrow` needs.

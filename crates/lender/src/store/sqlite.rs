@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use serde_json::{json, Value};
 
 use crate::controllers::{ControllerConfig, ControllerOptions};
-use crate::labels::Expr;
+use control::labels::Expr;
 use crate::pool::{
     Agent, Attempt, AuditEntry, Borrower, Changes, EndReason, Lease, LeaseId, LeaseRequest,
     LeaseState, Place, ReturnCause, Secret, Snapshot,

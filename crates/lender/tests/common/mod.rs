@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use control::Transport;
-use lender::labels::Expr;
+use control::labels::Expr;
 use lender::pool::{
     AgentHello, AgentReport, Borrower, Decision, LeaseRequest, Place, Pool, Secret, Snapshot,
 };
