@@ -127,7 +127,8 @@
 //!   `jnlp-agent ctl`.
 //! - [`labels`]: Jenkins labels and label expressions, the one rule the
 //!   agent and the lender share;
-//! - [`secret_file`]: whether a file holding a secret or a token is
+//! - [`secret`]: [`Secret`], a value that never prints;
+//! - [`secret_file`]: bounded reading of secret files, and whether a file holding a secret or a token is
 //!   readable by other users, and the warning to give.
 
 use std::fmt;
@@ -140,7 +141,10 @@ pub mod client;
 pub mod frame;
 pub mod labels;
 pub mod link;
+pub mod secret;
 pub mod secret_file;
+
+pub use secret::Secret;
 
 /// The protocol version this crate speaks; every request carries it.
 pub const PROTOCOL_VERSION: u32 = 1;

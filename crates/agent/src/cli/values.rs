@@ -1,8 +1,7 @@
 //! Parsers for individual option values: each takes the option (or
 //! environment variable) name for its error, and the raw text.
 
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -438,30 +437,18 @@ fn read_small_file(option: &'static str, path: &Path) -> Result<String, CliError
 
 /// A small UTF-8 file's text, with the metadata of the file opened.
 fn read_file(option: &'static str, path: &Path) -> Result<(String, std::fs::Metadata), CliError> {
-    let fail = |source| CliError::ReadFile {
+    use control::secret_file::ReadError;
+    control::secret_file::read_file(path, FILE_LIMIT).map_err(|err| CliError::ReadFile {
         option,
         path: path.to_owned(),
-        source,
-    };
-    let mut bytes = Vec::new();
-    let meta = File::open(path)
-        .and_then(|f| {
-            let meta = f.metadata()?;
-            f.take(FILE_LIMIT + 1).read_to_end(&mut bytes)?;
-            Ok(meta)
-        })
-        .map_err(fail)?;
-    if bytes.len() as u64 > FILE_LIMIT {
-        return Err(fail(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the file is larger than 64 KiB",
-        )));
-    }
-    let text = String::from_utf8(bytes).map_err(|_| {
-        fail(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the file is not UTF-8 text",
-        ))
-    })?;
-    Ok((text, meta))
+        source: match err {
+            ReadError::Io(source) => source,
+            ReadError::TooLarge { .. } => {
+                io::Error::new(io::ErrorKind::InvalidData, "the file is larger than 64 KiB")
+            }
+            ReadError::NotUtf8 => {
+                io::Error::new(io::ErrorKind::InvalidData, "the file is not UTF-8 text")
+            }
+        },
+    })
 }

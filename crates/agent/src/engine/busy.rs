@@ -15,7 +15,7 @@
 //!   `Response` or a `PingThread$Ping` request).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::engine::processes::{self, ProcessTable as _};
 
@@ -96,13 +96,8 @@ fn is_ping(class: Option<&str>, head: &[u8]) -> bool {
     class == Some(USER_REQUEST) && memchr::memmem::find(head, PING_MARKER).is_some()
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
+/// Milliseconds since the Unix epoch: the one clock of every `*_ms` field.
+pub use control::now_ms;
 
 /// A process's resident memory in KiB; `None` where that cannot be read.
 pub fn rss_kib(pid: u32) -> Option<u64> {

@@ -12,29 +12,9 @@ use crate::pool::agent::Place;
 /// Ids grow with each request, so their order is the queue's (FIFO) order.
 pub type LeaseId = u64;
 
-/// The borrower's node secret. `Debug` never shows it; there is no
-/// `Display`. Read it with [`Secret::expose`] only to send it to the agent.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(secret: impl Into<String>) -> Self {
-        Secret(secret.into())
-    }
-
-    /// The secret itself, for the `borrow` sent to the agent and for the
-    /// store; never for a log line or an API reply.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+/// The borrower's node secret (and a controller's API token): the type the
+/// agent shares, which never prints.
+pub use control::Secret;
 
 /// The controller that borrows an agent, and how the agent joins it.
 #[derive(Debug, Clone, PartialEq, Eq)]

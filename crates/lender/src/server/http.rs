@@ -510,15 +510,24 @@ async fn read_secret_file(
         )));
     }
     let meta = tokio::fs::metadata(&file).await.map_err(|_| unreadable())?;
-    if !meta.is_file() || meta.len() > MAX_SECRET_FILE {
-        return Err(bad(format!(
+    let too_large = || {
+        bad(format!(
             "borrower.secret_file {shown} is not a file of at most {MAX_SECRET_FILE} bytes"
-        )));
+        ))
+    };
+    if !meta.is_file() {
+        return Err(too_large());
     }
-    let text = tokio::fs::read_to_string(&file)
-        .await
-        .map_err(|_| unreadable())?;
-    Ok(text.trim().to_owned())
+    // Bounded while reading too: the file may grow after the look.
+    let read =
+        tokio::task::spawn_blocking(move || control::secret_file::read_file(&file, MAX_SECRET_FILE))
+            .await
+            .map_err(|_| unreadable())?;
+    match read {
+        Ok((text, _)) => Ok(text.trim().to_owned()),
+        Err(control::secret_file::ReadError::TooLarge { .. }) => Err(too_large()),
+        Err(_) => Err(unreadable()),
+    }
 }
 
 /// `name=true|false|1|0` in a query; any other parameter is refused.
