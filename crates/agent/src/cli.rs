@@ -131,7 +131,7 @@ use clap::{ArgAction, Parser};
 
 pub use error::CliError;
 
-use crate::settings::{JavaSettings, LenderSettings, LogFormat, Settings, TransportChoice, Tunnel};
+use crate::settings::{JavaSettings, LenderSettings, LogFormat, Settings, TransportChoice};
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -179,12 +179,6 @@ pub fn parse(
         }
     };
     settings(parsed, &env).map(Command::Run)
-}
-
-/// Parses a `-tunnel` value (`HOST:PORT`, `HOST:` or `:PORT`) found
-/// elsewhere, e.g. among a JNLP file's arguments.
-pub fn parse_tunnel(value: &str) -> Result<Tunnel, CliError> {
-    values::tunnel("-tunnel", value)
 }
 
 // ---------------------------------------------------------------------------
@@ -480,30 +474,13 @@ fn suggest(name: &str) -> Option<String> {
     SPECS
         .iter()
         .filter(|s| !matches!(s.kind, Kind::Unsupported { .. } | Kind::Refused(_)))
-        .map(|s| (levenshtein(&wanted, &s.name.to_ascii_lowercase()), s))
+        .map(|s| (strsim::levenshtein(&wanted, &s.name.to_ascii_lowercase()), s))
         .filter(|(distance, s)| *distance <= 2.max(s.name.len() / 4))
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, s)| match s.kind {
             Kind::Ours => format!("--{}", s.name),
             _ => format!("-{}", s.name),
         })
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let next = (row[j + 1] + 1)
-                .min(row[j] + 1)
-                .min(diagonal + usize::from(ca != *cb));
-            diagonal = row[j + 1];
-            row[j + 1] = next;
-        }
-    }
-    row[b.len()]
 }
 
 /// Replaces every secret-bearing value in clap's message with `***`.

@@ -665,9 +665,11 @@ impl Agent {
                 tunnel = options
                     .tunnel
                     .as_deref()
-                    .map(crate::cli::parse_tunnel)
+                    .map(crate::connect::address::tunnel)
                     .transpose()
-                    .map_err(|e| SessionError::Config(format!("{jnlp_url}: bad -tunnel: {e}")))?;
+                    .map_err(|e| {
+                        SessionError::Config(format!("{jnlp_url}: bad -tunnel: -tunnel: {e}"))
+                    })?;
             }
         }
         let (Some(name), Some(secret)) = (name, secret) else {

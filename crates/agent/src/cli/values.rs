@@ -9,6 +9,7 @@ use base64::Engine as _;
 use control::secret_file::{readable_by_others, ReadableByOthers};
 
 use super::CliError;
+use crate::connect::address::{self, AddressError};
 use crate::settings::{CertPem, Credentials, HostPort, Secret, Tunnel};
 
 /// `@FILE` arguments are small (a secret, a certificate chain); the cap keeps
@@ -42,70 +43,21 @@ pub(super) fn check_http_url(option: &'static str, value: &str) -> Result<(), Cl
     }
 }
 
-const HOST_PORT: &str = "HOST:PORT";
-const TUNNEL_FORMS: &str = "HOST:PORT, HOST: or :PORT";
-
 /// `HOST:PORT` or `[IPV6]:PORT`, both parts required.
 pub(super) fn host_port(option: &'static str, value: &str) -> Result<HostPort, CliError> {
-    let bad = |reason| CliError::BadHostPort {
-        option,
-        expected: HOST_PORT,
-        reason,
-    };
-    let (host, port) = split_host_port(value).map_err(bad)?;
-    if host.is_empty() {
-        return Err(bad("the host is empty"));
-    }
-    let port = port_number(port).map_err(bad)?;
-    Ok(HostPort {
-        host: host.to_owned(),
-        port,
-    })
+    address::host_port(value).map_err(|err| bad_address(option, err))
 }
 
-/// `-tunnel`: `HOST:PORT`, `HOST:` or `:PORT`; the empty side keeps what the
-/// controller advertises.
+/// `-tunnel`: `HOST:PORT`, `HOST:` or `:PORT`.
 pub(super) fn tunnel(option: &'static str, value: &str) -> Result<Tunnel, CliError> {
-    let bad = |reason| CliError::BadHostPort {
+    address::tunnel(value).map_err(|err| bad_address(option, err))
+}
+
+fn bad_address(option: &'static str, err: AddressError) -> CliError {
+    CliError::BadHostPort {
         option,
-        expected: TUNNEL_FORMS,
-        reason,
-    };
-    let (host, port) = split_host_port(value).map_err(bad)?;
-    let host = (!host.is_empty()).then(|| host.to_owned());
-    let port = if port.is_empty() {
-        None
-    } else {
-        Some(port_number(port).map_err(bad)?)
-    };
-    if host.is_none() && port.is_none() {
-        return Err(bad("both the host and the port are empty"));
-    }
-    Ok(Tunnel { host, port })
-}
-
-/// Splits at the port colon; brackets are stripped from an IPv6 host.
-fn split_host_port(value: &str) -> Result<(&str, &str), &'static str> {
-    if let Some(rest) = value.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or("no closing ']'")?;
-        let port = after.strip_prefix(':').ok_or("no ':' after ']'")?;
-        return Ok((host, port));
-    }
-    let (host, port) = value.rsplit_once(':').ok_or("no ':'")?;
-    if host.contains(':') {
-        // `::1:50000` is ambiguous; agent.jar users write `[::1]:50000`.
-        return Err("write an IPv6 address in brackets, e.g. [::1]:50000");
-    }
-    Ok((host, port))
-}
-
-fn port_number(port: &str) -> Result<u16, &'static str> {
-    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return Err("the port is not a number");
-    }
-    match port.parse::<u16>() {
-        Ok(0) | Err(_) => Err("the port is out of range 1-65535"),
-        Ok(p) => Ok(p),
+        expected: err.expected,
+        reason: err.reason,
     }
 }
 
