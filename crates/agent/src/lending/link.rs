@@ -70,9 +70,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument as _};
 
 use super::control_server::{carry_out_borrow, carry_out_return, Handler};
-use crate::connect::dial::{self, DialError, Io};
-use crate::connect::proxy::ProxyChoice;
-use crate::settings::{Credentials, HostPort, Secret, Settings};
+use crate::connect::dial::{DialError, Io};
+use crate::settings::{Credentials, Secret, Settings};
 use crate::supervisor::Backoff;
 
 /// How long the lender has to answer `hello` with `welcome`.
@@ -755,40 +754,34 @@ type Ws = WebSocketStream<Box<dyn Io>>;
 
 /// TCP (through the proxy), TLS for `wss`, and the upgrade with the token.
 async fn connect(config: &LinkConfig) -> Result<Ws, LinkError> {
+    use crate::connect::websocket::{dial_stream, secure_stream, StreamError, WsTarget};
     let endpoint = &config.endpoint;
-    let proxy = ProxyChoice::for_web_socket(
-        &endpoint.host,
-        endpoint.secure,
-        config.proxy_credentials.as_ref(),
-    );
-    let target = HostPort {
+    // The controller's WebSocket client path: same proxy, same TLS roots.
+    let target = WsTarget {
         host: endpoint.host.clone(),
         port: endpoint.port,
+        secure: endpoint.secure,
     };
-    let tcp = dial::dial_web(&target, &proxy, DIAL_TIMEOUT, Some(&config.tls))
+    let tls = Some(&config.tls);
+    let tcp = dial_stream(&target, config.proxy_credentials.as_ref(), tls, DIAL_TIMEOUT)
         .await
         .map_err(LinkError::Dial)?;
-    let io: Box<dyn Io> = if endpoint.secure {
-        let name =
-            rustls::pki_types::ServerName::try_from(endpoint.host.clone()).map_err(|_| {
-                LinkError::Url {
-                    url: endpoint.shown.clone(),
-                    reason: "the host is not a valid TLS server name",
-                }
-            })?;
-        let handshake = tokio_rustls::TlsConnector::from(config.tls.clone()).connect(name, tcp);
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(tls)) => Box::new(tls),
-            Ok(Err(err)) => return Err(LinkError::Tls(err)),
-            Err(_) => {
-                return Err(LinkError::Timeout {
-                    phase: "the TLS handshake with the lender",
-                    after: HANDSHAKE_TIMEOUT,
-                })
-            }
+    let io = match tokio::time::timeout(HANDSHAKE_TIMEOUT, secure_stream(&target, tcp, tls)).await
+    {
+        Ok(Ok(io)) => io,
+        Ok(Err(StreamError::Url(reason))) => {
+            return Err(LinkError::Url {
+                url: endpoint.shown.clone(),
+                reason,
+            })
         }
-    } else {
-        tcp
+        Ok(Err(StreamError::Tls(err))) => return Err(LinkError::Tls(err)),
+        Err(_) => {
+            return Err(LinkError::Timeout {
+                phase: "the TLS handshake with the lender",
+                after: HANDSHAKE_TIMEOUT,
+            })
+        }
     };
 
     let mut request = endpoint
