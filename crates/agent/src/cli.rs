@@ -474,7 +474,12 @@ fn suggest(name: &str) -> Option<String> {
     SPECS
         .iter()
         .filter(|s| !matches!(s.kind, Kind::Unsupported { .. } | Kind::Refused(_)))
-        .map(|s| (strsim::levenshtein(&wanted, &s.name.to_ascii_lowercase()), s))
+        .map(|s| {
+            (
+                strsim::levenshtein(&wanted, &s.name.to_ascii_lowercase()),
+                s,
+            )
+        })
         .filter(|(distance, s)| *distance <= 2.max(s.name.len() / 4))
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, s)| match s.kind {

@@ -25,4 +25,3 @@ pub fn now_ms() -> u64 {
 pub fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, duration_ms)
 }
-

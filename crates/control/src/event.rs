@@ -110,4 +110,3 @@ pub enum ReturnReason {
     /// A `return` request.
     Requested,
 }
-

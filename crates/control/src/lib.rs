@@ -134,7 +134,6 @@
 //! - [`secret_file`]: bounded reading of secret files, and whether a file holding a secret or a token is
 //!   readable by other users, and the warning to give.
 
-
 use serde::Serialize;
 
 pub mod client;
@@ -157,7 +156,9 @@ pub use request::{
     Request, RequestError, Target, Transport, When, MAX_NODE_NAME,
 };
 pub use secret::Secret;
-pub use status::{Busy, EngineWindow, Pending, PendingAction, Phase, Placement, Status, WarmEngine};
+pub use status::{
+    Busy, EngineWindow, Pending, PendingAction, Phase, Placement, Status, WarmEngine,
+};
 
 /// The protocol version this crate speaks; every request carries it.
 pub const PROTOCOL_VERSION: u32 = 1;

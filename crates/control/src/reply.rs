@@ -65,4 +65,3 @@ pub enum Response {
     /// On an `events` connection.
     Event(Event),
 }
-

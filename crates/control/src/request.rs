@@ -489,4 +489,3 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
 pub fn request_line(request: &Request) -> String {
     to_json(&Envelope::new(request.clone()))
 }
-

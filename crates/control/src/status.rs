@@ -159,4 +159,3 @@ pub struct Busy {
     /// The agent's verdict from the three signals above.
     pub busy: bool,
 }
-

@@ -115,7 +115,13 @@ pub async fn connect(
     };
     let uri: http::Uri = url.parse().map_err(|_| bad_url("not a URL"))?;
     let target = WsTarget::from_uri(&uri).map_err(bad_url)?;
-    let tcp = dial_stream(&target, settings.proxy_credentials.as_ref(), tls, DIAL_TIMEOUT).await?;
+    let tcp = dial_stream(
+        &target,
+        settings.proxy_credentials.as_ref(),
+        tls,
+        DIAL_TIMEOUT,
+    )
+    .await?;
 
     let extra: Vec<(String, String)> = settings
         .web_socket_headers

@@ -54,9 +54,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use control::labels::is_label;
 use control::link::{AgentMessage, LenderMessage, LINK_PATH, MAX_MESSAGE, PING_INTERVAL};
 use control::{Event, Reply, Request, Response, Status};
-use control::labels::is_label;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -763,11 +763,15 @@ async fn connect(config: &LinkConfig) -> Result<Ws, LinkError> {
         secure: endpoint.secure,
     };
     let tls = Some(&config.tls);
-    let tcp = dial_stream(&target, config.proxy_credentials.as_ref(), tls, DIAL_TIMEOUT)
-        .await
-        .map_err(LinkError::Dial)?;
-    let io = match tokio::time::timeout(HANDSHAKE_TIMEOUT, secure_stream(&target, tcp, tls)).await
-    {
+    let tcp = dial_stream(
+        &target,
+        config.proxy_credentials.as_ref(),
+        tls,
+        DIAL_TIMEOUT,
+    )
+    .await
+    .map_err(LinkError::Dial)?;
+    let io = match tokio::time::timeout(HANDSHAKE_TIMEOUT, secure_stream(&target, tcp, tls)).await {
         Ok(Ok(io)) => io,
         Ok(Err(StreamError::Url(reason))) => {
             return Err(LinkError::Url {

@@ -12,11 +12,41 @@ fn where_the_three_rules_disagreed() {
     let cases: [(&str, bool, bool, bool, Result<(), LabelError>); 8] = [
         // Jenkins reads `a&b` in an expression as `a & b`, a syntax error:
         // the label could be matched only when quoted.
-        ("a&b", false, false, true, Err(LabelError::BadCharacter { character: '&' })),
-        ("it's", false, false, true, Err(LabelError::BadCharacter { character: '\'' })),
-        ("x|y", false, false, true, Err(LabelError::BadCharacter { character: '|' })),
-        ("(a)", false, false, true, Err(LabelError::BadCharacter { character: '(' })),
-        ("bell\u{7}", false, false, true, Err(LabelError::BadCharacter { character: '\u{7}' })),
+        (
+            "a&b",
+            false,
+            false,
+            true,
+            Err(LabelError::BadCharacter { character: '&' }),
+        ),
+        (
+            "it's",
+            false,
+            false,
+            true,
+            Err(LabelError::BadCharacter { character: '\'' }),
+        ),
+        (
+            "x|y",
+            false,
+            false,
+            true,
+            Err(LabelError::BadCharacter { character: '|' }),
+        ),
+        (
+            "(a)",
+            false,
+            false,
+            true,
+            Err(LabelError::BadCharacter { character: '(' }),
+        ),
+        (
+            "bell\u{7}",
+            false,
+            false,
+            true,
+            Err(LabelError::BadCharacter { character: '\u{7}' }),
+        ),
         // A comma is an atom character to Jenkins, so one label; the CLI
         // still takes a comma as a separator before the rule is applied.
         ("a,b", true, true, true, Ok(())),
@@ -28,7 +58,10 @@ fn where_the_three_rules_disagreed() {
         assert_eq!(is_label(word), now.is_ok(), "{word:?}");
     }
     assert_eq!(check_label(&"x".repeat(MAX_LABEL)), Ok(()));
-    assert_eq!(check_label(&"x".repeat(MAX_LABEL + 1)), Err(LabelError::TooLong));
+    assert_eq!(
+        check_label(&"x".repeat(MAX_LABEL + 1)),
+        Err(LabelError::TooLong)
+    );
 }
 
 /// Jenkins' `Label.parse` splits on whitespace only.
@@ -42,7 +75,10 @@ fn label_strings_split_on_whitespace() {
 #[test]
 fn messages_name_the_cause() {
     let message = check_label("a&b").unwrap_err().to_string();
-    assert!(message.starts_with("'&' cannot appear in a label"), "{message}");
+    assert!(
+        message.starts_with("'&' cannot appear in a label"),
+        "{message}"
+    );
 }
 
 proptest! {

@@ -28,10 +28,10 @@ use tokio_util::sync::CancellationToken;
 use super::driver::{ApiCall, ApiError, Input, ServerEvent};
 use super::{link, Shared, Ticket};
 use crate::api::{ErrorBody, LeaseBody, LeaseView, MAX_BODY};
-use control::labels::Expr;
 use crate::pool::{Borrower, LeaseId, LeaseRequest, Secret};
 use crate::store::LeaseFilter;
 use crate::tokens::{self, Principal, TokenKind, MAX_TOKEN};
+use control::labels::Expr;
 
 /// A response body: a whole JSON document or an event stream.
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -519,10 +519,11 @@ async fn read_secret_file(
         return Err(too_large());
     }
     // Bounded while reading too: the file may grow after the look.
-    let read =
-        tokio::task::spawn_blocking(move || control::secret_file::read_file(&file, MAX_SECRET_FILE))
-            .await
-            .map_err(|_| unreadable())?;
+    let read = tokio::task::spawn_blocking(move || {
+        control::secret_file::read_file(&file, MAX_SECRET_FILE)
+    })
+    .await
+    .map_err(|_| unreadable())?;
     match read {
         Ok((text, _)) => Ok(text.trim().to_owned()),
         Err(control::secret_file::ReadError::TooLarge { .. }) => Err(too_large()),

@@ -407,7 +407,9 @@ mod tests {
             };
             assert_eq!(close.code, CloseCode::Policy, "{bad:?}");
             assert!(
-                close.reason.starts_with(&format!("label {index} of the hello: ")),
+                close
+                    .reason
+                    .starts_with(&format!("label {index} of the hello: ")),
                 "{bad:?}: {}",
                 close.reason
             );

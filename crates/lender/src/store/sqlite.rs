@@ -15,13 +15,13 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use serde_json::{json, Value};
 
 use crate::controllers::{ControllerConfig, ControllerOptions};
-use control::labels::Expr;
 use crate::pool::{
     Agent, Attempt, AuditEntry, Borrower, Changes, EndReason, Lease, LeaseId, LeaseRequest,
     LeaseState, Place, ReturnCause, Secret, Snapshot,
 };
 use crate::store::{AuditRecord, LeaseFilter, Store, StoreError};
 use crate::tokens::{short_id, Principal, TokenInfo, TokenKind, TokenRecord};
+use control::labels::Expr;
 
 /// The schema, one entry per version; `PRAGMA user_version` says how many
 /// have been applied. Append, never edit.

@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use control::Transport;
 use control::labels::Expr;
+use control::Transport;
 use lender::pool::{
     AgentHello, AgentReport, Borrower, Decision, LeaseRequest, Place, Pool, Secret, Snapshot,
 };

@@ -488,10 +488,7 @@ fn explicit_proxies(
     let no_proxy = first_env(env, &NO_PROXY_VARIABLES)
         .and_then(|(_, list)| reqwest::NoProxy::from_string(&list));
     let mut proxies = Vec::new();
-    for (variables, https) in [
-        (&HTTP_URL_VARIABLES, false),
-        (&HTTPS_URL_VARIABLES, true),
-    ] {
+    for (variables, https) in [(&HTTP_URL_VARIABLES, false), (&HTTPS_URL_VARIABLES, true)] {
         let Some((variable, value)) = first_env(env, variables) else {
             continue;
         };

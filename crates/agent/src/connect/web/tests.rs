@@ -918,9 +918,9 @@ async fn web_port_and_dial_agree_on_no_proxy() {
         ("Ci.Example", "ci.example", false),
         ("notci.example", "ci.example", true),
         ("ci.example", "other.example, *", false),
-        ("a.ci.example", "*.ci.example", true),     // was direct
-        ("a.ci.example", "ci.example:8080", true),  // was direct
-        ("a.ci.example", "ci.example.", true),      // was direct
+        ("a.ci.example", "*.ci.example", true), // was direct
+        ("a.ci.example", "ci.example:8080", true), // was direct
+        ("a.ci.example", "ci.example.", true),  // was direct
         ("127.0.0.1", "127.0.0.0/8", false),
         ("127.0.0.1", "127.0.0.2", true),
     ];
