@@ -301,7 +301,7 @@ impl ControlServer {
             owner_connections: OWNER_CONNECTIONS,
             idle_timeout: IDLE_TIMEOUT,
             build_scan: Arc::new(|| {
-                crate::engine::busy::build_processes_now(&crate::engine::live_engines())
+                crate::engine::builds::build_processes_now(&crate::engine::live_engines())
             }),
         })
     }
