@@ -96,144 +96,197 @@ const POSITIONAL_NAME: &str = "NAME (positional)";
 const WORK_DIR: &str = "-workDir (or JENKINS_AGENT_WORKDIR)";
 const DIRECT: &str = "-direct (or JENKINS_DIRECT_CONNECTION)";
 
-pub(super) fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
-    // The legacy positional form: exactly SECRET NAME.
-    let (positional_secret, positional_name) = match <[String; 2]>::try_from(args.legacy) {
-        Ok([secret, name]) => (Some(secret), Some(name)),
-        Err(v) if v.is_empty() => (None, None),
-        Err(v) => return Err(CliError::PositionalCount { count: v.len() }),
-    };
-    let option_secret = non_empty(args.secret);
-    let option_name = non_empty(args.name);
-    if option_secret.is_some() && positional_secret.is_some() {
-        return Err(CliError::PositionalAndOption {
-            what: "secret",
-            option: "-secret",
-        });
-    }
-    if option_name.is_some() && positional_name.is_some() {
-        return Err(CliError::PositionalAndOption {
-            what: "name",
-            option: "-name",
-        });
+/// The options (or their variables) that decide where the agent connects,
+/// each with where it came from, for the combination rules and messages.
+struct Sources {
+    secret: Option<Sourced<String>>,
+    name: Option<Sourced<String>>,
+    urls: Option<Sourced<Vec<String>>>,
+    work_dir: Option<Sourced<PathBuf>>,
+    direct: Option<Sourced<String>>,
+    identity: Option<Sourced<String>>,
+    protocols: Option<Sourced<Vec<String>>>,
+    tunnel: Option<Sourced<String>>,
+    jnlp_url: Option<Sourced<String>>,
+    credentials: Option<Sourced<String>>,
+    /// `-webSocket` or `JENKINS_WEB_SOCKET=true`.
+    web_socket: Option<&'static str>,
+}
+
+impl Sources {
+    /// Takes them out of `args`: options first, then the image's
+    /// variables; the legacy positional form is exactly SECRET NAME.
+    fn gather(args: &mut Args, env: &Env<'_>) -> Result<Sources, CliError> {
+        let (positional_secret, positional_name) =
+            match <[String; 2]>::try_from(std::mem::take(&mut args.legacy)) {
+                Ok([secret, name]) => (Some(secret), Some(name)),
+                Err(v) if v.is_empty() => (None, None),
+                Err(v) => return Err(CliError::PositionalCount { count: v.len() }),
+            };
+        let option_secret = non_empty(args.secret.take());
+        let option_name = non_empty(args.name.take());
+        if option_secret.is_some() && positional_secret.is_some() {
+            return Err(CliError::PositionalAndOption {
+                what: "secret",
+                option: "-secret",
+            });
+        }
+        if option_name.is_some() && positional_name.is_some() {
+            return Err(CliError::PositionalAndOption {
+                what: "name",
+                option: "-name",
+            });
+        }
+        let listed = |values: Vec<String>, option, variable| {
+            opt((!values.is_empty()).then_some(values), option).or(env.sourced(variable).map(|s| {
+                Sourced {
+                    value: vec![s.value],
+                    from: s.from,
+                }
+            }))
+        };
+        Ok(Sources {
+            secret: opt(option_secret, "-secret")
+                .or(opt(positional_secret, POSITIONAL_SECRET))
+                .or(env.sourced("JENKINS_SECRET")),
+            name: opt(option_name, "-name")
+                .or(opt(positional_name, POSITIONAL_NAME))
+                .or(env.sourced("JENKINS_AGENT_NAME"))
+                .or(env.sourced("JENKINS_NAME")),
+            urls: listed(std::mem::take(&mut args.url), "-url", "JENKINS_URL"),
+            work_dir: opt(args.work_dir.take(), "-workDir").or(env
+                .sourced("JENKINS_AGENT_WORKDIR")
+                .map(|s| Sourced {
+                    value: PathBuf::from(s.value),
+                    from: s.from,
+                })),
+            direct: opt(args.direct.take(), "-direct").or(env.sourced("JENKINS_DIRECT_CONNECTION")),
+            identity: opt(args.instance_identity.take(), "-instanceIdentity")
+                .or(env.sourced("JENKINS_INSTANCE_IDENTITY")),
+            protocols: listed(
+                std::mem::take(&mut args.protocols),
+                "-protocols",
+                "JENKINS_PROTOCOLS",
+            ),
+            tunnel: opt(args.tunnel.take(), "-tunnel").or(env.sourced("JENKINS_TUNNEL")),
+            jnlp_url: opt(args.jnlp_url.take(), "-jnlpUrl"),
+            credentials: opt(args.credentials.take(), "-credentials"),
+            // The image's script adds -webSocket for exactly "true".
+            web_socket: if args.web_socket {
+                Some("-webSocket")
+            } else {
+                (env.get("JENKINS_WEB_SOCKET").as_deref() == Some("true"))
+                    .then_some("JENKINS_WEB_SOCKET=true")
+            },
+        })
     }
 
-    // Options first, then the image's variables.
-    let secret = opt(option_secret, "-secret")
-        .or(opt(positional_secret, POSITIONAL_SECRET))
-        .or(env.sourced("JENKINS_SECRET"));
-    let name = opt(option_name, "-name")
-        .or(opt(positional_name, POSITIONAL_NAME))
-        .or(env.sourced("JENKINS_AGENT_NAME"))
-        .or(env.sourced("JENKINS_NAME"));
-    let urls = opt((!args.url.is_empty()).then_some(args.url), "-url").or(env
-        .sourced("JENKINS_URL")
-        .map(|s| Sourced {
-            value: vec![s.value],
-            from: s.from,
-        }));
-    let work_dir =
-        opt(args.work_dir, "-workDir").or(env.sourced("JENKINS_AGENT_WORKDIR").map(|s| Sourced {
-            value: PathBuf::from(s.value),
-            from: s.from,
-        }));
-    let direct = opt(args.direct, "-direct").or(env.sourced("JENKINS_DIRECT_CONNECTION"));
-    let identity = opt(args.instance_identity, "-instanceIdentity")
-        .or(env.sourced("JENKINS_INSTANCE_IDENTITY"));
-    let protocols = opt(
-        (!args.protocols.is_empty()).then_some(args.protocols),
-        "-protocols",
-    )
-    .or(env.sourced("JENKINS_PROTOCOLS").map(|s| Sourced {
-        value: vec![s.value],
-        from: s.from,
-    }));
-    let tunnel = opt(args.tunnel, "-tunnel").or(env.sourced("JENKINS_TUNNEL"));
-    let jnlp_url = opt(args.jnlp_url, "-jnlpUrl");
-    let credentials = opt(args.credentials, "-credentials");
-    // The image's script adds -webSocket for exactly "true".
-    let web_socket = if args.web_socket {
-        Some("-webSocket")
-    } else {
-        (env.get("JENKINS_WEB_SOCKET").as_deref() == Some("true"))
-            .then_some("JENKINS_WEB_SOCKET=true")
-    };
+    /// Which options go together, as agent.jar's `forbids` and `depends`
+    /// say, and what is required unless a JNLP file provides it.
+    fn check(&self, args: &Args) -> Result<(), CliError> {
+        let Sources {
+            secret,
+            name,
+            urls,
+            work_dir,
+            direct,
+            identity,
+            protocols,
+            tunnel,
+            jnlp_url,
+            credentials,
+            web_socket,
+        } = self;
+        let web_socket = *web_socket;
+        forbid(from(direct), &[from(urls), from(jnlp_url), from(tunnel)])?;
+        forbid(from(jnlp_url), &[from(urls), from(name), from(tunnel)])?;
+        forbid(
+            web_socket,
+            &[
+                from(direct),
+                from(tunnel),
+                from(credentials),
+                args.no_keep_alive.then_some("-noKeepAlive"),
+            ],
+        )?;
+        if let (Some(option), Some(urls)) = (web_socket, urls) {
+            if urls.value.len() > 1 {
+                return Err(CliError::WebSocketOneUrl { option });
+            }
+        }
+        require(
+            (!args.web_socket_header.is_empty()).then_some("-webSocketHeader"),
+            web_socket.is_some(),
+            "-webSocket (or JENKINS_WEB_SOCKET=true)",
+        )?;
+        if !args.cert.is_empty() && args.no_certificate_check {
+            forbid(Some("-cert"), &[Some("-noCertificateCheck")])?;
+        }
+        if args.no_reconnect_after.is_some() && args.no_reconnect {
+            forbid(Some("-noReconnectAfter"), &[Some("-noReconnect")])?;
+        }
+        if let Some(direct) = direct {
+            if identity.is_none() {
+                return Err(CliError::MissingInstanceIdentity {
+                    direct: direct.from,
+                });
+            }
+            if args.engine_jar.is_none() && args.engine_command.is_none() {
+                return Err(CliError::DirectNeedsEngineJar {
+                    direct: direct.from,
+                });
+            }
+        }
+        require(from(identity), direct.is_some(), DIRECT)?;
+        require(from(protocols), direct.is_some(), DIRECT)?;
+        require(
+            args.internal_dir.is_some().then_some("-internalDir"),
+            work_dir.is_some(),
+            WORK_DIR,
+        )?;
+        require(
+            args.fail_if_work_dir_is_missing
+                .then_some("-failIfWorkDirIsMissing"),
+            work_dir.is_some(),
+            WORK_DIR,
+        )?;
+        if let (Some(_), Some(secret), Some(_)) = (jnlp_url, secret, credentials) {
+            return Err(CliError::JnlpCredentialsWithSecret {
+                secret: secret.from,
+            });
+        }
+        // Required, unless the JNLP file provides them.
+        if jnlp_url.is_none() {
+            if urls.is_none() && direct.is_none() {
+                return Err(CliError::MissingController);
+            }
+            if secret.is_none() {
+                return Err(CliError::MissingSecret);
+            }
+            if name.is_none() {
+                return Err(CliError::MissingName);
+            }
+        }
+        Ok(())
+    }
+}
 
-    // Which options go together, as agent.jar's `forbids` and `depends` say.
-    forbid(
-        from(&direct),
-        &[from(&urls), from(&jnlp_url), from(&tunnel)],
-    )?;
-    forbid(from(&jnlp_url), &[from(&urls), from(&name), from(&tunnel)])?;
-    forbid(
+pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
+    let sources = Sources::gather(&mut args, env)?;
+    sources.check(&args)?;
+    let Sources {
+        secret,
+        name,
+        urls,
+        work_dir,
+        direct,
+        identity,
+        protocols,
+        tunnel,
+        jnlp_url,
+        credentials,
         web_socket,
-        &[
-            from(&direct),
-            from(&tunnel),
-            from(&credentials),
-            args.no_keep_alive.then_some("-noKeepAlive"),
-        ],
-    )?;
-    if let (Some(option), Some(urls)) = (web_socket, &urls) {
-        if urls.value.len() > 1 {
-            return Err(CliError::WebSocketOneUrl { option });
-        }
-    }
-    require(
-        (!args.web_socket_header.is_empty()).then_some("-webSocketHeader"),
-        web_socket.is_some(),
-        "-webSocket (or JENKINS_WEB_SOCKET=true)",
-    )?;
-    if !args.cert.is_empty() && args.no_certificate_check {
-        forbid(Some("-cert"), &[Some("-noCertificateCheck")])?;
-    }
-    if args.no_reconnect_after.is_some() && args.no_reconnect {
-        forbid(Some("-noReconnectAfter"), &[Some("-noReconnect")])?;
-    }
-    if let Some(direct) = &direct {
-        if identity.is_none() {
-            return Err(CliError::MissingInstanceIdentity {
-                direct: direct.from,
-            });
-        }
-        if args.engine_jar.is_none() && args.engine_command.is_none() {
-            return Err(CliError::DirectNeedsEngineJar {
-                direct: direct.from,
-            });
-        }
-    }
-    require(from(&identity), direct.is_some(), DIRECT)?;
-    require(from(&protocols), direct.is_some(), DIRECT)?;
-    let has_work_dir = work_dir.is_some();
-    require(
-        args.internal_dir.is_some().then_some("-internalDir"),
-        has_work_dir,
-        WORK_DIR,
-    )?;
-    require(
-        args.fail_if_work_dir_is_missing
-            .then_some("-failIfWorkDirIsMissing"),
-        has_work_dir,
-        WORK_DIR,
-    )?;
-    if let (Some(_), Some(secret), Some(_)) = (&jnlp_url, &secret, &credentials) {
-        return Err(CliError::JnlpCredentialsWithSecret {
-            secret: secret.from,
-        });
-    }
-
-    // Required, unless the JNLP file provides them.
-    if jnlp_url.is_none() {
-        if urls.is_none() && direct.is_none() {
-            return Err(CliError::MissingController);
-        }
-        if secret.is_none() {
-            return Err(CliError::MissingSecret);
-        }
-        if name.is_none() {
-            return Err(CliError::MissingName);
-        }
-    }
+    } = sources;
 
     // The values themselves.
     let urls = match urls {
@@ -349,26 +402,7 @@ pub(super) fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> 
         Some("json") => LogFormat::Json,
         Some(_) => return Err(CliError::BadLogFormat),
     };
-    // The user's options replace our defaults whole.
-    let user_java_opts = env
-        .get("JENKINS_JAVA_OPTS")
-        .or_else(|| env.get("JAVA_OPTS"));
-    let sized_window = user_java_opts.is_none();
-    let mut java_opts: Vec<String> = match user_java_opts {
-        Some(opts) => opts.split_whitespace().map(str::to_owned).collect(),
-        None => crate::engine::DEFAULT_JAVA_OPTS
-            .iter()
-            .map(|&opt| opt.to_owned())
-            .collect(),
-    };
-    if let Some(config) = args.logging_config {
-        let config = values::logging_config(&config)?;
-        // The user's own property wins: they set it on purpose, and the JVM
-        // would take whichever comes last.
-        if !java_opts.iter().any(|o| o.starts_with(JUL_CONFIG_FILE)) {
-            java_opts.push(format!("{JUL_CONFIG_FILE}{}", config.display()));
-        }
-    }
+    let java = java(env, args.logging_config.as_deref())?;
 
     Ok(Settings {
         urls,
@@ -402,12 +436,7 @@ pub(super) fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> 
         web_socket_headers,
         web_socket_idle_timeout,
         jar_cache: args.jar_cache,
-        java: JavaSettings {
-            java_bin: env.get("JENKINS_JAVA_BIN").map(PathBuf::from),
-            java_home: env.get("JAVA_HOME").map(PathBuf::from),
-            java_opts,
-            sized_window,
-        },
+        java,
         engine_jar: args.engine_jar,
         engine_command,
         reconnect_delay,
@@ -425,6 +454,36 @@ pub(super) fn settings(args: Args, env: &Env<'_>) -> Result<Settings, CliError> 
         agent_log: args.agent_log,
         lender,
         exposed_secret_files,
+    })
+}
+
+/// How to start the engine JVM: the image's variables, and `-loggingConfig`.
+fn java(env: &Env<'_>, logging_config: Option<&std::path::Path>) -> Result<JavaSettings, CliError> {
+    // The user's options replace our defaults whole.
+    let user_java_opts = env
+        .get("JENKINS_JAVA_OPTS")
+        .or_else(|| env.get("JAVA_OPTS"));
+    let sized_window = user_java_opts.is_none();
+    let mut java_opts: Vec<String> = match user_java_opts {
+        Some(opts) => opts.split_whitespace().map(str::to_owned).collect(),
+        None => crate::engine::DEFAULT_JAVA_OPTS
+            .iter()
+            .map(|&opt| opt.to_owned())
+            .collect(),
+    };
+    if let Some(config) = logging_config {
+        let config = values::logging_config(config)?;
+        // The user's own property wins: they set it on purpose, and the JVM
+        // would take whichever comes last.
+        if !java_opts.iter().any(|o| o.starts_with(JUL_CONFIG_FILE)) {
+            java_opts.push(format!("{JUL_CONFIG_FILE}{}", config.display()));
+        }
+    }
+    Ok(JavaSettings {
+        java_bin: env.get("JENKINS_JAVA_BIN").map(PathBuf::from),
+        java_home: env.get("JAVA_HOME").map(PathBuf::from),
+        java_opts,
+        sized_window,
     })
 }
 

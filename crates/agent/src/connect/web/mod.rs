@@ -60,8 +60,6 @@ const ROUND_TRIP_BODY: usize = 16 * 1024;
 /// The `User-Agent` header.
 const USER_AGENT: &str = concat!("jnlp-agent/", env!("CARGO_PKG_VERSION"));
 
-/// Proxy variables reqwest reads, in its order (per URL scheme).
-
 /// What [`ControllerHttp`] needs from the settings.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)]
+
 use super::*;
 use crate::cli::{parse, Command};
 
@@ -10,6 +12,24 @@ fn settings(args: &[&str]) -> Settings {
         Ok(Command::Run(settings)) => settings,
         other => panic!("{args:?}: {other:?}"),
     }
+}
+
+/// `-direct` settings, with `extra` options.
+fn direct(extra: &[&str]) -> Settings {
+    let mut args = vec![
+        "-direct",
+        "ci.example:50000",
+        "-instanceIdentity",
+        "AAAA",
+        "--engine-jar",
+        "/opt/remoting.jar",
+        "-name",
+        "mac-01",
+        "-secret",
+        "s3",
+    ];
+    args.extend_from_slice(extra);
+    settings(&args)
 }
 
 fn jnlp() -> FromJnlp {
@@ -116,18 +136,7 @@ fn web_socket_needs_a_url() {
 
 #[test]
 fn direct_goes_to_the_given_port() {
-    let s = settings(&[
-        "-direct",
-        "ci.example:50000",
-        "-instanceIdentity",
-        "AAAA",
-        "--engine-jar",
-        "/opt/remoting.jar",
-        "-name",
-        "mac-01",
-        "-secret",
-        "s3",
-    ]);
+    let s = direct(&[]);
     assert_eq!(
         plan(&s, None).unwrap().plan,
         Plan::Direct {
@@ -143,20 +152,7 @@ fn direct_goes_to_the_given_port() {
 
 #[test]
 fn protocols_must_include_ours() {
-    let s = settings(&[
-        "-direct",
-        "ci.example:50000",
-        "-instanceIdentity",
-        "AAAA",
-        "--engine-jar",
-        "/opt/remoting.jar",
-        "-name",
-        "mac-01",
-        "-secret",
-        "s3",
-        "-protocols",
-        "JNLP2-connect",
-    ]);
+    let s = direct(&["-protocols", "JNLP2-connect"]);
     let message = config_error(plan(&s, None));
     assert!(
         message.starts_with("-protocols allows only JNLP2-connect, but this agent speaks "),
