@@ -184,32 +184,25 @@ impl Sources {
     /// Which options go together, as agent.jar's `forbids` and `depends`
     /// say, and what is required unless a JNLP file provides it.
     fn check(&self, args: &Args) -> Result<(), CliError> {
-        let Sources {
-            secret,
-            name,
-            urls,
-            work_dir,
-            direct,
-            identity,
-            protocols,
-            tunnel,
-            jnlp_url,
-            credentials,
-            web_socket,
-        } = self;
-        let web_socket = *web_socket;
-        forbid(from(direct), &[from(urls), from(jnlp_url), from(tunnel)])?;
-        forbid(from(jnlp_url), &[from(urls), from(name), from(tunnel)])?;
+        let web_socket = self.web_socket;
+        forbid(
+            from(&self.direct),
+            &[from(&self.urls), from(&self.jnlp_url), from(&self.tunnel)],
+        )?;
+        forbid(
+            from(&self.jnlp_url),
+            &[from(&self.urls), from(&self.name), from(&self.tunnel)],
+        )?;
         forbid(
             web_socket,
             &[
-                from(direct),
-                from(tunnel),
-                from(credentials),
+                from(&self.direct),
+                from(&self.tunnel),
+                from(&self.credentials),
                 args.no_keep_alive.then_some("-noKeepAlive"),
             ],
         )?;
-        if let (Some(option), Some(urls)) = (web_socket, urls) {
+        if let (Some(option), Some(urls)) = (web_socket, &self.urls) {
             if urls.value.len() > 1 {
                 return Err(CliError::WebSocketOneUrl { option });
             }
@@ -225,8 +218,8 @@ impl Sources {
         if args.no_reconnect_after.is_some() && args.no_reconnect {
             forbid(Some("-noReconnectAfter"), &[Some("-noReconnect")])?;
         }
-        if let Some(direct) = direct {
-            if identity.is_none() {
+        if let Some(direct) = &self.direct {
+            if self.identity.is_none() {
                 return Err(CliError::MissingInstanceIdentity {
                     direct: direct.from,
                 });
@@ -237,33 +230,34 @@ impl Sources {
                 });
             }
         }
-        require(from(identity), direct.is_some(), DIRECT)?;
-        require(from(protocols), direct.is_some(), DIRECT)?;
+        require(from(&self.identity), self.direct.is_some(), DIRECT)?;
+        require(from(&self.protocols), self.direct.is_some(), DIRECT)?;
         require(
             args.internal_dir.is_some().then_some("-internalDir"),
-            work_dir.is_some(),
+            self.work_dir.is_some(),
             WORK_DIR,
         )?;
         require(
             args.fail_if_work_dir_is_missing
                 .then_some("-failIfWorkDirIsMissing"),
-            work_dir.is_some(),
+            self.work_dir.is_some(),
             WORK_DIR,
         )?;
-        if let (Some(_), Some(secret), Some(_)) = (jnlp_url, secret, credentials) {
+        if let (Some(_), Some(secret), Some(_)) = (&self.jnlp_url, &self.secret, &self.credentials)
+        {
             return Err(CliError::JnlpCredentialsWithSecret {
                 secret: secret.from,
             });
         }
         // Required, unless the JNLP file provides them.
-        if jnlp_url.is_none() {
-            if urls.is_none() && direct.is_none() {
+        if self.jnlp_url.is_none() {
+            if self.urls.is_none() && self.direct.is_none() {
                 return Err(CliError::MissingController);
             }
-            if secret.is_none() {
+            if self.secret.is_none() {
                 return Err(CliError::MissingSecret);
             }
-            if name.is_none() {
+            if self.name.is_none() {
                 return Err(CliError::MissingName);
             }
         }
