@@ -1,4 +1,4 @@
-//! Jenkins label expressions (`lender::labels::Expr`).
+//! Jenkins label expressions (`control::labels::Expr`).
 //!
 //! Input: byte 0 picks raw text, one token per byte (see [`TOKENS`]) or an
 //! expression built by the grammar from the bytes (see [`Grammar`]).
@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 
-use lender::labels::{Expr, ParseError};
+use control::labels::{Expr, ParseError};
 use libfuzzer_sys::fuzz_target;
 
 /// Tokens for the structured mode, written without spaces (the canonical
@@ -69,7 +69,7 @@ impl Grammar<'_> {
             self.out.push('!');
         }
         // Past the parser's bound, so that the refusal is reached too.
-        if self.choice(2) == 1 && self.depth <= lender::labels::MAX_DEPTH {
+        if self.choice(2) == 1 && self.depth <= control::labels::MAX_DEPTH {
             self.depth += 1;
             self.out.push('(');
             self.iff();

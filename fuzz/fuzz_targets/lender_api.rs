@@ -8,7 +8,7 @@
 #![no_main]
 
 use lender::api::{AgentView, ErrorBody, LeaseBody, LeaseView};
-use lender::labels::Expr;
+use control::labels::Expr;
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use serde::Serialize;

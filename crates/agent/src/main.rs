@@ -114,7 +114,7 @@ async fn serve(settings: settings::Settings, work: WorkDir) -> anyhow::Result<()
         tracing::warn!("JNLP_AGENT_TEST_NO_SUBREAPER is set: not a child subreaper");
         Ok(())
     } else {
-        engine::busy::become_subreaper()
+        engine::builds::become_subreaper()
     };
     match subreaper {
         Ok(()) => {}

@@ -5,28 +5,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// A secret (node secret, password). Never printed: `Debug` shows `***` and
-/// there is no `Display`; call [`Secret::expose`] where it is really needed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+/// A secret (node secret, password): the type the lender shares, which
+/// never prints.
+pub use control::Secret;
 
 /// `user:password` for HTTP basic authentication (`-credentials`,
 /// `-proxyCredentials`, `-jnlpCredentials`).

@@ -847,7 +847,9 @@ impl<'a> Supervisor<'a> {
         } else {
             self.home_continuity.shutdown().await;
         }
-        let left = busy::end_leftovers(&crate::engine::live_engines(), LEFTOVER_GRACE).await;
+        let left =
+            crate::engine::builds::end_leftovers(&crate::engine::live_engines(), LEFTOVER_GRACE)
+                .await;
         if left > 0 {
             warn!(processes = left, "ended processes that builds left running");
         }

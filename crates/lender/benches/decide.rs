@@ -11,8 +11,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use control::labels::Expr;
 use control::{Transport, When};
-use lender::labels::Expr;
 use lender::pool::{
     AgentHello, AgentReport, Borrower, LeaseRequest, Outcome, Place, Pool, PoolConfig, Secret,
 };

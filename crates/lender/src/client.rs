@@ -280,15 +280,7 @@ impl ClientError {
 /// Reads a token or secret file: at most 64 KiB, surrounding whitespace
 /// trimmed.
 pub fn read_small_file(path: &Path) -> Result<String, ClientError> {
-    let setup = |err: std::io::Error| ClientError::Setup(format!("{}: {err}", path.display()));
-    let meta = std::fs::metadata(path).map_err(setup)?;
-    if meta.len() > control::MAX_SECRET_FILE {
-        return Err(ClientError::Setup(format!(
-            "{}: larger than {} bytes",
-            path.display(),
-            control::MAX_SECRET_FILE
-        )));
-    }
-    let text = std::fs::read_to_string(path).map_err(setup)?;
+    let (text, _) = control::secret_file::read_file(path, control::MAX_SECRET_FILE)
+        .map_err(|err| ClientError::Setup(format!("{}: {err}", path.display())))?;
     Ok(text.trim().to_owned())
 }

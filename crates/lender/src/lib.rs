@@ -41,8 +41,8 @@
 //!
 //! # Layout
 //!
-//! - [`labels`]: Jenkins label expressions: parser, canonical printing,
-//!   evaluation against an agent's labels;
+//! - labels and label expressions: [`control::labels`], shared with the
+//!   agent;
 //! - [`controllers`]: registered Jenkins controllers (lending on demand);
 //! - [`jenkins`]: a client of Jenkins' own HTTP API (queue, nodes,
 //!   secrets) for lending on demand;
@@ -60,7 +60,6 @@ pub mod api;
 pub mod client;
 pub mod controllers;
 pub mod jenkins;
-pub mod labels;
 pub mod pool;
 pub mod server;
 pub mod store;

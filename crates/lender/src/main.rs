@@ -20,11 +20,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use control::labels::Expr;
 use control::Transport;
 use lender::api::{AgentView, BorrowerBody, LeaseBody, LeaseView};
 use lender::client::{read_small_file, Client, ClientError};
 use lender::controllers::{ControllerConfig, ControllerOptions};
-use lender::labels::Expr;
 use lender::pool::PoolConfig;
 use lender::server::{self, Config, TlsFiles};
 

@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use control::labels::Expr;
 use control::Transport;
-use lender::labels::Expr;
 use lender::pool::{
     AgentHello, AgentReport, Borrower, Decision, LeaseRequest, Place, Pool, Secret, Snapshot,
 };

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use super::{parse, parse_tunnel, CliError, Command};
+use super::{parse, CliError, Command};
 use crate::settings::{
     Credentials, HostPort, LenderSettings, LogFormat, Secret, Settings, TransportChoice, Tunnel,
 };
@@ -562,11 +562,12 @@ fn tunnel_forms() {
         );
     }
     // The same parser serves a JNLP file's -tunnel.
-    assert_eq!(parse_tunnel("proxy:").ok(), tunnel("proxy:"));
+    use crate::connect::address;
+    assert_eq!(address::tunnel("proxy:").ok(), tunnel("proxy:"));
     assert!(matches!(
-        parse_tunnel("nocolon"),
-        Err(CliError::BadHostPort {
-            option: "-tunnel",
+        address::tunnel("nocolon"),
+        Err(address::AddressError {
+            expected: address::TUNNEL_FORMS,
             ..
         })
     ));

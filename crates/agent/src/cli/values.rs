@@ -1,8 +1,7 @@
 //! Parsers for individual option values: each takes the option (or
 //! environment variable) name for its error, and the raw text.
 
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use base64::Engine as _;
 use control::secret_file::{readable_by_others, ReadableByOthers};
 
 use super::CliError;
+use crate::connect::address::{self, AddressError};
 use crate::settings::{CertPem, Credentials, HostPort, Secret, Tunnel};
 
 /// `@FILE` arguments are small (a secret, a certificate chain); the cap keeps
@@ -43,70 +43,21 @@ pub(super) fn check_http_url(option: &'static str, value: &str) -> Result<(), Cl
     }
 }
 
-const HOST_PORT: &str = "HOST:PORT";
-const TUNNEL_FORMS: &str = "HOST:PORT, HOST: or :PORT";
-
 /// `HOST:PORT` or `[IPV6]:PORT`, both parts required.
 pub(super) fn host_port(option: &'static str, value: &str) -> Result<HostPort, CliError> {
-    let bad = |reason| CliError::BadHostPort {
-        option,
-        expected: HOST_PORT,
-        reason,
-    };
-    let (host, port) = split_host_port(value).map_err(bad)?;
-    if host.is_empty() {
-        return Err(bad("the host is empty"));
-    }
-    let port = port_number(port).map_err(bad)?;
-    Ok(HostPort {
-        host: host.to_owned(),
-        port,
-    })
+    address::host_port(value).map_err(|err| bad_address(option, err))
 }
 
-/// `-tunnel`: `HOST:PORT`, `HOST:` or `:PORT`; the empty side keeps what the
-/// controller advertises.
+/// `-tunnel`: `HOST:PORT`, `HOST:` or `:PORT`.
 pub(super) fn tunnel(option: &'static str, value: &str) -> Result<Tunnel, CliError> {
-    let bad = |reason| CliError::BadHostPort {
+    address::tunnel(value).map_err(|err| bad_address(option, err))
+}
+
+fn bad_address(option: &'static str, err: AddressError) -> CliError {
+    CliError::BadHostPort {
         option,
-        expected: TUNNEL_FORMS,
-        reason,
-    };
-    let (host, port) = split_host_port(value).map_err(bad)?;
-    let host = (!host.is_empty()).then(|| host.to_owned());
-    let port = if port.is_empty() {
-        None
-    } else {
-        Some(port_number(port).map_err(bad)?)
-    };
-    if host.is_none() && port.is_none() {
-        return Err(bad("both the host and the port are empty"));
-    }
-    Ok(Tunnel { host, port })
-}
-
-/// Splits at the port colon; brackets are stripped from an IPv6 host.
-fn split_host_port(value: &str) -> Result<(&str, &str), &'static str> {
-    if let Some(rest) = value.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or("no closing ']'")?;
-        let port = after.strip_prefix(':').ok_or("no ':' after ']'")?;
-        return Ok((host, port));
-    }
-    let (host, port) = value.rsplit_once(':').ok_or("no ':'")?;
-    if host.contains(':') {
-        // `::1:50000` is ambiguous; agent.jar users write `[::1]:50000`.
-        return Err("write an IPv6 address in brackets, e.g. [::1]:50000");
-    }
-    Ok((host, port))
-}
-
-fn port_number(port: &str) -> Result<u16, &'static str> {
-    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return Err("the port is not a number");
-    }
-    match port.parse::<u16>() {
-        Ok(0) | Err(_) => Err("the port is out of range 1-65535"),
-        Ok(p) => Ok(p),
+        expected: err.expected,
+        reason: err.reason,
     }
 }
 
@@ -349,31 +300,36 @@ pub(super) fn logging_config(path: &Path) -> Result<PathBuf, CliError> {
 }
 
 /// `--labels` (repeatable) / `JNLP_AGENT_LABELS`: labels separated by
-/// spaces or commas, each a label-expression atom; duplicates dropped,
-/// order kept.
+/// whitespace (as Jenkins splits a label string) or commas, each checked by
+/// [`control::labels::check_label`]; duplicates dropped, order kept.
 pub(super) fn labels(option: &'static str, values: &[String]) -> Result<Vec<String>, CliError> {
+    use control::labels::{check_label, split, LabelError};
     let mut out: Vec<String> = Vec::new();
     let words = values
         .iter()
-        .flat_map(|v| v.split(|c: char| c == ',' || c.is_whitespace()))
+        .flat_map(|v| split(v))
+        .flat_map(|w| w.split(','))
         .filter(|w| !w.is_empty());
     for (index, word) in words.enumerate() {
-        if let Some(c) = word
-            .chars()
-            .find(|&c| !crate::lending::link::is_label_char(c))
-        {
-            return Err(CliError::BadLabel {
-                option,
-                index: index + 1,
-                character: c,
-            });
-        }
-        if word.len() > crate::lending::link::MAX_LABEL {
-            return Err(CliError::LabelTooLong {
-                option,
-                index: index + 1,
-                max: crate::lending::link::MAX_LABEL,
-            });
+        let index = index + 1;
+        match check_label(word) {
+            Ok(()) => {}
+            Err(LabelError::BadCharacter { character }) => {
+                return Err(CliError::BadLabel {
+                    option,
+                    index,
+                    character,
+                })
+            }
+            Err(LabelError::TooLong) => {
+                return Err(CliError::LabelTooLong {
+                    option,
+                    index,
+                    max: control::labels::MAX_LABEL,
+                })
+            }
+            // Empty words were skipped above.
+            Err(LabelError::Empty) => continue,
         }
         if !out.iter().any(|l| l == word) {
             out.push(word.to_owned());
@@ -433,30 +389,18 @@ fn read_small_file(option: &'static str, path: &Path) -> Result<String, CliError
 
 /// A small UTF-8 file's text, with the metadata of the file opened.
 fn read_file(option: &'static str, path: &Path) -> Result<(String, std::fs::Metadata), CliError> {
-    let fail = |source| CliError::ReadFile {
+    use control::secret_file::ReadError;
+    control::secret_file::read_file(path, FILE_LIMIT).map_err(|err| CliError::ReadFile {
         option,
         path: path.to_owned(),
-        source,
-    };
-    let mut bytes = Vec::new();
-    let meta = File::open(path)
-        .and_then(|f| {
-            let meta = f.metadata()?;
-            f.take(FILE_LIMIT + 1).read_to_end(&mut bytes)?;
-            Ok(meta)
-        })
-        .map_err(fail)?;
-    if bytes.len() as u64 > FILE_LIMIT {
-        return Err(fail(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the file is larger than 64 KiB",
-        )));
-    }
-    let text = String::from_utf8(bytes).map_err(|_| {
-        fail(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the file is not UTF-8 text",
-        ))
-    })?;
-    Ok((text, meta))
+        source: match err {
+            ReadError::Io(source) => source,
+            ReadError::TooLarge { .. } => {
+                io::Error::new(io::ErrorKind::InvalidData, "the file is larger than 64 KiB")
+            }
+            ReadError::NotUtf8 => {
+                io::Error::new(io::ErrorKind::InvalidData, "the file is not UTF-8 text")
+            }
+        },
+    })
 }

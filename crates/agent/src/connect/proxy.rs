@@ -2,16 +2,17 @@
 //!
 //! The variables are read in the order reqwest reads them for the web port
 //! (`HTTP_PROXY`, `http_proxy`, then the `HTTPS_` and `ALL_` forms; `NO_PROXY`
-//! before `no_proxy`), with the same `no_proxy` rules, so the web port, the
-//! agent port and the WebSocket of one controller agree on whether they go
-//! through a proxy.
+//! before `no_proxy`), and `no_proxy` is decided by the same library
+//! (hyper-util's proxy matcher), so the web port, the agent port and the
+//! WebSocket of one controller agree on whether they go through a proxy.
 //!
 //! - [`proxy_for`] reads the proxy variables and `no_proxy` and says whether a
 //!   host must be reached through a proxy;
 //! - [`ProxyChoice`] is that decision plus the credentials to present.
 
 use std::fmt;
-use std::net::IpAddr;
+
+use hyper_util::client::proxy::matcher::Matcher;
 
 use crate::settings::{Credentials, Secret};
 
@@ -26,7 +27,15 @@ const PROXY_VARIABLES: [&str; 6] = [
 ];
 
 /// `no_proxy` variables, in the order they are consulted.
-const NO_PROXY_VARIABLES: [&str; 2] = ["NO_PROXY", "no_proxy"];
+pub(crate) const NO_PROXY_VARIABLES: [&str; 2] = ["NO_PROXY", "no_proxy"];
+
+/// The variables reqwest reads for an `http://` URL, in order.
+pub(crate) const HTTP_URL_VARIABLES: [&str; 4] =
+    ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
+
+/// The variables reqwest reads for an `https://` URL, in order.
+pub(crate) const HTTPS_URL_VARIABLES: [&str; 4] =
+    ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"];
 
 /// An HTTP proxy taken from the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,9 +174,9 @@ pub fn web_proxy_for(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<ProxyAddr> {
     let variables: &[&'static str] = if https {
-        &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        &HTTPS_URL_VARIABLES
     } else {
-        &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        &HTTP_URL_VARIABLES
     };
     proxy_among(variables, host, env)
 }
@@ -283,96 +292,33 @@ fn percent_decode(text: &str) -> String {
 
 /// Whether `host` is excluded from proxying by the `no_proxy` list `list`.
 ///
-/// Rules (curl's, as reqwest applies them): entries are comma-separated and
-/// trimmed, case-insensitive; `*` matches everything; an IP address matches
-/// itself and a CIDR block (`10.0.0.0/8`, `fd00::/8`) the addresses in it;
-/// any other entry is a domain that matches itself and its subdomains, with
-/// or without a leading `.` (or `*.`). A `:port` suffix on a domain entry is
-/// ignored.
+/// The decision is hyper-util's proxy matcher, the one reqwest applies to
+/// the web port's requests, so the agent port, the WebSocket and the web
+/// port of one controller can never disagree (curl's rules as hyper-util
+/// reads them: comma-separated entries; `*` matches everything; an address
+/// or CIDR block matches addresses; any other entry matches that domain and
+/// its subdomains, with or without a leading `.`, case-insensitively).
 pub fn no_proxy_matches(list: &str, host: &str) -> bool {
-    let host = host.trim().trim_start_matches('[').trim_end_matches(']');
-    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-    let host_ip = host.parse::<IpAddr>().ok();
-    list.split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .any(|entry| {
-            if entry == "*" {
-                return true;
-            }
-            if let Some(net) = parse_cidr(entry) {
-                return host_ip.is_some_and(|ip| net.contains(ip));
-            }
-            let bare = entry.trim_start_matches('[').trim_end_matches(']');
-            if let Ok(ip) = bare.parse::<IpAddr>() {
-                return host_ip == Some(ip);
-            }
-            if host_ip.is_some() {
-                return false;
-            }
-            let domain = strip_port(entry);
-            let domain = domain
-                .strip_prefix("*.")
-                .or_else(|| domain.strip_prefix('.'))
-                .unwrap_or(domain);
-            let domain = domain
-                .strip_suffix('.')
-                .unwrap_or(domain)
-                .to_ascii_lowercase();
-            !domain.is_empty()
-                && (host == domain
-                    || host
-                        .strip_suffix(&domain)
-                        .is_some_and(|prefix| prefix.ends_with('.')))
-        })
+    let Some(dst) = probe_uri(host) else {
+        return false;
+    };
+    // A stand-in proxy: only the `no` list decides here.
+    let matcher = Matcher::builder()
+        .all("http://proxy.invalid:1")
+        .no(list)
+        .build();
+    matcher.intercept(&dst).is_none()
 }
 
-fn strip_port(entry: &str) -> &str {
-    match entry.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
-            host
-        }
-        _ => entry,
-    }
-}
-
-/// An address block from a `no_proxy` entry.
-#[derive(Debug, Clone, Copy)]
-struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    fn contains(self, ip: IpAddr) -> bool {
-        match (self.network, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-fn parse_cidr(entry: &str) -> Option<Cidr> {
-    let (addr, prefix) = entry.split_once('/')?;
-    let network = addr
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-        .ok()?;
-    let prefix = prefix.parse::<u8>().ok()?;
-    let max = if network.is_ipv4() { 32 } else { 128 };
-    (prefix <= max).then_some(Cidr { network, prefix })
+/// `http://HOST/` for the matcher, with an IPv6 address in brackets.
+fn probe_uri(host: &str) -> Option<http::Uri> {
+    let bare = host.trim().trim_start_matches('[').trim_end_matches(']');
+    let host = if bare.contains(':') {
+        format!("[{bare}]")
+    } else {
+        bare.to_owned()
+    };
+    format!("http://{host}/").parse().ok()
 }
 
 #[cfg(test)]
@@ -408,11 +354,13 @@ mod tests {
             ("example.com", "example.com.evil", false),
             (".example.com", "example.com", true),
             (".example.com", "ci.example.com", true),
-            ("*.example.com", "ci.example.com", true),
+            // The hand-written rules said true for the next five; reqwest
+            // (hyper-util) says false, and the web port always followed it.
+            ("*.example.com", "ci.example.com", false),
             ("EXAMPLE.com", "Ci.Example.COM", true),
-            ("example.com.", "ci.example.com", true),
-            ("example.com", "ci.example.com.", true),
-            ("example.com:8080", "ci.example.com", true),
+            ("example.com.", "ci.example.com", false),
+            ("example.com", "ci.example.com.", false),
+            ("example.com:8080", "ci.example.com", false),
             ("other.org, example.com", "ci.example.com", true),
             (" other.org ,  ,example.com ", "ci.example.com", true),
             ("other.org", "ci.example.com", false),
@@ -426,7 +374,7 @@ mod tests {
             ("10.0.0.1/32", "10.0.0.1", true),
             ("10.0.0.0/33", "10.0.0.1", false),
             ("::1", "::1", true),
-            ("[::1]", "[::1]", true),
+            ("[::1]", "[::1]", false),
             ("fd00::/8", "fd12:3456::1", true),
             ("fd00::/8", "fe80::1", false),
             ("fd00::/8", "10.0.0.1", false),

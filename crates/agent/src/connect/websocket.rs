@@ -8,6 +8,9 @@
 //! checks, see [`super::tls`]), and the upgrade with the node's headers,
 //! the cookie of the last channel, and `-webSocketHeader`s.
 //!
+//! The lender link opens its WebSocket through the same [`dial_stream`]
+//! and [`secure_stream`] (see [`WsTarget`]).
+//!
 //! What the upgrade yields is an `AsyncRead + AsyncWrite` chunk stream, so
 //! the engine bridge runs over it unchanged. Keepalive that agent.jar lacks
 //! (own pings, a dead connection noticed after a bounded silence, write
@@ -22,7 +25,7 @@ use remoting_protocol::Capability;
 
 use super::dial::{self, DialError, Io};
 use super::proxy::ProxyChoice;
-use crate::settings::{HostPort, Secret, Settings};
+use crate::settings::{Credentials, HostPort, Secret, Settings};
 
 /// The channel's stream over a WebSocket.
 pub type Channel = websocket::WsChannel<Box<dyn Io>>;
@@ -111,26 +114,12 @@ pub async fn connect(
         reason,
     };
     let uri: http::Uri = url.parse().map_err(|_| bad_url("not a URL"))?;
-    let https = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err(bad_url("only http and https URLs can carry a WebSocket")),
-    };
-    let host = uri.host().ok_or_else(|| bad_url("the URL has no host"))?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let proxy = ProxyChoice::for_web_socket(&host, https, settings.proxy_credentials.as_ref());
-    let tcp = dial::dial_web(
-        &HostPort {
-            host: host.clone(),
-            port,
-        },
-        &proxy,
-        DIAL_TIMEOUT,
+    let target = WsTarget::from_uri(&uri).map_err(bad_url)?;
+    let tcp = dial_stream(
+        &target,
+        settings.proxy_credentials.as_ref(),
         tls,
+        DIAL_TIMEOUT,
     )
     .await?;
 
@@ -151,23 +140,15 @@ pub async fn connect(
     )?;
     let keepalive = KeepAlive::with_idle_timeout(settings.web_socket_idle_timeout);
     let upgrading = async {
-        let io: Box<dyn Io> = if https {
-            let Some(config) = tls else {
-                return Err(bad_url("no TLS configuration for an https URL"));
-            };
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|_| bad_url("the host is not a valid TLS server name"))?;
-            let tls = tokio_rustls::TlsConnector::from(config.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|source| WsConnectError::Tls {
+        let io = secure_stream(&target, tcp, tls)
+            .await
+            .map_err(|err| match err {
+                StreamError::Url(reason) => bad_url(reason),
+                StreamError::Tls(source) => WsConnectError::Tls {
                     url: url.to_owned(),
                     source,
-                })?;
-            Box::new(tls)
-        } else {
-            tcp
-        };
+                },
+            })?;
         Ok(websocket::connect(io, request, upgrade.name, keepalive).await?)
     };
     match tokio::time::timeout(UPGRADE_TIMEOUT, upgrading).await {
@@ -176,5 +157,117 @@ pub async fn connect(
             url: url.to_owned(),
             timeout: UPGRADE_TIMEOUT,
         }),
+    }
+}
+
+/// Where a WebSocket client connects: the controller's web port for the
+/// channel, or the lender for the agent link. Both go through
+/// [`dial_stream`] and [`secure_stream`], so they take the same proxy (the
+/// one reqwest would take for the URL's scheme, with `-proxyCredentials`)
+/// and the same TLS roots (`-cert`, `-noCertificateCheck`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsTarget {
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// Port (the scheme's default when the URL gives none).
+    pub port: u16,
+    /// `https`/`wss`: TLS over the TCP stream.
+    pub secure: bool,
+}
+
+impl WsTarget {
+    /// From an `http(s)://` URL.
+    pub fn from_uri(uri: &http::Uri) -> Result<WsTarget, &'static str> {
+        let secure = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err("only http and https URLs can carry a WebSocket"),
+        };
+        let host = uri.host().ok_or("the URL has no host")?;
+        Ok(WsTarget {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: uri.port_u16().unwrap_or(if secure { 443 } else { 80 }),
+            secure,
+        })
+    }
+}
+
+/// Why [`secure_stream`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The URL cannot carry TLS (no configuration, or a host that is no
+    /// server name).
+    #[error("{0}")]
+    Url(&'static str),
+    /// The TLS handshake failed.
+    #[error(transparent)]
+    Tls(io::Error),
+}
+
+/// TCP to `target` through the proxy the environment names for its scheme
+/// (always a `CONNECT` tunnel), within `timeout`. `tls` is needed for an
+/// `https://` proxy.
+pub async fn dial_stream(
+    target: &WsTarget,
+    proxy_credentials: Option<&Credentials>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+) -> Result<Box<dyn Io>, DialError> {
+    let proxy = ProxyChoice::for_web_socket(&target.host, target.secure, proxy_credentials);
+    let address = HostPort {
+        host: target.host.clone(),
+        port: target.port,
+    };
+    dial::dial_web(&address, &proxy, timeout, tls).await
+}
+
+/// TLS over `tcp` for a secure target (`tls` required then); `tcp` as it
+/// is otherwise. The caller bounds the time.
+pub async fn secure_stream(
+    target: &WsTarget,
+    tcp: Box<dyn Io>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Box<dyn Io>, StreamError> {
+    if !target.secure {
+        return Ok(tcp);
+    }
+    let config = tls.ok_or(StreamError::Url("no TLS configuration for an https URL"))?;
+    let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+        .map_err(|_| StreamError::Url("the host is not a valid TLS server name"))?;
+    let stream = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(StreamError::Tls)?;
+    Ok(Box::new(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_from_urls() {
+        let target = |url: &str| WsTarget::from_uri(&url.parse().expect("a URI"));
+        assert_eq!(
+            target("https://ci.example/jenkins/"),
+            Ok(WsTarget {
+                host: "ci.example".into(),
+                port: 443,
+                secure: true
+            })
+        );
+        assert_eq!(
+            target("http://[::1]:8080/"),
+            Ok(WsTarget {
+                host: "::1".into(),
+                port: 8080,
+                secure: false
+            })
+        );
+        assert!(target("ftp://ci.example/").is_err());
+        assert!(target("/relative").is_err());
     }
 }

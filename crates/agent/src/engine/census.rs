@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::Duration;
 
-use super::busy;
+use super::{builds, busy};
 
 /// How often the count is taken while wanted.
 const EVERY: Duration = Duration::from_millis(200);
@@ -77,7 +77,7 @@ impl Census {
             }
             // No thread to count on: count here rather than never.
             None => {
-                let builds = busy::build_processes(&super::live_engines()).len() as u64;
+                let builds = builds::build_processes(&super::live_engines()).len() as u64;
                 self.shared.builds.store(builds, Ordering::Relaxed);
                 self.shared
                     .taken_ms
@@ -117,11 +117,11 @@ fn count_forever(shared: &Shared) {
         let wanted = shared.wanted_ms.load(Ordering::Relaxed);
         if busy::now_ms().saturating_sub(wanted) <= INTEREST_MS {
             // Reaps orphans too, from the same scan.
-            let builds = busy::build_processes(&engines).len() as u64;
+            let builds = builds::build_processes(&engines).len() as u64;
             shared.builds.store(builds, Ordering::Relaxed);
             shared.taken_ms.store(busy::now_ms(), Ordering::Relaxed);
         } else {
-            busy::reap_orphans_now_and_then(&engines);
+            builds::reap_orphans_now_and_then(&engines);
         }
         std::thread::park_timeout(EVERY);
     }

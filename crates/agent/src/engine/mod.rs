@@ -9,6 +9,7 @@
 //! versions keep one jar each.
 
 pub mod bridge;
+pub mod builds;
 pub mod busy;
 pub mod census;
 pub mod class_sharing;
@@ -237,8 +238,8 @@ impl Engine {
         // Every build process inherits it: how the agent finds the ones
         // that left its process tree.
         command.env(
-            crate::engine::busy::SESSION_ENV,
-            crate::engine::busy::session_marker(),
+            crate::engine::builds::SESSION_ENV,
+            crate::engine::builds::session_marker(),
         );
         if let Some(socket) = &spec.control_socket {
             command.env("JNLP_AGENT_CONTROL_SOCKET", socket);

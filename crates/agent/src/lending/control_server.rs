@@ -63,7 +63,7 @@
 //! accepted before it began, so a burst costs one scan, not one each.
 
 use std::fs::{self, OpenOptions, Permissions};
-use std::io::{self, Read as _};
+use std::io;
 use std::os::unix::fs::{
     DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
 };
@@ -74,7 +74,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use control::frame::{read_line_bounded, write_json_line, FrameError};
-use control::secret_file::{readable_by_others, ReadableByOthers};
+use control::secret_file::{read_bounded, readable_by_others, ReadError, ReadableByOthers};
 use control::{
     parse_request, BorrowRequest, Event, EventKind, Phase, Placement, Reply, Request, Response,
     Status, When, MAX_LINE, MAX_SECRET_FILE,
@@ -301,7 +301,7 @@ impl ControlServer {
             owner_connections: OWNER_CONNECTIONS,
             idle_timeout: IDLE_TIMEOUT,
             build_scan: Arc::new(|| {
-                crate::engine::busy::build_processes_now(&crate::engine::live_engines())
+                crate::engine::builds::build_processes_now(&crate::engine::live_engines())
             }),
         })
     }
@@ -1154,16 +1154,13 @@ fn read_secret_file(
             "secret_file {shown} must belong to the requesting user (uid {peer_uid})"
         ));
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_SECRET_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|err| format!("cannot read secret_file {shown}: {err}"))?;
-    if bytes.len() as u64 > MAX_SECRET_FILE {
-        return Err(format!(
-            "secret_file {shown} is larger than {MAX_SECRET_FILE} bytes"
-        ));
-    }
-    let text = String::from_utf8(bytes).map_err(|_| format!("secret_file {shown} is not UTF-8"))?;
+    let text = read_bounded(file, MAX_SECRET_FILE).map_err(|err| match err {
+        ReadError::Io(err) => format!("cannot read secret_file {shown}: {err}"),
+        ReadError::TooLarge { .. } => {
+            format!("secret_file {shown} is larger than {MAX_SECRET_FILE} bytes")
+        }
+        ReadError::NotUtf8 => format!("secret_file {shown} is not UTF-8"),
+    })?;
     let secret = text.trim();
     if secret.is_empty() {
         return Err(format!("secret_file {shown} is empty"));

@@ -5,7 +5,7 @@
 //! over [`control::client`].
 
 use std::ffi::OsString;
-use std::io::{self, Read as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -278,18 +278,14 @@ fn absolute(path: &Path) -> Result<PathBuf, String> {
 
 /// `--secret -`: the secret from standard input (bounded, trimmed).
 fn read_secret(stdin: &mut dyn io::Read) -> Result<String, String> {
-    let mut bytes = Vec::new();
-    stdin
-        .take(MAX_SECRET_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|err| format!("cannot read the secret from standard input: {err}"))?;
-    if bytes.len() as u64 > MAX_SECRET_FILE {
-        return Err(format!(
-            "the secret on standard input is longer than {MAX_SECRET_FILE} bytes"
-        ));
-    }
-    let text = String::from_utf8(bytes)
-        .map_err(|_| "the secret on standard input is not UTF-8".to_owned())?;
+    use control::secret_file::{read_bounded, ReadError};
+    let text = read_bounded(stdin, MAX_SECRET_FILE).map_err(|err| match err {
+        ReadError::Io(err) => format!("cannot read the secret from standard input: {err}"),
+        ReadError::TooLarge { .. } => {
+            format!("the secret on standard input is longer than {MAX_SECRET_FILE} bytes")
+        }
+        ReadError::NotUtf8 => "the secret on standard input is not UTF-8".to_owned(),
+    })?;
     match text.trim() {
         "" => Err("the secret on standard input is empty".into()),
         secret => Ok(secret.to_owned()),

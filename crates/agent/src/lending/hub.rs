@@ -313,7 +313,7 @@ impl Hub {
             warm_engine: core.warm_engine.map(|(pid, controller_url)| WarmEngine {
                 pid,
                 controller_url,
-                rss_kib: busy::rss_kib(pid),
+                rss_kib: crate::engine::builds::rss_kib(pid),
             }),
         }
     }

@@ -43,7 +43,8 @@
 //!
 //! # Layout
 //!
-//! - labels: [`automatic_labels`] and the label rules the CLI checks;
+//! - labels: [`automatic_labels`] (the label rules are
+//!   [`control::labels`]);
 //! - [`Session`]: one connection's protocol, without sockets or timers
 //!   (`now` passed in; it says what to send and when to wake);
 //! - [`Link`]: the task that dials, drives a session and reconnects.
@@ -53,6 +54,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use control::labels::is_label;
 use control::link::{AgentMessage, LenderMessage, LINK_PATH, MAX_MESSAGE, PING_INTERVAL};
 use control::{Event, Reply, Request, Response, Status};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -68,9 +70,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument as _};
 
 use super::control_server::{carry_out_borrow, carry_out_return, Handler};
-use crate::connect::dial::{self, DialError, Io};
-use crate::connect::proxy::ProxyChoice;
-use crate::settings::{Credentials, HostPort, Secret, Settings};
+use crate::connect::dial::{DialError, Io};
+use crate::settings::{Credentials, Secret, Settings};
 use crate::supervisor::Backoff;
 
 /// How long the lender has to answer `hello` with `welcome`.
@@ -80,8 +81,6 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 /// A link up this long counts as stable: the next reconnect waits the
 /// shortest time again.
 pub const STABLE: Duration = Duration::from_secs(60);
-/// The longest label announced, in bytes.
-pub const MAX_LABEL: usize = 256;
 /// Requests from the lender carried out at once; more get an error reply.
 const MAX_IN_FLIGHT: usize = 64;
 /// Time for TCP to the lender (or its proxy's answer).
@@ -97,21 +96,6 @@ const MAX_ECHOED: usize = 200;
 
 // ---------------------------------------------------------------------------
 // Labels.
-
-/// Whether `c` may appear in a label: the atom characters of Jenkins label
-/// expressions (no whitespace, no `& | ! < > ( ) " '`), and no control
-/// characters.
-pub fn is_label_char(c: char) -> bool {
-    !c.is_whitespace()
-        && !c.is_control()
-        && !matches!(c, '&' | '|' | '!' | '<' | '>' | '(' | ')' | '"' | '\'')
-}
-
-/// Whether `label` can be announced: non-empty, at most [`MAX_LABEL`]
-/// bytes of [`is_label_char`]s.
-pub fn is_label(label: &str) -> bool {
-    !label.is_empty() && label.len() <= MAX_LABEL && label.chars().all(is_label_char)
-}
 
 /// The labels every agent announces about itself: its OS and architecture
 /// with their aliases ([`control::link::platform_labels`], which the lender
@@ -770,40 +754,38 @@ type Ws = WebSocketStream<Box<dyn Io>>;
 
 /// TCP (through the proxy), TLS for `wss`, and the upgrade with the token.
 async fn connect(config: &LinkConfig) -> Result<Ws, LinkError> {
+    use crate::connect::websocket::{dial_stream, secure_stream, StreamError, WsTarget};
     let endpoint = &config.endpoint;
-    let proxy = ProxyChoice::for_web_socket(
-        &endpoint.host,
-        endpoint.secure,
-        config.proxy_credentials.as_ref(),
-    );
-    let target = HostPort {
+    // The controller's WebSocket client path: same proxy, same TLS roots.
+    let target = WsTarget {
         host: endpoint.host.clone(),
         port: endpoint.port,
+        secure: endpoint.secure,
     };
-    let tcp = dial::dial_web(&target, &proxy, DIAL_TIMEOUT, Some(&config.tls))
-        .await
-        .map_err(LinkError::Dial)?;
-    let io: Box<dyn Io> = if endpoint.secure {
-        let name =
-            rustls::pki_types::ServerName::try_from(endpoint.host.clone()).map_err(|_| {
-                LinkError::Url {
-                    url: endpoint.shown.clone(),
-                    reason: "the host is not a valid TLS server name",
-                }
-            })?;
-        let handshake = tokio_rustls::TlsConnector::from(config.tls.clone()).connect(name, tcp);
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(tls)) => Box::new(tls),
-            Ok(Err(err)) => return Err(LinkError::Tls(err)),
-            Err(_) => {
-                return Err(LinkError::Timeout {
-                    phase: "the TLS handshake with the lender",
-                    after: HANDSHAKE_TIMEOUT,
-                })
-            }
+    let tls = Some(&config.tls);
+    let tcp = dial_stream(
+        &target,
+        config.proxy_credentials.as_ref(),
+        tls,
+        DIAL_TIMEOUT,
+    )
+    .await
+    .map_err(LinkError::Dial)?;
+    let io = match tokio::time::timeout(HANDSHAKE_TIMEOUT, secure_stream(&target, tcp, tls)).await {
+        Ok(Ok(io)) => io,
+        Ok(Err(StreamError::Url(reason))) => {
+            return Err(LinkError::Url {
+                url: endpoint.shown.clone(),
+                reason,
+            })
         }
-    } else {
-        tcp
+        Ok(Err(StreamError::Tls(err))) => return Err(LinkError::Tls(err)),
+        Err(_) => {
+            return Err(LinkError::Timeout {
+                phase: "the TLS handshake with the lender",
+                after: HANDSHAKE_TIMEOUT,
+            })
+        }
     };
 
     let mut request = endpoint
@@ -1113,7 +1095,7 @@ mod tests {
         for good in ["x86-64", "xcode16", "os:linux", "a.b_c", "ünï"] {
             assert!(is_label(good), "{good:?}");
         }
-        assert!(!is_label(&"a".repeat(MAX_LABEL + 1)));
+        assert!(!is_label(&"a".repeat(control::labels::MAX_LABEL + 1)));
     }
 
     #[test]

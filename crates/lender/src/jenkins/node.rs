@@ -36,12 +36,12 @@ impl NodeSpec {
     ) -> Result<NodeSpec, JenkinsError> {
         check_name(name)?;
         let labels: Vec<String> = labels.into_iter().map(Into::into).collect();
-        if let Some(bad) = labels
+        if let Some((bad, err)) = labels
             .iter()
-            .find(|l| l.is_empty() || l.chars().any(|c| c.is_whitespace() || c.is_control()))
+            .find_map(|l| control::labels::check_label(l).err().map(|err| (l, err)))
         {
             return Err(JenkinsError::Setup(format!(
-                "the label {bad:?} cannot be given to a node: labels are separated by whitespace"
+                "the label {bad:?} cannot be given to a node: {err}"
             )));
         }
         Ok(NodeSpec {

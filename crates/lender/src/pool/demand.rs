@@ -17,7 +17,7 @@ pub struct DemandItem {
     /// When it was queued (unix ms).
     pub in_queue_since_ms: u64,
     /// The label expression it waits for.
-    pub requirements: crate::labels::Expr,
+    pub requirements: control::labels::Expr,
 }
 
 /// What every auto-lease at one controller shares.

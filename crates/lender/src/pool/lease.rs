@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use control::{BorrowRequest, Target, Transport, When};
 
-use crate::labels::Expr;
 use crate::pool::place::Place;
+use control::labels::Expr;
 
 /// A lease's id, also the id of the request while it waits in the queue.
 /// Ids grow with each request, so their order is the queue's (FIFO) order.

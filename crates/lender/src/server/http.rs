@@ -26,10 +26,10 @@ use super::driver::{ApiCall, ApiError, Input, ServerEvent};
 use super::respond::{error_response, full, json, unavailable, Body};
 use super::{link, Shared};
 use crate::api::{LeaseBody, LeaseView, MAX_BODY};
-use crate::labels::Expr;
 use crate::pool::{Borrower, LeaseId, LeaseRequest, Secret};
 use crate::store::LeaseFilter;
 use crate::tokens::{self, Principal, TokenKind};
+use control::labels::Expr;
 
 /// How long a client may take to send a request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);

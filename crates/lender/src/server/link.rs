@@ -48,9 +48,8 @@ use crate::tokens::{self, TokenKind};
 const OUTBOX: usize = 64;
 /// How long one message may take to go out.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The most labels an agent may declare, and the longest label or name.
+/// The most labels an agent may declare.
 const MAX_LABELS: usize = 1024;
-const MAX_NAME: usize = 256;
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -315,14 +314,21 @@ fn check_hello(agent: &str, message: AgentMessage) -> Result<Hello, Close> {
             format!("this token speaks for agent {agent:?}, not {node:?}"),
         ));
     }
-    if labels.len() > MAX_LABELS
-        || labels
-            .iter()
-            .any(|l| l.is_empty() || l.len() > MAX_NAME || l.contains(char::is_whitespace))
+    if labels.len() > MAX_LABELS {
+        return Err(Close::new(
+            CloseCode::Policy,
+            format!("at most {MAX_LABELS} labels, not {}", labels.len()),
+        ));
+    }
+    // The one label rule the agent's `--labels` applies too.
+    if let Some((index, err)) = labels
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| control::labels::check_label(l).err().map(|err| (i, err)))
     {
         return Err(Close::new(
             CloseCode::Policy,
-            format!("labels must be at most {MAX_LABELS} words of at most {MAX_NAME} bytes"),
+            format!("label {} of the hello: {err}", index + 1),
         ));
     }
     Ok((labels, version, Box::new(status)))
@@ -365,4 +371,53 @@ async fn close_with(ws: &mut Ws, close: Close) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(labels: &[&str]) -> AgentMessage {
+        AgentMessage::Hello {
+            node: "mac-01".into(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            version: "0.1.0".into(),
+            status: control::Status::default(),
+        }
+    }
+
+    /// The hello's labels follow the agent's `--labels` rule: before,
+    /// `a&b` (and control characters) passed here though the agent's own
+    /// command line refused them.
+    #[test]
+    fn hello_labels_follow_the_one_label_rule() {
+        for good in [&["macos", "x86-64", "os:linux", "a,b"][..], &[]] {
+            let Ok((labels, _, _)) = check_hello("mac-01", hello(good)) else {
+                panic!("{good:?} refused");
+            };
+            assert_eq!(labels, good);
+        }
+        for (bad, index) in [
+            (&["ok", "a&b"][..], 2),
+            (&["bell\u{7}"], 1),
+            (&["x|y"], 1),
+            (&[""], 1),
+        ] {
+            let Err(close) = check_hello("mac-01", hello(bad)) else {
+                panic!("{bad:?} accepted");
+            };
+            assert_eq!(close.code, CloseCode::Policy, "{bad:?}");
+            assert!(
+                close
+                    .reason
+                    .starts_with(&format!("label {index} of the hello: ")),
+                "{bad:?}: {}",
+                close.reason
+            );
+        }
+        let long = "x".repeat(control::labels::MAX_LABEL + 1);
+        assert!(check_hello("mac-01", hello(&[&long])).is_err());
+        let many = vec!["a"; MAX_LABELS + 1];
+        assert!(check_hello("mac-01", hello(&many)).is_err());
+    }
 }

@@ -12,8 +12,8 @@ use control::Transport;
 use crate::controllers::ControllerConfig;
 use crate::jenkins::why::{self, Wanted};
 use crate::jenkins::{Computer, JenkinsClient, JenkinsError, NodeSpec, QueueItem};
-use crate::labels::Expr;
 use crate::pool::{DemandItem, LeaseId, Secret};
+use control::labels::Expr;
 
 /// A node made for a lease: what the `borrow` needs.
 #[derive(Debug)]

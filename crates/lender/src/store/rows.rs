@@ -7,10 +7,10 @@ use std::time::Duration;
 use control::Transport;
 use serde_json::{json, Value};
 
-use crate::labels::Expr;
 use crate::pool::{
     Attempt, Borrower, EndReason, Lease, LeaseRequest, LeaseState, Place, ReturnCause, Secret,
 };
+use control::labels::Expr;
 
 /// A row that does not read back: what is wrong with it.
 #[derive(Debug)]

@@ -29,7 +29,9 @@ use remoting_protocol::jnlp::{self, JnlpArguments};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::CertificateDer;
 
-use crate::connect::proxy::first_env;
+use crate::connect::proxy::{
+    first_env, HTTPS_URL_VARIABLES, HTTP_URL_VARIABLES, NO_PROXY_VARIABLES,
+};
 
 mod error;
 use crate::settings::{CertPem, Credentials, Settings};
@@ -57,11 +59,6 @@ const ROUND_TRIP_BODY: usize = 16 * 1024;
 
 /// The `User-Agent` header.
 const USER_AGENT: &str = concat!("jnlp-agent/", env!("CARGO_PKG_VERSION"));
-
-/// Proxy variables reqwest reads, in its order (per URL scheme).
-const HTTP_PROXY_VARIABLES: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
-const HTTPS_PROXY_VARIABLES: [&str; 4] = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"];
-const NO_PROXY_VARIABLES: [&str; 2] = ["NO_PROXY", "no_proxy"];
 
 /// What [`ControllerHttp`] needs from the settings.
 #[derive(Debug, Clone)]
@@ -187,9 +184,9 @@ impl ControllerHttp {
         let client = builder.build().map_err(|err| HttpSetupError::Client {
             reason: render_chain(&err),
         })?;
-        let proxied = HTTP_PROXY_VARIABLES
+        let proxied = HTTP_URL_VARIABLES
             .iter()
-            .chain(&HTTPS_PROXY_VARIABLES)
+            .chain(&HTTPS_URL_VARIABLES)
             .any(|name| env(name).is_some_and(|v| !v.trim().is_empty()));
         Ok(Self {
             client,
@@ -489,10 +486,7 @@ fn explicit_proxies(
     let no_proxy = first_env(env, &NO_PROXY_VARIABLES)
         .and_then(|(_, list)| reqwest::NoProxy::from_string(&list));
     let mut proxies = Vec::new();
-    for (variables, https) in [
-        (&HTTP_PROXY_VARIABLES, false),
-        (&HTTPS_PROXY_VARIABLES, true),
-    ] {
+    for (variables, https) in [(&HTTP_URL_VARIABLES, false), (&HTTPS_URL_VARIABLES, true)] {
         let Some((variable, value)) = first_env(env, variables) else {
             continue;
         };

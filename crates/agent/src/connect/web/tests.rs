@@ -896,3 +896,63 @@ async fn no_round_trip_without_an_answer() {
     );
     held.abort();
 }
+
+/// One `no_proxy` decision for every path to a controller: the web port
+/// (reqwest, observed by whether the proxy saw the request), the agent
+/// port's dial and the WebSocket (`ProxyChoice`). The hand-written rules the
+/// dial used before said "direct" for the three rows marked `was`, while
+/// the web port went through the proxy.
+#[tokio::test]
+async fn web_port_and_dial_agree_on_no_proxy() {
+    use crate::connect::proxy::{web_proxy_for, ProxyChoice};
+    let proxy = TestServer::start(|_| jenkins_answer()).await;
+    // Direct connections to loopback find this closed port.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let cases: &[(&str, &str, bool)] = &[
+        ("ci.example", "", true),
+        ("ci.example", "ci.example", false),
+        ("a.ci.example", "ci.example", false),
+        ("a.ci.example", ".ci.example", false),
+        ("Ci.Example", "ci.example", false),
+        ("notci.example", "ci.example", true),
+        ("ci.example", "other.example, *", false),
+        ("a.ci.example", "*.ci.example", true), // was direct
+        ("a.ci.example", "ci.example:8080", true), // was direct
+        ("a.ci.example", "ci.example.", true),  // was direct
+        ("127.0.0.1", "127.0.0.0/8", false),
+        ("127.0.0.1", "127.0.0.2", true),
+    ];
+    for &(host, no_proxy, proxied) in cases {
+        let env: HashMap<&str, String> = [
+            ("http_proxy", proxy.url.clone()),
+            ("no_proxy", no_proxy.to_owned()),
+        ]
+        .into();
+        let lookup = |name: &str| env.get(name).cloned();
+        let before = proxy.heads().len();
+        let http = ControllerHttp::with_config(config(), &lookup).unwrap();
+        let url = if host.starts_with("127.") {
+            format!("http://{host}:{closed_port}/")
+        } else {
+            format!("http://{host}/")
+        };
+        let web = match http.discover(&url).await {
+            Ok(_) => true,
+            Err(HttpError::Unreachable { .. }) => false,
+            Err(other) => panic!("{host} / {no_proxy:?}: {other:?}"),
+        };
+        assert_eq!(proxy.heads().len() - before, usize::from(web), "{host}");
+        let dial = matches!(
+            ProxyChoice::choose(host, None, &lookup),
+            ProxyChoice::Connect { .. }
+        );
+        let web_socket = web_proxy_for(host, false, &lookup).is_some();
+        assert_eq!(
+            (web, dial, web_socket),
+            (proxied, proxied, proxied),
+            "host {host:?}, no_proxy {no_proxy:?}: (web port, dial, WebSocket)"
+        );
+    }
+}

@@ -4,7 +4,7 @@
 //! A build process is either
 //! - a **descendant** of the agent (ancestry), or
 //! - **marked**: anywhere on the machine, carrying the session marker
-//!   (`JNLP_AGENT_SESSION=<id>`, see [`crate::engine::busy::SESSION_ENV`])
+//!   (`JNLP_AGENT_SESSION=<id>`, see [`crate::engine::builds::SESSION_ENV`])
 //!   that every engine, and so every process a build starts, inherits. This
 //!   finds the processes that left the agent's tree: `setsid` and a double
 //!   fork, a container runtime, launchd. Jenkins' own `ProcessTreeKiller`

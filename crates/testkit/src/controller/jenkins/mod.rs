@@ -586,12 +586,7 @@ pub(crate) fn node_secret(key: &[u8], name: &str) -> String {
 }
 
 /// Unix milliseconds now.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
+pub(crate) use control::now_ms;
 
 #[cfg(test)]
 mod tests {

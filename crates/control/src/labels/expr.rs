@@ -318,7 +318,9 @@ fn is_special(c: char) -> bool {
     matches!(c, '&' | '|' | '!' | '<' | '>' | '(' | ')' | '"' | '\'')
 }
 
-fn is_atom_char(c: char) -> bool {
+/// Whether the lexer reads `c` as part of an unquoted label (a `-` is,
+/// unless a `>` follows it).
+pub(super) fn is_atom_char(c: char) -> bool {
     !c.is_whitespace() && !is_special(c)
 }
 

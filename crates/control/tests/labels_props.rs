@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use lender::labels::{Expr, Operands};
+use control::labels::{Expr, Operands};
 use proptest::prelude::*;
 
 /// Labels chosen to hit the lexer's corners: a dash inside and at the end,

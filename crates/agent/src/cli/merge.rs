@@ -1,0 +1,516 @@
+//! Merging the parsed options with the image's environment, checking which
+//! go together (agent.jar's `forbids` and `depends`), and parsing each
+//! value: the [`Settings`] the rest of the agent reads.
+
+use std::path::PathBuf;
+
+use super::args::Args;
+use super::{values, CliError};
+use crate::settings::{JavaSettings, LenderSettings, LogFormat, Settings, TransportChoice};
+
+/// How long a borrower may be unreachable before the agent goes home.
+const DEFAULT_BORROW_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long the channel must be quiet (pings aside) before the agent is idle.
+const DEFAULT_QUIET_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a jar's first engine records its classes for the sharing archive.
+const DEFAULT_CLASS_SHARING_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a busy agent may stay after its lease expired.
+const DEFAULT_LEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long a WebSocket may carry no frame before it counts as dead: a
+/// little over the controller's 30 s ping interval.
+const DEFAULT_WEB_SOCKET_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(40);
+/// First wait before reconnecting.
+const DEFAULT_RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest wait between attempts.
+const DEFAULT_RECONNECT_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One of our duration options, or its default.
+fn duration_or(
+    value: Option<String>,
+    option: &'static str,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, CliError> {
+    value.map_or(Ok(default), |text| values::duration(option, &text))
+}
+
+/// The image's environment variables, trimmed (the script word-splits them),
+/// empty meaning unset.
+pub(super) struct Env<'a>(pub(super) &'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    pub(super) fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn sourced(&self, name: &'static str) -> Option<Sourced<String>> {
+        self.get(name).map(|value| Sourced { value, from: name })
+    }
+}
+
+/// A value and the option or variable it came from, for error messages.
+#[derive(Debug)]
+struct Sourced<T> {
+    value: T,
+    from: &'static str,
+}
+
+fn opt<T>(value: Option<T>, from: &'static str) -> Option<Sourced<T>> {
+    value.map(|value| Sourced { value, from })
+}
+
+fn from<T>(s: &Option<Sourced<T>>) -> Option<&'static str> {
+    s.as_ref().map(|s| s.from)
+}
+
+/// agent.jar's `forbids`: `option` excludes each of `others`.
+fn forbid(option: Option<&'static str>, others: &[Option<&'static str>]) -> Result<(), CliError> {
+    match (option, others.iter().flatten().next()) {
+        (Some(option), Some(&other)) => Err(CliError::Conflict { option, other }),
+        _ => Ok(()),
+    }
+}
+
+/// agent.jar's `depends`: `option` needs `present`.
+fn require(
+    option: Option<&'static str>,
+    present: bool,
+    requires: &'static str,
+) -> Result<(), CliError> {
+    match option {
+        Some(option) if !present => Err(CliError::Requires { option, requires }),
+        _ => Ok(()),
+    }
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+/// The JVM option `-loggingConfig` becomes (agent.jar sets this property).
+const JUL_CONFIG_FILE: &str = "-Djava.util.logging.config.file=";
+
+const POSITIONAL_SECRET: &str = "SECRET (positional)";
+const POSITIONAL_NAME: &str = "NAME (positional)";
+const WORK_DIR: &str = "-workDir (or JENKINS_AGENT_WORKDIR)";
+const DIRECT: &str = "-direct (or JENKINS_DIRECT_CONNECTION)";
+
+/// The options (or their variables) that decide where the agent connects,
+/// each with where it came from, for the combination rules and messages.
+struct Sources {
+    secret: Option<Sourced<String>>,
+    name: Option<Sourced<String>>,
+    urls: Option<Sourced<Vec<String>>>,
+    work_dir: Option<Sourced<PathBuf>>,
+    direct: Option<Sourced<String>>,
+    identity: Option<Sourced<String>>,
+    protocols: Option<Sourced<Vec<String>>>,
+    tunnel: Option<Sourced<String>>,
+    jnlp_url: Option<Sourced<String>>,
+    credentials: Option<Sourced<String>>,
+    /// `-webSocket` or `JENKINS_WEB_SOCKET=true`.
+    web_socket: Option<&'static str>,
+}
+
+impl Sources {
+    /// Takes them out of `args`: options first, then the image's
+    /// variables; the legacy positional form is exactly SECRET NAME.
+    fn gather(args: &mut Args, env: &Env<'_>) -> Result<Sources, CliError> {
+        let (positional_secret, positional_name) =
+            match <[String; 2]>::try_from(std::mem::take(&mut args.legacy)) {
+                Ok([secret, name]) => (Some(secret), Some(name)),
+                Err(v) if v.is_empty() => (None, None),
+                Err(v) => return Err(CliError::PositionalCount { count: v.len() }),
+            };
+        let option_secret = non_empty(args.secret.take());
+        let option_name = non_empty(args.name.take());
+        if option_secret.is_some() && positional_secret.is_some() {
+            return Err(CliError::PositionalAndOption {
+                what: "secret",
+                option: "-secret",
+            });
+        }
+        if option_name.is_some() && positional_name.is_some() {
+            return Err(CliError::PositionalAndOption {
+                what: "name",
+                option: "-name",
+            });
+        }
+        let listed = |values: Vec<String>, option, variable| {
+            opt((!values.is_empty()).then_some(values), option).or(env.sourced(variable).map(|s| {
+                Sourced {
+                    value: vec![s.value],
+                    from: s.from,
+                }
+            }))
+        };
+        Ok(Sources {
+            secret: opt(option_secret, "-secret")
+                .or(opt(positional_secret, POSITIONAL_SECRET))
+                .or(env.sourced("JENKINS_SECRET")),
+            name: opt(option_name, "-name")
+                .or(opt(positional_name, POSITIONAL_NAME))
+                .or(env.sourced("JENKINS_AGENT_NAME"))
+                .or(env.sourced("JENKINS_NAME")),
+            urls: listed(std::mem::take(&mut args.url), "-url", "JENKINS_URL"),
+            work_dir: opt(args.work_dir.take(), "-workDir").or(env
+                .sourced("JENKINS_AGENT_WORKDIR")
+                .map(|s| Sourced {
+                    value: PathBuf::from(s.value),
+                    from: s.from,
+                })),
+            direct: opt(args.direct.take(), "-direct").or(env.sourced("JENKINS_DIRECT_CONNECTION")),
+            identity: opt(args.instance_identity.take(), "-instanceIdentity")
+                .or(env.sourced("JENKINS_INSTANCE_IDENTITY")),
+            protocols: listed(
+                std::mem::take(&mut args.protocols),
+                "-protocols",
+                "JENKINS_PROTOCOLS",
+            ),
+            tunnel: opt(args.tunnel.take(), "-tunnel").or(env.sourced("JENKINS_TUNNEL")),
+            jnlp_url: opt(args.jnlp_url.take(), "-jnlpUrl"),
+            credentials: opt(args.credentials.take(), "-credentials"),
+            // The image's script adds -webSocket for exactly "true".
+            web_socket: if args.web_socket {
+                Some("-webSocket")
+            } else {
+                (env.get("JENKINS_WEB_SOCKET").as_deref() == Some("true"))
+                    .then_some("JENKINS_WEB_SOCKET=true")
+            },
+        })
+    }
+
+    /// Which options go together, as agent.jar's `forbids` and `depends`
+    /// say, and what is required unless a JNLP file provides it.
+    fn check(&self, args: &Args) -> Result<(), CliError> {
+        let web_socket = self.web_socket;
+        forbid(
+            from(&self.direct),
+            &[from(&self.urls), from(&self.jnlp_url), from(&self.tunnel)],
+        )?;
+        forbid(
+            from(&self.jnlp_url),
+            &[from(&self.urls), from(&self.name), from(&self.tunnel)],
+        )?;
+        forbid(
+            web_socket,
+            &[
+                from(&self.direct),
+                from(&self.tunnel),
+                from(&self.credentials),
+                args.no_keep_alive.then_some("-noKeepAlive"),
+            ],
+        )?;
+        if let (Some(option), Some(urls)) = (web_socket, &self.urls) {
+            if urls.value.len() > 1 {
+                return Err(CliError::WebSocketOneUrl { option });
+            }
+        }
+        require(
+            (!args.web_socket_header.is_empty()).then_some("-webSocketHeader"),
+            web_socket.is_some(),
+            "-webSocket (or JENKINS_WEB_SOCKET=true)",
+        )?;
+        if !args.cert.is_empty() && args.no_certificate_check {
+            forbid(Some("-cert"), &[Some("-noCertificateCheck")])?;
+        }
+        if args.no_reconnect_after.is_some() && args.no_reconnect {
+            forbid(Some("-noReconnectAfter"), &[Some("-noReconnect")])?;
+        }
+        if let Some(direct) = &self.direct {
+            if self.identity.is_none() {
+                return Err(CliError::MissingInstanceIdentity {
+                    direct: direct.from,
+                });
+            }
+            if args.engine_jar.is_none() && args.engine_command.is_none() {
+                return Err(CliError::DirectNeedsEngineJar {
+                    direct: direct.from,
+                });
+            }
+        }
+        require(from(&self.identity), self.direct.is_some(), DIRECT)?;
+        require(from(&self.protocols), self.direct.is_some(), DIRECT)?;
+        require(
+            args.internal_dir.is_some().then_some("-internalDir"),
+            self.work_dir.is_some(),
+            WORK_DIR,
+        )?;
+        require(
+            args.fail_if_work_dir_is_missing
+                .then_some("-failIfWorkDirIsMissing"),
+            self.work_dir.is_some(),
+            WORK_DIR,
+        )?;
+        if let (Some(_), Some(secret), Some(_)) = (&self.jnlp_url, &self.secret, &self.credentials)
+        {
+            return Err(CliError::JnlpCredentialsWithSecret {
+                secret: secret.from,
+            });
+        }
+        // Required, unless the JNLP file provides them.
+        if self.jnlp_url.is_none() {
+            if self.urls.is_none() && self.direct.is_none() {
+                return Err(CliError::MissingController);
+            }
+            if self.secret.is_none() {
+                return Err(CliError::MissingSecret);
+            }
+            if self.name.is_none() {
+                return Err(CliError::MissingName);
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
+    let sources = Sources::gather(&mut args, env)?;
+    sources.check(&args)?;
+    let Sources {
+        secret,
+        name,
+        urls,
+        work_dir,
+        direct,
+        identity,
+        protocols,
+        tunnel,
+        jnlp_url,
+        credentials,
+        web_socket,
+    } = sources;
+
+    // The values themselves.
+    let urls = match urls {
+        Some(s) => s
+            .value
+            .iter()
+            .map(|u| values::controller_url(s.from, u))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    if let Some(j) = &jnlp_url {
+        values::check_http_url(j.from, &j.value)?;
+    }
+    let mut exposed_secret_files = Vec::new();
+    let secret = secret
+        .map(|s| {
+            values::secret(
+                s.from,
+                &s.value,
+                s.from == "-secret",
+                &mut exposed_secret_files,
+            )
+        })
+        .transpose()?;
+    let credentials = credentials
+        .map(|c| values::credentials(c.from, &c.value))
+        .transpose()?;
+    let proxy_credentials = args
+        .proxy_credentials
+        .map(|c| values::credentials("-proxyCredentials", &c))
+        .transpose()?;
+    let direct = direct
+        .map(|d| values::host_port(d.from, &d.value))
+        .transpose()?;
+    let instance_identity = identity
+        .map(|i| values::instance_identity(i.from, &i.value))
+        .transpose()?;
+    let tunnel = tunnel
+        .map(|t| values::tunnel(t.from, &t.value))
+        .transpose()?;
+    let certs = args
+        .cert
+        .iter()
+        .map(|c| values::cert("-cert", c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let no_reconnect_after = args
+        .no_reconnect_after
+        .map(|d| values::duration("-noReconnectAfter", &d))
+        .transpose()?;
+    let web_socket_headers = args
+        .web_socket_header
+        .iter()
+        .map(|h| values::header("-webSocketHeader", h))
+        .collect::<Result<Vec<_>, _>>()?;
+    let web_socket_idle_timeout = duration_or(
+        args.web_socket_idle_timeout,
+        "--web-socket-idle-timeout",
+        DEFAULT_WEB_SOCKET_IDLE_TIMEOUT,
+    )?;
+    let borrow_give_up = duration_or(
+        args.borrow_give_up,
+        "--borrow-give-up",
+        DEFAULT_BORROW_GIVE_UP,
+    )?;
+    let lease_grace = duration_or(args.lease_grace, "--lease-grace", DEFAULT_LEASE_GRACE)?;
+    let quiet_period = duration_or(args.quiet_period, "--quiet-period", DEFAULT_QUIET_PERIOD)?;
+    let class_sharing_after = duration_or(
+        args.class_sharing_after,
+        "--class-sharing-after",
+        DEFAULT_CLASS_SHARING_AFTER,
+    )?;
+    let reconnect_delay = duration_or(
+        args.reconnect_delay,
+        "--reconnect-delay",
+        DEFAULT_RECONNECT_DELAY,
+    )?;
+    let reconnect_max_delay = duration_or(
+        args.reconnect_max_delay,
+        "--reconnect-max-delay",
+        DEFAULT_RECONNECT_MAX_DELAY,
+    )?
+    .max(reconnect_delay);
+    let engine_command = match args.engine_command {
+        Some(cmd) => {
+            let argv: Vec<String> = cmd.split_whitespace().map(str::to_owned).collect();
+            if argv.is_empty() {
+                return Err(CliError::EmptyEngineCommand);
+            }
+            Some(argv)
+        }
+        None => None,
+    };
+    let lender = lender(
+        opt(args.lender, "--lender").or(env.sourced("JNLP_AGENT_LENDER")),
+        opt(args.lender_token_file, "--lender-token-file").or(env
+            .sourced("JNLP_AGENT_LENDER_TOKEN_FILE")
+            .map(|s| Sourced {
+                value: PathBuf::from(s.value),
+                from: s.from,
+            })),
+        opt((!args.labels.is_empty()).then_some(args.labels), "--labels").or(env
+            .sourced("JNLP_AGENT_LABELS")
+            .map(|s| Sourced {
+                value: vec![s.value],
+                from: s.from,
+            })),
+        name.as_ref().map(|n| n.value.as_str()),
+        jnlp_url.as_ref().map(|j| j.value.as_str()),
+        &mut exposed_secret_files,
+    )?;
+    let log_format = match args.log_format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(_) => return Err(CliError::BadLogFormat),
+    };
+    let java = java(env, args.logging_config.as_deref())?;
+
+    Ok(Settings {
+        urls,
+        // agent.jar has one credentials option: with -jnlpUrl it authorises
+        // the JNLP fetch and then the web port.
+        jnlp_credentials: jnlp_url.as_ref().and(credentials.clone()),
+        jnlp_url: jnlp_url.map(|j| j.value),
+        name: name.map(|n| n.value),
+        secret,
+        work_dir: work_dir.map(|w| w.value),
+        internal_dir: args.internal_dir.unwrap_or_else(|| "remoting".to_owned()),
+        fail_if_work_dir_is_missing: args.fail_if_work_dir_is_missing,
+        direct,
+        instance_identity,
+        protocols: protocols
+            .map(|p| values::protocols(p.value.iter().map(String::as_str)))
+            .unwrap_or_default(),
+        tunnel,
+        credentials,
+        proxy_credentials,
+        certs,
+        no_certificate_check: args.no_certificate_check,
+        no_reconnect: args.no_reconnect,
+        no_reconnect_after,
+        no_keep_alive: args.no_keep_alive,
+        transport: if web_socket.is_some() {
+            TransportChoice::WebSocket
+        } else {
+            TransportChoice::Tcp
+        },
+        web_socket_headers,
+        web_socket_idle_timeout,
+        jar_cache: args.jar_cache,
+        java,
+        engine_jar: args.engine_jar,
+        engine_command,
+        reconnect_delay,
+        reconnect_max_delay,
+        control_socket: args.control_socket,
+        control_group: args.control_group,
+        borrow_give_up,
+        lease_grace,
+        quiet_period,
+        warm_engine: !args.no_warm_engine,
+        class_sharing: !args.no_class_sharing,
+        class_sharing_after,
+        state_file: args.state_file,
+        log_format,
+        agent_log: args.agent_log,
+        lender,
+        exposed_secret_files,
+    })
+}
+
+/// How to start the engine JVM: the image's variables, and `-loggingConfig`.
+fn java(env: &Env<'_>, logging_config: Option<&std::path::Path>) -> Result<JavaSettings, CliError> {
+    // The user's options replace our defaults whole.
+    let user_java_opts = env
+        .get("JENKINS_JAVA_OPTS")
+        .or_else(|| env.get("JAVA_OPTS"));
+    let sized_window = user_java_opts.is_none();
+    let mut java_opts: Vec<String> = match user_java_opts {
+        Some(opts) => opts.split_whitespace().map(str::to_owned).collect(),
+        None => crate::engine::DEFAULT_JAVA_OPTS
+            .iter()
+            .map(|&opt| opt.to_owned())
+            .collect(),
+    };
+    if let Some(config) = logging_config {
+        let config = values::logging_config(config)?;
+        // The user's own property wins: they set it on purpose, and the JVM
+        // would take whichever comes last.
+        if !java_opts.iter().any(|o| o.starts_with(JUL_CONFIG_FILE)) {
+            java_opts.push(format!("{JUL_CONFIG_FILE}{}", config.display()));
+        }
+    }
+    Ok(JavaSettings {
+        java_bin: env.get("JENKINS_JAVA_BIN").map(PathBuf::from),
+        java_home: env.get("JAVA_HOME").map(PathBuf::from),
+        java_opts,
+        sized_window,
+    })
+}
+
+/// `--lender` with its token file and labels (each option or its
+/// variable), for the node `name` (or the one a `-jnlpUrl` names).
+fn lender(
+    url: Option<Sourced<String>>,
+    token_file: Option<Sourced<PathBuf>>,
+    labels: Option<Sourced<Vec<String>>>,
+    name: Option<&str>,
+    jnlp_url: Option<&str>,
+    exposed: &mut Vec<control::secret_file::ReadableByOthers>,
+) -> Result<Option<LenderSettings>, CliError> {
+    const LENDER: &str = "--lender (or JNLP_AGENT_LENDER)";
+    let Some(url) = url else {
+        require(from(&token_file), false, LENDER)?;
+        require(from(&labels), false, LENDER)?;
+        return Ok(None);
+    };
+    let Some(token_file) = token_file else {
+        return Err(CliError::MissingLenderToken { lender: url.from });
+    };
+    let node = name
+        .map(str::to_owned)
+        .or_else(|| jnlp_url.and_then(values::node_from_jnlp_url))
+        .ok_or(CliError::LenderNeedsName { lender: url.from })?;
+    Ok(Some(LenderSettings {
+        url: values::lender_url(url.from, &url.value)?,
+        token: values::token_file(token_file.from, &token_file.value, exposed)?,
+        node,
+        labels: match labels {
+            Some(labels) => values::labels(labels.from, &labels.value)?,
+            None => Vec::new(),
+        },
+    }))
+}
