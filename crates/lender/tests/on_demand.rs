@@ -127,7 +127,7 @@ async fn a_waiting_build_gets_an_agent_whose_node_the_lender_made_and_deletes() 
     for line in [
         "jnlp_lender_auto_leases{controller=\"ci\",state=\"active\"} 1",
         "jnlp_lender_demand_waiting_items{controller=\"ci\",label=\"macos\"} 1",
-        "jnlp_lender_demand_served_seconds_count{controller=\"ci\"} 1",
+        "jnlp_lender_demand_agent_online_seconds_count{controller=\"ci\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }

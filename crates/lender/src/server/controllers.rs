@@ -351,18 +351,14 @@ async fn poll_once(
         .filter(|i| i.is_demand() && now.saturating_sub(i.in_queue_since) >= after)
         .count();
     let demand = super::provision::demand_items(config, client, &items, now).await?;
-    // The lender's own nodes, for reconciling (none to look at with
-    // --keep-nodes).
-    let nodes = if config.options.keep_nodes {
-        Vec::new()
-    } else {
-        client
-            .computers()
-            .await?
-            .into_iter()
-            .filter(|c| c.name.starts_with(&config.options.node_prefix))
-            .collect()
-    };
+    // The lender's own nodes: for reconciling (not with --keep-nodes) and
+    // for seeing an item's build start on its lent node (the metric).
+    let nodes = client
+        .computers()
+        .await?
+        .into_iter()
+        .filter(|c| c.name.starts_with(&config.options.node_prefix))
+        .collect();
     Ok((version, waiting, demand, nodes))
 }
 

@@ -471,7 +471,10 @@ impl Driver {
                 nodes,
             } => {
                 let name = config.name.clone();
+                let mut items = items;
+                items.extend(self.arrived_meanwhile(&name, &items, &nodes));
                 self.demand(*config, &items, now);
+                self.builds_started(&name, &nodes, now);
                 self.reconcile_nodes(&name, &nodes);
             }
             Input::Provisioned {
@@ -537,6 +540,77 @@ impl Driver {
             .collect();
         for (lease, agent) in orphans {
             self.provision(lease, agent);
+        }
+    }
+
+    /// Reserved auto-leases whose item left the queue while their agent
+    /// is already connected to its node there: the item most likely
+    /// started on it before the borrow's answer came back (the queue is
+    /// read before the nodes). Kept as if still waiting, so that the pool
+    /// does not recall an agent whose build has just started (which would
+    /// cut it); the answer makes the lease active. An item cancelled after
+    /// the agent arrived leaves the agent there until its idle return.
+    fn arrived_meanwhile(
+        &self,
+        controller: &str,
+        items: &[DemandItem],
+        nodes: &[crate::jenkins::Computer],
+    ) -> Vec<DemandItem> {
+        let waiting: std::collections::BTreeSet<u64> = items.iter().map(|i| i.queue_id).collect();
+        self.pool
+            .leases()
+            .filter(|l| l.state == LeaseState::Reserved)
+            .filter_map(|l| {
+                let origin = l.request.origin.as_ref()?;
+                let arrived = nodes
+                    .iter()
+                    .any(|n| n.name == l.request.borrower.node_name && (n.connected || !n.offline));
+                (origin.controller == controller
+                    && origin.provisioned
+                    && !waiting.contains(&origin.queue_id)
+                    && arrived)
+                    .then(|| DemandItem {
+                        queue_id: origin.queue_id,
+                        in_queue_since_ms: origin.in_queue_since_ms,
+                        requirements: l.request.requirements.clone(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Auto-leases whose item's build is seen running on their node: the
+    /// metric from the item's `inQueueSince` to its build's start (the
+    /// build's own timestamp; the poll's time when Jenkins does not show
+    /// the build, e.g. without Job/Read, and the node is busy).
+    fn builds_started(&mut self, controller: &str, nodes: &[crate::jenkins::Computer], now: u64) {
+        if nodes.is_empty() {
+            return;
+        }
+        for lease in self.pool.leases() {
+            let Some(origin) = lease.request.origin.as_ref() else {
+                continue;
+            };
+            if origin.controller != controller
+                || !origin.provisioned
+                || matches!(lease.state, LeaseState::Ended(_))
+            {
+                continue;
+            }
+            let Some(node) = nodes
+                .iter()
+                .find(|n| n.name == lease.request.borrower.node_name)
+            else {
+                continue;
+            };
+            let started = match node.builds.iter().find(|b| b.queue_id == origin.queue_id) {
+                Some(build) => Some(build.started_ms),
+                None if node.builds.is_empty() && !node.idle => Some(now),
+                None => None,
+            };
+            if let Some(started) = started {
+                self.metrics
+                    .build_started(controller, lease.id, origin.in_queue_since_ms, started);
+            }
         }
     }
 
@@ -1295,6 +1369,25 @@ impl Driver {
             tracing::info!(lease, controller = %origin.controller, "controller not polled yet; provisioning waits");
             return;
         };
+        if self
+            .home_controller(&agent)
+            .is_some_and(|home| home.name == config.name)
+        {
+            // The item waits at the agent's own home, which has its node
+            // already (busy, or taken offline while it is lent or coming
+            // back): its own scheduler uses it. Lending it there as a
+            // second node would take it from that node; another agent may
+            // serve the item.
+            tracing::info!(lease, %agent, controller = %config.name, "the item waits at the agent's home; not lent to itself");
+            if let Err(err) = self.pool.fail(
+                lease,
+                &format!("{agent}'s home is {}: not lent to itself", config.name),
+                now_ms(),
+            ) {
+                tracing::warn!(lease, %err, "cannot pass the lease on");
+            }
+            return;
+        }
         let labels = self
             .pool
             .agent(&agent)
