@@ -256,7 +256,12 @@ impl Rig {
     fn replace_ci(&self, token: &str, options: ControllerOptions) {
         let mut store = SqliteStore::open(&self.db).unwrap();
         assert!(store.remove_controller("ci").unwrap());
-        let ci = registration("ci", self.borrower.url(), token, options);
+        let mut ci = registration("ci", self.borrower.url(), token, options);
+        // As the command does: the row is new, even with the same token.
+        ci.added_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         assert!(store.add_controller(&ci).unwrap());
     }
 
@@ -664,5 +669,50 @@ async fn a_restarted_lender_keeps_its_lease_and_deletes_stray_nodes() {
     until("lent node deleted", || !jenkins.has_node("lent-mac-01")).await;
     until_online(&rig.home, "mac-01", true, LONG).await;
     assert_eq!(jenkins.build(item).unwrap().state, BuildState::Finished);
+    rig.shutdown().await;
+}
+
+/// A secret that does not match: the borrower refuses the lent agent's
+/// connection for the node the lender made. The controller shows
+/// `failing` with a cause that says so and what to do, the auto-lease ends
+/// with the agent at home and its node deleted, and no node is made again
+/// for the item while the cause stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_secret_shows_failing_and_sends_the_agent_home() {
+    let options = ControllerOptions {
+        demand_after: Duration::ZERO,
+        idle_return: Duration::from_secs(1),
+        ..ControllerOptions::default()
+    };
+    let rig = rig(Spec::new("on-demand-secret", options.clone())).await;
+    let jenkins = rig.borrower.jenkins();
+    jenkins.refuse_secrets_of(Some("lent-"));
+    let item = jenkins.queue(JobSpec::pipeline("app").label("macos"));
+    let ci = until_ci(&rig, "ci failing: secret refused", |c| c.state == "failing").await;
+    let error = ci.last_error.unwrap();
+    assert!(
+        error.contains("refused the secret of node lent-mac-01"),
+        "{error}"
+    );
+    assert!(error.contains("--replace"), "{error}");
+    until("lent node deleted", || !jenkins.has_node("lent-mac-01")).await;
+    until_online(&rig.home, "mac-01", true, LONG).await;
+    polls(&rig.borrower, QUEUE, 5).await;
+    let created = rig
+        .borrower
+        .log()
+        .iter()
+        .filter(|e| matches!(e, ControllerEvent::NodeCreated { .. }))
+        .count();
+    assert_eq!(created, 1);
+    assert!(jenkins.build(item).is_none());
+    assert!(rig.home.is_online("mac-01"));
+
+    // Fixed at the controller and re-registered (`controller add
+    // --replace`): the item is served again and builds.
+    jenkins.refuse_secrets_of(None);
+    rig.replace_ci(API_TOKEN, options);
+    assert_eq!(jenkins.wait_started(item, LONG).await.node, "lent-mac-01");
+    until_ci(&rig, "ci ok", |c| c.state == "ok").await;
     rig.shutdown().await;
 }

@@ -46,6 +46,10 @@ pub(crate) struct Status {
     pub by_label: BTreeMap<String, usize>,
     /// Failed polls by HTTP status (`unreachable`, `other`).
     pub errors: BTreeMap<String, u64>,
+    /// The controller refused a lent node's secret: failing, whatever
+    /// the polls say, until the registration changes (`controller add
+    /// --replace`) or the lender restarts.
+    pub refused: Option<String>,
 }
 
 /// The controllers as last read from the table, and their statuses.
@@ -73,6 +77,16 @@ impl Registry {
     /// Notes a failure met while lending there (a create refused).
     pub fn note_error(&self, name: &str, error: &str) {
         self.update(name, |s| s.last_error = Some(error.to_owned()));
+    }
+
+    /// Marks the controller failing: it refused the secret of a node the
+    /// lender made there. Returns its view for the `controller_failing`
+    /// event.
+    pub fn note_refused(&self, name: &str, error: &str) -> Option<ControllerView> {
+        self.update(name, |s| {
+            s.refused = Some(error.to_owned());
+            s.last_error = Some(error.to_owned());
+        })
     }
 
     /// The controllers' metrics (see `metrics`).
@@ -129,13 +143,13 @@ fn view(config: &ControllerConfig, status: &Status, agents: &[AgentView]) -> Con
         name: config.name.clone(),
         url: config.url.clone(),
         user: config.user.clone(),
-        state: match status.ok {
-            None => "pending",
-            Some(true) => "ok",
-            Some(false) => "failing",
+        state: match (status.ok, &status.refused) {
+            (_, Some(_)) | (Some(false), None) => "failing",
+            (None, None) => "pending",
+            (Some(true), None) => "ok",
         }
         .to_owned(),
-        last_error: status.last_error.clone(),
+        last_error: status.refused.clone().or_else(|| status.last_error.clone()),
         jenkins_version: status.version.clone(),
         waiting_items: status.waiting_items,
         agents_lent: agents

@@ -275,6 +275,9 @@ pub(crate) struct Driver {
     registry: Arc<Registry>,
     /// Auto-leases whose node is being made.
     provisioning: std::collections::BTreeSet<LeaseId>,
+    /// Controllers that refused a lent node's secret, with the message
+    /// shown: nothing more is lent there until re-registered.
+    refused: BTreeMap<String, String>,
     /// Returning auto-leases whose node is being taken offline.
     leaving: std::collections::BTreeSet<LeaseId>,
     /// Each agent's home URL, as it last said.
@@ -351,6 +354,7 @@ impl Driver {
             controllers: BTreeMap::new(),
             creates: BTreeMap::new(),
             provisioning: std::collections::BTreeSet::new(),
+            refused: BTreeMap::new(),
             deleting: std::collections::BTreeSet::new(),
             leaving: std::collections::BTreeSet::new(),
             homes: HashMap::new(),
@@ -508,9 +512,62 @@ impl Driver {
         }
     }
 
+    /// The borrower refused the agent's connection for the node the lender
+    /// made (the secret read from its `jenkins-agent.jnlp` does not
+    /// match): another agent would be refused too, so the auto-lease ends
+    /// (the agent stays home, the node is deleted), the controller shows
+    /// as failing with what to do, and nothing more is lent there until its
+    /// registration changes.
+    fn secret_refused(&mut self, lease: LeaseId, agent: &str, reason: &str, now: u64) {
+        let Some(l) = self.pool.lease(lease) else {
+            return;
+        };
+        let Some(origin) = l.request.origin.as_ref().filter(|o| o.provisioned) else {
+            // A manual lease: its borrower gave the secret; the next agent
+            // is tried as for any failed borrow.
+            if let Err(err) = self.pool.fail(lease, reason, now) {
+                tracing::warn!(lease, %err, "cannot fail");
+            }
+            return;
+        };
+        let controller = origin.controller.clone();
+        let node = l.request.borrower.node_name.clone();
+        let message = format!(
+            "the controller refused the secret of node {node} that the lender read from its \
+             jenkins-agent.jnlp ({reason}); check what serves that file (a proxy or cache in \
+             front of Jenkins, a plugin rotating agent secrets), then `jnlp-lender controller \
+             add {controller} --replace ...` to lend there again"
+        );
+        tracing::warn!(lease, %agent, %controller, %node, "the controller refused the node's secret; lending there stops");
+        self.refused.insert(controller.clone(), message.clone());
+        if let Some(view) = self.registry.note_refused(&controller, &message) {
+            let _ = self
+                .events
+                .send(Arc::new(ServerEvent::ControllerFailing(view)));
+        }
+        if let Err(err) = self.pool.provision_failed(lease, &message, now) {
+            tracing::warn!(lease, %err, "cannot end the lease");
+        }
+    }
+
     /// A controller's waiting items: the pool keeps one auto-lease each.
     fn demand(&mut self, config: ControllerConfig, items: &[DemandItem], now: u64) {
         let name = config.name.clone();
+        if self
+            .controllers
+            .get(&name)
+            .is_some_and(|old| *old != config)
+        {
+            // Re-registered: a refused secret (or create) is for the
+            // admin to have fixed; the items it failed for are served
+            // again.
+            self.refused.remove(&name);
+            self.pool.forget_ended_auto(&name);
+        }
+        if self.refused.contains_key(&name) {
+            self.controllers.insert(name, config);
+            return;
+        }
         let template = DemandTemplate {
             url: config.url.clone(),
             max_agents: config.options.max_agents,
@@ -890,6 +947,9 @@ impl Driver {
                 if let Err(err) = self.pool.confirm(id, now) {
                     tracing::warn!(lease = id, %err, "cannot confirm");
                 }
+            }
+            (PendingKind::Borrow, Reply::Error(reason)) if current && refused_secret(&reason) => {
+                self.secret_refused(id, node, &reason, now);
             }
             (PendingKind::Borrow, Reply::Error(reason)) if current => {
                 tracing::warn!(lease = id, agent = %node, %reason, "borrow failed; trying the next agent");
@@ -1461,4 +1521,17 @@ impl Driver {
             }
         }
     }
+}
+
+/// Whether a failed borrow's reason is the controller refusing the
+/// node's secret (the agent words the JNLP4 `Authorization failure` and
+/// the WebSocket 403 this way).
+fn refused_secret(reason: &str) -> bool {
+    [
+        "secret does not match",
+        "Authorization failure",
+        "rejected the secret",
+    ]
+    .iter()
+    .any(|needle| reason.contains(needle))
 }
