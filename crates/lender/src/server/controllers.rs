@@ -46,9 +46,10 @@ pub(crate) struct Status {
     pub by_label: BTreeMap<String, usize>,
     /// Failed polls by HTTP status (`unreachable`, `other`).
     pub errors: BTreeMap<String, u64>,
-    /// The controller refused a lent node's secret: failing, whatever
-    /// the polls say, until the registration changes (`controller add
-    /// --replace`) or the lender restarts.
+    /// The controller refused a lent node's secret, or the lender's user
+    /// may not make nodes: failing, whatever the polls say, until the
+    /// registration changes (`controller add --replace`), a node is made
+    /// there (not after a refused secret), or the lender restarts.
     pub refused: Option<String>,
 }
 
@@ -87,6 +88,11 @@ impl Registry {
             s.refused = Some(error.to_owned());
             s.last_error = Some(error.to_owned());
         })
+    }
+
+    /// A node was made there: a create refused earlier works now.
+    pub fn clear_refused(&self, name: &str) {
+        self.update(name, |s| s.refused = None);
     }
 
     /// The controllers' metrics (see `metrics`).

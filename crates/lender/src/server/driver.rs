@@ -133,7 +133,7 @@ pub(crate) enum Input {
         lease: LeaseId,
         agent: String,
         controller: String,
-        result: Result<Provisioned, String>,
+        result: Result<Provisioned, provision::NotMade>,
     },
 }
 
@@ -720,12 +720,15 @@ impl Driver {
         lease: LeaseId,
         agent: &str,
         controller: &str,
-        result: Result<Provisioned, String>,
+        result: Result<Provisioned, provision::NotMade>,
         now: u64,
     ) {
         self.provisioning.remove(&lease);
         match result {
             Ok(made) => {
+                if !self.refused.contains_key(controller) {
+                    self.registry.clear_refused(controller);
+                }
                 let node = made.node.clone();
                 if let Err(err) =
                     self.pool
@@ -737,9 +740,28 @@ impl Driver {
                     self.delete_node(controller, &node, Some(lease));
                 }
             }
-            Err(reason) => {
+            Err(provision::NotMade {
+                message: reason,
+                denied,
+            }) => {
                 tracing::warn!(lease, %agent, controller, %reason, "cannot make the node; the item is skipped");
-                self.registry.note_error(controller, &reason);
+                if denied {
+                    // The token or its permissions: failing until a node is
+                    // made there again or the registration changes (which
+                    // serves the skipped items again).
+                    let message = format!(
+                        "cannot make nodes: {reason}; grant the permission to the lender's \
+                         Jenkins user (or fix its token with `jnlp-lender controller add \
+                         {controller} --replace ...`, which also retries the items skipped)"
+                    );
+                    if let Some(view) = self.registry.note_refused(controller, &message) {
+                        let _ = self
+                            .events
+                            .send(Arc::new(ServerEvent::ControllerFailing(view)));
+                    }
+                } else {
+                    self.registry.note_error(controller, &reason);
+                }
                 if let Err(err) = self.pool.provision_failed(lease, &reason, now) {
                     tracing::debug!(lease, %err, "provisioning failure for a settled lease");
                 }
@@ -1463,7 +1485,10 @@ impl Driver {
         self.tracker.spawn(async move {
             let result = provision::provision(&config, lease, &agent, &labels, creates)
                 .await
-                .map_err(|err| err.to_string());
+                .map_err(|err| provision::NotMade {
+                    denied: matches!(err.status(), Some(401 | 403)),
+                    message: err.to_string(),
+                });
             if let Ok(made) = &result {
                 if made.created {
                     let _ =

@@ -15,6 +15,15 @@ use crate::jenkins::{Computer, JenkinsClient, JenkinsError, NodeSpec, QueueItem}
 use crate::labels::Expr;
 use crate::pool::{DemandItem, LeaseId, Secret};
 
+/// Why a node could not be made.
+#[derive(Debug)]
+pub(crate) struct NotMade {
+    /// For people (no secret in it).
+    pub message: String,
+    /// 401 or 403: the token or its permissions, not this item.
+    pub denied: bool,
+}
+
 /// A node made for a lease: what the `borrow` needs.
 #[derive(Debug)]
 pub(crate) struct Provisioned {
