@@ -20,7 +20,19 @@
 //!
 //! Each registered controller's watcher sends its waiting items
 //! ([`Input::Demand`]); the pool keeps one auto-lease per item, and the
-//! driver deletes idle lent nodes no open auto-lease uses.
+//! driver deletes idle lent nodes no open auto-lease uses. The driver
+//! adds to what the pool sees:
+//! - a reserved auto-lease whose item left the queue while its agent is
+//!   already connected to its node counts as still waiting (the build most
+//!   likely started on it: a recall would cut it);
+//! - an agent is never provisioned at its own home controller (the
+//!   reservation passes to another agent);
+//! - a borrow refused for the node's secret ends the auto-lease and stops
+//!   lending at that controller (failing, with what to do) until it is
+//!   re-registered; a create refused with 401/403 shows it failing too.
+//!   Re-registering forgets its ended auto-leases, so their items are
+//!   served again;
+//! - the builds seen on lent nodes give the queued-to-started metric.
 //!
 //! # Durable before acknowledged
 //!
