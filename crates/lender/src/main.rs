@@ -165,6 +165,11 @@ struct ControllerAddArgs {
     /// Keep lent nodes when their lease ends (default: delete them).
     #[arg(long)]
     keep_nodes: bool,
+    /// Replace a controller registered under NAME (a new API token, URL or
+    /// options); a running lender restarts its watcher within one --poll.
+    /// Leases in place are kept.
+    #[arg(long)]
+    replace: bool,
 }
 
 #[derive(Debug, Args)]
@@ -603,16 +608,22 @@ fn controller_add(args: ControllerAddArgs) -> anyhow::Result<ExitCode> {
     };
     config.check().map_err(anyhow::Error::msg)?;
     let mut store = cli::db::create(&args.db)?;
+    // Replacing is remove + add: a lender reading the table in between
+    // only restarts the watcher one poll later (leases are not tied to
+    // the row).
+    let replaced = args.replace && store.remove_controller(&config.name)?;
     if !store.add_controller(&config)? {
         anyhow::bail!(
-            "a controller named {:?} is registered already; `jnlp-lender controller remove {}` first to change it",
-            config.name,
+            "a controller named {:?} is registered already; add --replace to change its token, URL or options",
             config.name
         );
     }
     eprintln!(
-        "jnlp-lender: controller {:?} registered ({} as {}); a running lender picks it up within one --poll",
-        config.name, config.url, config.user
+        "jnlp-lender: controller {:?} {} ({} as {}); a running lender picks it up within one --poll",
+        config.name,
+        if replaced { "replaced" } else { "registered" },
+        config.url,
+        config.user
     );
     Ok(ExitCode::SUCCESS)
 }

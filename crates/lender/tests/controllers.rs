@@ -35,25 +35,33 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn add(db: &Path, dir: &Path, name: &str, url: &str, token: &str) -> Output {
+    add_with(db, dir, name, url, token, &[])
+}
+
+fn add_with(db: &Path, dir: &Path, name: &str, url: &str, token: &str, extra: &[&str]) -> Output {
     let file = dir.join(format!("{name}.token"));
     write_private(&file, &format!("{token}\n"));
-    run(&[
+    let db = db.display().to_string();
+    let file = file.display().to_string();
+    let mut args = vec![
         "controller",
         "add",
         name,
         "--db",
-        &db.display().to_string(),
+        &db,
         "--url",
         url,
         "--user",
         LENDER_USER,
         "--api-token-file",
-        &file.display().to_string(),
+        &file,
         "--demand-after",
         "0s",
         "--max-agents",
         "2",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
 }
 
 /// A secret file only its owner can read.
@@ -112,7 +120,7 @@ async fn registered_controllers_show_their_state_and_never_their_token() {
     let out = add(&db, &dir, "good", &good.url(), GOOD_TOKEN);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("controller remove good"),
+        text(&out.stderr).contains("--replace"),
         "{}",
         text(&out.stderr)
     );
@@ -217,6 +225,30 @@ async fn registered_controllers_show_their_state_and_never_their_token() {
     ]);
     let json: Value = ok(serde_json::from_slice(&out.stdout));
     assert_eq!(find(&json, "good").unwrap()["state"], "ok");
+
+    // A token replaced while serving (`controller add --replace`): the
+    // controller is polled with the new one and recovers within a poll.
+    let out = add_with(
+        &db,
+        &dir,
+        "badtoken",
+        &good.url(),
+        GOOD_TOKEN,
+        &["--replace"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("replaced"),
+        "{}",
+        text(&out.stderr)
+    );
+    eventually("badtoken fixed", || async {
+        let (_, list) = lender.call("GET", "/v1/controllers", &token, None).await;
+        find(&list, "badtoken")
+            .is_some_and(|c| c["state"] == "ok")
+            .then_some(())
+    })
+    .await;
 
     // Removed while serving: gone within a poll.
     let out = run(&[

@@ -29,6 +29,23 @@ fn register(db: &std::path::Path, name: &str, url: &str) {
     register_with(db, name, url, false);
 }
 
+/// Registers with `added_ms` (a re-registration is a new row).
+fn register_at(db: &std::path::Path, name: &str, url: &str, added_ms: u64) {
+    let mut store = ok(SqliteStore::open(db));
+    let config = ControllerConfig {
+        name: name.into(),
+        url: url.into(),
+        user: USER.into(),
+        api_token: Secret::new(TOKEN),
+        options: ControllerOptions {
+            demand_after: Duration::ZERO,
+            ..ControllerOptions::default()
+        },
+        added_ms,
+    };
+    assert!(ok(store.add_controller(&config)));
+}
+
 fn register_with(db: &std::path::Path, name: &str, url: &str, one_build: bool) {
     let mut store = ok(SqliteStore::open(db));
     let config = ControllerConfig {
@@ -127,7 +144,7 @@ async fn a_waiting_build_gets_an_agent_whose_node_the_lender_made_and_deletes() 
     for line in [
         "jnlp_lender_auto_leases{controller=\"ci\",state=\"active\"} 1",
         "jnlp_lender_demand_waiting_items{controller=\"ci\",label=\"macos\"} 1",
-        "jnlp_lender_demand_served_seconds_count{controller=\"ci\"} 1",
+        "jnlp_lender_demand_agent_online_seconds_count{controller=\"ci\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
@@ -219,6 +236,11 @@ async fn a_refused_create_lends_nothing_and_names_the_permission() {
     })
     .await;
     assert_eq!(c["agents_lent"], 0, "{c}");
+    assert_eq!(c["state"], "failing", "{c}");
+    assert!(
+        c["last_error"].as_str().unwrap().contains("--replace"),
+        "{c}"
+    );
     assert!(mac.state().borrows.is_empty());
     assert!(!ci.jenkins().has_node("lent-mac1"));
     // The agent is free again.
@@ -226,6 +248,26 @@ async fn a_refused_create_lends_nothing_and_names_the_permission() {
     let agent = find_agent(&agents, "mac1").expect("mac1");
     assert_eq!(agent["state"], "free", "{agent}");
     assert!(!c.to_string().contains(TOKEN));
+
+    // Granted, and re-registered (`controller add --replace`): the skipped
+    // item is served now, and the controller is ok again.
+    assert!(ci.jenkins().grant(USER, Permission::LENDER));
+    {
+        let mut store = ok(SqliteStore::open(&lender.scratch.db()));
+        assert!(ok(store.remove_controller("ci")));
+    }
+    register_at(&lender.scratch.db(), "ci", &ci.url(), 1);
+    eventually("the item served after the fix", || async {
+        (!mac.state().borrows.is_empty()).then_some(())
+    })
+    .await;
+    assert!(ci.jenkins().has_node("lent-mac1"));
+    eventually("ci ok again", || async {
+        let (_, list) = lender.call("GET", "/v1/controllers", &token, None).await;
+        let c = list.as_array()?.iter().find(|c| c["name"] == "ci")?.clone();
+        (c["state"] == "ok").then_some(())
+    })
+    .await;
     lender.stop().await;
 }
 

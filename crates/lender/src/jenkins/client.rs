@@ -36,7 +36,9 @@ const MAX_PERMISSION: usize = 200;
 const QUEUE_TREE: &str =
     "items[id,why,buildable,blocked,stuck,pending,inQueueSince,task[name,url,labelExpression]]";
 /// `tree=` for a computer.
-const COMPUTER_FIELDS: &str = "displayName,offline,temporarilyOffline,idle,numExecutors,offlineCauseReason,absoluteRemotePath,assignedLabels[name]";
+/// `executors[currentExecutable[…]]` tells which item's build runs there
+/// and since when (`Run.queueId`, `Run.timestamp`; null without Job/Read).
+const COMPUTER_FIELDS: &str = "displayName,offline,temporarilyOffline,idle,numExecutors,offlineCauseReason,absoluteRemotePath,assignedLabels[name],executors[currentExecutable[queueId,timestamp]]";
 
 /// A client of one controller, logged in as one user with an API token.
 #[derive(Clone)]
@@ -146,6 +148,18 @@ pub struct Computer {
     pub connected: bool,
     /// Its label atoms, its own name included.
     pub labels: Vec<String>,
+    /// The builds running on its executors (those the user may read).
+    pub builds: Vec<RunningBuild>,
+}
+
+/// A build running on an executor: which queue item it came from, and
+/// when it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunningBuild {
+    /// The queue item's id (`Run.queueId`).
+    pub queue_id: u64,
+    /// When it started (unix ms, `Run.timestamp`).
+    pub started_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +180,24 @@ struct ComputerWire {
     absolute_remote_path: Option<String>,
     #[serde(default)]
     assigned_labels: Vec<LabelWire>,
+    #[serde(default)]
+    executors: Vec<ExecutorWire>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ExecutorWire {
+    #[serde(default)]
+    current_executable: Option<RunWire>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunWire {
+    #[serde(default)]
+    queue_id: Option<u64>,
+    #[serde(default)]
+    timestamp: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +216,17 @@ impl From<ComputerWire> for Computer {
             offline_cause_reason: w.offline_cause_reason.unwrap_or_default(),
             connected: w.absolute_remote_path.is_some(),
             labels: w.assigned_labels.into_iter().map(|l| l.name).collect(),
+            builds: w
+                .executors
+                .into_iter()
+                .filter_map(|e| {
+                    let run = e.current_executable?;
+                    Some(RunningBuild {
+                        queue_id: run.queue_id?,
+                        started_ms: run.timestamp?,
+                    })
+                })
+                .collect(),
         }
     }
 }

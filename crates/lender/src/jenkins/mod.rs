@@ -25,7 +25,7 @@ pub mod secret;
 pub mod version;
 pub mod why;
 
-pub use client::{Computer, JenkinsClient, QueueItem, Root};
+pub use client::{Computer, JenkinsClient, QueueItem, Root, RunningBuild};
 pub use error::JenkinsError;
 pub use node::NodeSpec;
 pub use version::Version;

@@ -322,6 +322,20 @@ impl Pool {
         });
     }
 
+    /// Forgets the ended auto-leases of `controller`, so that their items
+    /// are served again (its registration changed: what failed there, a
+    /// refused create or secret, may work now).
+    pub fn forget_ended_auto(&mut self, controller: &str) {
+        self.leases.retain(|_, lease| {
+            !(matches!(lease.state, LeaseState::Ended(_))
+                && lease
+                    .request
+                    .origin
+                    .as_ref()
+                    .is_some_and(|o| o.controller == controller))
+        });
+    }
+
     /// Checks that agents and leases agree: every agent tied to a lease is
     /// that lease's agent and the lease holds it (so no agent is in two
     /// leases), the queue is exactly the queued leases, and the per-borrower

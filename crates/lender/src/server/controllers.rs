@@ -46,6 +46,11 @@ pub(crate) struct Status {
     pub by_label: BTreeMap<String, usize>,
     /// Failed polls by HTTP status (`unreachable`, `other`).
     pub errors: BTreeMap<String, u64>,
+    /// The controller refused a lent node's secret, or the lender's user
+    /// may not make nodes: failing, whatever the polls say, until the
+    /// registration changes (`controller add --replace`), a node is made
+    /// there (not after a refused secret), or the lender restarts.
+    pub refused: Option<String>,
 }
 
 /// The controllers as last read from the table, and their statuses.
@@ -73,6 +78,21 @@ impl Registry {
     /// Notes a failure met while lending there (a create refused).
     pub fn note_error(&self, name: &str, error: &str) {
         self.update(name, |s| s.last_error = Some(error.to_owned()));
+    }
+
+    /// Marks the controller failing: it refused the secret of a node the
+    /// lender made there. Returns its view for the `controller_failing`
+    /// event.
+    pub fn note_refused(&self, name: &str, error: &str) -> Option<ControllerView> {
+        self.update(name, |s| {
+            s.refused = Some(error.to_owned());
+            s.last_error = Some(error.to_owned());
+        })
+    }
+
+    /// A node was made there: a create refused earlier works now.
+    pub fn clear_refused(&self, name: &str) {
+        self.update(name, |s| s.refused = None);
     }
 
     /// The controllers' metrics (see `metrics`).
@@ -129,13 +149,13 @@ fn view(config: &ControllerConfig, status: &Status, agents: &[AgentView]) -> Con
         name: config.name.clone(),
         url: config.url.clone(),
         user: config.user.clone(),
-        state: match status.ok {
-            None => "pending",
-            Some(true) => "ok",
-            Some(false) => "failing",
+        state: match (status.ok, &status.refused) {
+            (_, Some(_)) | (Some(false), None) => "failing",
+            (None, None) => "pending",
+            (Some(true), None) => "ok",
         }
         .to_owned(),
-        last_error: status.last_error.clone(),
+        last_error: status.refused.clone().or_else(|| status.last_error.clone()),
         jenkins_version: status.version.clone(),
         waiting_items: status.waiting_items,
         agents_lent: agents
@@ -351,18 +371,14 @@ async fn poll_once(
         .filter(|i| i.is_demand() && now.saturating_sub(i.in_queue_since) >= after)
         .count();
     let demand = super::provision::demand_items(config, client, &items, now).await?;
-    // The lender's own nodes, for reconciling (none to look at with
-    // --keep-nodes).
-    let nodes = if config.options.keep_nodes {
-        Vec::new()
-    } else {
-        client
-            .computers()
-            .await?
-            .into_iter()
-            .filter(|c| c.name.starts_with(&config.options.node_prefix))
-            .collect()
-    };
+    // The lender's own nodes: for reconciling (not with --keep-nodes) and
+    // for seeing an item's build start on its lent node (the metric).
+    let nodes = client
+        .computers()
+        .await?
+        .into_iter()
+        .filter(|c| c.name.starts_with(&config.options.node_prefix))
+        .collect();
     Ok((version, waiting, demand, nodes))
 }
 

@@ -20,7 +20,19 @@
 //!
 //! Each registered controller's watcher sends its waiting items
 //! ([`Input::Demand`]); the pool keeps one auto-lease per item, and the
-//! driver deletes idle lent nodes no open auto-lease uses.
+//! driver deletes idle lent nodes no open auto-lease uses. The driver
+//! adds to what the pool sees:
+//! - a reserved auto-lease whose item left the queue while its agent is
+//!   already connected to its node counts as still waiting (the build most
+//!   likely started on it: a recall would cut it);
+//! - an agent is never provisioned at its own home controller (the
+//!   reservation passes to another agent);
+//! - a borrow refused for the node's secret ends the auto-lease and stops
+//!   lending at that controller (failing, with what to do) until it is
+//!   re-registered; a create refused with 401/403 shows it failing too.
+//!   Re-registering forgets its ended auto-leases, so their items are
+//!   served again;
+//! - the builds seen on lent nodes give the queued-to-started metric.
 //!
 //! # Durable before acknowledged
 //!
@@ -147,7 +159,7 @@ pub(crate) enum Input {
         lease: LeaseId,
         agent: String,
         controller: String,
-        result: Result<Provisioned, String>,
+        result: Result<Provisioned, provision::NotMade>,
     },
 }
 
@@ -289,6 +301,9 @@ pub(crate) struct Driver {
     registry: Arc<Registry>,
     /// Auto-leases whose node is being made.
     provisioning: std::collections::BTreeSet<LeaseId>,
+    /// Controllers that refused a lent node's secret, with the message
+    /// shown: nothing more is lent there until re-registered.
+    refused: BTreeMap<String, String>,
     /// Returning auto-leases whose node is being taken offline.
     leaving: std::collections::BTreeSet<LeaseId>,
     /// Each agent's home URL, as it last said.
@@ -365,6 +380,7 @@ impl Driver {
             controllers: BTreeMap::new(),
             creates: BTreeMap::new(),
             provisioning: std::collections::BTreeSet::new(),
+            refused: BTreeMap::new(),
             deleting: std::collections::BTreeSet::new(),
             leaving: std::collections::BTreeSet::new(),
             homes: HashMap::new(),
@@ -485,7 +501,10 @@ impl Driver {
                 nodes,
             } => {
                 let name = config.name.clone();
+                let mut items = items;
+                items.extend(self.arrived_meanwhile(&name, &items, &nodes));
                 self.demand(*config, &items, now);
+                self.builds_started(&name, &nodes, now);
                 self.reconcile_nodes(&name, &nodes);
             }
             Input::Provisioned {

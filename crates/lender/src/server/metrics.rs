@@ -12,7 +12,8 @@
 //! | `jnlp_lender_store_failures_total` | counter | `change`: client (refused, answered 503), reported (kept, retried) |
 //! | `jnlp_lender_store_unsaved` | gauge | 1 while reported changes wait for the database (nothing is decided meanwhile) |
 //! | `jnlp_lender_auto_leases` | gauge | `controller`, `state`: auto-leases (lending on demand) not ended |
-//! | `jnlp_lender_demand_served_seconds` | summary (sum, count) | `controller`: from an item's `inQueueSince` to its agent online there |
+//! | `jnlp_lender_demand_build_started_seconds` | summary (sum, count) | `controller`: from an item's `inQueueSince` to its build starting on the lent node (the build's own start time, seen at the next poll) |
+//! | `jnlp_lender_demand_agent_online_seconds` | summary (sum, count) | `controller`: from an item's `inQueueSince` to its agent online there |
 //! | `jnlp_lender_demand_waiting_items` | gauge | `controller`, `label`: waiting items with a label, at the last poll |
 //! | `jnlp_lender_controller_errors_total` | counter | `controller`, `status`: failed polls by HTTP status (`unreachable`, `other` without one) |
 //!
@@ -53,6 +54,11 @@ pub(crate) struct Metrics {
     store_failures: [u64; 2],
     /// Per controller: (sum ms, count) from `inQueueSince` to active.
     served: BTreeMap<String, (u64, u64)>,
+    /// Per controller: (sum ms, count) from `inQueueSince` to the item's
+    /// build started.
+    started: BTreeMap<String, (u64, u64)>,
+    /// Auto-leases whose build start was counted (each once).
+    started_leases: HashSet<LeaseId>,
 }
 
 /// Whose change a refused commit held.
@@ -96,6 +102,30 @@ impl Metrics {
             .iter()
             .filter(|entry| entry.action == "borrow-failed")
             .count() as u64;
+    }
+
+    /// Counts the build of auto-lease `lease`'s item started at
+    /// `started_ms` (once per lease).
+    pub fn build_started(
+        &mut self,
+        controller: &str,
+        lease: LeaseId,
+        in_queue_since_ms: u64,
+        started_ms: u64,
+    ) {
+        if !self.started_leases.insert(lease) {
+            return;
+        }
+        if self.started_leases.len() > 4 * WINDOW {
+            // Old leases will not be seen again; keep the set bounded.
+            self.started_leases.clear();
+            self.started_leases.insert(lease);
+        }
+        let entry = self.started.entry(controller.to_owned()).or_default();
+        entry.0 = entry
+            .0
+            .saturating_add(started_ms.saturating_sub(in_queue_since_ms));
+        entry.1 += 1;
     }
 
     /// Counts a commit the store refused.
@@ -185,23 +215,28 @@ impl Metrics {
                 label_value(controller)
             );
         }
-        header(
-            &mut out,
-            "jnlp_lender_demand_served_seconds",
-            "summary",
-            "From a waiting item's inQueueSince to its agent online at the controller.",
-        );
-        for (controller, (sum, count)) in &self.served {
-            let controller = label_value(controller);
-            let _ = writeln!(
-                out,
-                "jnlp_lender_demand_served_seconds_sum{{controller=\"{controller}\"}} {}",
-                seconds(*sum)
-            );
-            let _ = writeln!(
-                out,
-                "jnlp_lender_demand_served_seconds_count{{controller=\"{controller}\"}} {count}"
-            );
+        for (name, help, values) in [
+            (
+                "jnlp_lender_demand_build_started_seconds",
+                "From a waiting item's inQueueSince to its build started on the lent node.",
+                &self.started,
+            ),
+            (
+                "jnlp_lender_demand_agent_online_seconds",
+                "From a waiting item's inQueueSince to its agent online at the controller.",
+                &self.served,
+            ),
+        ] {
+            header(&mut out, name, "summary", help);
+            for (controller, (sum, count)) in values {
+                let controller = label_value(controller);
+                let _ = writeln!(
+                    out,
+                    "{name}_sum{{controller=\"{controller}\"}} {}",
+                    seconds(*sum)
+                );
+                let _ = writeln!(out, "{name}_count{{controller=\"{controller}\"}} {count}");
+            }
         }
         header(
             &mut out,

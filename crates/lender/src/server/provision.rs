@@ -15,6 +15,15 @@ use crate::jenkins::{Computer, JenkinsClient, JenkinsError, NodeSpec, QueueItem}
 use crate::pool::{DemandItem, LeaseId, Secret};
 use control::labels::Expr;
 
+/// Why a node could not be made.
+#[derive(Debug)]
+pub(crate) struct NotMade {
+    /// For people (no secret in it).
+    pub message: String,
+    /// 401 or 403: the token or its permissions, not this item.
+    pub denied: bool,
+}
+
 /// A node made for a lease: what the `borrow` needs.
 #[derive(Debug)]
 pub(crate) struct Provisioned {
@@ -57,12 +66,12 @@ pub(crate) async fn demand_items(
                                 .collect(),
                         );
                     }
-                    match computers.as_ref().and_then(|c| c.get(&name)) {
-                        // The label matched this one node: an agent with all
-                        // of its labels satisfies it (perhaps more than it
-                        // needs).
-                        Some(node) => node_expression(node),
-                        None => Some(name),
+                    match computers.as_ref() {
+                        Some(all) if all.contains_key(&name) => {
+                            named_node_requirement(&name, all, &config.options.node_prefix)
+                        }
+                        // No such node: the text named a label.
+                        _ => Some(name),
                     }
                 }
                 (None, _) => None,
@@ -79,6 +88,45 @@ pub(crate) async fn demand_items(
         });
     }
     Ok(out)
+}
+
+/// What an item whose `why` names node `name` (`‘N’ is offline`,
+/// `Waiting for next available executor on ‘N’`) can run on, if a lent
+/// agent can serve it at all.
+///
+/// Jenkins names a node instead of the item's label when that label
+/// matches exactly one node (`Queue.BuildableItem.getCauseOfBlockage`:
+/// `label.getNodes().size() == 1` gives `BecauseNodeIsOffline` /
+/// `BecauseNodeIsBusy`). The label is then either one that only N
+/// carries, which an agent with all of N's labels satisfies, or N's
+/// self-label (`Node.getSelfLabel`: the item is tied to N, e.g. Pipeline
+/// `node('N')`), which no lent node (named `<prefix><agent>`) can ever
+/// satisfy. Which one, `why` does not say, so:
+/// - N is a node the lender made (its prefix): the label is the one N was
+///   made for (a second item for it), N's labels;
+/// - another node carries every label of N: a label made of N's labels
+///   would match it too, so Jenkins would not have named N; the item is
+///   tied to N itself and nothing is lent (None);
+/// - N has no label but its name: tied to N (None);
+/// - otherwise N's labels (assumed: a label only N carries; an item tied
+///   to N is then lent an agent that cannot run it, which goes home after
+///   its idle return).
+fn named_node_requirement(
+    name: &str,
+    computers: &BTreeMap<String, Computer>,
+    prefix: &str,
+) -> Option<String> {
+    let node = computers.get(name)?;
+    let own: BTreeSet<&String> = node.labels.iter().filter(|l| **l != node.name).collect();
+    let made_by_lender = !prefix.is_empty() && name.starts_with(prefix);
+    let shared = computers
+        .values()
+        .any(|other| other.name != node.name && own.iter().all(|l| other.labels.contains(l)));
+    if !made_by_lender && shared {
+        tracing::debug!(node = %name, "the item is tied to the node itself; a lent agent cannot run it");
+        return None;
+    }
+    node_expression(node)
 }
 
 /// `a && b && …` over a node's labels but its own name.
@@ -205,5 +253,62 @@ pub(crate) async fn bring_online_if_ours(
             Ok(true)
         }
         _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn computer(name: &str, labels: &[&str]) -> Computer {
+        let mut all: Vec<String> = labels.iter().map(|l| (*l).to_owned()).collect();
+        all.push(name.to_owned());
+        Computer {
+            name: name.to_owned(),
+            offline: false,
+            temporarily_offline: false,
+            idle: false,
+            num_executors: 1,
+            offline_cause_reason: String::new(),
+            connected: true,
+            labels: all,
+            builds: Vec::new(),
+        }
+    }
+
+    fn nodes(list: &[Computer]) -> BTreeMap<String, Computer> {
+        list.iter().map(|c| (c.name.clone(), c.clone())).collect()
+    }
+
+    #[test]
+    fn a_named_node_maps_to_its_labels_only_when_a_label_of_its_own_could_be_meant() {
+        let all = nodes(&[
+            computer("mac1", &["macos", "arm64"]),
+            computer("mac2", &["macos", "arm64", "xcode16"]),
+            computer("linux1", &["linux"]),
+            computer("bare", &[]),
+            computer("lent-box", &["linux"]),
+        ]);
+        // mac2 carries all of mac1's labels: an item Jenkins says waits for
+        // mac1 is tied to mac1 itself; no lent agent can run it.
+        assert_eq!(named_node_requirement("mac1", &all, "lent-"), None);
+        // mac2 is the only node with all its labels: a label only it
+        // carries (e.g. `xcode16`) may be meant.
+        assert_eq!(
+            named_node_requirement("mac2", &all, "lent-").as_deref(),
+            Some("\"macos\" && \"arm64\" && \"xcode16\"")
+        );
+        // A node with no label but its name: only its self-label.
+        assert_eq!(named_node_requirement("bare", &all, "lent-"), None);
+        // linux1's one label is also on lent-box (the lender's node), so
+        // an item named after linux1 is tied to it.
+        assert_eq!(named_node_requirement("linux1", &all, "lent-"), None);
+        // The lender's own node: a second item for the label it was made
+        // for, even though another node carries the same labels.
+        assert_eq!(
+            named_node_requirement("lent-box", &all, "lent-").as_deref(),
+            Some("\"linux\"")
+        );
+        assert_eq!(named_node_requirement("gone", &all, "lent-"), None);
     }
 }

@@ -341,6 +341,14 @@ impl JenkinsHandle {
         self.shared.delete_node(name)
     }
 
+    /// From now on, connections for nodes whose name starts with `prefix`
+    /// are refused as a wrong secret (`ERROR: Authorization failure`), as
+    /// if their JNLP files carried a secret that is not theirs; `None`
+    /// stops that.
+    pub fn refuse_secrets_of(&self, prefix: Option<&str>) {
+        self.shared.state().jenkins.refuse_secrets_of = prefix.map(str::to_owned);
+    }
+
     /// Whether the node exists.
     pub fn has_node(&self, name: &str) -> bool {
         self.shared.state().jenkins.nodes.contains_key(name)

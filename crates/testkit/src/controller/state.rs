@@ -134,7 +134,7 @@ impl Shared {
             if let Some(reason) = &spec.fatal {
                 return Verdict::Refuse(Refusal::Fatal(reason.clone()));
             }
-            if secret != Some(spec.secret.as_str()) {
+            if secret != Some(spec.secret.as_str()) || state.jenkins.refuses_secret(node) {
                 return Verdict::Refuse(Refusal::BadSecret);
             }
             match state.channels.get(node) {

@@ -184,6 +184,11 @@ impl Driver {
                     tracing::warn!(lease = id, %err, "cannot confirm");
                 }
             }
+            (PendingKind::Borrow, Reply::Error(reason))
+                if current && super::demand::refused_secret(&reason) =>
+            {
+                self.secret_refused(id, node, &reason, now);
+            }
             (PendingKind::Borrow, Reply::Error(reason)) if current => {
                 tracing::warn!(lease = id, agent = %node, %reason, "borrow failed; trying the next agent");
                 match self.pool.fail(id, &reason, now) {

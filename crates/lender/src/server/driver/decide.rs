@@ -203,6 +203,25 @@ impl Driver {
             tracing::info!(lease, controller = %origin.controller, "controller not polled yet; provisioning waits");
             return;
         };
+        if self
+            .home_controller(&agent)
+            .is_some_and(|home| home.name == config.name)
+        {
+            // The item waits at the agent's own home, which has its node
+            // already (busy, or taken offline while it is lent or coming
+            // back): its own scheduler uses it. Lending it there as a
+            // second node would take it from that node; another agent may
+            // serve the item.
+            tracing::info!(lease, %agent, controller = %config.name, "the item waits at the agent's home; not lent to itself");
+            if let Err(err) = self.pool.fail(
+                lease,
+                &format!("{agent}'s home is {}: not lent to itself", config.name),
+                now_ms(),
+            ) {
+                tracing::warn!(lease, %err, "cannot pass the lease on");
+            }
+            return;
+        }
         let labels = self
             .pool
             .agent(&agent)
@@ -218,7 +237,10 @@ impl Driver {
         self.tracker.spawn(async move {
             let result = provision::provision(&config, lease, &agent, &labels, creates)
                 .await
-                .map_err(|err| err.to_string());
+                .map_err(|err| provision::NotMade {
+                    denied: matches!(err.status(), Some(401 | 403)),
+                    message: err.to_string(),
+                });
             if let Ok(made) = &result {
                 if made.created {
                     let _ =

@@ -8,6 +8,21 @@ impl Driver {
     /// A controller's waiting items: the pool keeps one auto-lease each.
     pub(super) fn demand(&mut self, config: ControllerConfig, items: &[DemandItem], now: u64) {
         let name = config.name.clone();
+        if self
+            .controllers
+            .get(&name)
+            .is_some_and(|old| *old != config)
+        {
+            // Re-registered: a refused secret (or create) is for the
+            // admin to have fixed; the items it failed for are served
+            // again.
+            self.refused.remove(&name);
+            self.pool.forget_ended_auto(&name);
+        }
+        if self.refused.contains_key(&name) {
+            self.controllers.insert(name, config);
+            return;
+        }
         let template = DemandTemplate {
             url: config.url.clone(),
             max_agents: config.options.max_agents,
@@ -37,6 +52,120 @@ impl Driver {
             .collect();
         for (lease, agent) in orphans {
             self.provision(lease, agent);
+        }
+    }
+
+    /// The borrower refused the agent's connection for the node the lender
+    /// made (the secret read from its `jenkins-agent.jnlp` does not
+    /// match): another agent would be refused too, so the auto-lease ends
+    /// (the agent stays home, the node is deleted), the controller shows
+    /// as failing with what to do, and nothing more is lent there until its
+    /// registration changes.
+    pub(super) fn secret_refused(&mut self, lease: LeaseId, agent: &str, reason: &str, now: u64) {
+        let Some(l) = self.pool.lease(lease) else {
+            return;
+        };
+        let Some(origin) = l.request.origin.as_ref().filter(|o| o.provisioned) else {
+            // A manual lease: its borrower gave the secret; the next agent
+            // is tried as for any failed borrow.
+            if let Err(err) = self.pool.fail(lease, reason, now) {
+                tracing::warn!(lease, %err, "cannot fail");
+            }
+            return;
+        };
+        let controller = origin.controller.clone();
+        let node = l.request.borrower.node_name.clone();
+        let message = format!(
+            "the controller refused the secret of node {node} that the lender read from its \
+             jenkins-agent.jnlp ({reason}); check what serves that file (a proxy or cache in \
+             front of Jenkins, a plugin rotating agent secrets), then `jnlp-lender controller \
+             add {controller} --replace ...` to lend there again"
+        );
+        tracing::warn!(lease, %agent, %controller, %node, "the controller refused the node's secret; lending there stops");
+        self.refused.insert(controller.clone(), message.clone());
+        if let Some(view) = self.registry.note_refused(&controller, &message) {
+            let _ = self
+                .events
+                .send(Arc::new(ServerEvent::ControllerFailing(view)));
+        }
+        if let Err(err) = self.pool.provision_failed(lease, &message, now) {
+            tracing::warn!(lease, %err, "cannot end the lease");
+        }
+    }
+
+    /// Reserved auto-leases whose item left the queue while their agent
+    /// is already connected to its node there: the item most likely
+    /// started on it before the borrow's answer came back (the queue is
+    /// read before the nodes). Kept as if still waiting, so that the pool
+    /// does not recall an agent whose build has just started (which would
+    /// cut it); the answer makes the lease active. An item cancelled after
+    /// the agent arrived leaves the agent there until its idle return.
+    pub(super) fn arrived_meanwhile(
+        &self,
+        controller: &str,
+        items: &[DemandItem],
+        nodes: &[crate::jenkins::Computer],
+    ) -> Vec<DemandItem> {
+        let waiting: std::collections::BTreeSet<u64> = items.iter().map(|i| i.queue_id).collect();
+        self.pool
+            .leases()
+            .filter(|l| l.state == LeaseState::Reserved)
+            .filter_map(|l| {
+                let origin = l.request.origin.as_ref()?;
+                let arrived = nodes
+                    .iter()
+                    .any(|n| n.name == l.request.borrower.node_name && (n.connected || !n.offline));
+                (origin.controller == controller
+                    && origin.provisioned
+                    && !waiting.contains(&origin.queue_id)
+                    && arrived)
+                    .then(|| DemandItem {
+                        queue_id: origin.queue_id,
+                        in_queue_since_ms: origin.in_queue_since_ms,
+                        requirements: l.request.requirements.clone(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Auto-leases whose item's build is seen running on their node: the
+    /// metric from the item's `inQueueSince` to its build's start (the
+    /// build's own timestamp; the poll's time when Jenkins does not show
+    /// the build, e.g. without Job/Read, and the node is busy).
+    pub(super) fn builds_started(
+        &mut self,
+        controller: &str,
+        nodes: &[crate::jenkins::Computer],
+        now: u64,
+    ) {
+        if nodes.is_empty() {
+            return;
+        }
+        for lease in self.pool.leases() {
+            let Some(origin) = lease.request.origin.as_ref() else {
+                continue;
+            };
+            if origin.controller != controller
+                || !origin.provisioned
+                || matches!(lease.state, LeaseState::Ended(_))
+            {
+                continue;
+            }
+            let Some(node) = nodes
+                .iter()
+                .find(|n| n.name == lease.request.borrower.node_name)
+            else {
+                continue;
+            };
+            let started = match node.builds.iter().find(|b| b.queue_id == origin.queue_id) {
+                Some(build) => Some(build.started_ms),
+                None if node.builds.is_empty() && !node.idle => Some(now),
+                None => None,
+            };
+            if let Some(started) = started {
+                self.metrics
+                    .build_started(controller, lease.id, origin.in_queue_since_ms, started);
+            }
         }
     }
 
@@ -89,12 +218,15 @@ impl Driver {
         lease: LeaseId,
         agent: &str,
         controller: &str,
-        result: Result<Provisioned, String>,
+        result: Result<Provisioned, provision::NotMade>,
         now: u64,
     ) {
         self.provisioning.remove(&lease);
         match result {
             Ok(made) => {
+                if !self.refused.contains_key(controller) {
+                    self.registry.clear_refused(controller);
+                }
                 let node = made.node.clone();
                 if let Err(err) =
                     self.pool
@@ -106,9 +238,28 @@ impl Driver {
                     self.delete_node(controller, &node, Some(lease));
                 }
             }
-            Err(reason) => {
+            Err(provision::NotMade {
+                message: reason,
+                denied,
+            }) => {
                 tracing::warn!(lease, %agent, controller, %reason, "cannot make the node; the item is skipped");
-                self.registry.note_error(controller, &reason);
+                if denied {
+                    // The token or its permissions: failing until a node is
+                    // made there again or the registration changes (which
+                    // serves the skipped items again).
+                    let message = format!(
+                        "cannot make nodes: {reason}; grant the permission to the lender's \
+                         Jenkins user (or fix its token with `jnlp-lender controller add \
+                         {controller} --replace ...`, which also retries the items skipped)"
+                    );
+                    if let Some(view) = self.registry.note_refused(controller, &message) {
+                        let _ = self
+                            .events
+                            .send(Arc::new(ServerEvent::ControllerFailing(view)));
+                    }
+                } else {
+                    self.registry.note_error(controller, &reason);
+                }
                 if let Err(err) = self.pool.provision_failed(lease, &reason, now) {
                     tracing::debug!(lease, %err, "provisioning failure for a settled lease");
                 }
@@ -137,4 +288,17 @@ impl Driver {
             }
         });
     }
+}
+
+/// Whether a failed borrow's reason is the controller refusing the
+/// node's secret (the agent words the JNLP4 `Authorization failure` and
+/// the WebSocket 403 this way).
+pub(super) fn refused_secret(reason: &str) -> bool {
+    [
+        "secret does not match",
+        "Authorization failure",
+        "rejected the secret",
+    ]
+    .iter()
+    .any(|needle| reason.contains(needle))
 }

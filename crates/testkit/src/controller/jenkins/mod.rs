@@ -322,8 +322,21 @@ pub(crate) struct Model {
     /// Buildable items, oldest first.
     pub queue: Vec<Item>,
     pub builds: Vec<BuildRecord>,
+    /// Nodes whose name starts with this refuse every secret, as if the
+    /// secret in their JNLP file were not theirs (rotated, or a stale copy
+    /// served by a cache in front of Jenkins).
+    pub refuse_secrets_of: Option<String>,
     next_queue_id: u64,
     numbers: BTreeMap<String, u64>,
+}
+
+impl Model {
+    /// Whether connections for `node` are refused whatever their secret.
+    pub(crate) fn refuses_secret(&self, node: &str) -> bool {
+        self.refuse_secrets_of
+            .as_deref()
+            .is_some_and(|prefix| node.starts_with(prefix))
+    }
 }
 
 impl Model {
