@@ -4,6 +4,7 @@
 //! restarted agent takes over its own stale channel instead of being
 //! refused "already connected").
 
+pub mod backoff;
 pub mod control_server;
 pub mod ctl;
 pub mod hub;
