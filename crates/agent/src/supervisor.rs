@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use control::{EventKind, MovePhase, Phase, ReturnReason, When};
+use control::{EventKind, MovePhase, Phase, ReturnReason};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument as _};
@@ -30,7 +30,8 @@ use tracing::{debug, error, info, warn, Instrument as _};
 use crate::departure::{Departure, Intent};
 use crate::engine::busy;
 use crate::lending::backoff::Backoff;
-use crate::lending::hub::{Command, Hub, Quietness};
+use crate::lending::hub::Hub;
+use crate::lending::moves::{Decision, Forced, Limits, Move, Quietness, Situation, Timers};
 use crate::lending::{Lease, StateFile};
 use crate::session::{Agent, Continuity, Online, Prepared, Route, SessionError};
 use crate::settings::Settings;
@@ -51,51 +52,6 @@ pub enum Stopped {
     /// Gave up: a fatal error, or reconnecting was not allowed.
     Failed(anyhow::Error),
 }
-
-/// A move the supervisor decided on.
-#[derive(Debug, Clone)]
-enum Move {
-    /// To this borrower.
-    Lend(control::BorrowRequest),
-    /// Home, for this reason.
-    Home(ReturnReason),
-}
-
-/// A move, and whether it waits for quiet (and can be called off by work
-/// arriving) or happens whatever the channel carries.
-#[derive(Debug, Clone)]
-struct Decision {
-    to: Move,
-    intent: Intent,
-}
-
-impl Decision {
-    fn when(to: Move, when: When) -> Self {
-        let intent = match when {
-            When::Now => Intent::Now,
-            When::Idle => Intent::WhenQuiet,
-        };
-        Self { to, intent }
-    }
-
-    fn quiet(to: Move) -> Self {
-        Self {
-            to,
-            intent: Intent::WhenQuiet,
-        }
-    }
-
-    fn now(to: Move) -> Self {
-        Self {
-            to,
-            intent: Intent::Now,
-        }
-    }
-}
-
-/// How long to wait before trying again to connect home ahead of a return
-/// that failed (the agent stays where it is meanwhile).
-const RETRY_MOVE: Duration = Duration::from_secs(5);
 
 /// A target connected for a move when quiet, waiting for a fresh count of
 /// build processes to tell whether this place is quiet (at most
@@ -130,9 +86,6 @@ async fn ahead<T>(work: &mut Option<Ahead<'_, T>>) -> (Candidate, Result<T, Sess
     }
 }
 
-/// How long to wait before trying again to start an engine for home.
-const WARM_RETRY: Duration = Duration::from_secs(30);
-
 /// Everything the supervisor tracks.
 struct Supervisor<'a> {
     agent: &'a Agent,
@@ -144,22 +97,15 @@ struct Supervisor<'a> {
     away: Option<Route>,
     home_continuity: Continuity,
     away_continuity: Continuity,
-    /// When the agent was last seen busy (for `idle_return`).
-    idle_since: Instant,
-    /// Since when the current place has had no live session (for give-up).
-    offline_since: Instant,
-    /// When a lease expired while the agent was busy.
-    lease_expired_at: Option<Instant>,
+    /// Idleness, reachability, the lease's grace and retries: the move
+    /// rules' clocks.
+    timers: Timers,
     /// The borrower of the pending borrow, once checked.
     candidate: Option<Candidate>,
     /// The connection the next session serves (made before the move).
     prepared: Option<Prepared>,
     /// When the move in progress was decided (for the `moved` event).
     move_started: Option<Instant>,
-    /// No move is tried before this (after connecting ahead failed).
-    retry_move_at: Option<Instant>,
-    /// No engine for home is started before this (after that failed).
-    warm_retry_at: Option<Instant>,
     /// Prepared connections being closed after a move was called off; the
     /// next connection ahead waits for them (its target may be the same).
     abandoning: Vec<JoinHandle<()>>,
@@ -178,6 +124,11 @@ pub async fn run(
         Ok(home) => home,
         Err(err) => return Stopped::Failed(err),
     };
+    let limits = Limits {
+        give_up: home_settings.borrow_give_up,
+        grace: home_settings.lease_grace,
+        warm_engine: home_settings.warm_engine,
+    };
     let mut sup = Supervisor {
         agent,
         home_settings,
@@ -188,14 +139,10 @@ pub async fn run(
         away: None,
         home_continuity: Continuity::default(),
         away_continuity: Continuity::default(),
-        idle_since: Instant::now(),
-        offline_since: Instant::now(),
-        lease_expired_at: None,
+        timers: Timers::new(limits, Instant::now()),
         candidate: None,
         prepared: None,
         move_started: None,
-        retry_move_at: None,
-        warm_retry_at: None,
         abandoning: Vec::new(),
     };
     sup.resume();
@@ -318,7 +265,7 @@ impl<'a> Supervisor<'a> {
                                 Ok(()) => info!("an engine for home is ready"),
                                 Err(err) => {
                                     debug!(%err, "cannot start an engine for home yet");
-                                    self.warm_retry_at = Some(Instant::now() + WARM_RETRY);
+                                    self.timers.warm_failed(Instant::now());
                                 }
                             }
                         }
@@ -355,7 +302,7 @@ impl<'a> Supervisor<'a> {
                                             warn!(%err, "home cannot be reached: staying at the borrower for now");
                                             self.hub.core().last_error = Some(format!("home: {err}"));
                                             self.home_continuity = candidate.continuity;
-                                            self.retry_move_at = Some(Instant::now() + RETRY_MOVE);
+                                            self.timers.home_unreachable(Instant::now());
                                         }
                                     }
                                     self.hub.set_phase(if went_online.get() { Phase::Online } else { Phase::Connecting });
@@ -419,7 +366,7 @@ impl<'a> Supervisor<'a> {
                         self.warm_home(&mut warming);
                     }
                     self.publish_warm_engine();
-                    let gated = self.retry_move_at.is_some_and(|at| Instant::now() < at);
+                    let gated = self.timers.gated(Instant::now());
                     if decided.is_none()
                         && connecting.is_none()
                         && ready.is_none()
@@ -459,7 +406,7 @@ impl<'a> Supervisor<'a> {
                                 departure.request(decision.intent);
                                 self.hub.set_phase(Phase::Leaving);
                             }
-                        } else if went_online.get() && self.hub.core().pending.is_some() {
+                        } else if went_online.get() && self.hub.core().orders.pending.is_some() {
                             self.hub.set_phase(Phase::Draining);
                         }
                     }
@@ -490,7 +437,7 @@ impl<'a> Supervisor<'a> {
             if online {
                 last_online = Instant::now();
                 last_problem = None;
-                self.offline_since = Instant::now();
+                self.timers.online(Instant::now());
                 if started.elapsed() >= STABLE {
                     backoff.reset();
                 }
@@ -590,71 +537,40 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// Whether to move now, from the pending command, the lease and the busy
-    /// signals. A borrow moves only once its borrower was checked.
+    /// Whether to move now ([`Timers::decide`] on the pending order, the
+    /// lease and the busy signals).
     fn decide(&mut self, online: bool) -> Option<Decision> {
-        let (give_up, grace) = (
-            self.home_settings.borrow_give_up,
-            self.home_settings.lease_grace,
-        );
-        let pending = self.hub.core().pending.clone();
-        let lease = self.lease.as_ref();
-        if pending.is_none() && lease.is_none() {
+        let pending = self.hub.core().orders.pending.clone();
+        if pending.is_none() && self.lease.is_none() {
             // At home with nothing asked: no need to look at /proc.
             return None;
         }
-        let busy = self.hub.quiet_to_move() != Quietness::Quiet;
-        if busy {
-            self.idle_since = Instant::now();
+        let situation = Situation {
+            pending: pending.as_ref().map(|(command, _)| command),
+            lease: self.lease.as_ref(),
+            checked: self.candidate.is_some(),
+            online,
+            quiet: self.hub.quiet_to_move(),
+        };
+        let verdict = self
+            .timers
+            .decide(Instant::now(), busy::now_ms(), situation);
+        if let Some(idle_deadline_ms) = verdict.idle_deadline_ms {
+            self.hub.core().idle_deadline_ms = Some(idle_deadline_ms);
         }
-        match pending {
-            Some((Command::Borrow(request), _))
-                if self.candidate.is_some() && (request.when == When::Now || !busy) =>
-            {
-                let when = request.when;
-                return Some(Decision::when(Move::Lend(request), when));
-            }
-            Some((Command::Return(when), _)) if lease.is_some() && (when == When::Now || !busy) => {
-                return Some(Decision::when(Move::Home(ReturnReason::Requested), when));
-            }
+        match (verdict.forced, &self.lease) {
+            (Some(Forced::GraceOver), _) => warn!(
+                grace = %humantime::format_duration(self.home_settings.lease_grace),
+                "the lease expired and the agent stayed busy through the grace period: leaving anyway"
+            ),
+            (Some(Forced::GaveUp), Some(lease)) => warn!(
+                borrower = %lease.label(),
+                after = %humantime::format_duration(self.home_settings.borrow_give_up),
+                "the borrower stayed unreachable: going home"
+            ),
             _ => {}
         }
-        let lease = lease?;
-        if lease
-            .deadline_ms()
-            .is_some_and(|deadline| deadline <= busy::now_ms())
-        {
-            if !busy {
-                return Some(Decision::quiet(Move::Home(ReturnReason::LeaseExpired)));
-            }
-            let expired = *self.lease_expired_at.get_or_insert_with(Instant::now);
-            if expired.elapsed() >= grace {
-                warn!(
-                    grace = %humantime::format_duration(grace),
-                    "the lease expired and the agent stayed busy through the grace period: leaving anyway"
-                );
-                return Some(Decision::now(Move::Home(ReturnReason::LeaseExpired)));
-            }
-        }
-        if !online && self.offline_since.elapsed() >= give_up {
-            warn!(
-                borrower = %lease.label(),
-                after = %humantime::format_duration(give_up),
-                "the borrower stayed unreachable: going home"
-            );
-            return Some(Decision::now(Move::Home(ReturnReason::BorrowerGone)));
-        }
-        if let Some(idle) = lease.request.idle_return {
-            let deadline = control::ms_after(
-                busy::now_ms(),
-                idle.saturating_sub(self.idle_since.elapsed()),
-            );
-            self.hub.core().idle_deadline_ms = Some(deadline);
-            if online && self.idle_since.elapsed() >= idle {
-                return Some(Decision::quiet(Move::Home(ReturnReason::Idle)));
-            }
-        }
-        None
+        verdict.decision
     }
 
     /// Closes the target's fresh channel again (a move put off: work
@@ -681,16 +597,13 @@ impl<'a> Supervisor<'a> {
     /// event and for orders that arrive meanwhile.
     fn set_moving(&mut self, moving: bool) {
         self.move_started = moving.then(Instant::now);
-        self.hub.core().moving = moving;
+        self.hub.core().orders.moving = moving;
     }
 
     /// Starts checking the borrower of a newly pending borrow, and forgets
     /// a checked borrower whose borrow was cancelled.
     fn track_borrow(&mut self, checking: &mut Option<Ahead<'a, ()>>) {
-        let pending = match &self.hub.core().pending {
-            Some((Command::Borrow(request), _)) => Some(request.clone()),
-            _ => None,
-        };
+        let pending = self.hub.core().orders.pending_borrow().cloned();
         let Some(request) = pending.filter(|_| self.lease.is_none()) else {
             // Nothing to check (or the borrow was called off): drop it.
             self.candidate = None;
@@ -732,10 +645,11 @@ impl<'a> Supervisor<'a> {
     /// While borrowed, starts an engine for home (resolve, jar, engine) so
     /// that going home costs only a handshake.
     fn warm_home(&mut self, warming: &mut Option<Ahead<'a, ()>>) {
-        let wanted = self.home_settings.warm_engine
-            && self.lease.is_some()
-            && !self.warm_retry_at.is_some_and(|at| Instant::now() < at)
-            && self.home_continuity.spare_pid().is_none();
+        let wanted = self.timers.wants_warm_home(
+            Instant::now(),
+            self.lease.is_some(),
+            self.home_continuity.spare_pid().is_some(),
+        );
         if !wanted {
             return;
         }
@@ -789,7 +703,7 @@ impl<'a> Supervisor<'a> {
         error!(%phase, %reason, "the borrow failed; staying here");
         {
             let mut core = self.hub.core();
-            core.pending = None;
+            core.orders.pending = None;
             core.last_error = Some(format!("borrow failed ({phase}): {reason}"));
         }
         self.candidate = None;
@@ -865,22 +779,7 @@ impl<'a> Supervisor<'a> {
         {
             let mut core = self.hub.core();
             core.lease = self.lease.clone();
-            // The order carried out is done; one that arrived during the
-            // move (e.g. a return while going to the borrower) stays.
-            let done = matches!(
-                (&core.pending, returned.is_some()),
-                (Some((Command::Borrow(_), _)), false) | (Some((Command::Return(_), _)), true)
-            );
-            if done {
-                core.pending = None;
-            }
-            if returned.is_some() {
-                // A borrow that arrived on the way home: pending from here.
-                if let Some((request, since_ms)) = core.next_borrow.take() {
-                    core.pending = Some((Command::Borrow(request), since_ms));
-                }
-            }
-            core.moving = false;
+            core.orders.moved(returned.is_some());
             core.idle_deadline_ms = self
                 .lease
                 .as_ref()
@@ -888,9 +787,7 @@ impl<'a> Supervisor<'a> {
                 .map(|idle| control::ms_after(busy::now_ms(), idle));
             core.since_ms = busy::now_ms();
         }
-        self.lease_expired_at = None;
-        self.idle_since = Instant::now();
-        self.offline_since = Instant::now();
+        self.timers.arrived(Instant::now());
         backoff.reset();
         if let Some(reason) = returned {
             self.hub.emit(EventKind::ReturnedHome { reason });

@@ -17,16 +17,8 @@ use tokio::sync::{broadcast, Notify};
 use crate::engine::bridge::Traffic;
 use crate::engine::busy;
 use crate::engine::census::{Census, Count};
+use crate::lending::moves::{Command, Orders, Quietness};
 use crate::lending::{target_label, Lease};
-
-/// A move asked for on the control socket, waiting to be carried out.
-#[derive(Debug, Clone)]
-pub enum Command {
-    /// Go to this borrower (when: `request.when`).
-    Borrow(BorrowRequest),
-    /// Go home.
-    Return(When),
-}
 
 /// The supervisor's state as the control socket shows it.
 #[derive(Debug, Clone, Default)]
@@ -43,8 +35,8 @@ pub struct Core {
     pub node_name: Option<String>,
     /// The home controller's URL.
     pub home_url: Option<String>,
-    /// A move accepted and waiting for idle.
-    pub pending: Option<(Command, u64)>,
+    /// The orders accepted and not carried out yet.
+    pub orders: Orders,
     /// The engine of the live session.
     pub engine_pid: Option<u32>,
     /// The last error.
@@ -61,11 +53,6 @@ pub struct Core {
     pub transport_fallback: bool,
     /// The engine started ahead of a move: pid and the controller it is for.
     pub warm_engine: Option<(u32, Option<String>)>,
-    /// A move is under way (decided, the target being connected or the old
-    /// channel closed): orders that arrive now are queued behind it.
-    pub moving: bool,
-    /// A borrow accepted while going home, and when: pending once home.
-    pub next_borrow: Option<(BorrowRequest, u64)>,
 }
 
 /// Shared between the supervisor and the control socket.
@@ -94,17 +81,6 @@ struct RateMeter {
     to_controller: u64,
     /// Bytes per second from the controller over the last window.
     from_controller: u64,
-}
-
-/// What [`Hub::quiet_to_move`] finds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quietness {
-    /// A request in flight, a build process, or recent traffic.
-    Busy,
-    /// None of those, on a fresh count.
-    Quiet,
-    /// None of those, but the count of build processes is too old to trust.
-    Unknown,
 }
 
 /// How long a `status` request waits at most for a fresh count of build
@@ -266,6 +242,7 @@ impl Hub {
             lease_deadline_ms: core.lease.as_ref().and_then(Lease::deadline_ms),
             idle_deadline_ms: core.idle_deadline_ms,
             queued: core
+                .orders
                 .next_borrow
                 .as_ref()
                 .map(|(request, since_ms)| Pending {
@@ -273,17 +250,21 @@ impl Hub {
                     controller_url: Some(target_label(&request.target)),
                     since_ms: *since_ms,
                 }),
-            pending: core.pending.as_ref().map(|(command, since_ms)| Pending {
-                action: match command {
-                    Command::Borrow(_) => PendingAction::Borrow,
-                    Command::Return(_) => PendingAction::Return,
-                },
-                controller_url: match command {
-                    Command::Borrow(request) => Some(target_label(&request.target)),
-                    Command::Return(_) => core.home_url.clone(),
-                },
-                since_ms: *since_ms,
-            }),
+            pending: core
+                .orders
+                .pending
+                .as_ref()
+                .map(|(command, since_ms)| Pending {
+                    action: match command {
+                        Command::Borrow(_) => PendingAction::Borrow,
+                        Command::Return(_) => PendingAction::Return,
+                    },
+                    controller_url: match command {
+                        Command::Borrow(request) => Some(target_label(&request.target)),
+                        Command::Return(_) => core.home_url.clone(),
+                    },
+                    since_ms: *since_ms,
+                }),
             busy,
             engine_pid: core.engine_pid,
             remoting_version: core.remoting_version,
@@ -340,89 +321,29 @@ impl crate::lending::control_server::Handler for Hub {
         if request.secret.is_none() {
             return Err("borrow: no secret".into());
         }
-        let label = target_label(&request.target);
-        {
+        let accepted = {
             let mut core = self.core();
-            // On the way home (a return asked for, or the lease ending by
-            // itself; a lent agent moves nowhere else): the borrow is queued
-            // and carried out from home.
-            let returning = core.lease.is_some()
-                && (core.moving || matches!(core.pending, Some((Command::Return(_), _))));
-            if returning {
-                if core.next_borrow.as_ref().is_some_and(|(queued, _)| {
-                    queued.target == request.target && queued.name == request.name
-                }) {
-                    return Ok(format!("already queued to go to {label} once home"));
-                }
-                core.next_borrow = Some((request.clone(), busy::now_ms()));
-                drop(core);
-                self.wake.notify_one();
-                self.emit(EventKind::BorrowAccepted);
-                return Ok(format!("accepted: will go to {label} once home"));
-            }
-            if let Some(lease) = &core.lease {
-                if lease.same_as(&request) {
-                    return Ok(format!("already lent to {label}"));
-                }
-                return Err(format!(
-                    "already lent to {} as {}; return it first",
-                    lease.label(),
-                    lease.request.name
-                ));
-            }
-            match &core.pending {
-                Some((Command::Borrow(pending), _))
-                    if pending.target == request.target
-                        && pending.name == request.name
-                        && request.when == When::Idle =>
-                {
-                    return Ok(format!("already waiting to go to {label}"));
-                }
-                Some((Command::Borrow(pending), _))
-                    if pending.target != request.target || pending.name != request.name =>
-                {
-                    return Err(format!(
-                        "already waiting to go to {}; return first to cancel it",
-                        target_label(&pending.target)
-                    ))
-                }
-                _ => {}
-            }
-            core.pending = Some((Command::Borrow(request.clone()), busy::now_ms()));
+            let core = &mut *core;
+            core.orders
+                .borrow(core.lease.as_ref(), &request, busy::now_ms())?
+        };
+        if accepted.changed {
+            self.wake.notify_one();
+            self.emit(EventKind::BorrowAccepted);
         }
-        let when = request.when;
-        self.wake.notify_one();
-        self.emit(EventKind::BorrowAccepted);
-        Ok(match when {
-            When::Now => format!("accepted: leaving for {label} now"),
-            When::Idle => format!("accepted: will go to {label} when idle"),
-        })
+        Ok(accepted.message)
     }
 
     fn give_back(&self, when: When) -> Result<String, String> {
-        {
+        let message = {
             let mut core = self.core();
-            let pending_borrow = matches!(core.pending, Some((Command::Borrow(_), _)));
-            // A return cancels a borrow queued behind the move home.
-            core.next_borrow = None;
-            if core.lease.is_none() && !pending_borrow {
-                return Err("not lent: the agent is at home".into());
-            }
-            core.pending = if core.lease.is_some() || core.moving {
-                // Borrowed, or on the way to the borrower: the return
-                // follows once there.
-                Some((Command::Return(when), busy::now_ms()))
-            } else {
-                // Cancels a borrow still waiting for idle.
-                None
-            };
-        }
+            let core = &mut *core;
+            core.orders
+                .give_back(core.lease.as_ref(), when, busy::now_ms())?
+        };
         self.wake.notify_one();
         self.emit(EventKind::ReturnAccepted);
-        Ok(match when {
-            When::Now => "accepted: returning home now".into(),
-            When::Idle => "accepted: will return home when idle".into(),
-        })
+        Ok(message)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Event> {

@@ -9,6 +9,7 @@ pub mod control_server;
 pub mod ctl;
 pub mod hub;
 pub mod link;
+pub mod moves;
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
