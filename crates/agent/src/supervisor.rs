@@ -206,6 +206,7 @@ impl<'a> Supervisor<'a> {
             let departure = Departure::new();
             let mut called_off = departure.watch();
             let went_online = Cell::new(false);
+            let online_at: Cell<Option<Instant>> = Cell::new(None);
             let started = Instant::now();
             let mut decided: Option<Decision> = None;
             // The session owns its route and continuity for a while, so the
@@ -223,6 +224,9 @@ impl<'a> Supervisor<'a> {
                 let hub = self.hub.clone();
                 let (agent, state) = (self.agent, self.state.clone());
                 let moved_at = self.move_started.take();
+                // `moved` is reported once the controller's first call on
+                // the new channel is answered (when it shows the node online).
+                let mut moved_reported = moved_at.is_none();
                 let span = tracing::info_span!(
                     "session",
                     attempt,
@@ -238,12 +242,11 @@ impl<'a> Supervisor<'a> {
                         self.prepared.take(),
                         |online: Online| {
                             went_online.set(true);
-                            mark_online(&hub, &online);
-                            if let Some(at) = moved_at {
-                                let ms = at.elapsed().as_millis() as u64;
-                                info!(ms, "moved");
-                                hub.emit(EventKind::Moved { ms });
+                            online_at.set(Some(Instant::now()));
+                            if moved_at.is_some() {
+                                hub.core().awaiting_first_call = true;
                             }
+                            mark_online(&hub, &online);
                         },
                     )
                     .instrument(span);
@@ -251,6 +254,19 @@ impl<'a> Supervisor<'a> {
                 loop {
                     tokio::select! {
                         result = &mut session => break result,
+                        answered = departure.first_call_answered(), if !moved_reported => {
+                            moved_reported = true;
+                            if let Some(at) = moved_at {
+                                report_moved(&self.hub, at, online_at.get(), Some(answered));
+                            }
+                        }
+                        () = first_call_given_up(online_at.get()), if !moved_reported && online_at.get().is_some() => {
+                            moved_reported = true;
+                            if let Some(at) = moved_at {
+                                info!(after = ?FIRST_CALL_WAIT, "the controller sent no call on the new channel: taking it as online");
+                                report_moved(&self.hub, at, online_at.get(), None);
+                            }
+                        }
                         (candidate, checked) = ahead(&mut checking) => {
                             checking = None;
                             match checked {
@@ -427,6 +443,7 @@ impl<'a> Supervisor<'a> {
             {
                 let mut core = self.hub.core();
                 core.engine_pid = None;
+                core.awaiting_first_call = false;
                 // Where it connects next (status says "serves or is
                 // connecting to"): never "nowhere" in the middle of a move.
                 core.controller_url = match &core.lease {
@@ -795,6 +812,38 @@ impl<'a> Supervisor<'a> {
             self.hub.emit(EventKind::StateChanged);
         }
     }
+}
+
+/// How long after the handshake a controller's first call is awaited
+/// before the move counts as done without it (Jenkins calls at once).
+const FIRST_CALL_WAIT: Duration = Duration::from_secs(2);
+
+/// Returns [`FIRST_CALL_WAIT`] after `online_at`.
+async fn first_call_given_up(online_at: Option<Instant>) {
+    match online_at {
+        Some(at) => tokio::time::sleep_until((at + FIRST_CALL_WAIT).into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reports a move done: online at the new place as its controller sees it.
+fn report_moved(
+    hub: &Hub,
+    moved_at: Instant,
+    online_at: Option<Instant>,
+    answered: Option<Instant>,
+) {
+    let since = |t: Instant| t.saturating_duration_since(moved_at).as_millis() as u64;
+    let ms = since(answered.unwrap_or_else(Instant::now));
+    let connected_ms = online_at.map(since);
+    let answered_ms = answered.map(since);
+    info!(ms, connected_ms, answered_ms, "moved");
+    hub.core().awaiting_first_call = false;
+    hub.emit(EventKind::Moved {
+        ms,
+        connected_ms,
+        answered_ms,
+    });
 }
 
 fn mark_online(hub: &Hub, online: &Online) {

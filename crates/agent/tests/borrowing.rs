@@ -360,6 +360,28 @@ async fn a_vanished_borrower_sends_it_home() {
     lender.shutdown().await;
 }
 
+/// A controller side that, like Jenkins, calls the agent as soon as the
+/// channel is up (the fake engine echoes the command back: the answer), and
+/// records when the answer arrived, then holds the channel.
+fn calling(answered: Arc<std::sync::Mutex<Option<std::time::Instant>>>) -> Peer {
+    Peer::script(move |mut channel: Channel| {
+        let answered = answered.clone();
+        async move {
+            let mut wire = BytesMut::new();
+            put_command(&mut wire, b"first call");
+            let chunk = ChunkCodec.decode(&mut wire).unwrap().unwrap();
+            channel.framed.send(chunk).await.unwrap();
+            if let Some(Ok(_)) = channel.framed.next().await {
+                answered
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(std::time::Instant::now);
+            }
+            while let Some(Ok(_)) = channel.framed.next().await {}
+        }
+    })
+}
+
 /// Sends one command whose payload makes the fake engine start `command`.
 /// A controller side that starts `build` on the agent's engine as soon as
 /// the agent connects (each time), then holds the channel.
@@ -924,25 +946,41 @@ async fn a_borrow_that_cannot_work_fails_and_the_agent_stays_home() {
     borrower.shutdown().await;
 }
 
-/// `borrow --wait` exits 0 only once the borrower shows the node online;
-/// the `moved` event carries the repoint time.
+/// `borrow --wait` exits 0 only once the borrower shows the node online,
+/// as a controller does: after its first call on the channel is answered.
+/// The `moved` event carries both times (connected, first call answered).
 #[tokio::test]
 async fn borrow_wait_returns_once_the_borrower_sees_the_node() {
     let lender = home(Peer::Hold).await;
-    let borrower = borrower(Peer::Hold).await;
+    let answered = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    let borrower = borrower(calling(answered.clone())).await;
     let agent = start_agent(&lender, &["--quiet-period", "200ms"]);
     let socket = agent.socket();
     wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
     let mut events = subscribe(&socket).await;
     let out = ctl_borrow(&agent, &borrower, &["--wait"]).await;
+    let returned = std::time::Instant::now();
     assert!(out.status.success(), "{out:?}");
     assert!(borrower.is_online("guest-mac"), "exit 0 before online");
+    // The controller had its first call answered before `--wait` returned.
+    let seen = *answered.lock().unwrap();
+    assert!(seen.is_some_and(|at| at <= returned), "{seen:?}");
     assert!(!lender.is_online("mac-01"));
-    let (ms, placement) = next_event(&mut events, |event| match event.kind {
-        EventKind::Moved { ms } => Some((ms, event.status.placement)),
-        _ => None,
-    })
-    .await;
+    let (ms, connected_ms, answered_ms, placement) =
+        next_event(&mut events, |event| match event.kind {
+            EventKind::Moved {
+                ms,
+                connected_ms,
+                answered_ms,
+            } => Some((ms, connected_ms, answered_ms, event.status.placement)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(answered_ms, Some(ms), "the first call was answered");
+    assert!(
+        connected_ms.is_some_and(|c| c <= ms),
+        "{connected_ms:?} {ms}"
+    );
     assert_eq!(placement, Placement::Borrowed);
     assert!(ms < 30_000, "{ms}");
     let out = ctl(&agent, &["return", "--now", "--wait", "30s"]).await;

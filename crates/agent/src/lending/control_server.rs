@@ -1072,7 +1072,10 @@ async fn outcome(
     place: Placement,
 ) -> Reply {
     let arrived = |status: &Status| {
-        status.placement == place && status.phase == Phase::Online && status.pending.is_none()
+        status.placement == place
+            && status.phase == Phase::Online
+            && !status.awaiting_first_call
+            && status.pending.is_none()
     };
     let now = handler.status();
     if arrived(&now) {
@@ -1084,7 +1087,7 @@ async fn outcome(
         loop {
             match events.recv().await {
                 Ok(Event {
-                    kind: EventKind::Moved { ms },
+                    kind: EventKind::Moved { ms, .. },
                     status,
                     ..
                 }) if status.placement == place => {
@@ -1889,7 +1892,11 @@ mod tests {
             .events
             .send(Event {
                 at_ms: 2,
-                kind: EventKind::Moved { ms: 5 },
+                kind: EventKind::Moved {
+                    ms: 5,
+                    connected_ms: None,
+                    answered_ms: None,
+                },
                 status: Status {
                     phase: Phase::Online,
                     controller_url: Some("https://a.example/".into()),
@@ -1898,7 +1905,14 @@ mod tests {
             })
             .unwrap();
         let event = events.next_event().await.unwrap().unwrap();
-        assert_eq!(event.kind, EventKind::Moved { ms: 5 });
+        assert_eq!(
+            event.kind,
+            EventKind::Moved {
+                ms: 5,
+                connected_ms: None,
+                answered_ms: None
+            }
+        );
         let reply = waiting.line(PROMPTLY).await.unwrap();
         assert!(reply.contains("online at https://a.example/"), "{reply}");
         running.stop().await;

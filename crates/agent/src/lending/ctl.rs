@@ -854,6 +854,7 @@ mod tests {
             transport: Some(control::Transport::WebSocket),
             transport_fallback: true,
             warm_engine: None,
+            awaiting_first_call: false,
         };
         assert_eq!(
             describe(&status, now),

@@ -51,6 +51,8 @@ pub struct Core {
     pub transport: Option<control::Transport>,
     /// That is a WebSocket because the TCP agent port was disabled.
     pub transport_fallback: bool,
+    /// Online after a move, the controller's first call not answered yet.
+    pub awaiting_first_call: bool,
     /// The engine started ahead of a move: pid and the controller it is for.
     pub warm_engine: Option<(u32, Option<String>)>,
 }
@@ -296,6 +298,7 @@ impl Hub {
                 controller_url,
                 rss_kib: busy::rss_kib(pid),
             }),
+            awaiting_first_call: core.awaiting_first_call,
         }
     }
 }

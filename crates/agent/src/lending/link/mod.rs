@@ -310,7 +310,11 @@ mod tests {
         let away = status(Placement::Borrowed, Phase::Online);
         let event = Event {
             at_ms: 1,
-            kind: EventKind::Moved { ms: 10 },
+            kind: EventKind::Moved {
+                ms: 10,
+                connected_ms: None,
+                answered_ms: None,
+            },
             status: away.clone(),
         };
         let [first, second] = s.on_event(event.clone());
@@ -372,7 +376,11 @@ mod tests {
             self.events
                 .send(Event {
                     at_ms: 1,
-                    kind: EventKind::Moved { ms: 5 },
+                    kind: EventKind::Moved {
+                        ms: 5,
+                        connected_ms: None,
+                        answered_ms: None,
+                    },
                     status,
                 })
                 .unwrap();
@@ -559,7 +567,7 @@ mod tests {
             "{seen:?}"
         );
         assert!(
-            seen.iter().any(|m| matches!(m, AgentMessage::Event { event } if event.kind == EventKind::Moved { ms: 5 })),
+            seen.iter().any(|m| matches!(m, AgentMessage::Event { event } if event.kind == EventKind::Moved { ms: 5, connected_ms: None, answered_ms: None })),
             "{seen:?}"
         );
         assert!(
