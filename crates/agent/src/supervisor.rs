@@ -16,9 +16,13 @@
 //! otherwise); a FATAL refusal stops the agent at home and sends it home
 //! from a borrower.
 
+mod ahead;
+mod online;
+mod signals;
+
+pub use self::signals::shutdown_on_signals;
+
 use std::cell::Cell;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +31,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument as _};
 
+use self::ahead::{ahead, Ahead, Candidate, Settling, SETTLE_LIMIT};
+use self::online::{first_call_given_up, mark_online, report, report_moved, FIRST_CALL_WAIT};
 use crate::departure::{Departure, Intent};
 use crate::engine::busy;
 use crate::lending::backoff::Backoff;
@@ -35,7 +41,6 @@ use crate::lending::moves::{Decision, Forced, Limits, Move, Quietness, Situation
 use crate::lending::{Lease, StateFile};
 use crate::session::{Agent, Continuity, Online, Prepared, Route, SessionError};
 use crate::settings::Settings;
-use remoting_protocol::handshake::HandshakeError;
 
 /// A connection that lasted this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(60);
@@ -51,39 +56,6 @@ pub enum Stopped {
     Cleanly,
     /// Gave up: a fatal error, or reconnecting was not allowed.
     Failed(anyhow::Error),
-}
-
-/// A target connected for a move when quiet, waiting for a fresh count of
-/// build processes to tell whether this place is quiet (at most
-/// [`SETTLE_LIMIT`]: under load the census can lag the connection).
-struct Settling {
-    candidate: Candidate,
-    prepared: Prepared,
-    until: Instant,
-}
-
-/// How long a connected target waits for a fresh count before the move is
-/// put off as if work had started.
-const SETTLE_LIMIT: Duration = Duration::from_secs(1);
-
-/// A place the agent may move to, checked and connected ahead of the move
-/// while the agent still serves where it is (make before break).
-#[derive(Debug)]
-struct Candidate {
-    route: Route,
-    continuity: Continuity,
-}
-
-/// Work on a [`Candidate`] that runs beside the live session and hands the
-/// candidate back with its result.
-type Ahead<'a, T> = Pin<Box<dyn Future<Output = (Candidate, Result<T, SessionError>)> + 'a>>;
-
-/// Polls an optional [`Ahead`]; pending forever when there is none.
-async fn ahead<T>(work: &mut Option<Ahead<'_, T>>) -> (Candidate, Result<T, SessionError>) {
-    match work {
-        Some(work) => work.await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Everything the supervisor tracks.
@@ -812,86 +784,4 @@ impl<'a> Supervisor<'a> {
             self.hub.emit(EventKind::StateChanged);
         }
     }
-}
-
-/// How long after the handshake a controller's first call is awaited
-/// before the move counts as done without it (Jenkins calls at once).
-const FIRST_CALL_WAIT: Duration = Duration::from_secs(2);
-
-/// Returns [`FIRST_CALL_WAIT`] after `online_at`.
-async fn first_call_given_up(online_at: Option<Instant>) {
-    match online_at {
-        Some(at) => tokio::time::sleep_until((at + FIRST_CALL_WAIT).into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Reports a move done: online at the new place as its controller sees it.
-fn report_moved(
-    hub: &Hub,
-    moved_at: Instant,
-    online_at: Option<Instant>,
-    answered: Option<Instant>,
-) {
-    let since = |t: Instant| t.saturating_duration_since(moved_at).as_millis() as u64;
-    let ms = since(answered.unwrap_or_else(Instant::now));
-    let connected_ms = online_at.map(since);
-    let answered_ms = answered.map(since);
-    info!(ms, connected_ms, answered_ms, "moved");
-    hub.core().awaiting_first_call = false;
-    hub.emit(EventKind::Moved {
-        ms,
-        connected_ms,
-        answered_ms,
-    });
-}
-
-fn mark_online(hub: &Hub, online: &Online) {
-    {
-        let mut core = hub.core();
-        core.engine_pid = Some(online.engine_pid);
-        core.controller_url = online.controller_url.clone();
-        core.node_name = Some(online.node.clone());
-        core.remoting_version = online.remoting_version.clone();
-        core.engine_window = online.engine_window;
-        core.transport = Some(online.transport);
-        core.transport_fallback = online.transport_fallback;
-        core.last_error = None;
-    }
-    hub.set_phase(Phase::Online);
-}
-
-/// Logs a failed attempt: a new problem at WARN (ERROR for security ones),
-/// the same problem again only at DEBUG, so a long outage does not flood the log.
-fn report(err: &SessionError, was_online: bool, last: &mut Option<String>) {
-    let text = err.to_string();
-    if last.as_deref() == Some(text.as_str()) {
-        tracing::debug!(%err, "still failing");
-        return;
-    }
-    if let SessionError::Handshake(HandshakeError::IdentityMismatch(_)) = err {
-        error!(%err, "security: refusing to connect");
-    } else if was_online {
-        warn!(%err, "connection lost");
-    } else {
-        warn!(%err, "connection attempt failed");
-    }
-    *last = Some(text);
-}
-
-/// A token cancelled on SIGTERM or SIGINT.
-pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let token = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM: closing the channel and stopping"),
-            _ = int.recv() => info!("SIGINT: closing the channel and stopping"),
-        }
-        cancel.cancel();
-    });
-    Ok(token)
 }

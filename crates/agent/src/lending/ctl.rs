@@ -908,7 +908,8 @@ traffic     1.5 MiB in 12 commands to the controller (3.0 MiB/s now), 512 B in 1
     /// (ctl makes its own current-thread runtime, as in the binary).
     #[test]
     fn against_the_control_server() {
-        use crate::lending::control_server::{ControlServer, Handler};
+        use crate::lending::control_server::ControlServer;
+        use crate::lending::orders::Handler;
         use tokio::sync::broadcast;
 
         struct Agent(broadcast::Sender<Event>);

@@ -155,7 +155,7 @@ impl Hub {
     }
 
     /// The busy signals now, with the latest count of build processes
-    /// (see [`Hub::settle`](crate::lending::control_server::Handler::settle)
+    /// (see [`Hub::settle`](crate::lending::orders::Handler::settle)
     /// for a fresh one).
     pub fn busy(&self) -> Busy {
         self.busy_counted().0
@@ -303,7 +303,7 @@ impl Hub {
     }
 }
 
-impl crate::lending::control_server::Handler for Hub {
+impl crate::lending::orders::Handler for Hub {
     fn status(&self) -> Status {
         self.snapshot()
     }
@@ -365,7 +365,7 @@ mod tests {
     /// count instead of being put off (and flapping the target's node).
     #[tokio::test]
     async fn no_count_yet_is_unknown_not_busy() {
-        use crate::lending::control_server::Handler as _;
+        use crate::lending::orders::Handler as _;
         let hub = Hub::new(Arc::new(Traffic::default()), None, Duration::from_secs(5));
         assert_eq!(hub.quiet_to_move(), Quietness::Unknown);
         hub.settle().await;
@@ -383,7 +383,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_move_waits_for_a_fresh_count_of_build_processes() {
-        use crate::lending::control_server::Handler as _;
+        use crate::lending::orders::Handler as _;
         let hub = Hub::new(Arc::new(Traffic::default()), None, Duration::from_secs(5));
         // Nobody asked before: no count yet, so not idle enough to move.
         assert_ne!(hub.quiet_to_move(), Quietness::Quiet);

@@ -10,6 +10,7 @@ pub mod ctl;
 pub mod hub;
 pub mod link;
 pub mod moves;
+pub mod orders;
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;

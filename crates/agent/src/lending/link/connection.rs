@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn, Instrument as _};
 use crate::connect::dial::{self, Io};
 use crate::connect::proxy::ProxyChoice;
 use crate::lending::backoff::Backoff;
-use crate::lending::control_server::{carry_out_borrow, carry_out_return, Handler};
+use crate::lending::orders::{carry_out_borrow, carry_out_return, Handler};
 use crate::settings::HostPort;
 
 use super::config::{echo, LinkConfig, LinkError};

@@ -77,7 +77,7 @@ mod tests {
     use super::labels::*;
     use super::session::*;
 
-    use crate::lending::control_server::Handler;
+    use crate::lending::orders::Handler;
     use crate::settings::Secret;
     use control::link::{AgentMessage, LenderMessage, LINK_PATH, MAX_MESSAGE, PING_INTERVAL};
     use control::{Event, Reply, Request, Response, Status};
