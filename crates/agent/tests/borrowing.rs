@@ -1283,8 +1283,9 @@ async fn without_warm_engines_moves_still_work() {
     let out = ctl_borrow(&agent, &borrower, &["--wait", "30s"]).await;
     assert!(out.status.success(), "{out:?}");
     assert!(borrower.is_online("guest-mac"));
-    // No engine for home is started while borrowed.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // No engine for home is kept while borrowed (that none is ever started
+    // is the move rules' unit test `an_engine_for_home_is_warmed_while_lent_
+    // and_retried_after_a_failure`, on simulated time).
     assert_eq!(status(&socket).await.warm_engine, None);
     let out = ctl(&agent, &["return", "--wait", "30s"]).await;
     assert!(out.status.success(), "{out:?}");
@@ -1501,9 +1502,20 @@ async fn a_detached_build_is_tracked_by_its_marker_and_others_are_left_alone() {
     })
     .await;
     assert!(busy.busy.busy);
-    // A quiet borrow waits for it...
+    // A quiet borrow waits for it: checked, still pending, still home
+    // (that a busy agent never moves when quiet is the move rules' unit
+    // test `a_borrow_waits_for_its_check_and_for_quiet_unless_now`).
+    let mut events = subscribe(&socket).await;
     lend(&socket, &borrower, None, None, When::Idle).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    next_event(&mut events, |event| {
+        (event.kind == EventKind::BorrowChecked).then_some(())
+    })
+    .await;
+    let waiting = status(&socket).await;
+    assert!(
+        waiting.pending.is_some() && waiting.busy.busy,
+        "{waiting:?}"
+    );
     assert!(
         lender.is_online("mac-01"),
         "left in the middle of the detached build"
