@@ -19,6 +19,7 @@
 mod ahead;
 mod online;
 mod signals;
+mod state;
 
 pub use self::signals::shutdown_on_signals;
 
@@ -27,17 +28,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use control::{EventKind, MovePhase, Phase, ReturnReason};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument as _};
 
 use self::ahead::{ahead, Ahead, Candidate, Settling, SETTLE_LIMIT};
 use self::online::{first_call_given_up, mark_online, report, report_moved, FIRST_CALL_WAIT};
+use self::state::Supervisor;
 use crate::departure::{Departure, Intent};
 use crate::engine::busy;
 use crate::lending::backoff::Backoff;
-use crate::lending::hub::Hub;
-use crate::lending::moves::{Decision, Forced, Limits, Move, Quietness, Situation, Timers};
+use crate::lending::hub::{Hub, Order};
+use crate::lending::moves::{Decision, Forced, Limits, Move, Orders, Quietness, Situation, Timers};
 use crate::lending::{Lease, StateFile};
 use crate::session::{Agent, Continuity, Online, Prepared, Route, SessionError};
 use crate::settings::Settings;
@@ -58,31 +59,6 @@ pub enum Stopped {
     Failed(anyhow::Error),
 }
 
-/// Everything the supervisor tracks.
-struct Supervisor<'a> {
-    agent: &'a Agent,
-    home_settings: Settings,
-    home: Route,
-    hub: Arc<Hub>,
-    state: Arc<StateFile>,
-    lease: Option<Lease>,
-    away: Option<Route>,
-    home_continuity: Continuity,
-    away_continuity: Continuity,
-    /// Idleness, reachability, the lease's grace and retries: the move
-    /// rules' clocks.
-    timers: Timers,
-    /// The borrower of the pending borrow, once checked.
-    candidate: Option<Candidate>,
-    /// The connection the next session serves (made before the move).
-    prepared: Option<Prepared>,
-    /// When the move in progress was decided (for the `moved` event).
-    move_started: Option<Instant>,
-    /// Prepared connections being closed after a move was called off; the
-    /// next connection ahead waits for them (its target may be the same).
-    abandoning: Vec<JoinHandle<()>>,
-}
-
 /// Runs sessions until told to stop or until reconnecting cannot help.
 pub async fn run(
     agent: &Agent,
@@ -95,6 +71,11 @@ pub async fn run(
     let home = match Route::new(home_settings.clone()) {
         Ok(home) => home,
         Err(err) => return Stopped::Failed(err),
+    };
+    let Some(inbox) = hub.take_orders() else {
+        return Stopped::Failed(anyhow::anyhow!(
+            "the agent's orders are already served by another supervisor"
+        ));
     };
     let limits = Limits {
         give_up: home_settings.borrow_give_up,
@@ -112,6 +93,8 @@ pub async fn run(
         home_continuity: Continuity::default(),
         away_continuity: Continuity::default(),
         timers: Timers::new(limits, Instant::now()),
+        orders: Orders::default(),
+        inbox,
         candidate: None,
         prepared: None,
         move_started: None,
@@ -297,7 +280,7 @@ impl<'a> Supervisor<'a> {
                                 }
                             }
                         }
-                        () = self.hub.woken() => {}
+                        Some(order) = self.inbox.recv() => self.take_order(order),
                         _ = tick.tick() => self.hub.sample_rates(),
                         _ = called_off.changed() => {}
                         () = shutdown.cancelled(), if departure.intent() != Intent::Now => {
@@ -394,7 +377,7 @@ impl<'a> Supervisor<'a> {
                                 departure.request(decision.intent);
                                 self.hub.set_phase(Phase::Leaving);
                             }
-                        } else if went_online.get() && self.hub.core().orders.pending.is_some() {
+                        } else if went_online.get() && self.orders.pending.is_some() {
                             self.hub.set_phase(Phase::Draining);
                         }
                     }
@@ -498,7 +481,7 @@ impl<'a> Supervisor<'a> {
                 tokio::select! {
                     () = &mut sleep => break,
                     () = shutdown.cancelled() => return Stopped::Cleanly,
-                    () = self.hub.woken() => {}
+                    Some(order) = self.inbox.recv() => self.take_order(order),
                     _ = tick.tick() => {}
                 }
                 // No live channel here: a borrower is checked inline, then
@@ -526,10 +509,29 @@ impl<'a> Supervisor<'a> {
         }
     }
 
+    /// An order from the control socket or the lender link: accepted or
+    /// refused by the move rules, published for `status`, answered.
+    fn take_order(&mut self, order: Order) {
+        let (reply, event) = self
+            .orders
+            .take(self.lease.as_ref(), &order.command, busy::now_ms());
+        self.publish_orders();
+        if let Some(event) = event {
+            self.hub.emit(event);
+        }
+        // The peer may have gone meanwhile; the order stands.
+        let _ = order.reply.send(reply);
+    }
+
+    /// Shows the orders in `status`.
+    fn publish_orders(&self) {
+        self.hub.core().orders = self.orders.clone();
+    }
+
     /// Whether to move now ([`Timers::decide`] on the pending order, the
     /// lease and the busy signals).
     fn decide(&mut self, online: bool) -> Option<Decision> {
-        let pending = self.hub.core().orders.pending.clone();
+        let pending = self.orders.pending.clone();
         if pending.is_none() && self.lease.is_none() {
             // At home with nothing asked: no need to look at /proc.
             return None;
@@ -586,13 +588,14 @@ impl<'a> Supervisor<'a> {
     /// event and for orders that arrive meanwhile.
     fn set_moving(&mut self, moving: bool) {
         self.move_started = moving.then(Instant::now);
-        self.hub.core().orders.moving = moving;
+        self.orders.moving = moving;
+        self.publish_orders();
     }
 
     /// Starts checking the borrower of a newly pending borrow, and forgets
     /// a checked borrower whose borrow was cancelled.
     fn track_borrow(&mut self, checking: &mut Option<Ahead<'a, ()>>) {
-        let pending = self.hub.core().orders.pending_borrow().cloned();
+        let pending = self.orders.pending_borrow().cloned();
         let Some(request) = pending.filter(|_| self.lease.is_none()) else {
             // Nothing to check (or the borrow was called off): drop it.
             self.candidate = None;
@@ -690,9 +693,10 @@ impl<'a> Supervisor<'a> {
 
     fn fail_borrow(&mut self, phase: MovePhase, reason: String) {
         error!(%phase, %reason, "the borrow failed; staying here");
+        self.orders.pending = None;
         {
             let mut core = self.hub.core();
-            core.orders.pending = None;
+            core.orders = self.orders.clone();
             core.last_error = Some(format!("borrow failed ({phase}): {reason}"));
         }
         self.candidate = None;
@@ -765,10 +769,11 @@ impl<'a> Supervisor<'a> {
         if let Err(err) = self.state.save(self.lease.as_ref()) {
             error!(%err, path = %self.state.path().display(), "cannot record the agent's place in the state file");
         }
+        self.orders.moved(returned.is_some());
         {
             let mut core = self.hub.core();
             core.lease = self.lease.clone();
-            core.orders.moved(returned.is_some());
+            core.orders = self.orders.clone();
             core.idle_deadline_ms = self
                 .lease
                 .as_ref()

@@ -770,6 +770,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::lending::orders::Answer;
     use control::client::{self, ClientError};
     use control::{BorrowRequest, Status};
     use control::{Phase, Placement, Target};
@@ -809,16 +810,19 @@ mod tests {
         fn status(&self) -> Status {
             self.status.lock().unwrap().clone()
         }
-        fn borrow(&self, request: BorrowRequest) -> Result<String, String> {
-            if let Some(message) = &self.refuse {
-                return Err(message.clone());
-            }
-            self.borrows.lock().unwrap().push(request);
-            Ok("accepted; will leave when idle".into())
+        fn borrow(&self, request: BorrowRequest) -> Answer<'_> {
+            let answer = match &self.refuse {
+                Some(message) => Err(message.clone()),
+                None => {
+                    self.borrows.lock().unwrap().push(request);
+                    Ok("accepted; will leave when idle".into())
+                }
+            };
+            Box::pin(std::future::ready(answer))
         }
-        fn give_back(&self, when: When) -> Result<String, String> {
+        fn give_back(&self, when: When) -> Answer<'_> {
             self.returns.lock().unwrap().push(when);
-            Ok("accepted; returning now".into())
+            Box::pin(std::future::ready(Ok("accepted; returning now".into())))
         }
         fn subscribe(&self) -> broadcast::Receiver<Event> {
             self.events.subscribe()

@@ -12,13 +12,26 @@ use control::{
     BorrowRequest, Busy, Event, EventKind, Pending, PendingAction, Phase, Placement, Status,
     WarmEngine, When,
 };
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::engine::bridge::Traffic;
 use crate::engine::busy;
 use crate::engine::census::{Census, Count};
 use crate::lending::moves::{Command, Orders, Quietness};
+use crate::lending::orders::Answer;
 use crate::lending::{target_label, Lease};
+
+/// A `borrow` or `return` for the supervisor, with where its answer goes.
+#[derive(Debug)]
+pub struct Order {
+    /// The order.
+    pub command: Command,
+    /// What will happen, or why it is refused.
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
+
+/// Orders waiting for the supervisor at most; more wait to be queued.
+const ORDER_QUEUE: usize = 64;
 
 /// The supervisor's state as the control socket shows it.
 #[derive(Debug, Clone, Default)]
@@ -35,7 +48,8 @@ pub struct Core {
     pub node_name: Option<String>,
     /// The home controller's URL.
     pub home_url: Option<String>,
-    /// The orders accepted and not carried out yet.
+    /// The orders accepted and not carried out yet, as the supervisor (who
+    /// owns them) last published them.
     pub orders: Orders,
     /// The engine of the live session.
     pub engine_pid: Option<u32>,
@@ -63,8 +77,10 @@ pub struct Hub {
     core: Mutex<Core>,
     traffic: Arc<Traffic>,
     events: broadcast::Sender<Event>,
-    /// Wakes the supervisor when a move is asked for.
-    wake: Notify,
+    /// Orders for the supervisor.
+    orders: mpsc::Sender<Order>,
+    /// Their receiving end, until the supervisor takes it.
+    inbox: Mutex<Option<mpsc::Receiver<Order>>>,
     /// Traffic this recent counts as busy.
     activity_window: Duration,
     /// The current throughput, from the byte counters.
@@ -100,6 +116,7 @@ impl Hub {
         activity_window: Duration,
     ) -> Arc<Self> {
         let (events, _) = broadcast::channel(256);
+        let (orders, inbox) = mpsc::channel(ORDER_QUEUE);
         let hub = Self {
             core: Mutex::new(Core {
                 home_url,
@@ -108,7 +125,8 @@ impl Hub {
             }),
             traffic,
             events,
-            wake: Notify::new(),
+            orders,
+            inbox: Mutex::new(Some(inbox)),
             activity_window,
             rates: Mutex::new(RateMeter::default()),
             census: Census::new(),
@@ -142,10 +160,21 @@ impl Hub {
         }
     }
 
-    /// Returns when a move was asked for since the last call (a request
-    /// made while nobody waited is not lost).
-    pub async fn woken(&self) {
-        self.wake.notified().await;
+    /// Passes an order to the supervisor, which owns the orders, and
+    /// returns its answer.
+    async fn order(&self, command: Command) -> Result<String, String> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || "the agent is stopping".to_owned();
+        self.orders
+            .send(Order { command, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// The orders for the supervisor; `None` after the first call.
+    pub fn take_orders(&self) -> Option<mpsc::Receiver<Order>> {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The state, for changing it. Poisoning is survivable here: the data
@@ -319,34 +348,18 @@ impl crate::lending::orders::Handler for Hub {
         })
     }
 
-    fn borrow(&self, request: BorrowRequest) -> Result<String, String> {
-        request.validate()?;
-        if request.secret.is_none() {
-            return Err("borrow: no secret".into());
-        }
-        let accepted = {
-            let mut core = self.core();
-            let core = &mut *core;
-            core.orders
-                .borrow(core.lease.as_ref(), &request, busy::now_ms())?
-        };
-        if accepted.changed {
-            self.wake.notify_one();
-            self.emit(EventKind::BorrowAccepted);
-        }
-        Ok(accepted.message)
+    fn borrow(&self, request: BorrowRequest) -> Answer<'_> {
+        Box::pin(async move {
+            request.validate()?;
+            if request.secret.is_none() {
+                return Err("borrow: no secret".into());
+            }
+            self.order(Command::Borrow(request)).await
+        })
     }
 
-    fn give_back(&self, when: When) -> Result<String, String> {
-        let message = {
-            let mut core = self.core();
-            let core = &mut *core;
-            core.orders
-                .give_back(core.lease.as_ref(), when, busy::now_ms())?
-        };
-        self.wake.notify_one();
-        self.emit(EventKind::ReturnAccepted);
-        Ok(message)
+    fn give_back(&self, when: When) -> Answer<'_> {
+        Box::pin(self.order(Command::Return(when)))
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Event> {

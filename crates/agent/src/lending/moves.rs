@@ -21,7 +21,7 @@
 
 use std::time::{Duration, Instant};
 
-use control::{BorrowRequest, ReturnReason, When};
+use control::{BorrowRequest, EventKind, ReturnReason, When};
 
 use crate::departure::Intent;
 use crate::lending::{target_label, Lease};
@@ -200,6 +200,29 @@ impl Orders {
             When::Now => "accepted: returning home now".into(),
             When::Idle => "accepted: will return home when idle".into(),
         })
+    }
+
+    /// Takes an order: the answer for the peer, and the event to announce
+    /// (none for a repeat that changed nothing, or a refusal).
+    pub fn take(
+        &mut self,
+        lease: Option<&Lease>,
+        command: &Command,
+        now_ms: u64,
+    ) -> (Result<String, String>, Option<EventKind>) {
+        match command {
+            Command::Borrow(request) => match self.borrow(lease, request, now_ms) {
+                Ok(a) => (
+                    Ok(a.message),
+                    a.changed.then_some(EventKind::BorrowAccepted),
+                ),
+                Err(refused) => (Err(refused), None),
+            },
+            Command::Return(when) => match self.give_back(lease, *when, now_ms) {
+                Ok(message) => (Ok(message), Some(EventKind::ReturnAccepted)),
+                Err(refused) => (Err(refused), None),
+            },
+        }
     }
 
     /// A move was carried out: the order it served is done; one that
@@ -663,6 +686,24 @@ mod tests {
         assert_eq!(orders.pending, Some((Command::Borrow(next), 2)));
         assert!(orders.next_borrow.is_none());
         assert!(!orders.moving);
+    }
+
+    #[test]
+    fn taking_an_order_announces_only_what_changed() {
+        let mut orders = Orders::default();
+        let borrow = Command::Borrow(request("a", When::Idle));
+        let (answer, event) = orders.take(None, &borrow, 1);
+        assert!(answer.is_ok());
+        assert_eq!(event, Some(EventKind::BorrowAccepted));
+        let (answer, event) = orders.take(None, &borrow, 2);
+        assert!(answer.unwrap().contains("already waiting"));
+        assert_eq!(event, None, "a repeat changes nothing");
+        let (answer, event) = orders.take(None, &Command::Return(When::Now), 3);
+        assert!(answer.is_ok());
+        assert_eq!(event, Some(EventKind::ReturnAccepted));
+        let (answer, event) = orders.take(None, &Command::Return(When::Now), 4);
+        assert!(answer.is_err(), "at home with nothing pending");
+        assert_eq!(event, None);
     }
 
     #[test]

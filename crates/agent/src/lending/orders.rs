@@ -9,9 +9,14 @@ use control::{BorrowRequest, Event, EventKind, Phase, Placement, Reply, Response
 use tokio::sync::broadcast;
 use tracing::info;
 
-/// What the control socket drives: implemented by the supervisor. Every
-/// method returns at once; `borrow` and `give_back` only queue the order
-/// and say what will happen ("accepted; will leave when idle"), or refuse.
+/// The answer to an order: what will happen, or why it is refused.
+pub type Answer<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>;
+
+/// What the control socket and the lender link drive: implemented by the
+/// hub, which passes orders to the supervisor. `borrow` and `give_back`
+/// only queue the order and say what will happen ("accepted; will leave
+/// when idle"), or refuse; the move itself follows.
 pub trait Handler: Send + Sync + 'static {
     /// The agent's current state.
     fn status(&self) -> Status;
@@ -22,9 +27,9 @@ pub trait Handler: Send + Sync + 'static {
     }
     /// Queue a borrow. `request.secret` is always set (the server reads a
     /// `secret_file` itself) and the request is already validated.
-    fn borrow(&self, request: BorrowRequest) -> Result<String, String>;
+    fn borrow(&self, request: BorrowRequest) -> Answer<'_>;
     /// Queue a return home.
-    fn give_back(&self, when: When) -> Result<String, String>;
+    fn give_back(&self, when: When) -> Answer<'_>;
     /// A new receiver of events from now on.
     fn subscribe(&self) -> broadcast::Receiver<Event>;
 }
@@ -62,7 +67,7 @@ pub async fn carry_out_borrow(
     let wait = borrow.wait;
     // Subscribed before the order, so its outcome cannot be missed.
     let events = wait.map(|_| handler.subscribe());
-    let result = handler.borrow(borrow);
+    let result = handler.borrow(borrow).await;
     if let (Ok(_), Some(limit), Some(events)) = (&result, wait, events) {
         return if from_a_build {
             checked(events, limit).await
@@ -78,7 +83,7 @@ pub async fn carry_out_borrow(
 pub async fn carry_out_return(handler: &dyn Handler, when: When, wait: Option<Duration>) -> Reply {
     info!(?when, ?wait, "return requested");
     let events = wait.map(|_| handler.subscribe());
-    let result = handler.give_back(when);
+    let result = handler.give_back(when).await;
     if let (Ok(_), Some(limit), Some(events)) = (&result, wait, events) {
         return outcome(handler, events, limit, Placement::Home).await;
     }

@@ -77,7 +77,7 @@ mod tests {
     use super::labels::*;
     use super::session::*;
 
-    use crate::lending::orders::Handler;
+    use crate::lending::orders::{Answer, Handler};
     use crate::settings::Secret;
     use control::link::{AgentMessage, LenderMessage, LINK_PATH, MAX_MESSAGE, PING_INTERVAL};
     use control::{Event, Reply, Request, Response, Status};
@@ -391,12 +391,12 @@ mod tests {
         fn status(&self) -> Status {
             self.status.lock().unwrap().clone()
         }
-        fn borrow(&self, request: BorrowRequest) -> Result<String, String> {
+        fn borrow(&self, request: BorrowRequest) -> Answer<'_> {
             self.borrows.lock().unwrap().push(request);
-            Ok("accepted".into())
+            Box::pin(std::future::ready(Ok("accepted".into())))
         }
-        fn give_back(&self, _when: When) -> Result<String, String> {
-            Ok("accepted".into())
+        fn give_back(&self, _when: When) -> Answer<'_> {
+            Box::pin(std::future::ready(Ok("accepted".into())))
         }
         fn subscribe(&self) -> broadcast::Receiver<Event> {
             self.events.subscribe()
