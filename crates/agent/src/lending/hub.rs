@@ -1,18 +1,19 @@
-//! What the supervisor shares with the control socket: the state shown by
-//! `status`, the event stream, and the borrow or return waiting to be carried out.
+//! What the supervisor shares with the control socket and the lender link:
+//! the state shown by `status` (a `watch` the supervisor alone writes), the
+//! event stream, and the channel that carries orders to the supervisor.
 //!
-//! The control socket's handler only checks and queues; the supervisor does
-//! the moving. So a `borrow` is answered at once and carried out when the
-//! agent is idle (or at once with `now`).
+//! The handler only validates and passes orders on; the supervisor accepts
+//! or refuses them by the move rules and answers at once, and carries the
+//! move out when the agent is idle (or at once with `now`).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use control::{
     BorrowRequest, Busy, Event, EventKind, Pending, PendingAction, Phase, Placement, Status,
     WarmEngine, When,
 };
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::engine::bridge::Traffic;
 use crate::engine::busy;
@@ -71,10 +72,37 @@ pub struct Core {
     pub warm_engine: Option<(u32, Option<String>)>,
 }
 
+/// A change to the [`Core`], published when dropped.
+#[derive(Debug)]
+pub struct CoreMut<'a> {
+    sender: &'a watch::Sender<Core>,
+    core: Core,
+}
+
+impl std::ops::Deref for CoreMut<'_> {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl std::ops::DerefMut for CoreMut<'_> {
+    fn deref_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+}
+
+impl Drop for CoreMut<'_> {
+    fn drop(&mut self) {
+        self.sender.send_replace(std::mem::take(&mut self.core));
+    }
+}
+
 /// Shared between the supervisor and the control socket.
 #[derive(Debug)]
 pub struct Hub {
-    core: Mutex<Core>,
+    /// Written by the supervisor alone, read by `status` and events.
+    core: watch::Sender<Core>,
     traffic: Arc<Traffic>,
     events: broadcast::Sender<Event>,
     /// Orders for the supervisor.
@@ -118,7 +146,7 @@ impl Hub {
         let (events, _) = broadcast::channel(256);
         let (orders, inbox) = mpsc::channel(ORDER_QUEUE);
         let hub = Self {
-            core: Mutex::new(Core {
+            core: watch::Sender::new(Core {
                 home_url,
                 since_ms: busy::now_ms(),
                 ..Core::default()
@@ -177,10 +205,13 @@ impl Hub {
         self.inbox.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    /// The state, for changing it. Poisoning is survivable here: the data
-    /// is plain values.
-    pub fn core(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    /// The state, for the supervisor to change: the change is published to
+    /// every [`Hub::watch`]er when the returned handle is dropped.
+    pub fn core(&self) -> CoreMut<'_> {
+        CoreMut {
+            sender: &self.core,
+            core: self.core.borrow().clone(),
+        }
     }
 
     /// The busy signals now, with the latest count of build processes
@@ -259,7 +290,7 @@ impl Hub {
             to_controller: rates.0,
             from_controller: rates.1,
         };
-        let core = self.core().clone();
+        let core = self.core.borrow().clone();
         Status {
             placement: if core.lease.is_some() {
                 Placement::Borrowed
