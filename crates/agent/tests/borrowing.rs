@@ -360,22 +360,25 @@ async fn a_vanished_borrower_sends_it_home() {
     lender.shutdown().await;
 }
 
-/// A controller side that, like Jenkins, calls the agent as soon as the
-/// channel is up (the fake engine echoes the command back: the answer), and
-/// records when the answer arrived, then holds the channel.
-fn calling(answered: Arc<std::sync::Mutex<Option<std::time::Instant>>>) -> Peer {
+/// When a controller side made its first call, and when it got the answer.
+type CallTimes = Arc<std::sync::Mutex<(Option<std::time::Instant>, Option<std::time::Instant>)>>;
+
+/// A controller side that, like Jenkins, calls the agent once the channel
+/// is up, here `after` a while (the fake engine echoes the command back:
+/// the answer), records when it called and when the answer arrived, then
+/// holds the channel.
+fn calling(after: Duration, times: CallTimes) -> Peer {
     Peer::script(move |mut channel: Channel| {
-        let answered = answered.clone();
+        let times = times.clone();
         async move {
+            tokio::time::sleep(after).await;
+            times.lock().unwrap().0 = Some(std::time::Instant::now());
             let mut wire = BytesMut::new();
             put_command(&mut wire, b"first call");
             let chunk = ChunkCodec.decode(&mut wire).unwrap().unwrap();
             channel.framed.send(chunk).await.unwrap();
             if let Some(Ok(_)) = channel.framed.next().await {
-                answered
-                    .lock()
-                    .unwrap()
-                    .get_or_insert_with(std::time::Instant::now);
+                times.lock().unwrap().1 = Some(std::time::Instant::now());
             }
             while let Some(Ok(_)) = channel.framed.next().await {}
         }
@@ -952,8 +955,10 @@ async fn a_borrow_that_cannot_work_fails_and_the_agent_stays_home() {
 #[tokio::test]
 async fn borrow_wait_returns_once_the_borrower_sees_the_node() {
     let lender = home(Peer::Hold).await;
-    let answered = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
-    let borrower = borrower(calling(answered.clone())).await;
+    let times = CallTimes::default();
+    // The borrower calls half a second after accepting the channel: an
+    // agent that reported the move at the handshake would return first.
+    let borrower = borrower(calling(Duration::from_millis(500), times.clone())).await;
     let agent = start_agent(&lender, &["--quiet-period", "200ms"]);
     let socket = agent.socket();
     wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
@@ -962,9 +967,14 @@ async fn borrow_wait_returns_once_the_borrower_sees_the_node() {
     let returned = std::time::Instant::now();
     assert!(out.status.success(), "{out:?}");
     assert!(borrower.is_online("guest-mac"), "exit 0 before online");
-    // The controller had its first call answered before `--wait` returned.
-    let seen = *answered.lock().unwrap();
-    assert!(seen.is_some_and(|at| at <= returned), "{seen:?}");
+    // The controller had made its first call before `--wait` returned, and
+    // gets the answer (in flight when the agent reported the move).
+    let called = times.lock().unwrap().0;
+    assert!(called.is_some_and(|at| at <= returned), "{called:?}");
+    common::eventually("the controller has its answer", LONG, || {
+        times.lock().unwrap().1.is_some()
+    })
+    .await;
     assert!(!lender.is_online("mac-01"));
     let (ms, connected_ms, answered_ms, placement) =
         next_event(&mut events, |event| match event.kind {
