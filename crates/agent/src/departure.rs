@@ -7,6 +7,14 @@
 //! request arrives before the close went out: a build that starts while a
 //! move is being decided is served, and the supervisor decides again once
 //! the agent is idle.
+//!
+//! The bridge also reports the controller's first call on the channel and
+//! the engine's answer to it ([`Departure::controller_sent`],
+//! [`Departure::engine_sent`]): a controller shows a node online only once
+//! its first calls are answered, so that, not the handshake, is when a move
+//! is done.
+
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -21,10 +29,22 @@ pub enum Intent {
     Now,
 }
 
+/// Where the channel's first exchange is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstCall {
+    /// Nothing from the controller yet.
+    Waiting,
+    /// The controller sent something; the engine has not answered since.
+    Called,
+    /// The engine wrote to the controller after that, at this time.
+    Answered(Instant),
+}
+
 /// Shared by the supervisor and one session's bridge.
 #[derive(Debug)]
 pub struct Departure {
     intent: watch::Sender<Intent>,
+    first_call: watch::Sender<FirstCall>,
 }
 
 impl Default for Departure {
@@ -38,6 +58,51 @@ impl Departure {
     pub fn new() -> Self {
         Self {
             intent: watch::Sender::new(Intent::Stay),
+            first_call: watch::Sender::new(FirstCall::Waiting),
+        }
+    }
+
+    /// The bridge passed bytes from the controller to the engine.
+    pub fn controller_sent(&self) {
+        if *self.first_call.borrow() != FirstCall::Waiting {
+            return;
+        }
+        self.first_call.send_if_modified(|state| {
+            let first = *state == FirstCall::Waiting;
+            if first {
+                *state = FirstCall::Called;
+            }
+            first
+        });
+    }
+
+    /// The bridge passed bytes from the engine to the controller: after the
+    /// controller's first call, that is the answer.
+    pub fn engine_sent(&self) {
+        if *self.first_call.borrow() != FirstCall::Called {
+            return;
+        }
+        self.first_call.send_if_modified(|state| {
+            let answer = *state == FirstCall::Called;
+            if answer {
+                *state = FirstCall::Answered(Instant::now());
+            }
+            answer
+        });
+    }
+
+    /// Returns when the engine answered the controller's first call (at
+    /// once if it already did), with the time of the answer.
+    pub async fn first_call_answered(&self) -> Instant {
+        let mut rx = self.first_call.subscribe();
+        loop {
+            if let FirstCall::Answered(at) = *rx.borrow_and_update() {
+                return at;
+            }
+            if rx.changed().await.is_err() {
+                // The sender lives in `self`: cannot happen while we borrow it.
+                std::future::pending::<()>().await;
+            }
         }
     }
 
@@ -104,6 +169,30 @@ mod tests {
         assert_eq!(d.intent(), Intent::Now, "never weakened");
         assert!(!d.give_up(), "a forced leave happens anyway");
         assert_eq!(d.intent(), Intent::Now);
+    }
+
+    #[tokio::test]
+    async fn the_first_call_is_answered_by_engine_output_after_it_only() {
+        let d = std::sync::Arc::new(Departure::new());
+        let waiter = tokio::spawn({
+            let d = d.clone();
+            async move { d.first_call_answered().await }
+        });
+        // The engine's own output before any call is no answer.
+        d.engine_sent();
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let called = Instant::now();
+        d.controller_sent();
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "called, not answered");
+        d.engine_sent();
+        let at = waiter.await.ok();
+        assert!(at.is_some_and(|at| at >= called), "{at:?}");
+        // Later traffic does not move the time of the first answer.
+        d.controller_sent();
+        d.engine_sent();
+        assert_eq!(Some(d.first_call_answered().await), at);
     }
 
     #[tokio::test]

@@ -32,7 +32,8 @@ use anyhow::Context as _;
 
 use crate::session::Agent;
 
-use crate::supervisor::{Backoff, Stopped};
+use crate::lending::backoff::Backoff;
+use crate::supervisor::Stopped;
 use crate::workdir::WorkDir;
 
 fn main() -> ExitCode {

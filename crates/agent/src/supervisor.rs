@@ -16,25 +16,32 @@
 //! otherwise); a FATAL refusal stops the agent at home and sends it home
 //! from a borrower.
 
+mod ahead;
+mod online;
+mod signals;
+mod state;
+
+pub use self::signals::shutdown_on_signals;
+
 use std::cell::Cell;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use control::{EventKind, MovePhase, Phase, ReturnReason, When};
-use rand::Rng as _;
-use tokio::task::JoinHandle;
+use control::{EventKind, MovePhase, Phase, ReturnReason};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument as _};
 
+use self::ahead::{ahead, Ahead, Candidate, Settling, SETTLE_LIMIT};
+use self::online::{first_call_given_up, mark_online, report, report_moved, FIRST_CALL_WAIT};
+use self::state::Supervisor;
 use crate::departure::{Departure, Intent};
 use crate::engine::busy;
-use crate::lending::hub::{Command, Hub, Quietness};
+use crate::lending::backoff::Backoff;
+use crate::lending::hub::{Hub, Order};
+use crate::lending::moves::{Decision, Forced, Limits, Move, Orders, Quietness, Situation, Timers};
 use crate::lending::{Lease, StateFile};
 use crate::session::{Agent, Continuity, Online, Prepared, Route, SessionError};
 use crate::settings::Settings;
-use remoting_protocol::handshake::HandshakeError;
 
 /// A connection that lasted this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(60);
@@ -43,41 +50,6 @@ const TICK: Duration = Duration::from_millis(200);
 /// Time given to processes left behind by builds between SIGTERM and SIGKILL.
 const LEFTOVER_GRACE: Duration = Duration::from_secs(5);
 
-/// Backoff between attempts: doubles from `initial` up to `max`, each wait
-/// jittered to between half and all of it so that many agents restarting
-/// together do not reconnect in step.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    /// A backoff starting at `initial`, capped at `max`.
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            next: initial,
-        }
-    }
-
-    /// The next wait.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        // Saturating: a `--reconnect-max-delay` near `Duration::MAX` must
-        // not overflow the doubling.
-        self.next = self.next.saturating_mul(2).min(self.max);
-        base.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
-    }
-
-    /// Back to the initial wait.
-    pub fn reset(&mut self) {
-        self.next = self.initial;
-    }
-}
-
 /// Why the agent stopped.
 #[derive(Debug)]
 pub enum Stopped {
@@ -85,119 +57,6 @@ pub enum Stopped {
     Cleanly,
     /// Gave up: a fatal error, or reconnecting was not allowed.
     Failed(anyhow::Error),
-}
-
-/// A move the supervisor decided on.
-#[derive(Debug, Clone)]
-enum Move {
-    /// To this borrower.
-    Lend(control::BorrowRequest),
-    /// Home, for this reason.
-    Home(ReturnReason),
-}
-
-/// A move, and whether it waits for quiet (and can be called off by work
-/// arriving) or happens whatever the channel carries.
-#[derive(Debug, Clone)]
-struct Decision {
-    to: Move,
-    intent: Intent,
-}
-
-impl Decision {
-    fn when(to: Move, when: When) -> Self {
-        let intent = match when {
-            When::Now => Intent::Now,
-            When::Idle => Intent::WhenQuiet,
-        };
-        Self { to, intent }
-    }
-
-    fn quiet(to: Move) -> Self {
-        Self {
-            to,
-            intent: Intent::WhenQuiet,
-        }
-    }
-
-    fn now(to: Move) -> Self {
-        Self {
-            to,
-            intent: Intent::Now,
-        }
-    }
-}
-
-/// How long to wait before trying again to connect home ahead of a return
-/// that failed (the agent stays where it is meanwhile).
-const RETRY_MOVE: Duration = Duration::from_secs(5);
-
-/// A target connected for a move when quiet, waiting for a fresh count of
-/// build processes to tell whether this place is quiet (at most
-/// [`SETTLE_LIMIT`]: under load the census can lag the connection).
-struct Settling {
-    candidate: Candidate,
-    prepared: Prepared,
-    until: Instant,
-}
-
-/// How long a connected target waits for a fresh count before the move is
-/// put off as if work had started.
-const SETTLE_LIMIT: Duration = Duration::from_secs(1);
-
-/// A place the agent may move to, checked and connected ahead of the move
-/// while the agent still serves where it is (make before break).
-#[derive(Debug)]
-struct Candidate {
-    route: Route,
-    continuity: Continuity,
-}
-
-/// Work on a [`Candidate`] that runs beside the live session and hands the
-/// candidate back with its result.
-type Ahead<'a, T> = Pin<Box<dyn Future<Output = (Candidate, Result<T, SessionError>)> + 'a>>;
-
-/// Polls an optional [`Ahead`]; pending forever when there is none.
-async fn ahead<T>(work: &mut Option<Ahead<'_, T>>) -> (Candidate, Result<T, SessionError>) {
-    match work {
-        Some(work) => work.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// How long to wait before trying again to start an engine for home.
-const WARM_RETRY: Duration = Duration::from_secs(30);
-
-/// Everything the supervisor tracks.
-struct Supervisor<'a> {
-    agent: &'a Agent,
-    home_settings: Settings,
-    home: Route,
-    hub: Arc<Hub>,
-    state: Arc<StateFile>,
-    lease: Option<Lease>,
-    away: Option<Route>,
-    home_continuity: Continuity,
-    away_continuity: Continuity,
-    /// When the agent was last seen busy (for `idle_return`).
-    idle_since: Instant,
-    /// Since when the current place has had no live session (for give-up).
-    offline_since: Instant,
-    /// When a lease expired while the agent was busy.
-    lease_expired_at: Option<Instant>,
-    /// The borrower of the pending borrow, once checked.
-    candidate: Option<Candidate>,
-    /// The connection the next session serves (made before the move).
-    prepared: Option<Prepared>,
-    /// When the move in progress was decided (for the `moved` event).
-    move_started: Option<Instant>,
-    /// No move is tried before this (after connecting ahead failed).
-    retry_move_at: Option<Instant>,
-    /// No engine for home is started before this (after that failed).
-    warm_retry_at: Option<Instant>,
-    /// Prepared connections being closed after a move was called off; the
-    /// next connection ahead waits for them (its target may be the same).
-    abandoning: Vec<JoinHandle<()>>,
 }
 
 /// Runs sessions until told to stop or until reconnecting cannot help.
@@ -213,6 +72,16 @@ pub async fn run(
         Ok(home) => home,
         Err(err) => return Stopped::Failed(err),
     };
+    let Some(inbox) = hub.take_orders() else {
+        return Stopped::Failed(anyhow::anyhow!(
+            "the agent's orders are already served by another supervisor"
+        ));
+    };
+    let limits = Limits {
+        give_up: home_settings.borrow_give_up,
+        grace: home_settings.lease_grace,
+        warm_engine: home_settings.warm_engine,
+    };
     let mut sup = Supervisor {
         agent,
         home_settings,
@@ -223,14 +92,12 @@ pub async fn run(
         away: None,
         home_continuity: Continuity::default(),
         away_continuity: Continuity::default(),
-        idle_since: Instant::now(),
-        offline_since: Instant::now(),
-        lease_expired_at: None,
+        timers: Timers::new(limits, Instant::now()),
+        orders: Orders::default(),
+        inbox,
         candidate: None,
         prepared: None,
         move_started: None,
-        retry_move_at: None,
-        warm_retry_at: None,
         abandoning: Vec::new(),
     };
     sup.resume();
@@ -294,6 +161,7 @@ impl<'a> Supervisor<'a> {
             let departure = Departure::new();
             let mut called_off = departure.watch();
             let went_online = Cell::new(false);
+            let online_at: Cell<Option<Instant>> = Cell::new(None);
             let started = Instant::now();
             let mut decided: Option<Decision> = None;
             // The session owns its route and continuity for a while, so the
@@ -311,6 +179,9 @@ impl<'a> Supervisor<'a> {
                 let hub = self.hub.clone();
                 let (agent, state) = (self.agent, self.state.clone());
                 let moved_at = self.move_started.take();
+                // `moved` is reported once the controller's first call on
+                // the new channel is answered (when it shows the node online).
+                let mut moved_reported = moved_at.is_none();
                 let span = tracing::info_span!(
                     "session",
                     attempt,
@@ -326,12 +197,11 @@ impl<'a> Supervisor<'a> {
                         self.prepared.take(),
                         |online: Online| {
                             went_online.set(true);
-                            mark_online(&hub, &online);
-                            if let Some(at) = moved_at {
-                                let ms = at.elapsed().as_millis() as u64;
-                                info!(ms, "moved");
-                                hub.emit(EventKind::Moved { ms });
+                            online_at.set(Some(Instant::now()));
+                            if moved_at.is_some() {
+                                hub.core().awaiting_first_call = true;
                             }
+                            mark_online(&hub, &online);
                         },
                     )
                     .instrument(span);
@@ -339,6 +209,19 @@ impl<'a> Supervisor<'a> {
                 loop {
                     tokio::select! {
                         result = &mut session => break result,
+                        answered = departure.first_call_answered(), if !moved_reported => {
+                            moved_reported = true;
+                            if let Some(at) = moved_at {
+                                report_moved(&self.hub, at, online_at.get(), Some(answered));
+                            }
+                        }
+                        () = first_call_given_up(online_at.get()), if !moved_reported && online_at.get().is_some() => {
+                            moved_reported = true;
+                            if let Some(at) = moved_at {
+                                info!(after = ?FIRST_CALL_WAIT, "the controller sent no call on the new channel: taking it as online");
+                                report_moved(&self.hub, at, online_at.get(), None);
+                            }
+                        }
                         (candidate, checked) = ahead(&mut checking) => {
                             checking = None;
                             match checked {
@@ -353,7 +236,7 @@ impl<'a> Supervisor<'a> {
                                 Ok(()) => info!("an engine for home is ready"),
                                 Err(err) => {
                                     debug!(%err, "cannot start an engine for home yet");
-                                    self.warm_retry_at = Some(Instant::now() + WARM_RETRY);
+                                    self.timers.warm_failed(Instant::now());
                                 }
                             }
                         }
@@ -390,14 +273,14 @@ impl<'a> Supervisor<'a> {
                                             warn!(%err, "home cannot be reached: staying at the borrower for now");
                                             self.hub.core().last_error = Some(format!("home: {err}"));
                                             self.home_continuity = candidate.continuity;
-                                            self.retry_move_at = Some(Instant::now() + RETRY_MOVE);
+                                            self.timers.home_unreachable(Instant::now());
                                         }
                                     }
                                     self.hub.set_phase(if went_online.get() { Phase::Online } else { Phase::Connecting });
                                 }
                             }
                         }
-                        () = self.hub.woken() => {}
+                        Some(order) = self.inbox.recv() => self.take_order(order),
                         _ = tick.tick() => self.hub.sample_rates(),
                         _ = called_off.changed() => {}
                         () = shutdown.cancelled(), if departure.intent() != Intent::Now => {
@@ -454,7 +337,7 @@ impl<'a> Supervisor<'a> {
                         self.warm_home(&mut warming);
                     }
                     self.publish_warm_engine();
-                    let gated = self.retry_move_at.is_some_and(|at| Instant::now() < at);
+                    let gated = self.timers.gated(Instant::now());
                     if decided.is_none()
                         && connecting.is_none()
                         && ready.is_none()
@@ -494,7 +377,7 @@ impl<'a> Supervisor<'a> {
                                 departure.request(decision.intent);
                                 self.hub.set_phase(Phase::Leaving);
                             }
-                        } else if went_online.get() && self.hub.core().pending.is_some() {
+                        } else if went_online.get() && self.orders.pending.is_some() {
                             self.hub.set_phase(Phase::Draining);
                         }
                     }
@@ -515,6 +398,7 @@ impl<'a> Supervisor<'a> {
             {
                 let mut core = self.hub.core();
                 core.engine_pid = None;
+                core.awaiting_first_call = false;
                 // Where it connects next (status says "serves or is
                 // connecting to"): never "nowhere" in the middle of a move.
                 core.controller_url = match &core.lease {
@@ -525,7 +409,7 @@ impl<'a> Supervisor<'a> {
             if online {
                 last_online = Instant::now();
                 last_problem = None;
-                self.offline_since = Instant::now();
+                self.timers.online(Instant::now());
                 if started.elapsed() >= STABLE {
                     backoff.reset();
                 }
@@ -597,7 +481,7 @@ impl<'a> Supervisor<'a> {
                 tokio::select! {
                     () = &mut sleep => break,
                     () = shutdown.cancelled() => return Stopped::Cleanly,
-                    () = self.hub.woken() => {}
+                    Some(order) = self.inbox.recv() => self.take_order(order),
                     _ = tick.tick() => {}
                 }
                 // No live channel here: a borrower is checked inline, then
@@ -625,71 +509,59 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// Whether to move now, from the pending command, the lease and the busy
-    /// signals. A borrow moves only once its borrower was checked.
+    /// An order from the control socket or the lender link: accepted or
+    /// refused by the move rules, published for `status`, answered.
+    fn take_order(&mut self, order: Order) {
+        let (reply, event) = self
+            .orders
+            .take(self.lease.as_ref(), &order.command, busy::now_ms());
+        self.publish_orders();
+        if let Some(event) = event {
+            self.hub.emit(event);
+        }
+        // The peer may have gone meanwhile; the order stands.
+        let _ = order.reply.send(reply);
+    }
+
+    /// Shows the orders in `status`.
+    fn publish_orders(&self) {
+        self.hub.core().orders = self.orders.clone();
+    }
+
+    /// Whether to move now ([`Timers::decide`] on the pending order, the
+    /// lease and the busy signals).
     fn decide(&mut self, online: bool) -> Option<Decision> {
-        let (give_up, grace) = (
-            self.home_settings.borrow_give_up,
-            self.home_settings.lease_grace,
-        );
-        let pending = self.hub.core().pending.clone();
-        let lease = self.lease.as_ref();
-        if pending.is_none() && lease.is_none() {
+        let pending = self.orders.pending.clone();
+        if pending.is_none() && self.lease.is_none() {
             // At home with nothing asked: no need to look at /proc.
             return None;
         }
-        let busy = self.hub.quiet_to_move() != Quietness::Quiet;
-        if busy {
-            self.idle_since = Instant::now();
+        let situation = Situation {
+            pending: pending.as_ref().map(|(command, _)| command),
+            lease: self.lease.as_ref(),
+            checked: self.candidate.is_some(),
+            online,
+            quiet: self.hub.quiet_to_move(),
+        };
+        let verdict = self
+            .timers
+            .decide(Instant::now(), busy::now_ms(), situation);
+        if let Some(idle_deadline_ms) = verdict.idle_deadline_ms {
+            self.hub.core().idle_deadline_ms = Some(idle_deadline_ms);
         }
-        match pending {
-            Some((Command::Borrow(request), _))
-                if self.candidate.is_some() && (request.when == When::Now || !busy) =>
-            {
-                let when = request.when;
-                return Some(Decision::when(Move::Lend(request), when));
-            }
-            Some((Command::Return(when), _)) if lease.is_some() && (when == When::Now || !busy) => {
-                return Some(Decision::when(Move::Home(ReturnReason::Requested), when));
-            }
+        match (verdict.forced, &self.lease) {
+            (Some(Forced::GraceOver), _) => warn!(
+                grace = %humantime::format_duration(self.home_settings.lease_grace),
+                "the lease expired and the agent stayed busy through the grace period: leaving anyway"
+            ),
+            (Some(Forced::GaveUp), Some(lease)) => warn!(
+                borrower = %lease.label(),
+                after = %humantime::format_duration(self.home_settings.borrow_give_up),
+                "the borrower stayed unreachable: going home"
+            ),
             _ => {}
         }
-        let lease = lease?;
-        if lease
-            .deadline_ms()
-            .is_some_and(|deadline| deadline <= busy::now_ms())
-        {
-            if !busy {
-                return Some(Decision::quiet(Move::Home(ReturnReason::LeaseExpired)));
-            }
-            let expired = *self.lease_expired_at.get_or_insert_with(Instant::now);
-            if expired.elapsed() >= grace {
-                warn!(
-                    grace = %humantime::format_duration(grace),
-                    "the lease expired and the agent stayed busy through the grace period: leaving anyway"
-                );
-                return Some(Decision::now(Move::Home(ReturnReason::LeaseExpired)));
-            }
-        }
-        if !online && self.offline_since.elapsed() >= give_up {
-            warn!(
-                borrower = %lease.label(),
-                after = %humantime::format_duration(give_up),
-                "the borrower stayed unreachable: going home"
-            );
-            return Some(Decision::now(Move::Home(ReturnReason::BorrowerGone)));
-        }
-        if let Some(idle) = lease.request.idle_return {
-            let deadline = control::ms_after(
-                busy::now_ms(),
-                idle.saturating_sub(self.idle_since.elapsed()),
-            );
-            self.hub.core().idle_deadline_ms = Some(deadline);
-            if online && self.idle_since.elapsed() >= idle {
-                return Some(Decision::quiet(Move::Home(ReturnReason::Idle)));
-            }
-        }
-        None
+        verdict.decision
     }
 
     /// Closes the target's fresh channel again (a move put off: work
@@ -716,16 +588,14 @@ impl<'a> Supervisor<'a> {
     /// event and for orders that arrive meanwhile.
     fn set_moving(&mut self, moving: bool) {
         self.move_started = moving.then(Instant::now);
-        self.hub.core().moving = moving;
+        self.orders.moving = moving;
+        self.publish_orders();
     }
 
     /// Starts checking the borrower of a newly pending borrow, and forgets
     /// a checked borrower whose borrow was cancelled.
     fn track_borrow(&mut self, checking: &mut Option<Ahead<'a, ()>>) {
-        let pending = match &self.hub.core().pending {
-            Some((Command::Borrow(request), _)) => Some(request.clone()),
-            _ => None,
-        };
+        let pending = self.orders.pending_borrow().cloned();
         let Some(request) = pending.filter(|_| self.lease.is_none()) else {
             // Nothing to check (or the borrow was called off): drop it.
             self.candidate = None;
@@ -767,10 +637,11 @@ impl<'a> Supervisor<'a> {
     /// While borrowed, starts an engine for home (resolve, jar, engine) so
     /// that going home costs only a handshake.
     fn warm_home(&mut self, warming: &mut Option<Ahead<'a, ()>>) {
-        let wanted = self.home_settings.warm_engine
-            && self.lease.is_some()
-            && !self.warm_retry_at.is_some_and(|at| Instant::now() < at)
-            && self.home_continuity.spare_pid().is_none();
+        let wanted = self.timers.wants_warm_home(
+            Instant::now(),
+            self.lease.is_some(),
+            self.home_continuity.spare_pid().is_some(),
+        );
         if !wanted {
             return;
         }
@@ -822,9 +693,10 @@ impl<'a> Supervisor<'a> {
 
     fn fail_borrow(&mut self, phase: MovePhase, reason: String) {
         error!(%phase, %reason, "the borrow failed; staying here");
+        self.orders.pending = None;
         {
             let mut core = self.hub.core();
-            core.pending = None;
+            core.orders = self.orders.clone();
             core.last_error = Some(format!("borrow failed ({phase}): {reason}"));
         }
         self.candidate = None;
@@ -899,25 +771,11 @@ impl<'a> Supervisor<'a> {
         if let Err(err) = self.state.save(self.lease.as_ref()) {
             error!(%err, path = %self.state.path().display(), "cannot record the agent's place in the state file");
         }
+        self.orders.moved(returned.is_some());
         {
             let mut core = self.hub.core();
             core.lease = self.lease.clone();
-            // The order carried out is done; one that arrived during the
-            // move (e.g. a return while going to the borrower) stays.
-            let done = matches!(
-                (&core.pending, returned.is_some()),
-                (Some((Command::Borrow(_), _)), false) | (Some((Command::Return(_), _)), true)
-            );
-            if done {
-                core.pending = None;
-            }
-            if returned.is_some() {
-                // A borrow that arrived on the way home: pending from here.
-                if let Some((request, since_ms)) = core.next_borrow.take() {
-                    core.pending = Some((Command::Borrow(request), since_ms));
-                }
-            }
-            core.moving = false;
+            core.orders = self.orders.clone();
             core.idle_deadline_ms = self
                 .lease
                 .as_ref()
@@ -925,89 +783,12 @@ impl<'a> Supervisor<'a> {
                 .map(|idle| control::ms_after(busy::now_ms(), idle));
             core.since_ms = busy::now_ms();
         }
-        self.lease_expired_at = None;
-        self.idle_since = Instant::now();
-        self.offline_since = Instant::now();
+        self.timers.arrived(Instant::now());
         backoff.reset();
         if let Some(reason) = returned {
             self.hub.emit(EventKind::ReturnedHome { reason });
         } else {
             self.hub.emit(EventKind::StateChanged);
         }
-    }
-}
-
-fn mark_online(hub: &Hub, online: &Online) {
-    {
-        let mut core = hub.core();
-        core.engine_pid = Some(online.engine_pid);
-        core.controller_url = online.controller_url.clone();
-        core.node_name = Some(online.node.clone());
-        core.remoting_version = online.remoting_version.clone();
-        core.engine_window = online.engine_window;
-        core.transport = Some(online.transport);
-        core.transport_fallback = online.transport_fallback;
-        core.last_error = None;
-    }
-    hub.set_phase(Phase::Online);
-}
-
-/// Logs a failed attempt: a new problem at WARN (ERROR for security ones),
-/// the same problem again only at DEBUG, so a long outage does not flood the log.
-fn report(err: &SessionError, was_online: bool, last: &mut Option<String>) {
-    let text = err.to_string();
-    if last.as_deref() == Some(text.as_str()) {
-        tracing::debug!(%err, "still failing");
-        return;
-    }
-    if let SessionError::Handshake(HandshakeError::IdentityMismatch(_)) = err {
-        error!(%err, "security: refusing to connect");
-    } else if was_online {
-        warn!(%err, "connection lost");
-    } else {
-        warn!(%err, "connection attempt failed");
-    }
-    *last = Some(text);
-}
-
-/// A token cancelled on SIGTERM or SIGINT.
-pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let token = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM: closing the channel and stopping"),
-            _ = int.recv() => info!("SIGINT: closing the channel and stopping"),
-        }
-        cancel.cancel();
-    });
-    Ok(token)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_huge_backoff_saturates_instead_of_overflowing() {
-        let mut b = Backoff::new(Duration::MAX / 2 + Duration::from_secs(1), Duration::MAX);
-        for _ in 0..3 {
-            assert!(b.next_delay() <= Duration::MAX);
-        }
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_the_cap() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
-        let waits: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
-        for (i, w) in waits.iter().enumerate() {
-            let base = Duration::from_millis((100u64 << i).min(1000));
-            assert!(*w >= base / 2 && *w <= base, "wait {i}: {w:?} vs {base:?}");
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

@@ -360,6 +360,31 @@ async fn a_vanished_borrower_sends_it_home() {
     lender.shutdown().await;
 }
 
+/// When a controller side made its first call, and when it got the answer.
+type CallTimes = Arc<std::sync::Mutex<(Option<std::time::Instant>, Option<std::time::Instant>)>>;
+
+/// A controller side that, like Jenkins, calls the agent once the channel
+/// is up, here `after` a while (the fake engine echoes the command back:
+/// the answer), records when it called and when the answer arrived, then
+/// holds the channel.
+fn calling(after: Duration, times: CallTimes) -> Peer {
+    Peer::script(move |mut channel: Channel| {
+        let times = times.clone();
+        async move {
+            tokio::time::sleep(after).await;
+            times.lock().unwrap().0 = Some(std::time::Instant::now());
+            let mut wire = BytesMut::new();
+            put_command(&mut wire, b"first call");
+            let chunk = ChunkCodec.decode(&mut wire).unwrap().unwrap();
+            channel.framed.send(chunk).await.unwrap();
+            if let Some(Ok(_)) = channel.framed.next().await {
+                times.lock().unwrap().1 = Some(std::time::Instant::now());
+            }
+            while let Some(Ok(_)) = channel.framed.next().await {}
+        }
+    })
+}
+
 /// Sends one command whose payload makes the fake engine start `command`.
 /// A controller side that starts `build` on the agent's engine as soon as
 /// the agent connects (each time), then holds the channel.
@@ -924,25 +949,48 @@ async fn a_borrow_that_cannot_work_fails_and_the_agent_stays_home() {
     borrower.shutdown().await;
 }
 
-/// `borrow --wait` exits 0 only once the borrower shows the node online;
-/// the `moved` event carries the repoint time.
+/// `borrow --wait` exits 0 only once the borrower shows the node online,
+/// as a controller does: after its first call on the channel is answered.
+/// The `moved` event carries both times (connected, first call answered).
 #[tokio::test]
 async fn borrow_wait_returns_once_the_borrower_sees_the_node() {
     let lender = home(Peer::Hold).await;
-    let borrower = borrower(Peer::Hold).await;
+    let times = CallTimes::default();
+    // The borrower calls half a second after accepting the channel: an
+    // agent that reported the move at the handshake would return first.
+    let borrower = borrower(calling(Duration::from_millis(500), times.clone())).await;
     let agent = start_agent(&lender, &["--quiet-period", "200ms"]);
     let socket = agent.socket();
     wait_status(&socket, "online", |s| s.phase == Phase::Online).await;
     let mut events = subscribe(&socket).await;
     let out = ctl_borrow(&agent, &borrower, &["--wait"]).await;
+    let returned = std::time::Instant::now();
     assert!(out.status.success(), "{out:?}");
     assert!(borrower.is_online("guest-mac"), "exit 0 before online");
-    assert!(!lender.is_online("mac-01"));
-    let (ms, placement) = next_event(&mut events, |event| match event.kind {
-        EventKind::Moved { ms } => Some((ms, event.status.placement)),
-        _ => None,
+    // The controller had made its first call before `--wait` returned, and
+    // gets the answer (in flight when the agent reported the move).
+    let called = times.lock().unwrap().0;
+    assert!(called.is_some_and(|at| at <= returned), "{called:?}");
+    common::eventually("the controller has its answer", LONG, || {
+        times.lock().unwrap().1.is_some()
     })
     .await;
+    assert!(!lender.is_online("mac-01"));
+    let (ms, connected_ms, answered_ms, placement) =
+        next_event(&mut events, |event| match event.kind {
+            EventKind::Moved {
+                ms,
+                connected_ms,
+                answered_ms,
+            } => Some((ms, connected_ms, answered_ms, event.status.placement)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(answered_ms, Some(ms), "the first call was answered");
+    assert!(
+        connected_ms.is_some_and(|c| c <= ms),
+        "{connected_ms:?} {ms}"
+    );
     assert_eq!(placement, Placement::Borrowed);
     assert!(ms < 30_000, "{ms}");
     let out = ctl(&agent, &["return", "--now", "--wait", "30s"]).await;
@@ -1245,8 +1293,9 @@ async fn without_warm_engines_moves_still_work() {
     let out = ctl_borrow(&agent, &borrower, &["--wait", "30s"]).await;
     assert!(out.status.success(), "{out:?}");
     assert!(borrower.is_online("guest-mac"));
-    // No engine for home is started while borrowed.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // No engine for home is kept while borrowed (that none is ever started
+    // is the move rules' unit test `an_engine_for_home_is_warmed_while_lent_
+    // and_retried_after_a_failure`, on simulated time).
     assert_eq!(status(&socket).await.warm_engine, None);
     let out = ctl(&agent, &["return", "--wait", "30s"]).await;
     assert!(out.status.success(), "{out:?}");
@@ -1463,9 +1512,20 @@ async fn a_detached_build_is_tracked_by_its_marker_and_others_are_left_alone() {
     })
     .await;
     assert!(busy.busy.busy);
-    // A quiet borrow waits for it...
+    // A quiet borrow waits for it: checked, still pending, still home
+    // (that a busy agent never moves when quiet is the move rules' unit
+    // test `a_borrow_waits_for_its_check_and_for_quiet_unless_now`).
+    let mut events = subscribe(&socket).await;
     lend(&socket, &borrower, None, None, When::Idle).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    next_event(&mut events, |event| {
+        (event.kind == EventKind::BorrowChecked).then_some(())
+    })
+    .await;
+    let waiting = status(&socket).await;
+    assert!(
+        waiting.pending.is_some() && waiting.busy.busy,
+        "{waiting:?}"
+    );
     assert!(
         lender.is_online("mac-01"),
         "left in the middle of the detached build"

@@ -45,11 +45,23 @@ pub enum EventKind {
         /// Why, as the agent would log it (never a secret).
         reason: String,
     },
-    /// The agent is online at its new place after a move (the status says
-    /// where).
+    /// The agent is online at its new place after a move, as the controller
+    /// sees it: the controller's first call on the new channel was answered
+    /// (the status says where).
     Moved {
-        /// From the decision to move until online at the new place, in ms.
+        /// From the decision to move until the controller's first call was
+        /// answered (or, from a controller that sent none within a few
+        /// seconds, until the agent stopped waiting for one), in ms.
         ms: u64,
+        /// From the decision to move until the new channel was accepted
+        /// (the handshake done), in ms. Absent from agents that predate it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        connected_ms: Option<u64>,
+        /// From the decision to move until the controller's first call was
+        /// answered, in ms; absent when the controller sent none in time
+        /// (and from agents that predate it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        answered_ms: Option<u64>,
     },
     /// A borrowed agent went home.
     ReturnedHome {

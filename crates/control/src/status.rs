@@ -102,6 +102,12 @@ pub struct Status {
     /// costs only a handshake; absent with `--no-warm-engine`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_engine: Option<WarmEngine>,
+    /// Online at a new place after a move, but the controller's first call
+    /// on the new channel is not answered yet: the controller does not show
+    /// the node online until it is, so a lease is not active yet either.
+    /// Absent (false) from agents that predate it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_first_call: bool,
 }
 
 /// The send window per stream the agent gave its engine

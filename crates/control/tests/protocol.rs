@@ -69,6 +69,7 @@ fn busy_status() -> Status {
         transport: Some(control::Transport::WebSocket),
         transport_fallback: true,
         warm_engine: None,
+        awaiting_first_call: false,
     }
 }
 
@@ -490,4 +491,39 @@ proptest! {
         let input: Vec<u8> = chunks.join(&b'\n');
         prop_assert_eq!(read_all(&input, capacity), read_all(&input, 4096));
     }
+}
+
+/// Item 6's fields are optional on the wire: an older agent's `moved` and
+/// `status` still parse, and the new fields are left out when unset.
+#[test]
+fn moved_and_status_from_an_older_agent_still_parse() {
+    let old: EventKind = serde_json::from_str(r#"{"kind":"moved","ms":5}"#).unwrap();
+    assert_eq!(
+        old,
+        EventKind::Moved {
+            ms: 5,
+            connected_ms: None,
+            answered_ms: None
+        }
+    );
+    let new = EventKind::Moved {
+        ms: 9,
+        connected_ms: Some(4),
+        answered_ms: Some(9),
+    };
+    let text = serde_json::to_string(&new).unwrap();
+    assert_eq!(serde_json::from_str::<EventKind>(&text).unwrap(), new);
+    let status = busy_status();
+    let text = serde_json::to_string(&status).unwrap();
+    assert!(!text.contains("awaiting_first_call"), "{text}");
+    let awaiting = Status {
+        awaiting_first_call: true,
+        ..status
+    };
+    let text = serde_json::to_string(&awaiting).unwrap();
+    assert!(
+        serde_json::from_str::<Status>(&text)
+            .unwrap()
+            .awaiting_first_call
+    );
 }

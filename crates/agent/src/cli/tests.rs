@@ -1151,8 +1151,7 @@ fn a_relative_logging_config_is_made_absolute() {
     // it that reaches the file.
     let cwd = std::env::current_dir().unwrap();
     let up = cwd.components().count().saturating_sub(1);
-    let relative: PathBuf = std::iter::repeat("..")
-        .take(up)
+    let relative: PathBuf = std::iter::repeat_n("..", up)
         .collect::<PathBuf>()
         .join(dir.strip_prefix("/").unwrap())
         .join(name);

@@ -230,6 +230,7 @@ where
         });
         writer.write_all(&buf).await.map_err(BridgeError::Engine)?;
         writer.flush().await.map_err(BridgeError::Engine)?;
+        departure.controller_sent();
         traffic
             .to_engine
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
@@ -333,6 +334,9 @@ where
             .await
             .map_err(BridgeError::Controller)?;
         writer.flush().await.map_err(BridgeError::Controller)?;
+        if n > 0 {
+            departure.engine_sent();
+        }
         traffic.to_controller.fetch_add(n as u64, Ordering::Relaxed);
         traffic
             .commands_from_engine

@@ -68,7 +68,6 @@ use std::os::unix::fs::{
     DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
 };
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -76,11 +75,10 @@ use std::time::{Duration, Instant};
 use control::frame::{read_line_bounded, write_json_line, FrameError};
 use control::secret_file::{read_bounded, readable_by_others, ReadError, ReadableByOthers};
 use control::{
-    parse_request, BorrowRequest, Event, EventKind, Phase, Placement, Reply, Request, Response,
-    Status, When, MAX_LINE, MAX_SECRET_FILE,
+    parse_request, Event, EventKind, Reply, Request, Response, When, MAX_LINE, MAX_SECRET_FILE,
 };
 use nix::fcntl::OFlag;
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::unistd::Uid;
 use tokio::io::{AsyncReadExt as _, AsyncWrite, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf, UCred};
 use tokio::net::{UnixListener, UnixStream};
@@ -92,6 +90,13 @@ use tracing::{debug, info, warn, Instrument as _};
 use slots::{Admission, Class, Slots};
 
 mod slots;
+mod socket;
+
+use crate::lending::orders::{carry_out_borrow, carry_out_return, Handler};
+pub use socket::ControlError;
+use socket::{
+    io_error, lookup_group, remove_if_stale, Access, SocketFile, StagingDir, MAX_SOCKET_PATH,
+};
 
 /// Connections from builds served at once; beyond it, the build connection
 /// idle the longest is closed, or when all are busy the newcomer is told to
@@ -118,96 +123,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
 /// does not spin.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
-/// The longest path a Unix socket address holds (`sun_path` less its NUL).
-const MAX_SOCKET_PATH: usize = 107;
-
-/// What the control socket drives: implemented by the supervisor. Every
-/// method returns at once; `borrow` and `give_back` only queue the order
-/// and say what will happen ("accepted; will leave when idle"), or refuse.
-pub trait Handler: Send + Sync + 'static {
-    /// The agent's current state.
-    fn status(&self) -> Status;
-    /// Waits (briefly) until [`Handler::status`] can report what is
-    /// counted in the background (build processes) as of now.
-    fn settle(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-        Box::pin(std::future::ready(()))
-    }
-    /// Queue a borrow. `request.secret` is always set (the server reads a
-    /// `secret_file` itself) and the request is already validated.
-    fn borrow(&self, request: BorrowRequest) -> Result<String, String>;
-    /// Queue a return home.
-    fn give_back(&self, when: When) -> Result<String, String>;
-    /// A new receiver of events from now on.
-    fn subscribe(&self) -> broadcast::Receiver<Event>;
-}
-
-/// Where the agent is, for a reply: the controller's URL, else home or
-/// borrowed.
-fn describe_place(status: &Status) -> String {
-    match (&status.controller_url, status.placement) {
-        (Some(url), _) => url.clone(),
-        (None, Placement::Home) => "home".into(),
-        (None, Placement::Borrowed) => "the borrower".into(),
-    }
-}
-
-/// Why the control socket could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    /// A live agent answers on the path.
-    #[error("another agent is already listening on {}", .0.display())]
-    AlreadyListening(PathBuf),
-    /// The path is a directory.
-    #[error("the control socket path {} is a directory", .0.display())]
-    IsADirectory(PathBuf),
-    /// The path does not fit in a Unix socket address.
-    #[error("the control socket path {} is {len} bytes; Unix sockets allow at most {MAX_SOCKET_PATH}", path.display())]
-    PathTooLong {
-        /// The path.
-        path: PathBuf,
-        /// Its length in bytes.
-        len: usize,
-    },
-    /// `--control-group` names no group.
-    #[error("unknown group {0:?} (--control-group)")]
-    UnknownGroup(String),
-    /// The group database could not be read.
-    #[error("cannot look up group {group:?}: {source}")]
-    GroupLookup {
-        /// The group's name.
-        group: String,
-        /// Why.
-        source: nix::Error,
-    },
-    /// The socket could not be given to the group (the agent's user must
-    /// be a member of it, or root).
-    #[error("cannot give the control socket to group {group:?}: {source}")]
-    Chown {
-        /// The group's name.
-        group: String,
-        /// Why.
-        source: nix::Error,
-    },
-    /// A file system operation failed.
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// Why.
-        source: io::Error,
-    },
-}
-
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ControlError {
-    let path = path.to_owned();
-    move |source| ControlError::Io {
-        action,
-        path,
-        source,
-    }
-}
 
 /// The pids of the build processes now (see [`crate::engine::busy`]).
 type BuildScan = Arc<dyn Fn() -> Vec<u32> + Send + Sync>;
@@ -527,166 +442,6 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// The socket file; removed on drop if it is still ours.
-#[derive(Debug)]
-struct SocketFile {
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
-}
-
-impl SocketFile {
-    fn new(path: &Path) -> Result<Self, ControlError> {
-        let meta = fs::symlink_metadata(path).map_err(io_error("inspect", path))?;
-        Ok(Self {
-            path: path.to_owned(),
-            dev: meta.dev(),
-            ino: meta.ino(),
-        })
-    }
-}
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        match fs::symlink_metadata(&self.path) {
-            Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => {
-                if let Err(err) = fs::remove_file(&self.path) {
-                    warn!(%err, path = %self.path.display(), "cannot remove the control socket");
-                }
-            }
-            // Gone, or replaced by another agent's: not ours to remove.
-            _ => {}
-        }
-    }
-}
-
-/// A private (0700) directory to create the socket in; removed on drop.
-#[derive(Debug)]
-struct StagingDir {
-    path: PathBuf,
-}
-
-impl StagingDir {
-    fn create(parent: &Path) -> Result<Self, ControlError> {
-        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-        // Short: the socket inside must fit in a socket address too.
-        let name = format!(
-            ".c{}.{}",
-            std::process::id(),
-            SEQUENCE.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = parent.join(name);
-        let create = || fs::DirBuilder::new().mode(0o700).create(&path);
-        if let Err(err) = create() {
-            if err.kind() != io::ErrorKind::AlreadyExists {
-                return Err(io_error("create directory", &path)(err));
-            }
-            // Left by a crashed process that had our pid: ours to reuse.
-            fs::remove_dir_all(&path).map_err(io_error("remove", &path))?;
-            create().map_err(io_error("create directory", &path))?;
-        }
-        Ok(Self { path })
-    }
-}
-
-impl Drop for StagingDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
-/// Removes a stale file at `path`; refuses if an agent answers there.
-fn remove_if_stale(path: &Path) -> Result<(), ControlError> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(err) => return Err(io_error("inspect", path)(err)),
-    };
-    if meta.is_dir() {
-        return Err(ControlError::IsADirectory(path.to_owned()));
-    }
-    use std::os::unix::fs::FileTypeExt as _;
-    if meta.file_type().is_socket() {
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(ControlError::AlreadyListening(path.to_owned())),
-            Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {}
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(err) => return Err(io_error("check whether an agent listens on", path)(err)),
-        }
-    }
-    info!(path = %path.display(), "removing a stale control socket");
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(io_error("remove the stale", path)(err)),
-    }
-}
-
-/// The control group, resolved at bind.
-#[derive(Debug)]
-struct ControlGroup {
-    name: String,
-    gid: Gid,
-}
-
-fn lookup_group(name: &str) -> Result<ControlGroup, ControlError> {
-    match Group::from_name(name) {
-        Ok(Some(group)) => Ok(ControlGroup {
-            name: group.name,
-            gid: group.gid,
-        }),
-        Ok(None) => Err(ControlError::UnknownGroup(name.to_owned())),
-        Err(source) => Err(ControlError::GroupLookup {
-            group: name.to_owned(),
-            source,
-        }),
-    }
-}
-
-/// Who may use the socket.
-#[derive(Debug)]
-struct Access {
-    own_uid: Uid,
-    group: Option<ControlGroup>,
-}
-
-impl Access {
-    /// Whether `uid` is the agent's own user or root: such a peer could
-    /// read any file the agent can anyway.
-    fn trusts(&self, uid: u32) -> bool {
-        uid == self.own_uid.as_raw() || uid == 0
-    }
-
-    async fn allows(&self, peer: &UCred) -> bool {
-        if self.trusts(peer.uid()) {
-            return true;
-        }
-        let Some(group) = &self.group else {
-            return false;
-        };
-        if peer.gid() == group.gid.as_raw() {
-            return true;
-        }
-        // The user and group databases may be remote (LDAP): off the runtime.
-        let (uid, gid) = (Uid::from_raw(peer.uid()), group.gid);
-        tokio::task::spawn_blocking(move || is_member(uid, gid))
-            .await
-            .unwrap_or(false)
-    }
-}
-
-/// Whether the group database lists `uid`'s user in `gid` (or it is the
-/// user's primary group).
-fn is_member(uid: Uid, gid: Gid) -> bool {
-    let Ok(Some(user)) = User::from_uid(uid) else {
-        return false;
-    };
-    if user.gid == gid {
-        return true;
-    }
-    matches!(Group::from_gid(gid), Ok(Some(group)) if group.mem.contains(&user.name))
-}
-
 /// One client connection.
 struct Connection {
     shared: Arc<Shared>,
@@ -966,167 +721,6 @@ impl Connection {
     }
 }
 
-/// Carries out a `borrow` whose secret is already read, for any peer (the
-/// control socket, the lender link): queued with `handler`, and with `wait`
-/// answered once the agent is online at the borrower, the borrow failed or
-/// `wait` passed. `from_a_build` (a build on this agent asking to leave when
-/// idle) gets the reply once the borrower was checked instead, since the
-/// move waits for that very build.
-pub async fn carry_out_borrow(
-    handler: &dyn Handler,
-    borrow: BorrowRequest,
-    from_a_build: bool,
-) -> Reply {
-    info!(
-        controller = borrow.target.describe(),
-        node = %borrow.name,
-        lease = ?borrow.lease,
-        idle_return = ?borrow.idle_return,
-        when = ?borrow.when,
-        wait = ?borrow.wait,
-        "borrow requested"
-    );
-    let wait = borrow.wait;
-    // Subscribed before the order, so its outcome cannot be missed.
-    let events = wait.map(|_| handler.subscribe());
-    let result = handler.borrow(borrow);
-    if let (Ok(_), Some(limit), Some(events)) = (&result, wait, events) {
-        return if from_a_build {
-            checked(events, limit).await
-        } else {
-            outcome(handler, events, limit, Placement::Borrowed).await
-        };
-    }
-    accepted(result)
-}
-
-/// Carries out a `return` for any peer: queued with `handler`, and with
-/// `wait` answered once the agent is online at home or `wait` passed.
-pub async fn carry_out_return(handler: &dyn Handler, when: When, wait: Option<Duration>) -> Reply {
-    info!(?when, ?wait, "return requested");
-    let events = wait.map(|_| handler.subscribe());
-    let result = handler.give_back(when);
-    if let (Ok(_), Some(limit), Some(events)) = (&result, wait, events) {
-        return outcome(handler, events, limit, Placement::Home).await;
-    }
-    accepted(result)
-}
-
-/// The reply to an order that was queued (or refused).
-fn accepted(result: Result<String, String>) -> Reply {
-    match result {
-        Ok(message) => Reply::Ok(Response::Accepted { message }),
-        Err(message) => {
-            info!(%message, "request refused");
-            Reply::Error(message)
-        }
-    }
-}
-
-/// For a `wait`ing borrow from a build on this agent: the reply once the
-/// borrower is checked or the borrow failed.
-async fn checked(mut events: broadcast::Receiver<Event>, limit: Duration) -> Reply {
-    let wait = async {
-        loop {
-            match events.recv().await {
-                Ok(Event {
-                    kind: EventKind::BorrowChecked,
-                    ..
-                }) => {
-                    return Reply::Ok(Response::Accepted {
-                        message: "the borrower is reachable and its engine is ready; \
-                                  the agent moves there once this build and any other \
-                                  work have ended"
-                            .into(),
-                    })
-                }
-                Ok(Event {
-                    kind: EventKind::BorrowFailed { phase, reason },
-                    ..
-                }) => {
-                    return Reply::error(format!(
-                        "the borrow failed ({phase}): {reason}; the agent stays where it was"
-                    ))
-                }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => {
-                    return Reply::error("the agent stopped before the borrower was checked")
-                }
-            }
-        }
-    };
-    tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
-        Reply::error(format!(
-            "the borrower was not checked within {}",
-            humantime::format_duration(limit)
-        ))
-    })
-}
-
-/// For an order with `wait`: the reply once the agent is online at `place`
-/// after a move, or the borrow failed, or `limit` passed.
-async fn outcome(
-    handler: &dyn Handler,
-    mut events: broadcast::Receiver<Event>,
-    limit: Duration,
-    place: Placement,
-) -> Reply {
-    let arrived = |status: &Status| {
-        status.placement == place && status.phase == Phase::Online && status.pending.is_none()
-    };
-    let now = handler.status();
-    if arrived(&now) {
-        return Reply::Ok(Response::Accepted {
-            message: format!("already there: online at {}", describe_place(&now)),
-        });
-    }
-    let wait = async {
-        loop {
-            match events.recv().await {
-                Ok(Event {
-                    kind: EventKind::Moved { ms },
-                    status,
-                    ..
-                }) if status.placement == place => {
-                    return Reply::Ok(Response::Accepted {
-                        message: format!(
-                            "online at {} ({ms} ms after the move began)",
-                            describe_place(&status)
-                        ),
-                    })
-                }
-                Ok(Event {
-                    kind: EventKind::BorrowFailed { phase, reason },
-                    ..
-                }) if place == Placement::Borrowed => {
-                    return Reply::error(format!(
-                        "the borrow failed ({phase}): {reason}; the agent stays where it was"
-                    ))
-                }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => {
-                    return Reply::error("the agent stopped before the move was done")
-                }
-            }
-        }
-    };
-    match tokio::time::timeout(limit, wait).await {
-        Ok(reply) => reply,
-        Err(_) => {
-            let now = handler.status();
-            Reply::error(format!(
-                "not done within {}: the agent is {:?} at {}{}",
-                humantime::format_duration(limit),
-                now.phase,
-                describe_place(&now),
-                now.last_error
-                    .map(|e| format!(" (last error: {e})"))
-                    .unwrap_or_default()
-            ))
-        }
-    }
-}
-
 /// The secret in `path` (at most [`MAX_SECRET_FILE`] bytes, trimmed), and
 /// whether other users can read the file. A peer the agent does not
 /// `trust` may only name a file it owns: the agent would otherwise send any
@@ -1173,10 +767,14 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::lending::orders::Answer;
     use control::client::{self, ClientError};
+    use control::{BorrowRequest, Status};
     use control::{Phase, Placement, Target};
+    use nix::unistd::{Gid, Group};
     use std::os::unix::fs::FileTypeExt as _;
     use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
     /// Records orders; the status and the event channel are the test's.
@@ -1209,16 +807,19 @@ mod tests {
         fn status(&self) -> Status {
             self.status.lock().unwrap().clone()
         }
-        fn borrow(&self, request: BorrowRequest) -> Result<String, String> {
-            if let Some(message) = &self.refuse {
-                return Err(message.clone());
-            }
-            self.borrows.lock().unwrap().push(request);
-            Ok("accepted; will leave when idle".into())
+        fn borrow(&self, request: BorrowRequest) -> Answer<'_> {
+            let answer = match &self.refuse {
+                Some(message) => Err(message.clone()),
+                None => {
+                    self.borrows.lock().unwrap().push(request);
+                    Ok("accepted; will leave when idle".into())
+                }
+            };
+            Box::pin(std::future::ready(answer))
         }
-        fn give_back(&self, when: When) -> Result<String, String> {
+        fn give_back(&self, when: When) -> Answer<'_> {
             self.returns.lock().unwrap().push(when);
-            Ok("accepted; returning now".into())
+            Box::pin(std::future::ready(Ok("accepted; returning now".into())))
         }
         fn subscribe(&self) -> broadcast::Receiver<Event> {
             self.events.subscribe()
@@ -1886,7 +1487,11 @@ mod tests {
             .events
             .send(Event {
                 at_ms: 2,
-                kind: EventKind::Moved { ms: 5 },
+                kind: EventKind::Moved {
+                    ms: 5,
+                    connected_ms: None,
+                    answered_ms: None,
+                },
                 status: Status {
                     phase: Phase::Online,
                     controller_url: Some("https://a.example/".into()),
@@ -1895,7 +1500,14 @@ mod tests {
             })
             .unwrap();
         let event = events.next_event().await.unwrap().unwrap();
-        assert_eq!(event.kind, EventKind::Moved { ms: 5 });
+        assert_eq!(
+            event.kind,
+            EventKind::Moved {
+                ms: 5,
+                connected_ms: None,
+                answered_ms: None
+            }
+        );
         let reply = waiting.line(PROMPTLY).await.unwrap();
         assert!(reply.contains("online at https://a.example/"), "{reply}");
         running.stop().await;

@@ -850,6 +850,7 @@ mod tests {
             transport: Some(control::Transport::WebSocket),
             transport_fallback: true,
             warm_engine: None,
+            awaiting_first_call: false,
         };
         assert_eq!(
             describe(&status, now),
@@ -903,7 +904,8 @@ traffic     1.5 MiB in 12 commands to the controller (3.0 MiB/s now), 512 B in 1
     /// (ctl makes its own current-thread runtime, as in the binary).
     #[test]
     fn against_the_control_server() {
-        use crate::lending::control_server::{ControlServer, Handler};
+        use crate::lending::control_server::ControlServer;
+        use crate::lending::orders::{Answer, Handler};
         use tokio::sync::broadcast;
 
         struct Agent(broadcast::Sender<Event>);
@@ -914,14 +916,14 @@ traffic     1.5 MiB in 12 commands to the controller (3.0 MiB/s now), 512 B in 1
                     ..Status::default()
                 }
             }
-            fn borrow(&self, request: BorrowRequest) -> Result<String, String> {
-                match request.secret.as_deref() {
+            fn borrow(&self, request: BorrowRequest) -> Answer<'_> {
+                Box::pin(std::future::ready(match request.secret.as_deref() {
                     Some("right") => Ok("accepted; will leave when idle".into()),
                     _ => Err("the borrower refused the secret".into()),
-                }
+                }))
             }
-            fn give_back(&self, _: When) -> Result<String, String> {
-                Err("already home".into())
+            fn give_back(&self, _: When) -> Answer<'_> {
+                Box::pin(std::future::ready(Err("already home".into())))
             }
             fn subscribe(&self) -> broadcast::Receiver<Event> {
                 self.0.subscribe()

@@ -1,32 +1,38 @@
-//! What the supervisor shares with the control socket: the state shown by
-//! `status`, the event stream, and the borrow or return waiting to be carried out.
+//! What the supervisor shares with the control socket and the lender link:
+//! the state shown by `status` (a `watch` the supervisor alone writes), the
+//! event stream, and the channel that carries orders to the supervisor.
 //!
-//! The control socket's handler only checks and queues; the supervisor does
-//! the moving. So a `borrow` is answered at once and carried out when the
-//! agent is idle (or at once with `now`).
+//! The handler only validates and passes orders on; the supervisor accepts
+//! or refuses them by the move rules and answers at once, and carries the
+//! move out when the agent is idle (or at once with `now`).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use control::{
     BorrowRequest, Busy, Event, EventKind, Pending, PendingAction, Phase, Placement, Status,
     WarmEngine, When,
 };
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::engine::bridge::Traffic;
 use crate::engine::busy;
 use crate::engine::census::{Census, Count};
+use crate::lending::moves::{Command, Orders, Quietness};
+use crate::lending::orders::Answer;
 use crate::lending::{target_label, Lease};
 
-/// A move asked for on the control socket, waiting to be carried out.
-#[derive(Debug, Clone)]
-pub enum Command {
-    /// Go to this borrower (when: `request.when`).
-    Borrow(BorrowRequest),
-    /// Go home.
-    Return(When),
+/// A `borrow` or `return` for the supervisor, with where its answer goes.
+#[derive(Debug)]
+pub struct Order {
+    /// The order.
+    pub command: Command,
+    /// What will happen, or why it is refused.
+    pub reply: oneshot::Sender<Result<String, String>>,
 }
+
+/// Orders waiting for the supervisor at most; more wait to be queued.
+const ORDER_QUEUE: usize = 64;
 
 /// The supervisor's state as the control socket shows it.
 #[derive(Debug, Clone, Default)]
@@ -43,8 +49,9 @@ pub struct Core {
     pub node_name: Option<String>,
     /// The home controller's URL.
     pub home_url: Option<String>,
-    /// A move accepted and waiting for idle.
-    pub pending: Option<(Command, u64)>,
+    /// The orders accepted and not carried out yet, as the supervisor (who
+    /// owns them) last published them.
+    pub orders: Orders,
     /// The engine of the live session.
     pub engine_pid: Option<u32>,
     /// The last error.
@@ -59,23 +66,49 @@ pub struct Core {
     pub transport: Option<control::Transport>,
     /// That is a WebSocket because the TCP agent port was disabled.
     pub transport_fallback: bool,
+    /// Online after a move, the controller's first call not answered yet.
+    pub awaiting_first_call: bool,
     /// The engine started ahead of a move: pid and the controller it is for.
     pub warm_engine: Option<(u32, Option<String>)>,
-    /// A move is under way (decided, the target being connected or the old
-    /// channel closed): orders that arrive now are queued behind it.
-    pub moving: bool,
-    /// A borrow accepted while going home, and when: pending once home.
-    pub next_borrow: Option<(BorrowRequest, u64)>,
+}
+
+/// A change to the [`Core`], published when dropped.
+#[derive(Debug)]
+pub struct CoreMut<'a> {
+    sender: &'a watch::Sender<Core>,
+    core: Core,
+}
+
+impl std::ops::Deref for CoreMut<'_> {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl std::ops::DerefMut for CoreMut<'_> {
+    fn deref_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+}
+
+impl Drop for CoreMut<'_> {
+    fn drop(&mut self) {
+        self.sender.send_replace(std::mem::take(&mut self.core));
+    }
 }
 
 /// Shared between the supervisor and the control socket.
 #[derive(Debug)]
 pub struct Hub {
-    core: Mutex<Core>,
+    /// Written by the supervisor alone, read by `status` and events.
+    core: watch::Sender<Core>,
     traffic: Arc<Traffic>,
     events: broadcast::Sender<Event>,
-    /// Wakes the supervisor when a move is asked for.
-    wake: Notify,
+    /// Orders for the supervisor.
+    orders: mpsc::Sender<Order>,
+    /// Their receiving end, until the supervisor takes it.
+    inbox: Mutex<Option<mpsc::Receiver<Order>>>,
     /// Traffic this recent counts as busy.
     activity_window: Duration,
     /// The current throughput, from the byte counters.
@@ -96,17 +129,6 @@ struct RateMeter {
     from_controller: u64,
 }
 
-/// What [`Hub::quiet_to_move`] finds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quietness {
-    /// A request in flight, a build process, or recent traffic.
-    Busy,
-    /// None of those, on a fresh count.
-    Quiet,
-    /// None of those, but the count of build processes is too old to trust.
-    Unknown,
-}
-
 /// How long a `status` request waits at most for a fresh count of build
 /// processes (one is taken within about 200 ms of the first request).
 const SETTLE_LIMIT: Duration = Duration::from_secs(1);
@@ -122,15 +144,17 @@ impl Hub {
         activity_window: Duration,
     ) -> Arc<Self> {
         let (events, _) = broadcast::channel(256);
+        let (orders, inbox) = mpsc::channel(ORDER_QUEUE);
         let hub = Self {
-            core: Mutex::new(Core {
+            core: watch::Sender::new(Core {
                 home_url,
                 since_ms: busy::now_ms(),
                 ..Core::default()
             }),
             traffic,
             events,
-            wake: Notify::new(),
+            orders,
+            inbox: Mutex::new(Some(inbox)),
             activity_window,
             rates: Mutex::new(RateMeter::default()),
             census: Census::new(),
@@ -164,20 +188,34 @@ impl Hub {
         }
     }
 
-    /// Returns when a move was asked for since the last call (a request
-    /// made while nobody waited is not lost).
-    pub async fn woken(&self) {
-        self.wake.notified().await;
+    /// Passes an order to the supervisor, which owns the orders, and
+    /// returns its answer.
+    async fn order(&self, command: Command) -> Result<String, String> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || "the agent is stopping".to_owned();
+        self.orders
+            .send(Order { command, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
-    /// The state, for changing it. Poisoning is survivable here: the data
-    /// is plain values.
-    pub fn core(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    /// The orders for the supervisor; `None` after the first call.
+    pub fn take_orders(&self) -> Option<mpsc::Receiver<Order>> {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// The state, for the supervisor to change: the change is published to
+    /// every [`Hub::watch`]er when the returned handle is dropped.
+    pub fn core(&self) -> CoreMut<'_> {
+        CoreMut {
+            sender: &self.core,
+            core: self.core.borrow().clone(),
+        }
     }
 
     /// The busy signals now, with the latest count of build processes
-    /// (see [`Hub::settle`](crate::lending::control_server::Handler::settle)
+    /// (see [`Hub::settle`](crate::lending::orders::Handler::settle)
     /// for a fresh one).
     pub fn busy(&self) -> Busy {
         self.busy_counted().0
@@ -252,7 +290,7 @@ impl Hub {
             to_controller: rates.0,
             from_controller: rates.1,
         };
-        let core = self.core().clone();
+        let core = self.core.borrow().clone();
         Status {
             placement: if core.lease.is_some() {
                 Placement::Borrowed
@@ -266,6 +304,7 @@ impl Hub {
             lease_deadline_ms: core.lease.as_ref().and_then(Lease::deadline_ms),
             idle_deadline_ms: core.idle_deadline_ms,
             queued: core
+                .orders
                 .next_borrow
                 .as_ref()
                 .map(|(request, since_ms)| Pending {
@@ -273,17 +312,21 @@ impl Hub {
                     controller_url: Some(target_label(&request.target)),
                     since_ms: *since_ms,
                 }),
-            pending: core.pending.as_ref().map(|(command, since_ms)| Pending {
-                action: match command {
-                    Command::Borrow(_) => PendingAction::Borrow,
-                    Command::Return(_) => PendingAction::Return,
-                },
-                controller_url: match command {
-                    Command::Borrow(request) => Some(target_label(&request.target)),
-                    Command::Return(_) => core.home_url.clone(),
-                },
-                since_ms: *since_ms,
-            }),
+            pending: core
+                .orders
+                .pending
+                .as_ref()
+                .map(|(command, since_ms)| Pending {
+                    action: match command {
+                        Command::Borrow(_) => PendingAction::Borrow,
+                        Command::Return(_) => PendingAction::Return,
+                    },
+                    controller_url: match command {
+                        Command::Borrow(request) => Some(target_label(&request.target)),
+                        Command::Return(_) => core.home_url.clone(),
+                    },
+                    since_ms: *since_ms,
+                }),
             busy,
             engine_pid: core.engine_pid,
             remoting_version: core.remoting_version,
@@ -315,11 +358,12 @@ impl Hub {
                 controller_url,
                 rss_kib: crate::engine::builds::rss_kib(pid),
             }),
+            awaiting_first_call: core.awaiting_first_call,
         }
     }
 }
 
-impl crate::lending::control_server::Handler for Hub {
+impl crate::lending::orders::Handler for Hub {
     fn status(&self) -> Status {
         self.snapshot()
     }
@@ -335,94 +379,18 @@ impl crate::lending::control_server::Handler for Hub {
         })
     }
 
-    fn borrow(&self, request: BorrowRequest) -> Result<String, String> {
-        request.validate()?;
-        if request.secret.is_none() {
-            return Err("borrow: no secret".into());
-        }
-        let label = target_label(&request.target);
-        {
-            let mut core = self.core();
-            // On the way home (a return asked for, or the lease ending by
-            // itself; a lent agent moves nowhere else): the borrow is queued
-            // and carried out from home.
-            let returning = core.lease.is_some()
-                && (core.moving || matches!(core.pending, Some((Command::Return(_), _))));
-            if returning {
-                if core.next_borrow.as_ref().is_some_and(|(queued, _)| {
-                    queued.target == request.target && queued.name == request.name
-                }) {
-                    return Ok(format!("already queued to go to {label} once home"));
-                }
-                core.next_borrow = Some((request.clone(), busy::now_ms()));
-                drop(core);
-                self.wake.notify_one();
-                self.emit(EventKind::BorrowAccepted);
-                return Ok(format!("accepted: will go to {label} once home"));
+    fn borrow(&self, request: BorrowRequest) -> Answer<'_> {
+        Box::pin(async move {
+            request.validate()?;
+            if request.secret.is_none() {
+                return Err("borrow: no secret".into());
             }
-            if let Some(lease) = &core.lease {
-                if lease.same_as(&request) {
-                    return Ok(format!("already lent to {label}"));
-                }
-                return Err(format!(
-                    "already lent to {} as {}; return it first",
-                    lease.label(),
-                    lease.request.name
-                ));
-            }
-            match &core.pending {
-                Some((Command::Borrow(pending), _))
-                    if pending.target == request.target
-                        && pending.name == request.name
-                        && request.when == When::Idle =>
-                {
-                    return Ok(format!("already waiting to go to {label}"));
-                }
-                Some((Command::Borrow(pending), _))
-                    if pending.target != request.target || pending.name != request.name =>
-                {
-                    return Err(format!(
-                        "already waiting to go to {}; return first to cancel it",
-                        target_label(&pending.target)
-                    ))
-                }
-                _ => {}
-            }
-            core.pending = Some((Command::Borrow(request.clone()), busy::now_ms()));
-        }
-        let when = request.when;
-        self.wake.notify_one();
-        self.emit(EventKind::BorrowAccepted);
-        Ok(match when {
-            When::Now => format!("accepted: leaving for {label} now"),
-            When::Idle => format!("accepted: will go to {label} when idle"),
+            self.order(Command::Borrow(request)).await
         })
     }
 
-    fn give_back(&self, when: When) -> Result<String, String> {
-        {
-            let mut core = self.core();
-            let pending_borrow = matches!(core.pending, Some((Command::Borrow(_), _)));
-            // A return cancels a borrow queued behind the move home.
-            core.next_borrow = None;
-            if core.lease.is_none() && !pending_borrow {
-                return Err("not lent: the agent is at home".into());
-            }
-            core.pending = if core.lease.is_some() || core.moving {
-                // Borrowed, or on the way to the borrower: the return
-                // follows once there.
-                Some((Command::Return(when), busy::now_ms()))
-            } else {
-                // Cancels a borrow still waiting for idle.
-                None
-            };
-        }
-        self.wake.notify_one();
-        self.emit(EventKind::ReturnAccepted);
-        Ok(match when {
-            When::Now => "accepted: returning home now".into(),
-            When::Idle => "accepted: will return home when idle".into(),
-        })
+    fn give_back(&self, when: When) -> Answer<'_> {
+        Box::pin(self.order(Command::Return(when)))
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -441,7 +409,7 @@ mod tests {
     /// count instead of being put off (and flapping the target's node).
     #[tokio::test]
     async fn no_count_yet_is_unknown_not_busy() {
-        use crate::lending::control_server::Handler as _;
+        use crate::lending::orders::Handler as _;
         let hub = Hub::new(Arc::new(Traffic::default()), None, Duration::from_secs(5));
         assert_eq!(hub.quiet_to_move(), Quietness::Unknown);
         hub.settle().await;
@@ -459,7 +427,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_move_waits_for_a_fresh_count_of_build_processes() {
-        use crate::lending::control_server::Handler as _;
+        use crate::lending::orders::Handler as _;
         let hub = Hub::new(Arc::new(Traffic::default()), None, Duration::from_secs(5));
         // Nobody asked before: no count yet, so not idle enough to move.
         assert_ne!(hub.quiet_to_move(), Quietness::Quiet);

@@ -4,10 +4,13 @@
 //! restarted agent takes over its own stale channel instead of being
 //! refused "already connected").
 
+pub mod backoff;
 pub mod control_server;
 pub mod ctl;
 pub mod hub;
 pub mod link;
+pub mod moves;
+pub mod orders;
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;

@@ -52,7 +52,8 @@ impl AgentReport {
         };
         AgentReport {
             place,
-            online: status.phase == Phase::Online,
+            // A controller shows the node online once its first call is answered.
+            online: status.phase == Phase::Online && !status.awaiting_first_call,
             busy: status.busy.busy || status.pending.is_some(),
         }
     }
@@ -109,6 +110,21 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn online_waits_for_the_controllers_first_call_to_be_answered() {
+        let mut status = Status {
+            placement: Placement::Borrowed,
+            phase: Phase::Online,
+            controller_url: Some("https://borrower/".into()),
+            home_url: Some("https://home/".into()),
+            awaiting_first_call: true,
+            ..Status::default()
+        };
+        assert!(!AgentReport::from_status(&status).online);
+        status.awaiting_first_call = false;
+        assert!(AgentReport::from_status(&status).online);
+    }
 
     #[test]
     fn a_lent_agent_still_at_home_reports_home() {

@@ -115,7 +115,7 @@ impl LeaseRequest {
         .validate()?;
         // An auto-lease gets its node and secret once an agent is
         // reserved for it (provisioning).
-        if self.origin.as_ref().map_or(true, |o| o.provisioned) {
+        if self.origin.as_ref().is_none_or(|o| o.provisioned) {
             control::check_node_name(&self.borrower.node_name)
                 .map_err(|rule| format!("the borrower's node name {rule}"))?;
             if self.borrower.secret.expose().is_empty() {

@@ -152,7 +152,7 @@ impl FakeAgent {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map_or(true, |(_, task)| task.is_finished())
+            .is_none_or(|(_, task)| task.is_finished())
     }
 }
 

@@ -38,7 +38,7 @@ impl Lang {
                 .filter_map(|f| f.trim().strip_prefix("q="))
                 .find_map(|q| q.trim().parse::<f32>().ok())
                 .unwrap_or(1.0);
-            if best.map_or(true, |(bq, _)| q > bq) {
+            if best.is_none_or(|(bq, _)| q > bq) {
                 best = Some((q, tag));
             }
         }

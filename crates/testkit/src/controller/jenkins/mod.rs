@@ -352,7 +352,7 @@ impl Model {
     fn node_offline(&self, name: &str, online: &dyn Fn(&str) -> bool) -> bool {
         self.nodes
             .get(name)
-            .map_or(true, |n| n.temporarily_offline.is_some() || !online(name))
+            .is_none_or(|n| n.temporarily_offline.is_some() || !online(name))
     }
 
     /// Queues `job` and returns its id.
@@ -412,7 +412,7 @@ impl Model {
             .iter()
             .filter(|(name, node)| {
                 !self.is_offline(name, online)
-                    && label.map_or(true, |l| l.matches(&node.config.atoms()))
+                    && label.is_none_or(|l| l.matches(&node.config.atoms()))
             })
             .map(|(_, node)| node.idle_executors())
             .sum()
