@@ -91,8 +91,8 @@ use crate::pool::{
 use crate::pool::{DemandItem, DemandTemplate};
 use crate::store::{Store, StoreError};
 
-use super::controllers::Registry;
 use super::provision::{self, Provisioned};
+use super::registry::Registry;
 
 mod agents;
 mod commit;

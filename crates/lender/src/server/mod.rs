@@ -63,6 +63,7 @@ mod link;
 mod metrics;
 mod provision;
 mod reader;
+mod registry;
 mod replicated;
 mod respond;
 
@@ -210,7 +211,7 @@ pub(crate) struct Shared {
     pub next_link: AtomicU64,
     pub admission: Arc<Admission>,
     /// The registered controllers and what their watchers found.
-    pub controllers: Arc<controllers::Registry>,
+    pub controllers: Arc<registry::Registry>,
 }
 
 /// A running server; [`Running::shutdown`] stops it.
@@ -304,7 +305,7 @@ async fn start_on(
     let tracker = TaskTracker::new();
     let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE);
     let (events, _) = broadcast::channel(EVENT_BUFFER);
-    let registry = Arc::new(controllers::Registry::default());
+    let registry = Arc::new(registry::Registry::default());
     let wiring = driver::Wiring {
         registry: registry.clone(),
         inputs: inputs_tx.downgrade(),

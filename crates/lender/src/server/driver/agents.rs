@@ -134,10 +134,10 @@ impl Driver {
 
     /// The registered controller that is `agent`'s home, if any.
     pub(super) fn home_controller(&self, agent: &str) -> Option<ControllerConfig> {
-        let home = super::super::controllers::same_url(self.homes.get(agent)?);
+        let home = super::super::registry::same_url(self.homes.get(agent)?);
         self.controllers
             .values()
-            .find(|c| super::super::controllers::same_url(&c.url) == home)
+            .find(|c| super::super::registry::same_url(&c.url) == home)
             .cloned()
     }
 
