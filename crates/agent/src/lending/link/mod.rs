@@ -695,16 +695,39 @@ mod tests {
         url
     }
 
+    /// A lender on 127.0.0.1:0 that accepts each link and closes it at
+    /// once with a reason, as a lender stepping down does; noted in `seen`.
+    async fn closing(name: &'static str, seen: Arc<Mutex<Vec<&'static str>>>) -> String {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                seen.lock().unwrap().push(name);
+                if let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await {
+                    let close = CloseFrame {
+                        code: CloseCode::Again,
+                        reason: "this lender is a standby".into(),
+                    };
+                    let _ = ws.close(Some(close)).await;
+                }
+            }
+        });
+        url
+    }
+
     #[tokio::test]
     async fn the_link_passes_over_a_standby_and_an_unreachable_lender_without_waiting() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let first = standby("standby", seen.clone()).await;
+        let closer = closing("closing", seen.clone()).await;
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gone = format!("http://{}", closed.local_addr().unwrap());
         drop(closed);
         let (active, mut links) = fake_lender().await;
         let mut config = config(
-            &format!("{first},{gone},{active}"),
+            &format!("{first},{closer},{gone},{active}"),
             TOKEN,
             Duration::from_secs(60),
         );
@@ -716,13 +739,17 @@ mod tests {
         let link = Link::start(config, hub, &shutdown);
         let mut ws = tokio::time::timeout(Duration::from_secs(20), links.recv())
             .await
-            .expect("linked to the third lender within the round, without a backoff")
+            .expect("linked to the last lender within the round, without a backoff")
             .unwrap();
         assert!(matches!(
             receive(&mut ws).await,
             Some(AgentMessage::Hello { .. })
         ));
-        assert_eq!(*seen.lock().unwrap(), ["standby"], "tried first, once");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["standby", "closing"],
+            "tried in order, once each"
+        );
         link.stop().await;
     }
 
