@@ -98,8 +98,10 @@ pub enum TransportChoice {
 /// `--lender URL`: keep a link to the lending pool `jnlp-lender`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LenderSettings {
-    /// The lender's base URL (`http://` or `https://`), as given.
-    pub url: String,
+    /// The lenders' base URLs (`http://` or `https://`), as given, in the
+    /// order the link tries them (the active lender and its standbys); at
+    /// least one.
+    pub urls: Vec<String>,
     /// The agent token, read from `--lender-token-file` (never from the
     /// command line; never logged).
     pub token: Secret,

@@ -31,7 +31,7 @@ Environment (jenkins/inbound-agent image), used when the option is absent:
 
   JENKINS_WEB_SOCKET=true     -webSocket
 
-Ours: JNLP_AGENT_LENDER (--lender), JNLP_AGENT_LENDER_TOKEN_FILE (--lender-token-file),
+Ours: JNLP_AGENT_LENDER (--lender; a comma-separated list), JNLP_AGENT_LENDER_TOKEN_FILE (--lender-token-file),
 JNLP_AGENT_LABELS (--labels).
 
 -agentLog FILE: the log (with the engine's stderr) goes to FILE, appended, instead of stderr
@@ -273,9 +273,10 @@ pub(super) struct Args {
     )]
     pub(super) web_socket_idle_timeout: Option<String>,
 
-    /// Keep a link to this lending pool (jnlp-lender), http(s)://HOST[:PORT][/PATH].
+    /// Keep a link to this lending pool (jnlp-lender), http(s)://HOST[:PORT][/PATH]; repeatable
+    /// (or comma-separated) for an active lender and its standbys, tried in order.
     #[arg(long = "lender", help_heading = OURS, value_name = "URL", allow_hyphen_values = true)]
-    pub(super) lender: Option<String>,
+    pub(super) lender: Vec<String>,
 
     /// The agent's token for --lender, read from FILE (never given on the command line).
     #[arg(

@@ -374,7 +374,12 @@ pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliErr
         None => None,
     };
     let lender = lender(
-        opt(args.lender, "--lender").or(env.sourced("JNLP_AGENT_LENDER")),
+        opt((!args.lender.is_empty()).then_some(args.lender), "--lender").or(env
+            .sourced("JNLP_AGENT_LENDER")
+            .map(|s| Sourced {
+                value: vec![s.value],
+                from: s.from,
+            })),
         opt(args.lender_token_file, "--lender-token-file").or(env
             .sourced("JNLP_AGENT_LENDER_TOKEN_FILE")
             .map(|s| Sourced {
@@ -484,7 +489,7 @@ fn java(env: &Env<'_>, logging_config: Option<&std::path::Path>) -> Result<JavaS
 /// `--lender` with its token file and labels (each option or its
 /// variable), for the node `name` (or the one a `-jnlpUrl` names).
 fn lender(
-    url: Option<Sourced<String>>,
+    url: Option<Sourced<Vec<String>>>,
     token_file: Option<Sourced<PathBuf>>,
     labels: Option<Sourced<Vec<String>>>,
     name: Option<&str>,
@@ -505,7 +510,7 @@ fn lender(
         .or_else(|| jnlp_url.and_then(values::node_from_jnlp_url))
         .ok_or(CliError::LenderNeedsName { lender: url.from })?;
     Ok(Some(LenderSettings {
-        url: values::lender_url(url.from, &url.value)?,
+        urls: values::lender_urls(url.from, &url.value)?,
         token: values::token_file(token_file.from, &token_file.value, exposed)?,
         node,
         labels: match labels {

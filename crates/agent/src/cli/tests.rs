@@ -1389,7 +1389,7 @@ fn lender_options_read_the_token_from_its_file_and_split_labels() {
     assert_eq!(
         s.lender,
         Some(LenderSettings {
-            url: "https://pool.example/".into(),
+            urls: vec!["https://pool.example/".into()],
             token: Secret::new(TOKEN),
             node: "n".into(),
             labels: vec![
@@ -1407,7 +1407,7 @@ fn lender_options_read_the_token_from_its_file_and_split_labels() {
         ("JNLP_AGENT_LABELS", "a b"),
     ];
     let from_env = settings_env(&with_basics(&[]), &env).lender.unwrap();
-    assert_eq!(from_env.url, "http://pool:8090");
+    assert_eq!(from_env.urls, ["http://pool:8090"]);
     assert_eq!(from_env.token, Secret::new(TOKEN));
     assert_eq!(from_env.labels, ["a", "b"]);
     let both = settings_env(
@@ -1417,14 +1417,65 @@ fn lender_options_read_the_token_from_its_file_and_split_labels() {
     .lender
     .unwrap();
     assert_eq!(
-        (both.url.as_str(), both.labels.as_slice()),
-        ("https://other/", &["c".to_owned()][..])
+        (both.urls.as_slice(), both.labels.as_slice()),
+        (&["https://other/".to_owned()][..], &["c".to_owned()][..])
     );
     // Without --lender nothing changes.
     assert_eq!(settings(&with_basics(&[])).lender, None);
     // The token never shows.
     let shown = format!("{s:?} {s:#?}");
     assert!(!shown.contains(TOKEN), "{shown}");
+}
+
+#[test]
+fn lender_urls_repeat_or_come_as_a_comma_separated_list_in_order() {
+    let token = TempFile::new("token", format!("{TOKEN}\n").as_bytes());
+    let path = token.0.to_str().unwrap();
+    let s = settings(&with_basics(&[
+        "--lender",
+        "http://standby:8090",
+        "--lender-token-file",
+        path,
+        "--lender",
+        "http://active:8090/, http://third:8090,,http://standby:8090",
+    ]));
+    assert_eq!(
+        s.lender.unwrap().urls,
+        [
+            "http://standby:8090",
+            "http://active:8090/",
+            "http://third:8090"
+        ],
+        "in order, a repeat counted once"
+    );
+    let env = [
+        ("JNLP_AGENT_LENDER", "http://a:1, https://b:2/pool"),
+        ("JNLP_AGENT_LENDER_TOKEN_FILE", path),
+    ];
+    let from_env = settings_env(&with_basics(&[]), &env).lender.unwrap();
+    assert_eq!(from_env.urls, ["http://a:1", "https://b:2/pool"]);
+    // Options win over the variable, whole.
+    let both = settings_env(&with_basics(&["--lender", "http://c:3"]), &env)
+        .lender
+        .unwrap();
+    assert_eq!(both.urls, ["http://c:3"]);
+    // A bad entry anywhere in the list is named; so is a list of nothing.
+    for bad in ["http://a:1,ftp://b", ",", "http://a:1,http://u:p@b/"] {
+        let err = error(&with_basics(&[
+            "--lender",
+            bad,
+            "--lender-token-file",
+            path,
+        ]))
+        .to_string();
+        assert!(err.contains("--lender"), "{bad}: {err}");
+    }
+    let env = [
+        ("JNLP_AGENT_LENDER", "http://a:1,nope"),
+        ("JNLP_AGENT_LENDER_TOKEN_FILE", path),
+    ];
+    let err = error_env(&with_basics(&[]), &env).to_string();
+    assert!(err.contains("JNLP_AGENT_LENDER"), "{err}");
 }
 
 #[test]

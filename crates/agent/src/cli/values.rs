@@ -227,7 +227,31 @@ pub(super) fn protocols<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<St
         .collect()
 }
 
-/// `--lender URL`: an absolute http(s) URL with a host, without
+/// `--lender URL`, repeated or comma-separated: an active lender and its
+/// standbys, in the order the link tries them; a URL given twice counts once.
+pub(super) fn lender_urls(
+    option: &'static str,
+    values: &[String],
+) -> Result<Vec<String>, CliError> {
+    let mut urls: Vec<String> = Vec::new();
+    for value in values {
+        let mut parts = value.split(',').map(str::trim).filter(|p| !p.is_empty());
+        let Some(first) = parts.next() else {
+            // Nothing but commas or blanks: the single-URL check names it.
+            lender_url(option, value)?;
+            continue;
+        };
+        for part in std::iter::once(first).chain(parts) {
+            let url = lender_url(option, part)?;
+            if !urls.contains(&url) {
+                urls.push(url);
+            }
+        }
+    }
+    Ok(urls)
+}
+
+/// One `--lender URL`: an absolute http(s) URL with a host, without
 /// `user:password@` (the link authenticates with its token) or a query
 /// (the link's path is appended to it).
 pub(super) fn lender_url(option: &'static str, value: &str) -> Result<String, CliError> {

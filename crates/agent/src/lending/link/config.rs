@@ -26,8 +26,8 @@ pub(super) const MAX_ECHOED: usize = 200;
 /// adjustable for tests.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// Where the link goes.
-    pub(super) endpoint: Endpoint,
+    /// Where the link may go, in the order it tries them (at least one).
+    pub(super) endpoints: Vec<Endpoint>,
     /// The agent token.
     pub(super) token: Secret,
     /// The node the link speaks for.
@@ -53,12 +53,25 @@ pub struct LinkConfig {
 }
 
 impl LinkConfig {
+    /// The lenders' URLs as given, for logs.
+    pub(super) fn shown(&self) -> String {
+        let shown: Vec<&str> = self.endpoints.iter().map(|e| e.shown.as_str()).collect();
+        shown.join(",")
+    }
+
     /// The link `settings` ask for (`--lender`), or `None`.
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Option<Self>> {
         let Some(lender) = &settings.lender else {
             return Ok(None);
         };
-        let endpoint = Endpoint::parse(&lender.url)?;
+        let endpoints = lender
+            .urls
+            .iter()
+            .map(|url| Endpoint::parse(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            anyhow::bail!("--lender needs at least one URL");
+        }
         let tls = crate::connect::tls::client_config(settings)
             .context("cannot set up TLS for the lender link")?;
         let os_release = if cfg!(target_os = "linux") {
@@ -74,7 +87,7 @@ impl LinkConfig {
             os_release.as_deref(),
         );
         Ok(Some(Self {
-            endpoint,
+            endpoints,
             token: lender.token.clone(),
             node: lender.node.clone(),
             labels: hello_labels(&lender.labels, automatic),

@@ -21,7 +21,8 @@ use crate::connect::dial::Io;
 use crate::lending::backoff::Backoff;
 use crate::lending::orders::{carry_out_borrow, carry_out_return, Handler};
 
-use super::config::{echo, LinkConfig, LinkError};
+use super::config::{echo, Endpoint, LinkConfig, LinkError};
+use super::order::{Next, Rotation};
 use super::session::{frame, Inbound, Session};
 
 /// A link up this long counts as stable: the next reconnect waits the
@@ -54,7 +55,7 @@ impl Link {
         shutdown: &CancellationToken,
     ) -> Self {
         let cancel = shutdown.child_token();
-        let span = tracing::info_span!("lender_link", lender = %config.endpoint.shown);
+        let span = tracing::info_span!("lender_link", lenders = %config.shown());
         let task = tokio::spawn(run(config, handler, cancel.clone()).instrument(span));
         Self {
             cancel: cancel.drop_guard(),
@@ -79,29 +80,25 @@ pub(super) enum Stop {
     Failed(LinkError),
 }
 
-/// Connects, serves, and reconnects with backoff until cancelled.
+/// Connects, serves, and reconnects with backoff until cancelled. With
+/// several lenders, each round tries them in order (see [`Rotation`]).
 pub(super) async fn run(config: LinkConfig, handler: Arc<dyn Handler>, cancel: CancellationToken) {
     let mut backoff = Backoff::new(config.reconnect_delay, config.reconnect_max_delay);
+    let mut rotation = Rotation::new(config.endpoints.len());
     let mut attempt: u64 = 0;
     loop {
         attempt += 1;
-        let span = tracing::info_span!("connection", attempt);
+        let Some(endpoint) = config.endpoints.get(rotation.current()) else {
+            error!("no lender URL to link to");
+            return;
+        };
+        let span = tracing::info_span!("connection", attempt, lender = %endpoint.shown);
         let connected = tokio::select! {
             () = cancel.cancelled() => return,
-            connected = connect(&config).instrument(span.clone()) => connected,
+            connected = connect(&config, endpoint).instrument(span.clone()) => connected,
         };
-        let delay;
-        match connected {
-            Err(err) => {
-                delay = backoff.next_delay();
-                let retry_in = humantime::format_duration(round_ms(delay)).to_string();
-                let _enter = span.enter();
-                if matches!(err, LinkError::Refused { .. }) {
-                    error!(%err, %retry_in, "cannot open the lender link");
-                } else {
-                    warn!(%err, %retry_in, "cannot open the lender link");
-                }
-            }
+        let (err, next, up) = match connected {
+            Err(err) => (err, rotation.passed_over(), None),
             Ok(ws) => {
                 let started = Instant::now();
                 let (stop, welcomed) = serve(ws, &config, &handler, &cancel)
@@ -115,21 +112,45 @@ pub(super) async fn run(config: LinkConfig, handler: Arc<dyn Handler>, cancel: C
                     }
                     Stop::Failed(err) => err,
                 };
-                let up = started.elapsed();
-                if welcomed && up >= STABLE {
-                    backoff.reset();
-                }
-                delay = backoff.next_delay();
-                let retry_in = humantime::format_duration(round_ms(delay)).to_string();
-                let up_for = humantime::format_duration(Duration::from_secs(up.as_secs()));
-                let _enter = span.enter();
                 if welcomed {
-                    warn!(%err, up_for = %up_for, %retry_in, "lender link down; reconnecting");
+                    let up = started.elapsed();
+                    if up >= STABLE {
+                        backoff.reset();
+                    }
+                    (err, rotation.dropped(), Some(up))
                 } else {
-                    warn!(%err, %retry_in, "lender link failed before the lender's welcome");
+                    // Closed before its welcome (a standby, a lender
+                    // stepping down): the next one may take the link.
+                    (err, rotation.passed_over(), None)
                 }
             }
+        };
+        let _enter = span.enter();
+        let delay = match next {
+            Next::Try(index) => {
+                let next_lender = config
+                    .endpoints
+                    .get(index)
+                    .map(|e| e.shown.as_str())
+                    .unwrap_or_default();
+                warn!(%err, %next_lender, "passed over a lender; trying the next");
+                continue;
+            }
+            Next::Wait => backoff.next_delay(),
+        };
+        let retry_in = humantime::format_duration(round_ms(delay)).to_string();
+        match up {
+            Some(up) => {
+                let up_for = humantime::format_duration(Duration::from_secs(up.as_secs()));
+                warn!(%err, up_for = %up_for, %retry_in, "lender link down; reconnecting");
+            }
+            // A standby's 503 is expected while another lender is active.
+            None if matches!(err, LinkError::Refused { status, .. } if status != 503) => {
+                error!(%err, %retry_in, "cannot open the lender link");
+            }
+            None => warn!(%err, %retry_in, "cannot open the lender link"),
         }
+        drop(_enter);
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
@@ -143,10 +164,10 @@ pub(super) fn round_ms(d: Duration) -> Duration {
 
 pub(super) type Ws = WebSocketStream<Box<dyn Io>>;
 
-/// TCP (through the proxy), TLS for `wss`, and the upgrade with the token.
-pub(super) async fn connect(config: &LinkConfig) -> Result<Ws, LinkError> {
+/// TCP (through the proxy) to `endpoint`, TLS for `wss`, and the upgrade
+/// with the token.
+pub(super) async fn connect(config: &LinkConfig, endpoint: &Endpoint) -> Result<Ws, LinkError> {
     use crate::connect::websocket::{dial_stream, secure_stream, StreamError, WsTarget};
-    let endpoint = &config.endpoint;
     // The controller's WebSocket client path: same proxy, same TLS roots.
     let target = WsTarget {
         host: endpoint.host.clone(),
@@ -295,6 +316,7 @@ pub(super) async fn serve(
                 };
                 match session.on_text(text.as_str()) {
                     Inbound::Welcome { lender } => {
+                        // The connection's span names the lender's URL.
                         info!(
                             lender_name = %echo(&lender),
                             node = %config.node,

@@ -26,6 +26,15 @@
 //!
 //! # Connection
 //!
+//! `--lender` may be repeated (or a comma-separated list): an active lender
+//! and its standbys. Each round tries them in the order given and stays
+//! with the first that welcomes the agent, passing over one that cannot be
+//! reached, refuses the link (a standby answers 503) or closes it before
+//! its welcome; the log names each lender passed over and why, and the one
+//! linked to (`lender link up`, in the span's `lender` field). The backoff
+//! below is waited once per round, not per URL, and every round (also
+//! after a link that was up drops) starts again from the first.
+//!
 //! `{lender}/v1/link` (`ws` for `http`, `wss` for `https`), through the
 //! proxy `*_proxy`/`no_proxy` choose for the host (as the WebSocket
 //! transport does), TLS with the system roots plus `-cert`
@@ -46,6 +55,8 @@
 //! - `labels`: [`automatic_labels`](labels::automatic_labels) and the label
 //!   rules the CLI checks;
 //! - `config`: [`LinkConfig`], the endpoint and [`LinkError`](config::LinkError);
+//! - `order`: [`Rotation`](order::Rotation), which lender to try next
+//!   when several are given;
 //! - `session`: [`Session`](session::Session), one connection's protocol, without sockets or timers
 //!   (`now` passed in; it says what to send and when to wake);
 //! - `connection`: [`Link`], the task that dials, drives a session and
@@ -54,6 +65,7 @@
 mod config;
 mod connection;
 mod labels;
+mod order;
 mod session;
 
 pub use config::LinkConfig;
@@ -433,6 +445,7 @@ mod tests {
         (url, rx)
     }
 
+    /// A link to `url` (several: comma-separated, in order).
     fn config(url: &str, token: &str, ping_interval: Duration) -> LinkConfig {
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -442,7 +455,10 @@ mod tests {
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
         LinkConfig {
-            endpoint: Endpoint::parse(url).unwrap(),
+            endpoints: url
+                .split(',')
+                .map(|url| Endpoint::parse(url).unwrap())
+                .collect(),
             token: Secret::new(token),
             node: "mac-01".into(),
             labels: vec!["linux".into(), "xcode16".into()],
@@ -629,7 +645,8 @@ mod tests {
     async fn a_refused_token_is_named_by_its_file_never_shown() {
         let (url, _links) = fake_lender().await;
         let wrong = "jla_wrong_wrong_wrong";
-        let Err(err) = connect(&config(&url, wrong, PING_INTERVAL)).await else {
+        let refused = config(&url, wrong, PING_INTERVAL);
+        let Err(err) = connect(&refused, &refused.endpoints[0]).await else {
             panic!("connected")
         };
         assert!(
@@ -645,7 +662,8 @@ mod tests {
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gone = format!("http://{}", closed.local_addr().unwrap());
         drop(closed);
-        let Err(err) = connect(&config(&gone, TOKEN, PING_INTERVAL)).await else {
+        let unreachable = config(&gone, TOKEN, PING_INTERVAL);
+        let Err(err) = connect(&unreachable, &unreachable.endpoints[0]).await else {
             panic!("connected")
         };
         assert!(matches!(err, LinkError::Dial(_)), "{err:?}");
@@ -654,5 +672,123 @@ mod tests {
                 .starts_with("cannot reach the lender: 127.0.0.1:"),
             "{err}"
         );
+    }
+
+    /// A lender on 127.0.0.1:0 that refuses every link with 503, as a
+    /// standby does; each attempt is noted in `seen` as `name`.
+    async fn standby(name: &'static str, seen: Arc<Mutex<Vec<&'static str>>>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                seen.lock().unwrap().push(name);
+                let refuse = |_: &UpgradeRequest, _: UpgradeResponse| {
+                    let mut refusal = ErrorResponse::new(Some(
+                        r#"{"error":"this lender is a standby: try the active one"}"#.into(),
+                    ));
+                    *refusal.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    Err(refusal)
+                };
+                let _ = tokio_tungstenite::accept_hdr_async(tcp, refuse).await;
+            }
+        });
+        url
+    }
+
+    /// A lender on 127.0.0.1:0 that accepts each link and closes it at
+    /// once with a reason, as a lender stepping down does; noted in `seen`.
+    async fn closing(name: &'static str, seen: Arc<Mutex<Vec<&'static str>>>) -> String {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                seen.lock().unwrap().push(name);
+                if let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await {
+                    let close = CloseFrame {
+                        code: CloseCode::Again,
+                        reason: "this lender is a standby".into(),
+                    };
+                    let _ = ws.close(Some(close)).await;
+                }
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn the_link_passes_over_a_standby_and_an_unreachable_lender_without_waiting() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let first = standby("standby", seen.clone()).await;
+        let closer = closing("closing", seen.clone()).await;
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let (active, mut links) = fake_lender().await;
+        let mut config = config(
+            &format!("{first},{closer},{gone},{active}"),
+            TOKEN,
+            Duration::from_secs(60),
+        );
+        // A wait between URLs would show: the link must come well before it.
+        config.reconnect_delay = Duration::from_secs(60);
+        config.reconnect_max_delay = Duration::from_secs(60);
+        let hub = FakeHub::new();
+        let shutdown = CancellationToken::new();
+        let link = Link::start(config, hub, &shutdown);
+        let mut ws = tokio::time::timeout(Duration::from_secs(20), links.recv())
+            .await
+            .expect("linked to the last lender within the round, without a backoff")
+            .unwrap();
+        assert!(matches!(
+            receive(&mut ws).await,
+            Some(AgentMessage::Hello { .. })
+        ));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["standby", "closing"],
+            "tried in order, once each"
+        );
+        link.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_dropped_link_starts_again_at_the_first_lender() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let first = standby("standby", seen.clone()).await;
+        let (active, mut links) = fake_lender().await;
+        let hub = FakeHub::new();
+        let shutdown = CancellationToken::new();
+        let link = Link::start(
+            config(&format!("{first},{active}"), TOKEN, Duration::from_secs(60)),
+            hub,
+            &shutdown,
+        );
+        let mut ws = links.recv().await.unwrap();
+        assert!(matches!(
+            receive(&mut ws).await,
+            Some(AgentMessage::Hello { .. })
+        ));
+        order(
+            &mut ws,
+            &LenderMessage::Welcome {
+                lender: "pool".into(),
+            },
+        )
+        .await;
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        // The active lender steps down: the next round asks the first again.
+        drop(ws);
+        let mut again = tokio::time::timeout(Duration::from_secs(20), links.recv())
+            .await
+            .expect("relinked")
+            .unwrap();
+        assert!(matches!(
+            receive(&mut again).await,
+            Some(AgentMessage::Hello { .. })
+        ));
+        assert_eq!(*seen.lock().unwrap(), ["standby", "standby"]);
+        link.stop().await;
     }
 }
