@@ -249,7 +249,19 @@ impl Machine {
         &self.orders
     }
 
+    /// Whether the new place's first call is awaited (for `status`).
+    pub fn awaiting_first_call(&self) -> bool {
+        self.awaiting_since.is_some()
+    }
+
+    /// Whether a decision waits on the busy signals: something is pending
+    /// or a lease is in force (the driver then sends fresh counts).
+    pub fn watches_quiet(&self) -> bool {
+        self.lease.is_some() || self.orders.pending.is_some()
+    }
+
     /// Whether a move is under way.
+    #[cfg(test)]
     pub fn moving(&self) -> bool {
         self.step != Step::Still
     }
@@ -347,7 +359,10 @@ impl Machine {
             wakes.push(*until);
         }
         wakes.extend(self.awaiting_since.map(|since| since + FIRST_CALL_WAIT));
-        if self.step == Step::Still && (self.lease.is_some() || self.orders.pending.is_some()) {
+        // While an engine for home starts no decision is made: its end is
+        // an event of its own.
+        let deciding = self.step == Step::Still && !self.warming;
+        if deciding && (self.lease.is_some() || self.orders.pending.is_some()) {
             let warm_wanted = self.lease.is_some() && !self.warm_ready && !self.warming;
             wakes.extend(self.timers.next_wake(
                 now,
@@ -357,7 +372,9 @@ impl Machine {
                 warm_wanted,
             ));
         }
-        wakes.into_iter().min()
+        // A deadline already passed that changed nothing waits for another
+        // input; waking for it again would spin.
+        wakes.into_iter().filter(|&at| at > now).min()
     }
 
     /// After every event: checks a new borrower, warms an engine for home,
@@ -480,8 +497,19 @@ impl Machine {
                 self.arrive(decision.to, true, now, now_ms, out);
                 return;
             }
-            Step::Connecting(_) | Step::Settling(..) => {
-                // The work ahead is dropped; the decision is made again.
+            Step::Connecting(decision) => {
+                // The work ahead is dropped, a borrower's engine with it:
+                // it is checked again and the decision made again.
+                if matches!(decision.to, Move::Lend(_)) {
+                    self.check = Check::Nothing;
+                }
+                out.push(Action::Abandon);
+                self.moved_at = None;
+                self.orders.moving = false;
+                out.push(Action::PublishOrders(self.orders.clone()));
+            }
+            Step::Settling(..) => {
+                // The target's channel is closed again; its engine is kept.
                 out.push(Action::Abandon);
                 self.moved_at = None;
                 self.orders.moving = false;

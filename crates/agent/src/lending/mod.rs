@@ -9,9 +9,6 @@ pub mod control_server;
 pub mod ctl;
 pub mod hub;
 pub mod link;
-// Not driven by the supervisor yet (issue 23 item 1, step b): only its
-// unit tests use it in this build.
-#[cfg_attr(not(test), allow(dead_code))]
 pub mod machine;
 pub mod moves;
 pub mod orders;

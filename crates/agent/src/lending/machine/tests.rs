@@ -519,8 +519,22 @@ fn the_session_ending_mid_move_drops_the_work_ahead() {
     let out = sim.on(Event::SessionEnded { fatal: false });
     assert!(has(&out, &Action::Abandon));
     assert!(!sim.m.moving() && !sim.m.orders().moving && !lent(&sim));
+    // The borrower's engine went with the work: it is checked again.
+    assert!(
+        out.iter().any(|a| matches!(a, Action::CheckBorrower(_))),
+        "{out:?}"
+    );
     // A late connection for that move is closed again.
     assert_eq!(sim.on(Event::Connected), vec![Action::Abandon]);
+    // Settling when the session ends: the engine is kept, no new check.
+    let (mut sim, _) = connecting_to_borrower(When::Idle);
+    sim.after(S, Event::Connected);
+    let out = sim.on(Event::SessionEnded { fatal: false });
+    assert!(has(&out, &Action::Abandon));
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::CheckBorrower(_))),
+        "{out:?}"
+    );
 }
 
 #[test]
