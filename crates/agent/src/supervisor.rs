@@ -1,17 +1,23 @@
 //! Keeps the agent connected to where it should be: home, or the borrower
-//! it was lent to.
+//! it was lent to. A thin driver over the move machine
+//! ([`Machine`](crate::lending::machine::Machine)), which decides every
+//! move; this file runs sessions and turns what they, the borrower's check,
+//! the engine warm-up, the connection ahead, orders, the busy signals and
+//! the machine's wake-up report into events; `act.rs` carries out the
+//! actions.
 //!
 //! One session at a time. Between and during sessions it serves borrow and
-//! return commands (queued by the control socket in the [`Hub`]), and
-//! decides on its own to go home when a lease expires, when the borrower
-//! has been idle for `idle_return`, or when the borrower has been
-//! unreachable for `--borrow-give-up`. Moving = ask the session to leave
-//! (its channel is closed at the remoting level, so the controller takes
-//! the node offline at once; a move that waits for idle is called off if
-//! the controller sends work before the close goes out), end the engine,
-//! its process group and any build process left behind, record the new
-//! place in the state file, connect there. SIGTERM and SIGINT leave the
-//! same way, at once. Failed attempts wait with exponential backoff and jitter; home is
+//! return orders (from the control socket and the lender link, through the
+//! [`Hub`]); the machine also sends the agent home when a lease expires,
+//! when the borrower has been idle for `idle_return`, or when the borrower
+//! has been unreachable for `--borrow-give-up`. Moving = connect the target
+//! beside the live session, ask the session to leave (its channel is
+//! closed at the remoting level, so the controller takes the node offline
+//! at once; a move that waits for idle is called off if the controller
+//! sends work before the close goes out), end the engine, its process
+//! group and any build process left behind, record the new place in the
+//! state file, serve the channel made ahead. SIGTERM and SIGINT leave at
+//! once. Failed attempts wait with exponential backoff and jitter; home is
 //! retried forever (unless `-noReconnect` / `-noReconnectAfter` say
 //! otherwise); a FATAL refusal stops the agent at home and sends it home
 //! from a borrower.
@@ -240,7 +246,7 @@ impl<'a> Supervisor<'a> {
                             went_online = true;
                             Event::Online
                         }
-                        _answered = departure.first_call_answered(), if self.machine.awaiting_first_call() => Event::FirstCallAnswered,
+                        at = departure.first_call_answered(), if self.machine.awaiting_first_call() => Event::FirstCallAnswered(at),
                         () = wake(self.machine.next_wake()) => Event::Timer,
                         (candidate, checked) = ahead(&mut self.checking) => self.checked(candidate, checked),
                         (candidate, warmed) = ahead(&mut self.warming) => self.warmed(candidate, warmed),

@@ -71,6 +71,8 @@ pub enum Event {
     EngineReady,
     /// Starting an engine for home failed.
     EngineFailed,
+    /// The engine kept for home is gone (it exited): another is started.
+    EngineGone,
     /// The move's target was connected beside the live session.
     Connected,
     /// Connecting the move's target failed in this phase (refused or
@@ -96,8 +98,9 @@ pub enum Event {
     /// The controller sent a request on the channel being left before the
     /// close went out: the bridge kept the channel.
     RequestSeen,
-    /// The controller's first call on the new channel was answered.
-    FirstCallAnswered,
+    /// The controller's first call on the new channel was answered, at
+    /// this instant.
+    FirstCallAnswered(Instant),
     /// [`Machine::next_wake`] was reached.
     Timer,
 }
@@ -254,6 +257,11 @@ impl Machine {
         self.awaiting_since.is_some()
     }
 
+    /// Whether an engine for home is kept ready, as far as the machine knows.
+    pub fn warm_ready(&self) -> bool {
+        self.warm_ready
+    }
+
     /// Whether a decision waits on the busy signals: something is pending
     /// or a lease is in force (the driver then sends fresh counts).
     pub fn watches_quiet(&self) -> bool {
@@ -299,6 +307,7 @@ impl Machine {
                 self.warming = false;
                 self.timers.warm_failed(now);
             }
+            Event::EngineGone => self.warm_ready = false,
             Event::Connected => self.connected(now, &mut out),
             Event::Refused { phase, reason } => self.refused(phase, reason, now, &mut out),
             Event::SessionStarted => {
@@ -332,7 +341,7 @@ impl Machine {
                     self.defer(&mut out);
                 }
             }
-            Event::FirstCallAnswered => self.report_moved(Some(now), now, &mut out),
+            Event::FirstCallAnswered(at) => self.report_moved(Some(at), now, &mut out),
             Event::Timer => {
                 if matches!(&self.step, Step::Settling(_, until) if now >= *until) {
                     info!("no fresh count of build processes in time: not leaving yet");

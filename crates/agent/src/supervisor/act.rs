@@ -30,8 +30,11 @@ impl<'a> Supervisor<'a> {
                     events.push(next);
                 }
             }
+            let spare = self.publish_warm_engine();
+            if self.machine.lease().is_some() && self.machine.warm_ready() && !spare {
+                events.push(Event::EngineGone);
+            }
         }
-        self.publish_warm_engine();
     }
 
     /// Carries out one action with no live session.
@@ -253,8 +256,9 @@ impl<'a> Supervisor<'a> {
         core.since_ms = busy::now_ms();
     }
 
-    /// Shows in `status` the engine kept for the next move, if any.
-    pub(super) fn publish_warm_engine(&mut self) {
+    /// Shows in `status` the engine kept for the next move, if any, and
+    /// says whether there is one.
+    fn publish_warm_engine(&mut self) -> bool {
         let warm = if self.machine.lease().is_some() {
             let label = self.home.label();
             self.home_continuity.spare_pid().map(|pid| (pid, label))
@@ -264,7 +268,9 @@ impl<'a> Supervisor<'a> {
                 candidate.continuity.spare_pid().map(|pid| (pid, label))
             })
         };
+        let spare = warm.is_some();
         self.hub.core().warm_engine = warm;
+        spare
     }
 
     /// A finished check, warm-up or connection, as an event (the candidate

@@ -166,7 +166,8 @@ fn a_quiet_borrow_is_made_before_break_and_persisted_on_arrival() {
     sim.after(S, Event::SessionStarted);
     sim.after(S, Event::Online);
     assert_eq!(sim.m.next_wake(), Some(sim.now() + FIRST_CALL_WAIT));
-    let out = sim.after(S / 2, Event::FirstCallAnswered);
+    sim.at += S / 2;
+    let out = sim.on(Event::FirstCallAnswered(sim.now()));
     assert_eq!(
         reports(&out),
         vec![EventKind::Moved {
@@ -175,10 +176,8 @@ fn a_quiet_borrow_is_made_before_break_and_persisted_on_arrival() {
             answered_ms: Some(4_500)
         }]
     );
-    assert!(
-        reports(&sim.on(Event::FirstCallAnswered)).is_empty(),
-        "once"
-    );
+    let again = Event::FirstCallAnswered(sim.now());
+    assert!(reports(&sim.on(again)).is_empty(), "once");
 }
 
 #[test]
@@ -575,4 +574,7 @@ fn an_engine_for_home_is_warmed_while_lent_and_retried_after_a_failure() {
     assert!(has(&out, &Action::WarmEngine));
     sim.on(Event::EngineReady);
     assert_eq!(sim.m.next_wake(), None, "nothing left to wait for");
+    // The kept engine exited: another is started at once.
+    let out = sim.after(S, Event::EngineGone);
+    assert!(has(&out, &Action::WarmEngine), "{out:?}");
 }
