@@ -35,7 +35,7 @@ pub struct Order {
 const ORDER_QUEUE: usize = 64;
 
 /// The supervisor's state as the control socket shows it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Core {
     /// The lease in force, if borrowed.
     pub lease: Option<Lease>,
@@ -94,7 +94,14 @@ impl std::ops::DerefMut for CoreMut<'_> {
 
 impl Drop for CoreMut<'_> {
     fn drop(&mut self) {
-        self.sender.send_replace(std::mem::take(&mut self.core));
+        // Only a real change wakes the watchers (the lender link sends a
+        // status for each).
+        let core = std::mem::take(&mut self.core);
+        self.sender.send_if_modified(|old| {
+            let modified = *old != core;
+            *old = core;
+            modified
+        });
     }
 }
 
@@ -396,6 +403,24 @@ impl crate::lending::orders::Handler for Hub {
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
+
+    fn status_changes(&self) -> Option<Box<dyn crate::lending::orders::StatusChanges>> {
+        Some(Box::new(CoreChanges(self.core.subscribe())))
+    }
+}
+
+/// The [`Core`]'s changes, for the lender link.
+struct CoreChanges(watch::Receiver<Core>);
+
+impl crate::lending::orders::StatusChanges for CoreChanges {
+    fn changed(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if self.0.changed().await.is_err() {
+                // The hub is gone: the agent is stopping.
+                std::future::pending::<()>().await;
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -423,6 +448,27 @@ mod tests {
             .activity
             .seen_from_controller(Some("hudson.remoting.UserRequest"), b"");
         assert_eq!(hub.quiet_to_move(), Quietness::Busy);
+    }
+
+    /// The lender link hears of a change that no event announced (an
+    /// order queued), and not of a write that changed nothing.
+    #[tokio::test]
+    async fn status_changes_wake_on_a_real_change_only() {
+        use crate::lending::orders::Handler as _;
+        let hub = Hub::new(Arc::new(Traffic::default()), None, Duration::from_secs(5));
+        let mut changes = hub.status_changes().expect("the hub tells its changes");
+        let quick = Duration::from_millis(50);
+        drop(hub.core());
+        assert!(
+            tokio::time::timeout(quick, changes.changed())
+                .await
+                .is_err(),
+            "nothing changed"
+        );
+        hub.core().orders.moving = true;
+        tokio::time::timeout(Duration::from_secs(5), changes.changed())
+            .await
+            .expect("a change to the orders wakes the link");
     }
 
     #[tokio::test]

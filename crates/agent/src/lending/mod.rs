@@ -9,6 +9,7 @@ pub mod control_server;
 pub mod ctl;
 pub mod hub;
 pub mod link;
+pub mod machine;
 pub mod moves;
 pub mod orders;
 

@@ -103,7 +103,7 @@ fn unchanged(message: String) -> Accepted {
 /// The orders: what is pending, what waits behind a move home, and whether
 /// a move is under way. Shared by the control socket and the lender link
 /// (which accept orders) and the supervisor (which carries them out).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Orders {
     /// A move accepted and waiting (for its borrower's check, for idle).
     pub pending: Option<(Command, u64)>,
@@ -434,6 +434,43 @@ impl Timers {
             && lent
             && !have_spare
             && self.warm_retry_at.is_none_or(|at| now >= at)
+    }
+
+    /// The earliest time at which [`Timers::decide`] or
+    /// [`Timers::wants_warm_home`] may answer differently without any other
+    /// input: a retry allowed again, a lease ending (its wall-clock deadline
+    /// mapped onto `now`), its grace running out, the give-up or idle time
+    /// reached. Waking early is harmless (the rules are asked again); waking
+    /// late is not, so every deadline counts.
+    pub fn next_wake(
+        &self,
+        now: Instant,
+        now_ms: u64,
+        lease: Option<&Lease>,
+        online: bool,
+        warm_wanted: bool,
+    ) -> Option<Instant> {
+        let mut wakes = Vec::with_capacity(6);
+        wakes.extend(self.retry_move_at.filter(|&at| at > now));
+        if warm_wanted && self.limits.warm_engine {
+            wakes.extend(self.warm_retry_at.filter(|&at| at > now));
+        }
+        if let Some(lease) = lease {
+            match (lease.deadline_ms(), self.lease_expired_at) {
+                (_, Some(expired)) => wakes.push(expired + self.limits.grace),
+                (Some(deadline), None) => {
+                    wakes.push(now + Duration::from_millis(deadline.saturating_sub(now_ms)))
+                }
+                (None, None) => {}
+            }
+            if !online {
+                wakes.push(self.offline_since + self.limits.give_up);
+            }
+            if let (true, Some(idle)) = (online, lease.request.idle_return) {
+                wakes.push(self.idle_since + idle);
+            }
+        }
+        wakes.into_iter().min()
     }
 
     /// Arrived at a new place: every timer starts over.

@@ -32,6 +32,25 @@ pub trait Handler: Send + Sync + 'static {
     fn give_back(&self, when: When) -> Answer<'_>;
     /// A new receiver of events from now on.
     fn subscribe(&self) -> broadcast::Receiver<Event>;
+    /// Wakes its holder when the status may have changed without an event
+    /// (an order queued, a deadline moved); `None` when nothing tells.
+    fn status_changes(&self) -> Option<Box<dyn StatusChanges>> {
+        None
+    }
+}
+
+/// Tells that the status may have changed since the last call.
+pub trait StatusChanges: Send {
+    /// Returns at the next change; never once nothing can change any more.
+    fn changed(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+}
+
+/// Waits for the next change, forever when there is nothing to tell.
+pub async fn status_changed(changes: &mut Option<Box<dyn StatusChanges>>) {
+    match changes {
+        Some(changes) => changes.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Where the agent is, for a reply: the controller's URL, else home or

@@ -3,22 +3,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
 
-use crate::session::{Continuity, Prepared, Route, SessionError};
-
-/// A target connected for a move when quiet, waiting for a fresh count of
-/// build processes to tell whether this place is quiet (at most
-/// [`SETTLE_LIMIT`]: under load the census can lag the connection).
-pub(super) struct Settling {
-    pub(super) candidate: Candidate,
-    pub(super) prepared: Prepared,
-    pub(super) until: Instant,
-}
-
-/// How long a connected target waits for a fresh count before the move is
-/// put off as if work had started.
-pub(super) const SETTLE_LIMIT: Duration = Duration::from_secs(1);
+use crate::session::{Continuity, Route, SessionError};
 
 /// A place the agent may move to, checked and connected ahead of the move
 /// while the agent still serves where it is (make before break).
@@ -26,6 +12,8 @@ pub(super) const SETTLE_LIMIT: Duration = Duration::from_secs(1);
 pub(super) struct Candidate {
     pub(super) route: Route,
     pub(super) continuity: Continuity,
+    /// Whether it is home (its engine goes back to home's continuity).
+    pub(super) home: bool,
 }
 
 /// Work on a [`Candidate`] that runs beside the live session and hands the
@@ -33,12 +21,15 @@ pub(super) struct Candidate {
 pub(super) type Ahead<'a, T> =
     Pin<Box<dyn Future<Output = (Candidate, Result<T, SessionError>)> + 'a>>;
 
-/// Polls an optional [`Ahead`]; pending forever when there is none.
+/// Polls an optional [`Ahead`] and empties it once done; pending forever
+/// when there is none.
 pub(super) async fn ahead<T>(
     work: &mut Option<Ahead<'_, T>>,
 ) -> (Candidate, Result<T, SessionError>) {
-    match work {
+    let done = match work {
         Some(work) => work.await,
         None => std::future::pending().await,
-    }
+    };
+    *work = None;
+    done
 }

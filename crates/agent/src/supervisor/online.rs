@@ -1,46 +1,12 @@
-//! What the supervisor reports when a session goes online, when a move is
-//! done (online as the controller sees it), and when an attempt fails.
+//! What the supervisor reports when a session goes online and when an
+//! attempt fails.
 
-use std::time::{Duration, Instant};
-
-use control::{EventKind, Phase};
+use control::Phase;
 use remoting_protocol::handshake::HandshakeError;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 use crate::lending::hub::Hub;
 use crate::session::{Online, SessionError};
-
-/// How long after the handshake a controller's first call is awaited
-/// before the move counts as done without it (Jenkins calls at once).
-pub(super) const FIRST_CALL_WAIT: Duration = Duration::from_secs(2);
-
-/// Returns [`FIRST_CALL_WAIT`] after `online_at`.
-pub(super) async fn first_call_given_up(online_at: Option<Instant>) {
-    match online_at {
-        Some(at) => tokio::time::sleep_until((at + FIRST_CALL_WAIT).into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Reports a move done: online at the new place as its controller sees it.
-pub(super) fn report_moved(
-    hub: &Hub,
-    moved_at: Instant,
-    online_at: Option<Instant>,
-    answered: Option<Instant>,
-) {
-    let since = |t: Instant| t.saturating_duration_since(moved_at).as_millis() as u64;
-    let ms = since(answered.unwrap_or_else(Instant::now));
-    let connected_ms = online_at.map(since);
-    let answered_ms = answered.map(since);
-    info!(ms, connected_ms, answered_ms, "moved");
-    hub.core().awaiting_first_call = false;
-    hub.emit(EventKind::Moved {
-        ms,
-        connected_ms,
-        answered_ms,
-    });
-}
 
 pub(super) fn mark_online(hub: &Hub, online: &Online) {
     {

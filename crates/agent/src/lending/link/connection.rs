@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn, Instrument as _};
 
 use crate::connect::dial::Io;
 use crate::lending::backoff::Backoff;
-use crate::lending::orders::{carry_out_borrow, carry_out_return, Handler};
+use crate::lending::orders::{carry_out_borrow, carry_out_return, status_changed, Handler};
 
 use super::config::{echo, Endpoint, LinkConfig, LinkError};
 use super::order::{Next, Rotation};
@@ -251,6 +251,7 @@ pub(super) async fn serve(
     // Subscribed before the hello's status is read, so no change falls
     // between (an event may repeat what the hello already says).
     let mut events = handler.subscribe();
+    let mut changes = handler.status_changes();
     let mut session = Session::new(Instant::now(), config.ping_interval, config.welcome_timeout);
     handler.settle().await;
     let hello = session.hello(
@@ -353,6 +354,12 @@ pub(super) async fn serve(
                 // The hub is gone: the agent is stopping.
                 Err(broadcast::error::RecvError::Closed) => break Stop::Shutdown,
             },
+            // A change that no event announced (an order queued, a
+            // deadline moved): the lender sees it now, not at the next tick.
+            () = status_changed(&mut changes) => {
+                let status = session.on_status(handler.status(), false);
+                outgoing.extend(status.as_ref().and_then(frame));
+            }
             Some((id, reply)) = replied.recv() => {
                 outgoing.extend(frame(&AgentMessage::Reply { id, reply }));
             }
