@@ -124,6 +124,7 @@ mod args;
 mod error;
 mod merge;
 mod spelling;
+mod typed;
 mod values;
 
 #[cfg(test)]
@@ -176,6 +177,9 @@ pub fn parse(
     let parsed = match Args::try_parse_from(std::iter::once(argv0).chain(prepared.args)) {
         Ok(parsed) => parsed,
         Err(err) => {
+            if let Some(refusal) = typed::take_refusal(&err) {
+                return Err(refusal);
+            }
             let text = err.render().to_string();
             return match err.kind() {
                 ErrorKind::DisplayHelp => Ok(Command::Help(agent_jar_spelling(text.trim_end()))),

@@ -4,8 +4,13 @@
 //! it; our own options are those under the [`OURS`] heading.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgAction, Parser};
+
+use super::typed::checked;
+use super::values::{self, Argv};
+use crate::settings::{CertPem, Credentials, LogFormat, Secret};
 
 /// The help heading of our own options, which are double-dash only.
 pub(super) const OURS: &str = "jnlp-agent's own options (double-dash only)";
@@ -84,7 +89,7 @@ pub(super) struct Args {
     pub(super) fail_if_work_dir_is_missing: bool,
 
     /// Fetch connection parameters from this JNLP file URL (deprecated in agent.jar).
-    #[arg(long = "jnlpUrl", value_name = "URL", allow_hyphen_values = true)]
+    #[arg(long = "jnlpUrl", value_name = "URL", allow_hyphen_values = true, value_parser = checked(values::http_url))]
     pub(super) jnlp_url: Option<String>,
 
     /// HTTP basic auth for the controller's web port (alias -jnlpCredentials).
@@ -92,17 +97,19 @@ pub(super) struct Args {
         long = "credentials",
         alias = "jnlpCredentials",
         value_name = "USER:PASSWORD",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::credentials),
     )]
-    pub(super) credentials: Option<String>,
+    pub(super) credentials: Option<Credentials>,
 
     /// HTTP basic auth for the HTTP proxy.
     #[arg(
         long = "proxyCredentials",
         value_name = "USER:PASSWORD",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::credentials),
     )]
-    pub(super) proxy_credentials: Option<String>,
+    pub(super) proxy_credentials: Option<Credentials>,
 
     /// Connect straight to this TCP agent port, skipping the web port (alias -directConnection).
     #[arg(
@@ -130,8 +137,8 @@ pub(super) struct Args {
     pub(super) tunnel: Option<String>,
 
     /// Extra trusted PEM certificate for the web port, or @FILE; repeatable.
-    #[arg(long = "cert", value_name = "PEM|@FILE", action = ArgAction::Append, allow_hyphen_values = true)]
-    pub(super) cert: Vec<String>,
+    #[arg(long = "cert", value_name = "PEM|@FILE", action = ArgAction::Append, allow_hyphen_values = true, value_parser = checked(values::cert))]
+    pub(super) cert: Vec<CertPem>,
 
     /// Accept any web-port certificate: a last resort (alias -disableHttpsCertValidation).
     #[arg(long = "noCertificateCheck", alias = "disableHttpsCertValidation")]
@@ -145,9 +152,10 @@ pub(super) struct Args {
     #[arg(
         long = "noReconnectAfter",
         value_name = "DURATION",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::duration),
     )]
-    pub(super) no_reconnect_after: Option<String>,
+    pub(super) no_reconnect_after: Option<Duration>,
 
     /// Disable TCP keep-alive on the connection to the controller.
     #[arg(long = "noKeepAlive")]
@@ -158,8 +166,8 @@ pub(super) struct Args {
     pub(super) web_socket: bool,
 
     /// Extra header on the WebSocket upgrade request, NAME=VALUE; repeatable.
-    #[arg(long = "webSocketHeader", value_name = "NAME=VALUE", action = ArgAction::Append, allow_hyphen_values = true)]
-    pub(super) web_socket_header: Vec<String>,
+    #[arg(long = "webSocketHeader", value_name = "NAME=VALUE", action = ArgAction::Append, allow_hyphen_values = true, value_parser = checked(values::header))]
+    pub(super) web_socket_header: Vec<(String, Secret)>,
 
     /// Write the log (and the engine's stderr) to FILE, appended, instead of stderr.
     #[arg(long = "agentLog", value_name = "FILE", allow_hyphen_values = true)]
@@ -169,7 +177,8 @@ pub(super) struct Args {
     #[arg(
         long = "loggingConfig",
         value_name = "FILE",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::logging_config_arg),
     )]
     pub(super) logging_config: Option<PathBuf>,
 
@@ -185,9 +194,10 @@ pub(super) struct Args {
     #[arg(
         long = "engine-command", help_heading = OURS,
         value_name = "CMD",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::engine_command),
     )]
-    pub(super) engine_command: Option<String>,
+    pub(super) engine_command: Option<Argv>,
 
     /// Control socket path [default: WORKDIR/INTERNALDIR/control.sock].
     #[arg(
@@ -209,25 +219,28 @@ pub(super) struct Args {
     #[arg(
         long = "borrow-give-up", help_heading = OURS,
         value_name = "DURATION",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::duration),
     )]
-    pub(super) borrow_give_up: Option<String>,
+    pub(super) borrow_give_up: Option<Duration>,
 
     /// After a lease expired, how long a busy agent may finish before it goes home anyway [default: 10m].
     #[arg(
         long = "lease-grace", help_heading = OURS,
         value_name = "DURATION",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::duration),
     )]
-    pub(super) lease_grace: Option<String>,
+    pub(super) lease_grace: Option<Duration>,
 
     /// How long the channel must carry nothing but pings before the agent counts as idle and may move [default: 5s].
     #[arg(
         long = "quiet-period", help_heading = OURS,
         value_name = "DURATION",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::duration),
     )]
-    pub(super) quiet_period: Option<String>,
+    pub(super) quiet_period: Option<Duration>,
 
     /// Keep no engine started ahead of a move (the pending borrower's, or home's while borrowed); saves a JVM's memory, costs a JVM start per move.
     #[arg(long = "no-warm-engine", help_heading = OURS)]
@@ -241,9 +254,10 @@ pub(super) struct Args {
     #[arg(
         long = "class-sharing-after", help_heading = OURS,
         value_name = "DURATION",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::duration),
     )]
-    pub(super) class_sharing_after: Option<String>,
+    pub(super) class_sharing_after: Option<Duration>,
 
     /// Where the current target (home or borrowed) survives restarts [default: WORKDIR/INTERNALDIR/state.json].
     #[arg(long = "state-file", help_heading = OURS, value_name = "PATH", allow_hyphen_values = true)]
@@ -253,25 +267,28 @@ pub(super) struct Args {
     #[arg(
         long = "reconnect-delay", help_heading = OURS,
         value_name = "DURATION",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::duration),
     )]
-    pub(super) reconnect_delay: Option<String>,
+    pub(super) reconnect_delay: Option<Duration>,
 
     /// Longest wait between reconnection attempts [default: 30s].
     #[arg(
         long = "reconnect-max-delay", help_heading = OURS,
         value_name = "DURATION",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::duration),
     )]
-    pub(super) reconnect_max_delay: Option<String>,
+    pub(super) reconnect_max_delay: Option<Duration>,
 
     /// Reconnect a WebSocket that carried no frame for this long [default: 40s].
     #[arg(
         long = "web-socket-idle-timeout", help_heading = OURS,
         value_name = "DURATION",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::duration),
     )]
-    pub(super) web_socket_idle_timeout: Option<String>,
+    pub(super) web_socket_idle_timeout: Option<Duration>,
 
     /// Keep a link to this lending pool (jnlp-lender), http(s)://HOST[:PORT][/PATH].
     #[arg(long = "lender", help_heading = OURS, value_name = "URL", allow_hyphen_values = true)]
@@ -290,9 +307,8 @@ pub(super) struct Args {
     pub(super) labels: Vec<String>,
 
     /// Log output format: text or json [default: text].
-    // Checked by us, not clap's value_enum: clap would quote the value.
-    #[arg(long = "log-format", help_heading = OURS, value_name = "FORMAT", allow_hyphen_values = true)]
-    pub(super) log_format: Option<String>,
+    #[arg(long = "log-format", help_heading = OURS, value_name = "FORMAT", allow_hyphen_values = true, value_parser = checked(values::log_format))]
+    pub(super) log_format: Option<LogFormat>,
 
     /// Show this help (also -help).
     #[arg(short = 'h', long = "help", action = ArgAction::Help)]

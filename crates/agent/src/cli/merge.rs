@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use super::args::Args;
 use super::{values, CliError};
-use crate::settings::{JavaSettings, LenderSettings, LogFormat, Settings, TransportChoice};
+use crate::settings::{Credentials, JavaSettings, LenderSettings, Settings, TransportChoice};
 
 /// How long a borrower may be unreachable before the agent goes home.
 const DEFAULT_BORROW_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(300);
@@ -23,15 +23,6 @@ const DEFAULT_WEB_SOCKET_IDLE_TIMEOUT: std::time::Duration = std::time::Duration
 const DEFAULT_RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Longest wait between attempts.
 const DEFAULT_RECONNECT_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// One of our duration options, or its default.
-fn duration_or(
-    value: Option<String>,
-    option: &'static str,
-    default: std::time::Duration,
-) -> Result<std::time::Duration, CliError> {
-    value.map_or(Ok(default), |text| values::duration(option, &text))
-}
 
 /// The image's environment variables, trimmed (the script word-splits them),
 /// empty meaning unset.
@@ -108,7 +99,7 @@ struct Sources {
     protocols: Option<Sourced<Vec<String>>>,
     tunnel: Option<Sourced<String>>,
     jnlp_url: Option<Sourced<String>>,
-    credentials: Option<Sourced<String>>,
+    credentials: Option<Sourced<Credentials>>,
     /// `-webSocket` or `JENKINS_WEB_SOCKET=true`.
     web_socket: Option<&'static str>,
 }
@@ -291,9 +282,6 @@ pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliErr
             .collect::<Result<Vec<_>, _>>()?,
         None => Vec::new(),
     };
-    if let Some(j) = &jnlp_url {
-        values::check_http_url(j.from, &j.value)?;
-    }
     let mut exposed_secret_files = Vec::new();
     let secret = secret
         .map(|s| {
@@ -305,13 +293,7 @@ pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliErr
             )
         })
         .transpose()?;
-    let credentials = credentials
-        .map(|c| values::credentials(c.from, &c.value))
-        .transpose()?;
-    let proxy_credentials = args
-        .proxy_credentials
-        .map(|c| values::credentials("-proxyCredentials", &c))
-        .transpose()?;
+    let credentials = credentials.map(|c| c.value);
     let direct = direct
         .map(|d| values::host_port(d.from, &d.value))
         .transpose()?;
@@ -321,58 +303,7 @@ pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliErr
     let tunnel = tunnel
         .map(|t| values::tunnel(t.from, &t.value))
         .transpose()?;
-    let certs = args
-        .cert
-        .iter()
-        .map(|c| values::cert("-cert", c))
-        .collect::<Result<Vec<_>, _>>()?;
-    let no_reconnect_after = args
-        .no_reconnect_after
-        .map(|d| values::duration("-noReconnectAfter", &d))
-        .transpose()?;
-    let web_socket_headers = args
-        .web_socket_header
-        .iter()
-        .map(|h| values::header("-webSocketHeader", h))
-        .collect::<Result<Vec<_>, _>>()?;
-    let web_socket_idle_timeout = duration_or(
-        args.web_socket_idle_timeout,
-        "--web-socket-idle-timeout",
-        DEFAULT_WEB_SOCKET_IDLE_TIMEOUT,
-    )?;
-    let borrow_give_up = duration_or(
-        args.borrow_give_up,
-        "--borrow-give-up",
-        DEFAULT_BORROW_GIVE_UP,
-    )?;
-    let lease_grace = duration_or(args.lease_grace, "--lease-grace", DEFAULT_LEASE_GRACE)?;
-    let quiet_period = duration_or(args.quiet_period, "--quiet-period", DEFAULT_QUIET_PERIOD)?;
-    let class_sharing_after = duration_or(
-        args.class_sharing_after,
-        "--class-sharing-after",
-        DEFAULT_CLASS_SHARING_AFTER,
-    )?;
-    let reconnect_delay = duration_or(
-        args.reconnect_delay,
-        "--reconnect-delay",
-        DEFAULT_RECONNECT_DELAY,
-    )?;
-    let reconnect_max_delay = duration_or(
-        args.reconnect_max_delay,
-        "--reconnect-max-delay",
-        DEFAULT_RECONNECT_MAX_DELAY,
-    )?
-    .max(reconnect_delay);
-    let engine_command = match args.engine_command {
-        Some(cmd) => {
-            let argv: Vec<String> = cmd.split_whitespace().map(str::to_owned).collect();
-            if argv.is_empty() {
-                return Err(CliError::EmptyEngineCommand);
-            }
-            Some(argv)
-        }
-        None => None,
-    };
+    let reconnect_delay = args.reconnect_delay.unwrap_or(DEFAULT_RECONNECT_DELAY);
     let lender = lender(
         opt(args.lender, "--lender").or(env.sourced("JNLP_AGENT_LENDER")),
         opt(args.lender_token_file, "--lender-token-file").or(env
@@ -391,12 +322,7 @@ pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliErr
         jnlp_url.as_ref().map(|j| j.value.as_str()),
         &mut exposed_secret_files,
     )?;
-    let log_format = match args.log_format.as_deref() {
-        None | Some("text") => LogFormat::Text,
-        Some("json") => LogFormat::Json,
-        Some(_) => return Err(CliError::BadLogFormat),
-    };
-    let java = java(env, args.logging_config.as_deref())?;
+    let java = java(env, args.logging_config);
 
     Ok(Settings {
         urls,
@@ -416,35 +342,42 @@ pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliErr
             .unwrap_or_default(),
         tunnel,
         credentials,
-        proxy_credentials,
-        certs,
+        proxy_credentials: args.proxy_credentials,
+        certs: args.cert,
         no_certificate_check: args.no_certificate_check,
         no_reconnect: args.no_reconnect,
-        no_reconnect_after,
+        no_reconnect_after: args.no_reconnect_after,
         no_keep_alive: args.no_keep_alive,
         transport: if web_socket.is_some() {
             TransportChoice::WebSocket
         } else {
             TransportChoice::Tcp
         },
-        web_socket_headers,
-        web_socket_idle_timeout,
+        web_socket_headers: args.web_socket_header,
+        web_socket_idle_timeout: args
+            .web_socket_idle_timeout
+            .unwrap_or(DEFAULT_WEB_SOCKET_IDLE_TIMEOUT),
         jar_cache: args.jar_cache,
         java,
         engine_jar: args.engine_jar,
-        engine_command,
+        engine_command: args.engine_command.map(|argv| argv.0),
         reconnect_delay,
-        reconnect_max_delay,
+        reconnect_max_delay: args
+            .reconnect_max_delay
+            .unwrap_or(DEFAULT_RECONNECT_MAX_DELAY)
+            .max(reconnect_delay),
         control_socket: args.control_socket,
         control_group: args.control_group,
-        borrow_give_up,
-        lease_grace,
-        quiet_period,
+        borrow_give_up: args.borrow_give_up.unwrap_or(DEFAULT_BORROW_GIVE_UP),
+        lease_grace: args.lease_grace.unwrap_or(DEFAULT_LEASE_GRACE),
+        quiet_period: args.quiet_period.unwrap_or(DEFAULT_QUIET_PERIOD),
         warm_engine: !args.no_warm_engine,
         class_sharing: !args.no_class_sharing,
-        class_sharing_after,
+        class_sharing_after: args
+            .class_sharing_after
+            .unwrap_or(DEFAULT_CLASS_SHARING_AFTER),
         state_file: args.state_file,
-        log_format,
+        log_format: args.log_format.unwrap_or_default(),
         agent_log: args.agent_log,
         lender,
         exposed_secret_files,
@@ -452,7 +385,8 @@ pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliErr
 }
 
 /// How to start the engine JVM: the image's variables, and `-loggingConfig`.
-fn java(env: &Env<'_>, logging_config: Option<&std::path::Path>) -> Result<JavaSettings, CliError> {
+/// `logging_config` was checked (and made absolute) by its value parser.
+fn java(env: &Env<'_>, logging_config: Option<PathBuf>) -> JavaSettings {
     // The user's options replace our defaults whole.
     let user_java_opts = env
         .get("JENKINS_JAVA_OPTS")
@@ -466,19 +400,18 @@ fn java(env: &Env<'_>, logging_config: Option<&std::path::Path>) -> Result<JavaS
             .collect(),
     };
     if let Some(config) = logging_config {
-        let config = values::logging_config(config)?;
         // The user's own property wins: they set it on purpose, and the JVM
         // would take whichever comes last.
         if !java_opts.iter().any(|o| o.starts_with(JUL_CONFIG_FILE)) {
             java_opts.push(format!("{JUL_CONFIG_FILE}{}", config.display()));
         }
     }
-    Ok(JavaSettings {
+    JavaSettings {
         java_bin: env.get("JENKINS_JAVA_BIN").map(PathBuf::from),
         java_home: env.get("JAVA_HOME").map(PathBuf::from),
         java_opts,
         sized_window,
-    })
+    }
 }
 
 /// `--lender` with its token file and labels (each option or its
