@@ -121,6 +121,7 @@
 //! - `tests`: unit tests.
 
 mod args;
+mod environment;
 mod error;
 mod merge;
 mod spelling;
@@ -133,11 +134,9 @@ mod tests;
 use std::ffi::OsString;
 
 use clap::error::ErrorKind;
-use clap::Parser as _;
 
 pub use error::CliError;
 
-use args::Args;
 use merge::{settings, Env};
 use spelling::{agent_jar_spelling, prepass, redact};
 
@@ -174,7 +173,8 @@ pub fn parse(
         .unwrap_or_default();
     let prepared = prepass(remoting_opts.into_iter().chain(args))?;
 
-    let parsed = match Args::try_parse_from(std::iter::once(argv0).chain(prepared.args)) {
+    let argv = std::iter::once(argv0).chain(prepared.args).collect();
+    let parsed = match environment::parse(argv, &env) {
         Ok(parsed) => parsed,
         Err(err) => {
             if let Some(refusal) = typed::take_refusal(&err) {
@@ -184,10 +184,15 @@ pub fn parse(
             return match err.kind() {
                 ErrorKind::DisplayHelp => Ok(Command::Help(agent_jar_spelling(text.trim_end()))),
                 ErrorKind::DisplayVersion => Ok(Command::Version(text.trim_end().to_owned())),
-                _ => Err(CliError::Usage(redact(
-                    text.trim_start_matches("error: ").trim_end(),
-                    &prepared.sensitive,
-                ))),
+                _ => {
+                    // The variables are options' values too.
+                    let mut sensitive = prepared.sensitive;
+                    sensitive.extend(env.get("JENKINS_SECRET"));
+                    Err(CliError::Usage(redact(
+                        text.trim_start_matches("error: ").trim_end(),
+                        &sensitive,
+                    )))
+                }
             };
         }
     };

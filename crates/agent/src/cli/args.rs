@@ -9,8 +9,8 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 
 use super::typed::checked;
-use super::values::{self, Argv};
-use crate::settings::{CertPem, Credentials, LogFormat, Secret};
+use super::values::{self, Argv, SecretArg};
+use crate::settings::{CertPem, Credentials, HostPort, LogFormat, Secret, Tunnel};
 
 /// The help heading of our own options, which are double-dash only.
 pub(super) const OURS: &str = "jnlp-agent's own options (double-dash only)";
@@ -61,23 +61,38 @@ Refused (other launch modes): -text, -tcp, -connectTo. Ignored: -headless, -ping
 )]
 pub(super) struct Args {
     /// Jenkins root URL to connect to; repeat to try several in order.
-    #[arg(long = "url", value_name = "URL", action = ArgAction::Append, allow_hyphen_values = true)]
+    #[arg(long = "url", value_name = "URL", action = ArgAction::Append, allow_hyphen_values = true, env = "JENKINS_URL", hide_env_values = true, value_parser = checked(values::controller_url))]
     pub(super) url: Vec<String>,
 
     /// Name of the agent (node).
-    #[arg(long = "name", value_name = "NAME", allow_hyphen_values = true)]
+    #[arg(
+        long = "name",
+        value_name = "NAME",
+        allow_hyphen_values = true,
+        env = "JENKINS_AGENT_NAME",
+        hide_env_values = true
+    )]
     pub(super) name: Option<String>,
 
     /// Agent connection secret, or @FILE to read it from a file.
     #[arg(
         long = "secret",
         value_name = "SECRET|@FILE",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        env = "JENKINS_SECRET",
+        hide_env_values = true,
+        value_parser = checked(values::secret_arg),
     )]
-    pub(super) secret: Option<String>,
+    pub(super) secret: Option<SecretArg>,
 
     /// Working directory of the agent (stores the jar cache and logs).
-    #[arg(long = "workDir", value_name = "DIR", allow_hyphen_values = true)]
+    #[arg(
+        long = "workDir",
+        value_name = "DIR",
+        allow_hyphen_values = true,
+        env = "JENKINS_AGENT_WORKDIR",
+        hide_env_values = true
+    )]
     pub(super) work_dir: Option<PathBuf>,
 
     /// Name of the internal directory within the work directory [default: remoting].
@@ -116,25 +131,31 @@ pub(super) struct Args {
         long = "direct",
         alias = "directConnection",
         value_name = "HOST:PORT",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        env = "JENKINS_DIRECT_CONNECTION",
+        hide_env_values = true,
+        value_parser = checked(values::host_port),
     )]
-    pub(super) direct: Option<String>,
+    pub(super) direct: Option<HostPort>,
 
     /// The controller's base64 instance identity (public key), required with -direct.
     #[arg(
         long = "instanceIdentity",
         value_name = "B64",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        env = "JENKINS_INSTANCE_IDENTITY",
+        hide_env_values = true,
+        value_parser = checked(values::instance_identity),
     )]
     pub(super) instance_identity: Option<String>,
 
     /// Remoting protocols to try with -direct, comma-separated.
-    #[arg(long = "protocols", value_name = "P1,P2", action = ArgAction::Append, allow_hyphen_values = true)]
+    #[arg(long = "protocols", value_name = "P1,P2", action = ArgAction::Append, allow_hyphen_values = true, env = "JENKINS_PROTOCOLS", hide_env_values = true)]
     pub(super) protocols: Vec<String>,
 
     /// Connect here instead of the advertised agent port; HOST: or :PORT keep the other half.
-    #[arg(long = "tunnel", value_name = "HOST:PORT", allow_hyphen_values = true)]
-    pub(super) tunnel: Option<String>,
+    #[arg(long = "tunnel", value_name = "HOST:PORT", allow_hyphen_values = true, env = "JENKINS_TUNNEL", hide_env_values = true, value_parser = checked(values::tunnel))]
+    pub(super) tunnel: Option<Tunnel>,
 
     /// Extra trusted PEM certificate for the web port, or @FILE; repeatable.
     #[arg(long = "cert", value_name = "PEM|@FILE", action = ArgAction::Append, allow_hyphen_values = true, value_parser = checked(values::cert))]
@@ -162,7 +183,7 @@ pub(super) struct Args {
     pub(super) no_keep_alive: bool,
 
     /// Run the channel over a WebSocket on the controller's web port instead of the TCP agent port.
-    #[arg(long = "webSocket")]
+    #[arg(long = "webSocket", env = "JENKINS_WEB_SOCKET", hide_env_values = true)]
     pub(super) web_socket: bool,
 
     /// Extra header on the WebSocket upgrade request, NAME=VALUE; repeatable.
@@ -298,12 +319,14 @@ pub(super) struct Args {
     #[arg(
         long = "lender-token-file", help_heading = OURS,
         value_name = "FILE",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        env = "JNLP_AGENT_LENDER_TOKEN_FILE",
+        hide_env_values = true,
     )]
     pub(super) lender_token_file: Option<PathBuf>,
 
     /// Labels announced to --lender, separated by spaces or commas; repeatable. os, arch and the Linux distribution are added.
-    #[arg(long = "labels", help_heading = OURS, value_name = "LABELS", action = ArgAction::Append, allow_hyphen_values = true)]
+    #[arg(long = "labels", help_heading = OURS, value_name = "LABELS", action = ArgAction::Append, allow_hyphen_values = true, env = "JNLP_AGENT_LABELS", hide_env_values = true)]
     pub(super) labels: Vec<String>,
 
     /// Log output format: text or json [default: text].

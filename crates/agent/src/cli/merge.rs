@@ -4,9 +4,15 @@
 
 use std::path::PathBuf;
 
+use std::collections::HashMap;
+
 use super::args::Args;
-use super::{values, CliError};
-use crate::settings::{Credentials, JavaSettings, LenderSettings, Settings, TransportChoice};
+use super::environment::Parsed;
+use super::values::{self, SecretArg};
+use super::CliError;
+use crate::settings::{
+    Credentials, HostPort, JavaSettings, LenderSettings, Settings, TransportChoice, Tunnel,
+};
 
 /// How long a borrower may be unreachable before the agent goes home.
 const DEFAULT_BORROW_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(300);
@@ -45,6 +51,16 @@ impl Env<'_> {
 struct Sourced<T> {
     value: T,
     from: &'static str,
+}
+
+/// Where option `id` came from: the variable `environment` took it from,
+/// else `option`.
+fn origin(
+    from_env: &HashMap<&'static str, &'static str>,
+    id: &str,
+    option: &'static str,
+) -> &'static str {
+    from_env.get(id).copied().unwrap_or(option)
 }
 
 fn opt<T>(value: Option<T>, from: &'static str) -> Option<Sourced<T>> {
@@ -90,14 +106,14 @@ const DIRECT: &str = "-direct (or JENKINS_DIRECT_CONNECTION)";
 /// The options (or their variables) that decide where the agent connects,
 /// each with where it came from, for the combination rules and messages.
 struct Sources {
-    secret: Option<Sourced<String>>,
+    secret: Option<Sourced<SecretArg>>,
     name: Option<Sourced<String>>,
     urls: Option<Sourced<Vec<String>>>,
     work_dir: Option<Sourced<PathBuf>>,
-    direct: Option<Sourced<String>>,
+    direct: Option<Sourced<HostPort>>,
     identity: Option<Sourced<String>>,
     protocols: Option<Sourced<Vec<String>>>,
-    tunnel: Option<Sourced<String>>,
+    tunnel: Option<Sourced<Tunnel>>,
     jnlp_url: Option<Sourced<String>>,
     credentials: Option<Sourced<Credentials>>,
     /// `-webSocket` or `JENKINS_WEB_SOCKET=true`.
@@ -105,16 +121,19 @@ struct Sources {
 }
 
 impl Sources {
-    /// Takes them out of `args`: options first, then the image's
-    /// variables; the legacy positional form is exactly SECRET NAME.
-    fn gather(args: &mut Args, env: &Env<'_>) -> Result<Sources, CliError> {
+    /// Takes them out of `parsed`: an option or its variable (see
+    /// `environment`), else the legacy positional form, exactly SECRET NAME.
+    fn gather(parsed: &mut Parsed) -> Result<Sources, CliError> {
+        let args = &mut parsed.args;
+        let origin = |id: &str, option| parsed.from_env.get(id).copied().unwrap_or(option);
         let (positional_secret, positional_name) =
             match <[String; 2]>::try_from(std::mem::take(&mut args.legacy)) {
                 Ok([secret, name]) => (Some(secret), Some(name)),
                 Err(v) if v.is_empty() => (None, None),
                 Err(v) => return Err(CliError::PositionalCount { count: v.len() }),
             };
-        let option_secret = non_empty(args.secret.take());
+        // With the positional form no variable applies, so these are options.
+        let option_secret = args.secret.take().filter(|s| !s.secret.expose().is_empty());
         let option_name = non_empty(args.name.take());
         if option_secret.is_some() && positional_secret.is_some() {
             return Err(CliError::PositionalAndOption {
@@ -128,47 +147,37 @@ impl Sources {
                 option: "-name",
             });
         }
-        let listed = |values: Vec<String>, option, variable| {
-            opt((!values.is_empty()).then_some(values), option).or(env.sourced(variable).map(|s| {
-                Sourced {
-                    value: vec![s.value],
-                    from: s.from,
-                }
-            }))
-        };
+        let listed =
+            |values: Vec<String>, option| opt((!values.is_empty()).then_some(values), option);
         Ok(Sources {
-            secret: opt(option_secret, "-secret")
-                .or(opt(positional_secret, POSITIONAL_SECRET))
-                .or(env.sourced("JENKINS_SECRET")),
-            name: opt(option_name, "-name")
-                .or(opt(positional_name, POSITIONAL_NAME))
-                .or(env.sourced("JENKINS_AGENT_NAME"))
-                .or(env.sourced("JENKINS_NAME")),
-            urls: listed(std::mem::take(&mut args.url), "-url", "JENKINS_URL"),
-            work_dir: opt(args.work_dir.take(), "-workDir").or(env
-                .sourced("JENKINS_AGENT_WORKDIR")
-                .map(|s| Sourced {
-                    value: PathBuf::from(s.value),
-                    from: s.from,
-                })),
-            direct: opt(args.direct.take(), "-direct").or(env.sourced("JENKINS_DIRECT_CONNECTION")),
-            identity: opt(args.instance_identity.take(), "-instanceIdentity")
-                .or(env.sourced("JENKINS_INSTANCE_IDENTITY")),
+            secret: opt(option_secret, origin("secret", "-secret")).or(opt(
+                positional_secret.map(SecretArg::literal),
+                POSITIONAL_SECRET,
+            )),
+            name: opt(option_name, origin("name", "-name"))
+                .or(opt(positional_name, POSITIONAL_NAME)),
+            urls: listed(std::mem::take(&mut args.url), origin("url", "-url")),
+            work_dir: opt(args.work_dir.take(), origin("work_dir", "-workDir")),
+            direct: opt(args.direct.take(), origin("direct", "-direct")),
+            identity: opt(
+                args.instance_identity.take(),
+                origin("instance_identity", "-instanceIdentity"),
+            ),
             protocols: listed(
                 std::mem::take(&mut args.protocols),
-                "-protocols",
-                "JENKINS_PROTOCOLS",
+                origin("protocols", "-protocols"),
             ),
-            tunnel: opt(args.tunnel.take(), "-tunnel").or(env.sourced("JENKINS_TUNNEL")),
+            tunnel: opt(args.tunnel.take(), origin("tunnel", "-tunnel")),
             jnlp_url: opt(args.jnlp_url.take(), "-jnlpUrl"),
             credentials: opt(args.credentials.take(), "-credentials"),
             // The image's script adds -webSocket for exactly "true".
-            web_socket: if args.web_socket {
-                Some("-webSocket")
-            } else {
-                (env.get("JENKINS_WEB_SOCKET").as_deref() == Some("true"))
-                    .then_some("JENKINS_WEB_SOCKET=true")
-            },
+            web_socket: args
+                .web_socket
+                .then_some(if parsed.from_env.contains_key("web_socket") {
+                    "JENKINS_WEB_SOCKET=true"
+                } else {
+                    "-webSocket"
+                }),
         })
     }
 
@@ -256,8 +265,9 @@ impl Sources {
     }
 }
 
-pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
-    let sources = Sources::gather(&mut args, env)?;
+pub(super) fn settings(mut parsed: Parsed, env: &Env<'_>) -> Result<Settings, CliError> {
+    let sources = Sources::gather(&mut parsed)?;
+    let Parsed { args, from_env, .. } = parsed;
     sources.check(&args)?;
     let Sources {
         secret,
@@ -274,50 +284,23 @@ pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliErr
     } = sources;
 
     // The values themselves.
-    let urls = match urls {
-        Some(s) => s
-            .value
-            .iter()
-            .map(|u| values::controller_url(s.from, u))
-            .collect::<Result<Vec<_>, _>>()?,
-        None => Vec::new(),
-    };
     let mut exposed_secret_files = Vec::new();
-    let secret = secret
-        .map(|s| {
-            values::secret(
-                s.from,
-                &s.value,
-                s.from == "-secret",
-                &mut exposed_secret_files,
-            )
-        })
-        .transpose()?;
+    let secret = secret.map(|s| {
+        exposed_secret_files.extend(s.value.exposed);
+        s.value.secret
+    });
     let credentials = credentials.map(|c| c.value);
-    let direct = direct
-        .map(|d| values::host_port(d.from, &d.value))
-        .transpose()?;
-    let instance_identity = identity
-        .map(|i| values::instance_identity(i.from, &i.value))
-        .transpose()?;
-    let tunnel = tunnel
-        .map(|t| values::tunnel(t.from, &t.value))
-        .transpose()?;
     let reconnect_delay = args.reconnect_delay.unwrap_or(DEFAULT_RECONNECT_DELAY);
     let lender = lender(
         opt(args.lender, "--lender").or(env.sourced("JNLP_AGENT_LENDER")),
-        opt(args.lender_token_file, "--lender-token-file").or(env
-            .sourced("JNLP_AGENT_LENDER_TOKEN_FILE")
-            .map(|s| Sourced {
-                value: PathBuf::from(s.value),
-                from: s.from,
-            })),
-        opt((!args.labels.is_empty()).then_some(args.labels), "--labels").or(env
-            .sourced("JNLP_AGENT_LABELS")
-            .map(|s| Sourced {
-                value: vec![s.value],
-                from: s.from,
-            })),
+        opt(
+            args.lender_token_file,
+            origin(&from_env, "lender_token_file", "--lender-token-file"),
+        ),
+        opt(
+            (!args.labels.is_empty()).then_some(args.labels),
+            origin(&from_env, "labels", "--labels"),
+        ),
         name.as_ref().map(|n| n.value.as_str()),
         jnlp_url.as_ref().map(|j| j.value.as_str()),
         &mut exposed_secret_files,
@@ -325,7 +308,7 @@ pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliErr
     let java = java(env, args.logging_config);
 
     Ok(Settings {
-        urls,
+        urls: urls.map(|u| u.value).unwrap_or_default(),
         // agent.jar has one credentials option: with -jnlpUrl it authorises
         // the JNLP fetch and then the web port.
         jnlp_credentials: jnlp_url.as_ref().and(credentials.clone()),
@@ -335,12 +318,12 @@ pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliErr
         work_dir: work_dir.map(|w| w.value),
         internal_dir: args.internal_dir.unwrap_or_else(|| "remoting".to_owned()),
         fail_if_work_dir_is_missing: args.fail_if_work_dir_is_missing,
-        direct,
-        instance_identity,
+        direct: direct.map(|d| d.value),
+        instance_identity: identity.map(|i| i.value),
         protocols: protocols
             .map(|p| values::protocols(p.value.iter().map(String::as_str)))
             .unwrap_or_default(),
-        tunnel,
+        tunnel: tunnel.map(|t| t.value),
         credentials,
         proxy_credentials: args.proxy_credentials,
         certs: args.cert,

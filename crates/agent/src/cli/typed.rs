@@ -62,12 +62,17 @@ impl<T: Clone + Send + Sync + 'static> TypedValueParser for Checked<T> {
     }
 }
 
-/// The name an error gives the option: agent.jar's single-dash spelling
-/// for its options, the double-dash one for ours.
+/// The name an error gives the option: the variable when the value came
+/// from one (the command `environment` parses with declares a variable
+/// only then), else agent.jar's single-dash spelling for its options and
+/// the double-dash one for ours.
 fn option_name(arg: Option<&Arg>) -> &'static str {
     let Some(arg) = arg else {
         return "the value";
     };
+    if let Some(var) = arg.get_env().and_then(OsStr::to_str) {
+        return intern(var.to_owned());
+    }
     let long = arg.get_long().unwrap_or(arg.get_id().as_str());
     let dashes = if arg.get_help_heading() == Some(OURS) {
         "--"
@@ -79,7 +84,7 @@ fn option_name(arg: Option<&Arg>) -> &'static str {
 
 /// One `&'static str` per distinct option name (there are a few dozen), for
 /// [`CliError`]'s fields, which name options with literals elsewhere.
-fn intern(name: String) -> &'static str {
+pub(super) fn intern(name: String) -> &'static str {
     static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
     let mut names = NAMES
         .get_or_init(Default::default)

@@ -190,6 +190,36 @@ pub(super) fn secret(
     Ok(Secret::new(secret))
 }
 
+/// A secret with, when it was read from a file other users can read, the
+/// warning to log once logging is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SecretArg {
+    pub(super) secret: Secret,
+    pub(super) exposed: Option<ReadableByOthers>,
+}
+
+impl SecretArg {
+    /// A secret given as it is (a variable, a positional argument).
+    pub(super) fn literal(value: impl Into<String>) -> Self {
+        Self {
+            secret: Secret::new(value),
+            exposed: None,
+        }
+    }
+}
+
+/// `-secret S`, `-secret @FILE` or `JENKINS_SECRET` as a value parser: an
+/// option (its name starts with `-`) reads `@FILE`, the variable is taken
+/// literally (the image's script passes it on as it is).
+pub(super) fn secret_arg(option: &'static str, value: &str) -> Result<SecretArg, CliError> {
+    let mut exposed = Vec::new();
+    let secret = secret(option, value, option.starts_with('-'), &mut exposed)?;
+    Ok(SecretArg {
+        secret,
+        exposed: exposed.pop(),
+    })
+}
+
 /// `-cert PEM` or `-cert @FILE`; must contain a PEM certificate block.
 pub(super) fn cert(option: &'static str, value: &str) -> Result<CertPem, CliError> {
     const MARKER: &str = "-----BEGIN CERTIFICATE-----";
