@@ -236,32 +236,35 @@ pub(super) struct Args {
     )]
     pub(super) control_group: Option<String>,
 
-    /// Return home when a borrower was unreachable or refusing this long [default: 5m].
+    /// Return home when a borrower was unreachable or refusing this long.
     #[arg(
         long = "borrow-give-up", help_heading = OURS,
         value_name = "DURATION",
         allow_hyphen_values = true,
         value_parser = checked(values::duration),
+        default_value = "5m",
     )]
-    pub(super) borrow_give_up: Option<Duration>,
+    pub(super) borrow_give_up: Duration,
 
-    /// After a lease expired, how long a busy agent may finish before it goes home anyway [default: 10m].
+    /// After a lease expired, how long a busy agent may finish before it goes home anyway.
     #[arg(
         long = "lease-grace", help_heading = OURS,
         value_name = "DURATION",
         allow_hyphen_values = true,
         value_parser = checked(values::duration),
+        default_value = "10m",
     )]
-    pub(super) lease_grace: Option<Duration>,
+    pub(super) lease_grace: Duration,
 
-    /// How long the channel must carry nothing but pings before the agent counts as idle and may move [default: 5s].
+    /// How long the channel must carry nothing but pings before the agent counts as idle and may move.
     #[arg(
         long = "quiet-period", help_heading = OURS,
         value_name = "DURATION",
         allow_hyphen_values = true,
         value_parser = checked(values::duration),
+        default_value = "5s",
     )]
-    pub(super) quiet_period: Option<Duration>,
+    pub(super) quiet_period: Duration,
 
     /// Keep no engine started ahead of a move (the pending borrower's, or home's while borrowed); saves a JVM's memory, costs a JVM start per move.
     #[arg(long = "no-warm-engine", help_heading = OURS)]
@@ -271,45 +274,49 @@ pub(super) struct Args {
     #[arg(long = "no-class-sharing", help_heading = OURS)]
     pub(super) no_class_sharing: bool,
 
-    /// How long the first engine of a jar records the classes it loads before the sharing archive is made from them [default: 60s].
+    /// How long the first engine of a jar records the classes it loads before the sharing archive is made from them.
     #[arg(
         long = "class-sharing-after", help_heading = OURS,
         value_name = "DURATION",
         allow_hyphen_values = true,
         value_parser = checked(values::duration),
+        default_value = "60s",
     )]
-    pub(super) class_sharing_after: Option<Duration>,
+    pub(super) class_sharing_after: Duration,
 
     /// Where the current target (home or borrowed) survives restarts [default: WORKDIR/INTERNALDIR/state.json].
     #[arg(long = "state-file", help_heading = OURS, value_name = "PATH", allow_hyphen_values = true)]
     pub(super) state_file: Option<PathBuf>,
 
-    /// First wait before reconnecting (doubles up to --reconnect-max-delay) [default: 1s].
+    /// First wait before reconnecting (doubles up to --reconnect-max-delay).
     #[arg(
         long = "reconnect-delay", help_heading = OURS,
         value_name = "DURATION",
         allow_hyphen_values = true,
         value_parser = checked(values::duration),
+        default_value = "1s",
     )]
-    pub(super) reconnect_delay: Option<Duration>,
+    pub(super) reconnect_delay: Duration,
 
-    /// Longest wait between reconnection attempts [default: 30s].
+    /// Longest wait between reconnection attempts.
     #[arg(
         long = "reconnect-max-delay", help_heading = OURS,
         value_name = "DURATION",
         allow_hyphen_values = true,
         value_parser = checked(values::duration),
+        default_value = "30s",
     )]
-    pub(super) reconnect_max_delay: Option<Duration>,
+    pub(super) reconnect_max_delay: Duration,
 
-    /// Reconnect a WebSocket that carried no frame for this long [default: 40s].
+    /// Reconnect a WebSocket that carried no frame for this long.
     #[arg(
         long = "web-socket-idle-timeout", help_heading = OURS,
         value_name = "DURATION",
         allow_hyphen_values = true,
         value_parser = checked(values::duration),
+        default_value = "40s",
     )]
-    pub(super) web_socket_idle_timeout: Option<Duration>,
+    pub(super) web_socket_idle_timeout: Duration,
 
     /// Keep a link to this lending pool (jnlp-lender), http(s)://HOST[:PORT][/PATH].
     #[arg(long = "lender", help_heading = OURS, value_name = "URL", allow_hyphen_values = true)]

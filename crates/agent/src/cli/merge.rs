@@ -14,22 +14,6 @@ use crate::settings::{
     Credentials, HostPort, JavaSettings, LenderSettings, Settings, TransportChoice, Tunnel,
 };
 
-/// How long a borrower may be unreachable before the agent goes home.
-const DEFAULT_BORROW_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(300);
-/// How long the channel must be quiet (pings aside) before the agent is idle.
-const DEFAULT_QUIET_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
-/// How long a jar's first engine records its classes for the sharing archive.
-const DEFAULT_CLASS_SHARING_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
-/// How long a busy agent may stay after its lease expired.
-const DEFAULT_LEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
-/// How long a WebSocket may carry no frame before it counts as dead: a
-/// little over the controller's 30 s ping interval.
-const DEFAULT_WEB_SOCKET_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(40);
-/// First wait before reconnecting.
-const DEFAULT_RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
-/// Longest wait between attempts.
-const DEFAULT_RECONNECT_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// The image's environment variables, trimmed (the script word-splits them),
 /// empty meaning unset.
 pub(super) struct Env<'a>(pub(super) &'a dyn Fn(&str) -> Option<String>);
@@ -290,7 +274,6 @@ pub(super) fn settings(mut parsed: Parsed, env: &Env<'_>) -> Result<Settings, Cl
         s.value.secret
     });
     let credentials = credentials.map(|c| c.value);
-    let reconnect_delay = args.reconnect_delay.unwrap_or(DEFAULT_RECONNECT_DELAY);
     let lender = lender(
         opt(args.lender, "--lender").or(env.sourced("JNLP_AGENT_LENDER")),
         opt(
@@ -337,28 +320,21 @@ pub(super) fn settings(mut parsed: Parsed, env: &Env<'_>) -> Result<Settings, Cl
             TransportChoice::Tcp
         },
         web_socket_headers: args.web_socket_header,
-        web_socket_idle_timeout: args
-            .web_socket_idle_timeout
-            .unwrap_or(DEFAULT_WEB_SOCKET_IDLE_TIMEOUT),
+        web_socket_idle_timeout: args.web_socket_idle_timeout,
         jar_cache: args.jar_cache,
         java,
         engine_jar: args.engine_jar,
         engine_command: args.engine_command.map(|argv| argv.0),
-        reconnect_delay,
-        reconnect_max_delay: args
-            .reconnect_max_delay
-            .unwrap_or(DEFAULT_RECONNECT_MAX_DELAY)
-            .max(reconnect_delay),
+        reconnect_delay: args.reconnect_delay,
+        reconnect_max_delay: args.reconnect_max_delay.max(args.reconnect_delay),
         control_socket: args.control_socket,
         control_group: args.control_group,
-        borrow_give_up: args.borrow_give_up.unwrap_or(DEFAULT_BORROW_GIVE_UP),
-        lease_grace: args.lease_grace.unwrap_or(DEFAULT_LEASE_GRACE),
-        quiet_period: args.quiet_period.unwrap_or(DEFAULT_QUIET_PERIOD),
+        borrow_give_up: args.borrow_give_up,
+        lease_grace: args.lease_grace,
+        quiet_period: args.quiet_period,
         warm_engine: !args.no_warm_engine,
         class_sharing: !args.no_class_sharing,
-        class_sharing_after: args
-            .class_sharing_after
-            .unwrap_or(DEFAULT_CLASS_SHARING_AFTER),
+        class_sharing_after: args.class_sharing_after,
         state_file: args.state_file,
         log_format: args.log_format.unwrap_or_default(),
         agent_log: args.agent_log,
