@@ -111,10 +111,15 @@
 //! # Layout
 //!
 //! - this file: [`parse`];
-//! - `args`: the clap definition, the one declaration of every option;
+//! - `args`: the clap definition, the one declaration of every option: its
+//!   spelling, its variable, its type, its parser and its default;
 //! - `spelling`: agent.jar's spellings derived from it (the pre-pass, the
 //!   hint for an unknown option, help in agent.jar's spelling);
-//! - `merge`: merging options with the environment, and validation;
+//! - `environment`: the image's variables through their options' parsers;
+//! - `typed`: `values`' functions as clap value parsers whose refusal is a
+//!   [`CliError`];
+//! - `merge`: which options go together (agent.jar's forbids and depends),
+//!   what is required, the lender's and the JVM's settings;
 //! - `error`: [`CliError`];
 //! - `values`: parsers for single values (URLs, `HOST:PORT`, durations,
 //!   `@FILE`...);
