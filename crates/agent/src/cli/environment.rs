@@ -129,3 +129,74 @@ pub(super) fn parse(argv: Vec<OsString>, env: &Env<'_>) -> Result<Parsed, clap::
     }
     Ok(Parsed { args, from_env })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use super::super::{parse, CliError, Command};
+    use crate::settings::Settings;
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Settings, CliError> {
+        let argv = std::iter::once("jnlp-agent")
+            .chain(args.iter().copied())
+            .map(OsString::from);
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        match parse(argv, &lookup)? {
+            Command::Run(settings) => Ok(settings),
+            other => panic!("expected Run, got {other:?}"),
+        }
+    }
+
+    /// The added options go before the command line's `--`: a variable
+    /// never turns into a positional argument, and the positional form
+    /// still beats the secret's variable.
+    #[test]
+    fn a_variable_never_becomes_positional() {
+        let s = run(
+            &["-url", "http://c/", "--", "S", "N"],
+            &[("JENKINS_TUNNEL", ":5000"), ("JENKINS_SECRET", "from-env")],
+        )
+        .expect("accepted");
+        assert_eq!(s.secret.as_ref().map(|s| s.expose()), Some("S"));
+        assert_eq!(s.name.as_deref(), Some("N"));
+        assert!(s.tunnel.is_some());
+    }
+
+    /// `-secret ""` counts as absent, so the variable applies, literally.
+    #[test]
+    fn an_empty_option_gives_way_to_its_variable() {
+        let s = run(
+            &["-url", "http://c/", "-secret", "", "-name", ""],
+            &[("JENKINS_SECRET", "@not-a-file"), ("JENKINS_NAME", "older")],
+        )
+        .expect("accepted");
+        assert_eq!(s.secret.as_ref().map(|s| s.expose()), Some("@not-a-file"));
+        assert_eq!(s.name.as_deref(), Some("older"));
+    }
+
+    /// A conflict names the variable that was actually read, the older
+    /// name's too.
+    #[test]
+    fn a_conflict_names_the_variable_read() {
+        let err = run(
+            &["-jnlpUrl", "http://c/computer/n/jenkins-agent.jnlp"],
+            &[("JENKINS_NAME", "older")],
+        )
+        .expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                CliError::Conflict {
+                    option: "-jnlpUrl",
+                    other: "JENKINS_NAME"
+                }
+            ),
+            "{err:?}"
+        );
+    }
+}
