@@ -111,19 +111,26 @@
 //! # Layout
 //!
 //! - this file: [`parse`];
-//! - `args`: the clap definition, the one declaration of every option;
+//! - `args`: the clap definition, the one declaration of every option: its
+//!   spelling, its variable, its type, its parser and its default;
 //! - `spelling`: agent.jar's spellings derived from it (the pre-pass, the
 //!   hint for an unknown option, help in agent.jar's spelling);
-//! - `merge`: merging options with the environment, and validation;
+//! - `environment`: the image's variables through their options' parsers;
+//! - `typed`: `values`' functions as clap value parsers whose refusal is a
+//!   [`CliError`];
+//! - `merge`: which options go together (agent.jar's forbids and depends),
+//!   what is required, the lender's and the JVM's settings;
 //! - `error`: [`CliError`];
 //! - `values`: parsers for single values (URLs, `HOST:PORT`, durations,
 //!   `@FILE`...);
 //! - `tests`: unit tests.
 
 mod args;
+mod environment;
 mod error;
 mod merge;
 mod spelling;
+mod typed;
 mod values;
 
 #[cfg(test)]
@@ -132,11 +139,9 @@ mod tests;
 use std::ffi::OsString;
 
 use clap::error::ErrorKind;
-use clap::Parser as _;
 
 pub use error::CliError;
 
-use args::Args;
 use merge::{settings, Env};
 use spelling::{agent_jar_spelling, prepass, redact};
 
@@ -173,17 +178,26 @@ pub fn parse(
         .unwrap_or_default();
     let prepared = prepass(remoting_opts.into_iter().chain(args))?;
 
-    let parsed = match Args::try_parse_from(std::iter::once(argv0).chain(prepared.args)) {
+    let argv = std::iter::once(argv0).chain(prepared.args).collect();
+    let parsed = match environment::parse(argv, &env) {
         Ok(parsed) => parsed,
         Err(err) => {
+            if let Some(refusal) = typed::take_refusal(&err) {
+                return Err(refusal);
+            }
             let text = err.render().to_string();
             return match err.kind() {
                 ErrorKind::DisplayHelp => Ok(Command::Help(agent_jar_spelling(text.trim_end()))),
                 ErrorKind::DisplayVersion => Ok(Command::Version(text.trim_end().to_owned())),
-                _ => Err(CliError::Usage(redact(
-                    text.trim_start_matches("error: ").trim_end(),
-                    &prepared.sensitive,
-                ))),
+                _ => {
+                    // The variables are options' values too.
+                    let mut sensitive = prepared.sensitive;
+                    sensitive.extend(env.get("JENKINS_SECRET"));
+                    Err(CliError::Usage(redact(
+                        text.trim_start_matches("error: ").trim_end(),
+                        &sensitive,
+                    )))
+                }
             };
         }
     };

@@ -33,6 +33,46 @@ pub struct IdentityMismatch {
     pub presented: String,
 }
 
+/// The handshake-signature half of a [`ServerCertVerifier`], the same for
+/// every verifier here: checked with the `provider` field's algorithms.
+macro_rules! signatures_checked_by_provider {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
+}
+
 /// A rustls verifier that accepts only the pinned identity key.
 #[derive(Debug)]
 pub struct PinnedIdentityVerifier {
@@ -83,39 +123,38 @@ impl ServerCertVerifier for PinnedIdentityVerifier {
         )))
     }
 
-    fn verify_tls12_signature(
+    signatures_checked_by_provider!();
+}
+
+/// A rustls verifier that accepts any certificate, for agent.jar's
+/// `-noCertificateCheck` toward the web port. The handshake signatures are
+/// still checked against the presented key, so that the session itself stays
+/// sound; only who holds the key goes unchecked.
+#[derive(Debug)]
+pub struct AnyCertificateVerifier {
+    provider: Arc<CryptoProvider>,
+}
+
+impl AnyCertificateVerifier {
+    /// A verifier checking signatures with `provider`'s algorithms.
+    pub fn new(provider: Arc<CryptoProvider>) -> Self {
+        Self { provider }
+    }
+}
+
+impl ServerCertVerifier for AnyCertificateVerifier {
+    fn verify_server_cert(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    signatures_checked_by_provider!();
 }
 
 /// Why a TLS client configuration could not be made.

@@ -142,3 +142,63 @@ async fn the_controller_picks_the_cipher_suite() {
     assert_eq!(suite, rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
     server.await.unwrap().unwrap();
 }
+
+/// `-noCertificateCheck`'s verifier completes a handshake with a
+/// self-signed certificate for no name at all, which a verifier with the
+/// web PKI's roots refuses, and it checks the handshake signature with the
+/// presented key (the session is readable).
+#[tokio::test]
+async fn any_certificate_verifier_accepts_a_self_signed_key() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(
+            remoting_protocol::tls::AnyCertificateVerifier::new(provider),
+        ))
+        .with_no_client_auth();
+    let acceptor = tokio_rustls::TlsAcceptor::from(TestIdentity::other().server_config());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        tls.write_all(b"hello").await.unwrap();
+        tls.shutdown().await.unwrap();
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name.clone(), tcp)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tls.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"hello");
+    server.await.unwrap();
+
+    // The same server with ordinary checks (no roots trust it) is refused.
+    let acceptor = tokio_rustls::TlsAcceptor::from(TestIdentity::other().server_config());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let _ = acceptor.accept(tcp).await;
+    });
+    let strict = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    assert!(tokio_rustls::TlsConnector::from(Arc::new(strict))
+        .connect(name, tcp)
+        .await
+        .is_err());
+    server.await.unwrap();
+}

@@ -4,8 +4,13 @@
 //! it; our own options are those under the [`OURS`] heading.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgAction, Parser};
+
+use super::typed::checked;
+use super::values::{self, Argv, SecretArg};
+use crate::settings::{CertPem, Credentials, HostPort, LogFormat, Secret, Tunnel};
 
 /// The help heading of our own options, which are double-dash only.
 pub(super) const OURS: &str = "jnlp-agent's own options (double-dash only)";
@@ -56,23 +61,38 @@ Refused (other launch modes): -text, -tcp, -connectTo. Ignored: -headless, -ping
 )]
 pub(super) struct Args {
     /// Jenkins root URL to connect to; repeat to try several in order.
-    #[arg(long = "url", value_name = "URL", action = ArgAction::Append, allow_hyphen_values = true)]
+    #[arg(long = "url", value_name = "URL", action = ArgAction::Append, allow_hyphen_values = true, env = "JENKINS_URL", hide_env_values = true, value_parser = checked(values::controller_url))]
     pub(super) url: Vec<String>,
 
     /// Name of the agent (node).
-    #[arg(long = "name", value_name = "NAME", allow_hyphen_values = true)]
+    #[arg(
+        long = "name",
+        value_name = "NAME",
+        allow_hyphen_values = true,
+        env = "JENKINS_AGENT_NAME",
+        hide_env_values = true
+    )]
     pub(super) name: Option<String>,
 
     /// Agent connection secret, or @FILE to read it from a file.
     #[arg(
         long = "secret",
         value_name = "SECRET|@FILE",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        env = "JENKINS_SECRET",
+        hide_env_values = true,
+        value_parser = checked(values::secret_arg),
     )]
-    pub(super) secret: Option<String>,
+    pub(super) secret: Option<SecretArg>,
 
     /// Working directory of the agent (stores the jar cache and logs).
-    #[arg(long = "workDir", value_name = "DIR", allow_hyphen_values = true)]
+    #[arg(
+        long = "workDir",
+        value_name = "DIR",
+        allow_hyphen_values = true,
+        env = "JENKINS_AGENT_WORKDIR",
+        hide_env_values = true
+    )]
     pub(super) work_dir: Option<PathBuf>,
 
     /// Name of the internal directory within the work directory [default: remoting].
@@ -84,7 +104,7 @@ pub(super) struct Args {
     pub(super) fail_if_work_dir_is_missing: bool,
 
     /// Fetch connection parameters from this JNLP file URL (deprecated in agent.jar).
-    #[arg(long = "jnlpUrl", value_name = "URL", allow_hyphen_values = true)]
+    #[arg(long = "jnlpUrl", value_name = "URL", allow_hyphen_values = true, value_parser = checked(values::http_url))]
     pub(super) jnlp_url: Option<String>,
 
     /// HTTP basic auth for the controller's web port (alias -jnlpCredentials).
@@ -92,46 +112,54 @@ pub(super) struct Args {
         long = "credentials",
         alias = "jnlpCredentials",
         value_name = "USER:PASSWORD",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::credentials),
     )]
-    pub(super) credentials: Option<String>,
+    pub(super) credentials: Option<Credentials>,
 
     /// HTTP basic auth for the HTTP proxy.
     #[arg(
         long = "proxyCredentials",
         value_name = "USER:PASSWORD",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::credentials),
     )]
-    pub(super) proxy_credentials: Option<String>,
+    pub(super) proxy_credentials: Option<Credentials>,
 
     /// Connect straight to this TCP agent port, skipping the web port (alias -directConnection).
     #[arg(
         long = "direct",
         alias = "directConnection",
         value_name = "HOST:PORT",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        env = "JENKINS_DIRECT_CONNECTION",
+        hide_env_values = true,
+        value_parser = checked(values::host_port),
     )]
-    pub(super) direct: Option<String>,
+    pub(super) direct: Option<HostPort>,
 
     /// The controller's base64 instance identity (public key), required with -direct.
     #[arg(
         long = "instanceIdentity",
         value_name = "B64",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        env = "JENKINS_INSTANCE_IDENTITY",
+        hide_env_values = true,
+        value_parser = checked(values::instance_identity),
     )]
     pub(super) instance_identity: Option<String>,
 
     /// Remoting protocols to try with -direct, comma-separated.
-    #[arg(long = "protocols", value_name = "P1,P2", action = ArgAction::Append, allow_hyphen_values = true)]
+    #[arg(long = "protocols", value_name = "P1,P2", action = ArgAction::Append, allow_hyphen_values = true, env = "JENKINS_PROTOCOLS", hide_env_values = true)]
     pub(super) protocols: Vec<String>,
 
     /// Connect here instead of the advertised agent port; HOST: or :PORT keep the other half.
-    #[arg(long = "tunnel", value_name = "HOST:PORT", allow_hyphen_values = true)]
-    pub(super) tunnel: Option<String>,
+    #[arg(long = "tunnel", value_name = "HOST:PORT", allow_hyphen_values = true, env = "JENKINS_TUNNEL", hide_env_values = true, value_parser = checked(values::tunnel))]
+    pub(super) tunnel: Option<Tunnel>,
 
     /// Extra trusted PEM certificate for the web port, or @FILE; repeatable.
-    #[arg(long = "cert", value_name = "PEM|@FILE", action = ArgAction::Append, allow_hyphen_values = true)]
-    pub(super) cert: Vec<String>,
+    #[arg(long = "cert", value_name = "PEM|@FILE", action = ArgAction::Append, allow_hyphen_values = true, value_parser = checked(values::cert))]
+    pub(super) cert: Vec<CertPem>,
 
     /// Accept any web-port certificate: a last resort (alias -disableHttpsCertValidation).
     #[arg(long = "noCertificateCheck", alias = "disableHttpsCertValidation")]
@@ -145,21 +173,22 @@ pub(super) struct Args {
     #[arg(
         long = "noReconnectAfter",
         value_name = "DURATION",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::duration),
     )]
-    pub(super) no_reconnect_after: Option<String>,
+    pub(super) no_reconnect_after: Option<Duration>,
 
     /// Disable TCP keep-alive on the connection to the controller.
     #[arg(long = "noKeepAlive")]
     pub(super) no_keep_alive: bool,
 
     /// Run the channel over a WebSocket on the controller's web port instead of the TCP agent port.
-    #[arg(long = "webSocket")]
+    #[arg(long = "webSocket", env = "JENKINS_WEB_SOCKET", hide_env_values = true)]
     pub(super) web_socket: bool,
 
     /// Extra header on the WebSocket upgrade request, NAME=VALUE; repeatable.
-    #[arg(long = "webSocketHeader", value_name = "NAME=VALUE", action = ArgAction::Append, allow_hyphen_values = true)]
-    pub(super) web_socket_header: Vec<String>,
+    #[arg(long = "webSocketHeader", value_name = "NAME=VALUE", action = ArgAction::Append, allow_hyphen_values = true, value_parser = checked(values::header))]
+    pub(super) web_socket_header: Vec<(String, Secret)>,
 
     /// Write the log (and the engine's stderr) to FILE, appended, instead of stderr.
     #[arg(long = "agentLog", value_name = "FILE", allow_hyphen_values = true)]
@@ -169,7 +198,8 @@ pub(super) struct Args {
     #[arg(
         long = "loggingConfig",
         value_name = "FILE",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::logging_config_arg),
     )]
     pub(super) logging_config: Option<PathBuf>,
 
@@ -185,9 +215,10 @@ pub(super) struct Args {
     #[arg(
         long = "engine-command", help_heading = OURS,
         value_name = "CMD",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::engine_command),
     )]
-    pub(super) engine_command: Option<String>,
+    pub(super) engine_command: Option<Argv>,
 
     /// Control socket path [default: WORKDIR/INTERNALDIR/control.sock].
     #[arg(
@@ -205,29 +236,35 @@ pub(super) struct Args {
     )]
     pub(super) control_group: Option<String>,
 
-    /// Return home when a borrower was unreachable or refusing this long [default: 5m].
+    /// Return home when a borrower was unreachable or refusing this long.
     #[arg(
         long = "borrow-give-up", help_heading = OURS,
         value_name = "DURATION",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::duration),
+        default_value = "5m",
     )]
-    pub(super) borrow_give_up: Option<String>,
+    pub(super) borrow_give_up: Duration,
 
-    /// After a lease expired, how long a busy agent may finish before it goes home anyway [default: 10m].
+    /// After a lease expired, how long a busy agent may finish before it goes home anyway.
     #[arg(
         long = "lease-grace", help_heading = OURS,
         value_name = "DURATION",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::duration),
+        default_value = "10m",
     )]
-    pub(super) lease_grace: Option<String>,
+    pub(super) lease_grace: Duration,
 
-    /// How long the channel must carry nothing but pings before the agent counts as idle and may move [default: 5s].
+    /// How long the channel must carry nothing but pings before the agent counts as idle and may move.
     #[arg(
         long = "quiet-period", help_heading = OURS,
         value_name = "DURATION",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::duration),
+        default_value = "5s",
     )]
-    pub(super) quiet_period: Option<String>,
+    pub(super) quiet_period: Duration,
 
     /// Keep no engine started ahead of a move (the pending borrower's, or home's while borrowed); saves a JVM's memory, costs a JVM start per move.
     #[arg(long = "no-warm-engine", help_heading = OURS)]
@@ -237,41 +274,49 @@ pub(super) struct Args {
     #[arg(long = "no-class-sharing", help_heading = OURS)]
     pub(super) no_class_sharing: bool,
 
-    /// How long the first engine of a jar records the classes it loads before the sharing archive is made from them [default: 60s].
+    /// How long the first engine of a jar records the classes it loads before the sharing archive is made from them.
     #[arg(
         long = "class-sharing-after", help_heading = OURS,
         value_name = "DURATION",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::duration),
+        default_value = "60s",
     )]
-    pub(super) class_sharing_after: Option<String>,
+    pub(super) class_sharing_after: Duration,
 
     /// Where the current target (home or borrowed) survives restarts [default: WORKDIR/INTERNALDIR/state.json].
     #[arg(long = "state-file", help_heading = OURS, value_name = "PATH", allow_hyphen_values = true)]
     pub(super) state_file: Option<PathBuf>,
 
-    /// First wait before reconnecting (doubles up to --reconnect-max-delay) [default: 1s].
+    /// First wait before reconnecting (doubles up to --reconnect-max-delay).
     #[arg(
         long = "reconnect-delay", help_heading = OURS,
         value_name = "DURATION",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::duration),
+        default_value = "1s",
     )]
-    pub(super) reconnect_delay: Option<String>,
+    pub(super) reconnect_delay: Duration,
 
-    /// Longest wait between reconnection attempts [default: 30s].
+    /// Longest wait between reconnection attempts.
     #[arg(
         long = "reconnect-max-delay", help_heading = OURS,
         value_name = "DURATION",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::duration),
+        default_value = "30s",
     )]
-    pub(super) reconnect_max_delay: Option<String>,
+    pub(super) reconnect_max_delay: Duration,
 
-    /// Reconnect a WebSocket that carried no frame for this long [default: 40s].
+    /// Reconnect a WebSocket that carried no frame for this long.
     #[arg(
         long = "web-socket-idle-timeout", help_heading = OURS,
         value_name = "DURATION",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = checked(values::duration),
+        default_value = "40s",
     )]
-    pub(super) web_socket_idle_timeout: Option<String>,
+    pub(super) web_socket_idle_timeout: Duration,
 
     /// Keep a link to this lending pool (jnlp-lender), http(s)://HOST[:PORT][/PATH]; repeatable
     /// (or comma-separated) for an active lender and its standbys, tried in order.
@@ -282,18 +327,19 @@ pub(super) struct Args {
     #[arg(
         long = "lender-token-file", help_heading = OURS,
         value_name = "FILE",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        env = "JNLP_AGENT_LENDER_TOKEN_FILE",
+        hide_env_values = true,
     )]
     pub(super) lender_token_file: Option<PathBuf>,
 
     /// Labels announced to --lender, separated by spaces or commas; repeatable. os, arch and the Linux distribution are added.
-    #[arg(long = "labels", help_heading = OURS, value_name = "LABELS", action = ArgAction::Append, allow_hyphen_values = true)]
+    #[arg(long = "labels", help_heading = OURS, value_name = "LABELS", action = ArgAction::Append, allow_hyphen_values = true, env = "JNLP_AGENT_LABELS", hide_env_values = true)]
     pub(super) labels: Vec<String>,
 
     /// Log output format: text or json [default: text].
-    // Checked by us, not clap's value_enum: clap would quote the value.
-    #[arg(long = "log-format", help_heading = OURS, value_name = "FORMAT", allow_hyphen_values = true)]
-    pub(super) log_format: Option<String>,
+    #[arg(long = "log-format", help_heading = OURS, value_name = "FORMAT", allow_hyphen_values = true, value_parser = checked(values::log_format))]
+    pub(super) log_format: Option<LogFormat>,
 
     /// Show this help (also -help).
     #[arg(short = 'h', long = "help", action = ArgAction::Help)]

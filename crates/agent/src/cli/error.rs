@@ -293,6 +293,13 @@ pub enum CliError {
         reason: String,
     },
 
+    /// A value that is not UTF-8 text (not quoted: it may be a secret).
+    #[error("{option}: the value is not UTF-8 text")]
+    NotUtf8 {
+        /// The option.
+        option: &'static str,
+    },
+
     /// `--engine-command` with nothing but whitespace.
     #[error("--engine-command needs a command: a program and its arguments separated by spaces")]
     EmptyEngineCommand,

@@ -4,34 +4,15 @@
 
 use std::path::PathBuf;
 
+use std::collections::HashMap;
+
 use super::args::Args;
-use super::{values, CliError};
-use crate::settings::{JavaSettings, LenderSettings, LogFormat, Settings, TransportChoice};
-
-/// How long a borrower may be unreachable before the agent goes home.
-const DEFAULT_BORROW_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(300);
-/// How long the channel must be quiet (pings aside) before the agent is idle.
-const DEFAULT_QUIET_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
-/// How long a jar's first engine records its classes for the sharing archive.
-const DEFAULT_CLASS_SHARING_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
-/// How long a busy agent may stay after its lease expired.
-const DEFAULT_LEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
-/// How long a WebSocket may carry no frame before it counts as dead: a
-/// little over the controller's 30 s ping interval.
-const DEFAULT_WEB_SOCKET_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(40);
-/// First wait before reconnecting.
-const DEFAULT_RECONNECT_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
-/// Longest wait between attempts.
-const DEFAULT_RECONNECT_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// One of our duration options, or its default.
-fn duration_or(
-    value: Option<String>,
-    option: &'static str,
-    default: std::time::Duration,
-) -> Result<std::time::Duration, CliError> {
-    value.map_or(Ok(default), |text| values::duration(option, &text))
-}
+use super::environment::Parsed;
+use super::values::{self, SecretArg};
+use super::CliError;
+use crate::settings::{
+    Credentials, HostPort, JavaSettings, LenderSettings, Settings, TransportChoice, Tunnel,
+};
 
 /// The image's environment variables, trimmed (the script word-splits them),
 /// empty meaning unset.
@@ -54,6 +35,16 @@ impl Env<'_> {
 struct Sourced<T> {
     value: T,
     from: &'static str,
+}
+
+/// Where option `id` came from: the variable `environment` took it from,
+/// else `option`.
+fn origin(
+    from_env: &HashMap<&'static str, &'static str>,
+    id: &str,
+    option: &'static str,
+) -> &'static str {
+    from_env.get(id).copied().unwrap_or(option)
 }
 
 fn opt<T>(value: Option<T>, from: &'static str) -> Option<Sourced<T>> {
@@ -99,31 +90,34 @@ const DIRECT: &str = "-direct (or JENKINS_DIRECT_CONNECTION)";
 /// The options (or their variables) that decide where the agent connects,
 /// each with where it came from, for the combination rules and messages.
 struct Sources {
-    secret: Option<Sourced<String>>,
+    secret: Option<Sourced<SecretArg>>,
     name: Option<Sourced<String>>,
     urls: Option<Sourced<Vec<String>>>,
     work_dir: Option<Sourced<PathBuf>>,
-    direct: Option<Sourced<String>>,
+    direct: Option<Sourced<HostPort>>,
     identity: Option<Sourced<String>>,
     protocols: Option<Sourced<Vec<String>>>,
-    tunnel: Option<Sourced<String>>,
+    tunnel: Option<Sourced<Tunnel>>,
     jnlp_url: Option<Sourced<String>>,
-    credentials: Option<Sourced<String>>,
+    credentials: Option<Sourced<Credentials>>,
     /// `-webSocket` or `JENKINS_WEB_SOCKET=true`.
     web_socket: Option<&'static str>,
 }
 
 impl Sources {
-    /// Takes them out of `args`: options first, then the image's
-    /// variables; the legacy positional form is exactly SECRET NAME.
-    fn gather(args: &mut Args, env: &Env<'_>) -> Result<Sources, CliError> {
+    /// Takes them out of `parsed`: an option or its variable (see
+    /// `environment`), else the legacy positional form, exactly SECRET NAME.
+    fn gather(parsed: &mut Parsed) -> Result<Sources, CliError> {
+        let args = &mut parsed.args;
+        let origin = |id: &str, option| parsed.from_env.get(id).copied().unwrap_or(option);
         let (positional_secret, positional_name) =
             match <[String; 2]>::try_from(std::mem::take(&mut args.legacy)) {
                 Ok([secret, name]) => (Some(secret), Some(name)),
                 Err(v) if v.is_empty() => (None, None),
                 Err(v) => return Err(CliError::PositionalCount { count: v.len() }),
             };
-        let option_secret = non_empty(args.secret.take());
+        // With the positional form no variable applies, so these are options.
+        let option_secret = args.secret.take().filter(|s| !s.secret.expose().is_empty());
         let option_name = non_empty(args.name.take());
         if option_secret.is_some() && positional_secret.is_some() {
             return Err(CliError::PositionalAndOption {
@@ -137,47 +131,37 @@ impl Sources {
                 option: "-name",
             });
         }
-        let listed = |values: Vec<String>, option, variable| {
-            opt((!values.is_empty()).then_some(values), option).or(env.sourced(variable).map(|s| {
-                Sourced {
-                    value: vec![s.value],
-                    from: s.from,
-                }
-            }))
-        };
+        let listed =
+            |values: Vec<String>, option| opt((!values.is_empty()).then_some(values), option);
         Ok(Sources {
-            secret: opt(option_secret, "-secret")
-                .or(opt(positional_secret, POSITIONAL_SECRET))
-                .or(env.sourced("JENKINS_SECRET")),
-            name: opt(option_name, "-name")
-                .or(opt(positional_name, POSITIONAL_NAME))
-                .or(env.sourced("JENKINS_AGENT_NAME"))
-                .or(env.sourced("JENKINS_NAME")),
-            urls: listed(std::mem::take(&mut args.url), "-url", "JENKINS_URL"),
-            work_dir: opt(args.work_dir.take(), "-workDir").or(env
-                .sourced("JENKINS_AGENT_WORKDIR")
-                .map(|s| Sourced {
-                    value: PathBuf::from(s.value),
-                    from: s.from,
-                })),
-            direct: opt(args.direct.take(), "-direct").or(env.sourced("JENKINS_DIRECT_CONNECTION")),
-            identity: opt(args.instance_identity.take(), "-instanceIdentity")
-                .or(env.sourced("JENKINS_INSTANCE_IDENTITY")),
+            secret: opt(option_secret, origin("secret", "-secret")).or(opt(
+                positional_secret.map(SecretArg::literal),
+                POSITIONAL_SECRET,
+            )),
+            name: opt(option_name, origin("name", "-name"))
+                .or(opt(positional_name, POSITIONAL_NAME)),
+            urls: listed(std::mem::take(&mut args.url), origin("url", "-url")),
+            work_dir: opt(args.work_dir.take(), origin("work_dir", "-workDir")),
+            direct: opt(args.direct.take(), origin("direct", "-direct")),
+            identity: opt(
+                args.instance_identity.take(),
+                origin("instance_identity", "-instanceIdentity"),
+            ),
             protocols: listed(
                 std::mem::take(&mut args.protocols),
-                "-protocols",
-                "JENKINS_PROTOCOLS",
+                origin("protocols", "-protocols"),
             ),
-            tunnel: opt(args.tunnel.take(), "-tunnel").or(env.sourced("JENKINS_TUNNEL")),
+            tunnel: opt(args.tunnel.take(), origin("tunnel", "-tunnel")),
             jnlp_url: opt(args.jnlp_url.take(), "-jnlpUrl"),
             credentials: opt(args.credentials.take(), "-credentials"),
             // The image's script adds -webSocket for exactly "true".
-            web_socket: if args.web_socket {
-                Some("-webSocket")
-            } else {
-                (env.get("JENKINS_WEB_SOCKET").as_deref() == Some("true"))
-                    .then_some("JENKINS_WEB_SOCKET=true")
-            },
+            web_socket: args
+                .web_socket
+                .then_some(if parsed.from_env.contains_key("web_socket") {
+                    "JENKINS_WEB_SOCKET=true"
+                } else {
+                    "-webSocket"
+                }),
         })
     }
 
@@ -265,8 +249,9 @@ impl Sources {
     }
 }
 
-pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliError> {
-    let sources = Sources::gather(&mut args, env)?;
+pub(super) fn settings(mut parsed: Parsed, env: &Env<'_>) -> Result<Settings, CliError> {
+    let sources = Sources::gather(&mut parsed)?;
+    let Parsed { args, from_env, .. } = parsed;
     sources.check(&args)?;
     let Sources {
         secret,
@@ -283,96 +268,12 @@ pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliErr
     } = sources;
 
     // The values themselves.
-    let urls = match urls {
-        Some(s) => s
-            .value
-            .iter()
-            .map(|u| values::controller_url(s.from, u))
-            .collect::<Result<Vec<_>, _>>()?,
-        None => Vec::new(),
-    };
-    if let Some(j) = &jnlp_url {
-        values::check_http_url(j.from, &j.value)?;
-    }
     let mut exposed_secret_files = Vec::new();
-    let secret = secret
-        .map(|s| {
-            values::secret(
-                s.from,
-                &s.value,
-                s.from == "-secret",
-                &mut exposed_secret_files,
-            )
-        })
-        .transpose()?;
-    let credentials = credentials
-        .map(|c| values::credentials(c.from, &c.value))
-        .transpose()?;
-    let proxy_credentials = args
-        .proxy_credentials
-        .map(|c| values::credentials("-proxyCredentials", &c))
-        .transpose()?;
-    let direct = direct
-        .map(|d| values::host_port(d.from, &d.value))
-        .transpose()?;
-    let instance_identity = identity
-        .map(|i| values::instance_identity(i.from, &i.value))
-        .transpose()?;
-    let tunnel = tunnel
-        .map(|t| values::tunnel(t.from, &t.value))
-        .transpose()?;
-    let certs = args
-        .cert
-        .iter()
-        .map(|c| values::cert("-cert", c))
-        .collect::<Result<Vec<_>, _>>()?;
-    let no_reconnect_after = args
-        .no_reconnect_after
-        .map(|d| values::duration("-noReconnectAfter", &d))
-        .transpose()?;
-    let web_socket_headers = args
-        .web_socket_header
-        .iter()
-        .map(|h| values::header("-webSocketHeader", h))
-        .collect::<Result<Vec<_>, _>>()?;
-    let web_socket_idle_timeout = duration_or(
-        args.web_socket_idle_timeout,
-        "--web-socket-idle-timeout",
-        DEFAULT_WEB_SOCKET_IDLE_TIMEOUT,
-    )?;
-    let borrow_give_up = duration_or(
-        args.borrow_give_up,
-        "--borrow-give-up",
-        DEFAULT_BORROW_GIVE_UP,
-    )?;
-    let lease_grace = duration_or(args.lease_grace, "--lease-grace", DEFAULT_LEASE_GRACE)?;
-    let quiet_period = duration_or(args.quiet_period, "--quiet-period", DEFAULT_QUIET_PERIOD)?;
-    let class_sharing_after = duration_or(
-        args.class_sharing_after,
-        "--class-sharing-after",
-        DEFAULT_CLASS_SHARING_AFTER,
-    )?;
-    let reconnect_delay = duration_or(
-        args.reconnect_delay,
-        "--reconnect-delay",
-        DEFAULT_RECONNECT_DELAY,
-    )?;
-    let reconnect_max_delay = duration_or(
-        args.reconnect_max_delay,
-        "--reconnect-max-delay",
-        DEFAULT_RECONNECT_MAX_DELAY,
-    )?
-    .max(reconnect_delay);
-    let engine_command = match args.engine_command {
-        Some(cmd) => {
-            let argv: Vec<String> = cmd.split_whitespace().map(str::to_owned).collect();
-            if argv.is_empty() {
-                return Err(CliError::EmptyEngineCommand);
-            }
-            Some(argv)
-        }
-        None => None,
-    };
+    let secret = secret.map(|s| {
+        exposed_secret_files.extend(s.value.exposed);
+        s.value.secret
+    });
+    let credentials = credentials.map(|c| c.value);
     let lender = lender(
         opt((!args.lender.is_empty()).then_some(args.lender), "--lender").or(env
             .sourced("JNLP_AGENT_LENDER")
@@ -380,31 +281,22 @@ pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliErr
                 value: vec![s.value],
                 from: s.from,
             })),
-        opt(args.lender_token_file, "--lender-token-file").or(env
-            .sourced("JNLP_AGENT_LENDER_TOKEN_FILE")
-            .map(|s| Sourced {
-                value: PathBuf::from(s.value),
-                from: s.from,
-            })),
-        opt((!args.labels.is_empty()).then_some(args.labels), "--labels").or(env
-            .sourced("JNLP_AGENT_LABELS")
-            .map(|s| Sourced {
-                value: vec![s.value],
-                from: s.from,
-            })),
+        opt(
+            args.lender_token_file,
+            origin(&from_env, "lender_token_file", "--lender-token-file"),
+        ),
+        opt(
+            (!args.labels.is_empty()).then_some(args.labels),
+            origin(&from_env, "labels", "--labels"),
+        ),
         name.as_ref().map(|n| n.value.as_str()),
         jnlp_url.as_ref().map(|j| j.value.as_str()),
         &mut exposed_secret_files,
     )?;
-    let log_format = match args.log_format.as_deref() {
-        None | Some("text") => LogFormat::Text,
-        Some("json") => LogFormat::Json,
-        Some(_) => return Err(CliError::BadLogFormat),
-    };
-    let java = java(env, args.logging_config.as_deref())?;
+    let java = java(env, args.logging_config);
 
     Ok(Settings {
-        urls,
+        urls: urls.map(|u| u.value).unwrap_or_default(),
         // agent.jar has one credentials option: with -jnlpUrl it authorises
         // the JNLP fetch and then the web port.
         jnlp_credentials: jnlp_url.as_ref().and(credentials.clone()),
@@ -414,42 +306,42 @@ pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliErr
         work_dir: work_dir.map(|w| w.value),
         internal_dir: args.internal_dir.unwrap_or_else(|| "remoting".to_owned()),
         fail_if_work_dir_is_missing: args.fail_if_work_dir_is_missing,
-        direct,
-        instance_identity,
+        direct: direct.map(|d| d.value),
+        instance_identity: identity.map(|i| i.value),
         protocols: protocols
             .map(|p| values::protocols(p.value.iter().map(String::as_str)))
             .unwrap_or_default(),
-        tunnel,
+        tunnel: tunnel.map(|t| t.value),
         credentials,
-        proxy_credentials,
-        certs,
+        proxy_credentials: args.proxy_credentials,
+        certs: args.cert,
         no_certificate_check: args.no_certificate_check,
         no_reconnect: args.no_reconnect,
-        no_reconnect_after,
+        no_reconnect_after: args.no_reconnect_after,
         no_keep_alive: args.no_keep_alive,
         transport: if web_socket.is_some() {
             TransportChoice::WebSocket
         } else {
             TransportChoice::Tcp
         },
-        web_socket_headers,
-        web_socket_idle_timeout,
+        web_socket_headers: args.web_socket_header,
+        web_socket_idle_timeout: args.web_socket_idle_timeout,
         jar_cache: args.jar_cache,
         java,
         engine_jar: args.engine_jar,
-        engine_command,
-        reconnect_delay,
-        reconnect_max_delay,
+        engine_command: args.engine_command.map(|argv| argv.0),
+        reconnect_delay: args.reconnect_delay,
+        reconnect_max_delay: args.reconnect_max_delay.max(args.reconnect_delay),
         control_socket: args.control_socket,
         control_group: args.control_group,
-        borrow_give_up,
-        lease_grace,
-        quiet_period,
+        borrow_give_up: args.borrow_give_up,
+        lease_grace: args.lease_grace,
+        quiet_period: args.quiet_period,
         warm_engine: !args.no_warm_engine,
         class_sharing: !args.no_class_sharing,
-        class_sharing_after,
+        class_sharing_after: args.class_sharing_after,
         state_file: args.state_file,
-        log_format,
+        log_format: args.log_format.unwrap_or_default(),
         agent_log: args.agent_log,
         lender,
         exposed_secret_files,
@@ -457,7 +349,8 @@ pub(super) fn settings(mut args: Args, env: &Env<'_>) -> Result<Settings, CliErr
 }
 
 /// How to start the engine JVM: the image's variables, and `-loggingConfig`.
-fn java(env: &Env<'_>, logging_config: Option<&std::path::Path>) -> Result<JavaSettings, CliError> {
+/// `logging_config` was checked (and made absolute) by its value parser.
+fn java(env: &Env<'_>, logging_config: Option<PathBuf>) -> JavaSettings {
     // The user's options replace our defaults whole.
     let user_java_opts = env
         .get("JENKINS_JAVA_OPTS")
@@ -471,19 +364,18 @@ fn java(env: &Env<'_>, logging_config: Option<&std::path::Path>) -> Result<JavaS
             .collect(),
     };
     if let Some(config) = logging_config {
-        let config = values::logging_config(config)?;
         // The user's own property wins: they set it on purpose, and the JVM
         // would take whichever comes last.
         if !java_opts.iter().any(|o| o.starts_with(JUL_CONFIG_FILE)) {
             java_opts.push(format!("{JUL_CONFIG_FILE}{}", config.display()));
         }
     }
-    Ok(JavaSettings {
+    JavaSettings {
         java_bin: env.get("JENKINS_JAVA_BIN").map(PathBuf::from),
         java_home: env.get("JAVA_HOME").map(PathBuf::from),
         java_opts,
         sized_window,
-    })
+    }
 }
 
 /// `--lender` with its token file and labels (each option or its

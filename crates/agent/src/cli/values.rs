@@ -10,7 +10,7 @@ use control::secret_file::{readable_by_others, ReadableByOthers};
 
 use super::CliError;
 use crate::connect::address::{self, AddressError};
-use crate::settings::{CertPem, Credentials, HostPort, Secret, Tunnel};
+use crate::settings::{CertPem, Credentials, HostPort, LogFormat, Secret, Tunnel};
 
 /// `@FILE` arguments are small (a secret, a certificate chain); the cap keeps
 /// `-secret @/dev/zero` from eating memory. agent.jar caps certificates at
@@ -26,6 +26,12 @@ pub(super) fn controller_url(option: &'static str, value: &str) -> Result<String
         url.push('/');
     }
     Ok(url)
+}
+
+/// `-jnlpUrl`: an absolute http(s) URL with a host, kept as given.
+pub(super) fn http_url(option: &'static str, value: &str) -> Result<String, CliError> {
+    check_http_url(option, value)?;
+    Ok(value.to_owned())
 }
 
 /// An absolute `http://` or `https://` URL with a host.
@@ -184,6 +190,36 @@ pub(super) fn secret(
     Ok(Secret::new(secret))
 }
 
+/// A secret with, when it was read from a file other users can read, the
+/// warning to log once logging is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SecretArg {
+    pub(super) secret: Secret,
+    pub(super) exposed: Option<ReadableByOthers>,
+}
+
+impl SecretArg {
+    /// A secret given as it is (a variable, a positional argument).
+    pub(super) fn literal(value: impl Into<String>) -> Self {
+        Self {
+            secret: Secret::new(value),
+            exposed: None,
+        }
+    }
+}
+
+/// `-secret S`, `-secret @FILE` or `JENKINS_SECRET` as a value parser: an
+/// option (its name starts with `-`) reads `@FILE`, the variable is taken
+/// literally (the image's script passes it on as it is).
+pub(super) fn secret_arg(option: &'static str, value: &str) -> Result<SecretArg, CliError> {
+    let mut exposed = Vec::new();
+    let secret = secret(option, value, option.starts_with('-'), &mut exposed)?;
+    Ok(SecretArg {
+        secret,
+        exposed: exposed.pop(),
+    })
+}
+
 /// `-cert PEM` or `-cert @FILE`; must contain a PEM certificate block.
 pub(super) fn cert(option: &'static str, value: &str) -> Result<CertPem, CliError> {
     const MARKER: &str = "-----BEGIN CERTIFICATE-----";
@@ -205,6 +241,29 @@ pub(super) fn cert(option: &'static str, value: &str) -> Result<CertPem, CliErro
         });
     }
     Ok(CertPem(value.to_owned()))
+}
+
+/// `--log-format`: `text` or `json` (ours, not clap's `value_enum`, which
+/// would quote the value).
+pub(super) fn log_format(_option: &'static str, value: &str) -> Result<LogFormat, CliError> {
+    match value {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(CliError::BadLogFormat),
+    }
+}
+
+/// A command line split on whitespace (`--engine-command`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Argv(pub(super) Vec<String>);
+
+/// `--engine-command CMD`: a program and its arguments, split on whitespace.
+pub(super) fn engine_command(_option: &'static str, value: &str) -> Result<Argv, CliError> {
+    let argv: Vec<String> = value.split_whitespace().map(str::to_owned).collect();
+    if argv.is_empty() {
+        return Err(CliError::EmptyEngineCommand);
+    }
+    Ok(Argv(argv))
 }
 
 /// `-instanceIdentity`: the controller's public key, standard base64.
@@ -296,6 +355,11 @@ pub(super) fn token_file(
         ));
     }
     Ok(Secret::new(token))
+}
+
+/// [`logging_config`] as a value parser.
+pub(super) fn logging_config_arg(_option: &'static str, value: &str) -> Result<PathBuf, CliError> {
+    logging_config(Path::new(value))
 }
 
 /// `-loggingConfig FILE`: an existing regular file, made absolute because

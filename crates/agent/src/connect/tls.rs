@@ -9,9 +9,8 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use remoting_protocol::tls::AnyCertificateVerifier;
+use rustls::{ClientConfig, RootCertStore};
 
 use super::web::{parse_cert_pem, HttpSetupError};
 use crate::settings::Settings;
@@ -27,7 +26,8 @@ pub fn client_config(settings: &Settings) -> Result<Arc<ClientConfig>, HttpSetup
     let config = if settings.no_certificate_check {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider)))
+            // Signatures are still checked, so the handshake itself stays sound.
+            .with_custom_certificate_verifier(Arc::new(AnyCertificateVerifier::new(provider)))
             .with_no_client_auth()
     } else {
         let mut roots = RootCertStore::empty();
@@ -46,54 +46,4 @@ pub fn client_config(settings: &Settings) -> Result<Arc<ClientConfig>, HttpSetup
         builder.with_root_certificates(roots).with_no_client_auth()
     };
     Ok(Arc::new(config))
-}
-
-/// `-noCertificateCheck`: every certificate is accepted; signatures are
-/// still checked so that the handshake itself stays sound.
-#[derive(Debug)]
-struct AcceptAnything(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnything {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

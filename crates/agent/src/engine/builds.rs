@@ -176,16 +176,7 @@ mod tests {
     fn a_build_process_counts_from_the_next_tick_and_not_after_its_end() {
         // Detached (`sh` exits, the sleep is re-parented away from this
         // process): only the marker finds it.
-        let out = std::process::Command::new("sh")
-            .args(["-c", "sleep 30 </dev/null >/dev/null 2>&1 & echo $!"])
-            .env(SESSION_ENV, session_marker())
-            .output()
-            .unwrap();
-        let detached: u32 = String::from_utf8(out.stdout)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let detached = processes::spawn_detached_sleep(SESSION_ENV, session_marker());
         // A child without the marker: only ancestry finds it.
         let mut child = std::process::Command::new("sleep")
             .arg("30")

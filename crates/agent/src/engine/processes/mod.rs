@@ -207,6 +207,21 @@ pub fn live_descendants(table: &impl ProcessTable, root: u32) -> Vec<u32> {
     census(table, NO_MARKER, root, &[]).builds
 }
 
+/// Test seam: a `sleep 30` that `sh` detaches (re-parented away from this
+/// process), carrying `name=value` in its environment; its pid.
+#[cfg(test)]
+pub fn spawn_detached_sleep(name: &str, value: &str) -> u32 {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "sleep 30 </dev/null >/dev/null 2>&1 & echo $!"])
+        .env(name, value)
+        .output()
+        .expect("sh runs");
+    String::from_utf8(out.stdout)
+        .ok()
+        .and_then(|pid| pid.trim().parse().ok())
+        .expect("sh printed the pid")
+}
+
 /// The build processes now (see [`census_of`]).
 pub fn census(table: &impl ProcessTable, marker: &[u8], root: u32, exclude: &[u32]) -> Census {
     census_of(&table.scan(marker), root, exclude)
@@ -419,16 +434,7 @@ mod tests {
             .env_remove(name)
             .spawn()
             .unwrap();
-        let out = std::process::Command::new("sh")
-            .args(["-c", "sleep 30 </dev/null >/dev/null 2>&1 & echo $!"])
-            .env(name, value)
-            .output()
-            .unwrap();
-        let detached: u32 = String::from_utf8(out.stdout)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let detached = spawn_detached_sleep(name, value);
         let me = std::process::id();
         let table = os();
         let now = census(&table, marker.as_bytes(), me, &[]);
