@@ -142,7 +142,8 @@ use clap::error::ErrorKind;
 
 pub use error::CliError;
 
-use merge::{settings, Env};
+use environment::Env;
+use merge::settings;
 use spelling::{agent_jar_spelling, prepass, redact};
 
 use crate::settings::Settings;

@@ -8,12 +8,9 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 
-use super::typed::checked;
+use super::typed::{checked, OURS};
 use super::values::{self, Argv, SecretArg};
 use crate::settings::{CertPem, Credentials, HostPort, LogFormat, Secret, Tunnel};
-
-/// The help heading of our own options, which are double-dash only.
-pub(super) const OURS: &str = "jnlp-agent's own options (double-dash only)";
 
 pub(super) const USAGE: &str = "jnlp-agent -url URL -secret SECRET -name NAME [OPTIONS]
        jnlp-agent -jnlpUrl URL [-secret SECRET | -jnlpCredentials USER:PASSWORD] [OPTIONS]

@@ -24,9 +24,20 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory as _, FromArgMatches as _};
 
 use super::args::Args;
-use super::merge::Env;
 use super::typed::intern;
 use super::values::SecretArg;
+
+/// The image's environment variables, trimmed (the script word-splits them),
+/// empty meaning unset.
+pub(super) struct Env<'a>(pub(super) &'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    pub(super) fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+}
 
 /// The legacy positional arguments' id in [`Args`].
 const LEGACY: &str = "legacy";

@@ -7,24 +7,14 @@ use std::path::PathBuf;
 use std::collections::HashMap;
 
 use super::args::Args;
-use super::environment::Parsed;
+use super::environment::{Env, Parsed};
 use super::values::{self, SecretArg};
 use super::CliError;
 use crate::settings::{
     Credentials, HostPort, JavaSettings, LenderSettings, Settings, TransportChoice, Tunnel,
 };
 
-/// The image's environment variables, trimmed (the script word-splits them),
-/// empty meaning unset.
-pub(super) struct Env<'a>(pub(super) &'a dyn Fn(&str) -> Option<String>);
-
 impl Env<'_> {
-    pub(super) fn get(&self, name: &str) -> Option<String> {
-        (self.0)(name)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-    }
-
     fn sourced(&self, name: &'static str) -> Option<Sourced<String>> {
         self.get(name).map(|value| Sourced { value, from: name })
     }

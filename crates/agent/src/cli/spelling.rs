@@ -14,7 +14,8 @@ use std::sync::OnceLock;
 
 use clap::CommandFactory as _;
 
-use super::args::{Args, OURS};
+use super::args::Args;
+use super::typed::OURS;
 use super::CliError;
 
 /// Whether an option takes a value.

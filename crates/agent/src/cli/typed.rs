@@ -17,8 +17,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use clap::builder::TypedValueParser;
 use clap::{Arg, Command};
 
-use super::args::OURS;
 use super::CliError;
+
+/// The help heading of our own options, which are double-dash only.
+pub(super) const OURS: &str = "jnlp-agent's own options (double-dash only)";
 
 /// A value parser from one of `values`' functions: `parse(option, text)`.
 pub(super) struct Checked<T> {

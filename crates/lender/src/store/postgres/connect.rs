@@ -11,10 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::config::{Host, SslMode};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use remoting_protocol::tls::AnyCertificateVerifier;
+use rustls::pki_types::CertificateDer;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::store::StoreError;
@@ -154,6 +152,9 @@ fn location_of(config: &postgres::Config) -> PathBuf {
     PathBuf::from(format!("postgres://{user}@{host}:{port}/{db}"))
 }
 
+/// `sslmode=prefer`/`require` (`verify` false): encrypted, the certificate
+/// not checked (libpq's meaning), the handshake's signatures still are;
+/// `verify-full`: checked against the system roots or `sslrootcert`.
 fn tls_config(verify: bool, rootcert: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -162,7 +163,7 @@ fn tls_config(verify: bool, rootcert: Option<&Path>) -> Result<rustls::ClientCon
     if !verify {
         return Ok(builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+            .with_custom_certificate_verifier(Arc::new(AnyCertificateVerifier::new(provider)))
             .with_no_client_auth());
     }
     let mut roots = rustls::RootCertStore::empty();
@@ -189,57 +190,6 @@ fn tls_config(verify: bool, rootcert: Option<&Path>) -> Result<rustls::ClientCon
         return Err("sslmode=verify-full: no trusted roots (give sslrootcert=PATH)".into());
     }
     Ok(builder.with_root_certificates(roots).with_no_client_auth())
-}
-
-/// `sslmode=prefer`/`require`: encrypted, the certificate not checked
-/// (libpq's meaning; `verify-full` checks it). The handshake's signatures
-/// are still verified.
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]
