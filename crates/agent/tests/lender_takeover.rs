@@ -13,16 +13,14 @@ mod common;
 #[path = "../../lender/tests/pg_support/mod.rs"]
 mod pg_support;
 
-use std::io::{BufRead as _, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{closed, fake_engine, temp_dir, until_online, AgentProcess};
 use pg_support::TestPg;
 use serde_json::Value;
+use test_support::lender::ServeProcess;
 use test_support::until_some;
 use testkit::{Peer, TestController};
 
@@ -51,77 +49,6 @@ fn lender_bin() -> PathBuf {
     }
     assert!(bin.exists(), "{} is missing", bin.display());
     bin
-}
-
-/// A `jnlp-lender serve` process; killed on drop.
-struct Serve {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Serve {
-    fn start(db: &str, name: &str) -> Serve {
-        let mut child = Command::new(lender_bin())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                name,
-                "--db",
-                db,
-            ])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("jnlp-lender starts");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let log = Arc::new(Mutex::new(String::new()));
-        let push = |log: &Mutex<String>, line: &str| {
-            let mut log = log.lock().unwrap();
-            log.push_str(line);
-            log.push('\n');
-        };
-        let addr = loop {
-            let Some(Ok(line)) = lines.next() else {
-                panic!("{name} exited before listening:\n{}", log.lock().unwrap())
-            };
-            push(&log, &line);
-            if let Some(addr) = line.strip_prefix("jnlp-lender: listening on ") {
-                break addr.trim().parse::<SocketAddr>().unwrap();
-            }
-        };
-        let keep = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                push(&keep, &line);
-            }
-        });
-        Serve { child, addr, log }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// `kill -9`.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// `jnlp-lender token create KIND NAME` on `db`.
@@ -259,12 +186,12 @@ async fn real_agents_follow_a_takeover_and_the_lease_survives_it() {
         })
         .collect();
 
-    let mut active = Serve::start(&db, "lender-1");
+    let mut active = ServeProcess::start(&lender_bin(), &db, "lender-1");
     until_some("the first lender active", LONG, || async {
         (get(&active.url(), "/v1/agents", &ci).await.0 == 200).then_some(())
     })
     .await;
-    let standby = Serve::start(&db, "lender-2");
+    let standby = ServeProcess::start(&lender_bin(), &db, "lender-2");
     let (status, body) = get(&standby.url(), "/v1/agents", &ci).await;
     assert_eq!(status, 503, "the second is a standby: {body}");
 

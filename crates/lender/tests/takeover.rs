@@ -11,93 +11,15 @@
 mod pg_support;
 mod server_support;
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pg_support::TestPg;
 use serde_json::{json, Value};
-use server_support::{ok, FakeAgent, BORROWER_A};
+use server_support::{ok, FakeAgent, ServeProcess, BORROWER_A};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jnlp-lender");
-
-/// A `serve` process; killed on drop.
-struct Serve {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Serve {
-    fn start(db: &str, name: &str) -> Serve {
-        let mut child = ok(Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                name,
-                "--db",
-                db,
-            ])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn());
-        let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-        let mut lines = BufReader::new(stderr).lines();
-        let log = Arc::new(Mutex::new(String::new()));
-        let addr = loop {
-            let line = match lines.next() {
-                Some(line) => ok(line),
-                None => panic!("{name} exited before listening: {}", log_of(&log)),
-            };
-            push(&log, &line);
-            if let Some(addr) = line.strip_prefix("jnlp-lender: listening on ") {
-                break ok(addr.trim().parse::<SocketAddr>());
-            }
-        };
-        let keep = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                push(&keep, &line);
-            }
-        });
-        Serve { child, addr, log }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log(&self) -> String {
-        log_of(&self.log)
-    }
-}
-
-fn push(log: &Mutex<String>, line: &str) {
-    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-    log.push_str(line);
-    log.push('\n');
-}
-
-fn log_of(log: &Mutex<String>) -> String {
-    log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Files for the client command (token, secret), removed on drop.
 struct Files(std::path::PathBuf);
@@ -201,7 +123,7 @@ where
     }
 }
 
-async fn wait_active(serve: &Serve, token: &str, limit: Duration) {
+async fn wait_active(serve: &ServeProcess, token: &str, limit: Duration) {
     let url = serve.url();
     let deadline = Instant::now() + limit;
     loop {
@@ -261,9 +183,9 @@ async fn the_standby_takes_over_within_10s_after_sigkill_with_the_lease_and_the_
     let ci = token(&db, "--client", "ci");
     let a1 = FakeAgent::new("mac-01", &["mac"], &token(&db, "--agent", "mac-01"));
 
-    let mut first = Serve::start(&db, "lender-1");
+    let mut first = ServeProcess::start(std::path::Path::new(BIN), &db, "lender-1");
     wait_active(&first, &ci, Duration::from_secs(10)).await;
-    let second = Serve::start(&db, "lender-2");
+    let second = ServeProcess::start(std::path::Path::new(BIN), &db, "lender-2");
     // A standby: 503, Retry-After, a reason; agent links refused too.
     let (status, retry, body) = call(&second.url(), "GET", "/v1/agents", &ci, None).await;
     assert_eq!(status, 503, "{body}");
@@ -354,7 +276,7 @@ async fn the_standby_takes_over_within_10s_after_sigkill_with_the_lease_and_the_
     );
 
     // The former leader comes back: a standby.
-    let again = Serve::start(&db, "lender-1");
+    let again = ServeProcess::start(std::path::Path::new(BIN), &db, "lender-1");
     let (status, _, body) = call(&again.url(), "GET", "/v1/agents", &ci, None).await;
     assert_eq!(status, 503, "{body}\n{}", again.log());
     assert_eq!(lease_state(&second.url(), &ci, 2).await["state"], "active");
@@ -366,7 +288,7 @@ async fn a_stopped_database_makes_the_active_lender_answer_503_until_it_is_back(
     let mut pg = TestPg::start();
     let db = pg.database("outage");
     let ci = token(&db, "--client", "ci");
-    let serve = Serve::start(&db, "lender-1");
+    let serve = ServeProcess::start(std::path::Path::new(BIN), &db, "lender-1");
     wait_active(&serve, &ci, Duration::from_secs(10)).await;
     let (status, _, _) = call(
         &serve.url(),

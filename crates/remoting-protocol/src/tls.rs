@@ -10,10 +10,10 @@
 use std::io;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, OtherError, SignatureScheme};
+use rustls::{CertificateError, ClientConfig, OtherError};
 use spki::der::{Decode as _, Encode as _};
 use x509_cert::Certificate;
 
@@ -33,17 +33,22 @@ pub struct IdentityMismatch {
     pub presented: String,
 }
 
-/// The handshake-signature half of a [`ServerCertVerifier`], the same for
-/// every verifier here: checked with the `provider` field's algorithms.
+/// The handshake-signature half of a rustls certificate verifier (server or
+/// client side), the same for every verifier of the workspace: checked with
+/// the algorithms of the implementing type's `provider:
+/// Arc<CryptoProvider>` field. Exported for the test controller's
+/// client-certificate verifier; the caller depends on `rustls`.
+#[doc(hidden)]
+#[macro_export]
 macro_rules! signatures_checked_by_provider {
     () => {
         fn verify_tls12_signature(
             &self,
             message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls12_signature(
+            cert: &::rustls::pki_types::CertificateDer<'_>,
+            dss: &::rustls::DigitallySignedStruct,
+        ) -> Result<::rustls::client::danger::HandshakeSignatureValid, ::rustls::Error> {
+            ::rustls::crypto::verify_tls12_signature(
                 message,
                 cert,
                 dss,
@@ -54,10 +59,10 @@ macro_rules! signatures_checked_by_provider {
         fn verify_tls13_signature(
             &self,
             message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls13_signature(
+            cert: &::rustls::pki_types::CertificateDer<'_>,
+            dss: &::rustls::DigitallySignedStruct,
+        ) -> Result<::rustls::client::danger::HandshakeSignatureValid, ::rustls::Error> {
+            ::rustls::crypto::verify_tls13_signature(
                 message,
                 cert,
                 dss,
@@ -65,7 +70,7 @@ macro_rules! signatures_checked_by_provider {
             )
         }
 
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        fn supported_verify_schemes(&self) -> Vec<::rustls::SignatureScheme> {
             self.provider
                 .signature_verification_algorithms
                 .supported_schemes()

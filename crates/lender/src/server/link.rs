@@ -20,14 +20,12 @@ use std::time::Duration;
 
 use control::link::{AgentMessage, LenderMessage, MAX_MESSAGE};
 use futures_util::{SinkExt as _, StreamExt as _};
-use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
@@ -86,14 +84,7 @@ pub(crate) async fn upgrade(
     let mut response = Response::new(full(Vec::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
-    headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(
-        http::header::CONNECTION,
-        HeaderValue::from_static("Upgrade"),
-    );
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
+    remoting_protocol::websocket::accept_upgrade(headers, &key);
     response
 }
 

@@ -29,7 +29,7 @@ use http::HeaderName;
 pub use channel::WsChannel;
 pub use connect::connect;
 pub use request::{agents_url, login_url, upgrade_request, UpgradeHeaders};
-pub use response::{check_response, Accepted, Refusal};
+pub use response::{accept_upgrade, check_response, Accepted, Refusal};
 
 /// Most bytes in one binary message we send: one chunk, 2-byte header + 8192
 /// payload (what remoting itself sends).

@@ -7,6 +7,19 @@ use super::{CONNECTION_COOKIE, X_REMOTING_CAPABILITY, X_REMOTING_MINIMUM_VERSION
 use crate::capability::CapabilityError;
 use crate::Capability;
 
+/// The headers of a server's `101 Switching Protocols` answer to a version
+/// 13 upgrade whose `Sec-WebSocket-Key` is `key` (RFC 6455 4.2.2): what the
+/// lender's agent link and the test controller's `wsagents/` both send.
+pub fn accept_upgrade(headers: &mut HeaderMap, key: &str) {
+    use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, UPGRADE};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    }
+}
+
 /// Longest body excerpt a [`Refusal`] keeps, in characters.
 const EXCERPT_CHARS: usize = 200;
 /// How much of a body is looked at (for the excerpt and the known reasons).

@@ -3,8 +3,10 @@
 //! the agent link (`control::link`) as `jnlp-agent --lender` would.
 
 mod fake_agent;
+mod process;
 
 pub use fake_agent::{AgentState, FakeAgent};
+pub use process::ServeProcess;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -45,7 +45,6 @@ use remoting_protocol::chunk::ChunkHeader;
 use remoting_protocol::Capability;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, DuplexStream};
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -245,14 +244,7 @@ fn switching_protocols(shared: &Shared, key: &str, cookie: &str) -> Response<Bod
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
-    headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(
-        http::header::CONNECTION,
-        HeaderValue::from_static("Upgrade"),
-    );
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
+    remoting_protocol::websocket::accept_upgrade(headers, key);
     if let Ok(capability) = HeaderValue::from_str(&Capability::CURRENT.to_base64()) {
         headers.insert("x-remoting-capability", capability);
     }
