@@ -20,7 +20,11 @@
 //! - idle RSS (`VmRSS`) a few seconds after the controller's first calls;
 //! - reconnect: the controller drops the channel, then the time until the
 //!   next channel has answered its first call (the agent's warm engine, or
-//!   agent.jar reconnecting in its running JVM).
+//!   agent.jar reconnecting in its running JVM). Each channel gets a
+//!   `RealController` JVM of its own, so this includes that JVM's start and
+//!   its side of the class loading (a real controller's JVM is warm): an
+//!   upper bound, comparable between contenders only. agent.jar waits
+//!   remoting's own 10 s before it reconnects.
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
