@@ -1,0 +1,472 @@
+//! The agent running a real `remoting.jar` as its engine, side by side with
+//! `java -jar agent.jar` (the same jar) on the same controller, whose side
+//! of each channel is remoting's own stack.
+//!
+//! `BENCH_ENGINE_JAR=/path/to/remoting.jar cargo bench -p jnlp-agent --bench
+//! real_engine` (needs a JDK). Without `BENCH_ENGINE_JAR` it says so and
+//! measures nothing: the tests' engines are too small to show these figures.
+//!
+//! The test controller does discovery and JNLP4-connect; each accepted
+//! channel is handed, in stdio framing, to a `benches/java/RealController`
+//! JVM (compiled against the given jar) which drives it with remoting's
+//! `ChannelBuilder`, as a controller does: ten remote calls of a callable
+//! whose class the agent side loads from the controller, then 128 MiB
+//! streams through remoting `Pipe`s each way.
+//!
+//! Measured per contender, contenders alternating within each round:
+//! - throughput of each stream (MB/s, 10^6 bytes per second);
+//! - build-machine CPU for those bytes (user + system seconds from
+//!   `/proc/PID/stat`: the agent and its engine JVM, or agent.jar's JVM);
+//! - idle RSS (`VmRSS`) a few seconds after the controller's first calls;
+//! - reconnect: the controller drops the channel, then the time until the
+//!   next channel has answered its first call (the agent's warm engine, or
+//!   agent.jar reconnecting in its running JVM). Each channel gets a
+//!   `RealController` JVM of its own, so this includes that JVM's start and
+//!   its side of the class loading (a real controller's JVM is warm): an
+//!   upper bound, comparable between contenders only. agent.jar waits
+//!   remoting's own 10 s before it reconnects.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `BENCH_ENGINE_JAR` | unset (skip) | a real remoting.jar |
+//! | `BENCH_RUNS` | 5 | rounds; medians and ranges are over them |
+//! | `BENCH_BYTES` | 134217728 | bytes per stream |
+//! | `BENCH_VARIANTS` | unset | more agent contenders, `label=JVM options` separated by `;`, each run with those options as `JENKINS_JAVA_OPTS` (the user's options, which replace the agent's defaults) |
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::AgentProcess;
+use remoting_protocol::capability::Capability;
+use remoting_protocol::preamble::{self, PreambleReader};
+use testkit::{Channel, Peer, TestController};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+const LONG: Duration = Duration::from_secs(120);
+/// How long a contender idles after the first calls before its RSS is read.
+const SETTLE: Duration = Duration::from_secs(3);
+
+fn main() {
+    test_support::bench::block_on(run());
+}
+
+/// What drives one contender's channel: the line protocol of
+/// `RealController` over loopback.
+struct Driver {
+    lines: tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    write: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Driver {
+    async fn accept(listener: &TcpListener) -> Self {
+        let (stream, _) = tokio::time::timeout(LONG, listener.accept())
+            .await
+            .expect("the controller's JVM connects back within the deadline")
+            .expect("accept");
+        stream.set_nodelay(true).unwrap();
+        let (read, write) = stream.into_split();
+        Self {
+            lines: BufReader::new(read).lines(),
+            write,
+        }
+    }
+
+    /// Sends `command`, returns the numbers of its `ok` answer.
+    async fn ask(&mut self, command: &str) -> Vec<u64> {
+        self.write
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+        let line = tokio::time::timeout(LONG, self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{command}: no answer within {LONG:?}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{command}: the controller's JVM went away"));
+        let rest = line
+            .strip_prefix("ok")
+            .unwrap_or_else(|| panic!("{command}: {line}"));
+        rest.split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Agent,
+    AgentJar,
+}
+
+/// One contender and what it measured.
+struct Contender {
+    label: String,
+    kind: Kind,
+    node: String,
+    java_opts: Option<String>,
+    root: u32,
+    _agent: Option<AgentProcess>,
+    _jar: Option<tokio::process::Child>,
+    driver: Option<Driver>,
+    down: Vec<f64>,
+    up: Vec<f64>,
+    cpu_down: Vec<f64>,
+    cpu_up: Vec<f64>,
+    reconnect: Vec<f64>,
+    first_calls: Vec<u64>,
+    idle_rss: (u64, u64),
+}
+
+impl Contender {
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.root];
+        pids.extend(test_support::procfs::proc_descendants(self.root));
+        pids
+    }
+
+    fn cpu(&self) -> f64 {
+        self.pids()
+            .into_iter()
+            .map(test_support::procfs::proc_cpu_seconds)
+            .sum()
+    }
+
+    /// (the process started, its descendants) resident KiB.
+    fn rss(&self) -> (u64, u64) {
+        let rss = |pid| test_support::procfs::proc_status_kib(pid, "VmRSS");
+        let rest = test_support::procfs::proc_descendants(self.root)
+            .into_iter()
+            .map(rss)
+            .sum();
+        (rss(self.root), rest)
+    }
+
+    fn driver(&mut self) -> &mut Driver {
+        self.driver.as_mut().expect("connected")
+    }
+
+    /// One stream, `up` (agent → controller) or down; returns MB/s and CPU
+    /// seconds per GiB.
+    async fn stream(&mut self, up: bool, bytes: u64) {
+        let before = self.cpu();
+        let ms = self
+            .driver()
+            .ask(&format!("{} {bytes}", if up { "up" } else { "down" }))
+            .await[0];
+        let cpu = (self.cpu() - before) / (bytes as f64 / GIB);
+        let mb_per_s = bytes as f64 / 1e6 / (ms.max(1) as f64 / 1e3);
+        println!(
+            "  {:<12} {}: {:.0} MB/s, {:.2} CPU s/GiB",
+            self.label,
+            if up {
+                "agent -> controller"
+            } else {
+                "controller -> agent"
+            },
+            mb_per_s,
+            cpu
+        );
+        if up {
+            self.up.push(mb_per_s);
+            self.cpu_up.push(cpu);
+        } else {
+            self.down.push(mb_per_s);
+            self.cpu_down.push(cpu);
+        }
+    }
+
+    /// The controller drops the channel; returns when the next one has
+    /// answered its first call.
+    async fn reconnect(&mut self, controller: &TestController, listener: &TcpListener) {
+        let start = Instant::now();
+        assert!(
+            controller.disconnect(&self.node),
+            "{} was online",
+            self.node
+        );
+        self.driver = None;
+        let mut driver = Driver::accept(listener).await;
+        driver.ask("calls").await;
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "  {:<12} reconnect to first call answered: {:.0} ms",
+            self.label,
+            secs * 1e3
+        );
+        self.reconnect.push(secs);
+        self.driver = Some(driver);
+    }
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// Hands an accepted channel to a `RealController` JVM in stdio framing:
+/// our capability preamble first, then the chunk stream both ways.
+async fn relay(channel: Channel, java_cp: String, port: u16) {
+    let Channel { framed, kicked, .. } = channel;
+    let parts = framed.into_parts();
+    let (mut net_read, mut net_write) = tokio::io::split(parts.io);
+    let mut child = tokio::process::Command::new("java")
+        .args(["-XX:+UseSerialGC", "-cp", &java_cp, "RealController"])
+        .arg(port.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("java runs RealController");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let early = parts.read_buf;
+    let to_jvm = async move {
+        stdin
+            .write_all(&preamble::encode(Capability::CURRENT))
+            .await?;
+        stdin.write_all(&early).await?;
+        tokio::io::copy(&mut net_read, &mut stdin).await
+    };
+    let from_jvm = async move {
+        let mut reader = PreambleReader::new();
+        let mut buf = bytes::BytesMut::with_capacity(64 * 1024);
+        loop {
+            if stdout.read_buf(&mut buf).await? == 0 {
+                return Ok(0);
+            }
+            if reader
+                .feed(&mut buf)
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+                .is_some()
+            {
+                break;
+            }
+        }
+        net_write.write_all(&buf).await?;
+        tokio::io::copy(&mut stdout, &mut net_write).await
+    };
+    tokio::select! {
+        _ = kicked.cancelled() => {}
+        _ = to_jvm => {}
+        _ = from_jvm => {}
+    }
+    let _ = child.kill().await;
+}
+
+fn compile_controller(jar: &Path) -> PathBuf {
+    let classes = common::temp_dir("real-controller");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/java/RealController.java");
+    let compiled = std::process::Command::new("javac")
+        .arg("-cp")
+        .arg(jar)
+        .arg("-d")
+        .arg(&classes)
+        .arg(&source)
+        .status()
+        .expect("javac runs");
+    assert!(
+        compiled.success(),
+        "RealController does not compile against {jar:?}: is it a remoting.jar?"
+    );
+    classes
+}
+
+fn stats(values: &[f64], scale: f64, digits: usize) -> String {
+    let mut v: Vec<f64> = values.iter().map(|x| x * scale).collect();
+    v.sort_by(f64::total_cmp);
+    match (v.first(), v.last()) {
+        (Some(lo), Some(hi)) => {
+            format!("{:.d$} ({:.d$}-{:.d$})", v[v.len() / 2], lo, hi, d = digits)
+        }
+        _ => "-".into(),
+    }
+}
+
+fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x / y).collect()
+}
+
+async fn run() {
+    let Some(jar_path) = std::env::var_os("BENCH_ENGINE_JAR").map(PathBuf::from) else {
+        println!(
+            "real_engine: skipped: set BENCH_ENGINE_JAR to a real remoting.jar \
+             (built from jenkinsci/remoting, or a controller's jnlpJars/remoting.jar)"
+        );
+        return;
+    };
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let bytes: u64 = std::env::var("BENCH_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128 * 1024 * 1024);
+    let jar = std::fs::read(&jar_path).expect("BENCH_ENGINE_JAR is readable");
+    let classes = compile_controller(&jar_path);
+    let java_cp = format!("{}:{}", jar_path.display(), classes.display());
+
+    let mut contenders: Vec<Contender> = Vec::new();
+    let mut add = |label: &str, kind, java_opts: Option<String>| {
+        contenders.push(Contender {
+            label: label.into(),
+            kind,
+            node: format!("node-{}", contenders.len()),
+            java_opts,
+            root: 0,
+            _agent: None,
+            _jar: None,
+            driver: None,
+            down: vec![],
+            up: vec![],
+            cpu_down: vec![],
+            cpu_up: vec![],
+            reconnect: vec![],
+            first_calls: vec![],
+            idle_rss: (0, 0),
+        })
+    };
+    add("agent", Kind::Agent, None);
+    add("agent.jar", Kind::AgentJar, None);
+    for spec in std::env::var("BENCH_VARIANTS")
+        .unwrap_or_default()
+        .split(';')
+    {
+        if let Some((label, opts)) = spec.split_once('=') {
+            add(label.trim(), Kind::Agent, Some(opts.trim().to_owned()));
+        }
+    }
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut builder = TestController::builder()
+        .remoting_jar(jar)
+        .peer(Peer::script(move |ch| relay(ch, java_cp.clone(), port)));
+    for c in &contenders {
+        builder = builder.node(&c.node, SECRET);
+    }
+    let controller = builder.start().await;
+    let url = controller.url();
+    println!(
+        "real engine: {}, {} MiB streams, {} rounds, load {}",
+        jar_path.display(),
+        bytes >> 20,
+        runs,
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+
+    // One at a time, so that each control connection is known to be its own.
+    for c in &mut contenders {
+        match c.kind {
+            Kind::Agent => {
+                let mut envs = vec![];
+                if let Some(opts) = &c.java_opts {
+                    envs.push(("JENKINS_JAVA_OPTS", opts.as_str()));
+                }
+                let agent = AgentProcess::start(
+                    &["-url", &url, "-name", &c.node, "-secret", SECRET],
+                    &envs,
+                );
+                c.root = agent.pid();
+                c._agent = Some(agent);
+            }
+            Kind::AgentJar => {
+                let work = common::temp_dir("agent-jar");
+                let child = tokio::process::Command::new("java")
+                    .arg("-jar")
+                    .arg(&jar_path)
+                    .args(["-url", &url, "-name", &c.node, "-secret", SECRET])
+                    .arg("-workDir")
+                    .arg(&work)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("java -jar agent.jar starts");
+                c.root = child.id().unwrap();
+                c._jar = Some(child);
+            }
+        }
+        let mut driver = Driver::accept(&listener).await;
+        c.first_calls = driver.ask("calls").await;
+        c.driver = Some(driver);
+        tokio::time::sleep(SETTLE).await;
+        c.idle_rss = c.rss();
+        println!(
+            "  {:<12} first calls: first {} ms, ten {} ms; idle RSS {:.1} + {:.1} MiB",
+            c.label,
+            c.first_calls[0],
+            c.first_calls[1],
+            c.idle_rss.0 as f64 / 1024.0,
+            c.idle_rss.1 as f64 / 1024.0
+        );
+    }
+
+    for round in 0..runs {
+        println!("round {} of {runs}:", round + 1);
+        for c in &mut contenders {
+            c.stream(false, bytes).await;
+            c.stream(true, bytes).await;
+        }
+        for c in &mut contenders {
+            c.reconnect(&controller, &listener).await;
+        }
+    }
+
+    let base = contenders
+        .iter()
+        .position(|c| c.kind == Kind::AgentJar)
+        .unwrap();
+    let (jar_down, jar_up, jar_cpu_down, jar_cpu_up, jar_rss) = {
+        let b = &contenders[base];
+        (
+            b.down.clone(),
+            b.up.clone(),
+            b.cpu_down.clone(),
+            b.cpu_up.clone(),
+            b.idle_rss.0 + b.idle_rss.1,
+        )
+    };
+    println!(
+        "\nmedian (range) over {runs} rounds, {} MiB per stream:",
+        bytes >> 20
+    );
+    for c in &contenders {
+        println!("{}:", c.label);
+        println!(
+            "  controller -> agent {} MB/s, {} x agent.jar; CPU {} s/GiB, {} x",
+            stats(&c.down, 1.0, 0),
+            stats(&ratios(&c.down, &jar_down), 1.0, 2),
+            stats(&c.cpu_down, 1.0, 2),
+            stats(&ratios(&c.cpu_down, &jar_cpu_down), 1.0, 2)
+        );
+        println!(
+            "  agent -> controller {} MB/s, {} x agent.jar; CPU {} s/GiB, {} x",
+            stats(&c.up, 1.0, 0),
+            stats(&ratios(&c.up, &jar_up), 1.0, 2),
+            stats(&c.cpu_up, 1.0, 2),
+            stats(&ratios(&c.cpu_up, &jar_cpu_up), 1.0, 2)
+        );
+        let rss = c.idle_rss.0 + c.idle_rss.1;
+        println!(
+            "  idle RSS after the first calls {:.1} MiB ({:.1} + {:.1}), {:.2} x agent.jar; first call {} ms",
+            rss as f64 / 1024.0,
+            c.idle_rss.0 as f64 / 1024.0,
+            c.idle_rss.1 as f64 / 1024.0,
+            rss as f64 / jar_rss as f64,
+            c.first_calls[0]
+        );
+        println!(
+            "  reconnect to first call answered {} ms",
+            stats(&c.reconnect, 1e3, 0)
+        );
+    }
+    controller.shutdown().await;
+}
