@@ -1,4 +1,4 @@
-//! Issue 25 end to end with real binaries: two `jnlp-lender serve`
+//! A lender takeover end to end with real binaries: two `jnlp-lender serve`
 //! processes on one throwaway PostgreSQL database (one active, one
 //! standby), two test controllers (home and borrower) and two real
 //! `jnlp-agent`s with the fake engine, each given both lender URLs (one

@@ -46,18 +46,15 @@ const FROM_ENGINE_PIPE_SIZE: i32 = 128 * 1024;
 
 /// The engine JVM's options when the user gives none (no
 /// `JENKINS_JAVA_OPTS`, no `JAVA_OPTS`); any option of the user's replaces
-/// all of them. Each was measured with the windowed benchmark
-/// (docs/performance.md, "Engine JVM defaults"):
+/// all of them. Each was measured against the previous default in the same
+/// run (docs/performance.md, "Engine JVM defaults", has the figures):
 /// - the serial collector: an engine's heap is small and its work is I/O,
 ///   so G1's own threads and remembered sets only cost memory;
-/// - C1 only, one compiler thread, a 32 MiB code cache: every channel gets
-///   a fresh engine, and C2 compiling remoting's stream paths cost more CPU
-///   than the whole 128 MiB stream it would speed up (the real-engine
-///   benchmark, `benches/real_engine.rs`: CPU per GiB and reconnect time
-///   down, throughput and idle RSS no worse);
-/// - a heap that starts at 8 MiB (the JVM's default is 1/64 of the
-///   machine's memory, and eden's pages are touched before the first
-///   collection: 7.7 MiB less idle RSS, CPU and throughput the same) and
+/// - C1 only, one compiler thread, a small code cache: every channel gets
+///   a fresh engine, and C2 compiling remoting's stream paths costs more
+///   CPU than a stream gains from it;
+/// - a heap that starts small (the JVM's default is 1/64 of the machine's
+///   memory, and eden's pages are touched before the first collection) and
 ///   gives back what a burst took (free ratios 5-20 %); its maximum stays
 ///   the JVM's;
 /// - and, added per engine, its send window sized from the round trip to

@@ -483,14 +483,16 @@ impl Timers {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(super) mod tests {
     use control::Target;
 
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
 
-    fn request(name: &str, when: When) -> BorrowRequest {
+    /// A borrow of node `node` at `http://NAME.example/` (the machine's tests
+    /// use it too).
+    pub(in crate::lending) fn request(name: &str, when: When) -> BorrowRequest {
         BorrowRequest {
             target: Target::Url {
                 url: format!("http://{name}.example/"),

@@ -2,29 +2,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use control::{BorrowRequest, Target, When};
+use control::{BorrowRequest, When};
 
 use super::*;
+use crate::lending::moves::tests::request;
 
 const S: Duration = Duration::from_secs(1);
 /// Wall clock at `t0`, unix ms.
 const T0_MS: u64 = 1_000_000;
-
-fn request(name: &str, when: When) -> BorrowRequest {
-    BorrowRequest {
-        target: Target::Url {
-            url: format!("http://{name}.example/"),
-        },
-        name: "node".into(),
-        secret: Some("s".into()),
-        secret_file: None,
-        lease: None,
-        idle_return: None,
-        when,
-        transport: None,
-        wait: None,
-    }
-}
 
 fn limits() -> Limits {
     Limits {
