@@ -44,6 +44,10 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                // As Jenkins' `TcpSlaveAgentListener` does ("we take care of
+                // buffering on our own"): without it a controller's small
+                // writes wait for the agent's delayed ACK, ~40 ms a call.
+                let _ = stream.set_nodelay(true);
                 let span = tracing::debug_span!("controller-agent-port", %peer);
                 shared
                     .tracker

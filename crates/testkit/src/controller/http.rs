@@ -63,8 +63,8 @@ pub(super) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                 // As Jenkins' web port does: Jetty's ServerConnector sets
                 // TCP_NODELAY on every accepted connection by default
                 // (`acceptedTcpNoDelay`), so a WebSocket's small frames
-                // (remoting's acks) are not held back by Nagle. The TCP
-                // agent port (`TcpSlaveAgentListener`) does not.
+                // (remoting's acks) are not held back by Nagle; so does the
+                // TCP agent port (`agent_port`).
                 let _ = stream.set_nodelay(true);
                 let span = tracing::debug_span!("controller-http", %peer);
                 shared
