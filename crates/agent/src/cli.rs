@@ -69,7 +69,7 @@
 //! | `--control-socket PATH`, `--control-group GROUP` | the control socket (issue: borrowing); default `<workDir>/<internalDir>/control.sock`, mode 0600, or 0660 with the group. |
 //! | `--lease-grace DURATION` | after a lease expired, how long a busy agent may finish before it goes home anyway (default 10m). |
 //! | `--no-class-sharing` | start engine JVMs without a class-data sharing archive (`engine::class_sharing`). |
-//! | `--class-sharing-after DURATION` | how long the first engine of a jar records its classes before the archive is made (default 60s). |
+//! | `--class-sharing-after DURATION` | how long the first engine of a jar records its classes, at the latest, before the archive is made (default 60s; it is made a moment after that engine answered its controller's first calls). |
 //! | `--no-warm-engine` | keep no engine started ahead of a move (a pending borrow's target, home while borrowed): for memory-tight machines; a move then also waits for a JVM start. |
 //! | `--quiet-period DURATION` | how long the channel must carry nothing but pings before the agent counts as idle and may move (default 5s). |
 //! | `--borrow-give-up DURATION` | return home after a borrower was unreachable or refusing this long (default 5m). |

@@ -195,7 +195,8 @@ pub struct Settings {
     /// turns it off).
     pub class_sharing: bool,
     /// `--class-sharing-after`: how long a jar's first engine records its
-    /// classes before the archive is made.
+    /// classes, at the latest, before the archive is made (sooner once it
+    /// answered its first calls).
     pub class_sharing_after: Duration,
     /// `--state-file PATH` (default `<workDir>/<internalDir>/state.json`).
     pub state_file: Option<PathBuf>,

@@ -258,10 +258,13 @@ impl<'a> Supervisor<'a> {
                         }
                         _ = sample.tick() => {
                             self.hub.sample_rates();
-                            if !self.machine.watches_quiet() {
+                            if let Some(gone) = self.renew_warm_engine() {
+                                gone
+                            } else if self.machine.watches_quiet() {
+                                Event::Census(self.hub.quiet_to_move())
+                            } else {
                                 continue;
                             }
-                            Event::Census(self.hub.quiet_to_move())
                         }
                         _ = called_off.changed() => {
                             if departure.intent() != Intent::Stay {

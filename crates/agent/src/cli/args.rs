@@ -271,7 +271,7 @@ pub(super) struct Args {
     #[arg(long = "no-class-sharing", help_heading = OURS)]
     pub(super) no_class_sharing: bool,
 
-    /// How long the first engine of a jar records the classes it loads before the sharing archive is made from them.
+    /// How long the first engine of a jar records the classes it loads, at the latest, before the sharing archive is made from them (it is made sooner, a moment after the engine answered its controller's first calls).
     #[arg(
         long = "class-sharing-after", help_heading = OURS,
         value_name = "DURATION",

@@ -1,16 +1,23 @@
 //! Class-data sharing (AppCDS) for the engine JVM: remoting's classes, and
 //! the JDK classes it loads, parsed and verified once and then mapped from
 //! an archive at every start, which takes about a quarter off the engine's
-//! start (docs/performance.md, "Engine start-up").
+//! start (docs/performance.md, "Engine start-up") and a good part off its
+//! answers to a controller's first calls on a new channel.
 //!
 //! Per jar (by its content-named file) and per JVM, in `<engines>/cds/`:
 //! 1. the first engine of a jar records the classes it loads
 //!    (`-XX:DumpLoadedClassList`) while it starts and serves;
-//! 2. after [`ClassSharing::record_for`] (or at the next start, if that
-//!    engine ended first), `java -Xshare:dump` makes `<key>.jsa` from that
-//!    list, in the background;
+//! 2. once that engine answered its controller's first calls (and
+//!    [`FIRST_CALLS_SETTLE`] more, for the rest of them), or once it ended,
+//!    or after [`ClassSharing::record_for`] at the latest, `java
+//!    -Xshare:dump` makes `<key>.jsa` from that list, in the background:
+//!    the archive covers a session's first calls and is there before the
+//!    next engine (a borrower's, home's warm one) starts, not a minute later;
 //! 3. later engines start with `-XX:SharedArchiveFile=<key>.jsa
-//!    -Xshare:auto`: a JVM that cannot map it runs without it.
+//!    -Xshare:auto`: a JVM that cannot map it runs without it. Engines
+//!    started while it was being made ([`Plan::Pending`]) know where it will
+//!    be, so that a warm one still waiting for its channel can be started
+//!    again with it.
 //!
 //! It stays out of the way: nothing is added when the user's JVM options
 //! mention class sharing or logging (theirs win), when the JVM's version is
@@ -28,11 +35,16 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt as _;
+use tokio::sync::oneshot;
 use tracing::{debug, info};
 
 /// How long a dump may take before it is given up (it takes about a
 /// second for remoting).
 const DUMP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long after the engine answered its controller's first call the
+/// recording goes on: a Jenkins controller makes its first calls within a
+/// fraction of a second of each other (`SlaveComputer.setChannel`).
+pub const FIRST_CALLS_SETTLE: Duration = Duration::from_secs(2);
 /// Options of the user's that mean they manage sharing or logging.
 const USER_MANAGED: &[&str] = &[
     "-Xshare",
@@ -67,8 +79,11 @@ pub struct ClassSharing {
 /// What an engine start does about sharing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
-    /// Nothing (off, unsupported, the user's own options, or in progress).
+    /// Nothing (off, unsupported, the user's own options, or failed before).
     Nothing,
+    /// Nothing yet: another engine records or dumps the archive that will be
+    /// at this path.
+    Pending(PathBuf),
     /// Maps this archive.
     Use(PathBuf),
     /// Records its classes to this list; an archive is dumped from it.
@@ -93,6 +108,7 @@ impl Plan {
     pub fn describe(&self) -> &'static str {
         match self {
             Plan::Nothing => "off",
+            Plan::Pending(_) => "pending",
             Plan::Use(_) => "archive",
             Plan::Record(_) => "recording",
             Plan::DumpOnly(_) => "dumping",
@@ -102,7 +118,7 @@ impl Plan {
     /// The JVM options this plan adds (before `-jar`).
     pub fn options(&self) -> Vec<String> {
         match self {
-            Plan::Nothing | Plan::DumpOnly(_) => Vec::new(),
+            Plan::Nothing | Plan::Pending(_) | Plan::DumpOnly(_) => Vec::new(),
             Plan::Use(archive) => vec![
                 format!("-XX:SharedArchiveFile={}", archive.display()),
                 "-Xshare:auto".into(),
@@ -114,6 +130,33 @@ impl Plan {
                 "-Xlog:disable".into(),
                 "-Xlog:all=warning:stderr".into(),
             ],
+        }
+    }
+
+    /// The archive an engine started without will be able to use once it
+    /// is made (this one's own recording, or another engine's).
+    pub fn archive_to_come(&self) -> Option<PathBuf> {
+        match self {
+            Plan::Nothing | Plan::Use(_) => None,
+            Plan::Pending(archive) => Some(archive.clone()),
+            Plan::Record(recording) | Plan::DumpOnly(recording) => {
+                Some(recording.list.with_extension("jsa"))
+            }
+        }
+    }
+}
+
+/// Held by the session of an engine that records: says when the engine
+/// answered its controller's first call; dropped when the engine is done
+/// with (its list is then complete).
+#[derive(Debug)]
+pub struct FirstCalls(Option<oneshot::Sender<()>>);
+
+impl FirstCalls {
+    /// The engine answered its controller's first call on a channel.
+    pub fn answered(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
         }
     }
 }
@@ -156,7 +199,7 @@ impl ClassSharing {
         }
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         if busy.contains(&key) {
-            return Plan::Nothing;
+            return Plan::Pending(archive);
         }
         if std::fs::create_dir_all(&self.dir).is_err() {
             return Plan::Nothing;
@@ -178,24 +221,36 @@ impl ClassSharing {
     }
 
     /// Once the engine started (or failed to): makes the archive in the
-    /// background when the plan calls for it, after the recording time.
-    pub fn started(&self, plan: Plan, ok: bool) {
-        let (recording, wait) = match plan {
-            Plan::Record(recording) => (recording, self.record_for),
-            Plan::DumpOnly(recording) => (recording, Duration::ZERO),
-            Plan::Nothing | Plan::Use(_) => return,
+    /// background when the plan calls for it: at once for a list left
+    /// behind; for a recording, once the engine answered its first calls
+    /// (told through the returned [`FirstCalls`]) or was done with, or
+    /// after the recording time at the latest.
+    pub fn started(&self, plan: Plan, ok: bool) -> Option<FirstCalls> {
+        let (recording, records) = match plan {
+            Plan::Record(recording) => (recording, true),
+            Plan::DumpOnly(recording) => (recording, false),
+            Plan::Nothing | Plan::Pending(_) | Plan::Use(_) => return None,
         };
         if !ok {
             // A JVM that would not start with it: no list, try again later.
             self.release(&recording.key);
-            return;
+            return None;
         }
-        let this = self.clone();
+        let (tx, rx) = oneshot::channel();
+        let (this, record_for) = (self.clone(), self.record_for);
         tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
+            if records {
+                let first_calls = async {
+                    if rx.await.is_ok() {
+                        tokio::time::sleep(FIRST_CALLS_SETTLE).await;
+                    }
+                };
+                let _ = tokio::time::timeout(record_for, first_calls).await;
+            }
             this.dump(&recording).await;
             this.release(&recording.key);
         });
+        records.then(|| FirstCalls(Some(tx)))
     }
 
     fn release(&self, key: &str) {
@@ -426,14 +481,15 @@ mod tests {
         assert!(record
             .options()
             .contains(&"-Xlog:all=warning:stderr".to_owned()));
-        assert_eq!(
-            sharing.plan(&java, jar, &opts),
-            Plan::Nothing,
-            "in progress"
-        );
+        // In progress: started plainly, told where the archive will be.
+        let archive = dir.join(format!("{}.jsa", recording.key));
+        assert_eq!(record.archive_to_come(), Some(archive.clone()));
+        let pending = sharing.plan(&java, jar, &opts);
+        assert_eq!(pending, Plan::Pending(archive.clone()));
+        assert!(pending.options().is_empty());
         // A failed start gives the key back; a list left by an engine that
         // ended is dumped at the next start.
-        sharing.started(record, false);
+        assert!(sharing.started(record, false).is_none());
         std::fs::write(&recording.list, "java/lang/Object id: 0\n").unwrap();
         assert!(matches!(sharing.plan(&java, jar, &opts), Plan::DumpOnly(_)));
         sharing.release(&recording.key);
@@ -442,6 +498,7 @@ mod tests {
         let Plan::Use(archive) = sharing.plan(&java, jar, &opts) else {
             panic!("uses the archive");
         };
+        assert_eq!(Plan::Use(archive.clone()).archive_to_come(), None);
         let used = Plan::Use(archive.clone()).options();
         assert_eq!(
             used[0],
@@ -453,6 +510,75 @@ mod tests {
         std::fs::write(dir.join(format!("{}.failed", recording.key)), b"no").unwrap();
         assert_eq!(sharing.plan(&java, jar, &opts), Plan::Nothing);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A JDK whose `java` "dumps" by making the file `-XX:SharedArchiveFile`
+    /// names.
+    fn dumping_jdk() -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let java = jdk(Some("17.0.15"));
+        std::fs::write(
+            &java,
+            "#!/bin/sh\nfor a in \"$@\"; do case $a in -XX:SharedArchiveFile=*) : > \"${a#*=}\";; esac; done\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&java, std::fs::Permissions::from_mode(0o755)).unwrap();
+        java
+    }
+
+    async fn until_file(path: &Path) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !path.is_file() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} not made",
+                path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_archive_is_made_once_the_first_calls_are_answered_not_after_the_recording_time() {
+        let dir = std::env::temp_dir().join(format!(
+            "jnlp-agent-cds-calls-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        // Far beyond the test's deadline: only the engine's session can
+        // bring the dump forward.
+        let sharing = ClassSharing::new(dir.clone(), true, Duration::from_secs(3600));
+        let java = dumping_jdk();
+        let jar = Path::new("/cache/remoting-abc.jar");
+        let Plan::Record(recording) = sharing.plan(&java, jar, &[]) else {
+            panic!("records first");
+        };
+        let plan = Plan::Record(recording.clone());
+        let archive = plan.archive_to_come().unwrap();
+        std::fs::write(&recording.list, "java/lang/Object id: 0\n").unwrap();
+        let mut first_calls = sharing.started(plan, true).expect("a recording is told");
+        let answered = std::time::Instant::now();
+        first_calls.answered();
+        until_file(&archive).await;
+        assert!(
+            answered.elapsed() >= FIRST_CALLS_SETTLE,
+            "the rest of the first calls are recorded too"
+        );
+        assert!(!recording.list.exists(), "the list is done with");
+        assert_eq!(sharing.plan(&java, jar, &[]), Plan::Use(archive));
+
+        // An engine done with before any call: its list is complete, dumped.
+        let g1 = ["-XX:+UseG1GC".to_owned()];
+        let Plan::Record(recording) = sharing.plan(&java, jar, &g1) else {
+            panic!("records for G1");
+        };
+        let plan = Plan::Record(recording.clone());
+        let archive = plan.archive_to_come().unwrap();
+        std::fs::write(&recording.list, "java/lang/Object id: 0\n").unwrap();
+        drop(sharing.started(plan, true));
+        until_file(&archive).await;
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::remove_dir_all(java.parent().unwrap().parent().unwrap()).unwrap();
     }
 
     #[test]

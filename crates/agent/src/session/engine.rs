@@ -1,7 +1,7 @@
 //! The engine a session runs: the controller's jar (or `--engine-jar`),
 //! a JVM started and announced, and the spare kept between attempts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
 use remoting_protocol::capability::Capability;
@@ -13,7 +13,7 @@ use tracing::warn;
 use super::target::Target;
 use super::{Agent, Route, SessionError, ENGINE_START_TIMEOUT, ENGINE_STOP_GRACE};
 use crate::connect::web::Fetched;
-use crate::engine::class_sharing::Plan;
+use crate::engine::class_sharing::{FirstCalls, Plan};
 use crate::engine::{find_java, Engine, EngineSpec, MAX_ENGINE_JAR};
 
 /// An engine that has announced itself and waits for its peer.
@@ -27,6 +27,11 @@ pub(super) struct ReadyEngine {
     pub(super) capability: Capability,
     /// Bytes the engine wrote after its preamble (normally none).
     pub(super) buffered: BytesMut,
+    /// Told when the engine answered its first call, if it records its
+    /// classes for an archive.
+    pub(super) first_calls: Option<FirstCalls>,
+    /// The class-data archive it started without, which is being made.
+    pub(super) archive_to_come: Option<PathBuf>,
 }
 
 /// What outlives a session at one controller: a spare engine (the
@@ -41,6 +46,22 @@ impl Continuity {
     pub fn spare_pid(&mut self) -> Option<u32> {
         let spare = self.spare.as_mut()?;
         (!spare.engine.has_exited()).then(|| spare.engine.pid())
+    }
+
+    /// Drops a spare engine that started without the class-data archive
+    /// that is now there, so that the next one starts with it (and answers
+    /// its first calls sooner). Says whether it did.
+    pub fn drop_spare_without_archive(&mut self) -> bool {
+        let stale = self
+            .spare
+            .as_ref()
+            .and_then(|spare| spare.archive_to_come.as_deref())
+            .is_some_and(Path::is_file);
+        if stale {
+            // It has served nothing: its process group is killed as it drops.
+            self.spare = None;
+        }
+        stale
     }
 
     /// Stops the spare engine, if any.
@@ -177,7 +198,12 @@ impl Agent {
                 "engine ready"
             );
         }
-        self.sharing.started(sharing, started.is_ok());
+        let archive_to_come = sharing.archive_to_come();
+        let first_calls = self.sharing.started(sharing, started.is_ok());
+        if let Ok(ready) = &mut started {
+            ready.first_calls = first_calls;
+            ready.archive_to_come = archive_to_come;
+        }
         started
     }
 
@@ -230,6 +256,63 @@ impl Agent {
             jar,
             capability: preamble.capability,
             buffered: buf,
+            first_calls: None,
+            archive_to_come: None,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::EngineSpec;
+
+    fn spare(archive_to_come: Option<PathBuf>) -> ReadyEngine {
+        let spec = EngineSpec {
+            argv: vec!["sleep".into(), "300".into()],
+            control_socket: None,
+        };
+        ReadyEngine {
+            engine: Engine::spawn(&spec).unwrap(),
+            jar: PathBuf::from("/cache/remoting-abc.jar"),
+            remoting_version: None,
+            window: None,
+            capability: Capability::CURRENT,
+            buffered: BytesMut::new(),
+            first_calls: None,
+            archive_to_come,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_spare_started_without_the_archive_is_dropped_once_the_archive_is_there() {
+        let dir = test_support::temp_dir("spare-archive");
+        let archive = dir.join("remoting-abc-0123.jsa");
+        let mut continuity = Continuity {
+            spare: Some(spare(Some(archive.clone()))),
+        };
+        let pid = continuity.spare_pid().unwrap();
+        assert!(!continuity.drop_spare_without_archive(), "still being made");
+        assert_eq!(continuity.spare_pid(), Some(pid));
+        std::fs::write(&archive, b"").unwrap();
+        assert!(continuity.drop_spare_without_archive());
+        assert_eq!(continuity.spare_pid(), None);
+        // Its process is gone (killed, then reaped by the runtime).
+        test_support::eventually("the dropped spare gone", Duration::from_secs(30), || {
+            !test_support::procfs::alive(pid)
+        })
+        .await;
+
+        // One started with an archive, or with none to come, is kept.
+        let mut continuity = Continuity {
+            spare: Some(spare(None)),
+        };
+        assert!(!continuity.drop_spare_without_archive());
+        assert!(continuity.spare_pid().is_some());
+        continuity.shutdown().await;
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

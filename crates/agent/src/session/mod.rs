@@ -300,10 +300,28 @@ impl Agent {
         let ReadyEngine {
             mut engine,
             buffered,
+            mut first_calls,
             ..
         } = ready;
-        let end = self.bridge(&mut engine, link, buffered, departure).await;
+        let end = {
+            let bridge = self.bridge(&mut engine, link, buffered, departure);
+            tokio::pin!(bridge);
+            // A recording engine's first answer brings its archive forward.
+            let answered = async {
+                departure.first_call_answered().await;
+                if let Some(first_calls) = &mut first_calls {
+                    first_calls.answered();
+                }
+                std::future::pending::<std::convert::Infallible>().await
+            };
+            tokio::select! {
+                end = &mut bridge => end,
+                never = answered => match never {},
+            }
+        };
         engine.stop(ENGINE_STOP_GRACE).await;
+        // Its list is complete now (if it was not dumped yet).
+        drop(first_calls);
         end
     }
 

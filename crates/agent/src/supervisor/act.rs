@@ -143,6 +143,18 @@ impl<'a> Supervisor<'a> {
         }));
     }
 
+    /// While lent: once the class-data archive that home's warm engine
+    /// started without is made, drops that engine so that the machine
+    /// warms another one with it (a return then costs a handshake and
+    /// first calls answered from the archive).
+    pub(super) fn renew_warm_engine(&mut self) -> Option<Event> {
+        if self.machine.lease().is_none() || !self.home_continuity.drop_spare_without_archive() {
+            return None;
+        }
+        info!("the class-data archive is made: starting home's warm engine again with it");
+        Some(Event::EngineGone)
+    }
+
     /// Connects the move's target while this place is still served.
     fn connect(&mut self, to: Move) -> Option<Event> {
         let candidate = match to {
