@@ -24,6 +24,12 @@
 //! (the controller's remoting side built it), the first call answered, and
 //! all first calls answered (online). Contenders alternate move by move.
 //!
+//! Two modes: one agent per contender moving back and forth (the steady
+//! state: every engine after the first minute has its class-data archive
+//! whatever the version), or, with `BENCH_FRESH`, new agents each round
+//! (fresh work directories) whose first borrow comes `BENCH_AGE` after they
+//! came online at home: what a move shortly after the agent started costs.
+//!
 //! agent.jar has no counterpart: it cannot be repointed (a new controller
 //! means a new `java -jar agent.jar` process, a cold JVM).
 //!
@@ -32,7 +38,9 @@
 //! | `BENCH_ENGINE_JAR` | unset (skip) | a real remoting.jar |
 //! | `BENCH_RUNS` | 5 | measured moves each way per contender |
 //! | `BENCH_WARMUP` | 2 | unmeasured moves each way first |
-//! | `BENCH_VARIANTS` | unset | more contenders, `label=ARGS` separated by `;`: ARGS are agent options and `NAME=VALUE` environment variables (`~` in a value stands for a space), split on spaces |
+//! | `BENCH_FRESH` | unset | new agents each round (one borrow and one return each) |
+//! | `BENCH_AGE` | 10 | with `BENCH_FRESH`: seconds online at home before the borrow |
+//! | `BENCH_VARIANTS` | unset | more contenders, `label=ARGS` separated by `;`: ARGS are agent options, `NAME=VALUE` environment variables (`~` in a value stands for a space) and `bin=PATH` (another build of the agent, e.g. the previous version), split on spaces |
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -229,6 +237,35 @@ fn compile(jar: &Path) -> PathBuf {
     classes
 }
 
+/// How to start one contender's agent.
+struct Spec {
+    label: String,
+    bin: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+}
+
+impl Spec {
+    fn parse(label: &str, words: &str) -> Self {
+        let mut spec = Spec {
+            label: label.into(),
+            bin: common::agent_bin(),
+            args: vec![],
+            envs: vec![],
+        };
+        for word in words.split_whitespace() {
+            match word.split_once('=') {
+                Some(("bin", path)) => spec.bin = path.into(),
+                Some((name, value)) if !name.starts_with('-') => {
+                    spec.envs.push((name.to_owned(), value.replace('~', " ")))
+                }
+                _ => spec.args.push(word.to_owned()),
+            }
+        }
+        spec
+    }
+}
+
 /// One agent and its moves.
 struct Contender {
     label: String,
@@ -242,6 +279,46 @@ struct Contender {
 }
 
 impl Contender {
+    /// Starts `spec`'s agent at home as `home`, online there and settled.
+    async fn start(
+        spec: &Spec,
+        home: &str,
+        away: &str,
+        home_url: &str,
+        sides: &mut [Side; 2],
+    ) -> Self {
+        let mut args = vec!["-url", home_url, "-name", home, "-secret", SECRET];
+        args.extend(spec.args.iter().map(String::as_str));
+        let envs: Vec<(&str, &str)> = spec
+            .envs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        sides[0].clear();
+        let agent = AgentProcess::start_bin(&spec.bin, common::temp_dir("work"), &args, &envs);
+        let contender = Contender {
+            label: spec.label.clone(),
+            home: home.into(),
+            away: away.into(),
+            agent,
+            warm: !spec.args.iter().any(|a| a == "--no-warm-engine"),
+            times: Default::default(),
+        };
+        // Online at home, first calls answered, before any move.
+        sides[0].until_online(home).await;
+        contender.settle(control::Placement::Home).await;
+        contender
+    }
+
+    /// Ends the agent and removes its work directory.
+    fn end(self) -> [[Vec<f64>; 4]; 2] {
+        let Contender { agent, times, .. } = self;
+        let work = agent.work_dir.clone();
+        drop(agent);
+        let _ = std::fs::remove_dir_all(work);
+        times
+    }
+
     async fn status(&self) -> control::Status {
         let Ok(mut client) = control::client::connect(&self.agent.socket()).await else {
             return control::Status::default();
@@ -373,11 +450,15 @@ impl Contender {
     }
 }
 
-fn stats(values: &[f64]) -> String {
-    let mut v: Vec<f64> = values.iter().map(|x| x * 1e3).collect();
+fn stats(values: &[f64], scale: f64, digits: usize) -> String {
+    let mut v: Vec<f64> = values.iter().map(|x| x * scale).collect();
     v.sort_by(f64::total_cmp);
     match (v.first(), v.last()) {
-        (Some(lo), Some(hi)) => format!("{:.0} ({lo:.0}-{hi:.0})", v[v.len() / 2]),
+        (Some(lo), Some(hi)) => {
+            let n = v.len();
+            let median = (v[(n - 1) / 2] + v[n / 2]) / 2.0;
+            format!("{median:.d$} ({lo:.d$}-{hi:.d$})", d = digits)
+        }
         _ => "-".into(),
     }
 }
@@ -408,16 +489,15 @@ async fn run() {
     let classes = compile(&jar_path);
     let java_cp = format!("{}:{}", jar_path.display(), classes.display());
 
-    let mut specs: Vec<(String, Vec<String>)> = vec![("agent".into(), vec![])];
+    let fresh = std::env::var_os("BENCH_FRESH").is_some();
+    let age = Duration::from_secs(env_number("BENCH_AGE", 10) as u64);
+    let mut specs = vec![Spec::parse("agent", "")];
     for spec in std::env::var("BENCH_VARIANTS")
         .unwrap_or_default()
         .split(';')
     {
-        if let Some((label, args)) = spec.split_once('=') {
-            specs.push((
-                label.trim().into(),
-                args.split_whitespace().map(str::to_owned).collect(),
-            ));
+        if let Some((label, words)) = spec.split_once('=') {
+            specs.push(Spec::parse(label.trim(), words));
         }
     }
     let homes: Vec<String> = (0..specs.len()).map(|i| format!("home-{i}")).collect();
@@ -429,74 +509,73 @@ async fn run() {
     let home_url = sides[0].controller.url();
     let borrower_url = sides[1].controller.url();
     println!(
-        "real repoint: {}, {runs} measured moves each way after {warmup}, load {}",
+        "real repoint: {}, {runs} measured moves each way after {warmup}{}, load {}",
         jar_path.display(),
+        if fresh {
+            format!(", a new agent each round, borrowing {age:?} after it came online")
+        } else {
+            String::new()
+        },
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()
     );
-
-    let mut contenders = Vec::new();
-    for (i, (label, extra)) in specs.into_iter().enumerate() {
-        let mut args = vec![
-            "-url".to_owned(),
-            home_url.clone(),
-            "-name".into(),
-            homes[i].clone(),
-            "-secret".into(),
-            SECRET.into(),
-        ];
-        let mut envs = Vec::new();
-        for word in extra {
-            match word.split_once('=') {
-                Some((name, value)) if !name.starts_with('-') => {
-                    envs.push((name.to_owned(), value.replace('~', " ")))
-                }
-                _ => args.push(word),
-            }
-        }
-        let warm = !args.iter().any(|a| a == "--no-warm-engine");
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let agent = AgentProcess::start(&args, &envs);
-        let contender = Contender {
-            label,
-            home: homes[i].clone(),
-            away: aways[i].clone(),
-            agent,
-            warm,
-            times: Default::default(),
-        };
-        // Online at home, first calls answered, before any move.
-        sides[0].until_online(&contender.home).await;
-        contender.settle(control::Placement::Home).await;
-        contenders.push(contender);
-    }
-
     println!(
         "  {:<10} {:<6} {:>5} {:>5} {:>5} {:>5} (ms: order -> handshake -> channel up -> first call answered -> online)",
         "", "", "hs", "up", "first", "all"
     );
+    let mut times: Vec<[[Vec<f64>; 4]; 2]> = specs.iter().map(|_| Default::default()).collect();
+    let mut contenders = Vec::new();
     for round in 0..warmup + runs {
         let record = round >= warmup;
+        if contenders.is_empty() {
+            let started = Instant::now();
+            for (i, spec) in specs.iter().enumerate() {
+                contenders.push(
+                    Contender::start(spec, &homes[i], &aways[i], &home_url, &mut sides).await,
+                );
+            }
+            if fresh {
+                tokio::time::sleep(age.saturating_sub(started.elapsed())).await;
+            }
+        }
         for borrow in [true, false] {
             for c in &mut contenders {
                 c.step(borrow, &mut sides, &borrower_url, record).await;
             }
         }
+        if fresh {
+            for (i, c) in contenders.drain(..).enumerate() {
+                for (way, steps) in c.end().into_iter().enumerate() {
+                    for (step, values) in steps.into_iter().enumerate() {
+                        times[i][way][step].extend(values);
+                    }
+                }
+            }
+        }
+    }
+    for (i, c) in contenders.drain(..).enumerate() {
+        times[i] = c.end();
     }
 
-    println!("\nmedian (range) over {runs} moves each way, ms:");
-    for c in &contenders {
-        for (way, steps) in ["borrow --now", "return --now"].iter().zip(&c.times) {
+    println!("\nmedian (range) over {runs} moves each way, ms; x agent: the same move's total over the first contender's, paired by round:");
+    for (spec, mine) in specs.iter().zip(&times) {
+        for (way, label) in ["borrow --now", "return --now"].iter().enumerate() {
+            let steps = &mine[way];
+            let paired: Vec<f64> = totals(steps)
+                .iter()
+                .zip(totals(&times[0][way]))
+                .map(|(a, b)| a / b)
+                .collect();
             println!(
-                "{:<10} {way}: online {}; order -> handshake {}, -> channel up {}, -> first call answered {}, -> all answered {}",
-                c.label,
-                stats(&totals(steps)),
-                stats(&steps[0]),
-                stats(&steps[1]),
-                stats(&steps[2]),
-                stats(&steps[3]),
+                "{:<10} {label}: online {} ({} x agent); order -> handshake {}, -> channel up {}, -> first call answered {}, -> all answered {}",
+                spec.label,
+                stats(&totals(steps), 1e3, 0),
+                stats(&paired, 1.0, 2),
+                stats(&steps[0], 1e3, 0),
+                stats(&steps[1], 1e3, 0),
+                stats(&steps[2], 1e3, 0),
+                stats(&steps[3], 1e3, 0),
             );
         }
     }
@@ -509,4 +588,5 @@ async fn run() {
     for side in sides {
         side.controller.shutdown().await;
     }
+    let _ = std::fs::remove_dir_all(classes);
 }

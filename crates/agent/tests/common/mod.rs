@@ -82,7 +82,13 @@ impl AgentProcess {
     /// Like [`AgentProcess::start`] with a given work dir (to restart an
     /// agent where a previous one left its state).
     pub fn start_in(work_dir: PathBuf, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(agent_bin());
+        Self::start_bin(&agent_bin(), work_dir, args, envs)
+    }
+
+    /// Like [`AgentProcess::start_in`] with another build of the agent (a
+    /// benchmark's A/B against an earlier one).
+    pub fn start_bin(bin: &Path, work_dir: PathBuf, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(bin);
         command
             .args(args)
             .args([
