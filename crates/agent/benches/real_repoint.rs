@@ -88,10 +88,12 @@ struct Side {
 }
 
 impl Side {
-    async fn start(label: &str, nodes: &[String], jar: &[u8], java_cp: &str) -> Self {
+    async fn start(label: &str, nodes: &[String], jar: &[u8], java_cp: &str, fs: &Path) -> Self {
         let control = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let jvm = tokio::process::Command::new("java")
-            .args(["-XX:+UseSerialGC", "-cp", java_cp, "WarmController"])
+            .arg("-XX:+UseSerialGC")
+            .arg(format!("-Dbench.fs={}", fs.display()))
+            .args(["-cp", java_cp, "WarmController"])
             .arg(control.local_addr().unwrap().port().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -502,9 +504,11 @@ async fn run() {
     }
     let homes: Vec<String> = (0..specs.len()).map(|i| format!("home-{i}")).collect();
     let aways: Vec<String> = (0..specs.len()).map(|i| format!("away-{i}")).collect();
+    // The nodes' remote FS roots, made by the first calls.
+    let fs = common::temp_dir("remote-fs");
     let mut sides = [
-        Side::start("home", &homes, &jar, &java_cp).await,
-        Side::start("borrower", &aways, &jar, &java_cp).await,
+        Side::start("home", &homes, &jar, &java_cp, &fs).await,
+        Side::start("borrower", &aways, &jar, &java_cp, &fs).await,
     ];
     let home_url = sides[0].controller.url();
     let borrower_url = sides[1].controller.url();
@@ -589,4 +593,5 @@ async fn run() {
         side.controller.shutdown().await;
     }
     let _ = std::fs::remove_dir_all(classes);
+    let _ = std::fs::remove_dir_all(fs);
 }

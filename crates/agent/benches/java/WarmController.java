@@ -41,7 +41,8 @@ import org.jenkinsci.remoting.RoleChecker;
  * online NODE} (all answered), {@code err NODE TEXT}.
  *
  * <p>Usage: {@code WarmController CONTROL_PORT}; the first line it writes
- * there is {@code listening PORT}, the port for channels.
+ * there is {@code listening PORT}, the port for channels. The nodes' remote
+ * FS roots are made under the system property {@code bench.fs}.
  */
 public class WarmController {
     /** Installs a log handler keeping the last records (SlaveInitializer). */
@@ -229,7 +230,7 @@ public class WarmController {
             node = readLine(in);
             Channel channel = new ChannelBuilder(node, executor).build(in, out);
             report("up " + node);
-            String root = new File(System.getProperty("java.io.tmpdir"), "bench-fs-" + node).getPath();
+            String root = new File(System.getProperty("bench.fs", System.getProperty("java.io.tmpdir")), node).getPath();
             channel.call(new Initializer());
             report("first " + node);
             channel.call(new Version());
