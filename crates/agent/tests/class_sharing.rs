@@ -48,6 +48,46 @@ async fn status(agent: &AgentProcess) -> control::Status {
     }
 }
 
+/// `borrow --now` to `away`'s node `away`; returns once the agent is
+/// online there.
+async fn borrow_now(agent: &AgentProcess, away: &TestController) {
+    let mut client = control::client::connect(&agent.socket()).await.unwrap();
+    let answer = client
+        .request(control::Request::Borrow(control::BorrowRequest {
+            target: control::Target::Url { url: away.url() },
+            name: "away".into(),
+            secret: Some(SECRET.into()),
+            secret_file: None,
+            lease: None,
+            idle_return: None,
+            when: control::When::Now,
+            wait: None,
+            transport: None,
+        }))
+        .await;
+    assert!(
+        matches!(answer, Ok(control::Response::Accepted { .. })),
+        "{answer:?}\n{}",
+        agent.log()
+    );
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let status = status(agent).await;
+        if status.phase == control::Phase::Online
+            && status.placement == control::Placement::Borrowed
+            && status.engine_pid.is_some()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not online at the borrower: {status:?}\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn cmdline(pid: u32) -> String {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     String::from_utf8_lossy(&cmdline).replace('\0', " ")
@@ -82,25 +122,7 @@ async fn the_archive_of_the_first_session_is_there_before_the_next_engine_starts
     let with_archive = format!("-XX:SharedArchiveFile={}", archive.display());
 
     // The borrower's engine, started by the borrow, maps it.
-    let mut client = control::client::connect(&agent.socket()).await.unwrap();
-    let answer = client
-        .request(control::Request::Borrow(control::BorrowRequest {
-            target: control::Target::Url { url: away.url() },
-            name: "away".into(),
-            secret: Some(SECRET.into()),
-            secret_file: None,
-            lease: None,
-            idle_return: None,
-            when: control::When::Now,
-            wait: Some(LONG),
-            transport: None,
-        }))
-        .await;
-    assert!(
-        matches!(answer, Ok(control::Response::Accepted { .. })),
-        "{answer:?}\n{}",
-        agent.log()
-    );
+    borrow_now(&agent, &away).await;
     assert!(away.is_online("away"));
     let borrowed = status(&agent).await;
     let pid = borrowed.engine_pid.expect("an engine serves the borrower");
@@ -122,6 +144,63 @@ async fn the_archive_of_the_first_session_is_there_before_the_next_engine_starts
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(cmdline(warm).contains(&with_archive), "{}", cmdline(warm));
+    drop(agent);
+    home.shutdown().await;
+    away.shutdown().await;
+}
+
+/// The first session ends before any call (a move at once): its list is
+/// dumped then, while home's warm engine is being started without it; once
+/// the archive is there, that engine is started again with it.
+#[tokio::test]
+async fn a_warm_engine_started_while_the_archive_was_made_is_started_again_with_it() {
+    let jar = common::java_echo_engine_jar();
+    let home = TestController::builder()
+        .node("home", SECRET)
+        .remoting_jar(jar.clone())
+        .peer(Peer::Hold)
+        .start()
+        .await;
+    let away = TestController::builder()
+        .node("away", SECRET)
+        .remoting_jar(jar)
+        .peer(Peer::Hold)
+        .start()
+        .await;
+    let url = home.url();
+    let agent = AgentProcess::start(
+        &["-url", &url, "-name", "home", "--class-sharing-after", "1h"],
+        &[("JENKINS_SECRET", SECRET)],
+    );
+    common::until_online(&home, "home", true, LONG).await;
+    let cds = agent.work_dir.join("remoting/engines/cds");
+    assert!(archive_in(&cds).is_none(), "no call answered yet");
+    borrow_now(&agent, &away).await;
+    // The archive is made from the first engine's list, and home's warm
+    // engine ends up running with it.
+    let deadline = std::time::Instant::now() + LONG;
+    let mut pids = Vec::new();
+    loop {
+        let archive = archive_in(&cds);
+        let warm = status(&agent).await.warm_engine.map(|w| w.pid);
+        if let Some(pid) = warm {
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+            if let Some(archive) = &archive {
+                let with_archive = format!("-XX:SharedArchiveFile={}", archive.display());
+                if cmdline(pid).contains(&with_archive) {
+                    break;
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "home's warm engine ({pids:?}) never started with the archive ({archive:?}):\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(agent);
     home.shutdown().await;
     away.shutdown().await;
