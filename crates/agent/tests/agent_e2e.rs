@@ -651,9 +651,9 @@ async fn online_engine(agent: &AgentProcess) -> (control::Status, String) {
 }
 
 /// With no JVM options of the user's, the engine's send window follows
-/// the round trip to the controller: remoting's own (no option) on
-/// loopback, 4 MiB across a 20 ms round trip (a delay line in front of the
-/// web port, where the agent measures it); the user's options replace it.
+/// the round trip to the controller: twice remoting's own on loopback,
+/// 4 MiB across a 20 ms round trip (a delay line in front of the web port,
+/// where the agent measures it); the user's options replace it.
 #[tokio::test]
 async fn the_engine_window_follows_the_round_trip() {
     const WINDOW: &str = "-Dhudson.remoting.Channel.pipeWindowSize=";
@@ -668,7 +668,7 @@ async fn the_engine_window_follows_the_round_trip() {
             .await;
     let far = format!("http://{}/", line.addr());
     for (url, opts, want) in [
-        (controller.url(), None, None),
+        (controller.url(), None, Some("2097152")),
         (far.clone(), None, Some("4194304")),
         (far.clone(), Some("-Dtest.marker=1"), None),
     ] {
@@ -684,7 +684,7 @@ async fn the_engine_window_follows_the_round_trip() {
         match (opts, status.engine_window) {
             (Some(_), shown) => assert_eq!(shown, None),
             (None, Some(shown)) => {
-                let bytes = want.map_or(1 << 20, |w| w.parse().unwrap());
+                let bytes: u32 = want.expect("a sized window").parse().unwrap();
                 assert_eq!(shown.bytes, bytes);
                 let rtt = shown.round_trip_us.expect("measured");
                 assert_eq!(rtt >= 20_000, url == far, "{rtt} us to {url}");
