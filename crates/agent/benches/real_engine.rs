@@ -17,7 +17,8 @@
 //! - throughput of each stream (MB/s, 10^6 bytes per second);
 //! - build-machine CPU for those bytes (user + system seconds from
 //!   `/proc/PID/stat`: the agent and its engine JVM, or agent.jar's JVM);
-//! - idle RSS (`VmRSS`) a few seconds after the controller's first calls;
+//! - idle RSS (`VmRSS`) a few seconds after the controller's first calls,
+//!   and again after the last round (a later engine, after the streams);
 //! - reconnect: the controller drops the channel, then the time until the
 //!   next channel has answered its first call (the agent's warm engine, or
 //!   agent.jar reconnecting in its running JVM). Each channel gets a
@@ -121,6 +122,9 @@ struct Contender {
     reconnect: Vec<f64>,
     first_calls: Vec<u64>,
     idle_rss: (u64, u64),
+    /// The same after the last round's reconnect: a later engine, the
+    /// agent's buffers after the streams.
+    idle_rss_after: (u64, u64),
 }
 
 impl Contender {
@@ -328,6 +332,7 @@ async fn run() {
             reconnect: vec![],
             first_calls: vec![],
             idle_rss: (0, 0),
+            idle_rss_after: (0, 0),
         })
     };
     add("agent", Kind::Agent, None);
@@ -420,6 +425,17 @@ async fn run() {
         }
     }
 
+    tokio::time::sleep(SETTLE).await;
+    for c in &mut contenders {
+        c.idle_rss_after = c.rss();
+        println!(
+            "  {:<12} idle RSS after the streams {:.1} + {:.1} MiB",
+            c.label,
+            c.idle_rss_after.0 as f64 / 1024.0,
+            c.idle_rss_after.1 as f64 / 1024.0
+        );
+    }
+
     let base = contenders
         .iter()
         .position(|c| c.kind == Kind::AgentJar)
@@ -462,6 +478,13 @@ async fn run() {
             c.idle_rss.1 as f64 / 1024.0,
             rss as f64 / jar_rss as f64,
             c.first_calls[0]
+        );
+        let after = c.idle_rss_after.0 + c.idle_rss_after.1;
+        println!(
+            "  idle RSS after the streams {:.1} MiB ({:.1} + {:.1})",
+            after as f64 / 1024.0,
+            c.idle_rss_after.0 as f64 / 1024.0,
+            c.idle_rss_after.1 as f64 / 1024.0,
         );
         println!(
             "  reconnect to first call answered {} ms",
