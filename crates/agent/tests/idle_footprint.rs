@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{fake_engine, until_online, AgentProcess};
 use testkit::TestController;
@@ -12,22 +12,9 @@ use testkit::TestController;
 const SECRET: &str = "1d1e1d1e1d1e1d1e1d1e1d1e1d1e1d1e1d1e1d1e1d1e1d1e1d1e1d1e1d1e1d1e";
 const LONG: Duration = Duration::from_secs(30);
 
-/// A field of `/proc/PID/smaps_rollup`, in KiB.
-fn rollup_kib(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
-    text.lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no {field} in smaps_rollup: {text}"))
-}
-
-/// The agent's own anonymous memory (heap, stacks, queues: what is not
-/// its mapped binary and libraries) stays small once it is online and
-/// writing its log file. The log file's queue alone once took 4 MiB.
-#[tokio::test]
-async fn an_idle_agent_keeps_little_memory_of_its_own() {
+/// The controller with node `idle` and the agent online there, its engine
+/// the fake one.
+async fn online_agent() -> (TestController, AgentProcess) {
     let controller = TestController::builder()
         .node("idle", SECRET)
         .remoting_jar(b"jar".to_vec())
@@ -49,6 +36,26 @@ async fn an_idle_agent_keeps_little_memory_of_its_own() {
         &[],
     );
     until_online(&controller, "idle", true, LONG).await;
+    (controller, agent)
+}
+
+/// A field of `/proc/PID/smaps_rollup`, in KiB.
+fn rollup_kib(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} in smaps_rollup: {text}"))
+}
+
+/// The agent's own anonymous memory (heap, stacks, queues: what is not
+/// its mapped binary and libraries) stays small once it is online and
+/// writing its log file. The log file's queue alone once took 4 MiB.
+#[tokio::test]
+async fn an_idle_agent_keeps_little_memory_of_its_own() {
+    let (controller, agent) = online_agent().await;
     assert!(
         agent.work_dir.join("remoting/logs").is_dir(),
         "the agent writes a log file in its work directory"
@@ -59,5 +66,38 @@ async fn an_idle_agent_keeps_little_memory_of_its_own() {
         anon < 4 * 1024,
         "the idle agent holds {anon} KiB of anonymous memory"
     );
+    controller.shutdown().await;
+}
+
+/// Read calls the process `pid` made so far (`/proc/PID/io`).
+fn read_calls(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("syscr:")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no syscr in /proc/{pid}/io: {text}"))
+}
+
+/// An idle agent, online at home with nothing running, does not read
+/// `/proc` (it once read every process's `stat` once a second, looking
+/// for orphans to reap): once what coming online asked for is done (a
+/// count of build processes is wanted for a few seconds after each status
+/// change), its read calls stop.
+#[tokio::test]
+async fn an_idle_agent_reads_no_other_process() {
+    let (controller, agent) = online_agent().await;
+    let quiet_for = Duration::from_millis(1500);
+    let deadline = Instant::now() + LONG;
+    let (mut reads, mut changed) = (read_calls(agent.pid()), Instant::now());
+    while changed.elapsed() < quiet_for {
+        assert!(
+            Instant::now() < deadline,
+            "the idle agent never stopped reading: {reads} read calls so far"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = read_calls(agent.pid());
+        if now != reads {
+            (reads, changed) = (now, Instant::now());
+        }
+    }
     controller.shutdown().await;
 }
