@@ -33,6 +33,7 @@
 //! | `BENCH_RUNS` | 5 | rounds; medians and ranges are over them |
 //! | `BENCH_BYTES` | 134217728 | bytes per stream |
 //! | `BENCH_VARIANTS` | unset | more agent contenders, `label=JVM options` separated by `;`, each run with those options as `JENKINS_JAVA_OPTS` (the user's options, which replace the agent's defaults) |
+//! | `BENCH_AGENT_BINS` | unset | more agent contenders, `label=path` separated by `;`: another build of the agent (e.g. the previous commit's), with its own defaults |
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -111,6 +112,8 @@ struct Contender {
     kind: Kind,
     node: String,
     java_opts: Option<String>,
+    /// Another agent binary than the one built for this bench.
+    bin: Option<PathBuf>,
     root: u32,
     _agent: Option<AgentProcess>,
     _jar: Option<tokio::process::Child>,
@@ -315,12 +318,13 @@ async fn run() {
     let java_cp = format!("{}:{}", jar_path.display(), classes.display());
 
     let mut contenders: Vec<Contender> = Vec::new();
-    let mut add = |label: &str, kind, java_opts: Option<String>| {
+    let mut add = |label: &str, kind, java_opts: Option<String>, bin: Option<PathBuf>| {
         contenders.push(Contender {
             label: label.into(),
             kind,
             node: format!("node-{}", contenders.len()),
             java_opts,
+            bin,
             root: 0,
             _agent: None,
             _jar: None,
@@ -335,14 +339,27 @@ async fn run() {
             idle_rss_after: (0, 0),
         })
     };
-    add("agent", Kind::Agent, None);
-    add("agent.jar", Kind::AgentJar, None);
+    add("agent", Kind::Agent, None, None);
+    add("agent.jar", Kind::AgentJar, None, None);
     for spec in std::env::var("BENCH_VARIANTS")
         .unwrap_or_default()
         .split(';')
     {
         if let Some((label, opts)) = spec.split_once('=') {
-            add(label.trim(), Kind::Agent, Some(opts.trim().to_owned()));
+            add(
+                label.trim(),
+                Kind::Agent,
+                Some(opts.trim().to_owned()),
+                None,
+            );
+        }
+    }
+    for spec in std::env::var("BENCH_AGENT_BINS")
+        .unwrap_or_default()
+        .split(';')
+    {
+        if let Some((label, path)) = spec.split_once('=') {
+            add(label.trim(), Kind::Agent, None, Some(path.trim().into()));
         }
     }
 
@@ -374,10 +391,20 @@ async fn run() {
                 if let Some(opts) = &c.java_opts {
                     envs.push(("JENKINS_JAVA_OPTS", opts.as_str()));
                 }
+                // `AgentProcess` runs `JNLP_AGENT_BIN` when set; this
+                // bench starts one agent at a time.
+                let default_bin = std::env::var_os("JNLP_AGENT_BIN");
+                if let Some(bin) = &c.bin {
+                    std::env::set_var("JNLP_AGENT_BIN", bin);
+                }
                 let agent = AgentProcess::start(
                     &["-url", &url, "-name", &c.node, "-secret", SECRET],
                     &envs,
                 );
+                match &default_bin {
+                    Some(bin) => std::env::set_var("JNLP_AGENT_BIN", bin),
+                    None => std::env::remove_var("JNLP_AGENT_BIN"),
+                }
                 c.root = agent.pid();
                 c._agent = Some(agent);
             }
