@@ -101,3 +101,58 @@ async fn an_idle_agent_reads_no_other_process() {
     }
     controller.shutdown().await;
 }
+
+/// The socket inodes of `pid`'s open file descriptors.
+fn socket_inodes(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Whether `pid` holds a TCP connection (IPv4 or IPv6) to local port `port`.
+fn connected_to(pid: u32, port: u16) -> bool {
+    let inodes = socket_inodes(pid);
+    let remote_port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 9
+                    && fields[2].ends_with(&remote_port)
+                    && fields[9]
+                        .parse()
+                        .is_ok_and(|inode: u64| inodes.contains(&inode))
+            })
+    })
+}
+
+/// Once online, the agent lets its connection to the controller's web
+/// port go within seconds (reqwest kept an idle one 90 s, and with it a
+/// read buffer the size of the jar's last reads).
+#[tokio::test]
+async fn an_idle_agent_lets_its_web_connection_go() {
+    let (controller, agent) = online_agent().await;
+    let port = controller.http_addr().port();
+    let deadline = Instant::now() + LONG;
+    while connected_to(agent.pid(), port) {
+        assert!(
+            Instant::now() < deadline,
+            "the idle agent still holds a connection to the controller's web port after {LONG:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    controller.shutdown().await;
+}
