@@ -32,6 +32,7 @@
 //! | `BENCH_ENGINE_JAR` | unset (skip) | a real remoting.jar |
 //! | `BENCH_RUNS` | 5 | rounds; medians and ranges are over them |
 //! | `BENCH_BYTES` | 134217728 | bytes per stream |
+//! | `BENCH_SETTLE` | 3 | seconds a contender idles before its idle RSS is read |
 //! | `BENCH_VARIANTS` | unset | more agent contenders, `label=JVM options` separated by `;`, each run with those options as `JENKINS_JAVA_OPTS` (the user's options, which replace the agent's defaults) |
 //! | `BENCH_AGENT_BINS` | unset | more agent contenders, `label=path` separated by `;`: another build of the agent (e.g. the previous commit's), with its own defaults |
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -52,7 +53,8 @@ use tokio::net::TcpListener;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 const LONG: Duration = Duration::from_secs(120);
-/// How long a contender idles after the first calls before its RSS is read.
+/// How long a contender idles after the first calls before its RSS is
+/// read, unless `BENCH_SETTLE` (seconds) says otherwise.
 const SETTLE: Duration = Duration::from_secs(3);
 
 fn main() {
@@ -313,6 +315,10 @@ async fn run() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(128 * 1024 * 1024);
+    let settle = std::env::var("BENCH_SETTLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(SETTLE, Duration::from_secs);
     let jar = std::fs::read(&jar_path).expect("BENCH_ENGINE_JAR is readable");
     let classes = compile_controller(&jar_path);
     let java_cp = format!("{}:{}", jar_path.display(), classes.display());
@@ -429,7 +435,7 @@ async fn run() {
         let mut driver = Driver::accept(&listener).await;
         c.first_calls = driver.ask("calls").await;
         c.driver = Some(driver);
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(settle).await;
         c.idle_rss = c.rss();
         println!(
             "  {:<12} first calls: first {} ms, ten {} ms; idle RSS {:.1} + {:.1} MiB",
@@ -452,7 +458,7 @@ async fn run() {
         }
     }
 
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(settle).await;
     for c in &mut contenders {
         c.idle_rss_after = c.rss();
         println!(
