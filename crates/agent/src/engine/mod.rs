@@ -63,6 +63,10 @@ const FROM_ENGINE_PIPE_SIZE: i32 = 128 * 1024;
 ///   an older JVM refuses to start on an option it does not know, hence
 ///   `-XX:+IgnoreUnrecognizedVMOptions` (for these options only: any of
 ///   the user's replaces them all);
+/// - no performance-counter file (`/tmp/hsperfdata_USER/PID`): the JVM
+///   updated it every 50 ms, which was most of an idle engine's wake-ups
+///   (and dirty pages in `/tmp`); `jcmd PID` still attaches, only `jps`
+///   no longer lists the engine;
 /// - and, added per engine, its send window sized from the round trip to
 ///   its controller ([`window`]).
 pub const DEFAULT_JAVA_OPTS: &[&str] = &[
@@ -75,6 +79,7 @@ pub const DEFAULT_JAVA_OPTS: &[&str] = &[
     "-Xms8m",
     "-XX:+IgnoreUnrecognizedVMOptions",
     "-XX:TrimNativeHeapInterval=5000",
+    "-XX:-UsePerfData",
 ];
 
 /// Largest engine jar accepted from a controller (remoting.jar is ~1.5 MB).
@@ -458,7 +463,7 @@ mod tests {
     /// The defaults start a JVM together (`-XX:CICompilerCount=1` alone
     /// makes it refuse to start) and it runs them as meant: C1 only, one
     /// compiler thread, the serial collector, native memory trimmed (on a
-    /// JVM that knows the option: 17.0.9 and later).
+    /// JVM that knows the option: 17.0.9 and later), no perf-data file.
     #[test]
     fn default_java_opts_are_what_the_jvm_runs() {
         let path = std::env::var_os("PATH");
@@ -488,6 +493,7 @@ mod tests {
         assert_eq!(flag("CICompilerCount"), "1");
         assert_eq!(flag("UseSerialGC"), "true");
         assert_eq!(flag("InitialHeapSize"), (8 * 1024 * 1024).to_string());
+        assert_eq!(flag("UsePerfData"), "false");
         if text.contains(" TrimNativeHeapInterval ") {
             assert_eq!(flag("TrimNativeHeapInterval"), "5000");
         }
