@@ -1,5 +1,7 @@
 //! What the agent costs while it waits: its own memory once online and
 //! idle (the engine JVM aside: its options are `engine::DEFAULT_JAVA_OPTS`).
+// Read from Linux's /proc: smaps_rollup, io, net/tcp.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
