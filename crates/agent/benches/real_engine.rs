@@ -17,7 +17,8 @@
 //! - throughput of each stream (MB/s, 10^6 bytes per second);
 //! - build-machine CPU for those bytes (user + system seconds from
 //!   `/proc/PID/stat`: the agent and its engine JVM, or agent.jar's JVM);
-//! - idle RSS (`VmRSS`) a few seconds after the controller's first calls;
+//! - idle RSS (`VmRSS`) a few seconds after the controller's first calls,
+//!   and again after the last round (a later engine, after the streams);
 //! - reconnect: the controller drops the channel, then the time until the
 //!   next channel has answered its first call (the agent's warm engine, or
 //!   agent.jar reconnecting in its running JVM). Each channel gets a
@@ -31,7 +32,9 @@
 //! | `BENCH_ENGINE_JAR` | unset (skip) | a real remoting.jar |
 //! | `BENCH_RUNS` | 5 | rounds; medians and ranges are over them |
 //! | `BENCH_BYTES` | 134217728 | bytes per stream |
+//! | `BENCH_SETTLE` | 3 | seconds a contender idles before its idle RSS is read |
 //! | `BENCH_VARIANTS` | unset | more agent contenders, `label=JVM options` separated by `;`, each run with those options as `JENKINS_JAVA_OPTS` (the user's options, which replace the agent's defaults) |
+//! | `BENCH_AGENT_BINS` | unset | more agent contenders, `label=path` separated by `;`: another build of the agent (e.g. the previous commit's), with its own defaults |
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -50,7 +53,8 @@ use tokio::net::TcpListener;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 const LONG: Duration = Duration::from_secs(120);
-/// How long a contender idles after the first calls before its RSS is read.
+/// How long a contender idles after the first calls before its RSS is
+/// read, unless `BENCH_SETTLE` (seconds) says otherwise.
 const SETTLE: Duration = Duration::from_secs(3);
 
 fn main() {
@@ -110,6 +114,8 @@ struct Contender {
     kind: Kind,
     node: String,
     java_opts: Option<String>,
+    /// Another agent binary than the one built for this bench.
+    bin: Option<PathBuf>,
     root: u32,
     _agent: Option<AgentProcess>,
     _jar: Option<tokio::process::Child>,
@@ -121,6 +127,9 @@ struct Contender {
     reconnect: Vec<f64>,
     first_calls: Vec<u64>,
     idle_rss: (u64, u64),
+    /// The same after the last round's reconnect: a later engine, the
+    /// agent's buffers after the streams.
+    idle_rss_after: (u64, u64),
 }
 
 impl Contender {
@@ -321,17 +330,22 @@ async fn run() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(128 * 1024 * 1024);
+    let settle = std::env::var("BENCH_SETTLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(SETTLE, Duration::from_secs);
     let jar = std::fs::read(&jar_path).expect("BENCH_ENGINE_JAR is readable");
     let classes = compile_controller(&jar_path);
     let java_cp = format!("{}:{}", jar_path.display(), classes.display());
 
     let mut contenders: Vec<Contender> = Vec::new();
-    let mut add = |label: &str, kind, java_opts: Option<String>| {
+    let mut add = |label: &str, kind, java_opts: Option<String>, bin: Option<PathBuf>| {
         contenders.push(Contender {
             label: label.into(),
             kind,
             node: format!("node-{}", contenders.len()),
             java_opts,
+            bin,
             root: 0,
             _agent: None,
             _jar: None,
@@ -343,16 +357,30 @@ async fn run() {
             reconnect: vec![],
             first_calls: vec![],
             idle_rss: (0, 0),
+            idle_rss_after: (0, 0),
         })
     };
-    add("agent", Kind::Agent, None);
-    add("agent.jar", Kind::AgentJar, None);
+    add("agent", Kind::Agent, None, None);
+    add("agent.jar", Kind::AgentJar, None, None);
     for spec in std::env::var("BENCH_VARIANTS")
         .unwrap_or_default()
         .split(';')
     {
         if let Some((label, opts)) = spec.split_once('=') {
-            add(label.trim(), Kind::Agent, Some(opts.trim().to_owned()));
+            add(
+                label.trim(),
+                Kind::Agent,
+                Some(opts.trim().to_owned()),
+                None,
+            );
+        }
+    }
+    for spec in std::env::var("BENCH_AGENT_BINS")
+        .unwrap_or_default()
+        .split(';')
+    {
+        if let Some((label, path)) = spec.split_once('=') {
+            add(label.trim(), Kind::Agent, None, Some(path.trim().into()));
         }
     }
 
@@ -384,10 +412,20 @@ async fn run() {
                 if let Some(opts) = &c.java_opts {
                     envs.push(("JENKINS_JAVA_OPTS", opts.as_str()));
                 }
+                // `AgentProcess` runs `JNLP_AGENT_BIN` when set; this
+                // bench starts one agent at a time.
+                let default_bin = std::env::var_os("JNLP_AGENT_BIN");
+                if let Some(bin) = &c.bin {
+                    std::env::set_var("JNLP_AGENT_BIN", bin);
+                }
                 let agent = AgentProcess::start(
                     &["-url", &url, "-name", &c.node, "-secret", SECRET],
                     &envs,
                 );
+                match &default_bin {
+                    Some(bin) => std::env::set_var("JNLP_AGENT_BIN", bin),
+                    None => std::env::remove_var("JNLP_AGENT_BIN"),
+                }
                 c.root = agent.pid();
                 c._agent = Some(agent);
             }
@@ -412,7 +450,7 @@ async fn run() {
         let mut driver = Driver::accept(&listener).await;
         c.first_calls = driver.ask("calls").await;
         c.driver = Some(driver);
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(settle).await;
         c.idle_rss = c.rss();
         println!(
             "  {:<12} first calls: first {} ms, ten {} ms; idle RSS {:.1} + {:.1} MiB",
@@ -433,6 +471,17 @@ async fn run() {
         for c in &mut contenders {
             c.reconnect(&controller, &listener).await;
         }
+    }
+
+    tokio::time::sleep(settle).await;
+    for c in &mut contenders {
+        c.idle_rss_after = c.rss();
+        println!(
+            "  {:<12} idle RSS after the streams {:.1} + {:.1} MiB",
+            c.label,
+            c.idle_rss_after.0 as f64 / 1024.0,
+            c.idle_rss_after.1 as f64 / 1024.0
+        );
     }
 
     let base = contenders
@@ -477,6 +526,13 @@ async fn run() {
             c.idle_rss.1 as f64 / 1024.0,
             rss as f64 / jar_rss as f64,
             c.first_calls[0]
+        );
+        let after = c.idle_rss_after.0 + c.idle_rss_after.1;
+        println!(
+            "  idle RSS after the streams {:.1} MiB ({:.1} + {:.1})",
+            after as f64 / 1024.0,
+            c.idle_rss_after.0 as f64 / 1024.0,
+            c.idle_rss_after.1 as f64 / 1024.0,
         );
         println!(
             "  reconnect to first call answered {} ms",

@@ -149,6 +149,12 @@ pub static LOGGING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 /// sees why it stopped.
 pub static LOG_ON_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Lines queued for the log file's writer thread before new ones are
+/// dropped. The queue is allocated whole and its slots written at start:
+/// tracing-appender's default (128,000 lines, 4 MiB) was a quarter of the
+/// idle agent's memory, and the agent logs a few lines a minute.
+const LOG_FILE_QUEUE: usize = 4096;
+
 /// Keeps the log file writer alive; drop it last to flush.
 pub type LogGuard = Option<tracing_appender::non_blocking::WorkerGuard>;
 
@@ -204,7 +210,10 @@ pub fn init_logging(
                 .max_log_files(KEPT_LOGS)
                 .build(dir)
                 .with_context(|| format!("cannot open a log file in {}", dir.display()))?;
-            let (writer, guard) = tracing_appender::non_blocking(appender);
+            let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .buffered_lines_limit(LOG_FILE_QUEUE)
+                .thread_name("log-writer")
+                .finish(appender);
             let layer = tracing_subscriber::fmt::layer()
                 .with_ansi(false)
                 .with_writer(writer)

@@ -8,7 +8,10 @@
 //! than [`FRESH_MS`] is not trusted: the agent counts as busy until a fresh one
 //! arrives, so a move never rests on an old count. The thread also reaps
 //! orphaned zombies (the agent is their subreaper): from each count's scan,
-//! and about once a second when no count is wanted.
+//! and about once a second when no count is wanted. That second scan of
+//! `/proc` is skipped while no child of the agent has ended (one `waitid`
+//! that reaps nothing tells), and the thread then wakes once a second
+//! instead of every [`EVERY`]: an idle agent reads no other process.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -19,6 +22,9 @@ use super::{builds, busy};
 
 /// How often the count is taken while wanted.
 const EVERY: Duration = Duration::from_millis(200);
+/// How often the thread looks for orphans while no count is wanted (a
+/// request for a count wakes it at once).
+const IDLE_EVERY: Duration = Duration::from_secs(1);
 /// How long one request for a count keeps them coming.
 const INTEREST_MS: u64 = 2_000;
 /// A count older than this is not used.
@@ -120,11 +126,40 @@ fn count_forever(shared: &Shared) {
             let builds = builds::build_processes(&engines).len() as u64;
             shared.builds.store(builds, Ordering::Relaxed);
             shared.taken_ms.store(busy::now_ms(), Ordering::Relaxed);
+            std::thread::park_timeout(EVERY);
         } else {
-            builds::reap_orphans_now_and_then(&engines);
+            if a_child_has_ended() {
+                builds::reap_orphans_now_and_then(&engines);
+            }
+            std::thread::park_timeout(IDLE_EVERY);
         }
-        std::thread::park_timeout(EVERY);
     }
+}
+
+/// Whether a child of this process has ended and waits to be reaped (an
+/// orphan the agent adopted, or an engine tokio is about to reap): asked
+/// without reaping it (`WNOWAIT`), so that tokio's own waits are left
+/// alone. Where that cannot be asked, always yes.
+#[cfg(target_os = "linux")]
+fn a_child_has_ended() -> bool {
+    ended(nix::sys::wait::Id::All)
+}
+
+/// Whether the children `id` names include one that ended, not reaping it.
+#[cfg(target_os = "linux")]
+fn ended(id: nix::sys::wait::Id<'_>) -> bool {
+    use nix::sys::wait::{waitid, WaitPidFlag, WaitStatus};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(id, flags) {
+        // Children, none ended; or no children at all.
+        Ok(WaitStatus::StillAlive) | Err(nix::Error::ECHILD) => false,
+        Ok(_) | Err(_) => true,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn a_child_has_ended() -> bool {
+    true
 }
 
 #[cfg(test)]
@@ -144,5 +179,25 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "no fresh count");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// An ended child is seen, and left for its owner to reap: its status
+    /// is still there for `try_wait`. (Other tests' children end too, so
+    /// this one is asked about by pid.)
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_ended_child_is_seen_and_not_reaped() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !ended(nix::sys::wait::Id::Pid(pid)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never ended"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let status = child.try_wait().unwrap().expect("still waitable");
+        assert!(status.success());
     }
 }

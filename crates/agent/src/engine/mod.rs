@@ -57,6 +57,16 @@ const FROM_ENGINE_PIPE_SIZE: i32 = 128 * 1024;
 ///   memory, and eden's pages are touched before the first collection) and
 ///   gives back what a burst took (free ratios 5-20 %); its maximum stays
 ///   the JVM's;
+/// - native memory given back to the OS every 5 s: glibc keeps what
+///   the JVM's threads freed (the compiler's arenas, start-up parsing) in
+///   per-thread arenas otherwise. The option is new in 17.0.9 and 21, and
+///   an older JVM refuses to start on an option it does not know, hence
+///   `-XX:+IgnoreUnrecognizedVMOptions` (for these options only: any of
+///   the user's replaces them all);
+/// - no performance-counter file (`/tmp/hsperfdata_USER/PID`): the JVM
+///   updated it every 50 ms, which was most of an idle engine's wake-ups
+///   (and dirty pages in `/tmp`); `jcmd PID` still attaches, only `jps`
+///   no longer lists the engine;
 /// - and, added per engine, its send window sized from the round trip to
 ///   its controller ([`window`]).
 pub const DEFAULT_JAVA_OPTS: &[&str] = &[
@@ -67,6 +77,9 @@ pub const DEFAULT_JAVA_OPTS: &[&str] = &[
     "-XX:MinHeapFreeRatio=5",
     "-XX:MaxHeapFreeRatio=20",
     "-Xms8m",
+    "-XX:+IgnoreUnrecognizedVMOptions",
+    "-XX:TrimNativeHeapInterval=5000",
+    "-XX:-UsePerfData",
 ];
 
 /// Largest engine jar accepted from a controller (remoting.jar is ~1.5 MB).
@@ -449,13 +462,14 @@ mod tests {
 
     /// The defaults start a JVM together (`-XX:CICompilerCount=1` alone
     /// makes it refuse to start) and it runs them as meant: C1 only, one
-    /// compiler thread, the serial collector.
+    /// compiler thread, the serial collector, native memory trimmed (on a
+    /// JVM that knows the option: 17.0.9 and later), no perf-data file.
     #[test]
     fn default_java_opts_are_what_the_jvm_runs() {
         let path = std::env::var_os("PATH");
         let java = find_java(&JavaSettings::default(), path.as_deref())
             .expect("the tests need a JDK on PATH");
-        let out = std::process::Command::new(java)
+        let out = std::process::Command::new(&java)
             .args(DEFAULT_JAVA_OPTS)
             .args(["-XX:+PrintFlagsFinal", "-version"])
             .output()
@@ -479,6 +493,19 @@ mod tests {
         assert_eq!(flag("CICompilerCount"), "1");
         assert_eq!(flag("UseSerialGC"), "true");
         assert_eq!(flag("InitialHeapSize"), (8 * 1024 * 1024).to_string());
+        assert_eq!(flag("UsePerfData"), "false");
+        if text.contains(" TrimNativeHeapInterval ") {
+            assert_eq!(flag("TrimNativeHeapInterval"), "5000");
+        }
+        // A JVM older than an option in the defaults still starts: here an
+        // option no JVM knows stands for it.
+        let status = std::process::Command::new(java)
+            .args(DEFAULT_JAVA_OPTS)
+            .args(["-XX:NoSuchOptionInAnyJvm=1", "-version"])
+            .output()
+            .unwrap()
+            .status;
+        assert!(status.success(), "an unknown option stopped the JVM");
     }
 
     /// The stdout pipe is the smaller one: it is a queue in front of the

@@ -59,6 +59,11 @@ const ROUND_TRIP_BODY: usize = 16 * 1024;
 
 /// The `User-Agent` header.
 const USER_AGENT: &str = concat!("jnlp-agent/", env!("CARGO_PKG_VERSION"));
+/// How long a connection to a controller's web port is kept for the next
+/// request: long enough for discovery, the JNLP file and the jar in a row.
+/// An idle connection keeps its read buffer (about 500 KiB after a jar),
+/// which reqwest's default of 90 s kept in an idle agent.
+const POOL_IDLE: Duration = Duration::from_secs(5);
 
 /// What [`ControllerHttp`] needs from the settings.
 #[derive(Debug, Clone)]
@@ -144,6 +149,7 @@ impl ControllerHttp {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .user_agent(USER_AGENT)
+            .pool_idle_timeout(POOL_IDLE)
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout);
 
