@@ -32,6 +32,7 @@
 //! | `BENCH_ENGINE_JAR` | unset (skip) | a real remoting.jar |
 //! | `BENCH_RUNS` | 5 | rounds; medians and ranges are over them |
 //! | `BENCH_BYTES` | 134217728 | bytes per stream |
+//! | `BENCH_RECONNECT` | 1 | `0`: no reconnect between rounds (one channel, one engine, through all of them) |
 //! | `BENCH_SETTLE` | 3 | seconds a contender idles before its idle RSS is read |
 //! | `BENCH_VARIANTS` | unset | more agent contenders, `label=JVM options` separated by `;`, each run with those options as `JENKINS_JAVA_OPTS` (the user's options, which replace the agent's defaults) |
 //! | `BENCH_AGENT_BINS` | unset | more agent contenders, `label=path` separated by `;`: another build of the agent (e.g. the previous commit's), with its own defaults |
@@ -334,6 +335,10 @@ async fn run() {
         .ok()
         .and_then(|v| v.parse().ok())
         .map_or(SETTLE, Duration::from_secs);
+    // `BENCH_RECONNECT=0`: one channel through all rounds, as a channel
+    // that lives for days carries a controller's builds (the engine, like
+    // agent.jar's JVM, warms up across rounds).
+    let reconnect_each_round = std::env::var("BENCH_RECONNECT").as_deref() != Ok("0");
     let jar = std::fs::read(&jar_path).expect("BENCH_ENGINE_JAR is readable");
     let classes = compile_controller(&jar_path);
     let java_cp = format!("{}:{}", jar_path.display(), classes.display());
@@ -468,8 +473,10 @@ async fn run() {
             c.stream(false, bytes).await;
             c.stream(true, bytes).await;
         }
-        for c in &mut contenders {
-            c.reconnect(&controller, &listener).await;
+        if reconnect_each_round {
+            for c in &mut contenders {
+                c.reconnect(&controller, &listener).await;
+            }
         }
     }
 
