@@ -469,7 +469,8 @@ async fn repoint_jvm(jar: &[u8], warm: bool, rounds: usize) -> (Vec<Duration>, V
     settle(&socket, control::Placement::Home).await;
     let (mut borrow, mut give_back) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        let request = borrow_now(borrower.url(), "guest", Some(Duration::from_secs(60)));
+        offline(&borrower, "guest").await;
+        let request = borrow_now(borrower.url(), "guest", None);
         let started = Instant::now();
         control::client::connect(&socket)
             .await
@@ -477,30 +478,57 @@ async fn repoint_jvm(jar: &[u8], warm: bool, rounds: usize) -> (Vec<Duration>, V
             .request(request)
             .await
             .unwrap();
-        borrow.push(started.elapsed());
-        assert!(borrower.is_online("guest"));
+        borrow.push(online_after(&borrower, "guest", started).await);
         settle(&socket, control::Placement::Borrowed).await;
         while warm && agent_status(&socket).await.warm_engine.is_none() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        offline(&lender, "mac").await;
         let started = Instant::now();
         control::client::connect(&socket)
             .await
             .unwrap()
             .request(control::Request::Return {
                 when: control::When::Now,
-                wait: Some(Duration::from_secs(60)),
+                wait: None,
             })
             .await
             .unwrap();
-        give_back.push(started.elapsed());
-        assert!(lender.is_online("mac"));
+        give_back.push(online_after(&lender, "mac", started).await);
         settle(&socket, control::Placement::Home).await;
     }
     drop(agent);
     lender.shutdown().await;
     borrower.shutdown().await;
     (borrow, give_back)
+}
+
+/// When `controller` shows `node` online, counted from `started` (the
+/// order was accepted; the move goes on). The test controller makes no
+/// first call, so the agent's own "moved" would wait out its 2 s for one:
+/// what the controller sees is the figure.
+async fn online_after(controller: &TestController, node: &str, started: Instant) -> Duration {
+    while !controller.is_online(node) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{node} never came online"
+        );
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    started.elapsed()
+}
+
+/// Waits until `controller` no longer shows `node` online (the last move
+/// is over there), so that a move is timed from its own start.
+async fn offline(controller: &TestController, node: &str) {
+    let started = Instant::now();
+    while controller.is_online(node) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{node} never went offline"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// A JVM's start-up until its first byte on stdout, with a class compiled
