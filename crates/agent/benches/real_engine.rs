@@ -40,16 +40,15 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod java_controller;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::AgentProcess;
-use remoting_protocol::capability::Capability;
-use remoting_protocol::preamble::{self, PreambleReader};
 use testkit::{Channel, Peer, TestController};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -231,12 +230,9 @@ fn cpu_with_children(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-/// Hands an accepted channel to a `RealController` JVM in stdio framing:
-/// our capability preamble first, then the chunk stream both ways.
+/// Hands an accepted channel to a `RealController` JVM of its own, on its
+/// stdin and stdout.
 async fn relay(channel: Channel, java_cp: String, port: u16) {
-    let Channel { framed, kicked, .. } = channel;
-    let parts = framed.into_parts();
-    let (mut net_read, mut net_write) = tokio::io::split(parts.io);
     let mut child = tokio::process::Command::new("java")
         .args(["-XX:+UseSerialGC", "-cp", &java_cp, "RealController"])
         .arg(port.to_string())
@@ -246,58 +242,10 @@ async fn relay(channel: Channel, java_cp: String, port: u16) {
         .kill_on_drop(true)
         .spawn()
         .expect("java runs RealController");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let early = parts.read_buf;
-    let to_jvm = async move {
-        stdin
-            .write_all(&preamble::encode(Capability::CURRENT))
-            .await?;
-        stdin.write_all(&early).await?;
-        tokio::io::copy(&mut net_read, &mut stdin).await
-    };
-    let from_jvm = async move {
-        let mut reader = PreambleReader::new();
-        let mut buf = bytes::BytesMut::with_capacity(64 * 1024);
-        loop {
-            if stdout.read_buf(&mut buf).await? == 0 {
-                return Ok(0);
-            }
-            if reader
-                .feed(&mut buf)
-                .map_err(|e| std::io::Error::other(e.to_string()))?
-                .is_some()
-            {
-                break;
-            }
-        }
-        net_write.write_all(&buf).await?;
-        tokio::io::copy(&mut stdout, &mut net_write).await
-    };
-    tokio::select! {
-        _ = kicked.cancelled() => {}
-        _ = to_jvm => {}
-        _ = from_jvm => {}
-    }
+    let stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    java_controller::relay(channel, None, stdout, stdin).await;
     let _ = child.kill().await;
-}
-
-fn compile_controller(jar: &Path) -> PathBuf {
-    let classes = common::temp_dir("real-controller");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/java/RealController.java");
-    let compiled = std::process::Command::new("javac")
-        .arg("-cp")
-        .arg(jar)
-        .arg("-d")
-        .arg(&classes)
-        .arg(&source)
-        .status()
-        .expect("javac runs");
-    assert!(
-        compiled.success(),
-        "RealController does not compile against {jar:?}: is it a remoting.jar?"
-    );
-    classes
 }
 
 fn stats(values: &[f64], scale: f64, digits: usize) -> String {
@@ -340,7 +288,7 @@ async fn run() {
     // agent.jar's JVM, warms up across rounds).
     let reconnect_each_round = std::env::var("BENCH_RECONNECT").as_deref() != Ok("0");
     let jar = std::fs::read(&jar_path).expect("BENCH_ENGINE_JAR is readable");
-    let classes = compile_controller(&jar_path);
+    let classes = java_controller::compile(&jar_path, "RealController");
     let java_cp = format!("{}:{}", jar_path.display(), classes.display());
 
     let mut contenders: Vec<Contender> = Vec::new();

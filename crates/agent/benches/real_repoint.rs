@@ -45,16 +45,15 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod java_controller;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::AgentProcess;
-use remoting_protocol::capability::Capability;
-use remoting_protocol::preamble::{self, PreambleReader};
 use testkit::{Channel, Peer, TestController};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -177,66 +176,11 @@ impl Side {
 /// capability preamble, then the chunk stream both ways.
 async fn relay(channel: Channel, port: u16, seen: mpsc::UnboundedSender<Seen>) {
     let _ = seen.send((channel.node.clone(), Ok(Mark::Handshake), Instant::now()));
-    let Channel {
-        node,
-        framed,
-        kicked,
-    } = channel;
-    let parts = framed.into_parts();
-    let (mut net_read, mut net_write) = tokio::io::split(parts.io);
+    let node = channel.node.clone();
     let jvm = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     jvm.set_nodelay(true).unwrap();
-    let (mut jvm_read, mut jvm_write) = jvm.into_split();
-    let early = parts.read_buf;
-    let to_jvm = async move {
-        jvm_write.write_all(format!("{node}\n").as_bytes()).await?;
-        jvm_write
-            .write_all(&preamble::encode(Capability::CURRENT))
-            .await?;
-        jvm_write.write_all(&early).await?;
-        tokio::io::copy(&mut net_read, &mut jvm_write).await
-    };
-    let from_jvm = async move {
-        let mut reader = PreambleReader::new();
-        let mut buf = bytes::BytesMut::with_capacity(64 * 1024);
-        loop {
-            if jvm_read.read_buf(&mut buf).await? == 0 {
-                return Ok(0);
-            }
-            if reader
-                .feed(&mut buf)
-                .map_err(|e| std::io::Error::other(e.to_string()))?
-                .is_some()
-            {
-                break;
-            }
-        }
-        net_write.write_all(&buf).await?;
-        tokio::io::copy(&mut jvm_read, &mut net_write).await
-    };
-    tokio::select! {
-        _ = kicked.cancelled() => {}
-        _ = to_jvm => {}
-        _ = from_jvm => {}
-    }
-}
-
-fn compile(jar: &Path) -> PathBuf {
-    let classes = common::temp_dir("warm-controller");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/java/WarmController.java");
-    let compiled = std::process::Command::new("javac")
-        .args(["-nowarn", "-cp"])
-        .arg(jar)
-        .arg("-d")
-        .arg(&classes)
-        .arg(&source)
-        .status()
-        .expect("javac runs");
-    assert!(
-        compiled.success(),
-        "WarmController does not compile against {jar:?}: is it a remoting.jar?"
-    );
-    classes
+    let (jvm_read, jvm_write) = jvm.into_split();
+    java_controller::relay(channel, Some(node), jvm_read, jvm_write).await;
 }
 
 /// How to start one contender's agent.
@@ -488,7 +432,7 @@ async fn run() {
     let runs = env_number("BENCH_RUNS", 5);
     let warmup = env_number("BENCH_WARMUP", 2);
     let jar = std::fs::read(&jar_path).expect("BENCH_ENGINE_JAR is readable");
-    let classes = compile(&jar_path);
+    let classes = java_controller::compile(&jar_path, "WarmController");
     let java_cp = format!("{}:{}", jar_path.display(), classes.display());
 
     let fresh = std::env::var_os("BENCH_FRESH").is_some();
