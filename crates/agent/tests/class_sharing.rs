@@ -88,18 +88,16 @@ async fn borrow_now(agent: &AgentProcess, away: &TestController) {
     }
 }
 
-fn cmdline(pid: u32) -> String {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&cmdline).replace('\0', " ")
-}
-
-#[tokio::test]
-async fn the_archive_of_the_first_session_is_there_before_the_next_engine_starts() {
+/// Home (whose channels `home_peer` serves) and a borrower, both serving
+/// the echo engine's jar, and an agent online at home that records its
+/// classes for an hour unless a first call is answered; with its archive
+/// directory.
+async fn home_and_away(home_peer: Peer) -> (TestController, TestController, AgentProcess, PathBuf) {
     let jar = common::java_echo_engine_jar();
     let home = TestController::builder()
         .node("home", SECRET)
         .remoting_jar(jar.clone())
-        .peer(calling())
+        .peer(home_peer)
         .start()
         .await;
     let away = TestController::builder()
@@ -109,14 +107,25 @@ async fn the_archive_of_the_first_session_is_there_before_the_next_engine_starts
         .start()
         .await;
     let url = home.url();
-    // A recording time far beyond the test: only the first call answered
-    // brings the archive forward.
     let agent = AgentProcess::start(
         &["-url", &url, "-name", "home", "--class-sharing-after", "1h"],
         &[("JENKINS_SECRET", SECRET)],
     );
     common::until_online(&home, "home", true, LONG).await;
     let cds = agent.work_dir.join("remoting/engines/cds");
+    (home, away, agent, cds)
+}
+
+fn cmdline(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline).replace('\0', " ")
+}
+
+#[tokio::test]
+async fn the_archive_of_the_first_session_is_there_before_the_next_engine_starts() {
+    // A recording time far beyond the test: only the first call answered
+    // brings the archive forward.
+    let (home, away, agent, cds) = home_and_away(calling()).await;
     eventually("the archive is made", LONG, || archive_in(&cds).is_some()).await;
     let archive = archive_in(&cds).unwrap();
     let with_archive = format!("-XX:SharedArchiveFile={}", archive.display());
@@ -154,26 +163,7 @@ async fn the_archive_of_the_first_session_is_there_before_the_next_engine_starts
 /// the archive is there, that engine is started again with it.
 #[tokio::test]
 async fn a_warm_engine_started_while_the_archive_was_made_is_started_again_with_it() {
-    let jar = common::java_echo_engine_jar();
-    let home = TestController::builder()
-        .node("home", SECRET)
-        .remoting_jar(jar.clone())
-        .peer(Peer::Hold)
-        .start()
-        .await;
-    let away = TestController::builder()
-        .node("away", SECRET)
-        .remoting_jar(jar)
-        .peer(Peer::Hold)
-        .start()
-        .await;
-    let url = home.url();
-    let agent = AgentProcess::start(
-        &["-url", &url, "-name", "home", "--class-sharing-after", "1h"],
-        &[("JENKINS_SECRET", SECRET)],
-    );
-    common::until_online(&home, "home", true, LONG).await;
-    let cds = agent.work_dir.join("remoting/engines/cds");
+    let (home, away, agent, cds) = home_and_away(Peer::Hold).await;
     assert!(archive_in(&cds).is_none(), "no call answered yet");
     borrow_now(&agent, &away).await;
     // The archive is made from the first engine's list, and home's warm
