@@ -268,21 +268,6 @@ fn max_ms(times: &[Duration]) -> f64 {
         * 1e3
 }
 
-/// `borrow` to `url`'s node `name`, leaving at once.
-fn borrow_now(url: String, name: &str, wait: Option<Duration>) -> control::Request {
-    control::Request::Borrow(control::BorrowRequest {
-        target: control::Target::Url { url },
-        name: name.into(),
-        secret: Some(SECRET.into()),
-        secret_file: None,
-        lease: None,
-        idle_return: None,
-        when: control::When::Now,
-        wait,
-        transport: None,
-    })
-}
-
 /// The agent's status; a default one while its socket is not up yet.
 async fn agent_status(socket: &std::path::Path) -> control::Status {
     let Ok(mut client) = control::client::connect(socket).await else {
@@ -384,7 +369,7 @@ async fn repoint_latency(rounds: usize) -> (Duration, Duration, Vec<Duration>) {
     let mut offline = Vec::new();
     for round in 0..rounds {
         let request = if round % 2 == 0 {
-            borrow_now(borrower.url(), "guest", None)
+            common::lending::borrow_now(borrower.url(), "guest", SECRET, None)
         } else {
             control::Request::Return {
                 when: control::When::Now,
@@ -470,7 +455,7 @@ async fn repoint_jvm(jar: &[u8], warm: bool, rounds: usize) -> (Vec<Duration>, V
     let (mut borrow, mut give_back) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         offline(&borrower, "guest").await;
-        let request = borrow_now(borrower.url(), "guest", None);
+        let request = common::lending::borrow_now(borrower.url(), "guest", SECRET, None);
         let started = Instant::now();
         control::client::connect(&socket)
             .await

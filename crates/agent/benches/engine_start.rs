@@ -18,6 +18,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod java_controller;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -186,20 +187,7 @@ async fn run() {
     else {
         return;
     };
-    let classes = common::temp_dir("remoting-calls");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/java/RemotingCalls.java");
-    let compiled = std::process::Command::new("javac")
-        .arg("-cp")
-        .arg(&remoting)
-        .arg("-d")
-        .arg(&classes)
-        .arg(&source)
-        .status()
-        .expect("javac runs");
-    assert!(
-        compiled.success(),
-        "RemotingCalls does not compile against {remoting:?}"
-    );
+    let classes = java_controller::compile(Path::new(&remoting), "tests/java/RemotingCalls.java");
     // The agent's own defaults: the archive was made for the serial collector.
     let plain_opts = vec!["-XX:+UseSerialGC".to_owned()];
     let mut shared_opts = plain_opts.clone();

@@ -288,7 +288,7 @@ async fn run() {
     // agent.jar's JVM, warms up across rounds).
     let reconnect_each_round = std::env::var("BENCH_RECONNECT").as_deref() != Ok("0");
     let jar = std::fs::read(&jar_path).expect("BENCH_ENGINE_JAR is readable");
-    let classes = java_controller::compile(&jar_path, "RealController");
+    let classes = java_controller::compile(&jar_path, "benches/java/RealController.java");
     let java_cp = format!("{}:{}", jar_path.display(), classes.display());
 
     let mut contenders: Vec<Contender> = Vec::new();

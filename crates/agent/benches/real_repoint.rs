@@ -337,19 +337,7 @@ impl Contender {
         };
         to.clear();
         let request = if borrow {
-            control::Request::Borrow(control::BorrowRequest {
-                target: control::Target::Url {
-                    url: borrower_url.to_owned(),
-                },
-                name: node.clone(),
-                secret: Some(SECRET.into()),
-                secret_file: None,
-                lease: None,
-                idle_return: None,
-                when: control::When::Now,
-                wait: None,
-                transport: None,
-            })
+            common::lending::borrow_now(borrower_url.to_owned(), &node, SECRET, None)
         } else {
             control::Request::Return {
                 when: control::When::Now,
@@ -432,7 +420,7 @@ async fn run() {
     let runs = env_number("BENCH_RUNS", 5);
     let warmup = env_number("BENCH_WARMUP", 2);
     let jar = std::fs::read(&jar_path).expect("BENCH_ENGINE_JAR is readable");
-    let classes = java_controller::compile(&jar_path, "WarmController");
+    let classes = java_controller::compile(&jar_path, "benches/java/WarmController.java");
     let java_cp = format!("{}:{}", jar_path.display(), classes.display());
 
     let fresh = std::env::var_os("BENCH_FRESH").is_some();

@@ -53,17 +53,12 @@ async fn status(agent: &AgentProcess) -> control::Status {
 async fn borrow_now(agent: &AgentProcess, away: &TestController) {
     let mut client = control::client::connect(&agent.socket()).await.unwrap();
     let answer = client
-        .request(control::Request::Borrow(control::BorrowRequest {
-            target: control::Target::Url { url: away.url() },
-            name: "away".into(),
-            secret: Some(SECRET.into()),
-            secret_file: None,
-            lease: None,
-            idle_return: None,
-            when: control::When::Now,
-            wait: None,
-            transport: None,
-        }))
+        .request(common::lending::borrow_now(
+            away.url(),
+            "away",
+            SECRET,
+            None,
+        ))
         .await;
     assert!(
         matches!(answer, Ok(control::Response::Accepted { .. })),

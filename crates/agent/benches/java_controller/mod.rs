@@ -1,6 +1,8 @@
 //! What the real-engine benches share: a controller side written in Java
 //! against the given `remoting.jar` (`benches/java/`), compiled here, and
 //! the relay that hands an accepted channel to it in stdio framing.
+// Not every bench uses both.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
@@ -9,11 +11,15 @@ use remoting_protocol::preamble::{self, PreambleReader};
 use testkit::Channel;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Compiles `benches/java/{class}.java` against `jar` into a fresh
-/// directory and returns it.
-pub fn compile(jar: &Path, class: &str) -> PathBuf {
+/// Compiles the crate's `source` (e.g. `benches/java/RealController.java`)
+/// against `jar` into a fresh directory and returns it.
+pub fn compile(jar: &Path, source: &str) -> PathBuf {
+    let class = Path::new(source)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("a .java file");
     let classes = crate::common::temp_dir(&class.to_lowercase());
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("benches/java/{class}.java"));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
     let compiled = std::process::Command::new("javac")
         .args(["-nowarn", "-cp"])
         .arg(jar)

@@ -526,18 +526,6 @@ mod tests {
         java
     }
 
-    async fn until_file(path: &Path) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !path.is_file() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} not made",
-                path.display()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     #[tokio::test]
     async fn the_archive_is_made_once_the_first_calls_are_answered_not_after_the_recording_time() {
         let dir = std::env::temp_dir().join(format!(
@@ -559,7 +547,10 @@ mod tests {
         let mut first_calls = sharing.started(plan, true).expect("a recording is told");
         let answered = std::time::Instant::now();
         first_calls.answered();
-        until_file(&archive).await;
+        test_support::eventually("the archive made", Duration::from_secs(60), || {
+            archive.is_file()
+        })
+        .await;
         assert!(
             answered.elapsed() >= FIRST_CALLS_SETTLE,
             "the rest of the first calls are recorded too"
@@ -576,7 +567,10 @@ mod tests {
         let archive = plan.archive_to_come().unwrap();
         std::fs::write(&recording.list, "java/lang/Object id: 0\n").unwrap();
         drop(sharing.started(plan, true));
-        until_file(&archive).await;
+        test_support::eventually("the archive made", Duration::from_secs(60), || {
+            archive.is_file()
+        })
+        .await;
         std::fs::remove_dir_all(dir).unwrap();
         std::fs::remove_dir_all(java.parent().unwrap().parent().unwrap()).unwrap();
     }

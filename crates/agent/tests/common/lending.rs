@@ -2,6 +2,8 @@
 //! `mac-01`, and a borrower with node `guest-mac`, serving engine jars of
 //! different versions.
 
+use std::time::Duration;
+
 use testkit::{Peer, TestController};
 
 /// `mac-01`'s secret at home.
@@ -27,4 +29,25 @@ pub async fn borrower(peer: Peer) -> TestController {
         .peer(peer)
         .start()
         .await
+}
+
+/// `borrow` of `url`'s node `name`, its secret given inline, leaving at
+/// once; `wait`: answer once moved.
+pub fn borrow_now(
+    url: String,
+    name: &str,
+    secret: &str,
+    wait: Option<Duration>,
+) -> control::Request {
+    control::Request::Borrow(control::BorrowRequest {
+        target: control::Target::Url { url },
+        name: name.into(),
+        secret: Some(secret.into()),
+        secret_file: None,
+        lease: None,
+        idle_return: None,
+        when: control::When::Now,
+        wait,
+        transport: None,
+    })
 }
